@@ -1,0 +1,211 @@
+"""`hskcache budget`: storage-budget reports, before (--plan) and after extraction (STORE).
+
+The reports themselves are in ``budget``; this module only gathers the
+setting (from flags, a teacher and its data, or a store) and prints.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from . import budget
+from .errors import UserError
+from .layout import WIDTH_STRATEGIES
+
+TOKENIZE_BATCH = 4096
+# Flags that describe a planned extraction; a store already records all of them.
+PLAN_FLAGS = ("examples", "seq_len", "student_layers", "teacher_width", "vocab_size", "num_labels",
+              "teacher", "data", "split", "text_cols", "token_strategy", "width_strategy")
+DATA_FLAGS = ("split", "text_cols", "token_strategy")
+
+
+def add_budget_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "budget", help="bytes each (N^D, N^L, N^W) costs, in the paper's layout and in this store's",
+        description="Plan (--plan) or measure (STORE) what HSK configurations cost on disk.",
+    )
+    p.add_argument("store", nargs="?", help="an hskcache store to measure (omit with --plan)")
+    p.add_argument("--plan", action="store_true", help="plan before extraction, from numbers or a teacher and data")
+    p.add_argument("--configs", nargs="+", metavar="CONFIG", help=f"configurations: {budget.CONFIG_HELP} "
+                   "(default: full with --plan, only the store's own with STORE)")
+    p.add_argument("--examples", type=int, help="number of training examples")
+    p.add_argument("--seq-len", type=int, help="|x|: tokenizer max length")
+    p.add_argument("--student-layers", type=int, help="L': student depth (N^D goes up to L'+1)")
+    p.add_argument("--teacher-width", type=int, help="d_T: teacher hidden size")
+    p.add_argument("--vocab-size", type=int, help="tokenizer vocabulary size (default 30522)")
+    p.add_argument("--num-labels", type=int, help="teacher outputs; 1 means regression (default 3)")
+    p.add_argument("--teacher", help="model folder or hub id: widths and labels from its config instead of numbers")
+    p.add_argument("--data", help="glue/<task> or a local file: example count and real token lengths (needs --teacher)")
+    p.add_argument("--split", help="dataset split with --data (default train)")
+    p.add_argument("--text-cols", help="text column(s) with --data, a or a,b")
+    p.add_argument("--token-strategy", help="with --data: att-nosep* never keep [SEP], so fewer tokens are eligible (default left)")
+    p.add_argument("--width-strategy", choices=WIDTH_STRATEGIES, help="width strategy of the store (default mag)")
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--json", action="store_true", help="print a JSON list, one object per configuration")
+    out.add_argument("--csv", action="store_true", help="print CSV, one line per configuration")
+    p.add_argument("--plot", metavar="FILE.png", help="draw bytes (log) against A^HSK for both layouts")
+    p.set_defaults(func=run_budget)
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """A parser with only `budget`, for tests until the main CLI is used."""
+    parser = argparse.ArgumentParser(prog="hskcache")
+    add_budget_parser(parser.add_subparsers(dest="command", required=True))
+    return parser
+
+
+def run_budget(args: argparse.Namespace) -> int:
+    given = [name for name in PLAN_FLAGS if getattr(args, name) is not None]
+    if args.plan == bool(args.store):
+        raise UserError("give either a STORE to measure or --plan with the numbers of a planned extraction")
+    if args.store:
+        if given:
+            raise UserError(f"{_flags(given)} describe a planned extraction; a store records them, so drop them or use --plan")
+        setting, own, disk = store_setting(args.store)
+        extra = budget.parse_configs(args.configs or [], setting.student_layers, setting.seq_len)
+        configs = [own] + [c for c in extra if (c.n_d, c.n_l, c.n_w) != (own.n_d, own.n_l, own.n_w)]
+    else:
+        setting = plan_setting(args, given)
+        configs = budget.parse_configs(args.configs or ["full"], setting.student_layers, setting.seq_len)
+    rows = [budget.report(c, setting) for c in configs]
+    if args.store:
+        rows[0] = replace(rows[0], disk_bytes=disk)
+    if args.plot:
+        budget.plot(rows, setting, args.plot)
+        print(f"wrote {args.plot}", file=sys.stderr)
+    if args.json:
+        print(budget.to_json(rows))
+    elif args.csv:
+        print(budget.to_csv(rows), end="")
+    else:
+        if args.store:
+            planned = setting.store_shape(own).bytes_by_array(setting.examples)
+            print(f"store {args.store}: bytes on disk per array (planned = the writer's arithmetic)")
+            print(budget.format_disk(disk, planned))
+            print(f"\nfirst row: the store itself ({own.name}); the others as if each had been extracted alone")
+        print(budget.format_table(rows, setting))
+    return 0
+
+
+def _flags(names: list[str]) -> str:
+    return ", ".join("--" + n.replace("_", "-") for n in names)
+
+
+def _positive(args: argparse.Namespace, names: tuple[str, ...]) -> None:
+    for name in names:
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise UserError(f"{_flags([name])} must be at least 1, got {value}")
+
+
+def plan_setting(args: argparse.Namespace, given: list[str]) -> budget.Setting:
+    """The setting of a planned extraction: from numbers, or from a teacher (and its data)."""
+    missing = [n for n in ("seq_len", "student_layers") if n not in given]
+    if missing:
+        raise UserError(f"--plan needs {_flags(missing)}")
+    _positive(args, ("examples", "seq_len", "student_layers", "teacher_width", "vocab_size", "num_labels"))
+    if args.teacher:
+        clash = [n for n in ("teacher_width", "vocab_size", "num_labels") if n in given]
+        if clash:
+            raise UserError(f"{_flags(clash)} come from --teacher {args.teacher}; drop them")
+        hidden, vocab, num_labels, regression = teacher_numbers(args.teacher)
+    elif args.teacher_width is None:
+        raise UserError("--plan needs the teacher: --teacher-width D (or --teacher PATH)")
+    else:
+        hidden, vocab, num_labels = args.teacher_width, args.vocab_size or 30522, args.num_labels or 3
+        regression = num_labels == 1
+    if hidden > 65535:
+        raise UserError(f"--teacher-width {hidden} is above 65535, the widest the width codes support")
+    if args.data:
+        if not args.teacher:
+            raise UserError("--data needs --teacher PATH: its tokenizer gives the real token lengths")
+        if args.examples is not None:
+            raise UserError("--examples comes from --data; drop one of them")
+        counts = length_counts(args.teacher, args.data, args.split or "train", args.text_cols,
+                               args.seq_len, args.token_strategy or "left")
+        examples, counts = int(sum(counts)), tuple(counts)
+    else:
+        stray = [n for n in DATA_FLAGS if n in given]
+        if stray:
+            raise UserError(f"{_flags(stray)} only apply with --data")
+        if args.examples is None:
+            raise UserError("--plan needs --examples N (or --teacher PATH --data DATA)")
+        examples, counts = args.examples, None
+    return budget.Setting(
+        examples=examples, seq_len=args.seq_len, student_layers=args.student_layers, hidden=hidden,
+        vocab_size=vocab, num_logits=num_labels, regression=regression,
+        width_strategy=args.width_strategy or "mag", length_counts=counts,
+    )
+
+
+def teacher_numbers(teacher: str) -> tuple[int, int, int, bool]:
+    """(hidden, vocabulary, labels, regression) from the model config and tokenizer, no weights."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    try:
+        config = AutoConfig.from_pretrained(teacher)
+        tokenizer = AutoTokenizer.from_pretrained(teacher)
+    except (OSError, ValueError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise UserError(f"cannot load teacher {teacher!r} ({first}); pass a local model folder or a reachable hub id") from None
+    regression = config.problem_type == "regression" or config.num_labels == 1
+    # len(tokenizer), as the extractor sizes input_ids with it.
+    return config.hidden_size, len(tokenizer), config.num_labels, regression
+
+
+def length_counts(teacher: str, data: str, split: str, text_cols: str | None, seq_len: int,
+                  token_strategy: str) -> list[int]:
+    """Examples per eligible token count (0..seq_len) after tokenization like the extractor's."""
+    from transformers import AutoTokenizer
+
+    from .data import load_texts, tokenize_batch
+    from .selection import TOKEN_STRATEGIES
+
+    if token_strategy not in TOKEN_STRATEGIES:
+        raise UserError(f"--token-strategy {token_strategy!r} is unknown; use one of {', '.join(TOKEN_STRATEGIES)}")
+    cols = [c.strip() for c in text_cols.split(",") if c.strip()] if text_cols else None
+    texts = load_texts(data, split=split, text_cols=cols)
+    tokenizer = AutoTokenizer.from_pretrained(teacher)
+    counts = np.zeros(seq_len + 1, dtype=np.int64)
+    for start in range(0, len(texts), TOKENIZE_BATCH):
+        end = start + TOKENIZE_BATCH
+        enc = tokenize_batch(tokenizer, texts.texts_a[start:end],
+                             texts.texts_b[start:end] if texts.texts_b else None, seq_len)
+        real = enc["attention_mask"].astype(bool)
+        eligible = real.sum(axis=1)
+        if "nosep" in token_strategy:
+            eligible -= (enc["sep_mask"] & real).sum(axis=1)
+        counts += np.bincount(eligible, minlength=seq_len + 1)
+    return counts.tolist()
+
+
+def store_setting(path: str) -> tuple[budget.Setting, budget.Config, dict[str, int]]:
+    """A store's setting (with its real token lengths), its own configuration and its bytes on disk."""
+    import zarr
+
+    from .store import describe, on_disk_bytes
+
+    info = describe(path)  # raises UserError for anything but an hskcache store
+    group = zarr.open_group(str(path), mode="r")
+    attrs = dict(group.attrs)
+    try:
+        cfg = attrs["config"]
+        examples = int(attrs["rows_committed"])
+        lengths = group["length"][:examples].astype(np.int64)
+        seq_len = int(cfg["max_length"])
+        setting = budget.Setting(
+            examples=examples, seq_len=seq_len, student_layers=int(cfg["student_layers"]),
+            hidden=int(attrs["hidden_size"]), vocab_size=int(attrs["tokenizer"]["vocab_size"]),
+            num_logits=int(attrs["num_labels"]), regression=bool(attrs["regression"]),
+            width_strategy=cfg["width_strategy"],
+            length_counts=tuple(np.bincount(lengths, minlength=seq_len + 1).tolist()),
+        )
+        own = budget.Config.of(int(cfg["depth"]), int(cfg["tokens"]), float(cfg["width"]))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise UserError(f"store {info['path']} lacks the attribute {exc} that budget reads; re-extract it with this hskcache") from None
+    return setting, own, on_disk_bytes(Path(path))

@@ -1,0 +1,334 @@
+"""Datasets for the teacher side and the trainer's eval.
+
+A dataset is either a GLUE task (``glue/sst2``, fetched through ``datasets``)
+or a local ``.csv``/``.tsv``/``.json``/``.jsonl``/``.parquet`` file. Both end
+up as a :class:`TextData`: plain Python texts plus a numpy label array, so the
+extractor and the trainer never touch ``datasets`` objects.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import datasets
+import numpy as np
+import pyarrow as pa
+from datasets.exceptions import DatasetGenerationError
+
+from hskcache.errors import UserError
+
+GLUE_TEXT_COLS: dict[str, tuple[str, ...]] = {
+    "cola": ("sentence",),
+    "sst2": ("sentence",),
+    "mrpc": ("sentence1", "sentence2"),
+    "qqp": ("question1", "question2"),
+    "stsb": ("sentence1", "sentence2"),
+    "mnli": ("premise", "hypothesis"),
+    "qnli": ("question", "sentence"),
+    "rte": ("sentence1", "sentence2"),
+    "wnli": ("sentence1", "sentence2"),
+}
+_GLUE_SPLITS = ("train", "validation", "test")
+_MNLI_SPLITS = (
+    "train",
+    "validation_matched",
+    "validation_mismatched",
+    "test_matched",
+    "test_mismatched",
+)
+# MNLI has no plain validation/test split; the matched one is the usual default.
+_MNLI_ALIASES = {"validation": "validation_matched", "test": "test_matched"}
+
+# Local file suffix -> (datasets builder, builder kwargs). TSV fields carry
+# bare quotes (GLUE's own files do), so quoting is off for them.
+_LOCAL_FORMATS: dict[str, tuple[str, dict]] = {
+    ".csv": ("csv", {}),
+    ".tsv": ("csv", {"delimiter": "\t", "quoting": csv.QUOTE_NONE}),
+    ".json": ("json", {}),
+    ".jsonl": ("json", {}),
+    ".parquet": ("parquet", {}),
+}
+
+
+@dataclass(frozen=True, eq=False)
+class TextData:
+    """Texts (single or pairs) and optional gold labels of one dataset split.
+
+    ``eq=False``: comparing numpy label arrays element-wise is never what an
+    ``==`` between datasets means; use :func:`fingerprint` instead.
+    """
+
+    texts_a: list[str]
+    texts_b: list[str] | None
+    labels: np.ndarray | None  # int64 (classes) or float32 (regression)
+    text_cols: tuple[str, ...]
+    label_col: str | None
+    source: str  # what the user passed
+    split: str
+    task: str | None  # GLUE task name, else None
+    is_regression: bool
+    label_names: tuple[str, ...] | None = None  # class i is label_names[i]
+
+    def __len__(self) -> int:
+        return len(self.texts_a)
+
+    @property
+    def num_labels(self) -> int | None:
+        """Output width a classifier head needs; None when unlabeled."""
+        if self.is_regression:
+            return 1
+        if self.label_names is not None:
+            return len(self.label_names)
+        if self.labels is None:
+            return None
+        return int(self.labels.max()) + 1
+
+
+def load_texts(
+    data: str,
+    split: str = "train",
+    text_cols: Sequence[str] | None = None,
+    label_col: str | None = None,
+    label_names: Sequence[str] | None = None,
+) -> TextData:
+    """Load ``glue/<task>`` (split as given) or a local file (split ignored).
+
+    ``label_names`` fixes the class order of string labels, so that a dev or
+    test file is numbered like the training data even when it lacks a class.
+    """
+    if data.lower().startswith("glue/"):
+        task = data[len("glue/"):].lower()
+        if task not in GLUE_TEXT_COLS:
+            raise UserError(
+                f"unknown GLUE task {data!r}; use glue/<task> with task one of "
+                f"{', '.join(GLUE_TEXT_COLS)}"
+            )
+        split = _glue_split(task, split)
+        try:
+            ds = datasets.load_dataset("nyu-mll/glue", task, split=split)
+        except ConnectionError as e:
+            raise UserError(
+                f"could not fetch {data} from the Hugging Face hub ({e}); run once "
+                "with network access to cache it, or pass a local data file"
+            ) from e
+        default_cols = GLUE_TEXT_COLS[task]
+        # GLUE test splits carry no labels, only -1 placeholders.
+        has_labels = "label" in ds.column_names and any(
+            v != -1 for v in ds.with_format("arrow")["label"].to_pylist()
+        )
+        default_label = "label" if has_labels else None
+        regression: bool | None = task == "stsb"
+    else:
+        task = None
+        ds = _load_local(data)
+        default_cols = _default_text_cols(ds.column_names, data)
+        default_label = "label" if "label" in ds.column_names else None
+        regression = None
+    if ds.num_rows == 0:
+        raise UserError(f"{data} ({split}) has no rows; pass a non-empty dataset")
+    cols = tuple(text_cols) if text_cols else default_cols
+    label_col = label_col if label_col is not None else default_label
+    return _to_text_data(ds, data, split, task, cols, label_col, regression, label_names)
+
+
+def _glue_split(task: str, split: str) -> str:
+    if task == "mnli":
+        split = _MNLI_ALIASES.get(split, split)
+    allowed = _MNLI_SPLITS if task == "mnli" else _GLUE_SPLITS
+    if split not in allowed:
+        raise UserError(
+            f"GLUE task {task} has no split {split!r}; use one of {', '.join(allowed)}"
+        )
+    return split
+
+
+def _load_local(data: str) -> datasets.Dataset:
+    path = Path(data)
+    suffix = path.suffix.lower()
+    if suffix not in _LOCAL_FORMATS:
+        raise UserError(
+            f"unsupported data {data!r}; pass glue/<task> or a file ending in "
+            f"{', '.join(_LOCAL_FORMATS)}"
+        )
+    if not path.is_file():
+        raise UserError(f"data file {data} does not exist; check the path")
+    if path.stat().st_size == 0:
+        raise UserError(f"data file {data} is empty; pass a file with rows")
+    builder, kwargs = _LOCAL_FORMATS[suffix]
+    try:
+        return datasets.load_dataset(builder, data_files=str(path), split="train", **kwargs)
+    except (ValueError, StopIteration, DatasetGenerationError) as e:
+        cause = e.__cause__ or e
+        raise UserError(
+            f"could not read {data} as {suffix[1:]} ({type(cause).__name__}: "
+            f"{str(cause).strip() or 'no rows'}); check the file's format and that it has rows"
+        ) from e
+
+
+def _default_text_cols(columns: list[str], data: str) -> tuple[str, ...]:
+    for cols in (("sentence",), ("text",), ("sentence1", "sentence2")):
+        if all(c in columns for c in cols):
+            return cols
+    raise UserError(
+        f"{data} has no 'sentence', 'text' or 'sentence1'+'sentence2' column; "
+        f"pass text columns from: {', '.join(columns)}"
+    )
+
+
+def _to_text_data(
+    ds: datasets.Dataset,
+    source: str,
+    split: str,
+    task: str | None,
+    text_cols: tuple[str, ...],
+    label_col: str | None,
+    regression: bool | None,
+    label_names: Sequence[str] | None,
+) -> TextData:
+    if not 1 <= len(text_cols) <= 2:
+        raise UserError(
+            f"got {len(text_cols)} text columns {list(text_cols)}; pass one column "
+            "or two (a sentence pair)"
+        )
+    for col in (*text_cols, *([label_col] if label_col else [])):
+        if col not in ds.column_names:
+            raise UserError(
+                f"{source} has no column {col!r}; available: {', '.join(ds.column_names)}"
+            )
+    table = ds.with_format("arrow")
+    texts = [_texts(table[c], c, source) for c in text_cols]
+    labels, names, is_regression = None, None, bool(regression)
+    if label_col is not None:
+        labels, names, is_regression = _labels(
+            table[label_col], ds.features[label_col], label_col, source, regression, label_names
+        )
+    return TextData(
+        texts_a=texts[0],
+        texts_b=texts[1] if len(texts) == 2 else None,
+        labels=labels,
+        text_cols=text_cols,
+        label_col=label_col,
+        source=source,
+        split=split,
+        task=task,
+        is_regression=is_regression,
+        label_names=names,
+    )
+
+
+def _texts(column: pa.ChunkedArray, col: str, source: str) -> list[str]:
+    values = column.to_pylist()
+    if not _is_string(column.type) or column.null_count:
+        row = next(i for i, v in enumerate(values) if not isinstance(v, str))
+        raise UserError(
+            f"text column {col!r} of {source} has a non-string value {values[row]!r} at "
+            f"row {row}; fix the data or pick another text column"
+        )
+    return values
+
+
+def _labels(
+    column: pa.ChunkedArray,
+    feature: object,
+    col: str,
+    source: str,
+    regression: bool | None,
+    label_names: Sequence[str] | None,
+) -> tuple[np.ndarray, tuple[str, ...] | None, bool]:
+    """Labels as (array, class names, is_regression); regression=None infers it."""
+    values = column.to_pylist()
+    if column.null_count:
+        row = values.index(None)
+        raise UserError(
+            f"label column {col!r} of {source} is empty at row {row}; fill it in, "
+            "or drop the column for unlabeled data"
+        )
+    kind = column.type
+    if isinstance(feature, datasets.ClassLabel):
+        return np.asarray(values, dtype=np.int64), tuple(feature.names), False
+    if _is_string(kind):
+        names = tuple(label_names) if label_names is not None else tuple(sorted(set(values)))
+        index = {name: i for i, name in enumerate(names)}
+        unknown = sorted(set(values) - index.keys())
+        if unknown:
+            raise UserError(
+                f"label column {col!r} of {source} has labels {unknown} outside the "
+                f"expected {list(names)}; use the training data's label names"
+            )
+        return np.asarray([index[v] for v in values], dtype=np.int64), names, False
+    if not (pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind)):
+        raise UserError(
+            f"label column {col!r} of {source} has type {kind}; labels must be "
+            "strings, integers or numbers"
+        )
+    array = np.asarray(values, dtype=np.float64)
+    if regression is None:
+        regression = bool(np.any(array != np.round(array)))
+    if regression:
+        return array.astype(np.float32), None, True
+    if array.min() < 0:
+        raise UserError(
+            f"label column {col!r} of {source} has negative class {array.min():g}; "
+            "classes must be 0..C-1 (or strings)"
+        )
+    return array.astype(np.int64), None, False
+
+
+def _is_string(kind: pa.DataType) -> bool:
+    return pa.types.is_string(kind) or pa.types.is_large_string(kind)
+
+
+def fingerprint(data: TextData) -> str:
+    """Order-sensitive sha256 of texts, pairs and labels (resume guard)."""
+    h = hashlib.sha256(b"hskcache-textdata-v1")
+    for texts in (data.texts_a, data.texts_b):
+        h.update(b"\x00none" if texts is None else len(texts).to_bytes(8, "little"))
+        for text in texts or ():
+            encoded = text.encode("utf-8")
+            h.update(len(encoded).to_bytes(8, "little"))
+            h.update(encoded)
+    if data.labels is None:
+        h.update(b"\x00none")
+    else:
+        labels = np.ascontiguousarray(data.labels)
+        h.update(labels.dtype.str.encode())
+        h.update(labels.tobytes())
+    return h.hexdigest()
+
+
+def tokenize_batch(
+    tokenizer, texts_a: Sequence[str], texts_b: Sequence[str] | None, max_length: int
+) -> dict[str, np.ndarray]:
+    """Tokenize to fixed (B, max_length) arrays, right-padded, plus a [SEP] mask.
+
+    Fixed width keeps every stored row the same shape; the sep mask feeds the
+    ``att-nosep`` token rankings.
+    """
+    enc = tokenizer(
+        list(texts_a),
+        list(texts_b) if texts_b is not None else None,
+        max_length=max_length,
+        padding="max_length",
+        truncation="longest_first",
+        padding_side="right",
+        return_tensors="np",
+    )
+    input_ids = enc["input_ids"].astype(np.int64, copy=False)
+    token_type_ids = enc.get("token_type_ids")
+    sep_id = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
+    return {
+        "input_ids": input_ids,
+        "attention_mask": enc["attention_mask"].astype(np.int64, copy=False),
+        "token_type_ids": (
+            np.zeros_like(input_ids)
+            if token_type_ids is None
+            else token_type_ids.astype(np.int64, copy=False)
+        ),
+        "sep_mask": (
+            input_ids == sep_id if sep_id is not None else np.zeros(input_ids.shape, dtype=bool)
+        ),
+    }

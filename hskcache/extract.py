@@ -1,0 +1,155 @@
+"""The extraction loop: data → teacher → selection → store, resumable.
+
+Batches always start at multiples of the batch size, so a resumed run feeds
+the teacher exactly the batches an uninterrupted run would and the finished
+store is identical.
+"""
+from __future__ import annotations
+
+import platform
+from dataclasses import replace
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from . import widthcode
+from .config import ExtractConfig
+from .data import TextData, fingerprint, load_texts, tokenize_batch
+from .errors import UserError
+from .layout import StoreShape
+from .selection import SelectionPlan, select_hsk
+from .store import StoreWriter
+from .teacher import Teacher, load_teacher, tokenizer_hash
+
+
+def library_versions() -> dict[str, str]:
+    names = ("hskcache", "torch", "transformers", "zarr", "numpy", "datasets")
+    out = {"python": platform.python_version()}
+    for name in names:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "unknown"
+    return out
+
+
+def store_attrs(cfg: ExtractConfig, data: TextData, teacher: Teacher, plan: SelectionPlan,
+                shape: StoreShape, teacher_layers: tuple[int, ...]) -> dict[str, Any]:
+    """Everything a student needs to know about the store, with no teacher at hand."""
+    settings = cfg.stored_settings() | {
+        "depth": len(plan.stored_layers),
+        "teacher_layers": list(teacher_layers),
+        "student_layers": len(teacher_layers) - 1,
+        "text_cols": list(data.text_cols),
+        "label_col": data.label_col,
+    }
+    settings.pop("out")
+    tok = teacher.tokenizer
+    data_fp = fingerprint(data)
+    return {
+        "config": settings,
+        "identity": {"settings": settings, "teacher_hash": teacher.weights_hash, "data_fingerprint": data_fp},
+        "num_examples": len(data),
+        "teacher": teacher.name,
+        "teacher_hash": teacher.weights_hash,
+        "teacher_num_layers": teacher.num_layers,
+        "teacher_layers": list(teacher_layers),
+        "stored_layers": list(plan.stored_layers),
+        "rank_layers": list(plan.rank_layers),
+        "hidden_size": teacher.hidden,
+        "kept": plan.kept,
+        "width_encoding": shape.width_encoding,
+        "num_labels": teacher.num_labels,
+        "regression": teacher.regression,
+        "id2label": {str(k): v for k, v in teacher.model.config.id2label.items()},
+        "task": data.task,
+        "label_names": list(data.label_names) if data.label_names else None,
+        "tokenizer": {
+            "name": teacher.name,
+            "class": type(tok).__name__,
+            "vocab_size": len(tok),
+            "vocab_hash": tokenizer_hash(tok),
+            "cls_token_id": tok.cls_token_id,
+            "sep_token_id": tok.sep_token_id,
+            "pad_token_id": tok.pad_token_id,
+        },
+        "data": {"source": data.source, "split": data.split, "fingerprint": data_fp},
+        "versions": library_versions(),
+    }
+
+
+def batch_rows(teacher: Teacher, plan: SelectionPlan, shape: StoreShape, tokens: dict[str, np.ndarray],
+               labels: np.ndarray, example_ids: np.ndarray) -> dict[str, np.ndarray]:
+    """One batch of store rows, in the store's dtypes."""
+    batch = {k: torch.from_numpy(v) for k, v in tokens.items()}
+    out = teacher.forward(batch)
+    dev = teacher.device
+    sel = select_hsk(plan, out.hidden_states, out.attentions, batch["attention_mask"].to(dev), batch["sep_mask"].to(dev))
+    specs = {a.name: a.dtype for a in shape.arrays()}
+    rows = {
+        "input_ids": tokens["input_ids"].astype(specs["input_ids"]),
+        "length": tokens["attention_mask"].sum(axis=1).astype(np.int16),
+        "token_type_ids": tokens["token_type_ids"].astype(np.uint8),
+        "labels": labels.astype(specs["labels"]),
+        "example_id": example_ids.astype(np.int64),
+        "logits": out.logits.float().cpu().numpy(),
+        "positions": sel["positions"].cpu().numpy().astype(np.int16),
+        "values": sel["values"].to(torch.float16).cpu().numpy(),
+    }
+    if shape.width_encoding is not None:
+        dims = sel["dims"].cpu().numpy()
+        codes = widthcode.encode(dims.reshape(-1, dims.shape[-1]), shape.hidden, shape.width_encoding)
+        rows["width_code"] = codes.reshape(*dims.shape[:-1], -1)
+    return rows
+
+
+def prepare(cfg: ExtractConfig) -> tuple[TextData, Teacher, SelectionPlan, StoreShape, tuple[int, ...]]:
+    """Load and check everything before the store is touched."""
+    data = load_texts(cfg.data, cfg.split, cfg.text_cols, cfg.label_col)
+    if cfg.limit is not None and cfg.limit < len(data):
+        n = cfg.limit
+        data = replace(data, texts_a=data.texts_a[:n], texts_b=data.texts_b[:n] if data.texts_b else None,
+                       labels=None if data.labels is None else data.labels[:n])
+    teacher = load_teacher(cfg.teacher, cfg.device)
+    teacher_layers = cfg.resolve_layers(teacher.num_layers)
+    depth = cfg.depth if cfg.depth is not None else len(teacher_layers)
+    if data.labels is not None and data.is_regression != teacher.regression:
+        kind = "regression" if data.is_regression else "classification"
+        raise UserError(f"data {cfg.data} has {kind} labels but the teacher has {teacher.num_labels} outputs; check --label-col")
+    plan = SelectionPlan.build(teacher_layers, teacher.num_layers, depth, cfg.tokens, cfg.token_strategy,
+                               cfg.width, cfg.width_strategy, teacher.hidden, cfg.seed)
+    shape = StoreShape(cfg.max_length, len(teacher.tokenizer), teacher.num_labels, teacher.regression,
+                       depth, cfg.tokens, teacher.hidden, cfg.width, cfg.width_strategy)
+    return data, teacher, plan, shape, teacher_layers
+
+
+def extract(cfg: ExtractConfig, progress: bool = True, stop_after_rows: int | None = None) -> Path:
+    """Write (or finish) the store at cfg.out. stop_after_rows simulates a crash (tests)."""
+    data, teacher, plan, shape, teacher_layers = prepare(cfg)
+    attrs = store_attrs(cfg, data, teacher, plan, shape, teacher_layers)
+    static = plan.static_dims()
+    writer = StoreWriter.open(cfg.out, shape, len(data), attrs, None if static is None else static.numpy(), cfg.overwrite)
+    begin = writer.rows_committed
+    n = len(data)
+    labels = data.labels if data.labels is not None else np.full(n, np.nan if teacher.regression else -1)
+    bs = cfg.batch_size
+    bar = tqdm(total=n, initial=begin, unit="ex", desc="extract", disable=not progress, dynamic_ncols=True)
+    for start in range(begin // bs * bs, n, bs):
+        end = min(start + bs, n)
+        tokens = tokenize_batch(teacher.tokenizer, data.texts_a[start:end],
+                                data.texts_b[start:end] if data.texts_b else None, cfg.max_length)
+        rows = batch_rows(teacher, plan, shape, tokens, labels[start:end], np.arange(start, end))
+        skip = max(0, begin - start)
+        writer.append({k: v[skip:] for k, v in rows.items()})
+        bar.update(end - start - skip)
+        if stop_after_rows is not None and end >= stop_after_rows:
+            bar.close()
+            return Path(cfg.out)
+    bar.close()
+    writer.finish()
+    return Path(cfg.out)
+

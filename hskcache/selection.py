@@ -1,0 +1,175 @@
+"""HSK selection along depth, length and width (SPEC.md), as pure tensor functions.
+
+No I/O and no model code: the extractor applies these to a teacher's outputs
+before writing, the reader applies the shrinking functions to stored values,
+and the online baseline applies the very same functions to a live teacher.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from .layout import kept_width, round_half_up
+
+TOKEN_STRATEGIES = ("left", "att", "att-nosep", "att-nosep-top")
+WIDTH_STRATEGIES = ("mag", "rand", "uniform")
+
+
+def layer_map(student_layers: int, ltop: int) -> list[int]:
+    """g(l, L_top) = round_half_up(l × L_top / L') for l = 0..L'."""
+    return [round_half_up(l * ltop / student_layers) for l in range(student_layers + 1)]
+
+
+@dataclass(frozen=True)
+class SelectionPlan:
+    """Which teacher states, tokens and activations one extraction keeps."""
+
+    stored_layers: tuple[int, ...]  # teacher layer of each stored pair (top N^D pairs)
+    rank_layers: tuple[int, ...]  # teacher layer whose [CLS] attention ranks tokens for each pair
+    tokens: int
+    token_strategy: str
+    kept: int  # K activations per vector
+    width_strategy: str
+    hidden: int
+    seed: int
+
+    @classmethod
+    def build(
+        cls,
+        teacher_layers: Sequence[int],
+        num_teacher_layers: int,
+        depth: int,
+        tokens: int,
+        token_strategy: str,
+        width: float,
+        width_strategy: str,
+        hidden: int,
+        seed: int = 0,
+    ) -> "SelectionPlan":
+        student_layers = len(teacher_layers) - 1
+        top_map = layer_map(student_layers, num_teacher_layers)
+        stored = tuple(teacher_layers[-depth:])
+        rank = tuple(top_map[-depth:]) if token_strategy == "att-nosep-top" else stored
+        return cls(stored, rank, tokens, token_strategy, kept_width(width, hidden), width_strategy, hidden, seed)
+
+    def static_dims(self) -> torch.Tensor | None:
+        """The shared kept dimensions of rand/uniform, in priority order."""
+        if self.width_strategy == "mag":
+            return None
+        return static_dims(self.width_strategy, self.hidden, self.kept, self.seed)
+
+
+def cls_importance(attentions: Sequence[torch.Tensor]) -> torch.Tensor:
+    """(B, L+1, S): mean over heads of the [CLS] row of each layer's attention.
+
+    Entry i scores hidden state H_i with the attention of layer i, and H_0
+    (the embeddings) with the attention of layer 1.
+    """
+    rows = torch.stack([a[:, :, 0, :].float().mean(dim=1) for a in attentions], dim=1)
+    return torch.cat([rows[:, :1], rows], dim=1)
+
+
+def rank_tokens(scores: torch.Tensor, eligible: torch.Tensor, n_tokens: int) -> torch.Tensor:
+    """Top n_tokens eligible positions by score, descending; ties toward the lower
+    position; -1 where an example has fewer eligible tokens. (..., S) -> (..., n)."""
+    masked = scores.float().masked_fill(~eligible, float("-inf"))
+    order = torch.sort(masked, dim=-1, descending=True, stable=True).indices[..., :n_tokens]
+    ok = torch.gather(eligible, -1, order)
+    positions = order.masked_fill(~ok, -1)
+    short = n_tokens - positions.shape[-1]
+    if short > 0:
+        positions = torch.nn.functional.pad(positions, (0, short), value=-1)
+    return positions
+
+
+def select_positions(
+    plan: SelectionPlan,
+    attentions: Sequence[torch.Tensor],
+    attention_mask: torch.Tensor,
+    sep_mask: torch.Tensor,
+) -> torch.Tensor:
+    """(B, N_D, N_L) token positions for every stored pair, most important first."""
+    eligible = attention_mask.bool()
+    n_d = len(plan.stored_layers)
+    if plan.token_strategy == "left":
+        seq = attention_mask.shape[-1]
+        scores = -torch.arange(seq, dtype=torch.float32, device=attention_mask.device).expand_as(attention_mask)
+        return rank_tokens(scores, eligible, plan.tokens).unsqueeze(1).expand(-1, n_d, -1).contiguous()
+    if plan.token_strategy != "att":
+        eligible = eligible & ~sep_mask.bool()
+    importance = cls_importance(attentions)[:, list(plan.rank_layers)]
+    return rank_tokens(importance, eligible.unsqueeze(1).expand_as(importance), plan.tokens)
+
+
+def gather_states(hidden_states: Sequence[torch.Tensor], layers: Sequence[int], positions: torch.Tensor) -> torch.Tensor:
+    """(B, N_D, N_L, d) hidden states at positions; zero where positions is -1."""
+    stacked = torch.stack([hidden_states[i] for i in layers], dim=1)  # (B, N_D, S, d)
+    index = positions.clamp(min=0).unsqueeze(-1).expand(-1, -1, -1, stacked.shape[-1])
+    states = torch.gather(stacked, 2, index)
+    return states.masked_fill((positions < 0).unsqueeze(-1), 0.0)
+
+
+def static_dims(strategy: str, hidden: int, kept: int, seed: int) -> torch.Tensor:
+    """rand: a seeded permutation's prefix (so a smaller width is a prefix);
+    uniform: round(i × d / k) − 1 for i = 1..k."""
+    if strategy == "rand":
+        gen = torch.Generator().manual_seed(seed)
+        return torch.randperm(hidden, generator=gen)[:kept]
+    if strategy == "uniform":
+        return torch.tensor([round_half_up(i * hidden / kept) - 1 for i in range(1, kept + 1)])
+    raise ValueError(f"{strategy!r} has no static dimensions")
+
+
+def top_magnitude(values: torch.Tensor, dims: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keep the k of the given activations with the largest magnitude.
+
+    Works on full vectors (dims = arange(d)) and on already-kept values, which
+    is why any k' <= k of a `mag` store is exact. Returns dims ascending.
+    """
+    if k >= values.shape[-1]:
+        return values, dims
+    top = values.abs().topk(k, dim=-1).indices
+    chosen = torch.gather(dims.expand_as(values), -1, top)
+    chosen, order = chosen.sort(dim=-1)
+    return torch.gather(values, -1, torch.gather(top, -1, order)), chosen
+
+
+def select_width(plan: SelectionPlan, states: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(values (..., K), dims (..., K) ascending) of each selected vector.
+
+    Vectors at empty positions keep dims 0..K-1 so their codes are defined.
+    """
+    d = states.shape[-1]
+    if plan.width_strategy != "mag":
+        dims = plan.static_dims().to(states.device).sort().values
+        return states[..., dims], dims.expand(*states.shape[:-1], -1)
+    values, dims = top_magnitude(states, torch.arange(d, device=states.device), plan.kept)
+    empty = (positions < 0).unsqueeze(-1)
+    dims = torch.where(empty, torch.arange(plan.kept, device=states.device).expand_as(dims), dims)
+    return values.masked_fill(empty, 0.0), dims
+
+
+def select_hsk(
+    plan: SelectionPlan,
+    hidden_states: Sequence[torch.Tensor],
+    attentions: Sequence[torch.Tensor],
+    attention_mask: torch.Tensor,
+    sep_mask: torch.Tensor,
+) -> dict[str, torch.Tensor]:
+    """positions (B, N_D, N_L), values (B, N_D, N_L, K) and dims (same shape)."""
+    positions = select_positions(plan, attentions, attention_mask, sep_mask)
+    states = gather_states(hidden_states, plan.stored_layers, positions)
+    values, dims = select_width(plan, states.float(), positions)
+    return {"positions": positions, "values": values, "dims": dims}
+
+
+def densify(values: torch.Tensor, dims: torch.Tensor, positions: torch.Tensor, hidden: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scatter kept activations into zero vectors: (hsk, hsk_mask), both (..., d)."""
+    shape = (*values.shape[:-1], hidden)
+    dims = dims.expand_as(values)
+    hsk = torch.zeros(shape, dtype=torch.float32, device=values.device).scatter_(-1, dims, values.float())
+    mask = torch.zeros(shape, dtype=torch.bool, device=values.device).scatter_(-1, dims, True)
+    mask &= (positions >= 0).unsqueeze(-1)
+    return hsk, mask

@@ -1,0 +1,103 @@
+"""Loading a fine-tuned teacher and running it with hidden states and attentions."""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+from .errors import UserError
+
+
+def pick_device(device: str) -> torch.device:
+    """auto: CUDA when present, else CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda was asked for but no CUDA device is available; use --device cpu or auto")
+    return torch.device(device)
+
+
+def weights_hash(model: torch.nn.Module) -> str:
+    """sha256 over the state dict, so a store knows exactly which teacher wrote it."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def tokenizer_hash(tokenizer) -> str:
+    """sha256 of the vocabulary: a student must tokenize exactly like the store."""
+    vocab = sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])
+    return hashlib.sha256(json.dumps(vocab).encode()).hexdigest()
+
+
+@dataclass
+class Teacher:
+    model: torch.nn.Module
+    tokenizer: object
+    name: str
+    device: torch.device
+    weights_hash: str
+
+    @property
+    def num_layers(self) -> int:
+        return self.model.config.num_hidden_layers
+
+    @property
+    def hidden(self) -> int:
+        return self.model.config.hidden_size
+
+    @property
+    def num_labels(self) -> int:
+        return self.model.config.num_labels
+
+    @property
+    def regression(self) -> bool:
+        return self.model.config.problem_type == "regression" or self.num_labels == 1
+
+    def forward(self, batch: dict[str, torch.Tensor]):
+        """Logits, hidden states and attention probabilities (eager attention)."""
+        inputs = {k: batch[k].to(self.device) for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
+        if not self.model.config.type_vocab_size or self.model.config.type_vocab_size < 2:
+            inputs.pop("token_type_ids", None)
+        autocast = (
+            torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else contextlib.nullcontext()
+        )
+        with torch.inference_mode(), autocast:
+            return self.model(**inputs, output_hidden_states=True, output_attentions=True, return_dict=True)
+
+
+def load_teacher(name: str, device: str = "auto") -> Teacher:
+    """A fine-tuned sequence classifier, checked to be one and to return attentions."""
+    local = Path(name).expanduser()
+    if (name.startswith((".", "/", "~")) or local.exists()) and not (local / "config.json").is_file():
+        raise UserError(f"teacher {name} is not a model folder (no config.json); pass a fine-tuned Hugging Face model folder or hub id")
+    try:
+        config = AutoConfig.from_pretrained(name)
+    except (OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"cannot load teacher {name!r} ({first}); pass a local model folder or a reachable hub id") from None
+    archs = config.architectures or []
+    if not any(a.endswith("ForSequenceClassification") for a in archs):
+        raise UserError(
+            f"teacher {name} is not a fine-tuned sequence classifier (architectures: {', '.join(archs) or 'none'}); "
+            "fine-tune it first, e.g. with tools/finetune_teacher.py"
+        )
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    model = AutoModelForSequenceClassification.from_pretrained(name, attn_implementation="eager")
+    dev = pick_device(device)
+    model.to(dev).eval()
+    tokenizer = AutoTokenizer.from_pretrained(name)
+    teacher = Teacher(model, tokenizer, name, dev, weights_hash(model))
+    probe = tokenizer(["a"], return_tensors="pt")
+    out = teacher.forward(dict(probe))
+    if not out.attentions or out.attentions[0] is None or not out.hidden_states:
+        raise UserError(f"teacher {name} returns no attention probabilities or hidden states; it must support eager attention")
+    return teacher

@@ -1,0 +1,1 @@
+"""Students distilled from an HSK store: models, losses, metrics, training."""

@@ -1,0 +1,86 @@
+"""Distillation losses: HSK MSE (SPEC "Losses and schedule") and prediction losses."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from hskcache.errors import UserError
+
+HSK_MODES = ("zero-fill", "masked")
+
+
+class HSKProjection(nn.Module):
+    """The learned map W of H^S W: student width d_S to teacher width d_T.
+
+    No bias: SPEC (and the paper's Eq. 3) define a purely linear W, unlike
+    TinyBERT's `fit_dense`, which adds one. When d_S == d_T it is the identity
+    and owns no parameters, so a ROSITA student is matched to the teacher as is.
+    """
+
+    def __init__(self, d_student: int, d_teacher: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(d_student, d_teacher, bias=False) if d_student != d_teacher else None
+
+    def forward(self, states: Tensor) -> Tensor:
+        return states if self.linear is None else self.linear(states)
+
+
+def hsk_loss(
+    student_states: list[Tensor],
+    hsk: Tensor,
+    positions: Tensor,
+    hsk_mask: Tensor,
+    projection: nn.Module,
+    mode: str,
+) -> Tensor:
+    """Σ over stored layers j of MSE(gathered student states of layer j · W, stored teacher HSK).
+
+    `student_states[j]` (B, S, d_S) is the student layer matched to stored layer j;
+    `hsk`/`hsk_mask` (B, N_D, N_L, d_T) and `positions` (B, N_D, N_L, -1 empty) come
+    from the store. Only the stored tokens are projected. Each layer's MSE is a mean
+    over the whole batch: `zero-fill` averages every activation of every non-empty
+    token against the zero-filled teacher vector (the paper); `masked` averages only
+    the kept activations. A layer with nothing selected contributes 0.
+    """
+    if mode not in HSK_MODES:
+        raise UserError(f"unknown HSK loss mode {mode!r}; use one of {', '.join(HSK_MODES)}")
+    if len(student_states) != hsk.shape[1]:
+        raise ValueError(f"{len(student_states)} student layers for {hsk.shape[1]} stored layers")
+    total = hsk.new_zeros(())
+    for j, states in enumerate(student_states):
+        layer_positions = positions[:, j]
+        present = layer_positions >= 0
+        index = layer_positions.clamp(min=0).unsqueeze(-1).expand(-1, -1, states.shape[-1])
+        predicted = projection(states.gather(1, index))
+        if mode == "zero-fill":
+            counted = present.unsqueeze(-1).expand_as(predicted)
+        else:
+            counted = hsk_mask[:, j] & present.unsqueeze(-1)
+        squared = torch.where(counted, (predicted - hsk[:, j]) ** 2, 0.0)
+        total = total + squared.sum() / counted.sum().clamp(min=1)
+    return total
+
+
+def soft_cross_entropy(student_logits: Tensor, teacher_logits: Tensor, temperature: float = 1.0) -> Tensor:
+    """Batch mean of -Σ softmax(t/T) · log_softmax(s/T).
+
+    Not multiplied by T²: SPEC and TinyBERT use the plain soft cross-entropy.
+    """
+    teacher_probs = F.softmax(teacher_logits / temperature, dim=-1)
+    return -(teacher_probs * F.log_softmax(student_logits / temperature, dim=-1)).sum(-1).mean()
+
+
+def regression_mse(student: Tensor, teacher: Tensor) -> Tensor:
+    """MSE to the teacher's regression output; (B,) and (B, 1) are both accepted."""
+    return F.mse_loss(student, teacher.reshape(student.shape))
+
+
+def prediction_loss(
+    student_logits: Tensor, teacher_logits: Tensor, temperature: float, is_regression: bool
+) -> Tensor:
+    """The prediction-stage loss: soft CE for classification, MSE for regression."""
+    if is_regression:
+        return regression_mse(student_logits, teacher_logits)
+    return soft_cross_entropy(student_logits, teacher_logits, temperature)

@@ -1,0 +1,77 @@
+"""Shared fixtures: a tiny random BERT teacher and a small labeled dataset."""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+
+WORDS = ("the a movie film plot actor great good bad awful boring fun dull brilliant slow fast story "
+         "was is not very quite really and but with of to in it this that one two end").split()
+
+SENTENCES = [
+    "the movie was great",
+    "a boring film",
+    "this story is not very good but the actor was brilliant",
+    "awful",
+    "really fun and fast",
+    "the plot was slow and the end was dull",
+    "a great story with a brilliant actor",
+    "it is bad",
+    "one two one two one two one two one two one two one two one two one two one two one two",
+    "quite good",
+    "that film was not fun",
+    "the actor in this movie was awful and the story was boring",
+] * 3
+PAIRS = [(s, SENTENCES[(i + 5) % len(SENTENCES)]) for i, s in enumerate(SENTENCES)]
+POSITIVE = {"great", "good", "fun", "brilliant", "fast"}
+
+
+def label_of(text: str) -> int:
+    return int(any(w in POSITIVE for w in text.split()) and "not" not in text.split())
+
+
+def make_tokenizer(folder: Path) -> BertTokenizerFast:
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    return BertTokenizerFast(vocab_file=str(folder / "vocab.txt"))
+
+
+def make_teacher(folder: Path, num_labels: int = 2, layers: int = 2, seed: int = 0) -> Path:
+    """A tiny random BERT classifier saved like a fine-tuned teacher."""
+    tok = make_tokenizer(folder)
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=layers, num_attention_heads=4,
+                        intermediate_size=64, max_position_embeddings=64, num_labels=num_labels)
+    model = BertForSequenceClassification(config).eval()
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+def write_csv(path: Path, rows: list[dict]) -> Path:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+@pytest.fixture(scope="session")
+def teacher_dir(tmp_path_factory) -> Path:
+    return make_teacher(tmp_path_factory.mktemp("teacher"))
+
+
+@pytest.fixture(scope="session")
+def single_csv(tmp_path_factory) -> Path:
+    rows = [{"sentence": s, "label": label_of(s)} for s in SENTENCES]
+    return write_csv(tmp_path_factory.mktemp("data") / "single.csv", rows)
+
+
+@pytest.fixture(scope="session")
+def pair_csv(tmp_path_factory) -> Path:
+    rows = [{"sentence1": a, "sentence2": b, "label": label_of(a)} for a, b in PAIRS]
+    return write_csv(tmp_path_factory.mktemp("data") / "pairs.csv", rows)
