@@ -152,7 +152,7 @@ def full_config(student_layers: int, seq_len: int) -> Config:
 
 
 def _triple(spec: str, student_layers: int, seq_len: int) -> Config:
-    parts = [p.strip() for p in spec.split(",")]
+    parts = [p.strip() for p in spec.strip("() ").split(",")]  # the paper writes (1, 9, 0.1)
     try:
         n_d, n_l, n_w = int(parts[0]), int(parts[1]), float(parts[2])
         if len(parts) != 3:

@@ -30,7 +30,7 @@ def add_budget_parser(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument("store", nargs="?", help="an hskcache store to measure (omit with --plan)")
     p.add_argument("--plan", action="store_true", help="plan before extraction, from numbers or a teacher and data")
-    p.add_argument("--configs", nargs="+", metavar="CONFIG", help=f"configurations: {budget.CONFIG_HELP} "
+    p.add_argument("--configs", nargs="+", metavar="CONFIG", help="configurations: " + budget.CONFIG_HELP.replace("%", "%%") + " "
                    "(default: full with --plan, only the store's own with STORE)")
     p.add_argument("--examples", type=int, help="number of training examples")
     p.add_argument("--seq-len", type=int, help="|x|: tokenizer max length")

@@ -9,8 +9,20 @@ from typing import Callable, Sequence
 from .errors import UserError
 
 
+def quiet_libraries() -> None:
+    """Our own progress bars say what is happening; the libraries' would interleave."""
+    import datasets
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity_error()
+
+
 def run_guarded(fn: Callable[[], int], prog: str) -> int:
     """Bad input and interrupts become one line on stderr and a non-zero exit."""
+    quiet_libraries()
     try:
         return fn()
     except UserError as exc:
@@ -85,10 +97,7 @@ def run_inspect(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    try:  # TEMP until budget lands
-        from .budget_cli import add_budget_parser
-    except ImportError:
-        add_budget_parser = lambda sub: None
+    from .budget_cli import add_budget_parser
 
     parser = argparse.ArgumentParser(prog="hskcache", description="Run a teacher once; store its compressed hidden-state knowledge.")
     sub = parser.add_subparsers(dest="command", required=True)

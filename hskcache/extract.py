@@ -127,8 +127,8 @@ def prepare(cfg: ExtractConfig) -> tuple[TextData, Teacher, SelectionPlan, Store
     return data, teacher, plan, shape, teacher_layers
 
 
-def extract(cfg: ExtractConfig, progress: bool = True, stop_after_rows: int | None = None) -> Path:
-    """Write (or finish) the store at cfg.out. stop_after_rows simulates a crash (tests)."""
+def extract(cfg: ExtractConfig, progress: bool = True) -> Path:
+    """Write (or finish) the store at cfg.out."""
     data, teacher, plan, shape, teacher_layers = prepare(cfg)
     attrs = store_attrs(cfg, data, teacher, plan, shape, teacher_layers)
     static = plan.static_dims()
@@ -146,9 +146,6 @@ def extract(cfg: ExtractConfig, progress: bool = True, stop_after_rows: int | No
         skip = max(0, begin - start)
         writer.append({k: v[skip:] for k, v in rows.items()})
         bar.update(end - start - skip)
-        if stop_after_rows is not None and end >= stop_after_rows:
-            bar.close()
-            return Path(cfg.out)
     bar.close()
     writer.finish()
     return Path(cfg.out)

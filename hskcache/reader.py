@@ -48,12 +48,10 @@ def epoch_batches(num_rows: int, chunk_rows: int, window_chunks: int, batch_size
     seen = 0
     carry = np.empty(0, dtype=np.int64)
     for window, rows in epoch_windows(num_rows, chunk_rows, window_chunks, shuffle, seed, epoch):
-        if seen + len(rows) <= skip:
-            seen += len(rows)
+        first, seen = max(0, skip - seen), seen + len(rows)
+        if first >= len(rows):
             continue
-        if seen < skip:
-            rows = rows[skip - seen:]
-        seen += len(rows)
+        rows = rows[first:]
         rows = np.concatenate([carry, rows])
         cut = len(rows) - len(rows) % batch_size
         carry = rows[cut:]

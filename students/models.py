@@ -9,7 +9,6 @@ and return `.logits` and `.hidden_states` (L'+1 tensors, embeddings first).
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import shutil
 from collections.abc import Iterable
@@ -33,6 +32,7 @@ from transformers.activations import ACT2FN
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from hskcache.errors import UserError
+from hskcache.teacher import tokenizer_hash, weights_hash
 from students.losses import prediction_loss
 
 STUDENT_FILE = "student.json"
@@ -67,12 +67,6 @@ PRESETS: dict[str, StudentSpec] = {
 def count_parameters(model: nn.Module) -> int:
     """Number of parameters (shared ones counted once)."""
     return sum(p.numel() for p in model.parameters())
-
-
-def tokenizer_hash(tokenizer) -> str:
-    """SHA-256 of the vocabulary, so a student can be checked against a store's teacher."""
-    vocab = json.dumps(tokenizer.get_vocab(), sort_keys=True)
-    return hashlib.sha256(vocab.encode()).hexdigest()
 
 
 # --------------------------------------------------------------------------- TinyBERT
@@ -110,16 +104,19 @@ def build_tinybert(
         label2id=teacher.label2id,
         problem_type=teacher.problem_type,
     )
-    torch.manual_seed(seed)
-    model = BertForSequenceClassification(config)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = BertForSequenceClassification(config)
     if init_dir is not None:
         _load_general_encoder(model, Path(init_dir))
     spec = StudentSpec("tinybert", layers=layers, heads=heads, ffn=ffn, hidden=hidden)
-    _save_new(model, teacher_dir, out_dir, spec, {"init": None if init_dir is None else str(init_dir), "seed": seed})
+    _save_new(model, teacher_dir, out_dir, spec,
+              {"init": None if init_dir is None else str(init_dir), "seed": seed})
     return model
 
 
 def _load_general_encoder(model: BertForSequenceClassification, init_dir: Path) -> None:
+    _require_model_dir(init_dir, "--init")
     init, info = BertModel.from_pretrained(init_dir, output_loading_info=True)
     missing = [key for key in info["missing_keys"] if not key.startswith("pooler.")]
     if missing:
@@ -244,7 +241,8 @@ class RositaModel(nn.Module):
     def __init__(self, config: BertConfig) -> None:
         super().__init__()
         self.embeddings = RositaEmbeddings(config)
-        self.encoder = nn.ModuleDict({"layer": nn.ModuleList(RositaLayer(config) for _ in range(config.num_hidden_layers))})
+        layers = nn.ModuleList(RositaLayer(config) for _ in range(config.num_hidden_layers))
+        self.encoder = nn.ModuleDict({"layer": layers})
         self.pooler = RositaPooler(config)
 
 
@@ -287,7 +285,8 @@ class RositaForSequenceClassification(nn.Module):
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         self.config.save_pretrained(out)
-        save_file({k: v.contiguous() for k, v in self.state_dict().items()}, out / WEIGHTS_FILE, metadata={"format": "pt"})
+        state = {k: v.contiguous() for k, v in self.state_dict().items()}
+        save_file(state, out / WEIGHTS_FILE, metadata={"format": "pt"})
 
     @classmethod
     def from_pretrained(cls, model_dir: str | Path) -> RositaForSequenceClassification:
@@ -336,9 +335,9 @@ def build_rosita(
     for name, (value, most) in limits.items():
         if not 1 <= value <= most:
             raise UserError(f"ROSITA {name}={value} is outside 1..{most} for this teacher; pick a value in range")
-    teacher = AutoModelForSequenceClassification.from_pretrained(
-        teacher_dir, attn_implementation="eager", dtype=torch.float32
-    )
+    teacher = AutoModelForSequenceClassification.from_pretrained(teacher_dir, attn_implementation="eager")
+    teacher_hash = weights_hash(teacher)  # as loaded, so it equals the store's teacher_hash
+    teacher.float()
     teacher.bert.encoder.layer = teacher.bert.encoder.layer[:layers]
     teacher.config.num_hidden_layers = layers
     head_scores, neuron_scores = taylor_importance(teacher.to(device), batches)
@@ -349,12 +348,14 @@ def build_rosita(
     model = RositaForSequenceClassification(config)
     model.load_state_dict(_pruned_state(teacher.cpu().state_dict(), config, kept_heads, kept_neurons))
     spec = StudentSpec("rosita", layers=layers, heads=heads, ffn=ffn, emb_rank=emb_rank)
-    _save_new(model, teacher_dir, out_dir, spec,
-              {"kept_heads": kept_heads.tolist(), "kept_neurons": kept_neurons.tolist()})
+    kept = {"kept_heads": kept_heads.tolist(), "kept_neurons": kept_neurons.tolist()}
+    _save_new(model, teacher_dir, out_dir, spec, {"teacher_hash": teacher_hash, **kept})
     return model
 
 
-def taylor_importance(model: BertForSequenceClassification, batches: Iterable[dict[str, Tensor]]) -> tuple[Tensor, Tensor]:
+def taylor_importance(
+    model: BertForSequenceClassification, batches: Iterable[dict[str, Tensor]]
+) -> tuple[Tensor, Tensor]:
     """Per layer, Σ over batches of Σ |∂L/∂w · w| per head (layers, heads) and per
     FFN neuron (layers, ffn). L is the KD loss to the stored teacher logits, so no
     gold labels are needed (the truncated teacher no longer reproduces them).
@@ -380,9 +381,10 @@ def taylor_importance(model: BertForSequenceClassification, batches: Iterable[di
                 attention = layer.attention
                 rows = sum(_taylor(lin.weight).sum(1) + _taylor(lin.bias)
                            for lin in (attention.self.query, attention.self.key, attention.self.value))
-                heads[i] += (rows + _taylor(attention.output.dense.weight).sum(0)).view(config.num_attention_heads, -1).sum(1)
-                neurons[i] += (_taylor(layer.intermediate.dense.weight).sum(1) + _taylor(layer.intermediate.dense.bias)
-                               + _taylor(layer.output.dense.weight).sum(0))
+                per_row = rows + _taylor(attention.output.dense.weight).sum(0)
+                heads[i] += per_row.view(config.num_attention_heads, -1).sum(1)
+                inner, outer = layer.intermediate.dense, layer.output.dense
+                neurons[i] += _taylor(inner.weight).sum(1) + _taylor(inner.bias) + _taylor(outer.weight).sum(0)
         seen += 1
     model.zero_grad(set_to_none=True)
     if not seen:
@@ -398,9 +400,8 @@ def _pruned_state(teacher_state: dict[str, Tensor], config: BertConfig, kept_hea
                   kept_neurons: Tensor) -> dict[str, Tensor]:
     """The student's state dict: kept slices of the teacher's, plus the SVD factors."""
     state = {key: value for key, value in teacher_state.items() if not key.startswith("bert.encoder.layer.")}
-    words, projection = factorize_embedding(state.pop("bert.embeddings.word_embeddings.weight"), config.embedding_rank)
-    state["bert.embeddings.word_embeddings.weight"] = words
-    state["bert.embeddings.word_projection.weight"] = projection
+    words, projection = "bert.embeddings.word_embeddings.weight", "bert.embeddings.word_projection.weight"
+    state[words], state[projection] = factorize_embedding(state[words], config.embedding_rank)
     offsets = torch.arange(config.head_dim)
     for i in range(config.num_hidden_layers):
         head_index = (kept_heads[i, :, None] * config.head_dim + offsets).flatten()
@@ -441,10 +442,8 @@ def factorize_embedding(weight: Tensor, rank: int) -> tuple[Tensor, Tensor]:
 def load_student(student_dir: str | Path) -> nn.Module:
     """Either kind of student (or a trainer checkpoint of one), told apart by config.json."""
     path = Path(student_dir)
-    config_file = path / "config.json"
-    if not config_file.is_file():
-        raise UserError(f"{path} is not a student folder (no config.json); create one with `students build`")
-    if ROSITA_ARCHITECTURE in (json.loads(config_file.read_text()).get("architectures") or []):
+    _require_model_dir(path, "student")
+    if ROSITA_ARCHITECTURE in (json.loads((path / "config.json").read_text()).get("architectures") or []):
         return RositaForSequenceClassification.from_pretrained(path)
     return AutoModelForSequenceClassification.from_pretrained(path)
 
@@ -458,9 +457,14 @@ def save_student(model: nn.Module, out_dir: str | Path, student_dir: str | Path)
     shutil.copyfile(Path(student_dir) / STUDENT_FILE, out / STUDENT_FILE)
 
 
+def _require_model_dir(folder: str | Path, role: str) -> None:
+    if not (Path(folder) / "config.json").is_file():
+        raise UserError(f"{role} {folder} is not a model folder (no config.json); "
+                        "pass a saved Hugging Face model folder")
+
+
 def _teacher_config(teacher_dir: str | Path) -> PretrainedConfig:
-    if not (Path(teacher_dir) / "config.json").is_file():
-        raise UserError(f"teacher {teacher_dir} has no config.json; pass a fine-tuned Hugging Face model folder")
+    _require_model_dir(teacher_dir, "teacher")
     return AutoConfig.from_pretrained(teacher_dir)
 
 

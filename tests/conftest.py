@@ -37,7 +37,7 @@ def make_tokenizer(folder: Path) -> BertTokenizerFast:
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    return BertTokenizerFast(vocab_file=str(folder / "vocab.txt"))
+    return BertTokenizerFast(vocab=str(folder / "vocab.txt"))
 
 
 def make_teacher(folder: Path, num_labels: int = 2, layers: int = 2, seed: int = 0) -> Path:

@@ -46,7 +46,7 @@ def test_finetune_learns_and_saves_loadable_teacher(tmp_path, tiny_bert):
     argv = [
         "--model", str(tiny_bert), "--train", _movie_csv(tmp_path / "train.csv", 64),
         "--dev", _movie_csv(tmp_path / "dev.csv", 16), "--out", str(out), "--epochs", "4",
-        "--batch-size", "8", "--lr", "1e-3", "--max-length", "8", "--threads", "1",
+        "--batch-size", "8", "--lr", "1e-2", "--max-length", "8", "--threads", "1",
     ]
     assert finetune_teacher.main(argv) == 0
     meta = json.loads((out / finetune_teacher.META_FILE).read_text())

@@ -1,0 +1,225 @@
+"""`hskcache budget`: Table 3 reproduction, plan = real store bytes, config sets, bad input."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+from hskcache import budget
+from hskcache.budget_cli import build_parser, run_budget
+from hskcache.errors import UserError
+from hskcache.layout import StoreShape
+from hskcache.store import FORMAT
+
+MNLI = budget.Setting(examples=392702, seq_len=128, student_layers=6, hidden=768)
+PLAN = ["budget", "--plan", "--examples", "392702", "--seq-len", "128", "--student-layers", "6",
+        "--teacher-width", "768"]
+GIB = 2**30
+
+
+def run(argv: list[str], capsys) -> str:
+    assert run_budget(build_parser().parse_args(argv)) == 0
+    return capsys.readouterr().out
+
+
+def fails(argv: list[str]) -> str:
+    with pytest.raises(UserError) as exc:
+        run_budget(build_parser().parse_args(argv))
+    message = str(exc.value)
+    assert message and "\n" not in message
+    return message
+
+
+# --- Table 3 -----------------------------------------------------------------
+
+# (config, features GiB, mask GiB) as printed in the paper's Table 3.
+TABLE3 = [("1,9,0.1", 1.0, 2.5), ("5,2,0.3", 3.4, 2.8), ("3,8,0.2", 5.4, 6.8), ("full", 1011, 0)]
+
+
+def test_table3_reproduced_within_2_percent(capsys):
+    rows = json.loads(run(PLAN + ["--json", "--configs", *[c for c, _, _ in TABLE3]], capsys))
+    assert [r["config"] for r in rows] == ["1,9,0.1", "5,2,0.3", "3,8,0.2", "full"]
+    for row, (_, features, mask) in zip(rows, TABLE3):
+        assert row["paper_values_bytes"] / GIB == pytest.approx(features, rel=0.02)
+        assert row["paper_mask_bytes"] / GIB == pytest.approx(mask, rel=0.02, abs=0)
+
+
+def test_compact_layout_is_5x_smaller_at_1_9_01():
+    row = budget.report(budget.Config.of(1, 9, 0.1), MNLI)
+    assert row.width_encoding == "rank"
+    assert row.ratio >= 5
+    assert row.paper_total_bytes >= 5 * (row.hskcache_values_bytes + row.hskcache_mask_bytes)
+    assert row.hskcache_total_bytes > row.hskcache_values_bytes + row.hskcache_mask_bytes  # + inputs, logits
+
+
+def test_full_amount_and_fraction():
+    full = budget.report(budget.full_config(6, 128), MNLI)
+    assert (full.n_d, full.n_l, full.n_w, full.a_hsk, full.fraction) == (7, 128, 1.0, 896, 1.0)
+    assert full.paper_mask_bytes == 0 and full.width_encoding == "none"
+    assert budget.report(budget.Config.of(1, 9, 0.1), MNLI).fraction == pytest.approx(0.9 / 896)
+
+
+def test_short_examples_cost_less_in_the_paper_layout_only():
+    counts = [0] * 129
+    counts[5], counts[128] = 300, 100  # 300 examples of 5 tokens, 100 full
+    short = budget.Setting(examples=400, seq_len=128, student_layers=6, hidden=768, length_counts=tuple(counts))
+    padded = budget.Setting(examples=400, seq_len=128, student_layers=6, hidden=768)
+    config = budget.Config.of(2, 9, 0.1)
+    a, b = budget.report(config, short), budget.report(config, padded)
+    assert short.tokens_kept(9) == 300 * 5 + 100 * 9
+    assert a.paper_values_bytes == 2 * (300 * 5 + 100 * 9) * 77 * 4
+    assert a.hskcache_total_bytes == b.hskcache_total_bytes
+
+
+# --- plan == a real store ----------------------------------------------------
+
+def write_store(path: Path, shape: StoreShape, examples: int, student_layers: int) -> None:
+    """A store laid out like the writer's, made with zarr directly (uncompressed, whole chunks)."""
+    group = zarr.open_group(str(path), mode="w")
+    rows = shape.rows_per_chunk()
+    for spec in shape.arrays():
+        array = zarr.create_array(store=str(path), name=spec.name, shape=(examples, *spec.row_shape),
+                                  chunks=(rows, *spec.row_shape), dtype=spec.dtype, compressors=None,
+                                  config={"write_empty_chunks": True})
+        array[:] = np.arange(examples) % shape.seq_len + 1 if spec.name == "length" else 0
+    if shape.static_bytes():
+        zarr.create_array(store=str(path), name="static_dims", data=np.arange(shape.kept, dtype=np.int32),
+                          compressors=None)
+    group.attrs.update({
+        "format": FORMAT, "rows_committed": examples, "num_examples": examples, "hidden_size": shape.hidden,
+        "num_labels": shape.num_logits, "regression": shape.regression,
+        "tokenizer": {"vocab_size": shape.vocab_size},
+        "config": {"depth": shape.depth, "tokens": shape.tokens, "width": shape.width,
+                   "width_strategy": shape.width_strategy, "max_length": shape.seq_len,
+                   "student_layers": student_layers},
+    })
+
+
+@pytest.mark.parametrize("width, strategy", [(0.1, "mag"), (0.5, "rand"), (1.0, "mag")])
+def test_plan_bytes_equal_a_real_store(tmp_path, capsys, width, strategy):
+    shape = StoreShape(seq_len=32, vocab_size=30522, num_logits=3, regression=False, depth=3, tokens=16,
+                       hidden=768, width=width, width_strategy=strategy)
+    examples = 2 * shape.rows_per_chunk() + 3  # a padded edge chunk
+    write_store(tmp_path / "s", shape, examples, student_layers=4)
+    config = f"3,16,{width}"
+    plan = ["budget", "--plan", "--examples", str(examples), "--seq-len", "32", "--student-layers", "4",
+            "--teacher-width", "768", "--width-strategy", strategy, "--json", "--configs", config]
+    planned = json.loads(run(plan, capsys))[0]
+    measured = json.loads(run(["budget", str(tmp_path / "s"), "--json"], capsys))[0]
+    assert measured["config"] == planned["config"] == config
+    disk = measured["disk_bytes"]
+    expected = shape.bytes_by_array(examples)
+    assert set(disk) == set(expected)
+    for name, nbytes in expected.items():
+        metadata = (tmp_path / "s" / name / "zarr.json").stat().st_size
+        assert disk[name] == nbytes + metadata, name
+    assert planned["hskcache_total_bytes"] == sum(expected.values())
+    # the store knows its real lengths (1..32 tokens), so the paper layout shrinks there
+    assert measured["paper_values_bytes"] < planned["paper_values_bytes"]
+
+
+def test_store_mode_table_and_smaller_configs(tmp_path, capsys):
+    shape = StoreShape(32, 30522, 2, False, 3, 16, 64, 0.5, "mag")
+    write_store(tmp_path / "s", shape, 10, student_layers=2)
+    out = run(["budget", str(tmp_path / "s"), "--configs", "1,4,0.25", "3,16,0.5"], capsys)
+    assert "on disk" in out and "width_code" in out
+    rows = json.loads(run(["budget", str(tmp_path / "s"), "--json", "--configs", "1,4,0.25", "3,16,0.5"], capsys))
+    assert [r["config"] for r in rows] == ["3,16,0.5", "1,4,0.25"]  # own row first, not repeated
+    assert rows[1]["disk_bytes"] is None
+    assert rows[1]["hskcache_total_bytes"] < rows[0]["hskcache_total_bytes"]
+
+
+def test_store_mode_refuses_plan_flags_and_non_stores(tmp_path):
+    assert "--seq-len" in fails(["budget", str(tmp_path), "--seq-len", "12"])
+    assert "not an hskcache store" in fails(["budget", str(tmp_path)])
+
+
+# --- configuration sets ------------------------------------------------------
+
+def test_grid_search_space():
+    configs = budget.parse_configs(["grid:1±10%"], student_layers=6, seq_len=128)
+    assert len(configs) == 14  # the paper counts 13 (see docs/budget.md)
+    assert all(abs(c.a_hsk - 1) <= 0.1 + 1e-9 and c.n_l <= 50 and c.n_d <= 7 for c in configs)
+    assert {(1, 9, 0.1), (1, 11, 0.1), (5, 2, 0.1)} <= {(c.n_d, c.n_l, c.n_w) for c in configs}
+    same = budget.parse_configs(["grid:5+-0.25"], 6, 128)
+    assert same == budget.parse_configs(["grid:5±5%"], 6, 128) and len(same) == 46
+    assert all(c.n_d <= 3 for c in budget.parse_configs(["grid:3±5%"], 2, 128))
+    assert all(c.n_l <= 8 for c in budget.parse_configs(["grid:3±5%"], 6, 8))
+
+
+def test_table5_sets():
+    assert [len(g) for g in budget.TABLE5.values()] == [13, 20, 31, 36, 21]
+    for label, group in budget.TABLE5.items():
+        target, tol = (float(x) for x in label.rstrip("%").split("±"))
+        assert all(abs(d * n * w - target) <= target * tol / 100 + 1e-9 for d, n, w in group), label
+    rosita = budget.parse_configs(["table5"], student_layers=6, seq_len=128)
+    assert len(rosita) == 121  # no configuration repeats across groups
+    tiny = budget.parse_configs(["table5"], student_layers=4, seq_len=128)
+    assert all(c.n_d <= 5 for c in tiny) and len(tiny) < len(rosita)
+
+
+def test_configs_are_deduplicated_in_order():
+    configs = budget.parse_configs(["full", "1,9,0.1", "table5", "(1, 9, 0.10)"], 6, 128)
+    assert [c.name for c in configs[:2]] == ["full", "1,9,0.1"]
+    assert len(configs) == 1 + len(budget.parse_configs(["table5"], 6, 128))
+
+
+@pytest.mark.parametrize("spec, words", [
+    ("1,9", "malformed"), ("a,b,c", "malformed"), ("1,9,0.1,2", "malformed"),
+    ("1,9,1.5", "N^W"), ("1,9,0", "N^W"), ("8,9,0.1", "N^D=8"), ("0,9,0.1", "N^D"), ("1,200,0.1", "N^L"),
+    ("grid:5", "grid"), ("grid:5±x", "grid"), ("grid:5000±1", "matches no configuration"),
+])
+def test_bad_configs_give_one_line(spec, words):
+    assert words in fails(PLAN + ["--configs", spec])
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["budget"], "--plan"),
+    (["budget", "--plan", "--examples", "5", "--teacher-width", "8"], "--seq-len, --student-layers"),
+    (["budget", "--plan", "--examples", "5", "--seq-len", "8", "--student-layers", "2"], "--teacher-width"),
+    (PLAN + ["--num-labels", "0"], "--num-labels"),
+    (["budget", "--plan", "--seq-len", "8", "--student-layers", "2", "--teacher-width", "8"], "--examples"),
+    (PLAN + ["--data", "x.csv"], "--teacher"),
+    (PLAN + ["--token-strategy", "att"], "only apply with --data"),
+])
+def test_bad_arguments_give_one_line(argv, words):
+    assert words in fails(argv)
+
+
+# --- output formats ----------------------------------------------------------
+
+def test_table_csv_json_and_plot(tmp_path, capsys):
+    table = run(PLAN + ["--configs", "1,9,0.1", "full"], capsys)
+    assert "1.01 GiB" in table and "2.53 GiB" in table and "rank" in table
+    rows = list(csv.DictReader(io.StringIO(run(PLAN + ["--csv", "--configs", "table5"], capsys))))
+    assert len(rows) == 121 and rows[0]["config"] == "2,1,0.5"
+    keys = set(json.loads(run(PLAN + ["--json"], capsys))[0])
+    assert {"config", "n_d", "n_l", "n_w", "a_hsk", "fraction", "paper_values_bytes", "paper_mask_bytes",
+            "hskcache_values_bytes", "hskcache_mask_bytes", "hskcache_total_bytes"} <= keys
+    run(PLAN + ["--json", "--plot", str(tmp_path / "b.png"), "--configs", "grid:3±5%", "full"], capsys)
+    assert (tmp_path / "b.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_help_renders(capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["budget", "--help"])
+    assert "grid:5±10%" in capsys.readouterr().out
+
+
+# --- --teacher / --data ------------------------------------------------------
+
+def test_plan_from_teacher_and_data(teacher_dir, pair_csv, capsys):
+    base = ["budget", "--plan", "--teacher", str(teacher_dir), "--seq-len", "16", "--student-layers", "2",
+            "--json", "--configs", "3,16,1.0"]
+    left = json.loads(run(base + ["--data", str(pair_csv)], capsys))[0]
+    nosep = json.loads(run(base + ["--data", str(pair_csv), "--token-strategy", "att-nosep"], capsys))[0]
+    padded = json.loads(run(base + ["--examples", "36"], capsys))[0]
+    assert left["kept_width"] == 32  # hidden size of the tiny teacher
+    assert nosep["paper_values_bytes"] < left["paper_values_bytes"] < padded["paper_values_bytes"]
+    assert left["hskcache_total_bytes"] == padded["hskcache_total_bytes"]  # fixed-shape store, 36 examples
+    assert "--teacher-width" in fails(base + ["--examples", "36", "--teacher-width", "32"])

@@ -1,0 +1,271 @@
+"""Student building, saving and loading on a tiny random BERT teacher."""
+
+import json
+
+import pytest
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    BertConfig,
+    BertForSequenceClassification,
+    BertModel,
+    BertTokenizer,
+    DistilBertConfig,
+)
+
+from hskcache.errors import UserError
+from hskcache.teacher import tokenizer_hash, weights_hash
+from students.models import (
+    PRESETS,
+    RositaForSequenceClassification,
+    build_rosita,
+    build_tinybert,
+    count_parameters,
+    load_student,
+    rosita_config,
+    save_student,
+)
+
+HEADS, HEAD_DIM, FFN, HIDDEN = 4, 8, 64, 32
+
+
+def _make_teacher(folder, num_labels):
+    """A tiny random BERT classifier with a 100-word vocabulary, saved like a fine-tuned teacher."""
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(95)]
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=len(vocab), hidden_size=HIDDEN, num_hidden_layers=2, num_attention_heads=HEADS,
+                        intermediate_size=FFN, max_position_embeddings=64, num_labels=num_labels)
+    BertForSequenceClassification(config).save_pretrained(folder)
+    BertTokenizer(vocab=str(folder / "vocab.txt")).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(tmp_path_factory):
+    """Shadows conftest's teacher: these tests need a 3-label teacher with a real vocabulary."""
+    return _make_teacher(tmp_path_factory.mktemp("teacher"), num_labels=3)
+
+
+def _vocab_size(teacher_dir):
+    return AutoConfig.from_pretrained(teacher_dir).vocab_size
+
+
+def _vocab(folder):
+    return AutoTokenizer.from_pretrained(folder).get_vocab()
+
+
+def _teacher(teacher_dir):
+    return AutoModelForSequenceClassification.from_pretrained(teacher_dir, attn_implementation="eager").eval()
+
+
+def _batch(teacher_dir, seed=0):
+    """A store-like batch with padding and the teacher's own logits."""
+    generator = torch.Generator().manual_seed(seed)
+    input_ids = torch.randint(5, _vocab_size(teacher_dir), (4, 12), generator=generator)
+    input_ids[:, 0] = 2
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[1, 7:] = 0
+    attention_mask[3, 4:] = 0
+    input_ids[attention_mask == 0] = 0
+    token_type_ids = torch.zeros_like(input_ids)
+    token_type_ids[:, 6:] = 1
+    with torch.no_grad():
+        logits = _teacher(teacher_dir)(input_ids=input_ids, attention_mask=attention_mask,
+                                       token_type_ids=token_type_ids).logits
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids,
+            "labels": torch.zeros(4, dtype=torch.int64), "logits": logits}
+
+
+def _inputs(batch):
+    return {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
+
+
+def test_tinybert_build_and_load(teacher_dir, tmp_path):
+    build_tinybert(teacher_dir, layers=2, hidden=16, ffn=24, heads=2, out_dir=tmp_path / "s", seed=3)
+    model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "s")
+    teacher = _teacher(teacher_dir)
+    assert isinstance(model, BertForSequenceClassification)
+    assert isinstance(load_student(tmp_path / "s"), BertForSequenceClassification)
+    for name in ("vocab_size", "num_labels", "id2label", "max_position_embeddings", "type_vocab_size"):
+        assert getattr(model.config, name) == getattr(teacher.config, name)
+    assert (model.config.hidden_size, model.config.intermediate_size, model.config.num_attention_heads) == (16, 24, 2)
+    assert _vocab(tmp_path / "s") == _vocab(teacher_dir)
+    info = json.loads((tmp_path / "s" / "student.json").read_text())
+    assert info["kind"] == "tinybert" and info["spec"]["hidden"] == 16
+    assert info["teacher_vocab_size"] == _vocab_size(teacher_dir)
+    assert info["tokenizer_hash"] == tokenizer_hash(AutoTokenizer.from_pretrained(teacher_dir))
+
+    out = model.eval()(**_inputs(_batch(teacher_dir)), output_hidden_states=True)
+    assert out.logits.shape == (4, 3)
+    assert [tuple(h.shape) for h in out.hidden_states] == [(4, 12, 16)] * 3
+
+    again = build_tinybert(teacher_dir, 2, 16, 24, 2, tmp_path / "t", seed=3)
+    other = build_tinybert(teacher_dir, 2, 16, 24, 2, tmp_path / "u", seed=4)
+    word = "bert.embeddings.word_embeddings.weight"
+    assert torch.equal(again.state_dict()[word], model.state_dict()[word])
+    assert not torch.equal(other.state_dict()[word], model.state_dict()[word])
+
+
+def test_tinybert_init_from_general_checkpoint(teacher_dir, tmp_path):
+    general = BertModel(BertConfig(vocab_size=_vocab_size(teacher_dir), hidden_size=16, num_hidden_layers=2,
+                                   num_attention_heads=2, intermediate_size=24, max_position_embeddings=64))
+    general.save_pretrained(tmp_path / "general")
+    model = build_tinybert(teacher_dir, 2, 16, 24, 2, tmp_path / "s", init_dir=tmp_path / "general")
+    for key, value in general.state_dict().items():
+        assert torch.equal(model.bert.state_dict()[key], value), key
+    with pytest.raises(UserError):
+        build_tinybert(teacher_dir, 2, 16, 32, 2, tmp_path / "bad", init_dir=tmp_path / "general")
+    with pytest.raises(UserError):
+        build_tinybert(teacher_dir, 2, 16, 24, 4, tmp_path / "bad", init_dir=tmp_path / "general")
+
+
+def test_tinybert_rejects_bad_shape(teacher_dir, tmp_path):
+    with pytest.raises(UserError):
+        build_tinybert(teacher_dir, 2, 18, 24, 4, tmp_path / "s")
+
+
+def test_rosita_shapes_and_reload(teacher_dir, tmp_path):
+    batch = _batch(teacher_dir)
+    built = build_rosita(teacher_dir, [batch], layers=1, heads=2, ffn=16, emb_rank=8, out_dir=tmp_path / "r")
+    model = load_student(tmp_path / "r").eval()
+    assert isinstance(model, RositaForSequenceClassification)
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    assert shapes["bert.embeddings.word_embeddings.weight"] == (_vocab_size(teacher_dir), 8)
+    assert shapes["bert.embeddings.word_projection.weight"] == (HIDDEN, 8)
+    assert shapes["bert.encoder.layer.0.attention.self.query.weight"] == (2 * HEAD_DIM, HIDDEN)
+    assert shapes["bert.encoder.layer.0.attention.output.dense.weight"] == (HIDDEN, 2 * HEAD_DIM)
+    assert shapes["bert.encoder.layer.0.intermediate.dense.weight"] == (16, HIDDEN)
+    assert shapes["bert.encoder.layer.0.output.dense.weight"] == (HIDDEN, 16)
+    assert not any(k.startswith("bert.encoder.layer.1.") for k in shapes)
+
+    out = model(**_inputs(batch), output_hidden_states=True)
+    assert out.logits.shape == (4, 3)
+    assert [tuple(h.shape) for h in out.hidden_states] == [(4, 12, HIDDEN)] * 2
+    assert model(**_inputs(batch)).hidden_states is None
+    assert torch.allclose(built.eval()(**_inputs(batch)).logits, out.logits)
+    assert _vocab(tmp_path / "r") == _vocab(teacher_dir)
+    info = json.loads((tmp_path / "r" / "student.json").read_text())
+    assert info["kind"] == "rosita" and info["teacher_vocab_size"] == _vocab_size(teacher_dir)
+    assert info["teacher_hash"] == weights_hash(_teacher(teacher_dir)) and len(info["kept_heads"][0]) == 2
+
+    save_student(model, tmp_path / "checkpoint", tmp_path / "r")
+    reloaded = load_student(tmp_path / "checkpoint").eval()
+    assert torch.equal(reloaded(**_inputs(batch)).logits, out.logits)
+    assert (tmp_path / "checkpoint" / "student.json").read_text() == (tmp_path / "r" / "student.json").read_text()
+    with pytest.raises(RuntimeError):  # HF's BERT must not silently load a pruned student
+        AutoModelForSequenceClassification.from_pretrained(tmp_path / "r")
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+def test_rosita_at_full_size_reproduces_the_teacher(teacher_dir, tmp_path, layers):
+    batch = _batch(teacher_dir)
+    model = build_rosita(teacher_dir, [batch], layers, HEADS, FFN, HIDDEN, tmp_path / "r").eval()
+    with torch.no_grad():
+        student = model(**_inputs(batch), output_hidden_states=True)
+        teacher = _teacher(teacher_dir)(**_inputs(batch), output_hidden_states=True)
+    for mine, theirs in zip(student.hidden_states, teacher.hidden_states[: layers + 1], strict=False):
+        assert torch.allclose(mine, theirs, atol=1e-5)
+    assert len(student.hidden_states) == layers + 1
+    if layers == 2:
+        assert torch.allclose(student.logits, teacher.logits, atol=1e-5)
+
+
+def _independent_importance(teacher_dir, batch):
+    """|grad · w| summed per head / neuron with explicit loops over the groups."""
+    teacher = _teacher(teacher_dir)
+    teacher.bert.encoder.layer = teacher.bert.encoder.layer[:1]
+    logits = teacher(**_inputs(batch)).logits
+    target = torch.softmax(batch["logits"], -1)
+    (-(target * torch.log_softmax(logits, -1)).sum(-1).mean()).backward()
+    layer = teacher.bert.encoder.layer[0]
+
+    def taylor(p):
+        return (p.grad * p).abs()
+
+    heads = []
+    for h in range(HEADS):
+        rows = slice(h * HEAD_DIM, (h + 1) * HEAD_DIM)
+        score = taylor(layer.attention.output.dense.weight)[:, rows].sum()
+        for linear in (layer.attention.self.query, layer.attention.self.key, layer.attention.self.value):
+            score = score + taylor(linear.weight)[rows].sum() + taylor(linear.bias)[rows].sum()
+        heads.append(score.item())
+    neurons = []
+    for i in range(FFN):
+        neurons.append((taylor(layer.intermediate.dense.weight)[i].sum() + taylor(layer.intermediate.dense.bias)[i]
+                        + taylor(layer.output.dense.weight)[:, i].sum()).item())
+    return heads, neurons, teacher
+
+
+def _top(scores, k):
+    return sorted(sorted(range(len(scores)), key=lambda i: -scores[i])[:k])
+
+
+def test_rosita_keeps_the_most_important_heads_and_neurons(teacher_dir, tmp_path):
+    batch = _batch(teacher_dir, seed=1)
+    heads, neurons, teacher = _independent_importance(teacher_dir, batch)
+    expected_heads, expected_neurons = _top(heads, 2), _top(neurons, 16)
+    assert expected_heads != [0, 1] or expected_neurons != list(range(16))  # the selection is not trivial
+
+    model = build_rosita(teacher_dir, [batch], 1, 2, 16, 8, tmp_path / "r")
+    state, source = model.state_dict(), teacher.state_dict()
+    prefix = "bert.encoder.layer.0."
+    query, teacher_query = (s[prefix + "attention.self.query.weight"] for s in (state, source))
+    kept_heads = [h for h in range(HEADS) for slot in range(2)
+                  if torch.equal(query[slot * HEAD_DIM:(slot + 1) * HEAD_DIM],
+                                 teacher_query[h * HEAD_DIM:(h + 1) * HEAD_DIM])]
+    inner, teacher_inner = (s[prefix + "intermediate.dense.weight"] for s in (state, source))
+    kept_neurons = [i for i in range(FFN) for row in inner if torch.equal(row, teacher_inner[i])]
+    assert kept_heads == expected_heads
+    assert kept_neurons == expected_neurons
+    info = json.loads((tmp_path / "r" / "student.json").read_text())
+    assert info["kept_heads"] == [expected_heads] and info["kept_neurons"] == [expected_neurons]
+
+
+def test_rosita_from_a_regression_teacher(tmp_path):
+    teacher_dir = _make_teacher(tmp_path / "teacher", num_labels=1)
+    model = build_rosita(teacher_dir, [_batch(teacher_dir)], 1, 2, 16, 8, tmp_path / "r").eval()
+    assert model(**_inputs(_batch(teacher_dir, seed=2))).logits.shape == (4, 1)
+
+
+def test_rosita_rejects_bad_input(teacher_dir, tmp_path):
+    batch = _batch(teacher_dir)
+    with pytest.raises(UserError):
+        build_rosita(teacher_dir, [batch], 1, HEADS + 1, 16, 8, tmp_path / "r")
+    with pytest.raises(UserError):
+        build_rosita(teacher_dir, [batch], 3, 2, 16, 8, tmp_path / "r")
+    with pytest.raises(UserError):
+        build_rosita(teacher_dir, [], 1, 2, 16, 8, tmp_path / "r")
+    DistilBertConfig(vocab_size=50, dim=HIDDEN, n_layers=1, n_heads=2, hidden_dim=FFN).save_pretrained(tmp_path / "d")
+    with pytest.raises(UserError):
+        build_rosita(tmp_path / "d", [batch], 1, 2, 16, 8, tmp_path / "r")
+    with pytest.raises(UserError):
+        load_student(tmp_path / "missing")
+
+
+@pytest.mark.parametrize(
+    ("teacher", "tinybert", "rosita"),
+    [(BertConfig(), "tinybert-4", "rosita-6"),
+     (BertConfig(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536),
+      "tinybert-3s", "rosita-3s")],
+)
+def test_presets_are_much_smaller_than_their_teacher(teacher, tinybert, rosita):
+    with torch.device("meta"):
+        teacher_size = count_parameters(BertForSequenceClassification(teacher))
+        tiny = PRESETS[tinybert]
+        tiny_config = BertConfig(hidden_size=tiny.hidden, num_hidden_layers=tiny.layers,
+                                 num_attention_heads=tiny.heads, intermediate_size=tiny.ffn)
+        tiny_size = count_parameters(BertForSequenceClassification(tiny_config))
+        spec = PRESETS[rosita]
+        rosita_size = count_parameters(RositaForSequenceClassification(
+            rosita_config(teacher, spec.layers, spec.heads, spec.ffn, spec.emb_rank)))
+    assert tiny.layers < teacher.num_hidden_layers and spec.layers < teacher.num_hidden_layers
+    assert tiny_size < teacher_size / 3 and rosita_size < teacher_size / 3
+
+
+def test_small_presets_share_one_store():
+    assert PRESETS["tinybert-3s"].layers == PRESETS["rosita-3s"].layers == 3
+
