@@ -13,7 +13,7 @@ from hskcache import layout, store as store_mod
 from hskcache.cli import main
 from reference import expected_selection, teacher_outputs
 
-MAX_LEN = 24
+MAX_LEN = 24  # also the reference tokenization length
 
 
 def read_csv(path):

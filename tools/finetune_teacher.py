@@ -7,7 +7,7 @@ their longest real sequence, so short texts cost less than ``--max-length``.
 The best epoch on dev is saved with ``save_pretrained``, the tokenizer, and
 ``hskcache_teacher.json`` (dev metrics, label names, text columns).
 
-    python -m tools.finetune_teacher --model MODEL_DIR --train data/movies/train.csv \\
+    python tools/finetune_teacher.py --model MODEL_DIR --train data/movies/train.csv \\
         --dev data/movies/dev.csv --out runs/teacher
 """
 

@@ -1,0 +1,65 @@
+"""Crash-safe folders and random-number state for resumable training."""
+
+from __future__ import annotations
+
+import random
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+STATE_FILE = "state.pt"
+
+
+@contextmanager
+def replaced_dir(final: Path) -> Iterator[Path]:
+    """Yield an empty sibling folder to write into; on success it replaces `final`.
+
+    The old folder is renamed aside before the new one takes its name, so a crash
+    at any point leaves either the old or the new folder complete (`read_state`
+    falls back to the aside copy).
+    """
+    tmp, old = final.with_name(final.name + ".tmp"), final.with_name(final.name + ".old")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    yield tmp
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        final.rename(old)
+    tmp.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def write_state(folder: Path, state: dict[str, Any]) -> None:
+    """Save a training state (tensors and plain Python) to `folder` atomically."""
+    with replaced_dir(folder) as tmp:
+        torch.save(state, tmp / STATE_FILE)
+
+
+def read_state(folder: Path) -> dict[str, Any] | None:
+    """The state saved by `write_state`, or None when there is none."""
+    for candidate in (folder, folder.with_name(folder.name + ".old")):
+        if (candidate / STATE_FILE).is_file():
+            # Our own file; numpy's RNG state is not a plain tensor, so no weights_only.
+            return torch.load(candidate / STATE_FILE, map_location="cpu", weights_only=False)
+    return None
+
+
+def rng_state() -> dict[str, Any]:
+    """Every random stream a step may draw from (dropout, shuffles)."""
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

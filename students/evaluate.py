@@ -1,0 +1,89 @@
+"""Evaluating a student on labeled data with the task's metrics (SPEC "Metrics").
+
+Eval data is tokenized with the *student's* tokenizer (saved in its folder), so
+`students eval` and train-time eval need neither the teacher nor the store.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from hskcache.data import load_texts, tokenize_batch
+from hskcache.errors import UserError
+from students.metrics import compute_metrics
+
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+@dataclass(frozen=True, eq=False)
+class EvalSet:
+    """A labeled split, tokenized once and kept in memory (dev sets are small)."""
+
+    inputs: dict[str, torch.Tensor]
+    labels: np.ndarray
+    task: str | None
+    regression: bool
+    source: str
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def load_eval_set(
+    data: str,
+    tokenizer,
+    max_length: int,
+    num_labels: int,
+    regression: bool,
+    split: str = "validation",
+    text_cols: Sequence[str] | None = None,
+    label_col: str | None = None,
+    label_names: Sequence[str] | None = None,
+    task: str | None = None,
+) -> EvalSet:
+    """Load and tokenize `data`, checked against the model's output head.
+
+    `label_names` numbers string labels like the training data; `task` (e.g. the
+    store's GLUE task) picks the metrics when the data itself names none.
+    """
+    texts = load_texts(data, split, text_cols, label_col, label_names)
+    if texts.labels is None:
+        raise UserError(f"eval data {data} has no labels; pass --label-col naming its label column")
+    if texts.is_regression and not regression:
+        raise UserError(f"eval data {data} has real-valued labels but the student is a classifier; check --label-col")
+    labels = texts.labels.astype(np.float32) if regression else texts.labels
+    if not regression and labels.max() >= num_labels:
+        raise UserError(f"eval data {data} has class {int(labels.max())} but the student has {num_labels} outputs; "
+                        "use data labeled like the training data")
+    enc = tokenize_batch(tokenizer, texts.texts_a, texts.texts_b, max_length)
+    inputs = {k: torch.from_numpy(enc[k]) for k in MODEL_INPUTS}
+    return EvalSet(inputs, labels, task or texts.task, regression, data)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, inputs: dict[str, torch.Tensor], batch_size: int, device: torch.device) -> np.ndarray:
+    """Logits (N, C) in float32; each batch is trimmed to its longest real
+    sequence (padding is right-aligned and masked, so outputs are unchanged)."""
+    was_training = model.training
+    model.eval()
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext())
+    outputs = []
+    for rows in torch.arange(len(inputs["input_ids"])).split(batch_size):
+        width = int(inputs["attention_mask"][rows].sum(1).max())
+        batch = {k: v[rows, :width].to(device) for k, v in inputs.items()}
+        with autocast:
+            outputs.append(model(**batch).logits.float().cpu())
+    model.train(was_training)
+    return torch.cat(outputs).numpy()
+
+
+def evaluate(model: nn.Module, eval_set: EvalSet, batch_size: int, device: torch.device) -> dict[str, float]:
+    """The task's metrics (SPEC "Metrics") of `model` on `eval_set`."""
+    logits = predict(model, eval_set.inputs, batch_size, device)
+    return compute_metrics(eval_set.task, logits, eval_set.labels, eval_set.regression)

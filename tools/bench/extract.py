@@ -1,0 +1,108 @@
+"""Extraction overhead: a full `hskcache extract` against the teacher's bare forward
+pass over the same batches with the same output flags (hidden states and
+attentions). Target: at most 15% more on CPU.
+
+    python tools/bench/extract.py [--teacher DIR] [--examples 512] [--max-length 128]
+"""
+from __future__ import annotations
+
+import argparse
+import bz2
+import csv
+import platform
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+from hskcache.cli import quiet_libraries
+from hskcache.config import ExtractConfig
+from hskcache.data import load_texts, tokenize_batch
+from hskcache.embedded import minilm_encoder, movie_corpus
+from hskcache.extract import extract
+from hskcache.teacher import load_teacher
+
+
+def movie_csv(path: Path, n: int) -> Path:
+    with bz2.open(movie_corpus(), "rt") as f:
+        rows = [r for r in csv.DictReader(f) if r["category"] != "plot"][:n]
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["sentence", "label"])
+        w.writerows([[r["text"], int(r["category"] == "fresh")] for r in rows])
+    return path
+
+
+def packaged_teacher(folder: Path) -> Path:
+    """The packaged MiniLM with a seeded head: the head does not change the cost."""
+    torch.manual_seed(0)
+    AutoModelForSequenceClassification.from_pretrained(minilm_encoder(), num_labels=2).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(minilm_encoder()).save_pretrained(folder)
+    return folder
+
+
+def bare_forward(cfg: ExtractConfig) -> float:
+    teacher = load_teacher(cfg.teacher, cfg.device)
+    data = load_texts(cfg.data)
+    start = time.perf_counter()
+    for lo in range(0, len(data), cfg.batch_size):
+        tokens = tokenize_batch(teacher.tokenizer, data.texts_a[lo:lo + cfg.batch_size], None, cfg.max_length)
+        out = teacher.forward({k: torch.from_numpy(v) for k, v in tokens.items()})
+        out.logits.float().cpu()
+    return time.perf_counter() - start
+
+
+def timed_extract(cfg: ExtractConfig) -> float:
+    shutil.rmtree(cfg.out, ignore_errors=True)
+    start = time.perf_counter()
+    extract(cfg, progress=False)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--teacher", help="fine-tuned teacher folder (default: packaged MiniLM with a seeded head)")
+    p.add_argument("--examples", type=int, default=512)
+    p.add_argument("--max-length", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--device", default="cpu")
+    args = p.parse_args()
+    quiet_libraries()
+    torch.set_num_threads(torch.get_num_threads())
+    work = Path(tempfile.mkdtemp(prefix="hsk-bench-"))
+    teacher = args.teacher or str(packaged_teacher(work / "teacher"))
+    data = str(movie_csv(work / "movies.csv", args.examples))
+    configs = {
+        "(1,9,0.1) mag": dict(student_layers=3, depth=1, tokens=9, width=0.1),
+        "(4,50,1.0)": dict(student_layers=3, tokens=50, width=1.0),
+        "(4,50,0.2) mag": dict(student_layers=3, tokens=50, width=0.2),
+    }
+    bare_cfg = ExtractConfig(teacher, data, "", student_layers=3, max_length=args.max_length,
+                             batch_size=args.batch_size, device=args.device)
+    runs = {name: ExtractConfig(teacher, data, str(work / "store"), max_length=args.max_length,
+                                batch_size=args.batch_size, device=args.device, **settings)
+            for name, settings in configs.items()}
+    bare_forward(bare_cfg)  # warm-up: allocator, thread pools, file cache
+    times: dict[str, list[float]] = {"bare forward": []} | {name: [] for name in runs}
+    for _ in range(args.repeats):  # interleaved, so drifting machine load hits every row alike
+        times["bare forward"].append(bare_forward(bare_cfg))
+        for name, cfg in runs.items():
+            times[name].append(timed_extract(cfg))
+    bare = min(times["bare forward"])
+    print(f"machine: {platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, device {args.device}")
+    print(f"{args.examples} movie reviews, batch {args.batch_size}, max length {args.max_length}, best of {args.repeats}")
+    print(f"{'run':<24}{'seconds':>9}{'ex/s':>9}{'overhead':>10}")
+    for name, ts in times.items():
+        t = min(ts)
+        extra = "" if name == "bare forward" else f"{100 * (t / bare - 1):.1f}%"
+        label = name if name == "bare forward" else "extract " + name
+        print(f"{label:<24}{t:>9.2f}{args.examples / t:>9.1f}{extra:>10}")
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
