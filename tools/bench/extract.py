@@ -7,8 +7,6 @@ attentions). Target: at most 15% more on CPU.
 from __future__ import annotations
 
 import argparse
-import bz2
-import csv
 import platform
 import shutil
 import tempfile
@@ -16,32 +14,14 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from hskcache.cli import quiet_libraries
 from hskcache.config import ExtractConfig
 from hskcache.data import load_texts, tokenize_batch
-from hskcache.embedded import minilm_encoder, movie_corpus
 from hskcache.extract import extract
 from hskcache.teacher import load_teacher
 
-
-def movie_csv(path: Path, n: int) -> Path:
-    with bz2.open(movie_corpus(), "rt") as f:
-        rows = [r for r in csv.DictReader(f) if r["category"] != "plot"][:n]
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["sentence", "label"])
-        w.writerows([[r["text"], int(r["category"] == "fresh")] for r in rows])
-    return path
-
-
-def packaged_teacher(folder: Path) -> Path:
-    """The packaged MiniLM with a seeded head: the head does not change the cost."""
-    torch.manual_seed(0)
-    AutoModelForSequenceClassification.from_pretrained(minilm_encoder(), num_labels=2).save_pretrained(folder)
-    AutoTokenizer.from_pretrained(minilm_encoder()).save_pretrained(folder)
-    return folder
+from common import movie_csv, packaged_teacher
 
 
 def bare_forward(cfg: ExtractConfig) -> float:

@@ -1,0 +1,258 @@
+"""`students build tinybert|rosita`, `students train`, `students eval`."""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import math
+import sys
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+
+from hskcache.cli import run_guarded
+from hskcache.errors import UserError
+from students.models import PRESETS, StudentSpec
+from students.trainer import TrainConfig, parse_hsk
+
+PROG = "students"
+IMPORTANCE_BATCH = 32
+
+
+def _columns(text: str | None) -> tuple[str, ...] | None:
+    return tuple(c.strip() for c in text.split(",") if c.strip()) if text else None
+
+
+def _add_data_flags(p: argparse.ArgumentParser, split_flag: str) -> None:
+    p.add_argument(split_flag, default="validation", help="split of a glue/<task> dataset (default validation)")
+    p.add_argument("--text-cols", help="text column(s), a or a,b")
+    p.add_argument("--label-col", help="label column")
+
+
+# --------------------------------------------------------------------------- build
+
+
+def add_build_parser(sub) -> None:
+    build = sub.add_parser("build", help="make a student folder from a fine-tuned teacher")
+    kinds = build.add_subparsers(dest="kind", required=True)
+    presets = ", ".join(PRESETS)
+    tiny = kinds.add_parser("tinybert", help="a small BERT on the teacher's vocabulary (random or --init)",
+                            description=f"Shape flags override --preset ({presets}).")
+    tiny.add_argument("--teacher", required=True, help="fine-tuned teacher folder (for vocabulary and labels)")
+    tiny.add_argument("--out", required=True, help="student folder to write")
+    tiny.add_argument("--preset", help=f"named shape: {presets}")
+    tiny.add_argument("--layers", type=int)
+    tiny.add_argument("--hidden", type=int)
+    tiny.add_argument("--ffn", type=int)
+    tiny.add_argument("--heads", type=int)
+    tiny.add_argument("--init", help="general-distilled BERT checkpoint of the same shape (default: random init)")
+    tiny.add_argument("--seed", type=int, default=0, help="seed of the random init (default 0)")
+    rosita = kinds.add_parser("rosita", help="the teacher pruned by Taylor importance, embeddings factorised",
+                              description=f"Shape flags override --preset ({presets}). Loads the teacher once.")
+    rosita.add_argument("--teacher", required=True, help="the fine-tuned teacher that wrote the store")
+    rosita.add_argument("--cache", required=True, help="HSK store whose inputs and logits score the importance")
+    rosita.add_argument("--out", required=True, help="student folder to write")
+    rosita.add_argument("--preset", help=f"named shape: {presets}")
+    rosita.add_argument("--layers", type=int)
+    rosita.add_argument("--heads", type=int)
+    rosita.add_argument("--ffn", type=int)
+    rosita.add_argument("--emb-rank", type=int)
+    rosita.add_argument("--importance-examples", type=int, default=2048,
+                        help="store examples that score heads and neurons (default 2048)")
+    rosita.add_argument("--device", default="auto", help="auto (default) | cpu | cuda")
+
+
+def resolve_spec(args: argparse.Namespace, shape: Sequence[str]) -> StudentSpec:
+    """--preset, then the explicit shape flags on top of it."""
+    spec = StudentSpec(args.kind, layers=0, heads=0, ffn=0)
+    if args.preset is not None:
+        if args.preset not in PRESETS:
+            raise UserError(f"unknown --preset {args.preset!r}; use one of {', '.join(PRESETS)}")
+        spec = PRESETS[args.preset]
+        if spec.kind != args.kind:
+            raise UserError(f"--preset {args.preset} is a {spec.kind} preset; use it with `students build {spec.kind}`")
+    spec = replace(spec, **{name: getattr(args, name) for name in shape if getattr(args, name) is not None})
+    missing = [name for name in shape if not getattr(spec, name)]
+    if missing:
+        flags = ", ".join("--" + name.replace("_", "-") for name in missing)
+        raise UserError(f"students build {args.kind} needs {flags}; pass them or a --preset")
+    return spec
+
+
+def run_build(args: argparse.Namespace) -> int:
+    from students.models import build_rosita, build_tinybert, count_parameters
+
+    if args.kind == "tinybert":
+        spec = resolve_spec(args, ("layers", "hidden", "ffn", "heads"))
+        model = build_tinybert(args.teacher, spec.layers, spec.hidden, spec.ffn, spec.heads, args.out,
+                               init_dir=args.init, seed=args.seed)
+    else:
+        spec = resolve_spec(args, ("layers", "heads", "ffn", "emb_rank"))
+        model = _build_rosita(args, spec)
+    print(f"wrote {args.out}: {spec.kind} student, {spec.layers} layers, {count_parameters(model):,} parameters")
+    return 0
+
+
+def _build_rosita(args: argparse.Namespace, spec: StudentSpec):
+    from transformers import AutoTokenizer
+
+    from hskcache.reader import open_store
+    from hskcache.teacher import pick_device, tokenizer_hash
+    from students.models import STUDENT_FILE, build_rosita
+
+    if args.importance_examples < 1:
+        raise UserError(f"--importance-examples must be at least 1, got {args.importance_examples}")
+    store = open_store(args.cache)
+    if not (Path(args.teacher) / "config.json").is_file():
+        raise UserError(f"teacher {args.teacher} is not a model folder (no config.json); pass the fine-tuned teacher")
+    if tokenizer_hash(AutoTokenizer.from_pretrained(args.teacher)) != store.attrs["tokenizer"]["vocab_hash"]:
+        raise UserError(f"teacher {args.teacher}'s vocabulary differs from the store's tokenizer; "
+                        "pass the teacher that wrote the store")
+    # The importance pass needs only inputs and logits: read the smallest HSK.
+    batches = store.batches(IMPORTANCE_BATCH, shuffle=True, seed=0, depth=1, tokens=1)
+    sample = itertools.islice(batches, math.ceil(args.importance_examples / IMPORTANCE_BATCH))
+    model = build_rosita(args.teacher, sample, spec.layers, spec.heads, spec.ffn, spec.emb_rank, args.out,
+                         device=pick_device(args.device))
+    built = json.loads((Path(args.out) / STUDENT_FILE).read_text())
+    if built["teacher_hash"] != store.attrs["teacher_hash"]:
+        print(f"{PROG}: warning: {args.teacher} has other weights than the teacher that wrote {args.cache}",
+              file=sys.stderr)
+    return model
+
+
+# --------------------------------------------------------------------------- train
+
+
+def add_train_parser(sub) -> None:
+    d = TrainConfig
+    p = sub.add_parser("train", help="two-stage distillation from an HSK store (no teacher needed)",
+                       description="Stage 1 (hsk) matches stored hidden states, stage 2 (pred) stored logits. "
+                                   "Defaults are the paper's; see docs/training.md.")
+    src = p.add_argument_group("knowledge source (one of)")
+    src.add_argument("--cache", help="HSK store written by `hskcache extract`")
+    src.add_argument("--teacher", help="online baseline: the teacher itself (with --data and extraction flags)")
+    p.add_argument("--student", required=True, help="student folder from `students build`")
+    p.add_argument("--out", required=True, help="run folder: log.jsonl, checkpoint/, best/, student/, metrics.json")
+    p.add_argument("--hsk", default="stored", help="N_D,N_L,N_W (N_W a fraction), 'stored' (default) or 'none'")
+    p.add_argument("--width-loss", default=d.width_loss, help="zero-fill (default, the paper) | masked")
+    p.add_argument("--temperature", type=float, default=d.temperature, help=f"soft CE temperature (default {d.temperature})")
+    for stage, name in (("hsk", "stage 1"), ("pred", "stage 2")):
+        p.add_argument(f"--{stage}-epochs", type=int, default=getattr(d, f"{stage}_epochs"),
+                       help=f"{name} epochs (default {getattr(d, f'{stage}_epochs')})")
+        p.add_argument(f"--{stage}-lr", type=float, default=getattr(d, f"{stage}_lr"),
+                       help=f"{name} learning rate (default {getattr(d, f'{stage}_lr')})")
+        p.add_argument(f"--{stage}-batch-size", type=int, default=getattr(d, f"{stage}_batch_size"),
+                       help=f"{name} batch size (default {getattr(d, f'{stage}_batch_size')})")
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay, help=f"AdamW weight decay (default {d.weight_decay})")
+    p.add_argument("--max-grad-norm", type=float, default=d.max_grad_norm, help=f"gradient clipping (default {d.max_grad_norm})")
+    p.add_argument("--seed", type=int, default=d.seed, help="seeds dropout, the projection and data order (default 0)")
+    p.add_argument("--max-steps", type=int, help="stop each stage after N optimizer steps (smoke runs)")
+    p.add_argument("--log-every", type=int, default=d.log_every, help=f"log a step record every N steps (default {d.log_every})")
+    p.add_argument("--save-every", type=int, help="also checkpoint every N steps (default: each epoch end and on Ctrl-C)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    ev = p.add_argument_group("evaluation")
+    ev.add_argument("--eval-data", help="labeled dev data: glue/<task> or a .csv/.tsv/.json/.jsonl/.parquet file")
+    _add_data_flags(ev, "--eval-split")
+    ev.add_argument("--max-length", type=int, help="eval max length (default: the store's)")
+    ev.add_argument("--eval-batch-size", type=int, default=d.eval_batch_size)
+    p.add_argument("--device", default=d.device, help="auto (default) | cpu | cuda (bf16 autocast)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: all available cores)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def train_config(args: argparse.Namespace) -> TrainConfig:
+    return TrainConfig(
+        student=args.student, out=args.out, hsk=parse_hsk(args.hsk), width_loss=args.width_loss,
+        temperature=args.temperature, hsk_epochs=args.hsk_epochs, hsk_lr=args.hsk_lr,
+        hsk_batch_size=args.hsk_batch_size, pred_epochs=args.pred_epochs, pred_lr=args.pred_lr,
+        pred_batch_size=args.pred_batch_size, weight_decay=args.weight_decay, max_grad_norm=args.max_grad_norm,
+        seed=args.seed, max_steps=args.max_steps, log_every=args.log_every, save_every=args.save_every,
+        eval_data=args.eval_data, eval_split=args.eval_split, text_cols=_columns(args.text_cols),
+        label_col=args.label_col, max_length=args.max_length, eval_batch_size=args.eval_batch_size,
+        device=args.device, threads=args.threads, resume=args.resume, progress=not args.quiet)
+
+
+def open_source(args: argparse.Namespace):
+    from hskcache.reader import open_store
+
+    if (args.cache is None) == (args.teacher is None):
+        raise UserError("pass exactly one knowledge source: --cache STORE, or --teacher MODEL with --data DATA")
+    return open_store(args.cache)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from students.trainer import train
+
+    cfg = train_config(args)
+    try:
+        metrics = train(cfg, open_source(args))
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted; rerun with --resume", file=sys.stderr)
+        return 130
+    scores = ", ".join(f"{k} {v:.4f}" for k, v in (metrics["eval"] or {}).items())
+    print(f"wrote {Path(cfg.out) / 'student'}" + (f" ({scores})" if scores else ""))
+    return 0
+
+
+# --------------------------------------------------------------------------- eval
+
+
+def add_eval_parser(sub) -> None:
+    p = sub.add_parser("eval", help="a student's metrics on labeled data")
+    p.add_argument("--model", required=True, help="student folder (e.g. RUN/student)")
+    p.add_argument("--data", required=True, help="glue/<task> or a .csv/.tsv/.json/.jsonl/.parquet file")
+    _add_data_flags(p, "--split")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--max-length", type=int, default=128)
+    p.add_argument("--device", default="auto", help="auto (default) | cpu | cuda")
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from transformers import AutoTokenizer
+
+    from hskcache.teacher import pick_device
+    from students.evaluate import evaluate, load_eval_set
+    from students.models import load_student
+
+    if args.batch_size < 1 or args.max_length < 2:
+        raise UserError("--batch-size must be at least 1 and --max-length at least 2")
+    device = pick_device(args.device)
+    model = load_student(args.model).to(device)
+    config = model.config
+    regression = config.problem_type == "regression" or config.num_labels == 1
+    names = [config.id2label[i] for i in range(config.num_labels)]
+    named = names != [f"LABEL_{i}" for i in range(config.num_labels)]  # string labels number like training's
+    eval_set = load_eval_set(args.data, AutoTokenizer.from_pretrained(args.model), args.max_length,
+                             config.num_labels, regression, split=args.split, text_cols=_columns(args.text_cols),
+                             label_col=args.label_col, label_names=names if named else None)
+    metrics = evaluate(model, eval_set, args.batch_size, device)
+    if args.json:
+        print(json.dumps(metrics))
+    else:
+        for name, value in metrics.items():
+            print(f"{name:<10}{value:.4f}")
+    return 0
+
+
+# --------------------------------------------------------------------------- main
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, description="Build, distill and evaluate students from an HSK store.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_build_parser(sub)
+    add_train_parser(sub)
+    add_eval_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    runners = {"build": run_build, "train": run_train, "eval": run_eval}
+    return run_guarded(lambda: runners[args.command](args), PROG)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,482 @@
+"""Two-stage task-specific distillation (SPEC "Losses and schedule"), resumable.
+
+Stage `hsk` matches projected student hidden states to the teacher's HSK;
+stage `pred` matches the teacher's logits. The trainer sees the teacher only
+through a `BatchSource` (the store's streaming iterator, or the online
+teacher), so where the knowledge comes from is the source's business and the
+loop, losses and checkpoints are shared.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+from transformers import AutoTokenizer, get_constant_schedule, get_linear_schedule_with_warmup
+
+from hskcache.errors import UserError
+from hskcache.layout import kept_width
+from hskcache.teacher import pick_device, tokenizer_hash
+from students.checkpoint import read_state, replaced_dir, rng_state, set_rng_state, write_state
+from students.evaluate import MODEL_INPUTS, EvalSet, evaluate, load_eval_set
+from students.losses import HSK_MODES, HSKProjection, hsk_loss, prediction_loss
+from students.metrics import primary_metric
+from students.models import STUDENT_FILE, count_parameters, load_student, save_student
+
+LOG_FILE = "log.jsonl"
+METRICS_FILE = "metrics.json"
+DEVICES = ("auto", "cpu", "cuda")
+# Per stage: added to the data epoch and to the dropout seed, so the stages see
+# different orders, and a pred stage sees the same orders with or without stage 1.
+STAGE_BASE = {"hsk": 0, "pred": 1_000_000}
+
+HSKRead = tuple[int | None, int | None, float | None]  # (N_D, N_L, N_W); None: as stored
+STORED: HSKRead = (None, None, None)
+
+
+class BatchSource(Protocol):
+    """What the trainer needs from where the teacher's knowledge comes from.
+
+    `batches` yields the reader's batch dictionary (docs/design.md); `config`
+    holds the extraction settings (`depth`, `tokens`, `width`, `max_length`,
+    `text_cols`, `label_col`); `attrs` the tokenizer's `vocab_hash`, `task` and
+    `label_names`.
+    """
+
+    student_layers: int
+    hidden: int
+    regression: bool
+    num_labels: int
+    config: dict[str, Any]
+    attrs: dict[str, Any]
+
+    def num_batches(self, batch_size: int, drop_last: bool = False) -> int: ...
+
+    def batches(self, batch_size: int, shuffle: bool = True, seed: int = 0, epoch: int = 0,
+                depth: int | None = None, tokens: int | None = None, width: float | None = None,
+                start_batch: int = 0) -> Iterator[dict[str, Tensor]]: ...
+
+
+def parse_hsk(text: str) -> HSKRead | None:
+    """`--hsk`: `none` (prediction-only KD), `stored`, or `N_D,N_L,N_W` (N_W a fraction)."""
+    if text == "none":
+        return None
+    if text == "stored":
+        return STORED
+    parts = text.split(",")
+    try:
+        if len(parts) != 3:
+            raise ValueError
+        depth, tokens, width = int(parts[0]), int(parts[1]), float(parts[2])
+    except ValueError:
+        raise UserError(f"--hsk {text!r} is not N_D,N_L,N_W (e.g. 1,9,0.1), 'stored' or 'none'") from None
+    if depth < 1 or tokens < 1 or not 0 < width <= 1:
+        raise UserError(f"--hsk {text}: N_D and N_L must be at least 1 and N_W a fraction in (0, 1]")
+    return depth, tokens, width
+
+
+def format_hsk(hsk: HSKRead | None) -> str:
+    if hsk is None:
+        return "none"
+    return "stored" if hsk == STORED else ",".join(map(str, hsk))
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str  # "hsk" | "pred"
+    epochs: int
+    lr: float
+    batch_size: int
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every setting of one run; validated once here. Defaults are the paper's (SPEC Table 4)."""
+
+    student: str
+    out: str
+    hsk: HSKRead | None = STORED
+    width_loss: str = "zero-fill"
+    temperature: float = 1.0
+    hsk_epochs: int = 10
+    hsk_lr: float = 5e-5
+    hsk_batch_size: int = 32
+    pred_epochs: int = 5
+    pred_lr: float = 2e-5
+    pred_batch_size: int = 32
+    weight_decay: float = 0.01
+    max_grad_norm: float = 1.0
+    seed: int = 0
+    max_steps: int | None = None
+    log_every: int = 50
+    save_every: int | None = None
+    eval_data: str | None = None
+    eval_split: str = "validation"
+    text_cols: tuple[str, ...] | None = None
+    label_col: str | None = None
+    max_length: int | None = None
+    eval_batch_size: int = 128
+    device: str = "auto"
+    threads: int | None = None
+    resume: bool = False
+    progress: bool = True
+
+    # Settings a resumed run may change: they do not change what is trained.
+    RUNTIME = ("log_every", "save_every", "eval_batch_size", "device", "threads", "resume", "progress")
+
+    def __post_init__(self) -> None:
+        positive = {"hsk_epochs": self.hsk_epochs, "pred_epochs": self.pred_epochs, "hsk_batch_size": self.hsk_batch_size,
+                    "pred_batch_size": self.pred_batch_size, "log_every": self.log_every,
+                    "eval_batch_size": self.eval_batch_size, "max_steps": self.max_steps,
+                    "save_every": self.save_every, "threads": self.threads, "max_length": self.max_length}
+        for name, value in positive.items():
+            if value is not None and value < 1:
+                raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+        for name in ("hsk_lr", "pred_lr", "temperature", "max_grad_norm"):
+            if not getattr(self, name) > 0:
+                raise UserError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        if self.weight_decay < 0:
+            raise UserError(f"--weight-decay must be at least 0, got {self.weight_decay}")
+        if self.width_loss not in HSK_MODES:
+            raise UserError(f"--width-loss {self.width_loss!r} is unknown; use one of {', '.join(HSK_MODES)}")
+        if self.device not in DEVICES:
+            raise UserError(f"--device {self.device!r} is unknown; use one of {', '.join(DEVICES)}")
+        if self.max_length is not None and self.max_length < 2:
+            raise UserError(f"--max-length must be at least 2 ([CLS] and [SEP]), got {self.max_length}")
+        if Path(self.out).is_file():
+            raise UserError(f"--out {self.out} is a file; pass a directory for the run")
+
+    def stages(self) -> list[Stage]:
+        pred = Stage("pred", self.pred_epochs, self.pred_lr, self.pred_batch_size)
+        return [pred] if self.hsk is None else [Stage("hsk", self.hsk_epochs, self.hsk_lr, self.hsk_batch_size), pred]
+
+    def identity(self) -> dict[str, Any]:
+        """The settings a checkpoint must have been written with to be resumed."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in self.RUNTIME}
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self) | {"hsk": format_hsk(self.hsk)}
+
+
+@dataclass
+class Position:
+    """Where the run is; with the weights and RNG states it is all a resume needs."""
+
+    stage: int = 0  # index into TrainConfig.stages()
+    epoch: int = 0  # within the stage, 0-based
+    batch: int = 0  # batches consumed in this epoch
+    step: int = 0  # optimizer steps in this stage
+    loss_sum: float = 0.0  # since the last logged step
+    loss_count: int = 0
+    best: float | None = None  # primary metric of RUN/best
+    best_eval: dict[str, float] | None = None
+    best_at: dict[str, Any] | None = None
+    stats: dict[str, dict[str, float]] = field(default_factory=dict)  # per stage: steps, seconds, examples
+    log_bytes: int = 0  # length of log.jsonl at this position
+
+
+class InterruptFlag:
+    """SIGINT only sets a flag that the loop checks between optimizer steps, so a
+    checkpoint is never taken mid-update; a second SIGINT interrupts at once."""
+
+    def __enter__(self) -> InterruptFlag:
+        self.requested = False
+        self._previous = None
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise HardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+class HardInterrupt(KeyboardInterrupt):
+    """A second Ctrl-C: the state may be mid-update, so nothing is saved."""
+
+
+def check_hsk(hsk: HSKRead, config: dict[str, Any], hidden: int) -> None:
+    """Refuse, before anything runs, a read above what the source holds."""
+    held = (int(config["depth"]), int(config["tokens"]), float(config["width"]))
+    depth, tokens, width = hsk
+    if ((depth is not None and depth > held[0]) or (tokens is not None and tokens > held[1])
+            or (width is not None and kept_width(width, hidden) > kept_width(held[2], hidden))):
+        raise UserError(f"--hsk {format_hsk(hsk)} is more than the store holds ({','.join(map(str, held))}); "
+                        "pass N_D,N_L,N_W at or below it, or extract a larger store")
+
+
+class Trainer:
+    """One run: `Trainer(cfg, source).run()` trains, evaluates and writes RUN/."""
+
+    def __init__(self, cfg: TrainConfig, source: BatchSource) -> None:
+        self.cfg, self.source = cfg, source
+        self.run_dir = Path(cfg.out)
+        self.stages = cfg.stages()
+        self.device = pick_device(cfg.device)
+        if self.device.type == "cpu":
+            torch.set_num_threads(cfg.threads or len(os.sched_getaffinity(0)))
+        if not (Path(cfg.student) / STUDENT_FILE).is_file():
+            raise UserError(f"--student {cfg.student} is not a student folder (no {STUDENT_FILE}); "
+                            "make one with `students build`")
+        self.model = load_student(cfg.student)
+        self.info = json.loads((Path(cfg.student) / STUDENT_FILE).read_text())
+        self.tokenizer = AutoTokenizer.from_pretrained(cfg.student)
+        self._check_compatible()
+        self.eval_set = self._load_eval_set()
+        self.primary = primary_metric(self.eval_set.task if self.eval_set else None, source.regression)
+        torch.manual_seed(cfg.seed)
+        self.projection = HSKProjection(self.model.config.hidden_size, source.hidden)
+        self.model.to(self.device)
+        self.projection.to(self.device)
+        self.autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda"
+                         else contextlib.nullcontext())
+        self.pos = Position()
+        self.saved = self._open_run()
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
+        self.params: list[nn.Parameter] = []
+        self._lr = 0.0  # learning rate of the last step, for the log
+
+    # ------------------------------------------------------------------ setup
+
+    def _check_compatible(self) -> None:
+        source, student = self.source, self.cfg.student
+        layers = self.model.config.num_hidden_layers
+        if layers != source.student_layers:
+            raise UserError(f"student {student} has {layers} layers but the store was extracted for "
+                            f"{source.student_layers}; build a {source.student_layers}-layer student or extract "
+                            f"with --student-layers {layers}")
+        stored = source.attrs["tokenizer"]["vocab_hash"]
+        if tokenizer_hash(self.tokenizer) != stored:
+            raise UserError(f"student {student}'s vocabulary differs from the store's tokenizer; "
+                            "build the student from the teacher that wrote the store")
+        if self.model.config.num_labels != source.num_labels:
+            raise UserError(f"student {student} has {self.model.config.num_labels} outputs but the teacher has "
+                            f"{source.num_labels}; build the student from the teacher that wrote the store")
+        if self.cfg.hsk is not None:
+            check_hsk(self.cfg.hsk, source.config, source.hidden)
+
+    def _load_eval_set(self) -> EvalSet | None:
+        cfg, source = self.cfg, self.source
+        if cfg.eval_data is None:
+            return None
+        return load_eval_set(
+            cfg.eval_data, self.tokenizer, cfg.max_length or int(source.config["max_length"]), source.num_labels,
+            source.regression, split=cfg.eval_split, text_cols=cfg.text_cols or source.config.get("text_cols"),
+            label_col=cfg.label_col or source.config.get("label_col"), label_names=source.attrs.get("label_names"),
+            task=source.attrs.get("task"))
+
+    def _open_run(self) -> dict[str, Any] | None:
+        """Start RUN/ or, with --resume, reload its checkpoint (weights, RNG, position)."""
+        run, log = self.run_dir, self.run_dir / LOG_FILE
+        state = read_state(run / "checkpoint") if self.cfg.resume else None
+        if state is None and run.exists() and any(run.iterdir()) and not self.cfg.resume:
+            raise UserError(f"--out {run} already holds a run; pass --resume to continue it or choose a new --out")
+        if state is None:
+            run.mkdir(parents=True, exist_ok=True)
+            log.write_text("")
+            return None
+        if state["identity"] != self.cfg.identity():
+            changed = sorted(k for k, v in self.cfg.identity().items() if state["identity"].get(k) != v)
+            raise UserError(f"--resume: {run} was started with other settings ({', '.join(changed)}); "
+                            "rerun with the original flags or choose a new --out")
+        self.model.load_state_dict(state["model"])
+        self.projection.load_state_dict(state["projection"])
+        self.pos = Position(**state["position"])
+        with open(log, "r+b") as f:  # drop records written after the checkpoint
+            f.truncate(self.pos.log_bytes)
+        set_rng_state(state["rng"])
+        return state
+
+    def _begin_stage(self, stage: Stage, total: int) -> None:
+        """Fresh optimizer and schedule (and dropout seed), or the checkpoint's when resuming mid-stage."""
+        params = self.params = [*self.model.parameters(),
+                                *(self.projection.parameters() if stage.name == "hsk" else [])]
+        groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": self.cfg.weight_decay},
+                  {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]  # biases, LayerNorm
+        self.optimizer = torch.optim.AdamW(groups, lr=stage.lr)
+        self.scheduler = (get_constant_schedule(self.optimizer) if stage.name == "hsk"
+                          else get_linear_schedule_with_warmup(self.optimizer, 0, total))
+        if self.saved is not None and self.saved["optimizer"] is not None:
+            self.optimizer.load_state_dict(self.saved["optimizer"])
+            self.scheduler.load_state_dict(self.saved["scheduler"])
+        else:
+            torch.manual_seed(self.cfg.seed + STAGE_BASE[stage.name])
+        self.saved = None
+
+    # ------------------------------------------------------------------ loop
+
+    def run(self) -> dict[str, Any]:
+        """Train every remaining stage, then write RUN/student and RUN/metrics.json."""
+        with InterruptFlag() as interrupt, open(self.run_dir / LOG_FILE, "a") as self.log_file:
+            try:
+                while self.pos.stage < len(self.stages):
+                    self._run_stage(self.stages[self.pos.stage], interrupt)
+            except HardInterrupt:
+                raise
+            except KeyboardInterrupt:
+                self._save_checkpoint()
+                raise
+        return self._finish()
+
+    def _run_stage(self, stage: Stage, interrupt: InterruptFlag) -> None:
+        per_epoch = self.source.num_batches(stage.batch_size)
+        total = stage.epochs * per_epoch if self.cfg.max_steps is None else min(stage.epochs * per_epoch,
+                                                                                 self.cfg.max_steps)
+        self._begin_stage(stage, total)
+        bar = tqdm(total=total, initial=self.pos.step, desc=stage.name, unit="step", dynamic_ncols=True,
+                   disable=not self.cfg.progress)
+        with bar:
+            done = False
+            while not done:
+                self._run_epoch(stage, total, bar, interrupt)
+                self._evaluate(stage, bar)
+                self.pos.epoch, self.pos.batch = self.pos.epoch + 1, 0
+                done = self.pos.epoch >= stage.epochs or self.pos.step >= total
+                if done:
+                    self.pos = Position(stage=self.pos.stage + 1, best=self.pos.best, best_eval=self.pos.best_eval,
+                                        best_at=self.pos.best_at, stats=self.pos.stats)
+                    self.optimizer = self.scheduler = None
+                self._save_checkpoint()
+                if interrupt.requested:
+                    raise KeyboardInterrupt
+
+    def _run_epoch(self, stage: Stage, total: int, bar: tqdm, interrupt: InterruptFlag) -> None:
+        cfg, pos = self.cfg, self.pos
+        if pos.step >= total:  # resumed right after the stage's last step
+            return
+        # The pred stage needs no HSK: read the least the source can decode.
+        depth, tokens, width = cfg.hsk if stage.name == "hsk" else (1, 1, None)
+        batches = self.source.batches(stage.batch_size, shuffle=True, seed=cfg.seed,
+                                      epoch=STAGE_BASE[stage.name] + pos.epoch, depth=depth, tokens=tokens,
+                                      width=width, start_batch=pos.batch)
+        stats = pos.stats.setdefault(stage.name, {"steps": 0, "seconds": 0.0, "examples": 0})
+        self.model.train()
+        started = time.perf_counter()
+        for batch in batches:
+            loss = self._step(stage, batch)
+            pos.batch, pos.step = pos.batch + 1, pos.step + 1
+            pos.loss_sum, pos.loss_count = pos.loss_sum + loss, pos.loss_count + 1
+            stats["steps"] += 1
+            stats["examples"] += len(batch["input_ids"])
+            bar.update()
+            if pos.step % cfg.log_every == 0 or pos.step == total:
+                self._log_step(stage, bar)
+            if cfg.save_every and pos.step % cfg.save_every == 0:
+                self._save_checkpoint()
+            if interrupt.requested:
+                raise KeyboardInterrupt
+            if pos.step >= total:
+                break
+        stats["seconds"] += time.perf_counter() - started
+
+    def _step(self, stage: Stage, batch: dict[str, Tensor]) -> float:
+        """One optimizer step; returns the loss."""
+        width = int(batch["attention_mask"].sum(1).max())  # padding is masked: trim it
+        inputs = {k: batch[k][:, :width].to(self.device) for k in MODEL_INPUTS}
+        hsk = stage.name == "hsk"
+        with self.autocast:
+            out = self.model(**inputs, output_hidden_states=hsk)
+        if hsk:
+            # Stored layer j of a depth-n read belongs to student layer L' - n + 1 + j.
+            n, top = batch["hsk"].shape[1], self.source.student_layers
+            states = [out.hidden_states[top - n + 1 + j].float() for j in range(n)]
+            loss = hsk_loss(states, batch["hsk"].to(self.device), batch["positions"].to(self.device),
+                            batch["hsk_mask"].to(self.device), self.projection, self.cfg.width_loss)
+        else:
+            loss = prediction_loss(out.logits.float(), batch["logits"].to(self.device), self.cfg.temperature,
+                                   self.source.regression)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.params, self.cfg.max_grad_norm)
+        self._lr = self.optimizer.param_groups[0]["lr"]
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss.item()
+
+    # ------------------------------------------------------------------ records
+
+    def _write_log(self, record: dict[str, Any]) -> None:
+        self.log_file.write(json.dumps(record) + "\n")
+        self.log_file.flush()
+
+    def _log_step(self, stage: Stage, bar: tqdm) -> None:
+        pos = self.pos
+        loss = pos.loss_sum / pos.loss_count
+        self._write_log({"stage": stage.name, "step": pos.step, "epoch": pos.epoch + 1, "loss": loss, "lr": self._lr})
+        bar.set_postfix(epoch=pos.epoch + 1, loss=f"{loss:.4g}", refresh=False)
+        pos.loss_sum, pos.loss_count = 0.0, 0
+
+    def _evaluate(self, stage: Stage, bar: tqdm) -> None:
+        """Eval after every epoch; the best of the pred stage becomes RUN/best
+        (after stage 1 alone the classifier head is untrained)."""
+        if self.eval_set is None:
+            return
+        pos = self.pos
+        metrics = evaluate(self.model, self.eval_set, self.cfg.eval_batch_size, self.device)
+        self._write_log({"stage": stage.name, "epoch": pos.epoch + 1, "step": pos.step, "eval": metrics})
+        if self.cfg.progress:
+            bar.write(f"{stage.name} epoch {pos.epoch + 1}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+        score = metrics[self.primary]
+        if stage.name == "pred" and (pos.best is None or score > pos.best):
+            pos.best, pos.best_eval = score, metrics
+            pos.best_at = {"stage": stage.name, "epoch": pos.epoch + 1, "step": pos.step}
+            with replaced_dir(self.run_dir / "best") as tmp:
+                save_student(self.model, tmp, self.cfg.student)
+
+    def _save_checkpoint(self) -> None:
+        self.pos.log_bytes = self.log_file.tell()
+        write_state(self.run_dir / "checkpoint", {
+            "identity": self.cfg.identity(),
+            "position": asdict(self.pos),
+            "model": self.model.state_dict(),
+            "projection": self.projection.state_dict(),
+            "optimizer": None if self.optimizer is None else self.optimizer.state_dict(),
+            "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
+            "rng": rng_state(),
+        })
+
+    def _finish(self) -> dict[str, Any]:
+        """RUN/student (the best pred-stage checkpoint, else the last model) and RUN/metrics.json."""
+        best = self.run_dir / "best"
+        with replaced_dir(self.run_dir / "student") as tmp:
+            if self.pos.best_eval is not None:
+                shutil.copytree(best, tmp, dirs_exist_ok=True)
+            else:
+                save_student(self.model, tmp, self.cfg.student)
+        stages = {name: {**s, "examples_per_second": s["examples"] / s["seconds"] if s["seconds"] else None}
+                  for name, s in self.pos.stats.items()}
+        metrics = {
+            "eval": self.pos.best_eval,
+            "best": self.pos.best_at and {**self.pos.best_at, "metric": self.primary, "value": self.pos.best},
+            "config": self.cfg.to_json(),
+            "stages": stages,
+            "student": {"kind": self.info["kind"], "parameters": count_parameters(self.model),
+                        "layers": self.model.config.num_hidden_layers, "hidden": self.model.config.hidden_size},
+            "source": {"teacher_hash": self.source.attrs.get("teacher_hash"), "task": self.source.attrs.get("task"),
+                       "extraction": self.source.config},
+        }
+        (self.run_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
+        return metrics
+
+
+def train(cfg: TrainConfig, source: BatchSource) -> dict[str, Any]:
+    """Run (or resume) training; returns what RUN/metrics.json holds."""
+    return Trainer(cfg, source).run()

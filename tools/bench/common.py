@@ -1,0 +1,65 @@
+"""Inputs shared by the benchmarks: real movie reviews, the packaged teacher, big stores."""
+from __future__ import annotations
+
+import bz2
+import csv
+from pathlib import Path
+
+import numpy as np
+import torch
+import zarr
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+from hskcache.embedded import minilm_encoder, movie_corpus
+from hskcache.layout import StoreShape
+from hskcache.store import StoreData, StoreWriter
+
+
+def movie_csv(path: Path, n: int) -> Path:
+    """The first n fresh/rotten snippets of the packaged corpus as a sentence,label csv."""
+    with bz2.open(movie_corpus(), "rt") as f:
+        rows = [r for r in csv.DictReader(f) if r["category"] != "plot"][:n]
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["sentence", "label"])
+        w.writerows([[r["text"], int(r["category"] == "fresh")] for r in rows])
+    return path
+
+
+def packaged_teacher(folder: Path) -> Path:
+    """The packaged MiniLM with a seeded head: the head does not change any cost measured here."""
+    torch.manual_seed(0)
+    AutoModelForSequenceClassification.from_pretrained(minilm_encoder(), num_labels=2).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(minilm_encoder()).save_pretrained(folder)
+    return folder
+
+
+def tiled_store(source: Path, dest: Path, rows: int) -> Path:
+    """A synthetic store of `rows` rows made by repeating a real store's rows.
+
+    Shapes, dtypes, chunking and attributes are exactly those of a real
+    extraction of that size; only the content repeats.
+    """
+    src = StoreData(source)
+    attrs = dict(src.attrs)
+    cfg = attrs["config"]
+    shape = StoreShape(cfg["max_length"], attrs["tokenizer"]["vocab_size"], attrs["num_labels"], attrs["regression"],
+                       cfg["depth"], cfg["tokens"], attrs["hidden_size"], cfg["width"], cfg["width_strategy"])
+    names = [a.name for a in shape.arrays()]
+    block = src.read(names, slice(0, src.num_examples))
+    attrs["num_examples"] = rows
+    attrs["identity"] = {**attrs["identity"], "tiled_rows": rows}
+    for key in ("format", "schema_version", "rows_committed", "complete"):
+        attrs.pop(key)
+    static = src.static_dims()
+    writer = StoreWriter.open(dest, shape, rows, attrs, static, overwrite=True)
+    done = 0
+    while done < rows:
+        n = min(src.num_examples, rows - done)
+        part = {k: v[:n] for k, v in block.items()}
+        part["example_id"] = np.arange(done, done + n, dtype=np.int64)
+        writer.append(part)
+        done += n
+    writer.finish()
+    assert zarr.open_group(str(dest), mode="r").attrs["complete"]
+    return dest
