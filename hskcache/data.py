@@ -115,7 +115,6 @@ def load_texts(
                 f"could not fetch {data} from the Hugging Face hub ({e}); run once "
                 "with network access to cache it, or pass a local data file"
             ) from e
-        default_cols = GLUE_TEXT_COLS[task]
         # GLUE test splits carry no labels, only -1 placeholders.
         has_labels = "label" in ds.column_names and any(
             v != -1 for v in ds.with_format("arrow")["label"].to_pylist()
@@ -125,12 +124,14 @@ def load_texts(
     else:
         task = None
         ds = _load_local(data)
-        default_cols = _default_text_cols(ds.column_names, data)
         default_label = "label" if "label" in ds.column_names else None
         regression = None
     if ds.num_rows == 0:
         raise UserError(f"{data} ({split}) has no rows; pass a non-empty dataset")
-    cols = tuple(text_cols) if text_cols else default_cols
+    if text_cols:
+        cols = tuple(text_cols)
+    else:
+        cols = GLUE_TEXT_COLS[task] if task else _default_text_cols(ds.column_names, data)
     label_col = label_col if label_col is not None else default_label
     return _to_text_data(ds, data, split, task, cols, label_col, regression, label_names)
 

@@ -46,6 +46,8 @@ def test_text_column_fallback_unlabeled(tmp_path):
     d = load_texts(path)
     assert d.text_cols == ("text",) and d.labels is None and d.label_col is None
     assert d.num_labels is None
+    other = _write(tmp_path / "o.csv", pd.DataFrame({"body": ["x"], "label": ["pos"]}))
+    assert load_texts(other, text_cols=["body"]).texts_a == ["x"]
 
 
 def test_pairs_and_explicit_columns(tmp_path):
