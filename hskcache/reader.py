@@ -60,6 +60,88 @@ def epoch_batches(num_rows: int, chunk_rows: int, window_chunks: int, batch_size
         yield [], [carry]
 
 
+def default_window_chunks(batch_size: int, chunk_rows: int) -> int:
+    """Chunks shuffled together: enough rows to mix well, memory bounded by the window."""
+    return max(4, -(-8 * batch_size // chunk_rows))
+
+
+class RowDecoder:
+    """Rows in the store's dtypes (numpy) → the batch dictionary (torch), at any
+    (depth, tokens, width) at or below what the rows hold.
+
+    Shared by `HSKStore` and the online baseline, which builds the very rows the
+    writer would write and decodes them here, so both feed the trainer the same values.
+    """
+
+    def __init__(self, attrs: dict[str, Any], static: np.ndarray | None, where: str):
+        self.hidden: int = attrs["hidden_size"]
+        self.kept: int = attrs["kept"]
+        self.depth: int = len(attrs["stored_layers"])
+        self.tokens: int = int(attrs["config"]["tokens"])
+        self.width: float = float(attrs["config"]["width"])
+        self.width_strategy: str = attrs["config"]["width_strategy"]
+        self.seed: int = attrs["config"]["seed"]
+        self.width_encoding: str | None = attrs["width_encoding"]
+        self.static = static
+        self.where = where
+
+    def resolve(self, depth: int | None, tokens: int | None, width: float | None) -> tuple[int, int, int]:
+        """(depth, tokens, kept) of a read; None means as stored."""
+        depth = self.depth if depth is None else depth
+        tokens = self.tokens if tokens is None else tokens
+        kept = self.kept if width is None else kept_width(width, self.hidden)
+        stored = f"the store holds depth {self.depth}, tokens {self.tokens}, width {self.width} ({self.where})"
+        if not 1 <= depth <= self.depth:
+            raise UserError(f"depth {depth} is not available: {stored}")
+        if not 1 <= tokens <= self.tokens:
+            raise UserError(f"tokens {tokens} is not available: {stored}")
+        if (width is not None and not 0 < width <= 1) or kept > self.kept:
+            raise UserError(f"width {width} is not available: {stored}")
+        return depth, tokens, kept
+
+    def _width_dims(self, kept: int) -> np.ndarray:
+        """Static strategies: the stored columns that a smaller width keeps."""
+        stored = np.sort(self.static) if self.static is not None else np.arange(self.hidden)
+        if kept == self.kept:
+            return np.arange(len(stored))
+        wanted = np.sort(static_dims(self.width_strategy, self.hidden, kept, self.seed).numpy())
+        columns = np.searchsorted(stored, wanted)
+        if not np.array_equal(stored[np.minimum(columns, len(stored) - 1)], wanted):
+            raise UserError(f"{self.width_strategy} width {kept}/{self.hidden} is not a subset of the stored "
+                            f"dimensions; extract at that width")
+        return columns
+
+    def to_torch(self, raw: dict[str, np.ndarray], depth: int, tokens: int, kept: int) -> dict[str, torch.Tensor]:
+        seq = raw["input_ids"].shape[1]
+        out = {
+            "input_ids": torch.from_numpy(raw["input_ids"].astype(np.int64)),
+            "attention_mask": torch.from_numpy((np.arange(seq) < raw["length"][:, None]).astype(np.int64)),
+            "token_type_ids": torch.from_numpy(raw["token_type_ids"].astype(np.int64)),
+            "labels": torch.from_numpy(raw["labels"]),
+            "example_id": torch.from_numpy(raw["example_id"]),
+            "logits": torch.from_numpy(raw["logits"]),
+        }
+        first = self.depth - depth
+        positions = torch.from_numpy(raw["positions"][:, first:, :tokens].astype(np.int64))
+        values = torch.from_numpy(raw["values"][:, first:, :tokens].astype(np.float32))
+        if self.width_encoding is not None:
+            codes = raw["width_code"][:, first:, :tokens]
+            flat = widthcode.decode(codes.reshape(-1, codes.shape[-1]), self.hidden, self.kept, self.width_encoding)
+            dims = torch.from_numpy(flat).reshape(values.shape)
+        else:
+            base = np.sort(self.static) if self.static is not None else np.arange(self.hidden)
+            dims = torch.from_numpy(base.astype(np.int64))
+        if kept < self.kept:
+            if self.width_strategy == "mag":
+                values, dims = top_magnitude(values, dims.expand_as(values), kept)
+            else:
+                columns = torch.from_numpy(self._width_dims(kept))
+                values, dims = values[..., columns], dims[columns]
+        out["positions"] = positions
+        out["hsk"], out["hsk_mask"] = densify(values, dims, positions, self.hidden)
+        return out
+
+
 class HSKStore:
     """A complete store opened read-only."""
 
@@ -77,7 +159,7 @@ class HSKStore:
         self.regression: bool = a["regression"]
         self.num_labels: int = a["num_labels"]
         self.attrs = a
-        self._static = self._data.static_dims()
+        self._decoder = RowDecoder(a, self._data.static_dims(), str(self.path))
 
     @property
     def num_examples(self) -> int:
@@ -99,61 +181,6 @@ class HSKStore:
     def chunk_rows(self) -> int:
         return self._data.chunk_rows
 
-    def _resolve(self, depth: int | None, tokens: int | None, width: float | None) -> tuple[int, int, int]:
-        depth = self.depth if depth is None else depth
-        tokens = self.tokens if tokens is None else tokens
-        kept = self.kept if width is None else kept_width(width, self.hidden)
-        stored = f"the store holds depth {self.depth}, tokens {self.tokens}, width {self.width} ({self.path})"
-        if not 1 <= depth <= self.depth:
-            raise UserError(f"depth {depth} is not available: {stored}")
-        if not 1 <= tokens <= self.tokens:
-            raise UserError(f"tokens {tokens} is not available: {stored}")
-        if (width is not None and not 0 < width <= 1) or kept > self.kept:
-            raise UserError(f"width {width} is not available: {stored}")
-        return depth, tokens, kept
-
-    def _width_dims(self, kept: int) -> np.ndarray:
-        """Static strategies: the stored columns that a smaller width keeps."""
-        stored = np.sort(self._static) if self._static is not None else np.arange(self.hidden)
-        if kept == self.kept:
-            return np.arange(len(stored))
-        wanted = np.sort(static_dims(self.config["width_strategy"], self.hidden, kept, self.config["seed"]).numpy())
-        columns = np.searchsorted(stored, wanted)
-        if not np.array_equal(stored[np.minimum(columns, len(stored) - 1)], wanted):
-            raise UserError(f"{self.config['width_strategy']} width {kept}/{self.hidden} is not a subset of the stored "
-                            f"dimensions; extract at that width")
-        return columns
-
-    def _to_torch(self, raw: dict[str, np.ndarray], depth: int, tokens: int, kept: int) -> dict[str, torch.Tensor]:
-        seq = raw["input_ids"].shape[1]
-        out = {
-            "input_ids": torch.from_numpy(raw["input_ids"].astype(np.int64)),
-            "attention_mask": torch.from_numpy((np.arange(seq) < raw["length"][:, None]).astype(np.int64)),
-            "token_type_ids": torch.from_numpy(raw["token_type_ids"].astype(np.int64)),
-            "labels": torch.from_numpy(raw["labels"]),
-            "example_id": torch.from_numpy(raw["example_id"]),
-            "logits": torch.from_numpy(raw["logits"]),
-        }
-        first = self.depth - depth
-        positions = torch.from_numpy(raw["positions"][:, first:, :tokens].astype(np.int64))
-        values = torch.from_numpy(raw["values"][:, first:, :tokens].astype(np.float32))
-        if self.width_encoding is not None:
-            codes = raw["width_code"][:, first:, :tokens]
-            flat = widthcode.decode(codes.reshape(-1, codes.shape[-1]), self.hidden, self.kept, self.width_encoding)
-            dims = torch.from_numpy(flat).reshape(values.shape)
-        else:
-            base = np.sort(self._static) if self._static is not None else np.arange(self.hidden)
-            dims = torch.from_numpy(base.astype(np.int64))
-        if kept < self.kept:
-            if self.config["width_strategy"] == "mag":
-                values, dims = top_magnitude(values, dims.expand_as(values), kept)
-            else:
-                columns = torch.from_numpy(self._width_dims(kept))
-                values, dims = values[..., columns], dims[columns]
-        out["positions"] = positions
-        out["hsk"], out["hsk_mask"] = densify(values, dims, positions, self.hidden)
-        return out
-
     def _read_chunk(self, chunk: int, names: list[str]) -> dict[str, np.ndarray]:
         lo = chunk * self.chunk_rows
         return self._data.read(names, slice(lo, min(lo + self.chunk_rows, self.num_examples)))
@@ -163,12 +190,12 @@ class HSKStore:
 
     def get(self, indices, depth: int | None = None, tokens: int | None = None, width: float | None = None) -> dict[str, torch.Tensor]:
         """Rows `indices` at (depth, tokens, width) at or below what was stored."""
-        depth, tokens, kept = self._resolve(depth, tokens, width)
+        depth, tokens, kept = self._decoder.resolve(depth, tokens, width)
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
         if len(idx) and (idx.min() < 0 or idx.max() >= self.num_examples):
             raise UserError(f"row index out of range: the store has {self.num_examples} rows")
         raw = self._data.read(self._arrays(), idx)
-        return self._to_torch(raw, depth, tokens, kept)
+        return self._decoder.to_torch(raw, depth, tokens, kept)
 
     def num_batches(self, batch_size: int, drop_last: bool = False) -> int:
         return self.num_examples // batch_size if drop_last else -(-self.num_examples // batch_size)
@@ -179,9 +206,9 @@ class HSKStore:
                 prefetch: int = 4) -> Iterator[dict[str, torch.Tensor]]:
         """Stream batches: whole chunks in seeded random order, rows shuffled across
         a window of chunks, read and decoded by a background thread."""
-        depth, tokens, kept = self._resolve(depth, tokens, width)
-        if window_chunks is None:  # enough rows to mix well, bounded memory
-            window_chunks = max(4, -(-8 * batch_size // self.chunk_rows))
+        depth, tokens, kept = self._decoder.resolve(depth, tokens, width)
+        if window_chunks is None:
+            window_chunks = default_window_chunks(batch_size, self.chunk_rows)
         names = self._arrays()
         plan = epoch_batches(self.num_examples, self.chunk_rows, window_chunks, batch_size, shuffle, seed, epoch, start_batch)
         out: queue.Queue = queue.Queue(maxsize=prefetch)
@@ -203,7 +230,7 @@ class HSKStore:
                         if drop_last and len(rows) < batch_size:
                             continue
                         local = np.array([offset[r // self.chunk_rows] + r % self.chunk_rows for r in rows.tolist()])
-                        out.put(self._to_torch({n: block[n][local] for n in names}, depth, tokens, kept))
+                        out.put(self._decoder.to_torch({n: block[n][local] for n in names}, depth, tokens, kept))
                 out.put(None)
             except BaseException as exc:  # surface reader errors in the consumer
                 out.put(exc)

@@ -14,7 +14,7 @@ from pathlib import Path
 from hskcache.cli import run_guarded
 from hskcache.errors import UserError
 from students.models import PRESETS, StudentSpec
-from students.trainer import TrainConfig, parse_hsk
+from students.trainer import TrainConfig, parse_hsk, set_cpu_threads
 
 PROG = "students"
 IMPORTANCE_BATCH = 32
@@ -61,6 +61,7 @@ def add_build_parser(sub) -> None:
     rosita.add_argument("--importance-examples", type=int, default=2048,
                         help="store examples that score heads and neurons (default 2048)")
     rosita.add_argument("--device", default="auto", help="auto (default) | cpu | cuda")
+    rosita.add_argument("--threads", type=int, help="torch CPU threads (default: all available cores)")
 
 
 def resolve_spec(args: argparse.Namespace, shape: Sequence[str]) -> StudentSpec:
@@ -112,8 +113,9 @@ def _build_rosita(args: argparse.Namespace, spec: StudentSpec):
     # The importance pass needs only inputs and logits: read the smallest HSK.
     batches = store.batches(IMPORTANCE_BATCH, shuffle=True, seed=0, depth=1, tokens=1)
     sample = itertools.islice(batches, math.ceil(args.importance_examples / IMPORTANCE_BATCH))
-    model = build_rosita(args.teacher, sample, spec.layers, spec.heads, spec.ffn, spec.emb_rank, args.out,
-                         device=pick_device(args.device))
+    device = pick_device(args.device)
+    set_cpu_threads(device, args.threads)
+    model = build_rosita(args.teacher, sample, spec.layers, spec.heads, spec.ffn, spec.emb_rank, args.out, device)
     built = json.loads((Path(args.out) / STUDENT_FILE).read_text())
     if built["teacher_hash"] != store.attrs["teacher_hash"]:
         print(f"{PROG}: warning: {args.teacher} has other weights than the teacher that wrote {args.cache}",
@@ -159,6 +161,19 @@ def add_train_parser(sub) -> None:
     p.add_argument("--device", default=d.device, help="auto (default) | cpu | cuda (bf16 autocast)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: all available cores)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    on = p.add_argument_group("online baseline (--teacher): the HSK computed live, with `hskcache extract`'s "
+                              "settings; --text-cols/--label-col/--max-length then apply to --data too")
+    on.add_argument("--data", help="training data: glue/<task> or a .csv/.tsv/.json/.jsonl/.parquet file")
+    on.add_argument("--split", help="split of a glue/<task> --data (default train)")
+    on.add_argument("--student-layers", type=int, help="student depth L'")
+    on.add_argument("--ltop", type=int, help="top teacher layer of the layer map (default: teacher depth)")
+    on.add_argument("--teacher-layers", help="explicit teacher layers for student layers 0..L', e.g. 0,3,5,8,10")
+    on.add_argument("--depth", type=int, help="N^D selected (default all L'+1)")
+    on.add_argument("--tokens", type=int, help="N^L selected (default 50)")
+    on.add_argument("--token-strategy", help="left | att | att-nosep | att-nosep-top (default)")
+    on.add_argument("--width", type=float, help="N^W selected, (0, 1] (default 1.0)")
+    on.add_argument("--width-strategy", help="mag (default) | rand | uniform")
+    on.add_argument("--width-seed", type=int, help="seed of the rand width mask (extract's --seed; default 0)")
 
 
 def train_config(args: argparse.Namespace) -> TrainConfig:
@@ -173,12 +188,32 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
         device=args.device, threads=args.threads, resume=args.resume, progress=not args.quiet)
 
 
+ONLINE_FLAGS = ("data", "split", "student_layers", "ltop", "teacher_layers", "depth", "tokens", "token_strategy",
+                "width", "width_strategy", "width_seed")
+
+
 def open_source(args: argparse.Namespace):
+    """The store (--cache), or the online teacher (--teacher) with extraction settings."""
+    from hskcache.config import build_config
     from hskcache.reader import open_store
 
     if (args.cache is None) == (args.teacher is None):
         raise UserError("pass exactly one knowledge source: --cache STORE, or --teacher MODEL with --data DATA")
-    return open_store(args.cache)
+    online = {name: getattr(args, name) for name in ONLINE_FLAGS}
+    if args.cache is not None:
+        given = [name for name, value in online.items() if value is not None]
+        if given:
+            raise UserError(f"--{given[0].replace('_', '-')} is an online-baseline setting (--teacher); "
+                            "a store's settings were fixed at extraction")
+        return open_store(args.cache)
+    from students.online import OnlineSource
+
+    if args.data is None:
+        raise UserError("--teacher needs --data: the training data to run the teacher on")
+    flags = {**online, "seed": online.pop("width_seed"), "teacher": args.teacher, "text_cols": args.text_cols,
+             "label_col": args.label_col, "max_length": args.max_length, "device": args.device,
+             "out": args.out}  # nothing is written to out: no store
+    return OnlineSource(build_config(flags))
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -204,7 +239,7 @@ def add_eval_parser(sub) -> None:
     p.add_argument("--data", required=True, help="glue/<task> or a .csv/.tsv/.json/.jsonl/.parquet file")
     _add_data_flags(p, "--split")
     p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--max-length", type=int, default=128)
+    p.add_argument("--max-length", type=int, help="tokenizer max length (default 128, or the student's positions if fewer)")
     p.add_argument("--device", default="auto", help="auto (default) | cpu | cuda")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
 
@@ -213,20 +248,19 @@ def run_eval(args: argparse.Namespace) -> int:
     from transformers import AutoTokenizer
 
     from hskcache.teacher import pick_device
-    from students.evaluate import evaluate, load_eval_set
+    from students.evaluate import evaluate, load_eval_set, named_labels
     from students.models import load_student
 
-    if args.batch_size < 1 or args.max_length < 2:
-        raise UserError("--batch-size must be at least 1 and --max-length at least 2")
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.max_length is not None and args.max_length < 2:
+        raise UserError(f"--max-length must be at least 2 ([CLS] and [SEP]), got {args.max_length}")
     device = pick_device(args.device)
     model = load_student(args.model).to(device)
-    config = model.config
-    regression = config.problem_type == "regression" or config.num_labels == 1
-    names = [config.id2label[i] for i in range(config.num_labels)]
-    named = names != [f"LABEL_{i}" for i in range(config.num_labels)]  # string labels number like training's
-    eval_set = load_eval_set(args.data, AutoTokenizer.from_pretrained(args.model), args.max_length,
-                             config.num_labels, regression, split=args.split, text_cols=_columns(args.text_cols),
-                             label_col=args.label_col, label_names=names if named else None)
+    max_length = args.max_length or min(128, model.config.max_position_embeddings)
+    eval_set = load_eval_set(args.data, model.config, AutoTokenizer.from_pretrained(args.model), max_length,
+                             split=args.split, text_cols=_columns(args.text_cols), label_col=args.label_col,
+                             label_names=named_labels(model.config))
     metrics = evaluate(model, eval_set, args.batch_size, device)
     if args.json:
         print(json.dumps(metrics))

@@ -35,32 +35,47 @@ class EvalSet:
         return len(self.labels)
 
 
+def is_regression(config) -> bool:
+    """A one-output head (or an explicit problem type) regresses."""
+    return config.problem_type == "regression" or config.num_labels == 1
+
+
+def named_labels(config) -> list[str] | None:
+    """The head's class names when they are real names (not LABEL_i), so string
+    labels in eval data are numbered like the training data's."""
+    names = [config.id2label[i] for i in range(config.num_labels)]
+    return None if names == [f"LABEL_{i}" for i in range(config.num_labels)] else names
+
+
 def load_eval_set(
     data: str,
+    config,
     tokenizer,
     max_length: int,
-    num_labels: int,
-    regression: bool,
     split: str = "validation",
     text_cols: Sequence[str] | None = None,
     label_col: str | None = None,
     label_names: Sequence[str] | None = None,
     task: str | None = None,
 ) -> EvalSet:
-    """Load and tokenize `data`, checked against the model's output head.
+    """Load and tokenize `data`, checked against the model `config`'s head and positions.
 
     `label_names` numbers string labels like the training data; `task` (e.g. the
     store's GLUE task) picks the metrics when the data itself names none.
     """
+    if max_length > config.max_position_embeddings:
+        raise UserError(f"--max-length {max_length} is above the student's {config.max_position_embeddings} "
+                        "positions; pass a smaller --max-length")
     texts = load_texts(data, split, text_cols, label_col, label_names)
     if texts.labels is None:
         raise UserError(f"eval data {data} has no labels; pass --label-col naming its label column")
+    regression = is_regression(config)
     if texts.is_regression and not regression:
         raise UserError(f"eval data {data} has real-valued labels but the student is a classifier; check --label-col")
     labels = texts.labels.astype(np.float32) if regression else texts.labels
-    if not regression and labels.max() >= num_labels:
-        raise UserError(f"eval data {data} has class {int(labels.max())} but the student has {num_labels} outputs; "
-                        "use data labeled like the training data")
+    if not regression and labels.max() >= config.num_labels:
+        raise UserError(f"eval data {data} has class {int(labels.max())} but the student has {config.num_labels} "
+                        "outputs; use data labeled like the training data")
     enc = tokenize_batch(tokenizer, texts.texts_a, texts.texts_b, max_length)
     inputs = {k: torch.from_numpy(enc[k]) for k in MODEL_INPUTS}
     return EvalSet(inputs, labels, task or texts.task, regression, data)

@@ -222,6 +222,13 @@ def check_hsk(hsk: HSKRead, config: dict[str, Any], hidden: int) -> None:
                         "pass N_D,N_L,N_W at or below it, or extract a larger store")
 
 
+def set_cpu_threads(device: torch.device, threads: int | None) -> None:
+    """On CPU, torch threads = --threads, else every core this process may use
+    (fewer on shared machines: oversubscribed threads slow small models badly)."""
+    if device.type == "cpu":
+        torch.set_num_threads(threads or len(os.sched_getaffinity(0)))
+
+
 class Trainer:
     """One run: `Trainer(cfg, source).run()` trains, evaluates and writes RUN/."""
 
@@ -230,8 +237,7 @@ class Trainer:
         self.run_dir = Path(cfg.out)
         self.stages = cfg.stages()
         self.device = pick_device(cfg.device)
-        if self.device.type == "cpu":
-            torch.set_num_threads(cfg.threads or len(os.sched_getaffinity(0)))
+        set_cpu_threads(self.device, cfg.threads)
         if not (Path(cfg.student) / STUDENT_FILE).is_file():
             raise UserError(f"--student {cfg.student} is not a student folder (no {STUDENT_FILE}); "
                             "make one with `students build`")
@@ -278,8 +284,8 @@ class Trainer:
         if cfg.eval_data is None:
             return None
         return load_eval_set(
-            cfg.eval_data, self.tokenizer, cfg.max_length or int(source.config["max_length"]), source.num_labels,
-            source.regression, split=cfg.eval_split, text_cols=cfg.text_cols or source.config.get("text_cols"),
+            cfg.eval_data, self.model.config, self.tokenizer, cfg.max_length or int(source.config["max_length"]),
+            split=cfg.eval_split, text_cols=cfg.text_cols or source.config.get("text_cols"),
             label_col=cfg.label_col or source.config.get("label_col"), label_names=source.attrs.get("label_names"),
             task=source.attrs.get("task"))
 
@@ -297,6 +303,9 @@ class Trainer:
             changed = sorted(k for k, v in self.cfg.identity().items() if state["identity"].get(k) != v)
             raise UserError(f"--resume: {run} was started with other settings ({', '.join(changed)}); "
                             "rerun with the original flags or choose a new --out")
+        if state["source"] != self.source.attrs.get("identity"):
+            raise UserError(f"--resume: {run} was trained from another store or teacher/data/settings; "
+                            "rerun with the original source or choose a new --out")
         self.model.load_state_dict(state["model"])
         self.projection.load_state_dict(state["projection"])
         self.pos = Position(**state["position"])
@@ -445,6 +454,7 @@ class Trainer:
         self.pos.log_bytes = self.log_file.tell()
         write_state(self.run_dir / "checkpoint", {
             "identity": self.cfg.identity(),
+            "source": self.source.attrs.get("identity"),
             "position": asdict(self.pos),
             "model": self.model.state_dict(),
             "projection": self.projection.state_dict(),

@@ -8,7 +8,9 @@ shared by the trainer and CLI tests.
 from __future__ import annotations
 
 import json
+import os
 import random
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 from unittest import mock
@@ -27,6 +29,7 @@ NEUTRAL = [w for w in WORDS if w not in POSITIVE and w != "not"]
 MAX_LEN = 16
 TEACHER_LAYERS = 4
 STUDENT_LAYERS = 2
+CHUNK_BYTES = 24_000  # several chunks, so windows matter
 STORE_FLAGS = ("--student-layers", STUDENT_LAYERS, "--tokens", 8, "--width", 0.5, "--max-length", MAX_LEN)
 
 
@@ -75,7 +78,7 @@ def finetune(folder: Path, rows: list[dict], steps: int = 50) -> None:
 def extract(teacher: Path, data: Path, out: Path, *extra) -> Path:
     args = ["extract", "--teacher", str(teacher), "--data", str(data), "--out", str(out), "--batch-size", "32",
             "--quiet", *map(str, STORE_FLAGS), *map(str, extra)]
-    with mock.patch.object(layout, "CHUNK_TARGET_BYTES", 24_000):  # several chunks, so windows matter
+    with mock.patch.object(layout, "CHUNK_TARGET_BYTES", CHUNK_BYTES):
         assert hskcache_main(args) == 0
     return out
 
@@ -105,3 +108,20 @@ def tiny_task(tmp_path_factory) -> TinyTask:
     extract(task.teacher, task.train, task.store)
     (root / "done").write_text(json.dumps({"teacher_dev_accuracy": accuracy}))
     return task
+
+
+class Interrupting:
+    """The store, but Ctrl-C arrives while the `at`-th batch is being trained on."""
+
+    def __init__(self, store, at: int) -> None:
+        self._store, self._left = store, at
+
+    def __getattr__(self, name):
+        return getattr(self._store, name)
+
+    def batches(self, *args, **kwargs):
+        for batch in self._store.batches(*args, **kwargs):
+            self._left -= 1
+            if self._left == 0:
+                os.kill(os.getpid(), signal.SIGINT)
+            yield batch

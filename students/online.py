@@ -1,0 +1,62 @@
+"""The online baseline: the trainer's batch source computed live from the teacher.
+
+Everything but where the knowledge comes from is the offline path's own code:
+the rows are the ones `hskcache extract` would write (`prepare`, `batch_rows`:
+same selection, values through fp16, width codes), decoded by the reader's
+`RowDecoder`, in the order a store with these settings would yield them
+(`epoch_batches` with the store's rows per chunk and window). So an online run
+and an offline run from the matching store train on the same numbers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+
+from hskcache.config import ExtractConfig
+from hskcache.data import tokenize_batch
+from hskcache.extract import batch_rows, prepare, store_attrs
+from hskcache.reader import RowDecoder, default_window_chunks, epoch_batches
+
+
+class OnlineSource:
+    """The `BatchSource` interface of `students.trainer`, with the teacher loaded."""
+
+    def __init__(self, cfg: ExtractConfig) -> None:
+        data, self.teacher, self.plan, self.shape, teacher_layers = prepare(cfg)
+        self.attrs = store_attrs(cfg, data, self.teacher, self.plan, self.shape, teacher_layers)
+        self.config = self.attrs["config"]
+        self.student_layers = len(teacher_layers) - 1
+        self.hidden = self.teacher.hidden
+        self.regression = self.teacher.regression
+        self.num_labels = self.teacher.num_labels
+        self.num_examples = len(data)
+        self.chunk_rows = self.shape.rows_per_chunk(len(data))
+        static = self.plan.static_dims()
+        self._decoder = RowDecoder(self.attrs, None if static is None else static.numpy(), f"online {cfg.teacher}")
+        self._data = data
+        self._labels = (data.labels if data.labels is not None
+                        else np.full(len(data), np.nan if self.regression else -1))
+        self._max_length = cfg.max_length
+
+    def num_batches(self, batch_size: int, drop_last: bool = False) -> int:
+        return self.num_examples // batch_size if drop_last else -(-self.num_examples // batch_size)
+
+    def batches(self, batch_size: int, shuffle: bool = True, seed: int = 0, epoch: int = 0,
+                depth: int | None = None, tokens: int | None = None, width: float | None = None,
+                start_batch: int = 0, drop_last: bool = False) -> Iterator[dict[str, torch.Tensor]]:
+        """The batches `HSKStore.batches` would yield with the same arguments."""
+        depth, tokens, kept = self._decoder.resolve(depth, tokens, width)
+        window = default_window_chunks(batch_size, self.chunk_rows)
+        plan = epoch_batches(self.num_examples, self.chunk_rows, window, batch_size, shuffle, seed, epoch, start_batch)
+        texts_a, texts_b = self._data.texts_a, self._data.texts_b
+        for _, batches in plan:
+            for rows in batches:
+                if drop_last and len(rows) < batch_size:
+                    continue
+                encoded = tokenize_batch(self.teacher.tokenizer, [texts_a[i] for i in rows],
+                                         None if texts_b is None else [texts_b[i] for i in rows], self._max_length)
+                raw = batch_rows(self.teacher, self.plan, self.shape, encoded, self._labels[rows], rows)
+                yield self._decoder.to_torch(raw, depth, tokens, kept)

@@ -1,0 +1,174 @@
+"""`students build / train / eval` end to end, without the teacher at train time, and bad input."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+import zarr
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, BertTokenizerFast
+
+import hskcache
+from hskcache import layout
+from hskcache.config import build_config
+from students import cli
+from students.models import RositaForSequenceClassification, load_student
+from students.online import OnlineSource
+from tiny_task import CHUNK_BYTES, STORE_FLAGS, Interrupting, extract, tiny_task
+
+TRAIN = ("--hsk-epochs", "2", "--pred-epochs", "3", "--hsk-lr", "3e-3", "--pred-lr", "3e-3", "--hsk-batch-size", "16",
+         "--pred-batch-size", "16", "--threads", "1", "--quiet")
+
+
+@pytest.fixture(scope="module")
+def task(tmp_path_factory):
+    return tiny_task(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def student(task, tmp_path_factory):
+    out = tmp_path_factory.mktemp("students") / "tiny"
+    assert cli.main(["build", "tinybert", "--teacher", str(task.teacher), "--layers", "2", "--hidden", "16",
+                     "--ffn", "32", "--heads", "2", "--out", str(out)]) == 0
+    return out
+
+
+def test_extract_build_train_eval_without_the_teacher(task, tmp_path, capsys):
+    teacher = tmp_path / "teacher"
+    shutil.copytree(task.teacher, teacher)
+    store = extract(teacher, task.train, tmp_path / "store")
+    assert cli.main(["build", "tinybert", "--teacher", str(teacher), "--layers", "2", "--hidden", "16", "--ffn", "32",
+                     "--heads", "2", "--out", str(tmp_path / "tiny")]) == 0
+    assert cli.main(["build", "rosita", "--teacher", str(teacher), "--cache", str(store), "--layers", "2",
+                     "--heads", "2", "--ffn", "32", "--emb-rank", "8", "--importance-examples", "64",
+                     "--threads", "1", "--out", str(tmp_path / "rosita")]) == 0
+    shutil.rmtree(teacher)  # from here on nothing may need it
+
+    for kind, hsk in (("tiny", "stored"), ("rosita", "2,4,0.25")):
+        run = tmp_path / f"run-{kind}"
+        assert cli.main(["train", "--cache", str(store), "--student", str(tmp_path / kind), "--out", str(run),
+                         "--hsk", hsk, "--eval-data", str(task.dev), *TRAIN]) == 0
+        metrics = json.loads((run / "metrics.json").read_text())
+        assert metrics["eval"]["accuracy"] >= 0.85  # chance is 0.5
+        capsys.readouterr()
+        assert cli.main(["eval", "--model", str(run / "student"), "--data", str(task.dev), "--json"]) == 0
+        assert json.loads(capsys.readouterr().out) == pytest.approx(metrics["eval"])
+        assert {r["stage"] for r in map(json.loads, (run / "log.jsonl").read_text().splitlines())} == {"hsk", "pred"}
+    assert type(AutoModelForSequenceClassification.from_pretrained(tmp_path / "run-tiny" / "student")).__name__ \
+        == "BertForSequenceClassification"
+    assert isinstance(load_student(tmp_path / "run-rosita" / "student"), RositaForSequenceClassification)
+
+
+def test_ctrl_c_then_resume(task, student, tmp_path, monkeypatch, capsys):
+    store = hskcache.open_store(task.store)
+    args = ["train", "--cache", str(task.store), "--student", str(student), "--out", str(tmp_path / "run"),
+            "--max-steps", "6", "--hsk-epochs", "1", "--pred-epochs", "1", "--threads", "1", "--quiet"]
+    monkeypatch.setattr(cli, "open_source", lambda args: Interrupting(store, 3))
+    assert cli.main(args) == 130
+    assert capsys.readouterr().err.strip().splitlines() == ["students: interrupted; rerun with --resume"]
+    monkeypatch.undo()
+    assert cli.main(args) == 2  # the folder holds a run: refuse to clobber it
+    assert "--resume" in capsys.readouterr().err
+    assert cli.main(args + ["--resume", "--max-steps", "5"]) == 2
+    assert "max_steps" in capsys.readouterr().err
+    assert cli.main(args + ["--resume"]) == 0
+    steps = [json.loads(line).get("step") for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert steps == [6, 6]  # one record per stage (at its last step), none duplicated by the resume
+
+
+def incomplete_store(task, tmp_path):
+    path = tmp_path / "partial"
+    shutil.copytree(task.store, path)
+    zarr.open_group(str(path), mode="r+").attrs["complete"] = False
+    return path
+
+
+def foreign_vocabulary(student, tmp_path):
+    """The same student with one vocabulary entry renamed."""
+    path = tmp_path / "foreign"
+    shutil.copytree(student, path)
+    vocab = sorted(AutoTokenizer.from_pretrained(path).get_vocab().items(), key=lambda kv: kv[1])
+    (tmp_path / "vocab.txt").write_text("\n".join(["zebra" if w == "movie" else w for w, _ in vocab]) + "\n")
+    BertTokenizerFast(vocab=str(tmp_path / "vocab.txt")).save_pretrained(path)
+    return path
+
+
+def deeper_student(task, tmp_path):
+    assert cli.main(["build", "tinybert", "--teacher", str(task.teacher), "--layers", "3", "--hidden", "16",
+                     "--ffn", "32", "--heads", "2", "--out", str(tmp_path / "deep")]) == 0
+    return tmp_path / "deep"
+
+
+@pytest.mark.parametrize(("case", "message"), [
+    ("incomplete store", "is incomplete"),
+    ("hsk above stored", "more than the store holds"),
+    ("bad hsk", "is not N_D,N_L,N_W"),
+    ("foreign vocabulary", "vocabulary differs from the store's tokenizer"),
+    ("student depth", "has 3 layers but the store was extracted for 2"),
+    ("missing eval file", "does not exist"),
+    ("eval without labels", "has no column 'label'"),  # the store's label column
+    ("no source", "exactly one knowledge source"),
+])
+def test_bad_input_is_one_line(task, student, tmp_path, capsys, case, message):
+    store, folder, extra = task.store, student, []
+    if case == "incomplete store":
+        store = incomplete_store(task, tmp_path)
+    elif case == "hsk above stored":
+        extra = ["--hsk", "3,9,0.5"]
+    elif case == "bad hsk":
+        extra = ["--hsk", "3,9"]
+    elif case == "foreign vocabulary":
+        folder = foreign_vocabulary(student, tmp_path)
+    elif case == "student depth":
+        folder = deeper_student(task, tmp_path)
+    elif case == "missing eval file":
+        extra = ["--eval-data", str(tmp_path / "nope.csv")]
+    elif case == "eval without labels":
+        (tmp_path / "unlabeled.csv").write_text("sentence\nthe movie\n")
+        extra = ["--eval-data", str(tmp_path / "unlabeled.csv")]
+    source = [] if case == "no source" else ["--cache", str(store)]
+    capsys.readouterr()
+    assert cli.main(["train", *source, "--student", str(folder), "--out", str(tmp_path / "run"), *extra,
+                     "--threads", "1", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("students: error:") and message in err[0], err
+    assert not (tmp_path / "run").exists()  # refused before anything was written
+
+
+def test_build_presets(task, tmp_path, capsys):
+    assert cli.main(["build", "tinybert", "--teacher", str(task.teacher), "--preset", "tinybert-3s",
+                     "--out", str(tmp_path / "s")]) == 0
+    config = json.loads((tmp_path / "s" / "config.json").read_text())
+    assert (config["num_hidden_layers"], config["hidden_size"], config["num_attention_heads"],
+            config["intermediate_size"]) == (3, 192, 4, 768)
+    capsys.readouterr()
+    assert cli.main(["build", "rosita", "--teacher", str(task.teacher), "--cache", str(task.store),
+                     "--preset", "tinybert-4", "--out", str(tmp_path / "r")]) == 2
+    assert "is a tinybert preset" in capsys.readouterr().err
+
+
+def test_online_baseline_trains_on_the_same_numbers(task, student, tmp_path, monkeypatch):
+    """--teacher/--data with the store's extraction flags: same batches, same losses."""
+    monkeypatch.setattr(layout, "CHUNK_TARGET_BYTES", CHUNK_BYTES)  # the store's rows per chunk
+    store = hskcache.open_store(task.store)
+    flags = dict(zip((f[2:].replace("-", "_") for f in STORE_FLAGS[::2]), STORE_FLAGS[1::2]))
+    online = OnlineSource(build_config(
+        {**flags, "teacher": str(task.teacher), "data": str(task.train), "out": "-", "batch_size": 32}))
+    assert online.attrs["identity"] == store.attrs["identity"] and online.chunk_rows == store.chunk_rows
+    read = dict(shuffle=True, seed=3, epoch=2, depth=2, tokens=5, width=0.25, start_batch=3)
+    for live, stored in zip(online.batches(16, **read), store.batches(16, **read), strict=True):
+        for key in ("input_ids", "attention_mask", "token_type_ids", "labels", "example_id", "positions", "hsk_mask"):
+            assert torch.equal(live[key], stored[key]), key
+        torch.testing.assert_close(live["hsk"], stored["hsk"], atol=2e-3, rtol=2e-3)  # fp16 rounding of live floats
+        torch.testing.assert_close(live["logits"], stored["logits"], atol=1e-5, rtol=1e-5)
+
+    common = ["--student", str(student), "--hsk", "2,6,0.25", "--max-steps", "4", "--log-every", "1", *TRAIN]
+    assert cli.main(["train", "--cache", str(task.store), "--out", str(tmp_path / "offline"), *common]) == 0
+    assert cli.main(["train", "--teacher", str(task.teacher), "--data", str(task.train), *map(str, STORE_FLAGS),
+                     "--out", str(tmp_path / "online"), *common]) == 0
+    offline, live = ([json.loads(line) for line in (tmp_path / run / "log.jsonl").read_text().splitlines()]
+                     for run in ("offline", "online"))
+    assert [(r["stage"], r["step"]) for r in live] == [(r["stage"], r["step"]) for r in offline]
+    assert len(offline) == 8
+    assert [r["loss"] for r in live] == pytest.approx([r["loss"] for r in offline], rel=1e-4)

