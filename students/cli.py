@@ -8,13 +8,14 @@ import json
 import math
 import sys
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import asdict
 from pathlib import Path
 
 from hskcache.cli import run_guarded
 from hskcache.errors import UserError
 from students.models import PRESETS, StudentSpec
-from students.trainer import TrainConfig, parse_hsk, set_cpu_threads
+from students.losses import HSK_MODES
+from students.trainer import DEVICES, TrainConfig, parse_hsk, set_cpu_threads
 
 PROG = "students"
 IMPORTANCE_BATCH = 32
@@ -42,10 +43,10 @@ def add_build_parser(sub) -> None:
     tiny.add_argument("--teacher", required=True, help="fine-tuned teacher folder (for vocabulary and labels)")
     tiny.add_argument("--out", required=True, help="student folder to write")
     tiny.add_argument("--preset", help=f"named shape: {presets}")
-    tiny.add_argument("--layers", type=int)
-    tiny.add_argument("--hidden", type=int)
-    tiny.add_argument("--ffn", type=int)
-    tiny.add_argument("--heads", type=int)
+    tiny.add_argument("--layers", type=int, help="encoder layers L'")
+    tiny.add_argument("--hidden", type=int, help="hidden width d_S")
+    tiny.add_argument("--ffn", type=int, help="FFN width")
+    tiny.add_argument("--heads", type=int, help="attention heads (must divide --hidden)")
     tiny.add_argument("--init", help="general-distilled BERT checkpoint of the same shape (default: random init)")
     tiny.add_argument("--seed", type=int, default=0, help="seed of the random init (default 0)")
     rosita = kinds.add_parser("rosita", help="the teacher pruned by Taylor importance, embeddings factorised",
@@ -54,31 +55,33 @@ def add_build_parser(sub) -> None:
     rosita.add_argument("--cache", required=True, help="HSK store whose inputs and logits score the importance")
     rosita.add_argument("--out", required=True, help="student folder to write")
     rosita.add_argument("--preset", help=f"named shape: {presets}")
-    rosita.add_argument("--layers", type=int)
-    rosita.add_argument("--heads", type=int)
-    rosita.add_argument("--ffn", type=int)
-    rosita.add_argument("--emb-rank", type=int)
+    rosita.add_argument("--layers", type=int, help="bottom teacher layers kept (L')")
+    rosita.add_argument("--heads", type=int, help="attention heads kept per layer")
+    rosita.add_argument("--ffn", type=int, help="FFN neurons kept per layer")
+    rosita.add_argument("--emb-rank", type=int, help="rank of the factorised word embeddings")
     rosita.add_argument("--importance-examples", type=int, default=2048,
                         help="store examples that score heads and neurons (default 2048)")
-    rosita.add_argument("--device", default="auto", help="auto (default) | cpu | cuda")
+    rosita.add_argument("--device", default="auto", choices=DEVICES, help="auto (default) | cpu | cuda")
     rosita.add_argument("--threads", type=int, help="torch CPU threads (default: all available cores)")
 
 
 def resolve_spec(args: argparse.Namespace, shape: Sequence[str]) -> StudentSpec:
     """--preset, then the explicit shape flags on top of it."""
-    spec = StudentSpec(args.kind, layers=0, heads=0, ffn=0)
+    values: dict = {"kind": args.kind}
     if args.preset is not None:
         if args.preset not in PRESETS:
             raise UserError(f"unknown --preset {args.preset!r}; use one of {', '.join(PRESETS)}")
-        spec = PRESETS[args.preset]
-        if spec.kind != args.kind:
-            raise UserError(f"--preset {args.preset} is a {spec.kind} preset; use it with `students build {spec.kind}`")
-    spec = replace(spec, **{name: getattr(args, name) for name in shape if getattr(args, name) is not None})
-    missing = [name for name in shape if not getattr(spec, name)]
+        preset = PRESETS[args.preset]
+        if preset.kind != args.kind:
+            raise UserError(f"--preset {args.preset} is a {preset.kind} preset; "
+                            f"use it with `students build {preset.kind}`")
+        values = asdict(preset)
+    values.update({name: getattr(args, name) for name in shape if getattr(args, name) is not None})
+    missing = [name for name in shape if values.get(name) is None]
     if missing:
         flags = ", ".join("--" + name.replace("_", "-") for name in missing)
         raise UserError(f"students build {args.kind} needs {flags}; pass them or a --preset")
-    return spec
+    return StudentSpec(**values)
 
 
 def run_build(args: argparse.Namespace) -> int:
@@ -137,8 +140,10 @@ def add_train_parser(sub) -> None:
     p.add_argument("--student", required=True, help="student folder from `students build`")
     p.add_argument("--out", required=True, help="run folder: log.jsonl, checkpoint/, best/, student/, metrics.json")
     p.add_argument("--hsk", default="stored", help="N_D,N_L,N_W (N_W a fraction), 'stored' (default) or 'none'")
-    p.add_argument("--width-loss", default=d.width_loss, help="zero-fill (default, the paper) | masked")
-    p.add_argument("--temperature", type=float, default=d.temperature, help=f"soft CE temperature (default {d.temperature})")
+    p.add_argument("--width-loss", default=d.width_loss, choices=HSK_MODES,
+                   help="zero-fill (default, the paper) | masked")
+    p.add_argument("--temperature", type=float, default=d.temperature,
+                   help=f"soft CE temperature (default {d.temperature})")
     for stage, name in (("hsk", "stage 1"), ("pred", "stage 2")):
         p.add_argument(f"--{stage}-epochs", type=int, default=getattr(d, f"{stage}_epochs"),
                        help=f"{name} epochs (default {getattr(d, f'{stage}_epochs')})")
@@ -146,19 +151,23 @@ def add_train_parser(sub) -> None:
                        help=f"{name} learning rate (default {getattr(d, f'{stage}_lr')})")
         p.add_argument(f"--{stage}-batch-size", type=int, default=getattr(d, f"{stage}_batch_size"),
                        help=f"{name} batch size (default {getattr(d, f'{stage}_batch_size')})")
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay, help=f"AdamW weight decay (default {d.weight_decay})")
-    p.add_argument("--max-grad-norm", type=float, default=d.max_grad_norm, help=f"gradient clipping (default {d.max_grad_norm})")
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay,
+                   help=f"AdamW weight decay (default {d.weight_decay})")
+    p.add_argument("--max-grad-norm", type=float, default=d.max_grad_norm,
+                   help=f"gradient clipping (default {d.max_grad_norm})")
     p.add_argument("--seed", type=int, default=d.seed, help="seeds dropout, the projection and data order (default 0)")
     p.add_argument("--max-steps", type=int, help="stop each stage after N optimizer steps (smoke runs)")
-    p.add_argument("--log-every", type=int, default=d.log_every, help=f"log a step record every N steps (default {d.log_every})")
-    p.add_argument("--save-every", type=int, help="also checkpoint every N steps (default: each epoch end and on Ctrl-C)")
+    p.add_argument("--log-every", type=int, default=d.log_every,
+                   help=f"log a step record every N steps (default {d.log_every})")
+    p.add_argument("--save-every", type=int,
+                   help="also checkpoint every N steps (default: each epoch end and on Ctrl-C)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     ev = p.add_argument_group("evaluation")
     ev.add_argument("--eval-data", help="labeled dev data: glue/<task> or a .csv/.tsv/.json/.jsonl/.parquet file")
     _add_data_flags(ev, "--eval-split")
     ev.add_argument("--max-length", type=int, help="eval max length (default: the store's)")
     ev.add_argument("--eval-batch-size", type=int, default=d.eval_batch_size)
-    p.add_argument("--device", default=d.device, help="auto (default) | cpu | cuda (bf16 autocast)")
+    p.add_argument("--device", default=d.device, choices=DEVICES, help="auto (default) | cpu | cuda (bf16 autocast)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: all available cores)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     on = p.add_argument_group("online baseline (--teacher): the HSK computed live, with `hskcache extract`'s "
@@ -239,8 +248,9 @@ def add_eval_parser(sub) -> None:
     p.add_argument("--data", required=True, help="glue/<task> or a .csv/.tsv/.json/.jsonl/.parquet file")
     _add_data_flags(p, "--split")
     p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--max-length", type=int, help="tokenizer max length (default 128, or the student's positions if fewer)")
-    p.add_argument("--device", default="auto", help="auto (default) | cpu | cuda")
+    p.add_argument("--max-length", type=int,
+                   help="tokenizer max length (default 128, or the student's positions if fewer)")
+    p.add_argument("--device", default="auto", choices=DEVICES, help="auto (default) | cpu | cuda")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
 
 

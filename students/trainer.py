@@ -137,8 +137,9 @@ class TrainConfig:
     RUNTIME = ("log_every", "save_every", "eval_batch_size", "device", "threads", "resume", "progress")
 
     def __post_init__(self) -> None:
-        positive = {"hsk_epochs": self.hsk_epochs, "pred_epochs": self.pred_epochs, "hsk_batch_size": self.hsk_batch_size,
-                    "pred_batch_size": self.pred_batch_size, "log_every": self.log_every,
+        positive = {"hsk_epochs": self.hsk_epochs, "pred_epochs": self.pred_epochs,
+                    "hsk_batch_size": self.hsk_batch_size, "pred_batch_size": self.pred_batch_size,
+                    "log_every": self.log_every,
                     "eval_batch_size": self.eval_batch_size, "max_steps": self.max_steps,
                     "save_every": self.save_every, "threads": self.threads, "max_length": self.max_length}
         for name, value in positive.items():

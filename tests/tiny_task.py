@@ -88,7 +88,7 @@ def teacher_accuracy(teacher: Path, rows: list[dict]) -> float:
     model = AutoModelForSequenceClassification.from_pretrained(teacher).eval()
     enc = tokenize_batch(tokenizer, [r["sentence"] for r in rows], None, MAX_LEN)
     with torch.no_grad():
-        logits = model(**{k: torch.from_numpy(enc[k]) for k in ("input_ids", "attention_mask", "token_type_ids")}).logits
+        logits = model(**{k: torch.from_numpy(v) for k, v in enc.items() if k != "sep_mask"}).logits
     return float((logits.argmax(-1).numpy() == np.array([r["label"] for r in rows])).mean())
 
 
