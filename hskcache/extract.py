@@ -23,7 +23,7 @@ from .errors import UserError
 from .layout import StoreShape
 from .selection import SelectionPlan, select_hsk
 from .store import StoreWriter
-from .teacher import Teacher, load_teacher, tokenizer_hash
+from .teacher import Teacher, load_teacher, named_labels, tokenizer_hash
 
 
 def library_versions() -> dict[str, str]:
@@ -109,12 +109,13 @@ def batch_rows(teacher: Teacher, plan: SelectionPlan, shape: StoreShape, tokens:
 
 def prepare(cfg: ExtractConfig) -> tuple[TextData, Teacher, SelectionPlan, StoreShape, tuple[int, ...]]:
     """Load and check everything before the store is touched."""
-    data = load_texts(cfg.data, cfg.split, cfg.text_cols, cfg.label_col)
+    teacher = load_teacher(cfg.teacher, cfg.device)
+    # String labels are numbered like the teacher's head, even if a class is missing here.
+    data = load_texts(cfg.data, cfg.split, cfg.text_cols, cfg.label_col, named_labels(teacher.model.config))
     if cfg.limit is not None and cfg.limit < len(data):
         n = cfg.limit
         data = replace(data, texts_a=data.texts_a[:n], texts_b=data.texts_b[:n] if data.texts_b else None,
                        labels=None if data.labels is None else data.labels[:n])
-    teacher = load_teacher(cfg.teacher, cfg.device)
     teacher_layers = cfg.resolve_layers(teacher.num_layers)
     depth = cfg.depth if cfg.depth is not None else len(teacher_layers)
     if data.labels is not None and data.is_regression != teacher.regression:

@@ -38,6 +38,13 @@ def tokenizer_hash(tokenizer) -> str:
     return hashlib.sha256(json.dumps(vocab).encode()).hexdigest()
 
 
+def named_labels(config) -> list[str] | None:
+    """The head's class names when they are real names (not LABEL_i), so string
+    labels in eval data are numbered like the training data's."""
+    names = [config.id2label[i] for i in range(config.num_labels)]
+    return None if names == [f"LABEL_{i}" for i in range(config.num_labels)] else names
+
+
 @dataclass
 class Teacher:
     model: torch.nn.Module

@@ -258,7 +258,8 @@ def run_eval(args: argparse.Namespace) -> int:
     from transformers import AutoTokenizer
 
     from hskcache.teacher import pick_device
-    from students.evaluate import evaluate, load_eval_set, named_labels
+    from hskcache.teacher import named_labels
+    from students.evaluate import evaluate, load_eval_set
     from students.models import load_student
 
     if args.batch_size < 1:

@@ -40,13 +40,6 @@ def is_regression(config) -> bool:
     return config.problem_type == "regression" or config.num_labels == 1
 
 
-def named_labels(config) -> list[str] | None:
-    """The head's class names when they are real names (not LABEL_i), so string
-    labels in eval data are numbered like the training data's."""
-    names = [config.id2label[i] for i in range(config.num_labels)]
-    return None if names == [f"LABEL_{i}" for i in range(config.num_labels)] else names
-
-
 def load_eval_set(
     data: str,
     config,

@@ -1,0 +1,169 @@
+"""Accuracy on the movie-review task: teacher, prediction-only KD, full HSK and
+compressed HSK, for TinyBERT- and ROSITA-style students over several seeds.
+
+Every number is produced by the project's own command lines (run here as
+subprocesses, exactly as a user would run them); finished runs are skipped, so
+the script can be interrupted and rerun. Writes RESULTS/summary.json,
+RESULTS/results.md (tables) and RESULTS/accuracy_vs_hsk.png.
+
+    python tools/experiments/movie_results.py --teacher runs/teacher --data data/movies --out runs/results
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+BIN = Path(sys.executable).parent
+STUDENT_LAYERS = 3
+# name -> (store, --hsk); "full" is every layer, every token ([CLS] and [SEP] too), full width.
+CONFIGS = {
+    "pred-only": ("compressed", "none"),
+    "full": ("full", "stored"),
+    "4,16,0.5": ("compressed", "4,16,0.5"),
+    "2,8,0.3": ("compressed", "2,8,0.3"),
+    "1,9,0.1": ("compressed", "1,9,0.1"),
+}
+
+
+def run(*args: object, log: Path | None = None) -> None:
+    cmd = [str(a) for a in args]
+    print("$", " ".join(cmd), flush=True)
+    with open(log, "w") if log else open("/dev/null", "w") as out:
+        proc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT if log else None)
+    if proc.returncode:
+        raise SystemExit(f"command failed ({proc.returncode}): {' '.join(cmd)}" + (f"; see {log}" if log else ""))
+
+
+def a_hsk(config: str, max_length: int) -> tuple[float, float]:
+    """(A^HSK, fraction of the full amount (L'+1) × |x|)."""
+    full = (STUDENT_LAYERS + 1) * max_length
+    if config == "pred-only":
+        return 0.0, 0.0
+    if config == "full":
+        return float(full), 1.0
+    n_d, n_l, n_w = config.split(",")
+    a = int(n_d) * int(n_l) * float(n_w)
+    return a, a / full
+
+
+def evaluate(model: Path, data: Path, out: Path, max_length: int) -> dict:
+    if not out.exists():
+        proc = subprocess.run([str(BIN / "students"), "eval", "--model", str(model), "--data", str(data),
+                               "--max-length", str(max_length), "--json"], capture_output=True, text=True)
+        if proc.returncode:
+            raise SystemExit(f"students eval failed: {proc.stderr.strip()}")
+        out.write_text(proc.stdout)
+    return json.loads(out.read_text())
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--teacher", required=True, type=Path)
+    p.add_argument("--data", required=True, type=Path, help="folder with train.csv, dev.csv, test.csv")
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--students", nargs="+", default=["tinybert-3s", "rosita-3s"])
+    p.add_argument("--configs", nargs="+", default=list(CONFIGS))
+    p.add_argument("--max-length", type=int, default=64)
+    p.add_argument("--hsk-epochs", type=int, default=3)
+    p.add_argument("--pred-epochs", type=int, default=3)
+    p.add_argument("--hsk-lr", type=float, default=5e-5)
+    p.add_argument("--pred-lr", type=float, default=2e-5)
+    args = p.parse_args()
+    out, data, ml = args.out, args.data, args.max_length
+    out.mkdir(parents=True, exist_ok=True)
+    hsk = BIN / "hskcache"
+    stores = {"full": out / "store-full", "compressed": out / "store-compressed"}
+    common = ["--teacher", args.teacher, "--data", data / "train.csv", "--student-layers", STUDENT_LAYERS,
+              "--max-length", ml, "--batch-size", 64, "--quiet"]
+    run(hsk, "extract", *common, "--out", stores["full"], "--token-strategy", "left", "--tokens", ml, "--width", 1.0)
+    run(hsk, "extract", *common, "--out", stores["compressed"], "--tokens", 16, "--width", 1.0)
+
+    results: dict = {"teacher": {}, "runs": {}, "settings": vars(args) | {"teacher": str(args.teacher),
+                                                                           "data": str(data), "out": str(out)}}
+    for split in ("dev", "test"):
+        results["teacher"][split] = evaluate(args.teacher, data / f"{split}.csv", out / f"teacher-{split}.json", ml)
+    for student in args.students:
+        for seed in args.seeds:
+            # ROSITA is the pruned teacher (deterministic); TinyBERT's random init follows the seed.
+            init = out / "students" / (student if student.startswith("rosita") else f"{student}-seed{seed}")
+            if not (init / "config.json").exists():
+                if student.startswith("rosita"):
+                    run(BIN / "students", "build", "rosita", "--teacher", args.teacher, "--cache", stores["compressed"],
+                        "--preset", student, "--out", init)
+                else:
+                    run(BIN / "students", "build", "tinybert", "--teacher", args.teacher, "--preset", student,
+                        "--seed", seed, "--out", init)
+            for config in args.configs:
+                store, hsk_flag = CONFIGS[config]
+                run_dir = out / "runs" / student / config / f"seed{seed}"
+                if not (run_dir / "metrics.json").exists():
+                    start = time.time()
+                    run_dir.parent.mkdir(parents=True, exist_ok=True)
+                    run(BIN / "students", "train", "--cache", stores[store], "--student", init, "--hsk", hsk_flag,
+                        "--hsk-epochs", args.hsk_epochs, "--pred-epochs", args.pred_epochs,
+                        "--hsk-lr", args.hsk_lr, "--pred-lr", args.pred_lr, "--seed", seed,
+                        "--eval-data", data / "dev.csv", "--out", run_dir, "--quiet",
+                        log=run_dir.parent / f"seed{seed}.log")
+                    print(f"  {time.time() - start:.0f} s", flush=True)
+                dev = json.loads((run_dir / "metrics.json").read_text())["eval"]
+                test = evaluate(run_dir / "student", data / "test.csv", run_dir / "test.json", ml)
+                results["runs"].setdefault(student, {}).setdefault(config, []).append(
+                    {"seed": seed, "dev": dev, "test": test})
+    (out / "summary.json").write_text(json.dumps(results, indent=2))
+    write_report(results, out, ml)
+
+
+def mean_std(values: list[float]) -> str:
+    if len(values) < 2:
+        return f"{100 * values[0]:.2f}"
+    return f"{100 * statistics.mean(values):.2f} ± {100 * statistics.stdev(values):.2f}"
+
+
+def write_report(results: dict, out: Path, max_length: int) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lines = ["| student | HSK (N^D,N^L,N^W) | A^HSK | fraction | dev accuracy | test accuracy | seeds |",
+             "|---|---|---|---|---|---|---|"]
+    t = results["teacher"]
+    lines.append(f"| teacher | – | – | – | {100 * t['dev']['accuracy']:.2f} | {100 * t['test']['accuracy']:.2f} | – |")
+    fig, axes = plt.subplots(1, len(results["runs"]), figsize=(5.5 * len(results["runs"]), 4), squeeze=False)
+    for ax, (student, configs) in zip(axes[0], results["runs"].items()):
+        xs, ys, es = [], [], []
+        for config, runs in configs.items():
+            a, frac = a_hsk(config, max_length)
+            dev = [r["dev"]["accuracy"] for r in runs]
+            test = [r["test"]["accuracy"] for r in runs]
+            lines.append(f"| {student} | {config} | {a:g} | {100 * frac:.2f}% | {mean_std(dev)} | {mean_std(test)} "
+                         f"| {len(runs)} |")
+            if config == "pred-only":
+                ax.axhline(100 * statistics.mean(dev), color="gray", ls="--", label="prediction-only KD")
+            else:
+                xs.append(frac * 100)
+                ys.append(100 * statistics.mean(dev))
+                es.append(100 * statistics.stdev(dev) if len(dev) > 1 else 0.0)
+        ax.axhline(100 * t["dev"]["accuracy"], color="black", ls=":", label="teacher")
+        order = sorted(range(len(xs)), key=xs.__getitem__)
+        ax.errorbar([xs[i] for i in order], [ys[i] for i in order], yerr=[es[i] for i in order], marker="o",
+                    capsize=3, label="HSK distillation")
+        ax.set_xscale("log")
+        ax.set_xlabel("A^HSK, % of the full amount (log)")
+        ax.set_ylabel("dev accuracy (%)")
+        ax.set_title(student)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "accuracy_vs_hsk.png", dpi=120)
+    (out / "results.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
