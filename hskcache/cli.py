@@ -33,6 +33,19 @@ def run_guarded(fn: Callable[[], int], prog: str) -> int:
         return 130
 
 
+def add_selection_flags(p, seed_flag: str = "--seed") -> None:
+    """Which layers, tokens and activations: shared by `extract` and the online baseline."""
+    p.add_argument("--student-layers", type=int, help="student depth L'")
+    p.add_argument("--ltop", type=int, help="top teacher layer of the layer map (default: teacher depth)")
+    p.add_argument("--teacher-layers", help="explicit teacher layers for student layers 0..L', e.g. 0,3,5,8,10")
+    p.add_argument("--depth", type=int, help="N^D: the top N^D pairs (default all L'+1)")
+    p.add_argument("--tokens", type=int, help="N^L: most tokens per layer (default 50)")
+    p.add_argument("--token-strategy", help="left | att | att-nosep | att-nosep-top (default)")
+    p.add_argument("--width", type=float, help="N^W: fraction of activations kept, (0, 1] (default 1.0)")
+    p.add_argument("--width-strategy", help="mag (default) | rand | uniform")
+    p.add_argument(seed_flag, type=int, help="seed of the rand width mask (default 0)")
+
+
 def add_extract_parser(sub) -> None:
     p = sub.add_parser("extract", help="run the teacher once and write an HSK store",
                        description="Flags left out fall back to --config, then to the defaults shown.")
@@ -43,15 +56,7 @@ def add_extract_parser(sub) -> None:
     p.add_argument("--split", help="dataset split (default train)")
     p.add_argument("--text-cols", help="text column(s), a or a,b")
     p.add_argument("--label-col", help="label column")
-    p.add_argument("--student-layers", type=int, help="student depth L'")
-    p.add_argument("--ltop", type=int, help="top teacher layer of the layer map (default: teacher depth)")
-    p.add_argument("--teacher-layers", help="explicit teacher layers for student layers 0..L', e.g. 0,3,5,8,10")
-    p.add_argument("--depth", type=int, help="N^D: store the top N^D pairs (default all L'+1)")
-    p.add_argument("--tokens", type=int, help="N^L: most tokens stored per layer (default 50)")
-    p.add_argument("--token-strategy", help="left | att | att-nosep | att-nosep-top (default)")
-    p.add_argument("--width", type=float, help="N^W: fraction of activations kept, (0, 1] (default 1.0)")
-    p.add_argument("--width-strategy", help="mag (default) | rand | uniform")
-    p.add_argument("--seed", type=int, help="seed of the rand width mask (default 0)")
+    add_selection_flags(p)
     p.add_argument("--max-length", type=int, help="tokenizer max length (default 128)")
     p.add_argument("--batch-size", type=int, help="teacher batch size (default 64)")
     p.add_argument("--limit", type=int, help="only the first N examples")

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
-from hskcache.cli import run_guarded
+from hskcache.cli import add_selection_flags, run_guarded
 from hskcache.errors import UserError
 from students.models import PRESETS, StudentSpec
 from students.losses import HSK_MODES
@@ -174,15 +174,7 @@ def add_train_parser(sub) -> None:
                               "settings; --text-cols/--label-col/--max-length then apply to --data too")
     on.add_argument("--data", help="training data: glue/<task> or a .csv/.tsv/.json/.jsonl/.parquet file")
     on.add_argument("--split", help="split of a glue/<task> --data (default train)")
-    on.add_argument("--student-layers", type=int, help="student depth L'")
-    on.add_argument("--ltop", type=int, help="top teacher layer of the layer map (default: teacher depth)")
-    on.add_argument("--teacher-layers", help="explicit teacher layers for student layers 0..L', e.g. 0,3,5,8,10")
-    on.add_argument("--depth", type=int, help="N^D selected (default all L'+1)")
-    on.add_argument("--tokens", type=int, help="N^L selected (default 50)")
-    on.add_argument("--token-strategy", help="left | att | att-nosep | att-nosep-top (default)")
-    on.add_argument("--width", type=float, help="N^W selected, (0, 1] (default 1.0)")
-    on.add_argument("--width-strategy", help="mag (default) | rand | uniform")
-    on.add_argument("--width-seed", type=int, help="seed of the rand width mask (extract's --seed; default 0)")
+    add_selection_flags(on, seed_flag="--width-seed")
 
 
 def train_config(args: argparse.Namespace) -> TrainConfig:
