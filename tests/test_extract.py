@@ -187,3 +187,26 @@ def test_inspect_json(tmp_path, teacher_dir, single_csv, capsys):
     info = json.loads(capsys.readouterr().out)
     assert info["complete"] and info["rows_committed"] == info["num_examples"] == 36
     assert set(info["bytes"]) >= {"values", "positions", "logits", "input_ids"}
+
+
+@pytest.mark.parametrize("width_strategy", ["mag", "uniform"])
+def test_budget_plan_equals_real_store_bytes(tmp_path, teacher_dir, single_csv, capsys, width_strategy):
+    """`budget --plan` before extraction predicts the bytes `extract` then writes."""
+    import json
+
+    from hskcache.store import on_disk_bytes
+
+    run_extract(teacher_dir, single_csv, tmp_path / "s", "--student-layers", 2, "--depth", 2, "--tokens", 5,
+                "--width", 0.2, "--width-strategy", width_strategy)
+    capsys.readouterr()
+    assert main(["budget", "--plan", "--teacher", str(teacher_dir), "--data", str(single_csv), "--seq-len", str(MAX_LEN),
+                 "--student-layers", "2", "--width-strategy", width_strategy, "--configs", "2,5,0.2", "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)[0]
+    disk = on_disk_bytes(tmp_path / "s")
+    meta = {name: len((tmp_path / "s" / name / "zarr.json").read_bytes()) for name in disk}
+    chunks = {name: disk[name] - meta[name] for name in disk}
+    values = chunks["values"]
+    mask = chunks["positions"] + chunks.get("width_code", 0) + chunks.get("static_dims", 0)
+    assert plan["hskcache_values_bytes"] == values
+    assert plan["hskcache_mask_bytes"] == mask
+    assert plan["hskcache_total_bytes"] == sum(chunks.values())

@@ -6,7 +6,8 @@ subprocesses, exactly as a user would run them); finished runs are skipped, so
 the script can be interrupted and rerun. Writes RESULTS/summary.json,
 RESULTS/results.md (tables) and RESULTS/accuracy_vs_hsk.png.
 
-    python tools/experiments/movie_results.py --teacher runs/teacher --data data/movies --out runs/results
+    python tools/experiments/movie_results.py --teacher runs/teacher --data data/movies3k --out runs/results \
+        --students tinybert-3s rosita-3s
 """
 from __future__ import annotations
 
