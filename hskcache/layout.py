@@ -4,9 +4,10 @@ Every array is uncompressed and chunked along examples only, with one row
 count per chunk shared by all arrays, so the bytes on disk are exactly
 chunks × chunk bytes and `hskcache budget --plan` predicts them before
 anything is extracted. `tools/bench/compression.py` measures what that
-leaves on the table (docs/benchmarks.md): zstd shrinks fp16 values by
-15-25% and width codes by 0-20%, at 300-500 MB/s of decoding on the
-trainer's hot path; the inputs compress 3x but are small next to the HSK.
+leaves on the table (docs/benchmarks.md): zstd saves 20-30% of the fp16
+values (mostly the zero slots of examples shorter than N^L) and about 20% of
+the width codes, decoding at about 500 MB/s; the inputs compress 3x but
+are small next to the HSK.
 """
 from __future__ import annotations
 
