@@ -75,3 +75,11 @@ def single_csv(tmp_path_factory) -> Path:
 def pair_csv(tmp_path_factory) -> Path:
     rows = [{"sentence1": a, "sentence2": b, "label": label_of(a)} for a, b in PAIRS]
     return write_csv(tmp_path_factory.mktemp("data") / "pairs.csv", rows)
+
+
+@pytest.fixture(scope="session")
+def task(tmp_path_factory):
+    """The learnable synthetic task, its fine-tuned tiny teacher and store (tests/tiny_task.py)."""
+    from tiny_task import tiny_task
+
+    return tiny_task(tmp_path_factory)

@@ -15,15 +15,10 @@ from hskcache.config import build_config
 from students import cli
 from students.models import RositaForSequenceClassification, load_student
 from students.online import OnlineSource
-from tiny_task import CHUNK_BYTES, STORE_FLAGS, Interrupting, extract, tiny_task
+from tiny_task import CHUNK_BYTES, STORE_FLAGS, Interrupting, extract
 
 TRAIN = ("--hsk-epochs", "2", "--pred-epochs", "3", "--hsk-lr", "3e-3", "--pred-lr", "3e-3", "--hsk-batch-size", "16",
          "--pred-batch-size", "16", "--threads", "1", "--quiet")
-
-
-@pytest.fixture(scope="module")
-def task(tmp_path_factory):
-    return tiny_task(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

@@ -12,14 +12,9 @@ import hskcache
 from students.losses import HSKProjection, hsk_loss, prediction_loss
 from students.models import build_tinybert, load_student
 from students.trainer import STAGE_BASE, TrainConfig, train
-from tiny_task import Interrupting, tiny_task
+from tiny_task import Interrupting
 
 FAST = dict(threads=1, progress=False, hsk_lr=3e-3, pred_lr=3e-3, hsk_batch_size=16, pred_batch_size=16)
-
-
-@pytest.fixture(scope="module")
-def task(tmp_path_factory):
-    return tiny_task(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
