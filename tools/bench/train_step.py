@@ -39,7 +39,8 @@ def stage_seconds_per_step(run: Path) -> float:
 def train(source: list[str], student: Path, run: Path, args) -> float:
     subprocess.run([str(STUDENTS), "train", *source, "--student", str(student), "--out", str(run),
                     "--hsk-batch-size", str(args.batch_size), "--pred-batch-size", str(args.batch_size),
-                    "--max-steps", str(args.steps), "--threads", str(args.threads), "--quiet"], check=True)
+                    "--max-steps", str(args.steps), "--threads", str(args.threads), "--quiet"],
+                   check=True, stdout=subprocess.DEVNULL)
     return stage_seconds_per_step(run)
 
 
