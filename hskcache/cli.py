@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Callable, Sequence
 
@@ -31,6 +32,9 @@ def run_guarded(fn: Callable[[], int], prog: str) -> int:
     except KeyboardInterrupt:
         print(f"{prog}: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `... --json | head`: the reader left, nothing to report
+        sys.stdout = open(os.devnull, "w")
+        return 0
 
 
 def add_selection_flags(p, seed_flag: str = "--seed") -> None:
