@@ -448,13 +448,22 @@ def load_student(student_dir: str | Path) -> nn.Module:
     return AutoModelForSequenceClassification.from_pretrained(path)
 
 
-def save_student(model: nn.Module, out_dir: str | Path, student_dir: str | Path) -> None:
+def save_student(model: nn.Module, out_dir: str | Path, student_dir: str | Path, extra: dict | None = None) -> None:
     """Save `model` (e.g. a checkpoint) as a complete student folder, taking the
-    tokenizer and student.json from the folder it was loaded from."""
+    tokenizer and student.json from the folder it was loaded from; `extra` is
+    added to student.json (e.g. the task it was distilled for)."""
     out = Path(out_dir)
     model.save_pretrained(out)
     AutoTokenizer.from_pretrained(student_dir).save_pretrained(out)
-    shutil.copyfile(Path(student_dir) / STUDENT_FILE, out / STUDENT_FILE)
+    info = json.loads((Path(student_dir) / STUDENT_FILE).read_text()) | (extra or {})
+    (out / STUDENT_FILE).write_text(json.dumps(info, indent=1) + "\n")
+
+
+def student_task(student_dir: str | Path) -> str | None:
+    """The task (e.g. a GLUE name) a trained student was distilled for, so that
+    `students eval` picks that task's metrics on a local file."""
+    info = Path(student_dir) / STUDENT_FILE
+    return json.loads(info.read_text()).get("task") if info.is_file() else None
 
 
 def _require_model_dir(folder: str | Path, role: str) -> None:

@@ -449,7 +449,7 @@ class Trainer:
             pos.best, pos.best_eval = score, metrics
             pos.best_at = {"stage": stage.name, "epoch": pos.epoch + 1, "step": pos.step}
             with replaced_dir(self.run_dir / "best") as tmp:
-                save_student(self.model, tmp, self.cfg.student)
+                save_student(self.model, tmp, self.cfg.student, {"task": self.source.attrs.get("task")})
 
     def _save_checkpoint(self) -> None:
         self.pos.log_bytes = self.log_file.tell()
@@ -471,7 +471,7 @@ class Trainer:
             if self.pos.best_eval is not None:
                 shutil.copytree(best, tmp, dirs_exist_ok=True)
             else:
-                save_student(self.model, tmp, self.cfg.student)
+                save_student(self.model, tmp, self.cfg.student, {"task": self.source.attrs.get("task")})
         stages = {name: {**s, "examples_per_second": s["examples"] / s["seconds"] if s["seconds"] else None}
                   for name, s in self.pos.stats.items()}
         metrics = {

@@ -50,6 +50,13 @@ def test_extract_build_train_eval_without_the_teacher(task, tmp_path, capsys):
         assert cli.main(["eval", "--model", str(run / "student"), "--data", str(task.dev), "--json"]) == 0
         assert json.loads(capsys.readouterr().out) == pytest.approx(metrics["eval"])
         assert {r["stage"] for r in map(json.loads, (run / "log.jsonl").read_text().splitlines())} == {"hsk", "pred"}
+    # The task a student was distilled for picks its metrics on a local file (cola: MCC).
+    info_file = tmp_path / "run-tiny" / "student" / "student.json"
+    info = json.loads(info_file.read_text())
+    assert "task" in info
+    info_file.write_text(json.dumps(info | {"task": "cola"}))
+    assert cli.main(["eval", "--model", str(tmp_path / "run-tiny" / "student"), "--data", str(task.dev), "--json"]) == 0
+    assert set(json.loads(capsys.readouterr().out)) == {"accuracy", "mcc"}
     assert type(AutoModelForSequenceClassification.from_pretrained(tmp_path / "run-tiny" / "student")).__name__ \
         == "BertForSequenceClassification"
     assert isinstance(load_student(tmp_path / "run-rosita" / "student"), RositaForSequenceClassification)
