@@ -175,6 +175,7 @@ def add_train_parser(sub) -> None:
     on.add_argument("--data", help="training data: glue/<task> or a .csv/.tsv/.json/.jsonl/.parquet file")
     on.add_argument("--split", help="split of a glue/<task> --data (default train)")
     add_selection_flags(on, seed_flag="--width-seed")
+    on.add_argument("--limit", type=int, help="only the first N examples of --data")
 
 
 def train_config(args: argparse.Namespace) -> TrainConfig:
@@ -190,7 +191,7 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
 
 
 ONLINE_FLAGS = ("data", "split", "student_layers", "ltop", "teacher_layers", "depth", "tokens", "token_strategy",
-                "width", "width_strategy", "width_seed")
+                "width", "width_strategy", "width_seed", "limit")
 
 
 def open_source(args: argparse.Namespace):
