@@ -132,15 +132,19 @@ def _rank_decode(codes: np.ndarray, d: int, k: int) -> np.ndarray:
     rows = np.arange(v)
     scale = 2.0 ** -np.arange(0, 3 * _LIMB, _LIMB)  # top three limbs as a float
     for i in range(m, 0, -1):
-        top = np.where(rest.any(axis=1), n_limbs - 1 - np.argmax(rest[:, ::-1] != 0, axis=1), 0)
+        # Before step i the rest is below C(d, i): only that many limbs can be non-zero.
+        active = max(1, -(-math.comb(d, i).bit_length() // _LIMB))
+        rest = rest[:, :active]
+        table = limbs[:, i, :active]
+        top = np.where(rest.any(axis=1), active - 1 - np.argmax(rest[:, ::-1] != 0, axis=1), 0)
         window = np.stack([rest[rows, np.maximum(top - s, 0)] * (top >= s) for s in range(3)], 1)
         with np.errstate(divide="ignore"):
             approx = np.log2(window.astype(np.float64) @ scale) + _LIMB * top
         cand = np.clip(np.searchsorted(log2[:, i], approx, side="right") - 1, i - 1, d - 1)
-        cand -= _compare(limbs[cand, i], rest) > 0  # float rounding: step back ...
+        cand -= _compare(table[cand], rest) > 0  # float rounding: step back ...
         nxt = np.minimum(cand + 1, d - 1)
-        cand += (nxt > cand) & (_compare(limbs[nxt, i], rest) <= 0)  # ... or forward
-        rest = _subtract(rest, limbs[cand, i])
+        cand += (nxt > cand) & (_compare(table[nxt], rest) <= 0)  # ... or forward
+        rest = _subtract(rest, table[cand])
         mask[rows, cand] = True
     return ~mask if flip else mask
 
