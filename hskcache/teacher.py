@@ -72,7 +72,7 @@ class Teacher:
     def forward(self, batch: dict[str, torch.Tensor]):
         """Logits, hidden states and attention probabilities (eager attention)."""
         inputs = {k: batch[k].to(self.device) for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
-        if not self.model.config.type_vocab_size or self.model.config.type_vocab_size < 2:
+        if getattr(self.model.config, "type_vocab_size", 0) < 2:  # RoBERTa: 1; MPNet: no segments at all
             inputs.pop("token_type_ids", None)
         autocast = (
             torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else contextlib.nullcontext()

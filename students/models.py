@@ -98,7 +98,7 @@ def build_tinybert(
         num_attention_heads=heads,
         intermediate_size=ffn,
         max_position_embeddings=teacher.max_position_embeddings,
-        type_vocab_size=teacher.type_vocab_size,
+        type_vocab_size=max(1, getattr(teacher, "type_vocab_size", 1)),  # MPNet has no segment embeddings
         pad_token_id=teacher.pad_token_id,
         id2label=teacher.id2label,
         label2id=teacher.label2id,

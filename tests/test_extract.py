@@ -45,7 +45,8 @@ def check_against_reference(teacher_dir, data, store_path, teacher_layers, depth
     assert torch.equal(got["hsk_mask"], torch.from_numpy(exp_hsk != 0) | (got["hsk_mask"] & (got["hsk"] == 0)))
     np.testing.assert_array_equal(got["input_ids"].numpy(), enc["input_ids"].numpy())
     np.testing.assert_array_equal(got["attention_mask"].numpy(), enc["attention_mask"].numpy())
-    np.testing.assert_array_equal(got["token_type_ids"].numpy(), enc["token_type_ids"].numpy())
+    types = enc["token_type_ids"].numpy() if "token_type_ids" in enc else np.zeros_like(enc["input_ids"].numpy())
+    np.testing.assert_array_equal(got["token_type_ids"].numpy(), types)
     np.testing.assert_allclose(got["logits"].numpy(), out.logits.numpy(), atol=1e-5)
     return got, store
 
