@@ -248,22 +248,16 @@ def add_eval_parser(sub) -> None:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from transformers import AutoTokenizer
-
-    from hskcache.teacher import named_labels, pick_device
-    from students.evaluate import evaluate, load_eval_set
-    from students.models import load_student, student_task
+    from hskcache.teacher import pick_device
+    from students.evaluate import evaluate, open_for_eval
 
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.max_length is not None and args.max_length < 2:
         raise UserError(f"--max-length must be at least 2 ([CLS] and [SEP]), got {args.max_length}")
     device = pick_device(args.device)
-    model = load_student(args.model).to(device)
-    max_length = args.max_length or min(128, model.config.max_position_embeddings)
-    eval_set = load_eval_set(args.data, model.config, AutoTokenizer.from_pretrained(args.model), max_length,
-                             split=args.split, text_cols=_columns(args.text_cols), label_col=args.label_col,
-                             label_names=named_labels(model.config), task=student_task(args.model))
+    model, eval_set = open_for_eval(args.model, args.data, args.max_length, device, args.split,
+                                    _columns(args.text_cols), args.label_col)
     metrics = evaluate(model, eval_set, args.batch_size, device)
     if args.json:
         print(json.dumps(metrics))

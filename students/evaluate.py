@@ -95,3 +95,21 @@ def evaluate(model: nn.Module, eval_set: EvalSet, batch_size: int, device: torch
     """The task's metrics (SPEC "Metrics") of `model` on `eval_set`."""
     logits = predict(model, eval_set.inputs, batch_size, device)
     return compute_metrics(eval_set.task, logits, eval_set.labels, eval_set.regression)
+
+
+def open_for_eval(model_dir: str, data: str, max_length: int | None, device: torch.device, split: str = "validation",
+                  text_cols: Sequence[str] | None = None, label_col: str | None = None) -> tuple[nn.Module, EvalSet]:
+    """A model folder (student or teacher) and `data` tokenized with its own tokenizer, labels
+    numbered by its head and metrics of the task it was distilled for."""
+    from transformers import AutoTokenizer
+
+    from hskcache.teacher import named_labels
+    from students.models import load_student, student_task
+
+    model = load_student(model_dir).to(device)
+    max_length = max_length or min(128, model.config.max_position_embeddings)
+    eval_set = load_eval_set(data, model.config, AutoTokenizer.from_pretrained(model_dir), max_length, split=split,
+                             text_cols=text_cols, label_col=label_col, label_names=named_labels(model.config),
+                             task=student_task(model_dir))
+    return model, eval_set
+

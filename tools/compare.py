@@ -10,18 +10,15 @@ import platform
 import time
 
 import torch
-from transformers import AutoTokenizer
 
 from hskcache.cli import quiet_libraries
 from hskcache.teacher import pick_device
-from students.evaluate import evaluate, load_eval_set, predict
-from students.models import count_parameters, load_student
+from students.evaluate import evaluate, open_for_eval, predict
+from students.models import count_parameters
 
 
 def measure(path: str, data: str, max_length: int, batch_size: int, device: torch.device) -> dict:
-    model = load_student(path).to(device).eval()
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    eval_set = load_eval_set(data, model.config, tokenizer, max_length)
+    model, eval_set = open_for_eval(path, data, max_length, device)
     metrics = evaluate(model, eval_set, batch_size, device)
     start = time.perf_counter()  # a second pass, warm, for speed
     predict(model, eval_set.inputs, batch_size, device)
