@@ -153,7 +153,9 @@ def teacher_numbers(teacher: str) -> tuple[int, int, int, bool]:
     except (OSError, ValueError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise UserError(f"cannot load teacher {teacher!r} ({first}); pass a local model folder or a reachable hub id") from None
-    regression = config.problem_type == "regression" or config.num_labels == 1
+    from .teacher import is_regression
+
+    regression = is_regression(config)
     # len(tokenizer), as the extractor sizes input_ids with it.
     return config.hidden_size, len(tokenizer), config.num_labels, regression
 

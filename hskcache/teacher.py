@@ -38,6 +38,14 @@ def tokenizer_hash(tokenizer) -> str:
     return hashlib.sha256(json.dumps(vocab).encode()).hexdigest()
 
 
+def is_regression(config) -> bool:
+    """Whether a sequence-classification head regresses: its `problem_type` when set,
+    else one output (Hugging Face's own rule)."""
+    if config.problem_type is not None:
+        return config.problem_type == "regression"
+    return config.num_labels == 1
+
+
 def named_labels(config) -> list[str] | None:
     """The head's class names when they are real names (not LABEL_i), so string
     labels in eval data are numbered like the training data's."""
@@ -67,7 +75,7 @@ class Teacher:
 
     @property
     def regression(self) -> bool:
-        return self.model.config.problem_type == "regression" or self.num_labels == 1
+        return is_regression(self.model.config)
 
     def forward(self, batch: dict[str, torch.Tensor]):
         """Logits, hidden states and attention probabilities (eager attention)."""

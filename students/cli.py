@@ -85,7 +85,7 @@ def resolve_spec(args: argparse.Namespace, shape: Sequence[str]) -> StudentSpec:
 
 
 def run_build(args: argparse.Namespace) -> int:
-    from students.models import build_rosita, build_tinybert, count_parameters
+    from students.models import build_tinybert, count_parameters
 
     if args.kind == "tinybert":
         spec = resolve_spec(args, ("layers", "hidden", "ffn", "heads"))
@@ -103,7 +103,8 @@ def _build_rosita(args: argparse.Namespace, spec: StudentSpec):
 
     from hskcache.reader import open_store
     from hskcache.teacher import pick_device, tokenizer_hash
-    from students.models import STUDENT_FILE, build_rosita
+    from students.models import STUDENT_FILE
+    from students.pruning import build_rosita
 
     if args.importance_examples < 1:
         raise UserError(f"--importance-examples must be at least 1, got {args.importance_examples}")

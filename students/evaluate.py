@@ -16,6 +16,7 @@ from torch import nn
 
 from hskcache.data import load_texts, tokenize_batch
 from hskcache.errors import UserError
+from hskcache.teacher import is_regression
 from students.metrics import compute_metrics
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -33,11 +34,6 @@ class EvalSet:
 
     def __len__(self) -> int:
         return len(self.labels)
-
-
-def is_regression(config) -> bool:
-    """A one-output head (or an explicit problem type) regresses."""
-    return config.problem_type == "regression" or config.num_labels == 1
 
 
 def load_eval_set(

@@ -17,16 +17,9 @@ from transformers import (
 
 from hskcache.errors import UserError
 from hskcache.teacher import tokenizer_hash, weights_hash
-from students.models import (
-    PRESETS,
-    RositaForSequenceClassification,
-    build_rosita,
-    build_tinybert,
-    count_parameters,
-    load_student,
-    rosita_config,
-    save_student,
-)
+from students.models import PRESETS, build_tinybert, count_parameters, load_student, save_student
+from students.pruning import build_rosita, rosita_config
+from students.rosita import RositaConfig, RositaForSequenceClassification
 
 HEADS, HEAD_DIM, FFN, HIDDEN = 4, 8, 64, 32
 
@@ -156,8 +149,10 @@ def test_rosita_shapes_and_reload(teacher_dir, tmp_path):
     reloaded = load_student(tmp_path / "checkpoint").eval()
     assert torch.equal(reloaded(**_inputs(batch)).logits, out.logits)
     assert (tmp_path / "checkpoint" / "student.json").read_text() == (tmp_path / "r" / "student.json").read_text()
-    with pytest.raises(RuntimeError):  # HF's BERT must not silently load a pruned student
-        AutoModelForSequenceClassification.from_pretrained(tmp_path / "r")
+    auto = AutoModelForSequenceClassification.from_pretrained(tmp_path / "r").eval()  # registered by `students`
+    assert isinstance(auto, RositaForSequenceClassification) and isinstance(auto.config, RositaConfig)
+    assert isinstance(AutoConfig.from_pretrained(tmp_path / "r"), RositaConfig)
+    assert torch.equal(auto(**_inputs(batch)).logits, out.logits)
 
 
 @pytest.mark.parametrize("layers", [1, 2])
@@ -269,3 +264,27 @@ def test_presets_are_much_smaller_than_their_teacher(teacher, tinybert, rosita):
 def test_small_presets_share_one_store():
     assert PRESETS["tinybert-3s"].layers == PRESETS["rosita-3s"].layers == 3
 
+
+
+def test_rosita_is_a_hugging_face_classifier(teacher_dir, tmp_path):
+    """HF's `labels` loss, and a folder in the previous format is refused with a rebuild hint."""
+    batch = _batch(teacher_dir)
+    build_rosita(teacher_dir, [batch], 1, 2, 16, 8, tmp_path / "r")
+    model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "r").eval()
+    labels = torch.tensor([0, 2, 1, 1])
+    out = model(**_inputs(batch), labels=labels)
+    assert torch.allclose(out.loss, torch.nn.functional.cross_entropy(out.logits, labels))
+    config = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert config["model_type"] == "rosita" and config["architectures"] == ["RositaForSequenceClassification"]
+    (tmp_path / "r" / "config.json").write_text(json.dumps(config | {"model_type": "bert"}))
+    with pytest.raises(UserError, match="older version"):
+        load_student(tmp_path / "r")
+
+
+def test_regression_follows_problem_type():
+    from hskcache.teacher import is_regression
+
+    assert is_regression(BertConfig(num_labels=1))
+    assert not is_regression(BertConfig(num_labels=2))
+    assert is_regression(BertConfig(num_labels=2, problem_type="regression"))
+    assert not is_regression(BertConfig(num_labels=3, problem_type="multi_label_classification"))

@@ -13,7 +13,8 @@ import hskcache
 from hskcache import layout
 from hskcache.config import build_config
 from students import cli
-from students.models import RositaForSequenceClassification, load_student
+from students.models import load_student
+from students.rosita import RositaForSequenceClassification
 from students.online import OnlineSource
 from tiny_task import CHUNK_BYTES, STORE_FLAGS, Interrupting, extract
 

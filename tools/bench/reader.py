@@ -23,7 +23,8 @@ from hskcache.cli import quiet_libraries
 from hskcache.config import ExtractConfig
 from hskcache.extract import extract
 from students.losses import HSKProjection, hsk_loss
-from students.models import PRESETS, build_rosita, build_tinybert, load_student
+from students.models import PRESETS, build_tinybert, load_student
+from students.pruning import build_rosita
 
 from common import movie_csv, packaged_teacher, tiled_store
 
