@@ -84,6 +84,28 @@ def rank_tokens(scores: torch.Tensor, eligible: torch.Tensor, n_tokens: int) -> 
     return positions
 
 
+def rank_positions(
+    token_strategy: str,
+    rank_layers: Sequence[int],
+    n_tokens: int,
+    attentions: Sequence[torch.Tensor],
+    attention_mask: torch.Tensor,
+    sep_mask: torch.Tensor,
+) -> torch.Tensor:
+    """(B, len(rank_layers), n_tokens) positions, most important first, ranked by
+    the [CLS] attention of each rank layer (hidden-state indexing, `cls_importance`)."""
+    eligible = attention_mask.bool()
+    if token_strategy == "left":
+        seq = attention_mask.shape[-1]
+        scores = -torch.arange(seq, dtype=torch.float32, device=attention_mask.device).expand_as(attention_mask)
+        ranked = rank_tokens(scores, eligible, n_tokens)
+        return ranked.unsqueeze(1).expand(-1, len(rank_layers), -1).contiguous()
+    if token_strategy != "att":
+        eligible = eligible & ~sep_mask.bool()
+    importance = cls_importance(attentions)[:, list(rank_layers)]
+    return rank_tokens(importance, eligible.unsqueeze(1).expand_as(importance), n_tokens)
+
+
 def select_positions(
     plan: SelectionPlan,
     attentions: Sequence[torch.Tensor],
@@ -91,16 +113,7 @@ def select_positions(
     sep_mask: torch.Tensor,
 ) -> torch.Tensor:
     """(B, N_D, N_L) token positions for every stored pair, most important first."""
-    eligible = attention_mask.bool()
-    n_d = len(plan.stored_layers)
-    if plan.token_strategy == "left":
-        seq = attention_mask.shape[-1]
-        scores = -torch.arange(seq, dtype=torch.float32, device=attention_mask.device).expand_as(attention_mask)
-        return rank_tokens(scores, eligible, plan.tokens).unsqueeze(1).expand(-1, n_d, -1).contiguous()
-    if plan.token_strategy != "att":
-        eligible = eligible & ~sep_mask.bool()
-    importance = cls_importance(attentions)[:, list(plan.rank_layers)]
-    return rank_tokens(importance, eligible.unsqueeze(1).expand_as(importance), plan.tokens)
+    return rank_positions(plan.token_strategy, plan.rank_layers, plan.tokens, attentions, attention_mask, sep_mask)
 
 
 def gather_states(hidden_states: Sequence[torch.Tensor], layers: Sequence[int], positions: torch.Tensor) -> torch.Tensor:

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from hskcache.attention import coarsen, densify_keys, group_heads
 from hskcache.errors import UserError
 
 HSK_MODES = ("zero-fill", "masked")
@@ -84,3 +85,42 @@ def prediction_loss(
     if is_regression:
         return regression_mse(student_logits, teacher_logits)
     return soft_cross_entropy(student_logits, teacher_logits, temperature)
+
+
+DISTRIBUTION_LOSSES = ("kl", "mse")
+
+
+def distribution_loss(kind: str, keys: Tensor, probs: Tensor, rest: Tensor, positions: Tensor,
+                      student: Tensor) -> Tensor:
+    """One layer's attention (or value-relation) loss on the teacher's coarsening.
+
+    `keys`/`probs` (B, H_T, N, k) and `rest` (B, H_T, N) are the stored
+    top-k-plus-rest rows at query `positions` (B, N, -1 empty); `student`
+    (B, H_S, N, S) holds the student's full distributions at the same rows.
+    `kl`: mean over heads and non-empty rows of KL(teacher ‖ student), both
+    coarsened to the teacher's kept keys plus one rest bin — exactly the KL
+    of the coarsened distributions (MiniLM's L_AT / L_VR when k = S).
+    `mse`: mean squared error of the kept probabilities (Att-MSE on
+    probabilities). With fewer student heads, consecutive groups of
+    H_T / H_S teacher heads are averaged first (`hskcache.attention.group_heads`).
+    """
+    if kind not in DISTRIBUTION_LOSSES:
+        raise UserError(f"unknown attention loss {kind!r}; use one of {', '.join(DISTRIBUTION_LOSSES)}")
+    t_heads, s_heads = keys.shape[1], student.shape[1]
+    if t_heads % s_heads:
+        raise UserError(f"the student has {s_heads} attention heads, which do not divide the teacher's "
+                        f"{t_heads}; build a student whose head count divides {t_heads}")
+    teacher, kept = densify_keys(keys, probs, student.shape[-1])
+    rest = rest.float()
+    if s_heads != t_heads:
+        teacher, kept, rest = group_heads(teacher, kept, rest, s_heads)
+    valid = (positions >= 0)[:, None, :].expand(-1, s_heads, -1)
+    student = student.float()
+    if kind == "mse":
+        counted = kept & valid.unsqueeze(-1)
+        return torch.where(counted, (student - teacher) ** 2, 0.0).sum() / counted.sum().clamp(min=1)
+    s_kept, s_rest = coarsen(student, kept)
+    tiny = torch.finfo(torch.float32).tiny
+    kl = ((torch.xlogy(teacher, teacher) - torch.xlogy(teacher, s_kept.clamp(min=tiny))).sum(-1)
+          + torch.xlogy(rest, rest) - torch.xlogy(rest, s_rest.clamp(min=tiny)))
+    return torch.where(valid, kl, 0.0).sum() / valid.sum().clamp(min=1)

@@ -54,3 +54,34 @@ def expected_selection(enc, out, sep_id, teacher_layers, num_layers, depth, toke
                 keep = static if width_strategy != "mag" else sorted(np.argsort(-np.abs(vec), kind="stable")[:k].tolist())
                 hsk[b, j, t, keep] = vec[keep].astype(np.float16).astype(np.float32)
     return positions, hsk
+
+
+def ranked_rows(enc, out, sep_id, b, rank_layer, rows, strategy):
+    """The query positions of one example, most important first (SPEC "Length")."""
+    length = int(enc["attention_mask"][b].sum())
+    ids = enc["input_ids"][b].tolist()
+    att = out.attentions[max(rank_layer, 1) - 1][b]
+    score = [float(att[:, 0, p].mean()) for p in range(len(ids))]
+    eligible = [p for p in range(length) if not (strategy != "att" and ids[p] == sep_id)]
+    return sorted(eligible, key=lambda p: (-score[p], p))[:rows]
+
+
+def coarsened_row(dist, length, k):
+    """Top-k real keys of one distribution (descending, ties to the lower key), their
+    probabilities and the summed probability of the other real keys."""
+    order = sorted(range(length), key=lambda p: (-float(dist[p]), p))[:k]
+    rest = sum(float(dist[p]) for p in range(length) if p not in order)
+    return order, [float(dist[p]) for p in order], rest
+
+
+def value_relation_row(values, q, length, heads):
+    """softmax(v_q · v_j / √d_h) over the real keys j, per head, from value vectors (S, heads × d_h)."""
+    d = values.shape[-1] // heads
+    out = []
+    for h in range(heads):
+        v = values[:, h * d:(h + 1) * d].double()
+        scores = [float(v[q] @ v[j]) / math.sqrt(d) for j in range(length)]
+        top = max(scores)
+        exps = [math.exp(s - top) for s in scores]
+        out.append([e / sum(exps) for e in exps])
+    return out

@@ -1,0 +1,134 @@
+"""Attention and value-relation selection against loops over a plain HF forward; exact shrinking."""
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import (AutoModelForSequenceClassification, ElectraConfig, ElectraForSequenceClassification,
+                          MPNetConfig, MPNetForSequenceClassification, RobertaConfig,
+                          RobertaForSequenceClassification)
+
+from conftest import PAIRS, SENTENCES
+from hskcache import hooks
+from hskcache.attention import (AttentionPlan, gather_rows, relation, select_attention, select_value_relation,
+                                sep_share, shrink, split_heads)
+from hskcache.data import tokenize_batch
+from hskcache.errors import UserError
+from hskcache.teacher import load_teacher
+from reference import coarsened_row, ranked_rows, teacher_outputs, value_relation_row
+
+MAX_LEN = 24
+
+
+def _select(teacher_dir, plan, texts_a, texts_b):
+    teacher = load_teacher(str(teacher_dir), "cpu")
+    tokens = {k: torch.from_numpy(v) for k, v in tokenize_batch(teacher.tokenizer, texts_a, texts_b, MAX_LEN).items()}
+    with hooks.capture(teacher.model, plan.layers, ["value"]) as captured:
+        out = teacher.forward(tokens)
+    att = select_attention(plan, out.attentions, tokens["attention_mask"], tokens["sep_mask"])
+    values = {l: captured[l]["value"] for l in plan.layers}
+    val = select_value_relation(plan, values, teacher.model.config.num_attention_heads, att["positions"],
+                                tokens["attention_mask"])
+    return att, val
+
+
+@pytest.mark.parametrize("strategy", ["att-nosep", "att"])
+def test_attention_and_value_relation_match_loops(teacher_dir, strategy):
+    texts_a, texts_b = [a for a, _ in PAIRS[:6]], [b for _, b in PAIRS[:6]]
+    plan = AttentionPlan(layers=(1, 2), rank_layers=(1, 2), rows=5, keys=4, token_strategy=strategy)
+    att, val = _select(teacher_dir, plan, texts_a, texts_b)
+    enc, out, tok = teacher_outputs(teacher_dir, texts_a, texts_b, MAX_LEN)
+    model = AutoModelForSequenceClassification.from_pretrained(teacher_dir, attn_implementation="eager").eval()
+    heads = model.config.num_attention_heads
+    checked_rest = 0
+    for b in range(len(texts_a)):
+        length = int(enc["attention_mask"][b].sum())
+        for j, l in enumerate(plan.layers):
+            rows = ranked_rows(enc, out, tok.sep_token_id, b, l, plan.rows, strategy)
+            assert att["positions"][b, j].tolist() == rows + [-1] * (plan.rows - len(rows))
+            value_layer = model.bert.encoder.layer[l - 1].attention.self.value
+            with torch.no_grad():
+                values = value_layer(out.hidden_states[l - 1][b])  # the layer's input, projected
+            for n, q in enumerate(rows):
+                relations = value_relation_row(values, q, length, heads)
+                for h in range(heads):
+                    for got, dist in ((att, out.attentions[l - 1][b, h, q]), (val, relations[h])):
+                        keys, probs, rest = coarsened_row(dist, length, plan.keys)
+                        assert got["keys"][b, j, h, n].tolist() == keys
+                        assert got["probs"][b, j, h, n].tolist() == pytest.approx(probs, abs=1e-6)
+                        assert got["rest"][b, j, h, n].item() == pytest.approx(rest, abs=1e-6)
+                        checked_rest += rest > 0.01
+            for n in range(len(rows), plan.rows):  # empty rows keep nothing
+                for got in (att, val):
+                    assert (got["keys"][b, j, :, n] == -1).all() and (got["rest"][b, j, :, n] == 0).all()
+    assert checked_rest > 0  # the rest mass was really exercised
+
+
+def test_smaller_reads_are_exact(teacher_dir):
+    texts = SENTENCES[:8]
+    big = AttentionPlan((2,), (2,), rows=6, keys=8, token_strategy="att-nosep")
+    small = AttentionPlan((2,), (2,), rows=3, keys=2, token_strategy="att-nosep")
+    got_big, val_big = _select(teacher_dir, big, texts, None)
+    got_small, val_small = _select(teacher_dir, small, texts, None)
+    assert torch.equal(got_big["positions"][..., :3], got_small["positions"])
+    for b_sel, s_sel in ((got_big, got_small), (val_big, val_small)):
+        keys, probs, rest = shrink(b_sel["keys"], b_sel["probs"], b_sel["rest"], rows=3, k=2)
+        assert torch.equal(keys, s_sel["keys"])
+        assert torch.allclose(probs, s_sel["probs"])
+        assert torch.allclose(rest, s_sel["rest"], atol=1e-6)
+
+
+def test_relation_from_queries_and_keys_is_the_attention(teacher_dir):
+    """The student-side attention (from captured Q and K) equals HF's eager attention on BERT."""
+    teacher = load_teacher(str(teacher_dir), "cpu")
+    tokens = {k: torch.from_numpy(v) for k, v in tokenize_batch(teacher.tokenizer, SENTENCES[:5], None, MAX_LEN).items()}
+    with hooks.capture(teacher.model, [1, 2]) as captured:
+        out = teacher.forward(tokens)
+    heads = teacher.model.config.num_attention_heads
+    positions = torch.tensor([[0, 2, 1]] * 5)
+    for l in (1, 2):
+        q, k = split_heads(captured[l]["query"], heads), split_heads(captured[l]["key"], heads)
+        got = relation(gather_rows(q, positions), k, tokens["attention_mask"])
+        assert torch.allclose(got, gather_rows(out.attentions[l - 1], positions), atol=1e-6)
+
+
+SHAPE = dict(vocab_size=40, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
+
+
+@pytest.mark.parametrize("model", [
+    lambda: RobertaForSequenceClassification(RobertaConfig(max_position_embeddings=40, **SHAPE)),
+    lambda: ElectraForSequenceClassification(ElectraConfig(embedding_size=16, **SHAPE)),
+    lambda: MPNetForSequenceClassification(MPNetConfig(**SHAPE)),
+], ids=["roberta", "electra", "mpnet"])
+def test_hooks_capture_values_of_every_family(model):
+    torch.manual_seed(0)
+    net = model().eval()
+    ids = torch.randint(5, 40, (2, 7))
+    with torch.no_grad(), hooks.capture(net, [1, 2], ["value"]) as captured:
+        out = net(input_ids=ids, output_hidden_states=True)
+    for l in (1, 2):
+        value = hooks.attention_modules(net)[l - 1][2]
+        expected = out.hidden_states[l - 1] @ value.weight.T + value.bias
+        assert torch.allclose(captured[l]["value"], expected, atol=1e-5)
+        assert set(captured[l]) == {"value"}
+
+
+def test_hooks_refuse_unknown_family_and_layers(teacher_dir):
+    teacher = load_teacher(str(teacher_dir), "cpu")
+    with pytest.raises(UserError, match="out of range"), hooks.capture(teacher.model, [3]):
+        pass
+    teacher.model.config.model_type = "gpt2"
+    with pytest.raises(UserError, match="no known attention projections"):
+        hooks.attention_modules(teacher.model)
+
+
+def test_sep_share_matches_loop(teacher_dir):
+    texts_a, texts_b = [a for a, _ in PAIRS[:4]], [b for _, b in PAIRS[:4]]
+    enc, out, tok = teacher_outputs(teacher_dir, texts_a, texts_b, MAX_LEN)
+    sep = enc["input_ids"] == tok.sep_token_id
+    to_sep, to_cls = sep_share(out.attentions, sep, enc["attention_mask"])
+    for l, att in enumerate(out.attentions):
+        expected_sep = sum(float(att[b, h, 0, p]) for b in range(4) for h in range(att.shape[1])
+                           for p in range(MAX_LEN) if sep[b, p]) / att.shape[1]
+        expected_cls = sum(float(att[b, h, 0, 0]) for b in range(4) for h in range(att.shape[1])) / att.shape[1]
+        assert to_sep[l].item() == pytest.approx(expected_sep, rel=1e-5)
+        assert to_cls[l].item() == pytest.approx(expected_cls, rel=1e-5)
