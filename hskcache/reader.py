@@ -24,6 +24,12 @@ from .store import StoreData
 INPUT_ARRAYS = ["input_ids", "length", "token_type_ids", "labels", "example_id", "logits"]
 
 
+def _chunk_order(num_chunks: int, shuffle: bool, seed: int, epoch: int) -> tuple[np.random.Generator, np.ndarray]:
+    """The epoch's generator and its chunk visiting order (the generator's first draw)."""
+    rng = np.random.default_rng([seed, epoch])
+    return rng, (rng.permutation(num_chunks) if shuffle else np.arange(num_chunks))
+
+
 def epoch_windows(num_rows: int, chunk_rows: int, window_chunks: int, shuffle: bool, seed: int, epoch: int) -> Iterator[tuple[list[int], np.ndarray]]:
     """Row order of one epoch, as (chunks to read, rows in the order to yield).
 
@@ -32,18 +38,40 @@ def epoch_windows(num_rows: int, chunk_rows: int, window_chunks: int, shuffle: b
     not by the store. Pure, so the online baseline reproduces the same batches.
     """
     num_chunks = -(-num_rows // chunk_rows)
-    rng = np.random.default_rng([seed, epoch])
-    chunks = rng.permutation(num_chunks) if shuffle else np.arange(num_chunks)
+    rng, chunks = _chunk_order(num_chunks, shuffle, seed, epoch)
     for start in range(0, num_chunks, window_chunks):
         window = sorted(int(c) for c in chunks[start:start + window_chunks])
         rows = np.concatenate([np.arange(c * chunk_rows, min((c + 1) * chunk_rows, num_rows)) for c in window])
         yield window, (rng.permutation(rows) if shuffle else rows)
 
 
+def chunk_owners(num_rows: int, chunk_rows: int, shuffle: bool, seed: int, epoch: int, world_size: int) -> np.ndarray:
+    """The rank that reads each chunk in this epoch: dealt round-robin along the
+    epoch's chunk order, so every window is split among the ranks to within one chunk."""
+    num_chunks = -(-num_rows // chunk_rows)
+    owners = np.empty(num_chunks, dtype=np.int64)
+    owners[_chunk_order(num_chunks, shuffle, seed, epoch)[1]] = np.arange(num_chunks) % world_size
+    return owners
+
+
 def epoch_batches(num_rows: int, chunk_rows: int, window_chunks: int, batch_size: int, shuffle: bool,
-                  seed: int, epoch: int, start_batch: int = 0) -> Iterator[tuple[list[int], list[np.ndarray]]]:
+                  seed: int, epoch: int, start_batch: int = 0, drop_last: bool = False, rank: int = 0,
+                  world_size: int = 1) -> Iterator[tuple[list[int], list[np.ndarray]]]:
     """Batches of row ids per window: every batch is cut from the concatenated
-    window orders, so a batch may span two windows. Windows before start_batch are skipped unread."""
+    window orders, so a batch may span two windows. Windows before start_batch are skipped unread.
+
+    With `world_size` > 1 the batches are the same global batches, each cut down
+    to the rows of the chunks that `rank` owns (`chunk_owners`): the ranks read
+    disjoint chunks, and their shares of batch i together are batch i of one
+    process (a share may be empty). `drop_last` drops a short final global batch.
+    """
+    owners = chunk_owners(num_rows, chunk_rows, shuffle, seed, epoch, world_size) if world_size > 1 else None
+
+    def share(window: list[int], batches: list[np.ndarray]) -> tuple[list[int], list[np.ndarray]]:
+        if owners is None:
+            return window, batches
+        return [c for c in window if owners[c] == rank], [b[owners[b // chunk_rows] == rank] for b in batches]
+
     skip = start_batch * batch_size
     seen = 0
     carry = np.empty(0, dtype=np.int64)
@@ -55,9 +83,9 @@ def epoch_batches(num_rows: int, chunk_rows: int, window_chunks: int, batch_size
         rows = np.concatenate([carry, rows])
         cut = len(rows) - len(rows) % batch_size
         carry = rows[cut:]
-        yield window, [rows[i:i + batch_size] for i in range(0, cut, batch_size)]
-    if len(carry):
-        yield [], [carry]
+        yield share(window, [rows[i:i + batch_size] for i in range(0, cut, batch_size)])
+    if len(carry) and not drop_last:
+        yield share([], [carry])
 
 
 def default_window_chunks(batch_size: int, chunk_rows: int) -> int:
@@ -203,14 +231,18 @@ class HSKStore:
     def batches(self, batch_size: int, shuffle: bool = True, seed: int = 0, epoch: int = 0,
                 depth: int | None = None, tokens: int | None = None, width: float | None = None,
                 start_batch: int = 0, drop_last: bool = False, window_chunks: int | None = None,
-                prefetch: int = 4) -> Iterator[dict[str, torch.Tensor]]:
+                prefetch: int = 4, rank: int = 0, world_size: int = 1) -> Iterator[dict[str, torch.Tensor]]:
         """Stream batches: whole chunks in seeded random order, rows shuffled across
-        a window of chunks, read and decoded by a background thread."""
+        a window of chunks, read and decoded by a background thread.
+
+        `rank` of `world_size` (data-parallel training) yields its share of every
+        batch and reads only its own chunks (`epoch_batches`)."""
         depth, tokens, kept = self._decoder.resolve(depth, tokens, width)
         if window_chunks is None:
             window_chunks = default_window_chunks(batch_size, self.chunk_rows)
         names = self._arrays()
-        plan = epoch_batches(self.num_examples, self.chunk_rows, window_chunks, batch_size, shuffle, seed, epoch, start_batch)
+        plan = epoch_batches(self.num_examples, self.chunk_rows, window_chunks, batch_size, shuffle, seed, epoch,
+                             start_batch, drop_last, rank, world_size)
         out: queue.Queue = queue.Queue(maxsize=prefetch)
         stop = threading.Event()
 
@@ -222,14 +254,14 @@ class HSKStore:
                         continue
                     needed = sorted(set((np.concatenate(batches) // self.chunk_rows).tolist()))
                     held = {c: held[c] if c in held else self._read_chunk(c, names) for c in needed}
-                    block = {n: np.concatenate([held[c][n] for c in needed]) for n in names}
+                    parts = [held[c] for c in needed] or [self._data.read(names, slice(0, 0))]
+                    block = {n: np.concatenate([part[n] for part in parts]) for n in names}
                     offset = dict(zip(needed, np.cumsum([0] + [len(held[c]["length"]) for c in needed])))
                     for rows in batches:
                         if stop.is_set():
                             return
-                        if drop_last and len(rows) < batch_size:
-                            continue
-                        local = np.array([offset[r // self.chunk_rows] + r % self.chunk_rows for r in rows.tolist()])
+                        local = np.array([offset[r // self.chunk_rows] + r % self.chunk_rows for r in rows.tolist()],
+                                         dtype=np.int64)
                         out.put(self._decoder.to_torch({n: block[n][local] for n in names}, depth, tokens, kept))
                 out.put(None)
             except BaseException as exc:  # surface reader errors in the consumer

@@ -220,14 +220,22 @@ def open_source(args: argparse.Namespace):
 
 
 def run_train(args: argparse.Namespace) -> int:
+    """One process, or one rank of `torchrun --nproc_per_node N students train ...` (DDP)."""
+    from hskcache.distributed import process_group
     from students.trainer import train
 
     cfg = train_config(args)
-    try:
-        metrics = train(cfg, open_source(args))
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted; rerun with --resume", file=sys.stderr)
-        return 130
+    with process_group(cfg.device) as (ranks, _):
+        if ranks.world_size > 1 and args.teacher is not None:
+            raise UserError("the online baseline (--teacher) runs in one process; launch it without torchrun")
+        try:
+            metrics = train(cfg, open_source(args))
+        except KeyboardInterrupt:
+            if ranks.is_main:
+                print(f"{PROG}: interrupted; rerun with --resume", file=sys.stderr)
+            return 130
+    if metrics is None:  # ranks other than 0 write and print nothing
+        return 0
     scores = ", ".join(f"{k} {v:.4f}" for k, v in (metrics["eval"] or {}).items())
     print(f"wrote {Path(cfg.out) / 'student'}" + (f" ({scores})" if scores else ""))
     return 0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -10,6 +12,16 @@ from hskcache.attention import coarsen, densify_keys, group_heads
 from hskcache.errors import UserError
 
 HSK_MODES = ("zero-fill", "masked")
+Denominator = Callable[[Tensor], Tensor]
+
+
+def batch_count(count: Tensor) -> Tensor:
+    """The denominator of a batch mean: what was counted in this batch (at least 1).
+
+    Every loss divides by a `Denominator` of its count, so data-parallel training
+    can pass one that counts the whole global batch across ranks instead.
+    """
+    return count.clamp(min=1)
 
 
 class HSKProjection(nn.Module):
@@ -28,6 +40,13 @@ class HSKProjection(nn.Module):
         return states if self.linear is None else self.linear(states)
 
 
+def gather_projected(states: Tensor, positions: Tensor, projection: nn.Module) -> Tensor:
+    """Student states (B, S, d_S) at the stored positions (B, N_L; -1 empty reads
+    token 0), projected to the teacher's width: (B, N_L, d_T). Only those tokens are projected."""
+    index = positions.clamp(min=0).unsqueeze(-1).expand(-1, -1, states.shape[-1])
+    return projection(states.gather(1, index))
+
+
 def hsk_loss(
     student_states: list[Tensor],
     hsk: Tensor,
@@ -35,63 +54,82 @@ def hsk_loss(
     hsk_mask: Tensor,
     projection: nn.Module,
     mode: str,
+    denominator: Denominator = batch_count,
 ) -> Tensor:
     """Σ over stored layers j of MSE(gathered student states of layer j · W, stored teacher HSK).
 
     `student_states[j]` (B, S, d_S) is the student layer matched to stored layer j;
     `hsk`/`hsk_mask` (B, N_D, N_L, d_T) and `positions` (B, N_D, N_L, -1 empty) come
-    from the store. Only the stored tokens are projected. Each layer's MSE is a mean
-    over the whole batch: `zero-fill` averages every activation of every non-empty
-    token against the zero-filled teacher vector (the paper); `masked` averages only
-    the kept activations. A layer with nothing selected contributes 0.
+    from the store. See `projected_hsk_loss` for the averaging.
+    """
+    if len(student_states) != hsk.shape[1]:
+        raise ValueError(f"{len(student_states)} student layers for {hsk.shape[1]} stored layers")
+    predicted = [gather_projected(states, positions[:, j], projection) for j, states in enumerate(student_states)]
+    return projected_hsk_loss(predicted, hsk, positions, hsk_mask, mode, denominator)
+
+
+def projected_hsk_loss(
+    predicted: list[Tensor],
+    hsk: Tensor,
+    positions: Tensor,
+    hsk_mask: Tensor,
+    mode: str,
+    denominator: Denominator = batch_count,
+) -> Tensor:
+    """The HSK MSE from already projected student vectors (`gather_projected`, one per stored layer).
+
+    Each layer's MSE is a mean over the whole batch: `zero-fill` averages every
+    activation of every non-empty token against the zero-filled teacher vector
+    (the paper); `masked` averages only the kept activations. A layer with
+    nothing selected contributes 0. The layers' counts go to `denominator`
+    together (one collective when distributed).
     """
     if mode not in HSK_MODES:
         raise UserError(f"unknown HSK loss mode {mode!r}; use one of {', '.join(HSK_MODES)}")
-    if len(student_states) != hsk.shape[1]:
-        raise ValueError(f"{len(student_states)} student layers for {hsk.shape[1]} stored layers")
-    total = hsk.new_zeros(())
-    for j, states in enumerate(student_states):
-        layer_positions = positions[:, j]
-        present = layer_positions >= 0
-        index = layer_positions.clamp(min=0).unsqueeze(-1).expand(-1, -1, states.shape[-1])
-        predicted = projection(states.gather(1, index))
+    sums, counts = [], []
+    for j, layer in enumerate(predicted):
+        present = positions[:, j] >= 0
         if mode == "zero-fill":
-            counted = present.unsqueeze(-1).expand_as(predicted)
+            counted = present.unsqueeze(-1).expand_as(layer)
         else:
             counted = hsk_mask[:, j] & present.unsqueeze(-1)
-        squared = torch.where(counted, (predicted - hsk[:, j]) ** 2, 0.0)
-        total = total + squared.sum() / counted.sum().clamp(min=1)
-    return total
+        sums.append(torch.where(counted, (layer - hsk[:, j]) ** 2, 0.0).sum())
+        counts.append(counted.sum())
+    return (torch.stack(sums) / denominator(torch.stack(counts).to(hsk.dtype))).sum()
 
 
-def soft_cross_entropy(student_logits: Tensor, teacher_logits: Tensor, temperature: float = 1.0) -> Tensor:
+def soft_cross_entropy(student_logits: Tensor, teacher_logits: Tensor, temperature: float = 1.0,
+                       denominator: Denominator = batch_count) -> Tensor:
     """Batch mean of -Σ softmax(t/T) · log_softmax(s/T).
 
     Not multiplied by T²: SPEC and TinyBERT use the plain soft cross-entropy.
     """
     teacher_probs = F.softmax(teacher_logits / temperature, dim=-1)
-    return -(teacher_probs * F.log_softmax(student_logits / temperature, dim=-1)).sum(-1).mean()
+    per_row = -(teacher_probs * F.log_softmax(student_logits / temperature, dim=-1)).sum(-1)
+    return per_row.sum() / denominator(per_row.new_tensor(float(len(per_row))))
 
 
-def regression_mse(student: Tensor, teacher: Tensor) -> Tensor:
+def regression_mse(student: Tensor, teacher: Tensor, denominator: Denominator = batch_count) -> Tensor:
     """MSE to the teacher's regression output; (B,) and (B, 1) are both accepted."""
-    return F.mse_loss(student, teacher.reshape(student.shape))
+    squared = (student - teacher.reshape(student.shape)) ** 2
+    return squared.sum() / denominator(squared.new_tensor(float(squared.numel())))
 
 
 def prediction_loss(
-    student_logits: Tensor, teacher_logits: Tensor, temperature: float, is_regression: bool
+    student_logits: Tensor, teacher_logits: Tensor, temperature: float, is_regression: bool,
+    denominator: Denominator = batch_count,
 ) -> Tensor:
     """The prediction-stage loss: soft CE for classification, MSE for regression."""
     if is_regression:
-        return regression_mse(student_logits, teacher_logits)
-    return soft_cross_entropy(student_logits, teacher_logits, temperature)
+        return regression_mse(student_logits, teacher_logits, denominator)
+    return soft_cross_entropy(student_logits, teacher_logits, temperature, denominator)
 
 
 DISTRIBUTION_LOSSES = ("kl", "mse")
 
 
 def distribution_loss(kind: str, keys: Tensor, probs: Tensor, rest: Tensor, positions: Tensor,
-                      student: Tensor) -> Tensor:
+                      student: Tensor, denominator: Denominator = batch_count) -> Tensor:
     """One layer's attention (or value-relation) loss on the teacher's coarsening.
 
     `keys`/`probs` (B, H_T, N, k) and `rest` (B, H_T, N) are the stored
@@ -103,6 +141,7 @@ def distribution_loss(kind: str, keys: Tensor, probs: Tensor, rest: Tensor, posi
     `mse`: mean squared error of the kept probabilities (Att-MSE on
     probabilities). With fewer student heads, consecutive groups of
     H_T / H_S teacher heads are averaged first (`hskcache.attention.group_heads`).
+    Means divide by `denominator` of their count (`batch_count`).
     """
     if kind not in DISTRIBUTION_LOSSES:
         raise UserError(f"unknown attention loss {kind!r}; use one of {', '.join(DISTRIBUTION_LOSSES)}")
@@ -118,9 +157,9 @@ def distribution_loss(kind: str, keys: Tensor, probs: Tensor, rest: Tensor, posi
     student = student.float()
     if kind == "mse":
         counted = kept & valid.unsqueeze(-1)
-        return torch.where(counted, (student - teacher) ** 2, 0.0).sum() / counted.sum().clamp(min=1)
+        return torch.where(counted, (student - teacher) ** 2, 0.0).sum() / denominator(counted.sum().float())
     s_kept, s_rest = coarsen(student, kept)
     tiny = torch.finfo(torch.float32).tiny
     kl = ((torch.xlogy(teacher, teacher) - torch.xlogy(teacher, s_kept.clamp(min=tiny))).sum(-1)
           + torch.xlogy(rest, rest) - torch.xlogy(rest, s_rest.clamp(min=tiny)))
-    return torch.where(valid, kl, 0.0).sum() / valid.sum().clamp(min=1)
+    return torch.where(valid, kl, 0.0).sum() / denominator(valid.sum().float())

@@ -46,16 +46,16 @@ class OnlineSource:
 
     def batches(self, batch_size: int, shuffle: bool = True, seed: int = 0, epoch: int = 0,
                 depth: int | None = None, tokens: int | None = None, width: float | None = None,
-                start_batch: int = 0, drop_last: bool = False) -> Iterator[dict[str, torch.Tensor]]:
+                start_batch: int = 0, drop_last: bool = False, rank: int = 0,
+                world_size: int = 1) -> Iterator[dict[str, torch.Tensor]]:
         """The batches `HSKStore.batches` would yield with the same arguments."""
         depth, tokens, kept = self._decoder.resolve(depth, tokens, width)
         window = default_window_chunks(batch_size, self.chunk_rows)
-        plan = epoch_batches(self.num_examples, self.chunk_rows, window, batch_size, shuffle, seed, epoch, start_batch)
+        plan = epoch_batches(self.num_examples, self.chunk_rows, window, batch_size, shuffle, seed, epoch, start_batch,
+                             drop_last, rank, world_size)
         texts_a, texts_b = self._data.texts_a, self._data.texts_b
         for _, batches in plan:
             for rows in batches:
-                if drop_last and len(rows) < batch_size:
-                    continue
                 encoded = tokenize_batch(self.teacher.tokenizer, [texts_a[i] for i in rows],
                                          None if texts_b is None else [texts_b[i] for i in rows], self._max_length)
                 raw = batch_rows(self.teacher, self.plan, self.shape, encoded, self._labels[rows], rows)

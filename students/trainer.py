@@ -26,12 +26,14 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer, get_constant_schedule, get_linear_schedule_with_warmup
 
+from hskcache.distributed import Ranks, rank_device
 from hskcache.errors import UserError
 from hskcache.layout import kept_width
-from hskcache.teacher import pick_device, tokenizer_hash
+from hskcache.teacher import tokenizer_hash
 from students.checkpoint import read_state, replaced_dir, rng_state, set_rng_state, write_state
 from students.evaluate import MODEL_INPUTS, EvalSet, evaluate, load_eval_set
-from students.losses import HSK_MODES, HSKProjection, hsk_loss, prediction_loss
+from students.data_parallel import Parallel, cores_per_rank, placeholder, rank_seed
+from students.losses import HSK_MODES, HSKProjection, gather_projected, prediction_loss, projected_hsk_loss
 from students.metrics import primary_metric
 from students.models import STUDENT_FILE, count_parameters, load_student, save_student
 
@@ -66,7 +68,7 @@ class BatchSource(Protocol):
 
     def batches(self, batch_size: int, shuffle: bool = True, seed: int = 0, epoch: int = 0,
                 depth: int | None = None, tokens: int | None = None, width: float | None = None,
-                start_batch: int = 0) -> Iterator[dict[str, Tensor]]: ...
+                start_batch: int = 0, rank: int = 0, world_size: int = 1) -> Iterator[dict[str, Tensor]]: ...
 
 
 def parse_hsk(text: str) -> HSKRead | None:
@@ -224,10 +226,31 @@ def check_hsk(hsk: HSKRead, config: dict[str, Any], hidden: int) -> None:
 
 
 def set_cpu_threads(device: torch.device, threads: int | None) -> None:
-    """On CPU, torch threads = --threads, else every core this process may use
-    (fewer on shared machines: oversubscribed threads slow small models badly)."""
+    """On CPU, torch threads = --threads, else the cores this process may use,
+    shared among the ranks of its node (fewer on shared machines: oversubscribed
+    threads slow small models badly)."""
     if device.type == "cpu":
-        torch.set_num_threads(threads or len(os.sched_getaffinity(0)))
+        torch.set_num_threads(threads or cores_per_rank())
+
+
+class Distiller(nn.Module):
+    """The trainable parts of a step as one module (the student and the projection W),
+    so that DistributedDataParallel sees every parameter a loss uses in its forward."""
+
+    def __init__(self, student: nn.Module, projection: nn.Module, autocast) -> None:
+        super().__init__()
+        self.student, self.projection, self.autocast = student, projection, autocast
+
+    def forward(self, inputs: dict[str, Tensor], positions: Tensor | None = None) -> tuple[Any, list[Tensor] | None]:
+        """The student's output and, given stored positions (B, N_D, N_L), the projected
+        student vectors there; stored layer j of a depth-n read belongs to student layer L' - n + 1 + j."""
+        with self.autocast:
+            out = self.student(**inputs, output_hidden_states=positions is not None)
+        if positions is None:
+            return out, None
+        n, top = positions.shape[1], len(out.hidden_states) - 1
+        return out, [gather_projected(out.hidden_states[top - n + 1 + j].float(), positions[:, j], self.projection)
+                     for j in range(n)]
 
 
 class Trainer:
@@ -237,7 +260,9 @@ class Trainer:
         self.cfg, self.source = cfg, source
         self.run_dir = Path(cfg.out)
         self.stages = cfg.stages()
-        self.device = pick_device(cfg.device)
+        self.ranks = Ranks.current()
+        self.device = rank_device(cfg.device, self.ranks.local_rank)
+        self.parallel = Parallel(self.ranks, self.device)
         set_cpu_threads(self.device, cfg.threads)
         if not (Path(cfg.student) / STUDENT_FILE).is_file():
             raise UserError(f"--student {cfg.student} is not a student folder (no {STUDENT_FILE}); "
@@ -254,6 +279,8 @@ class Trainer:
         self.projection.to(self.device)
         self.autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda"
                          else contextlib.nullcontext())
+        self.distiller = Distiller(self.model, self.projection, self.autocast)
+        self.engine: nn.Module = self.distiller  # DDP-wrapped per stage when distributed
         self.pos = Position()
         self.saved = self._open_run()
         self.optimizer: torch.optim.Optimizer | None = None
@@ -297,8 +324,10 @@ class Trainer:
         if state is None and run.exists() and any(run.iterdir()) and not self.cfg.resume:
             raise UserError(f"--out {run} already holds a run; pass --resume to continue it or choose a new --out")
         if state is None:
-            run.mkdir(parents=True, exist_ok=True)
-            log.write_text("")
+            self.parallel.barrier()  # every rank has checked the folder before rank 0 writes to it
+            if self.ranks.is_main:
+                run.mkdir(parents=True, exist_ok=True)
+                log.write_text("")
             return None
         if state["identity"] != self.cfg.identity():
             changed = sorted(k for k, v in self.cfg.identity().items() if state["identity"].get(k) != v)
@@ -310,9 +339,15 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.projection.load_state_dict(state["projection"])
         self.pos = Position(**state["position"])
-        with open(log, "r+b") as f:  # drop records written after the checkpoint
-            f.truncate(self.pos.log_bytes)
-        set_rng_state(state["rng"])
+        self.parallel.barrier()  # every rank has read the checkpoint before rank 0 touches the log
+        if self.ranks.is_main:
+            with open(log, "r+b") as f:  # drop records written after the checkpoint
+                f.truncate(self.pos.log_bytes)
+        saved = state.get("rng_ranks", [state["rng"]])
+        if self.ranks.rank < len(saved):  # the same rank of a run with as many or more ranks
+            set_rng_state(saved[self.ranks.rank])
+        else:
+            torch.manual_seed(rank_seed(self.cfg.seed, self.pos.stage, self.pos.step, self.ranks.rank))
         return state
 
     def _begin_stage(self, stage: Stage, total: int) -> None:
@@ -327,15 +362,17 @@ class Trainer:
         if self.saved is not None and self.saved["optimizer"] is not None:
             self.optimizer.load_state_dict(self.saved["optimizer"])
             self.scheduler.load_state_dict(self.saved["scheduler"])
-        else:
-            torch.manual_seed(self.cfg.seed + STAGE_BASE[stage.name])
+        else:  # each rank its own dropout stream; rank 0's is the one-process stream
+            torch.manual_seed(self.cfg.seed + STAGE_BASE[stage.name] + self.ranks.rank)
         self.saved = None
+        self.engine = self.parallel.wrap(self.distiller)
 
     # ------------------------------------------------------------------ loop
 
     def run(self) -> dict[str, Any]:
         """Train every remaining stage, then write RUN/student and RUN/metrics.json."""
-        with InterruptFlag() as interrupt, open(self.run_dir / LOG_FILE, "a") as self.log_file:
+        log = self.run_dir / LOG_FILE if self.ranks.is_main else os.devnull  # rank 0 alone writes
+        with InterruptFlag() as interrupt, open(log, "a") as self.log_file:
             try:
                 while self.pos.stage < len(self.stages):
                     self._run_stage(self.stages[self.pos.stage], interrupt)
@@ -352,7 +389,7 @@ class Trainer:
                                                                                  self.cfg.max_steps)
         self._begin_stage(stage, total)
         bar = tqdm(total=total, initial=self.pos.step, desc=stage.name, unit="step", dynamic_ncols=True,
-                   disable=not self.cfg.progress)
+                   disable=not (self.cfg.progress and self.ranks.is_main))
         with bar:
             done = False
             while not done:
@@ -365,7 +402,7 @@ class Trainer:
                                         best_at=self.pos.best_at, stats=self.pos.stats)
                     self.optimizer = self.scheduler = None
                 self._save_checkpoint()
-                if interrupt.requested:
+                if self.parallel.any(interrupt.requested):
                     raise KeyboardInterrupt
 
     def _run_epoch(self, stage: Stage, total: int, bar: tqdm, interrupt: InterruptFlag) -> None:
@@ -376,50 +413,55 @@ class Trainer:
         depth, tokens, width = cfg.hsk if stage.name == "hsk" else (1, 1, None)
         batches = self.source.batches(stage.batch_size, shuffle=True, seed=cfg.seed,
                                       epoch=STAGE_BASE[stage.name] + pos.epoch, depth=depth, tokens=tokens,
-                                      width=width, start_batch=pos.batch)
+                                      width=width, start_batch=pos.batch, rank=self.ranks.rank,
+                                      world_size=self.ranks.world_size)
         stats = pos.stats.setdefault(stage.name, {"steps": 0, "seconds": 0.0, "examples": 0})
         self.model.train()
         started = time.perf_counter()
         for batch in batches:
-            loss = self._step(stage, batch)
+            loss, rows, stop = self.parallel.step_totals(self._step(stage, batch), len(batch["input_ids"]),
+                                                         interrupt.requested)
             pos.batch, pos.step = pos.batch + 1, pos.step + 1
             pos.loss_sum, pos.loss_count = pos.loss_sum + loss, pos.loss_count + 1
             stats["steps"] += 1
-            stats["examples"] += len(batch["input_ids"])
+            stats["examples"] += rows
             bar.update()
             if pos.step % cfg.log_every == 0 or pos.step == total:
                 self._log_step(stage, bar)
             if cfg.save_every and pos.step % cfg.save_every == 0:
                 self._save_checkpoint()
-            if interrupt.requested:
+            if stop:
                 raise KeyboardInterrupt
             if pos.step >= total:
                 break
         stats["seconds"] += time.perf_counter() - started
 
-    def _step(self, stage: Stage, batch: dict[str, Tensor]) -> float:
-        """One optimizer step; returns the loss."""
+    def _step(self, stage: Stage, batch: dict[str, Tensor]) -> Tensor:
+        """One optimizer step; returns this rank's share of the global batch loss."""
+        counted = len(batch["input_ids"]) > 0  # a rank's share of a global batch may be empty
+        if not counted:
+            batch = placeholder(batch)
         width = int(batch["attention_mask"].sum(1).max())  # padding is masked: trim it
         inputs = {k: batch[k][:, :width].to(self.device) for k in MODEL_INPUTS}
-        hsk = stage.name == "hsk"
-        with self.autocast:
-            out = self.model(**inputs, output_hidden_states=hsk)
-        if hsk:
-            # Stored layer j of a depth-n read belongs to student layer L' - n + 1 + j.
-            n, top = batch["hsk"].shape[1], self.source.student_layers
-            states = [out.hidden_states[top - n + 1 + j].float() for j in range(n)]
-            loss = hsk_loss(states, batch["hsk"].to(self.device), batch["positions"].to(self.device),
-                            batch["hsk_mask"].to(self.device), self.projection, self.cfg.width_loss)
+        denominator = self.parallel.denominator(counted)
+        if stage.name == "hsk":
+            positions = batch["positions"].to(self.device)
+            _, predicted = self.engine(inputs, positions)
+            loss = projected_hsk_loss(predicted, batch["hsk"].to(self.device), positions,
+                                      batch["hsk_mask"].to(self.device), self.cfg.width_loss, denominator)
         else:
+            out, _ = self.engine(inputs)
             loss = prediction_loss(out.logits.float(), batch["logits"].to(self.device), self.cfg.temperature,
-                                   self.source.regression)
+                                   self.source.regression, denominator)
+        if not counted:
+            loss = loss * 0.0
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.params, self.cfg.max_grad_norm)
         self._lr = self.optimizer.param_groups[0]["lr"]
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return loss.item()
+        return loss.detach()
 
     # ------------------------------------------------------------------ records
 
@@ -437,7 +479,7 @@ class Trainer:
     def _evaluate(self, stage: Stage, bar: tqdm) -> None:
         """Eval after every epoch; the best of the pred stage becomes RUN/best
         (after stage 1 alone the classifier head is untrained)."""
-        if self.eval_set is None:
+        if self.eval_set is None or not self.ranks.is_main:
             return
         pos = self.pos
         metrics = evaluate(self.model, self.eval_set, self.cfg.eval_batch_size, self.device)
@@ -452,6 +494,10 @@ class Trainer:
                 save_student(self.model, tmp, self.cfg.student, {"task": self.source.attrs.get("task")})
 
     def _save_checkpoint(self) -> None:
+        """Rank 0 writes the (identical) weights and optimizer, with every rank's random state."""
+        rng_ranks = self.parallel.gather(rng_state())
+        if not self.ranks.is_main:
+            return
         self.pos.log_bytes = self.log_file.tell()
         write_state(self.run_dir / "checkpoint", {
             "identity": self.cfg.identity(),
@@ -461,11 +507,14 @@ class Trainer:
             "projection": self.projection.state_dict(),
             "optimizer": None if self.optimizer is None else self.optimizer.state_dict(),
             "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
-            "rng": rng_state(),
+            "rng": rng_ranks[0],
+            "rng_ranks": rng_ranks,
         })
 
-    def _finish(self) -> dict[str, Any]:
-        """RUN/student (the best pred-stage checkpoint, else the last model) and RUN/metrics.json."""
+    def _finish(self) -> dict[str, Any] | None:
+        """RUN/student (the best pred-stage checkpoint, else the last model) and RUN/metrics.json, by rank 0."""
+        if not self.ranks.is_main:
+            return None
         best = self.run_dir / "best"
         with replaced_dir(self.run_dir / "student") as tmp:
             if self.pos.best_eval is not None:
@@ -488,6 +537,6 @@ class Trainer:
         return metrics
 
 
-def train(cfg: TrainConfig, source: BatchSource) -> dict[str, Any]:
-    """Run (or resume) training; returns what RUN/metrics.json holds."""
+def train(cfg: TrainConfig, source: BatchSource) -> dict[str, Any] | None:
+    """Run (or resume) training; returns what RUN/metrics.json holds (None on ranks other than 0)."""
     return Trainer(cfg, source).run()
