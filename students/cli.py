@@ -13,6 +13,7 @@ from pathlib import Path
 
 from hskcache.cli import add_selection_flags, run_guarded
 from hskcache.errors import UserError
+from students.etd import EXTRACTING_INITS, LAYER_SELECTIONS
 from students.models import PRESETS, StudentSpec
 from students.losses import HSK_MODES
 from students.trainer import DEVICES, TrainConfig, parse_hsk, set_cpu_threads
@@ -38,17 +39,35 @@ def add_build_parser(sub) -> None:
     build = sub.add_parser("build", help="make a student folder from a fine-tuned teacher")
     kinds = build.add_subparsers(dest="kind", required=True)
     presets = ", ".join(PRESETS)
-    tiny = kinds.add_parser("tinybert", help="a small BERT on the teacher's vocabulary (random or --init)",
-                            description=f"Shape flags override --preset ({presets}).")
-    tiny.add_argument("--teacher", required=True, help="fine-tuned teacher folder (for vocabulary and labels)")
+    tiny = kinds.add_parser(
+        "tinybert", help="a small BERT on the teacher's vocabulary, extracted from the teacher (ETD) or random",
+        description=f"Shape flags override --preset ({presets}). Extracting inits keep the teacher's number of "
+                    "heads (head size shrinks with --hidden); teacher-layers also keeps its width.")
+    tiny.add_argument("--teacher", required=True, help="fine-tuned teacher folder (vocabulary, labels, weights)")
     tiny.add_argument("--out", required=True, help="student folder to write")
     tiny.add_argument("--preset", help=f"named shape: {presets}")
     tiny.add_argument("--layers", type=int, help="encoder layers L'")
     tiny.add_argument("--hidden", type=int, help="hidden width d_S")
     tiny.add_argument("--ffn", type=int, help="FFN width")
-    tiny.add_argument("--heads", type=int, help="attention heads (must divide --hidden)")
-    tiny.add_argument("--init", help="general-distilled BERT checkpoint of the same shape (default: random init)")
-    tiny.add_argument("--seed", type=int, default=0, help="seed of the random init (default 0)")
+    tiny.add_argument("--heads", type=int, help="attention heads (must divide --hidden; extraction: the teacher's)")
+    tiny.add_argument("--init", default="etd-impt",
+                      help="etd-impt (default: teacher weights, dimensions by Taylor importance on --cache or "
+                           "--data) | etd-rand (dimensions drawn at random) | teacher-layers (no width change) | "
+                           "random | a general-distilled BERT checkpoint folder of the same shape")
+    tiny.add_argument("--layer-selection", default="uniform", choices=LAYER_SELECTIONS,
+                      help="teacher layers the student starts from: uniform (default, ETD) | bottom | top")
+    tiny.add_argument("--cache", help="etd-impt: HSK store whose inputs score the KD loss to its stored logits")
+    tiny.add_argument("--data", help="etd-impt: labeled training data scoring the task loss (instead of --cache)")
+    tiny.add_argument("--split", default="train", help="split of a glue/<task> --data (default train)")
+    tiny.add_argument("--text-cols", help="--data text column(s), a or a,b")
+    tiny.add_argument("--label-col", help="--data label column")
+    tiny.add_argument("--max-length", type=int,
+                      help="--data tokenizer max length (default 128, or the teacher's positions if fewer)")
+    tiny.add_argument("--importance-examples", type=int, default=10_000,
+                      help="examples that score the neurons (default 10000, as ETD)")
+    tiny.add_argument("--seed", type=int, default=0, help="seed of a random init or of etd-rand's draw (default 0)")
+    tiny.add_argument("--device", default="auto", choices=DEVICES, help="auto (default) | cpu | cuda")
+    tiny.add_argument("--threads", type=int, help="torch CPU threads (default: all available cores)")
     rosita = kinds.add_parser("rosita", help="the teacher pruned by Taylor importance, embeddings factorised",
                               description=f"Shape flags override --preset ({presets}). Loads the teacher once.")
     rosita.add_argument("--teacher", required=True, help="the fine-tuned teacher that wrote the store")
@@ -65,8 +84,8 @@ def add_build_parser(sub) -> None:
     rosita.add_argument("--threads", type=int, help="torch CPU threads (default: all available cores)")
 
 
-def resolve_spec(args: argparse.Namespace, shape: Sequence[str]) -> StudentSpec:
-    """--preset, then the explicit shape flags on top of it."""
+def resolve_spec(args: argparse.Namespace, shape: Sequence[str], base: dict | None = None) -> StudentSpec:
+    """--preset, then `base` (what the init fixes), then the explicit shape flags on top."""
     values: dict = {"kind": args.kind}
     if args.preset is not None:
         if args.preset not in PRESETS:
@@ -76,6 +95,7 @@ def resolve_spec(args: argparse.Namespace, shape: Sequence[str]) -> StudentSpec:
             raise UserError(f"--preset {args.preset} is a {preset.kind} preset; "
                             f"use it with `students build {preset.kind}`")
         values = asdict(preset)
+    values.update(base or {})
     values.update({name: getattr(args, name) for name in shape if getattr(args, name) is not None})
     missing = [name for name in shape if values.get(name) is None]
     if missing:
@@ -88,9 +108,13 @@ def run_build(args: argparse.Namespace) -> int:
     from students.models import build_tinybert, count_parameters
 
     if args.kind == "tinybert":
-        spec = resolve_spec(args, ("layers", "hidden", "ffn", "heads"))
-        model = build_tinybert(args.teacher, spec.layers, spec.hidden, spec.ffn, spec.heads, args.out,
-                               init_dir=args.init, seed=args.seed)
+        if args.init in EXTRACTING_INITS:
+            spec = resolve_spec(args, ("layers", "hidden", "ffn", "heads"), _teacher_shape(args))
+            model = _build_extracted(args, spec)
+        else:
+            spec = resolve_spec(args, ("layers", "hidden", "ffn", "heads"))
+            model = build_tinybert(args.teacher, spec.layers, spec.hidden, spec.ffn, spec.heads, args.out,
+                                   init_dir=None if args.init == "random" else args.init, seed=args.seed)
     else:
         spec = resolve_spec(args, ("layers", "heads", "ffn", "emb_rank"))
         model = _build_rosita(args, spec)
@@ -98,13 +122,25 @@ def run_build(args: argparse.Namespace) -> int:
     return 0
 
 
-def _build_rosita(args: argparse.Namespace, spec: StudentSpec):
+def _teacher_shape(args: argparse.Namespace) -> dict:
+    """What an extracting init takes from the teacher: its heads, and for teacher-layers its width."""
+    from transformers import AutoConfig
+
+    if not (Path(args.teacher) / "config.json").is_file():
+        raise UserError(f"teacher {args.teacher} is not a model folder (no config.json); pass the fine-tuned teacher")
+    config = AutoConfig.from_pretrained(args.teacher)
+    shape = {"heads": config.num_attention_heads}
+    if args.init == "teacher-layers":
+        shape |= {"hidden": config.hidden_size, "ffn": config.intermediate_size}
+    return shape
+
+
+def _importance_store(args: argparse.Namespace, flag: str = "--cache"):
+    """The store whose inputs and logits score importance, checked against the teacher's vocabulary."""
     from transformers import AutoTokenizer
 
     from hskcache.reader import open_store
-    from hskcache.teacher import pick_device, tokenizer_hash
-    from students.models import STUDENT_FILE
-    from students.pruning import build_rosita
+    from hskcache.teacher import tokenizer_hash
 
     if args.importance_examples < 1:
         raise UserError(f"--importance-examples must be at least 1, got {args.importance_examples}")
@@ -112,11 +148,92 @@ def _build_rosita(args: argparse.Namespace, spec: StudentSpec):
     if not (Path(args.teacher) / "config.json").is_file():
         raise UserError(f"teacher {args.teacher} is not a model folder (no config.json); pass the fine-tuned teacher")
     if tokenizer_hash(AutoTokenizer.from_pretrained(args.teacher)) != store.attrs["tokenizer"]["vocab_hash"]:
-        raise UserError(f"teacher {args.teacher}'s vocabulary differs from the store's tokenizer; "
+        raise UserError(f"teacher {args.teacher}'s vocabulary differs from {flag} {args.cache}'s tokenizer; "
                         "pass the teacher that wrote the store")
-    # The importance pass needs only inputs and logits: read the smallest HSK.
+    return store
+
+
+def _store_sample(store, examples: int):
+    """Shuffled store batches (the smallest HSK read: only inputs and logits are used) up to `examples`."""
     batches = store.batches(IMPORTANCE_BATCH, shuffle=True, seed=0, depth=1, tokens=1)
-    sample = itertools.islice(batches, math.ceil(args.importance_examples / IMPORTANCE_BATCH))
+    return itertools.islice(batches, math.ceil(examples / IMPORTANCE_BATCH))
+
+
+def _data_sample(args: argparse.Namespace):
+    """The first --importance-examples labeled rows of --data, tokenized by the teacher, in batches
+    (built before the teacher is loaded, so bad data fails first)."""
+    import numpy as np
+    import torch
+    from transformers import AutoConfig, AutoTokenizer
+
+    from hskcache.data import load_texts, tokenize_batch
+    from hskcache.teacher import named_labels
+
+    if args.importance_examples < 1:
+        raise UserError(f"--importance-examples must be at least 1, got {args.importance_examples}")
+    config = AutoConfig.from_pretrained(args.teacher)
+    texts = load_texts(args.data, args.split, _columns(args.text_cols), args.label_col, named_labels(config))
+    if texts.labels is None:
+        raise UserError(f"--data {args.data} has no labels for the task loss; pass --label-col, "
+                        "or score on the teacher's logits with --cache STORE")
+    if args.max_length is not None and args.max_length < 2:
+        raise UserError(f"--max-length must be at least 2 ([CLS] and [SEP]), got {args.max_length}")
+    n = min(len(texts), args.importance_examples)
+    max_length = args.max_length or min(128, config.max_position_embeddings)
+    enc = tokenize_batch(AutoTokenizer.from_pretrained(args.teacher), texts.texts_a[:n],
+                         None if texts.texts_b is None else texts.texts_b[:n], max_length)
+    batches = []
+    for lo in range(0, n, IMPORTANCE_BATCH):
+        width = int(enc["attention_mask"][lo:lo + IMPORTANCE_BATCH].sum(1).max())  # padding is masked: trim it
+        batch = {k: torch.from_numpy(enc[k][lo:lo + IMPORTANCE_BATCH, :width])
+                 for k in ("input_ids", "attention_mask", "token_type_ids")}
+        batch["labels"] = torch.from_numpy(np.asarray(texts.labels[lo:lo + IMPORTANCE_BATCH]))
+        batches.append(batch)
+    return batches
+
+
+def _build_extracted(args: argparse.Namespace, spec: StudentSpec):
+    import torch.nn.functional as F
+
+    from hskcache.teacher import pick_device
+    from students.etd import build_extracted
+    from students.losses import prediction_loss
+
+    batches = loss_fn = None
+    if args.init == "etd-impt":
+        if (args.cache is None) == (args.data is None):
+            raise UserError("--init etd-impt (the default) scores the teacher's neurons on one of --cache STORE "
+                            "(KD loss to its logits) or --data DATA (task loss); pass one, or --init etd-rand")
+        if args.cache is not None:
+            store = _importance_store(args)
+            batches = _store_sample(store, args.importance_examples)
+            regression = store.regression
+
+            def loss_fn(logits, batch):
+                return prediction_loss(logits, batch["logits"].to(logits.device), 1.0, regression)
+        else:
+            batches = _data_sample(args)
+
+            def loss_fn(logits, batch):
+                labels = batch["labels"].to(logits.device)
+                if logits.shape[1] == 1:
+                    return F.mse_loss(logits[:, 0], labels.float())
+                return F.cross_entropy(logits, labels)
+    elif args.cache is not None or args.data is not None:
+        raise UserError(f"--cache/--data score importance for --init etd-impt; --init {args.init} does not use them")
+    device = pick_device(args.device)
+    set_cpu_threads(device, args.threads)
+    return build_extracted(args.teacher, spec, args.init, args.out, batches, loss_fn, args.layer_selection,
+                           args.seed, device)
+
+
+def _build_rosita(args: argparse.Namespace, spec: StudentSpec):
+    from hskcache.teacher import pick_device
+    from students.models import STUDENT_FILE
+    from students.pruning import build_rosita
+
+    store = _importance_store(args)
+    sample = _store_sample(store, args.importance_examples)
     device = pick_device(args.device)
     set_cpu_threads(device, args.threads)
     model = build_rosita(args.teacher, sample, spec.layers, spec.heads, spec.ffn, spec.emb_rank, args.out, device)

@@ -81,3 +81,22 @@ def test_unlabeled_train_is_a_user_error(tmp_path, tiny_bert, capsys):
             "--out", str(tmp_path / "o")]
     assert finetune_teacher.main(argv) == 2
     assert "has no labels" in capsys.readouterr().err
+
+
+def test_selection_never_looks_at_dev(tmp_path, tiny_bert):
+    """The saved epoch is the last one, or the best on held-out training rows; dev only reported."""
+    train, dev = _movie_csv(tmp_path / "train.csv", 40), _movie_csv(tmp_path / "dev.csv", 8)
+    common = ["--model", str(tiny_bert), "--train", train, "--dev", dev, "--epochs", "3", "--batch-size", "8",
+              "--lr", "1e-2", "--max-length", "8", "--threads", "1"]
+    assert finetune_teacher.main([*common, "--out", str(tmp_path / "last")]) == 0
+    meta = json.loads((tmp_path / "last" / finetune_teacher.META_FILE).read_text())
+    assert meta["best_epoch"] == 3 and meta["selected_on"] == "last epoch"
+    assert meta["dev_metrics"]["accuracy"] == meta["history"][-1]["accuracy"]
+
+    assert finetune_teacher.main([*common, "--out", str(tmp_path / "held"), "--select-on", "train-holdout:0.25"]) == 0
+    meta = json.loads((tmp_path / "held" / finetune_teacher.META_FILE).read_text())
+    assert meta["selected_on"] == "10 held-out training rows" and meta["train"]["rows"] == 30
+    held = [h["holdout"]["accuracy"] for h in meta["history"]]
+    assert meta["best_epoch"] == 1 + held.index(max(held))
+    with pytest.raises(SystemExit):
+        finetune_teacher.main([*common, "--out", str(tmp_path / "bad"), "--select-on", "eval"])

@@ -25,7 +25,7 @@ TRAIN = ("--hsk-epochs", "2", "--pred-epochs", "3", "--hsk-lr", "3e-3", "--pred-
 @pytest.fixture(scope="module")
 def student(task, tmp_path_factory):
     out = tmp_path_factory.mktemp("students") / "tiny"
-    assert cli.main(["build", "tinybert", "--teacher", str(task.teacher), "--layers", "2", "--hidden", "16",
+    assert cli.main(["build", "tinybert", "--init", "random", "--teacher", str(task.teacher), "--layers", "2", "--hidden", "16",
                      "--ffn", "32", "--heads", "2", "--out", str(out)]) == 0
     return out
 
@@ -34,7 +34,7 @@ def test_extract_build_train_eval_without_the_teacher(task, tmp_path, capsys):
     teacher = tmp_path / "teacher"
     shutil.copytree(task.teacher, teacher)
     store = extract(teacher, task.train, tmp_path / "store")
-    assert cli.main(["build", "tinybert", "--teacher", str(teacher), "--layers", "2", "--hidden", "16", "--ffn", "32",
+    assert cli.main(["build", "tinybert", "--init", "random", "--teacher", str(teacher), "--layers", "2", "--hidden", "16", "--ffn", "32",
                      "--heads", "2", "--out", str(tmp_path / "tiny")]) == 0
     assert cli.main(["build", "rosita", "--teacher", str(teacher), "--cache", str(store), "--layers", "2",
                      "--heads", "2", "--ffn", "32", "--emb-rank", "8", "--importance-examples", "64",
@@ -98,7 +98,7 @@ def foreign_vocabulary(student, tmp_path):
 
 
 def deeper_student(task, tmp_path):
-    assert cli.main(["build", "tinybert", "--teacher", str(task.teacher), "--layers", "3", "--hidden", "16",
+    assert cli.main(["build", "tinybert", "--init", "random", "--teacher", str(task.teacher), "--layers", "3", "--hidden", "16",
                      "--ffn", "32", "--heads", "2", "--out", str(tmp_path / "deep")]) == 0
     return tmp_path / "deep"
 
@@ -140,7 +140,7 @@ def test_bad_input_is_one_line(task, student, tmp_path, capsys, case, message):
 
 
 def test_build_presets(task, tmp_path, capsys):
-    assert cli.main(["build", "tinybert", "--teacher", str(task.teacher), "--preset", "tinybert-3s",
+    assert cli.main(["build", "tinybert", "--init", "random", "--teacher", str(task.teacher), "--preset", "tinybert-3s",
                      "--out", str(tmp_path / "s")]) == 0
     config = json.loads((tmp_path / "s" / "config.json").read_text())
     assert (config["num_hidden_layers"], config["hidden_size"], config["num_attention_heads"],

@@ -4,8 +4,11 @@ Any encoder folder works (a plain ``BertModel`` or a sentence-transformers
 layout gets a fresh classification head); the data is anything
 :func:`hskcache.data.load_texts` accepts. Runs on CPU: batches are trimmed to
 their longest real sequence, so short texts cost less than ``--max-length``.
-The best epoch on dev is saved with ``save_pretrained``, the tokenizer, and
-``hskcache_teacher.json`` (dev metrics, label names, text columns).
+The saved epoch is chosen without looking at dev (``--select-on``): the last
+epoch, or the best on a held-out slice of the training data. Dev is only
+reported, every epoch. Saved with ``save_pretrained``, the tokenizer, and
+``hskcache_teacher.json`` (dev metrics of the saved epoch, label names, text
+columns).
 
     python tools/finetune_teacher.py --model MODEL_DIR --train data/movies/train.csv \\
         --dev data/movies/dev.csv --out runs/teacher
@@ -32,6 +35,7 @@ from transformers import (
 
 from hskcache.data import TextData, fingerprint, load_texts, tokenize_batch
 from hskcache.errors import UserError
+from students.selection import holdout_split, parse_select_on
 
 META_FILE = "hskcache_teacher.json"
 _MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -69,6 +73,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--max-length", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--select-on", default="last",
+                   help="last (default: the final epoch) or train-holdout:FRACTION (best epoch on a held-out "
+                        "slice of --train, which is then not trained on); dev is never used to select")
     p.add_argument("--max-steps", type=int, default=None, help="stop early (smoke runs)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = p.parse_args(argv)
@@ -76,6 +83,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         value = getattr(args, name)
         if value is not None and value < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
+    try:
+        args.holdout = parse_select_on(args.select_on, allowed=("last", "train-holdout"))[1]
+    except UserError as e:
+        p.error(str(e))
     return args
 
 
@@ -90,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def train_teacher(args: argparse.Namespace) -> dict:
-    """Train, keep the best dev epoch in ``args.out``; returns the saved metadata."""
+    """Train, keep the epoch `--select-on` picks (never by dev) in ``args.out``; returns the saved metadata."""
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -103,6 +114,7 @@ def train_teacher(args: argparse.Namespace) -> dict:
         "--dev",
     )
     num_labels = _check_compatible(train, dev)
+    train, holdout = holdout_split(train, args.holdout, args.seed)
     names = train.label_names or tuple(f"LABEL_{i}" for i in range(num_labels))
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     model = AutoModelForSequenceClassification.from_pretrained(
@@ -114,6 +126,7 @@ def train_teacher(args: argparse.Namespace) -> dict:
     )
     train_enc = _encode(tokenizer, train, args.max_length)
     dev_enc = _encode(tokenizer, dev, args.max_length)
+    holdout_enc = _encode(tokenizer, holdout, args.max_length) if holdout is not None else None
 
     steps_per_epoch = math.ceil(len(train_enc) / args.batch_size)
     total = args.epochs * steps_per_epoch
@@ -127,6 +140,7 @@ def train_teacher(args: argparse.Namespace) -> dict:
         "base_model": str(Path(args.model).resolve()),
         "train": _describe(train),
         "dev": _describe(dev),
+        "selected_on": "last epoch" if holdout is None else f"{len(holdout)} held-out training rows",
         "task": train.task,
         "text_cols": list(train.text_cols),
         "label_col": train.label_col,
@@ -159,15 +173,18 @@ def train_teacher(args: argparse.Namespace) -> dict:
                 break
         seconds = time.perf_counter() - started
         metrics = evaluate(model, dev_enc, train.is_regression, 2 * args.batch_size)
-        meta["history"].append(
-            {"epoch": epoch, "step": step, "train_loss": float(np.mean(losses)),
-             "train_seconds_per_step": seconds / len(losses), **metrics}
-        )
-        score = metrics["pearson" if train.is_regression else "accuracy"]
-        score = -math.inf if math.isnan(score) else score
+        record = {"epoch": epoch, "step": step, "train_loss": float(np.mean(losses)),
+                  "train_seconds_per_step": seconds / len(losses), **metrics}
+        score = math.inf  # --select-on last: every epoch replaces the previous one
+        if holdout_enc is not None:
+            held = evaluate(model, holdout_enc, train.is_regression, 2 * args.batch_size)
+            record["holdout"] = held
+            score = held["pearson" if train.is_regression else "accuracy"]
+            score = -math.inf if math.isnan(score) else score
+        meta["history"].append(record)
         bar.write(f"epoch {epoch}: train loss {np.mean(losses):.4f}, dev " +
                   ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
-        if best is None or score > best:
+        if best is None or score > best or score == math.inf:
             best = score
             meta.update(best_epoch=epoch, dev_metrics=metrics)
             model.save_pretrained(args.out)
@@ -176,7 +193,8 @@ def train_teacher(args: argparse.Namespace) -> dict:
         if step == total:
             break
     bar.close()
-    print(f"best epoch {meta['best_epoch']} ({meta['dev_metrics']}) saved to {args.out}")
+    print(f"epoch {meta['best_epoch']} (selected on the {meta['selected_on']}; dev {meta['dev_metrics']}) "
+          f"saved to {args.out}")
     return meta
 
 

@@ -48,7 +48,7 @@ $BIN/hskcache budget "$RUN/store" --configs 1,9,0.1 2,8,0.2 4,16,0.2 full
 
 step "5/6 distil a TinyBERT-style student from the store, teacher not loaded"
 rm -rf "$RUN/tinybert-init" "$RUN/tinybert"
-$BIN/students build tinybert --teacher "$RUN/teacher" --preset tinybert-3s --out "$RUN/tinybert-init"
+$BIN/students build tinybert --init random --teacher "$RUN/teacher" --preset tinybert-3s --out "$RUN/tinybert-init"
 $BIN/students train --cache "$RUN/store" --student "$RUN/tinybert-init" --hsk 1,9,0.1 \
     --hsk-epochs "$HSK_EPOCHS" --pred-epochs "$PRED_EPOCHS" --hsk-lr 5e-4 --pred-lr 5e-4 \
     --eval-data "$DATA/dev.csv" --out "$RUN/tinybert"

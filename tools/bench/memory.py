@@ -59,7 +59,7 @@ def main() -> None:
     data = movie_csv(work / "movies.csv", args.examples)
     extract(ExtractConfig(str(teacher), str(data), str(work / "small"), student_layers=3, depth=4, tokens=16, width=0.2,
                           max_length=args.max_length, batch_size=64), progress=False)
-    subprocess.run([str(STUDENTS), "build", "tinybert", "--teacher", str(teacher), "--preset", "tinybert-3s",
+    subprocess.run([str(STUDENTS), "build", "tinybert", "--init", "random", "--teacher", str(teacher), "--preset", "tinybert-3s",
                     "--out", str(work / "student")], check=True, capture_output=True)
     print(f"machine: {platform.machine()}, {args.threads} thread(s), CPU; tinybert-3s, HSK (4,16,0.2) then predictions, "
           f"one epoch each over the whole store, batch {args.batch_size}, max length {args.max_length}")

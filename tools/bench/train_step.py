@@ -72,7 +72,7 @@ def main() -> None:
     hsk = dict(depth=1, tokens=9, width=0.1)
     extract(ExtractConfig(str(teacher), str(data), str(work / "store"), student_layers=3, max_length=args.max_length,
                           batch_size=64, **hsk), progress=False)
-    subprocess.run([str(STUDENTS), "build", "tinybert", "--teacher", str(teacher), "--preset", "tinybert-3s",
+    subprocess.run([str(STUDENTS), "build", "tinybert", "--init", "random", "--teacher", str(teacher), "--preset", "tinybert-3s",
                     "--out", str(work / "tinybert-3s")], check=True, capture_output=True)
     subprocess.run([str(STUDENTS), "build", "rosita", "--teacher", str(teacher), "--cache", str(work / "store"),
                     "--preset", "rosita-3s", "--importance-examples", "256", "--out", str(work / "rosita-3s")],

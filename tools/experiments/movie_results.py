@@ -104,7 +104,7 @@ def main() -> None:
                     run(BIN / "students", "build", "rosita", "--teacher", args.teacher, "--cache", stores["compressed"],
                         "--preset", student, "--out", init)
                 else:
-                    run(BIN / "students", "build", "tinybert", "--teacher", args.teacher, "--preset", student,
+                    run(BIN / "students", "build", "tinybert", "--init", "random", "--teacher", args.teacher, "--preset", student,
                         "--seed", seed, "--out", init)
             for config in args.configs:
                 store, hsk_flag = CONFIGS[config]

@@ -1,0 +1,192 @@
+"""Extract-Then-Distill students, checked against the teacher's own forward, hand-sliced
+weights and finite-difference importance."""
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import AutoModelForSequenceClassification
+
+from conftest import make_teacher
+from hskcache.errors import UserError
+from students import cli
+from students.etd import build_extracted, layer_selection, taylor_neuron_importance
+from students.models import StudentSpec, load_student
+
+LAYERS, HIDDEN, HEADS, FFN = 4, 32, 4, 64  # make_teacher(layers=4)
+
+
+@pytest.fixture(scope="module")
+def teacher4(tmp_path_factory):
+    return make_teacher(tmp_path_factory.mktemp("teacher4"), layers=LAYERS, seed=3)
+
+
+def _teacher(folder):
+    return AutoModelForSequenceClassification.from_pretrained(folder, attn_implementation="eager").eval()
+
+
+def _inputs(seed=0, batch=3, length=10):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, 40, (batch, length), generator=g)
+    mask = torch.ones_like(ids)
+    mask[0, 6:] = 0
+    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids)}
+
+
+def test_layer_selection_follows_etd():
+    assert layer_selection(6, 3) == [2, 4, 6]
+    assert layer_selection(12, 4) == [3, 6, 9, 12]
+    assert layer_selection(12, 6) == [2, 4, 6, 8, 10, 12]
+    assert layer_selection(6, 4) == [1, 3, 4, 6]  # ⌊6/4⌋, ⌊12/4⌋, ⌊18/4⌋, 6
+    assert layer_selection(6, 3, "bottom") == [1, 2, 3]
+    assert layer_selection(6, 3, "top") == [4, 5, 6]
+    with pytest.raises(UserError, match="7-layer student"):
+        layer_selection(6, 7)
+
+
+@pytest.mark.parametrize("init", ["teacher-layers", "etd-rand", "etd-impt"])
+def test_keeping_every_dimension_reproduces_the_teacher(teacher4, tmp_path, init):
+    batches = [{**_inputs(1), "labels": torch.tensor([0, 1, 1])}]
+    spec = StudentSpec("tinybert", layers=LAYERS, heads=HEADS, ffn=FFN, hidden=HIDDEN)
+    build_extracted(teacher4, spec, init, tmp_path / "s", batches, lambda logits, b: F.cross_entropy(logits, b["labels"]))
+    student = load_student(tmp_path / "s").eval()
+    inputs = _inputs(2)
+    with torch.no_grad():
+        expected = _teacher(teacher4)(**inputs).logits
+        got = student(**inputs).logits
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_fewer_dimensions_equal_hand_sliced_weights(teacher4, tmp_path):
+    spec = StudentSpec("tinybert", layers=2, heads=HEADS, ffn=24, hidden=16)
+    build_extracted(teacher4, spec, "etd-rand", tmp_path / "s", seed=5)
+    info = json.loads((tmp_path / "s" / "student.json").read_text())
+    plan = info["extraction"]
+    assert plan["teacher_layers"] == [2, 4]
+    hidden = plan["hidden"]
+    assert len(hidden) == 16 and len(set(hidden)) == 16
+    teacher = _teacher(teacher4).state_dict()
+    student = load_student(tmp_path / "s").state_dict()
+
+    def sliced(name, rows, cols):
+        source = teacher[name]
+        return torch.tensor([[source[r, c].item() for c in cols] for r in rows])
+
+    words = teacher["bert.embeddings.word_embeddings.weight"]
+    assert torch.equal(student["bert.embeddings.word_embeddings.weight"],
+                       torch.stack([words[:, j] for j in hidden], dim=1))
+    assert torch.equal(student["bert.embeddings.LayerNorm.weight"],
+                       torch.tensor([teacher["bert.embeddings.LayerNorm.weight"][j].item() for j in hidden]))
+    for s, t in enumerate(plan["teacher_layers"]):
+        heads, ffn = plan["head_rows"][s], plan["ffn_rows"][s]
+        assert len(heads) == 16 and len(ffn) == 24
+        # every head keeps 16 / 4 = 4 of its 8 neurons
+        assert [sum(r // 8 == h for r in heads) for h in range(HEADS)] == [4] * HEADS
+        src, dst = f"bert.encoder.layer.{t - 1}.", f"bert.encoder.layer.{s}."
+        for proj in ("query", "key", "value"):
+            assert torch.equal(student[dst + f"attention.self.{proj}.weight"],
+                               sliced(src + f"attention.self.{proj}.weight", heads, hidden))
+        assert torch.equal(student[dst + "attention.output.dense.weight"],
+                           sliced(src + "attention.output.dense.weight", hidden, heads))
+        assert torch.equal(student[dst + "intermediate.dense.weight"], sliced(src + "intermediate.dense.weight", ffn, hidden))
+        assert torch.equal(student[dst + "output.dense.weight"], sliced(src + "output.dense.weight", hidden, ffn))
+        for name in ("output.LayerNorm.bias", "attention.output.LayerNorm.weight", "output.dense.bias"):
+            assert torch.equal(student[dst + name], torch.tensor([teacher[src + name][j].item() for j in hidden]))
+    assert torch.equal(student["classifier.weight"], sliced("classifier.weight", range(2), hidden))
+    assert torch.equal(student["bert.pooler.dense.weight"], sliced("bert.pooler.dense.weight", hidden, hidden))
+
+
+def _scaled_loss(model, examples, patch, eps):
+    """Loss with one neuron's value scaled by (1 + eps), by editing the weights that make or read it."""
+    saved = patch(eps)
+    try:
+        return sum(F.cross_entropy(model(**x).logits.double(), x["labels"]) for x in examples)
+    finally:
+        saved()
+
+
+def test_importance_is_the_first_order_taylor_term(teacher4):
+    """|∂L/∂x · x| summed over tokens equals the derivative of the loss with respect to scaling x
+    by (1 + ε) at ε = 0; checked by central differences, one example at a time (abs per example)."""
+    model = _teacher(teacher4).double()
+    examples = []
+    inputs = _inputs(4, batch=3)
+    for i in range(3):
+        examples.append({**{k: v[i:i + 1] for k, v in inputs.items()}, "labels": torch.tensor([i % 2])})
+    importance = taylor_neuron_importance(model, examples, lambda logits, b: F.cross_entropy(logits.double(), b["labels"]))
+    layer = model.bert.encoder.layer[1]
+
+    def scale_column(linear, j):  # a neuron read only through column j of `linear`
+        def patch(eps):
+            old = linear.weight.data[:, j].clone()
+            linear.weight.data[:, j] *= 1 + eps
+
+            def restore():
+                linear.weight.data[:, j] = old
+            return restore
+        return patch
+
+    def scale_row(linear, j):  # a neuron made only by row j (and bias j) of `linear`
+        def patch(eps):
+            old_w, old_b = linear.weight.data[j].clone(), linear.bias.data[j].clone()
+            linear.weight.data[j] *= 1 + eps
+            linear.bias.data[j] *= 1 + eps
+
+            def restore():
+                linear.weight.data[j], linear.bias.data[j] = old_w, old_b
+            return restore
+        return patch
+
+    def derivative(patch, example, eps=1e-5):
+        with torch.no_grad():
+            return (_scaled_loss(model, [example], patch, eps) - _scaled_loss(model, [example], patch, -eps)) / (2 * eps)
+
+    def fd(patch):
+        return sum(abs(derivative(patch, x)) for x in examples).item()
+
+    neuron = 7
+    assert importance.ffn[1, neuron].item() == pytest.approx(fd(scale_column(layer.output.dense, neuron)), rel=1e-4)
+    head, unit = 2, 3
+    j = head * (HIDDEN // HEADS) + unit
+    head_fd = (fd(scale_row(layer.attention.self.query, j)) + fd(scale_row(layer.attention.self.key, j))
+               + fd(scale_column(layer.attention.output.dense, j)))
+    assert importance.heads[1, head, unit].item() == pytest.approx(head_fd, rel=1e-4)
+
+
+def test_cli_builds_etd_impt_from_a_store_by_default(task, tmp_path):
+    out = tmp_path / "s"
+    assert cli.main(["build", "tinybert", "--teacher", str(task.teacher), "--layers", "1", "--hidden", "16",
+                     "--ffn", "32", "--cache", str(task.store), "--importance-examples", "40", "--out", str(out)]) == 0
+    info = json.loads((out / "student.json").read_text())
+    assert info["init"] == "etd-impt" and info["spec"]["heads"] == 4  # the teacher's heads
+    teacher_layers = _teacher(task.teacher).config.num_hidden_layers
+    assert info["extraction"]["teacher_layers"] == [teacher_layers]  # uniform S = {0, N} for one layer
+    assert load_student(out).config.hidden_size == 16
+
+
+def test_cli_task_loss_importance_from_data(task, tmp_path):
+    out = tmp_path / "s"
+    assert cli.main(["build", "tinybert", "--teacher", str(task.teacher), "--layers", "2", "--hidden", "16",
+                     "--ffn", "32", "--data", str(task.train), "--layer-selection", "top", "--out", str(out)]) == 0
+    assert json.loads((out / "student.json").read_text())["layer_selection"] == "top"
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    ([], "pass one, or --init etd-rand"),
+    (["--init", "etd-rand", "--heads", "2"], "keeps the teacher's 4 heads"),
+    (["--init", "etd-rand", "--hidden", "18"], "not divisible"),
+    (["--init", "etd-rand", "--hidden", "64"], "outside 1..32"),
+    (["--init", "teacher-layers", "--hidden", "16"], "keeps the teacher's width"),
+    (["--init", "etd-rand", "--layer-selection", "middle"], "invalid choice"),
+])
+def test_cli_refuses_bad_extractions(task, tmp_path, capsys, flags, message):
+    argv = ["build", "tinybert", "--teacher", str(task.teacher), "--layers", "1", "--ffn", "32",
+            "--out", str(tmp_path / "s"), *([] if "--hidden" in flags else ["--hidden", "16"])]
+    try:
+        code = cli.main(argv + flags)
+    except SystemExit as e:
+        code = e.code
+    assert code != 0
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
