@@ -278,6 +278,6 @@ def build_extracted(teacher_dir: str | Path, spec: StudentSpec, init: str, out_d
     model = BertForSequenceClassification(student_config(config, spec.layers, spec.hidden, spec.ffn))
     model.load_state_dict(extract_state(teacher.state_dict(), plan))  # strict: nothing left at random init
     save_new(model, teacher_dir, out_dir, spec, {"init": init, "layer_selection": selection, "seed": seed,
-                                                   "teacher_hash": teacher_hash, "extraction": plan.to_json()})
+                                                  "teacher_hash": teacher_hash, "extraction": plan.to_json()})
     return model
 
