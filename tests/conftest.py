@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import os
 from pathlib import Path
 
 import pytest
@@ -83,3 +84,31 @@ def task(tmp_path_factory):
     from tiny_task import tiny_task
 
     return tiny_task(tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """moto's standalone S3 server on 127.0.0.1 for the session (tests/s3_server.py);
+    the environment points botocore/s3fs at it while it runs."""
+    from s3_server import moto_server, s3_environment
+
+    with moto_server() as endpoint:
+        saved = dict(os.environ)
+        os.environ.update(s3_environment(endpoint))
+        try:
+            yield endpoint
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+
+
+@pytest.fixture
+def s3_bucket(s3_endpoint, request) -> str:
+    """A new, empty bucket on the moto server, as an s3:// URL."""
+    import re
+
+    import boto3
+
+    name = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:50].strip("-") + "-" + os.urandom(3).hex()
+    boto3.client("s3").create_bucket(Bucket=name)
+    return f"s3://{name}"
