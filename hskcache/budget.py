@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, fields
 import numpy as np
 
 from .errors import UserError
+from .hskread import parse_triple
 from .layout import StoreShape, kept_width
 
 # The paper's Table 5 (appendix C), exactly as printed, by A^HSK group. Its
@@ -152,19 +153,11 @@ def full_config(student_layers: int, seq_len: int) -> Config:
 
 
 def _triple(spec: str, student_layers: int, seq_len: int) -> Config:
-    parts = [p.strip() for p in spec.strip("() ").split(",")]  # the paper writes (1, 9, 0.1)
-    try:
-        n_d, n_l, n_w = int(parts[0]), int(parts[1]), float(parts[2])
-        if len(parts) != 3:
-            raise ValueError
-    except (ValueError, IndexError):
-        raise UserError(f"malformed configuration {spec!r}: write {CONFIG_HELP}") from None
-    if not 1 <= n_d <= student_layers + 1:
+    n_d, n_l, n_w = parse_triple(spec, "configuration")
+    if n_d > student_layers + 1:
         raise UserError(f"N^D={n_d} in {spec!r} is outside 1..{student_layers + 1} (L'+1 with --student-layers {student_layers}); lower it")
-    if not 1 <= n_l <= seq_len:
+    if n_l > seq_len:
         raise UserError(f"N^L={n_l} in {spec!r} is outside 1..{seq_len} (the sequence length); lower it")
-    if not 0 < n_w <= 1:
-        raise UserError(f"N^W={parts[2]} in {spec!r} is outside (0, 1]: it is the fraction of the width kept, e.g. 0.1")
     return Config.of(n_d, n_l, n_w)
 
 

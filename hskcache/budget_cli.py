@@ -14,6 +14,7 @@ import numpy as np
 
 from . import budget
 from .errors import UserError
+from .options import add_store_argument, columns, store_argument
 from .layout import WIDTH_STRATEGIES
 
 TOKENIZE_BATCH = 4096
@@ -28,7 +29,7 @@ def add_budget_parser(subparsers) -> argparse.ArgumentParser:
         "budget", help="bytes each (N^D, N^L, N^W) costs, in the paper's layout and in this store's",
         description="Plan (--plan) or measure (STORE) what HSK configurations cost on disk.",
     )
-    p.add_argument("store", nargs="?", help="an hskcache store to measure (omit with --plan)")
+    add_store_argument(p, "an hskcache store to measure (omit with --plan)")
     p.add_argument("--plan", action="store_true", help="plan before extraction, from numbers or a teacher and data")
     p.add_argument("--configs", nargs="+", metavar="CONFIG", help="configurations: " + budget.CONFIG_HELP.replace("%", "%%") + " "
                    "(default: full with --plan, only the store's own with STORE)")
@@ -60,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_budget(args: argparse.Namespace) -> int:
+    args.store = store_argument(args)
     given = [name for name in PLAN_FLAGS if getattr(args, name) is not None]
     if args.plan == bool(args.store):
         raise UserError("give either a STORE to measure or --plan with the numbers of a planned extraction")
@@ -170,8 +172,7 @@ def length_counts(teacher: str, data: str, split: str, text_cols: str | None, se
 
     if token_strategy not in TOKEN_STRATEGIES:
         raise UserError(f"--token-strategy {token_strategy!r} is unknown; use one of {', '.join(TOKEN_STRATEGIES)}")
-    cols = [c.strip() for c in text_cols.split(",") if c.strip()] if text_cols else None
-    texts = load_texts(data, split=split, text_cols=cols)
+    texts = load_texts(data, split=split, text_cols=columns(text_cols))
     tokenizer = AutoTokenizer.from_pretrained(teacher)
     counts = np.zeros(seq_len + 1, dtype=np.int64)
     for start in range(0, len(texts), TOKENIZE_BATCH):

@@ -37,35 +37,14 @@ def run_guarded(fn: Callable[[], int], prog: str) -> int:
         return 0
 
 
-def add_selection_flags(p, seed_flag: str = "--seed") -> None:
-    """Which layers, tokens and activations: shared by `extract` and the online baseline."""
-    p.add_argument("--student-layers", type=int, help="student depth L'")
-    p.add_argument("--ltop", type=int, help="top teacher layer of the layer map (default: teacher depth)")
-    p.add_argument("--teacher-layers", help="explicit teacher layers for student layers 0..L', e.g. 0,3,5,8,10")
-    p.add_argument("--depth", type=int, help="N^D: the top N^D pairs (default all L'+1)")
-    p.add_argument("--tokens", type=int, help="N^L: most tokens per layer (default 50)")
-    p.add_argument("--token-strategy", help="left | att | att-nosep | att-nosep-top (default)")
-    p.add_argument("--width", type=float, help="N^W: fraction of activations kept, (0, 1] (default 1.0)")
-    p.add_argument("--width-strategy", help="mag (default) | rand | uniform")
-    p.add_argument(seed_flag, type=int, help="seed of the rand width mask (default 0)")
-
-
 def add_extract_parser(sub) -> None:
+    from .config import ExtractConfig
+    from .options import add_fields
+
     p = sub.add_parser("extract", help="run the teacher once and write an HSK store",
                        description="Flags left out fall back to --config, then to the defaults shown.")
     p.add_argument("--config", help="TOML file with the same settings (flags override it)")
-    p.add_argument("--teacher", help="fine-tuned sequence classifier: local folder or hub id")
-    p.add_argument("--data", help="glue/<task> or a .csv/.tsv/.json/.jsonl/.parquet file")
-    p.add_argument("--out", help="store directory to write")
-    p.add_argument("--split", help="dataset split (default train)")
-    p.add_argument("--text-cols", help="text column(s), a or a,b")
-    p.add_argument("--label-col", help="label column")
-    add_selection_flags(p)
-    p.add_argument("--max-length", type=int, help="tokenizer max length (default 128)")
-    p.add_argument("--batch-size", type=int, help="teacher batch size (default 64)")
-    p.add_argument("--limit", type=int, help="only the first N examples")
-    p.add_argument("--device", help="auto (default) | cpu | cuda")
-    p.add_argument("--overwrite", action="store_true", default=None, help="replace a store written with other settings")
+    add_fields(p, ExtractConfig)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -81,15 +60,21 @@ def run_extract(args: argparse.Namespace) -> int:
 
 
 def add_inspect_parser(sub) -> None:
+    from .options import add_store_argument
+
     p = sub.add_parser("inspect", help="print a store's config, rows, completeness and bytes per array")
-    p.add_argument("store")
+    add_store_argument(p, "the store to describe")
     p.add_argument("--json", action="store_true")
 
 
 def run_inspect(args: argparse.Namespace) -> int:
+    from .options import store_argument
     from .store import describe
 
-    info = describe(args.store)
+    store = store_argument(args)
+    if store is None:
+        raise UserError("hskcache inspect needs a store: --store STORE")
+    info = describe(store)
     if args.json:
         print(json.dumps(info, indent=2))
         return 0

@@ -1,39 +1,43 @@
 """Extraction settings: one dataclass, filled from defaults < TOML < flags, validated once."""
 from __future__ import annotations
 
-import tomllib
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .errors import UserError
-from .selection import TOKEN_STRATEGIES, WIDTH_STRATEGIES, layer_map
-
-DEVICES = ("auto", "cpu", "cuda")
+from .options import columns, integers, make, merged, setting
+from .layout import WIDTH_STRATEGIES
+from .selection import TOKEN_STRATEGIES, layer_map
+from .device import DEVICES
 
 
 @dataclass(frozen=True)
 class ExtractConfig:
-    teacher: str
-    data: str
-    out: str
-    split: str = "train"
-    text_cols: tuple[str, ...] | None = None
-    label_col: str | None = None
-    student_layers: int | None = None
-    ltop: int | None = None
-    teacher_layers: tuple[int, ...] | None = None
-    depth: int | None = None
-    tokens: int = 50
-    token_strategy: str = "att-nosep-top"
-    width: float = 1.0
-    width_strategy: str = "mag"
-    seed: int = 0
-    max_length: int = 128
-    batch_size: int = 64
-    limit: int | None = None
-    device: str = "auto"
-    overwrite: bool = False
+    """Every setting of one extraction: each field is an `extract` flag and a TOML key."""
+
+    teacher: str = field(metadata={"help": "fine-tuned sequence classifier: local folder or hub id"})
+    data: str = field(metadata={"help": "glue/<task> or a .csv/.tsv/.json/.jsonl/.parquet file"})
+    store: str = field(metadata={"help": "store directory to write", "aliases": ("--out",)})
+    split: str = setting("train", "dataset split")
+    text_cols: tuple[str, ...] | None = setting(None, "text column(s), a or a,b", parse=columns)
+    label_col: str | None = setting(None, "label column")
+    student_layers: int | None = setting(None, "student depth L'")
+    ltop: int | None = setting(None, "top teacher layer of the layer map (default: teacher depth)")
+    teacher_layers: tuple[int, ...] | None = setting(
+        None, "explicit teacher layers for student layers 0..L', e.g. 0,3,5,8,10",
+        parse=lambda value: integers(value, "--teacher-layers"))
+    depth: int | None = setting(None, "N^D: the top N^D pairs (default all L'+1)")
+    tokens: int = setting(50, "N^L: most tokens per layer")
+    token_strategy: str = setting("att-nosep-top", " | ".join(TOKEN_STRATEGIES))
+    width: float = setting(1.0, "N^W: fraction of activations kept, (0, 1]")
+    width_strategy: str = setting("mag", " | ".join(WIDTH_STRATEGIES))
+    width_seed: int = setting(0, "seed of the rand width mask", aliases=("--seed",))
+    max_length: int = setting(128, "tokenizer max length, at most the teacher's positions")
+    batch_size: int = setting(64, "teacher batch size")
+    limit: int | None = setting(None, "only the first N examples")
+    device: str = setting("auto", " | ".join(DEVICES))
+    overwrite: bool = setting(False, "replace a store written with other settings")
 
     # Settings that do not change what is stored.
     RUNTIME = ("device", "overwrite")
@@ -61,8 +65,8 @@ class ExtractConfig:
             raise UserError("pass either --student-layers or --teacher-layers, not both")
         if self.student_layers is not None and self.student_layers < 1:
             raise UserError(f"--student-layers must be at least 1, got {self.student_layers}")
-        if self.out and Path(self.out).is_file():
-            raise UserError(f"--out {self.out} is a file; pass a directory path for the store")
+        if self.store and Path(self.store).is_file():
+            raise UserError(f"--store {self.store} is a file; pass a directory path for the store")
 
     def resolve_layers(self, num_teacher_layers: int) -> tuple[int, ...]:
         """Teacher layer for each student layer 0..L', checked against the teacher."""
@@ -86,42 +90,6 @@ class ExtractConfig:
         return {k: v for k, v in asdict(self).items() if k not in self.RUNTIME}
 
 
-def load_toml(path: str) -> dict[str, Any]:
-    """Settings from a TOML file; keys are flag names with - or _."""
-    try:
-        raw = tomllib.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise UserError(f"config file {path} not found") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise UserError(f"config file {path} is not valid TOML: {exc}") from None
-    known = {f.name for f in fields(ExtractConfig)}
-    out = {}
-    for key, value in raw.items():
-        name = key.replace("-", "_")
-        if name not in known:
-            raise UserError(f"config file {path}: unknown setting {key!r}; known: {', '.join(sorted(known))}")
-        out[name] = value
-    return out
-
-
 def build_config(flags: dict[str, Any], toml_path: str | None = None) -> ExtractConfig:
     """Defaults < TOML < flags (flags that were not given are None)."""
-    merged = load_toml(toml_path) if toml_path else {}
-    merged.update({k: v for k, v in flags.items() if v is not None})
-    for key in ("text_cols", "teacher_layers"):
-        if isinstance(merged.get(key), str):
-            merged[key] = tuple(p.strip() for p in merged[key].split(",") if p.strip())
-        if merged.get(key) is not None:
-            merged[key] = tuple(merged[key])
-    if merged.get("teacher_layers") is not None:
-        try:
-            merged["teacher_layers"] = tuple(int(i) for i in merged["teacher_layers"])
-        except ValueError:
-            raise UserError(f"--teacher-layers must be integers like 0,3,5, got {merged['teacher_layers']}") from None
-    for key in ("teacher", "data", "out"):
-        if not merged.get(key):
-            raise UserError(f"--{key} is required (as a flag or in the --config file)")
-    try:
-        return ExtractConfig(**merged)
-    except TypeError as exc:
-        raise UserError(f"bad setting: {exc}") from None
+    return make(ExtractConfig, merged(ExtractConfig, flags, toml_path))

@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 
 from .errors import UserError
-from .teacher import pick_device
+from .device import pick_device
 
 
 @dataclass(frozen=True)

@@ -47,7 +47,7 @@ def store_attrs(cfg: ExtractConfig, data: TextData, teacher: Teacher, plan: Sele
         "text_cols": list(data.text_cols),
         "label_col": data.label_col,
     }
-    settings.pop("out")
+    settings.pop("store")
     tok = teacher.tokenizer
     data_fp = fingerprint(data)
     return {
@@ -122,18 +122,18 @@ def prepare(cfg: ExtractConfig) -> tuple[TextData, Teacher, SelectionPlan, Store
         kind = "regression" if data.is_regression else "classification"
         raise UserError(f"data {cfg.data} has {kind} labels but the teacher has {teacher.num_labels} outputs; check --label-col")
     plan = SelectionPlan.build(teacher_layers, teacher.num_layers, depth, cfg.tokens, cfg.token_strategy,
-                               cfg.width, cfg.width_strategy, teacher.hidden, cfg.seed)
+                               cfg.width, cfg.width_strategy, teacher.hidden, cfg.width_seed)
     shape = StoreShape(cfg.max_length, len(teacher.tokenizer), teacher.num_labels, teacher.regression,
                        depth, cfg.tokens, teacher.hidden, cfg.width, cfg.width_strategy)
     return data, teacher, plan, shape, teacher_layers
 
 
 def extract(cfg: ExtractConfig, progress: bool = True) -> Path:
-    """Write (or finish) the store at cfg.out."""
+    """Write (or finish) the store at cfg.store."""
     data, teacher, plan, shape, teacher_layers = prepare(cfg)
     attrs = store_attrs(cfg, data, teacher, plan, shape, teacher_layers)
     static = plan.static_dims()
-    writer = StoreWriter.open(cfg.out, shape, len(data), attrs, None if static is None else static.numpy(), cfg.overwrite)
+    writer = StoreWriter.open(cfg.store, shape, len(data), attrs, None if static is None else static.numpy(), cfg.overwrite)
     begin = writer.rows_committed
     n = len(data)
     labels = data.labels if data.labels is not None else np.full(n, np.nan if teacher.regression else -1)
@@ -149,5 +149,5 @@ def extract(cfg: ExtractConfig, progress: bool = True) -> Path:
         bar.update(end - start - skip)
     bar.close()
     writer.finish()
-    return Path(cfg.out)
+    return Path(cfg.store)
 

@@ -30,8 +30,8 @@ def _chunk_order(num_chunks: int, shuffle: bool, seed: int, epoch: int) -> tuple
     return rng, (rng.permutation(num_chunks) if shuffle else np.arange(num_chunks))
 
 
-def epoch_windows(num_rows: int, chunk_rows: int, window_chunks: int, shuffle: bool, seed: int, epoch: int) -> Iterator[tuple[list[int], np.ndarray]]:
-    """Row order of one epoch, as (chunks to read, rows in the order to yield).
+def epoch_windows(num_rows: int, chunk_rows: int, window_chunks: int, shuffle: bool, seed: int, epoch: int) -> Iterator[np.ndarray]:
+    """Row order of one epoch, window by window (the rows of a window, in the order to yield).
 
     Chunks are visited in a seeded random order; rows are shuffled within a
     window of `window_chunks` chunks, so memory is bounded by the window and
@@ -42,7 +42,7 @@ def epoch_windows(num_rows: int, chunk_rows: int, window_chunks: int, shuffle: b
     for start in range(0, num_chunks, window_chunks):
         window = sorted(int(c) for c in chunks[start:start + window_chunks])
         rows = np.concatenate([np.arange(c * chunk_rows, min((c + 1) * chunk_rows, num_rows)) for c in window])
-        yield window, (rng.permutation(rows) if shuffle else rows)
+        yield rng.permutation(rows) if shuffle else rows
 
 
 def chunk_owners(num_rows: int, chunk_rows: int, shuffle: bool, seed: int, epoch: int, world_size: int) -> np.ndarray:
@@ -56,8 +56,8 @@ def chunk_owners(num_rows: int, chunk_rows: int, shuffle: bool, seed: int, epoch
 
 def epoch_batches(num_rows: int, chunk_rows: int, window_chunks: int, batch_size: int, shuffle: bool,
                   seed: int, epoch: int, start_batch: int = 0, drop_last: bool = False, rank: int = 0,
-                  world_size: int = 1) -> Iterator[tuple[list[int], list[np.ndarray]]]:
-    """Batches of row ids per window: every batch is cut from the concatenated
+                  world_size: int = 1) -> Iterator[list[np.ndarray]]:
+    """Batches of row ids, window by window: every batch is cut from the concatenated
     window orders, so a batch may span two windows. Windows before start_batch are skipped unread.
 
     With `world_size` > 1 the batches are the same global batches, each cut down
@@ -67,15 +67,13 @@ def epoch_batches(num_rows: int, chunk_rows: int, window_chunks: int, batch_size
     """
     owners = chunk_owners(num_rows, chunk_rows, shuffle, seed, epoch, world_size) if world_size > 1 else None
 
-    def share(window: list[int], batches: list[np.ndarray]) -> tuple[list[int], list[np.ndarray]]:
-        if owners is None:
-            return window, batches
-        return [c for c in window if owners[c] == rank], [b[owners[b // chunk_rows] == rank] for b in batches]
+    def share(batches: list[np.ndarray]) -> list[np.ndarray]:
+        return batches if owners is None else [b[owners[b // chunk_rows] == rank] for b in batches]
 
     skip = start_batch * batch_size
     seen = 0
     carry = np.empty(0, dtype=np.int64)
-    for window, rows in epoch_windows(num_rows, chunk_rows, window_chunks, shuffle, seed, epoch):
+    for rows in epoch_windows(num_rows, chunk_rows, window_chunks, shuffle, seed, epoch):
         first, seen = max(0, skip - seen), seen + len(rows)
         if first >= len(rows):
             continue
@@ -83,9 +81,9 @@ def epoch_batches(num_rows: int, chunk_rows: int, window_chunks: int, batch_size
         rows = np.concatenate([carry, rows])
         cut = len(rows) - len(rows) % batch_size
         carry = rows[cut:]
-        yield share(window, [rows[i:i + batch_size] for i in range(0, cut, batch_size)])
+        yield share([rows[i:i + batch_size] for i in range(0, cut, batch_size)])
     if len(carry) and not drop_last:
-        yield share([], [carry])
+        yield share([carry])
 
 
 def default_window_chunks(batch_size: int, chunk_rows: int) -> int:
@@ -108,13 +106,14 @@ class RowDecoder:
         self.tokens: int = int(attrs["config"]["tokens"])
         self.width: float = float(attrs["config"]["width"])
         self.width_strategy: str = attrs["config"]["width_strategy"]
-        self.seed: int = attrs["config"]["seed"]
+        self.seed: int = attrs["config"]["width_seed"]
         self.width_encoding: str | None = attrs["width_encoding"]
         self.static = static
         self.where = where
 
     def resolve(self, depth: int | None, tokens: int | None, width: float | None) -> tuple[int, int, int]:
-        """(depth, tokens, kept) of a read; None means as stored."""
+        """(depth, tokens, kept) of a read; None means as stored. The one check of
+        whether a read can be served: every reader and the trainer's `--hsk` use it."""
         depth = self.depth if depth is None else depth
         tokens = self.tokens if tokens is None else tokens
         kept = self.kept if width is None else kept_width(width, self.hidden)
@@ -125,6 +124,8 @@ class RowDecoder:
             raise UserError(f"tokens {tokens} is not available: {stored}")
         if (width is not None and not 0 < width <= 1) or kept > self.kept:
             raise UserError(f"width {width} is not available: {stored}")
+        if kept < self.kept and self.width_strategy != "mag":
+            self._width_dims(kept)  # a static strategy's smaller width must be a subset of the stored one
         return depth, tokens, kept
 
     def _width_dims(self, kept: int) -> np.ndarray:
@@ -216,6 +217,11 @@ class HSKStore:
     def _arrays(self) -> list[str]:
         return INPUT_ARRAYS + ["positions", "values"] + (["width_code"] if self.width_encoding else [])
 
+    def resolve(self, depth: int | None = None, tokens: int | None = None,
+                width: float | None = None) -> tuple[int, int, int]:
+        """(depth, tokens, kept) of a read, or a UserError if this store cannot serve it."""
+        return self._decoder.resolve(depth, tokens, width)
+
     def get(self, indices, depth: int | None = None, tokens: int | None = None, width: float | None = None) -> dict[str, torch.Tensor]:
         """Rows `indices` at (depth, tokens, width) at or below what was stored."""
         depth, tokens, kept = self._decoder.resolve(depth, tokens, width)
@@ -249,7 +255,7 @@ class HSKStore:
         def produce() -> None:
             try:
                 held: dict[int, dict[str, np.ndarray]] = {}
-                for _, batches in plan:
+                for batches in plan:
                     if not batches:
                         continue
                     needed = sorted(set((np.concatenate(batches) // self.chunk_rows).tolist()))

@@ -14,7 +14,6 @@ import torch
 from .layout import kept_width, round_half_up
 
 TOKEN_STRATEGIES = ("left", "att", "att-nosep", "att-nosep-top")
-WIDTH_STRATEGIES = ("mag", "rand", "uniform")
 
 
 def layer_map(student_layers: int, ltop: int) -> list[int]:

@@ -18,7 +18,7 @@ import zarr
 from .errors import UserError
 from .layout import StoreShape
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: settings `store` and `width_seed` (were `out` and `seed`)
 FORMAT = "hskcache"
 
 
@@ -141,7 +141,8 @@ class StoreData:
         self.group = zarr.open_group(str(path), mode="r")
         self.attrs = dict(self.group.attrs)
         if self.attrs.get("schema_version") != SCHEMA_VERSION:
-            raise UserError(f"store {path} has schema version {self.attrs.get('schema_version')}, this hskcache reads {SCHEMA_VERSION}")
+            raise UserError(f"store {path} has schema version {self.attrs.get('schema_version')}, this hskcache reads "
+                            f"{SCHEMA_VERSION}; extract it again with this version")
         if not self.attrs.get("complete"):
             raise UserError(
                 f"store {path} is incomplete ({self.attrs.get('rows_committed')}/{self.attrs.get('num_examples')} rows); "

@@ -11,16 +11,8 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
+from .device import pick_device
 from .errors import UserError
-
-
-def pick_device(device: str) -> torch.device:
-    """auto: CUDA when present, else CPU."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda was asked for but no CUDA device is available; use --device cpu or auto")
-    return torch.device(device)
 
 
 def weights_hash(model: torch.nn.Module) -> str:

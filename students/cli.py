@@ -11,25 +11,18 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
-from hskcache.cli import add_selection_flags, run_guarded
+from typing import Any
+
+from hskcache.cli import run_guarded
+from hskcache.device import DEVICES
 from hskcache.errors import UserError
+from hskcache.options import add_fields, add_store_flag, columns, field_names, flag_name, make, merged
 from students.etd import EXTRACTING_INITS, LAYER_SELECTIONS
 from students.models import PRESETS, StudentSpec
-from students.losses import HSK_MODES
-from students.trainer import DEVICES, TrainConfig, parse_hsk, set_cpu_threads
+from students.trainer import TrainConfig, set_cpu_threads
 
 PROG = "students"
 IMPORTANCE_BATCH = 32
-
-
-def _columns(text: str | None) -> tuple[str, ...] | None:
-    return tuple(c.strip() for c in text.split(",") if c.strip()) if text else None
-
-
-def _add_data_flags(p: argparse.ArgumentParser, split_flag: str) -> None:
-    p.add_argument(split_flag, default="validation", help="split of a glue/<task> dataset (default validation)")
-    p.add_argument("--text-cols", help="text column(s), a or a,b")
-    p.add_argument("--label-col", help="label column")
 
 
 # --------------------------------------------------------------------------- build
@@ -51,13 +44,14 @@ def add_build_parser(sub) -> None:
     tiny.add_argument("--ffn", type=int, help="FFN width")
     tiny.add_argument("--heads", type=int, help="attention heads (must divide --hidden; extraction: the teacher's)")
     tiny.add_argument("--init", default="etd-impt",
-                      help="etd-impt (default: teacher weights, dimensions by Taylor importance on --cache or "
+                      help="etd-impt (default: teacher weights, dimensions by Taylor importance on --store or "
                            "--data) | etd-rand (dimensions drawn at random) | teacher-layers (no width change) | "
                            "random | a general-distilled BERT checkpoint folder of the same shape")
     tiny.add_argument("--layer-selection", default="uniform", choices=LAYER_SELECTIONS,
                       help="teacher layers the student starts from: uniform (default, ETD) | bottom | top")
-    tiny.add_argument("--cache", help="etd-impt: HSK store whose inputs score the KD loss to its stored logits")
-    tiny.add_argument("--data", help="etd-impt: labeled training data scoring the task loss (instead of --cache)")
+    add_store_flag(tiny, help="etd-impt: HSK store whose inputs score the KD loss to its stored logits",
+                   aliases=("--cache",))
+    tiny.add_argument("--data", help="etd-impt: labeled training data scoring the task loss (instead of --store)")
     tiny.add_argument("--split", default="train", help="split of a glue/<task> --data (default train)")
     tiny.add_argument("--text-cols", help="--data text column(s), a or a,b")
     tiny.add_argument("--label-col", help="--data label column")
@@ -71,7 +65,7 @@ def add_build_parser(sub) -> None:
     rosita = kinds.add_parser("rosita", help="the teacher pruned by Taylor importance, embeddings factorised",
                               description=f"Shape flags override --preset ({presets}). Loads the teacher once.")
     rosita.add_argument("--teacher", required=True, help="the fine-tuned teacher that wrote the store")
-    rosita.add_argument("--cache", required=True, help="HSK store whose inputs and logits score the importance")
+    add_store_flag(rosita, help="HSK store whose inputs and logits score the importance", aliases=("--cache",))
     rosita.add_argument("--out", required=True, help="student folder to write")
     rosita.add_argument("--preset", help=f"named shape: {presets}")
     rosita.add_argument("--layers", type=int, help="bottom teacher layers kept (L')")
@@ -135,7 +129,7 @@ def _teacher_shape(args: argparse.Namespace) -> dict:
     return shape
 
 
-def _importance_store(args: argparse.Namespace, flag: str = "--cache"):
+def _importance_store(args: argparse.Namespace):
     """The store whose inputs and logits score importance, checked against the teacher's vocabulary."""
     from transformers import AutoTokenizer
 
@@ -144,11 +138,13 @@ def _importance_store(args: argparse.Namespace, flag: str = "--cache"):
 
     if args.importance_examples < 1:
         raise UserError(f"--importance-examples must be at least 1, got {args.importance_examples}")
-    store = open_store(args.cache)
+    if args.store is None:
+        raise UserError(f"students build {args.kind} needs --store STORE: its inputs and logits score the importance")
+    store = open_store(args.store)
     if not (Path(args.teacher) / "config.json").is_file():
         raise UserError(f"teacher {args.teacher} is not a model folder (no config.json); pass the fine-tuned teacher")
     if tokenizer_hash(AutoTokenizer.from_pretrained(args.teacher)) != store.attrs["tokenizer"]["vocab_hash"]:
-        raise UserError(f"teacher {args.teacher}'s vocabulary differs from {flag} {args.cache}'s tokenizer; "
+        raise UserError(f"teacher {args.teacher}'s vocabulary differs from --store {args.store}'s tokenizer; "
                         "pass the teacher that wrote the store")
     return store
 
@@ -172,10 +168,10 @@ def _data_sample(args: argparse.Namespace):
     if args.importance_examples < 1:
         raise UserError(f"--importance-examples must be at least 1, got {args.importance_examples}")
     config = AutoConfig.from_pretrained(args.teacher)
-    texts = load_texts(args.data, args.split, _columns(args.text_cols), args.label_col, named_labels(config))
+    texts = load_texts(args.data, args.split, columns(args.text_cols), args.label_col, named_labels(config))
     if texts.labels is None:
         raise UserError(f"--data {args.data} has no labels for the task loss; pass --label-col, "
-                        "or score on the teacher's logits with --cache STORE")
+                        "or score on the teacher's logits with --store STORE")
     if args.max_length is not None and args.max_length < 2:
         raise UserError(f"--max-length must be at least 2 ([CLS] and [SEP]), got {args.max_length}")
     n = min(len(texts), args.importance_examples)
@@ -195,16 +191,16 @@ def _data_sample(args: argparse.Namespace):
 def _build_extracted(args: argparse.Namespace, spec: StudentSpec):
     import torch.nn.functional as F
 
-    from hskcache.teacher import pick_device
+    from hskcache.device import pick_device
     from students.etd import build_extracted
     from students.losses import prediction_loss
 
     batches = loss_fn = None
     if args.init == "etd-impt":
-        if (args.cache is None) == (args.data is None):
-            raise UserError("--init etd-impt (the default) scores the teacher's neurons on one of --cache STORE "
+        if (args.store is None) == (args.data is None):
+            raise UserError("--init etd-impt (the default) scores the teacher's neurons on one of --store STORE "
                             "(KD loss to its logits) or --data DATA (task loss); pass one, or --init etd-rand")
-        if args.cache is not None:
+        if args.store is not None:
             store = _importance_store(args)
             batches = _store_sample(store, args.importance_examples)
             regression = store.regression
@@ -219,8 +215,8 @@ def _build_extracted(args: argparse.Namespace, spec: StudentSpec):
                 if logits.shape[1] == 1:
                     return F.mse_loss(logits[:, 0], labels.float())
                 return F.cross_entropy(logits, labels)
-    elif args.cache is not None or args.data is not None:
-        raise UserError(f"--cache/--data score importance for --init etd-impt; --init {args.init} does not use them")
+    elif args.store is not None or args.data is not None:
+        raise UserError(f"--store/--data score importance for --init etd-impt; --init {args.init} does not use them")
     device = pick_device(args.device)
     set_cpu_threads(device, args.threads)
     return build_extracted(args.teacher, spec, args.init, args.out, batches, loss_fn, args.layer_selection,
@@ -228,7 +224,7 @@ def _build_extracted(args: argparse.Namespace, spec: StudentSpec):
 
 
 def _build_rosita(args: argparse.Namespace, spec: StudentSpec):
-    from hskcache.teacher import pick_device
+    from hskcache.device import pick_device
     from students.models import STUDENT_FILE
     from students.pruning import build_rosita
 
@@ -239,7 +235,7 @@ def _build_rosita(args: argparse.Namespace, spec: StudentSpec):
     model = build_rosita(args.teacher, sample, spec.layers, spec.heads, spec.ffn, spec.emb_rank, args.out, device)
     built = json.loads((Path(args.out) / STUDENT_FILE).read_text())
     if built["teacher_hash"] != store.attrs["teacher_hash"]:
-        print(f"{PROG}: warning: {args.teacher} has other weights than the teacher that wrote {args.cache}",
+        print(f"{PROG}: warning: {args.teacher} has other weights than the teacher that wrote {args.store}",
               file=sys.stderr)
     return model
 
@@ -248,91 +244,59 @@ def _build_rosita(args: argparse.Namespace, spec: StudentSpec):
 
 
 def add_train_parser(sub) -> None:
-    d = TrainConfig
+    from hskcache.config import ExtractConfig
+
     p = sub.add_parser("train", help="two-stage distillation from an HSK store (no teacher needed)",
                        description="Stage 1 (hsk) matches stored hidden states, stage 2 (pred) stored logits. "
-                                   "Defaults are the paper's; see docs/training.md.")
+                                   "Defaults are the paper's; see docs/training.md. Flags left out fall back "
+                                   "to --config, then to the defaults shown.")
+    p.add_argument("--config", help="TOML file with the same settings as the flags (flags override it)")
     src = p.add_argument_group("knowledge source (one of)")
-    src.add_argument("--cache", help="HSK store written by `hskcache extract`")
+    add_store_flag(src, aliases=("--cache",))
     src.add_argument("--teacher", help="online baseline: the teacher itself (with --data and extraction flags)")
-    p.add_argument("--student", required=True, help="student folder from `students build`")
-    p.add_argument("--out", required=True, help="run folder: log.jsonl, checkpoint/, best/, student/, metrics.json")
-    p.add_argument("--hsk", default="stored", help="N_D,N_L,N_W (N_W a fraction), 'stored' (default) or 'none'")
-    p.add_argument("--width-loss", default=d.width_loss, choices=HSK_MODES,
-                   help="zero-fill (default, the paper) | masked")
-    p.add_argument("--temperature", type=float, default=d.temperature,
-                   help=f"soft CE temperature (default {d.temperature})")
-    for stage, name in (("hsk", "stage 1"), ("pred", "stage 2")):
-        p.add_argument(f"--{stage}-epochs", type=int, default=getattr(d, f"{stage}_epochs"),
-                       help=f"{name} epochs (default {getattr(d, f'{stage}_epochs')})")
-        p.add_argument(f"--{stage}-lr", type=float, default=getattr(d, f"{stage}_lr"),
-                       help=f"{name} learning rate (default {getattr(d, f'{stage}_lr')})")
-        p.add_argument(f"--{stage}-batch-size", type=int, default=getattr(d, f"{stage}_batch_size"),
-                       help=f"{name} batch size (default {getattr(d, f'{stage}_batch_size')})")
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay,
-                   help=f"AdamW weight decay (default {d.weight_decay})")
-    p.add_argument("--max-grad-norm", type=float, default=d.max_grad_norm,
-                   help=f"gradient clipping (default {d.max_grad_norm})")
-    p.add_argument("--seed", type=int, default=d.seed, help="seeds dropout, the projection and data order (default 0)")
-    p.add_argument("--max-steps", type=int, help="stop each stage after N optimizer steps (smoke runs)")
-    p.add_argument("--log-every", type=int, default=d.log_every,
-                   help=f"log a step record every N steps (default {d.log_every})")
-    p.add_argument("--save-every", type=int,
-                   help="also checkpoint every N steps (default: each epoch end and on Ctrl-C)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
-    ev = p.add_argument_group("evaluation")
-    ev.add_argument("--eval-data", help="labeled dev data: glue/<task> or a .csv/.tsv/.json/.jsonl/.parquet file")
-    _add_data_flags(ev, "--eval-split")
-    ev.add_argument("--max-length", type=int, help="eval max length (default: the store's)")
-    ev.add_argument("--eval-batch-size", type=int, default=d.eval_batch_size)
-    p.add_argument("--device", default=d.device, choices=DEVICES, help="auto (default) | cpu | cuda (bf16 autocast)")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: all available cores)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_fields(p, TrainConfig)
     on = p.add_argument_group("online baseline (--teacher): the HSK computed live, with `hskcache extract`'s "
                               "settings; --text-cols/--label-col/--max-length then apply to --data too")
-    on.add_argument("--data", help="training data: glue/<task> or a .csv/.tsv/.json/.jsonl/.parquet file")
-    on.add_argument("--split", help="split of a glue/<task> --data (default train)")
-    add_selection_flags(on, seed_flag="--width-seed")
-    on.add_argument("--limit", type=int, help="only the first N examples of --data")
-
-
-def train_config(args: argparse.Namespace) -> TrainConfig:
-    return TrainConfig(
-        student=args.student, out=args.out, hsk=parse_hsk(args.hsk), width_loss=args.width_loss,
-        temperature=args.temperature, hsk_epochs=args.hsk_epochs, hsk_lr=args.hsk_lr,
-        hsk_batch_size=args.hsk_batch_size, pred_epochs=args.pred_epochs, pred_lr=args.pred_lr,
-        pred_batch_size=args.pred_batch_size, weight_decay=args.weight_decay, max_grad_norm=args.max_grad_norm,
-        seed=args.seed, max_steps=args.max_steps, log_every=args.log_every, save_every=args.save_every,
-        eval_data=args.eval_data, eval_split=args.eval_split, text_cols=_columns(args.text_cols),
-        label_col=args.label_col, max_length=args.max_length, eval_batch_size=args.eval_batch_size,
-        device=args.device, threads=args.threads, resume=args.resume, progress=not args.quiet)
+    add_fields(on, ExtractConfig, ONLINE_FLAGS, with_aliases=False)
 
 
 ONLINE_FLAGS = ("data", "split", "student_layers", "ltop", "teacher_layers", "depth", "tokens", "token_strategy",
                 "width", "width_strategy", "width_seed", "limit")
+SOURCE_FLAGS = ("store", "teacher")
 
 
-def open_source(args: argparse.Namespace):
-    """The store (--cache), or the online teacher (--teacher) with extraction settings."""
+def train_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """Flags over the --config file, for TrainConfig, the source and the online baseline."""
+    flags = {name: getattr(args, name) for name in (*field_names(TrainConfig), *SOURCE_FLAGS, *ONLINE_FLAGS)}
+    return merged(TrainConfig, flags, args.config, extra=(*SOURCE_FLAGS, *ONLINE_FLAGS))
+
+
+def train_config(settings: dict[str, Any]) -> TrainConfig:
+    return make(TrainConfig, {k: v for k, v in settings.items() if k in field_names(TrainConfig)})
+
+
+def open_source(settings: dict[str, Any], cfg: TrainConfig):
+    """The store (--store), or the online teacher (--teacher) with extraction settings."""
     from hskcache.config import build_config
     from hskcache.reader import open_store
 
-    if (args.cache is None) == (args.teacher is None):
-        raise UserError("pass exactly one knowledge source: --cache STORE, or --teacher MODEL with --data DATA")
-    online = {name: getattr(args, name) for name in ONLINE_FLAGS}
-    if args.cache is not None:
+    store, teacher = settings.get("store"), settings.get("teacher")
+    if (store is None) == (teacher is None):
+        raise UserError("pass exactly one knowledge source: --store STORE, or --teacher MODEL with --data DATA")
+    online = {name: settings.get(name) for name in ONLINE_FLAGS}
+    if store is not None:
         given = [name for name, value in online.items() if value is not None]
         if given:
-            raise UserError(f"--{given[0].replace('_', '-')} is an online-baseline setting (--teacher); "
+            raise UserError(f"{flag_name(given[0])} is an online-baseline setting (--teacher); "
                             "a store's settings were fixed at extraction")
-        return open_store(args.cache)
+        return open_store(store)
     from students.online import OnlineSource
 
-    if args.data is None:
+    if online["data"] is None:
         raise UserError("--teacher needs --data: the training data to run the teacher on")
-    flags = {**online, "seed": online.pop("width_seed"), "teacher": args.teacher, "text_cols": args.text_cols,
-             "label_col": args.label_col, "max_length": args.max_length, "device": args.device,
-             "out": args.out}  # nothing is written to out: no store
+    flags = {**online, "teacher": teacher, "text_cols": cfg.text_cols, "label_col": cfg.label_col,
+             "max_length": cfg.max_length, "device": cfg.device,
+             "store": cfg.out}  # nothing is written there: no store
     return OnlineSource(build_config(flags))
 
 
@@ -341,12 +305,13 @@ def run_train(args: argparse.Namespace) -> int:
     from hskcache.distributed import process_group
     from students.trainer import train
 
-    cfg = train_config(args)
+    settings = train_settings(args)
+    cfg = train_config(settings)
     with process_group(cfg.device) as (ranks, _):
-        if ranks.world_size > 1 and args.teacher is not None:
+        if ranks.world_size > 1 and settings.get("teacher") is not None:
             raise UserError("the online baseline (--teacher) runs in one process; launch it without torchrun")
         try:
-            metrics = train(cfg, open_source(args))
+            metrics = train(cfg, open_source(settings, cfg))
         except KeyboardInterrupt:
             if ranks.is_main:
                 print(f"{PROG}: interrupted; rerun with --resume", file=sys.stderr)
@@ -365,7 +330,9 @@ def add_eval_parser(sub) -> None:
     p = sub.add_parser("eval", help="a student's metrics on labeled data")
     p.add_argument("--model", required=True, help="student folder (e.g. RUN/student)")
     p.add_argument("--data", required=True, help="glue/<task> or a .csv/.tsv/.json/.jsonl/.parquet file")
-    _add_data_flags(p, "--split")
+    p.add_argument("--split", default="validation", help="split of a glue/<task> dataset (default validation)")
+    p.add_argument("--text-cols", help="text column(s), a or a,b")
+    p.add_argument("--label-col", help="label column")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--max-length", type=int,
                    help="tokenizer max length (default 128, or the student's positions if fewer)")
@@ -374,7 +341,7 @@ def add_eval_parser(sub) -> None:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from hskcache.teacher import pick_device
+    from hskcache.device import pick_device
     from students.evaluate import evaluate, open_for_eval
 
     if args.batch_size < 1:
@@ -383,7 +350,7 @@ def run_eval(args: argparse.Namespace) -> int:
         raise UserError(f"--max-length must be at least 2 ([CLS] and [SEP]), got {args.max_length}")
     device = pick_device(args.device)
     model, eval_set = open_for_eval(args.model, args.data, args.max_length, device, args.split,
-                                    _columns(args.text_cols), args.label_col)
+                                    columns(args.text_cols), args.label_col)
     metrics = evaluate(model, eval_set, args.batch_size, device)
     if args.json:
         print(json.dumps(metrics))

@@ -41,6 +41,10 @@ class OnlineSource:
                         else np.full(len(data), np.nan if self.regression else -1))
         self._max_length = cfg.max_length
 
+    def resolve(self, depth: int | None = None, tokens: int | None = None,
+                width: float | None = None) -> tuple[int, int, int]:
+        return self._decoder.resolve(depth, tokens, width)
+
     def num_batches(self, batch_size: int, drop_last: bool = False) -> int:
         return self.num_examples // batch_size if drop_last else -(-self.num_examples // batch_size)
 
@@ -54,7 +58,7 @@ class OnlineSource:
         plan = epoch_batches(self.num_examples, self.chunk_rows, window, batch_size, shuffle, seed, epoch, start_batch,
                              drop_last, rank, world_size)
         texts_a, texts_b = self._data.texts_a, self._data.texts_b
-        for _, batches in plan:
+        for batches in plan:
             for rows in batches:
                 encoded = tokenize_batch(self.teacher.tokenizer, [texts_a[i] for i in rows],
                                          None if texts_b is None else [texts_b[i] for i in rows], self._max_length)

@@ -28,7 +28,9 @@ from transformers import AutoTokenizer, get_constant_schedule, get_linear_schedu
 
 from hskcache.distributed import Ranks, rank_device
 from hskcache.errors import UserError
-from hskcache.layout import kept_width
+from hskcache.device import DEVICES
+from hskcache.hskread import parse_triple
+from hskcache.options import columns, setting
 from hskcache.teacher import tokenizer_hash
 from students.checkpoint import read_state, replaced_dir, rng_state, set_rng_state, write_state
 from students.evaluate import MODEL_INPUTS, EvalSet, evaluate, load_eval_set
@@ -39,7 +41,6 @@ from students.models import STUDENT_FILE, count_parameters, load_student, save_s
 
 LOG_FILE = "log.jsonl"
 METRICS_FILE = "metrics.json"
-DEVICES = ("auto", "cpu", "cuda")
 # Per stage: added to the data epoch and to the dropout seed, so the stages see
 # different orders, and a pred stage sees the same orders with or without stage 1.
 STAGE_BASE = {"hsk": 0, "pred": 1_000_000}
@@ -66,6 +67,8 @@ class BatchSource(Protocol):
 
     def num_batches(self, batch_size: int, drop_last: bool = False) -> int: ...
 
+    def resolve(self, depth: int | None, tokens: int | None, width: float | None) -> tuple[int, int, int]: ...
+
     def batches(self, batch_size: int, shuffle: bool = True, seed: int = 0, epoch: int = 0,
                 depth: int | None = None, tokens: int | None = None, width: float | None = None,
                 start_batch: int = 0, rank: int = 0, world_size: int = 1) -> Iterator[dict[str, Tensor]]: ...
@@ -77,16 +80,10 @@ def parse_hsk(text: str) -> HSKRead | None:
         return None
     if text == "stored":
         return STORED
-    parts = text.split(",")
     try:
-        if len(parts) != 3:
-            raise ValueError
-        depth, tokens, width = int(parts[0]), int(parts[1]), float(parts[2])
-    except ValueError:
-        raise UserError(f"--hsk {text!r} is not N_D,N_L,N_W (e.g. 1,9,0.1), 'stored' or 'none'") from None
-    if depth < 1 or tokens < 1 or not 0 < width <= 1:
-        raise UserError(f"--hsk {text}: N_D and N_L must be at least 1 and N_W a fraction in (0, 1]")
-    return depth, tokens, width
+        return parse_triple(text, "--hsk")
+    except UserError as exc:
+        raise UserError(f"{exc} (or 'stored', or 'none' for prediction-only KD)") from None
 
 
 def format_hsk(hsk: HSKRead | None) -> str:
@@ -105,38 +102,41 @@ class Stage:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Every setting of one run; validated once here. Defaults are the paper's (SPEC Table 4)."""
+    """Every setting of one run: each field is a `students train` flag and a TOML key;
+    validated once here. Defaults are the paper's (SPEC Table 4)."""
 
-    student: str
-    out: str
-    hsk: HSKRead | None = STORED
-    width_loss: str = "zero-fill"
-    temperature: float = 1.0
-    hsk_epochs: int = 10
-    hsk_lr: float = 5e-5
-    hsk_batch_size: int = 32
-    pred_epochs: int = 5
-    pred_lr: float = 2e-5
-    pred_batch_size: int = 32
-    weight_decay: float = 0.01
-    max_grad_norm: float = 1.0
-    seed: int = 0
-    max_steps: int | None = None
-    log_every: int = 50
-    save_every: int | None = None
-    eval_data: str | None = None
-    eval_split: str = "validation"
-    text_cols: tuple[str, ...] | None = None
-    label_col: str | None = None
-    max_length: int | None = None
-    eval_batch_size: int = 128
-    device: str = "auto"
-    threads: int | None = None
-    resume: bool = False
-    progress: bool = True
+    student: str = field(metadata={"help": "student folder from `students build`"})
+    out: str = field(metadata={"help": "run folder: log.jsonl, checkpoint/, best/, student/, metrics.json"})
+    hsk: HSKRead | None = setting(STORED, "N_D,N_L,N_W (N_W a fraction), 'stored' or 'none'", parse=parse_hsk,
+                                   show_default="stored")
+    width_loss: str = setting("zero-fill", " | ".join(HSK_MODES) + "; zero-fill is the paper's")
+    temperature: float = setting(1.0, "soft CE temperature")
+    hsk_epochs: int = setting(10, "stage 1 epochs")
+    hsk_lr: float = setting(5e-5, "stage 1 learning rate")
+    hsk_batch_size: int = setting(32, "stage 1 batch size")
+    pred_epochs: int = setting(5, "stage 2 epochs")
+    pred_lr: float = setting(2e-5, "stage 2 learning rate")
+    pred_batch_size: int = setting(32, "stage 2 batch size")
+    weight_decay: float = setting(0.01, "AdamW weight decay")
+    max_grad_norm: float = setting(1.0, "gradient clipping")
+    seed: int = setting(0, "seeds dropout, the projection and the data order")
+    max_steps: int | None = setting(None, "stop each stage after N optimizer steps (smoke runs)")
+    log_every: int = setting(50, "log a step record every N steps")
+    save_every: int | None = setting(None, "also checkpoint every N steps (default: each epoch end and on Ctrl-C)")
+    eval_data: str | None = setting(None, "labeled dev data: glue/<task> or a .csv/.tsv/.json/.jsonl/.parquet file")
+    eval_split: str = setting("validation", "split of a glue/<task> --eval-data")
+    text_cols: tuple[str, ...] | None = setting(None, "text column(s), a or a,b (default: the store's)",
+                                                 parse=columns)
+    label_col: str | None = setting(None, "label column (default: the store's)")
+    max_length: int | None = setting(None, "eval max length (default: the store's)")
+    eval_batch_size: int = setting(128, "eval batch size")
+    device: str = setting("auto", " | ".join(DEVICES))
+    threads: int | None = setting(None, "torch CPU threads (default: all available cores)")
+    resume: bool = setting(False, "continue the run in --out from its checkpoint")
+    quiet: bool = setting(False, "no progress bars")
 
     # Settings a resumed run may change: they do not change what is trained.
-    RUNTIME = ("log_every", "save_every", "eval_batch_size", "device", "threads", "resume", "progress")
+    RUNTIME = ("log_every", "save_every", "eval_batch_size", "device", "threads", "resume", "quiet")
 
     def __post_init__(self) -> None:
         positive = {"hsk_epochs": self.hsk_epochs, "pred_epochs": self.pred_epochs,
@@ -213,16 +213,6 @@ class InterruptFlag:
 
 class HardInterrupt(KeyboardInterrupt):
     """A second Ctrl-C: the state may be mid-update, so nothing is saved."""
-
-
-def check_hsk(hsk: HSKRead, config: dict[str, Any], hidden: int) -> None:
-    """Refuse, before anything runs, a read above what the source holds."""
-    held = (int(config["depth"]), int(config["tokens"]), float(config["width"]))
-    depth, tokens, width = hsk
-    if ((depth is not None and depth > held[0]) or (tokens is not None and tokens > held[1])
-            or (width is not None and kept_width(width, hidden) > kept_width(held[2], hidden))):
-        raise UserError(f"--hsk {format_hsk(hsk)} is more than the store holds ({','.join(map(str, held))}); "
-                        "pass N_D,N_L,N_W at or below it, or extract a larger store")
 
 
 def set_cpu_threads(device: torch.device, threads: int | None) -> None:
@@ -305,7 +295,11 @@ class Trainer:
             raise UserError(f"student {student} has {self.model.config.num_labels} outputs but the teacher has "
                             f"{source.num_labels}; build the student from the teacher that wrote the store")
         if self.cfg.hsk is not None:
-            check_hsk(self.cfg.hsk, source.config, source.hidden)
+            try:
+                source.resolve(*self.cfg.hsk)
+            except UserError as exc:
+                raise UserError(f"--hsk {format_hsk(self.cfg.hsk)}: {exc}; pass an amount at or below the "
+                                "store's, or extract a larger store") from None
 
     def _load_eval_set(self) -> EvalSet | None:
         cfg, source = self.cfg, self.source
@@ -389,7 +383,7 @@ class Trainer:
                                                                                  self.cfg.max_steps)
         self._begin_stage(stage, total)
         bar = tqdm(total=total, initial=self.pos.step, desc=stage.name, unit="step", dynamic_ncols=True,
-                   disable=not (self.cfg.progress and self.ranks.is_main))
+                   disable=self.cfg.quiet or not self.ranks.is_main)
         with bar:
             done = False
             while not done:
@@ -484,7 +478,7 @@ class Trainer:
         pos = self.pos
         metrics = evaluate(self.model, self.eval_set, self.cfg.eval_batch_size, self.device)
         self._write_log({"stage": stage.name, "epoch": pos.epoch + 1, "step": pos.step, "eval": metrics})
-        if self.cfg.progress:
+        if not self.cfg.quiet:
             bar.write(f"{stage.name} epoch {pos.epoch + 1}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
         score = metrics[self.primary]
         if stage.name == "pred" and (pos.best is None or score > pos.best):

@@ -22,7 +22,7 @@ from tiny_task import Interrupting
 
 ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = dict(hsk=(2, 6, 0.25), hsk_epochs=1, pred_epochs=1, hsk_lr=3e-3, pred_lr=3e-3, hsk_batch_size=16,
-                pred_batch_size=16, log_every=1, threads=1, progress=False)
+                pred_batch_size=16, log_every=1, threads=1, quiet=True)
 FLAGS = ["--hsk", "2,6,0.25", "--hsk-epochs", "1", "--pred-epochs", "1", "--hsk-lr", "3e-3", "--pred-lr", "3e-3",
          "--hsk-batch-size", "16", "--pred-batch-size", "16", "--log-every", "1", "--threads", "1", "--quiet"]
 
@@ -68,7 +68,7 @@ def assert_same_run(run, reference) -> None:
 
 def test_two_ranks_train_the_one_process_run(task, student, one_process, tmp_path):
     run = tmp_path / "two"
-    done = torchrun(2, "students.cli", "train", "--cache", str(task.store), "--student", str(student),
+    done = torchrun(2, "students.cli", "train", "--store", str(task.store), "--student", str(student),
                     "--out", str(run), *FLAGS)
     assert done.returncode == 0, done.stderr[-3000:]
     assert_same_run(run, one_process.out)
@@ -82,7 +82,7 @@ def test_resume_on_more_ranks(task, student, one_process, tmp_path):
     cut = replace(one_process, out=str(tmp_path / "cut"))
     with pytest.raises(KeyboardInterrupt):
         train(cut, Interrupting(hskcache.open_store(task.store), 9))
-    done = torchrun(2, "students.cli", "train", "--cache", str(task.store), "--student", str(student),
+    done = torchrun(2, "students.cli", "train", "--store", str(task.store), "--student", str(student),
                     "--out", cut.out, "--resume", *FLAGS)
     assert done.returncode == 0, done.stderr[-3000:]
     assert_same_run(cut.out, one_process.out)
@@ -95,8 +95,8 @@ def task_rows(task) -> int:
 def test_rank_shares_partition_every_batch():
     """The ranks' shares of batch i are disjoint, cover batch i, and come from disjoint chunks."""
     args = (1000, 37, 4, 48, True, 3, 7)
-    whole = [b for _, batches in epoch_batches(*args) for b in batches]
-    shares = [[b for _, batches in epoch_batches(*args, rank=r, world_size=3) for b in batches] for r in range(3)]
+    whole = [b for batches in epoch_batches(*args) for b in batches]
+    shares = [[b for batches in epoch_batches(*args, rank=r, world_size=3) for b in batches] for r in range(3)]
     chunks = [set() for _ in range(3)]
     for i, batch in enumerate(whole):
         parts = [s[i] for s in shares]
@@ -104,7 +104,7 @@ def test_rank_shares_partition_every_batch():
         for r, part in enumerate(parts):
             chunks[r] |= set((part // 37).tolist())
     assert not (chunks[0] & chunks[1] or chunks[0] & chunks[2] or chunks[1] & chunks[2])
-    resumed = [b for _, batches in epoch_batches(*args, start_batch=5, rank=1, world_size=3) for b in batches]
+    resumed = [b for batches in epoch_batches(*args, start_batch=5, rank=1, world_size=3) for b in batches]
     assert [b.tolist() for b in resumed] == [b.tolist() for b in shares[1][5:]]
 
 

@@ -157,7 +157,7 @@ def test_importance_is_the_first_order_taylor_term(teacher4):
 def test_cli_builds_etd_impt_from_a_store_by_default(task, tmp_path):
     out = tmp_path / "s"
     assert cli.main(["build", "tinybert", "--teacher", str(task.teacher), "--layers", "1", "--hidden", "16",
-                     "--ffn", "32", "--cache", str(task.store), "--importance-examples", "40", "--out", str(out)]) == 0
+                     "--ffn", "32", "--store", str(task.store), "--importance-examples", "40", "--out", str(out)]) == 0
     info = json.loads((out / "student.json").read_text())
     assert info["init"] == "etd-impt" and info["spec"]["heads"] == 4  # the teacher's heads
     teacher_layers = _teacher(task.teacher).config.num_hidden_layers

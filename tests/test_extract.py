@@ -25,7 +25,7 @@ def read_csv(path):
 
 
 def run_extract(teacher_dir, data, out, *extra):
-    args = ["extract", "--teacher", str(teacher_dir), "--data", str(data), "--out", str(out),
+    args = ["extract", "--teacher", str(teacher_dir), "--data", str(data), "--store", str(out),
             "--max-length", str(MAX_LEN), "--batch-size", "8", "--quiet", *map(str, extra)]
     assert main(args) == 0
 
@@ -74,7 +74,7 @@ def test_token_strategies_match_reference(tmp_path, teacher_dir, single_csv, pai
 @pytest.mark.parametrize("width_strategy,width", [("mag", 0.1), ("mag", 1.0), ("rand", 0.25), ("uniform", 0.3)])
 def test_width_strategies_match_reference(tmp_path, teacher_dir, pair_csv, width_strategy, width):
     run_extract(teacher_dir, pair_csv, tmp_path / "s", "--teacher-layers", "0,2", "--tokens", 6,
-                "--width", width, "--width-strategy", width_strategy, "--seed", 3)
+                "--width", width, "--width-strategy", width_strategy, "--width-seed", 3)
     got, store = check_against_reference(teacher_dir, pair_csv, tmp_path / "s", [0, 2], 2, 6, "att-nosep-top",
                                          width, width_strategy, seed=3)
     kept = got["hsk_mask"][got["positions"] >= 0].sum(-1)
@@ -141,7 +141,7 @@ def test_resume_after_crash_equals_uninterrupted(tmp_path, teacher_dir, pair_csv
         real_commit(self, n)
 
     monkeypatch.setattr(store_mod.StoreWriter, "_commit", dying_commit)
-    assert main(["extract", "--teacher", str(teacher_dir), "--data", str(pair_csv), "--out", str(tmp_path / "cut"),
+    assert main(["extract", "--teacher", str(teacher_dir), "--data", str(pair_csv), "--store", str(tmp_path / "cut"),
                  "--max-length", str(MAX_LEN), "--quiet", *map(str, common)]) == 130
     partial = zarr.open_group(str(tmp_path / "cut"), mode="r").attrs
     assert 0 < partial["rows_committed"] < partial["num_examples"] and not partial["complete"]
@@ -160,7 +160,7 @@ def test_resume_after_crash_equals_uninterrupted(tmp_path, teacher_dir, pair_csv
 def test_rerun_with_other_settings_refuses_unless_overwrite(tmp_path, teacher_dir, single_csv, capsys):
     run_extract(teacher_dir, single_csv, tmp_path / "s", "--student-layers", 2, "--tokens", 4)
     before = all_arrays(tmp_path / "s")
-    args = ["extract", "--teacher", str(teacher_dir), "--data", str(single_csv), "--out", str(tmp_path / "s"),
+    args = ["extract", "--teacher", str(teacher_dir), "--data", str(single_csv), "--store", str(tmp_path / "s"),
             "--max-length", str(MAX_LEN), "--quiet", "--student-layers", "2", "--tokens", "5"]
     assert main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -175,7 +175,7 @@ def test_toml_config_with_flag_override(tmp_path, teacher_dir, single_csv):
     cfg = tmp_path / "extract.toml"
     cfg.write_text(f'teacher = "{teacher_dir}"\ndata = "{single_csv}"\nstudent-layers = 2\ntokens = 7\n'
                    f'width = 0.5\nmax_length = {MAX_LEN}\n')
-    assert main(["extract", "--config", str(cfg), "--out", str(tmp_path / "s"), "--tokens", "3", "--quiet"]) == 0
+    assert main(["extract", "--config", str(cfg), "--store", str(tmp_path / "s"), "--tokens", "3", "--quiet"]) == 0
     store = hskcache.open_store(tmp_path / "s")
     assert store.tokens == 3 and store.width == 0.5 and store.config["max_length"] == MAX_LEN
 

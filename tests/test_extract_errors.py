@@ -16,7 +16,7 @@ MAX_LEN = 24
 @pytest.fixture
 def existing_store(tmp_path, teacher_dir, single_csv):
     out = tmp_path / "store"
-    assert main(["extract", "--teacher", str(teacher_dir), "--data", str(single_csv), "--out", str(out),
+    assert main(["extract", "--teacher", str(teacher_dir), "--data", str(single_csv), "--store", str(out),
                  "--student-layers", "2", "--tokens", "4", "--max-length", str(MAX_LEN), "--quiet"]) == 0
     return out
 
@@ -28,7 +28,7 @@ def snapshot(path):
 def run_bad(capsys, store, *args) -> str:
     before = snapshot(store)
     capsys.readouterr()
-    code = main(["extract", "--out", str(store), "--max-length", str(MAX_LEN), "--quiet", *map(str, args)])
+    code = main(["extract", "--store", str(store), "--max-length", str(MAX_LEN), "--quiet", *map(str, args)])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2
     assert len(err) == 1 and err[0].startswith("hskcache: error: "), err
@@ -106,7 +106,7 @@ def test_output_path_is_a_file(capsys, existing_store, teacher_dir, single_csv, 
     target = tmp_path / "afile"
     target.write_text("keep me")
     capsys.readouterr()
-    code = main(["extract", *map(str, base(teacher_dir, single_csv)), "--out", str(target), "--student-layers", "2", "--quiet"])
+    code = main(["extract", *map(str, base(teacher_dir, single_csv)), "--store", str(target), "--student-layers", "2", "--quiet"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "is a file" in err[0]
     assert target.read_text() == "keep me"
@@ -116,7 +116,7 @@ def test_out_is_a_foreign_directory(capsys, teacher_dir, single_csv, tmp_path):
     foreign = tmp_path / "mine"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("keep")
-    code = main(["extract", *map(str, base(teacher_dir, single_csv)), "--out", str(foreign), "--student-layers", "2", "--quiet"])
+    code = main(["extract", *map(str, base(teacher_dir, single_csv)), "--store", str(foreign), "--student-layers", "2", "--quiet"])
     assert code == 2 and "not an hskcache store" in capsys.readouterr().err
     assert (foreign / "notes.txt").read_text() == "keep"
 
@@ -125,7 +125,7 @@ def test_cli_process_prints_no_traceback(tmp_path, single_csv):
     import subprocess
     import sys
     proc = subprocess.run([sys.executable, "-m", "hskcache.cli", "extract", "--teacher", str(tmp_path / "x"),
-                           "--data", str(single_csv), "--out", str(tmp_path / "o"), "--student-layers", "2"],
+                           "--data", str(single_csv), "--store", str(tmp_path / "o"), "--student-layers", "2"],
                           capture_output=True, text=True)
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "Traceback" not in proc.stderr

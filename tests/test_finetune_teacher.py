@@ -100,3 +100,11 @@ def test_selection_never_looks_at_dev(tmp_path, tiny_bert):
     assert meta["best_epoch"] == 1 + held.index(max(held))
     with pytest.raises(SystemExit):
         finetune_teacher.main([*common, "--out", str(tmp_path / "bad"), "--select-on", "eval"])
+
+
+def test_text_cols_is_a_comma_list_like_the_other_commands():
+    from hskcache.options import columns
+
+    base = ["--model", "M", "--train", "T", "--dev", "D", "--out", "O"]
+    assert columns(finetune_teacher.parse_args([*base, "--text-cols", "a,b"]).text_cols) == ("a", "b")
+    assert columns(finetune_teacher.parse_args([*base, "--text-cols", "a", "b"]).text_cols) == ("a", "b")  # older form

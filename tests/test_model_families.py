@@ -46,6 +46,6 @@ def test_family_selection_matches_reference(tmp_path, pair_csv, family):
     # a TinyBERT-style student of the same vocabulary distils from that store
     assert students_cli.main(["build", "tinybert", "--init", "random", "--teacher", str(folder), "--layers", "2", "--hidden", "16",
                               "--ffn", "32", "--heads", "2", "--out", str(tmp_path / "student")]) == 0
-    assert students_cli.main(["train", "--cache", str(tmp_path / "s"), "--student", str(tmp_path / "student"),
+    assert students_cli.main(["train", "--store", str(tmp_path / "s"), "--student", str(tmp_path / "student"),
                               "--out", str(tmp_path / "run"), "--max-steps", "2", "--threads", "1", "--quiet"]) == 0
     assert (tmp_path / "run" / "student" / "config.json").is_file()

@@ -37,7 +37,7 @@ def minilm_classifier(tmp_path_factory) -> Path:
 
 def test_packaged_encoder_is_refused_as_teacher(tmp_path, real_reviews, capsys):
     encoder = minilm_encoder()
-    code = main(["extract", "--teacher", str(encoder), "--data", str(real_reviews), "--out", str(tmp_path / "s"),
+    code = main(["extract", "--teacher", str(encoder), "--data", str(real_reviews), "--store", str(tmp_path / "s"),
                  "--student-layers", "3", "--quiet"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and "not a fine-tuned sequence classifier" in err and "finetune_teacher" in err
@@ -46,7 +46,7 @@ def test_packaged_encoder_is_refused_as_teacher(tmp_path, real_reviews, capsys):
 
 def test_real_teacher_selection_matches_reference(tmp_path, minilm_classifier, real_reviews):
     out = tmp_path / "s"
-    assert main(["extract", "--teacher", str(minilm_classifier), "--data", str(real_reviews), "--out", str(out),
+    assert main(["extract", "--teacher", str(minilm_classifier), "--data", str(real_reviews), "--store", str(out),
                  "--student-layers", "3", "--tokens", "10", "--width", "0.1", "--max-length", "24",
                  "--batch-size", "4", "--quiet"]) == 0
     got, store = check_against_reference(minilm_classifier, real_reviews, out, [0, 2, 4, 6], 4, 10,

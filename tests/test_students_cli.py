@@ -36,14 +36,14 @@ def test_extract_build_train_eval_without_the_teacher(task, tmp_path, capsys):
     store = extract(teacher, task.train, tmp_path / "store")
     assert cli.main(["build", "tinybert", "--init", "random", "--teacher", str(teacher), "--layers", "2", "--hidden", "16", "--ffn", "32",
                      "--heads", "2", "--out", str(tmp_path / "tiny")]) == 0
-    assert cli.main(["build", "rosita", "--teacher", str(teacher), "--cache", str(store), "--layers", "2",
+    assert cli.main(["build", "rosita", "--teacher", str(teacher), "--store", str(store), "--layers", "2",
                      "--heads", "2", "--ffn", "32", "--emb-rank", "8", "--importance-examples", "64",
                      "--threads", "1", "--out", str(tmp_path / "rosita")]) == 0
     shutil.rmtree(teacher)  # from here on nothing may need it
 
     for kind, hsk in (("tiny", "stored"), ("rosita", "2,4,0.25")):
         run = tmp_path / f"run-{kind}"
-        assert cli.main(["train", "--cache", str(store), "--student", str(tmp_path / kind), "--out", str(run),
+        assert cli.main(["train", "--store", str(store), "--student", str(tmp_path / kind), "--out", str(run),
                          "--hsk", hsk, "--eval-data", str(task.dev), *TRAIN]) == 0
         metrics = json.loads((run / "metrics.json").read_text())
         assert metrics["eval"]["accuracy"] >= 0.85  # chance is 0.5
@@ -65,9 +65,9 @@ def test_extract_build_train_eval_without_the_teacher(task, tmp_path, capsys):
 
 def test_ctrl_c_then_resume(task, student, tmp_path, monkeypatch, capsys):
     store = hskcache.open_store(task.store)
-    args = ["train", "--cache", str(task.store), "--student", str(student), "--out", str(tmp_path / "run"),
+    args = ["train", "--store", str(task.store), "--student", str(student), "--out", str(tmp_path / "run"),
             "--max-steps", "6", "--hsk-epochs", "1", "--pred-epochs", "1", "--threads", "1", "--quiet"]
-    monkeypatch.setattr(cli, "open_source", lambda args: Interrupting(store, 3))
+    monkeypatch.setattr(cli, "open_source", lambda settings, cfg: Interrupting(store, 3))
     assert cli.main(args) == 130
     assert capsys.readouterr().err.strip().splitlines() == ["students: interrupted; rerun with --resume"]
     monkeypatch.undo()
@@ -105,8 +105,8 @@ def deeper_student(task, tmp_path):
 
 @pytest.mark.parametrize(("case", "message"), [
     ("incomplete store", "is incomplete"),
-    ("hsk above stored", "more than the store holds"),
-    ("bad hsk", "is not N_D,N_L,N_W"),
+    ("hsk above stored", "--hsk 3,9,0.5: tokens 9 is not available"),
+    ("bad hsk", "is malformed: write N^D,N^L,N^W"),
     ("foreign vocabulary", "vocabulary differs from the store's tokenizer"),
     ("student depth", "has 3 layers but the store was extracted for 2"),
     ("missing eval file", "does not exist"),
@@ -130,7 +130,7 @@ def test_bad_input_is_one_line(task, student, tmp_path, capsys, case, message):
     elif case == "eval without labels":
         (tmp_path / "unlabeled.csv").write_text("sentence\nthe movie\n")
         extra = ["--eval-data", str(tmp_path / "unlabeled.csv")]
-    source = [] if case == "no source" else ["--cache", str(store)]
+    source = [] if case == "no source" else ["--store", str(store)]
     capsys.readouterr()
     assert cli.main(["train", *source, "--student", str(folder), "--out", str(tmp_path / "run"), *extra,
                      "--threads", "1", "--quiet"]) == 2
@@ -146,7 +146,7 @@ def test_build_presets(task, tmp_path, capsys):
     assert (config["num_hidden_layers"], config["hidden_size"], config["num_attention_heads"],
             config["intermediate_size"]) == (3, 192, 4, 768)
     capsys.readouterr()
-    assert cli.main(["build", "rosita", "--teacher", str(task.teacher), "--cache", str(task.store),
+    assert cli.main(["build", "rosita", "--teacher", str(task.teacher), "--store", str(task.store),
                      "--preset", "tinybert-4", "--out", str(tmp_path / "r")]) == 2
     assert "is a tinybert preset" in capsys.readouterr().err
 
@@ -157,7 +157,7 @@ def test_online_baseline_trains_on_the_same_numbers(task, student, tmp_path, mon
     store = hskcache.open_store(task.store)
     flags = dict(zip((f[2:].replace("-", "_") for f in STORE_FLAGS[::2]), STORE_FLAGS[1::2]))
     online = OnlineSource(build_config(
-        {**flags, "teacher": str(task.teacher), "data": str(task.train), "out": "-", "batch_size": 32}))
+        {**flags, "teacher": str(task.teacher), "data": str(task.train), "store": "-", "batch_size": 32}))
     assert online.attrs["identity"] == store.attrs["identity"] and online.chunk_rows == store.chunk_rows
     read = dict(shuffle=True, seed=3, epoch=2, depth=2, tokens=5, width=0.25, start_batch=3)
     for live, stored in zip(online.batches(16, **read), store.batches(16, **read), strict=True):
@@ -167,7 +167,7 @@ def test_online_baseline_trains_on_the_same_numbers(task, student, tmp_path, mon
         torch.testing.assert_close(live["logits"], stored["logits"], atol=1e-5, rtol=1e-5)
 
     common = ["--student", str(student), "--hsk", "2,6,0.25", "--max-steps", "4", "--log-every", "1", *TRAIN]
-    assert cli.main(["train", "--cache", str(task.store), "--out", str(tmp_path / "offline"), *common]) == 0
+    assert cli.main(["train", "--store", str(task.store), "--out", str(tmp_path / "offline"), *common]) == 0
     assert cli.main(["train", "--teacher", str(task.teacher), "--data", str(task.train), *map(str, STORE_FLAGS),
                      "--out", str(tmp_path / "online"), *common]) == 0
     offline, live = ([json.loads(line) for line in (tmp_path / run / "log.jsonl").read_text().splitlines()]

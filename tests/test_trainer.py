@@ -14,7 +14,7 @@ from students.models import build_tinybert, load_student
 from students.trainer import STAGE_BASE, TrainConfig, train
 from tiny_task import Interrupting
 
-FAST = dict(threads=1, progress=False, hsk_lr=3e-3, pred_lr=3e-3, hsk_batch_size=16, pred_batch_size=16)
+FAST = dict(threads=1, quiet=True, hsk_lr=3e-3, pred_lr=3e-3, hsk_batch_size=16, pred_batch_size=16)
 
 
 @pytest.fixture(scope="module")

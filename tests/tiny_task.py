@@ -76,7 +76,7 @@ def finetune(folder: Path, rows: list[dict], steps: int = 50) -> None:
 
 
 def extract(teacher: Path, data: Path, out: Path, *extra) -> Path:
-    args = ["extract", "--teacher", str(teacher), "--data", str(data), "--out", str(out), "--batch-size", "32",
+    args = ["extract", "--teacher", str(teacher), "--data", str(data), "--store", str(out), "--batch-size", "32",
             "--quiet", *map(str, STORE_FLAGS), *map(str, extra)]
     with mock.patch.object(layout, "CHUNK_TARGET_BYTES", CHUNK_BYTES):
         assert hskcache_main(args) == 0

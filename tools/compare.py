@@ -12,7 +12,7 @@ import time
 import torch
 
 from hskcache.cli import quiet_libraries
-from hskcache.teacher import pick_device
+from hskcache.device import pick_device
 from students.evaluate import evaluate, open_for_eval, predict
 from students.models import count_parameters
 

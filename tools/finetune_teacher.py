@@ -36,6 +36,7 @@ from transformers import (
 from hskcache.data import TextData, fingerprint, load_texts, tokenize_batch
 from hskcache.errors import UserError
 from students.selection import holdout_split, parse_select_on
+from hskcache.options import columns
 
 META_FILE = "hskcache_teacher.json"
 _MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -65,7 +66,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--train-split", default="train", help="split of a GLUE --train")
     p.add_argument("--dev-split", default="validation", help="split of a GLUE --dev")
-    p.add_argument("--text-cols", nargs="+", default=None, help="one column, or two for pairs")
+    p.add_argument("--text-cols", nargs="+", default=None,
+                   help="text column(s), a or a,b (the older space-separated form a b works too)")
     p.add_argument("--label-col", default=None)
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--lr", type=float, default=5e-5)
@@ -108,9 +110,10 @@ def train_teacher(args: argparse.Namespace) -> dict:
     if not (Path(args.model) / "config.json").is_file():
         raise UserError(f"--model {args.model} has no config.json; pass a local HF model folder")
 
-    train = _labeled(load_texts(args.train, args.train_split, args.text_cols, args.label_col), "--train")
+    text_cols = columns(args.text_cols)
+    train = _labeled(load_texts(args.train, args.train_split, text_cols, args.label_col), "--train")
     dev = _labeled(
-        load_texts(args.dev, args.dev_split, args.text_cols, args.label_col, train.label_names),
+        load_texts(args.dev, args.dev_split, text_cols, args.label_col, train.label_names),
         "--dev",
     )
     num_labels = _check_compatible(train, dev)

@@ -40,16 +40,16 @@ if [ ! -f "$RUN/teacher/config.json" ]; then
 fi
 
 step "3/6 extract the HSK store once (teacher side)"
-$BIN/hskcache extract --teacher "$RUN/teacher" --data "$DATA/train.csv" --out "$RUN/store" \
+$BIN/hskcache extract --teacher "$RUN/teacher" --data "$DATA/train.csv" --store "$RUN/store" \
     --student-layers 3 --depth 4 --tokens 16 --width 0.2 --max-length 64 --batch-size 64
 
 step "4/6 storage budget: the store on disk, and what smaller configurations would cost"
-$BIN/hskcache budget "$RUN/store" --configs 1,9,0.1 2,8,0.2 4,16,0.2 full
+$BIN/hskcache budget --store "$RUN/store" --configs 1,9,0.1 2,8,0.2 4,16,0.2 full
 
 step "5/6 distil a TinyBERT-style student from the store, teacher not loaded"
 rm -rf "$RUN/tinybert-init" "$RUN/tinybert"
 $BIN/students build tinybert --init random --teacher "$RUN/teacher" --preset tinybert-3s --out "$RUN/tinybert-init"
-$BIN/students train --cache "$RUN/store" --student "$RUN/tinybert-init" --hsk 1,9,0.1 \
+$BIN/students train --store "$RUN/store" --student "$RUN/tinybert-init" --hsk 1,9,0.1 \
     --hsk-epochs "$HSK_EPOCHS" --pred-epochs "$PRED_EPOCHS" --hsk-lr 5e-4 --pred-lr 5e-4 \
     --eval-data "$DATA/dev.csv" --out "$RUN/tinybert"
 

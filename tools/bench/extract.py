@@ -36,7 +36,7 @@ def bare_forward(cfg: ExtractConfig) -> float:
 
 
 def timed_extract(cfg: ExtractConfig) -> float:
-    shutil.rmtree(cfg.out, ignore_errors=True)
+    shutil.rmtree(cfg.store, ignore_errors=True)
     start = time.perf_counter()
     extract(cfg, progress=False)
     return time.perf_counter() - start

@@ -67,7 +67,7 @@ def main() -> None:
     for rows in args.rows:
         store = tiled_store(work / "small", work / f"store-{rows}", rows)
         size = sum(on_disk_bytes(store).values()) / 2**20
-        rss, seconds = peak_rss([str(STUDENTS), "train", "--cache", str(store), "--student", str(work / "student"),
+        rss, seconds = peak_rss([str(STUDENTS), "train", "--store", str(store), "--student", str(work / "student"),
                                  "--out", str(work / f"run-{rows}"), "--hsk-epochs", "1", "--pred-epochs", "1",
                                  "--hsk-batch-size", str(args.batch_size), "--pred-batch-size", str(args.batch_size),
                                  "--threads", str(args.threads), "--quiet"])

@@ -74,10 +74,10 @@ def main() -> None:
                           batch_size=64, **hsk), progress=False)
     subprocess.run([str(STUDENTS), "build", "tinybert", "--init", "random", "--teacher", str(teacher), "--preset", "tinybert-3s",
                     "--out", str(work / "tinybert-3s")], check=True, capture_output=True)
-    subprocess.run([str(STUDENTS), "build", "rosita", "--teacher", str(teacher), "--cache", str(work / "store"),
+    subprocess.run([str(STUDENTS), "build", "rosita", "--teacher", str(teacher), "--store", str(work / "store"),
                     "--preset", "rosita-3s", "--importance-examples", "256", "--out", str(work / "rosita-3s")],
                    check=True, capture_output=True)
-    offline = ["--cache", str(work / "store")]
+    offline = ["--store", str(work / "store")]
     online = ["--teacher", str(teacher), "--data", str(data), "--student-layers", "3", "--depth", "1", "--tokens", "9",
               "--width", "0.1", "--max-length", str(args.max_length)]
     forward = teacher_forward_seconds(teacher, data, args)

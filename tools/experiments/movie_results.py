@@ -88,8 +88,8 @@ def main() -> None:
     stores = {"full": out / "store-full", "compressed": out / "store-compressed"}
     common = ["--teacher", args.teacher, "--data", data / "train.csv", "--student-layers", STUDENT_LAYERS,
               "--max-length", ml, "--batch-size", 64, "--quiet"]
-    run(hsk, "extract", *common, "--out", stores["full"], "--token-strategy", "left", "--tokens", ml, "--width", 1.0)
-    run(hsk, "extract", *common, "--out", stores["compressed"], "--tokens", 16, "--width", 1.0)
+    run(hsk, "extract", *common, "--store", stores["full"], "--token-strategy", "left", "--tokens", ml, "--width", 1.0)
+    run(hsk, "extract", *common, "--store", stores["compressed"], "--tokens", 16, "--width", 1.0)
 
     results: dict = {"teacher": {}, "runs": {}, "settings": vars(args) | {"teacher": str(args.teacher),
                                                                            "data": str(data), "out": str(out)}}
@@ -101,7 +101,7 @@ def main() -> None:
             init = out / "students" / (student if student.startswith("rosita") else f"{student}-seed{seed}")
             if not (init / "config.json").exists():
                 if student.startswith("rosita"):
-                    run(BIN / "students", "build", "rosita", "--teacher", args.teacher, "--cache", stores["compressed"],
+                    run(BIN / "students", "build", "rosita", "--teacher", args.teacher, "--store", stores["compressed"],
                         "--preset", student, "--out", init)
                 else:
                     run(BIN / "students", "build", "tinybert", "--init", "random", "--teacher", args.teacher, "--preset", student,
@@ -112,7 +112,7 @@ def main() -> None:
                 if not (run_dir / "metrics.json").exists():
                     start = time.time()
                     run_dir.parent.mkdir(parents=True, exist_ok=True)
-                    run(BIN / "students", "train", "--cache", stores[store], "--student", init, "--hsk", hsk_flag,
+                    run(BIN / "students", "train", "--store", stores[store], "--student", init, "--hsk", hsk_flag,
                         "--hsk-epochs", args.hsk_epochs, "--pred-epochs", args.pred_epochs,
                         "--hsk-lr", args.hsk_lr, "--pred-lr", args.pred_lr, "--seed", seed,
                         "--eval-data", data / "dev.csv", "--out", run_dir, "--threads", args.threads, "--quiet",
