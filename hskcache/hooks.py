@@ -32,6 +32,7 @@ FAMILIES: dict[str, Family] = {
     "bert": _BERT_LIKE,
     "roberta": _BERT_LIKE,
     "electra": _BERT_LIKE,
+    "rosita": _BERT_LIKE,  # students.rosita: BERT layout, heads × head_dim may differ from the width
     "mpnet": Family("encoder.layer", "attention.attn", ("q", "k", "v")),
 }
 PROJECTIONS = ("query", "key", "value")
