@@ -132,3 +132,26 @@ def test_sep_share_matches_loop(teacher_dir):
         expected_cls = sum(float(att[b, h, 0, 0]) for b in range(4) for h in range(att.shape[1])) / att.shape[1]
         assert to_sep[l].item() == pytest.approx(expected_sep, rel=1e-5)
         assert to_cls[l].item() == pytest.approx(expected_cls, rel=1e-5)
+
+
+def test_attention_stats_tool(teacher_dir, pair_csv, tmp_path):
+    """tools/attention_stats.py: [SEP] in the `att` top tokens, counted by a loop over a plain forward."""
+    import csv
+    import json
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "tools"))
+    import attention_stats
+
+    stats = attention_stats.attention_stats(str(teacher_dir), str(pair_csv), 10, 3, MAX_LEN, 4, progress=False)
+    with open(pair_csv) as f:
+        rows = list(csv.DictReader(f))[:10]
+    enc, out, tok = teacher_outputs(teacher_dir, [r["sentence1"] for r in rows], [r["sentence2"] for r in rows], MAX_LEN)
+    for l in (1, 2):
+        hits = sum(any(enc["input_ids"][b, p] == tok.sep_token_id for p in ranked_rows(enc, out, tok.sep_token_id, b, l, 3, "att"))
+                   for b in range(10))
+        assert stats["sep_in_top_tokens"][l - 1] == pytest.approx(hits / 10)
+    attention_stats.plot(stats, tmp_path / "fig.png")
+    assert (tmp_path / "fig.png").stat().st_size > 0
+    json.dumps(stats)
