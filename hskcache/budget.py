@@ -8,8 +8,11 @@ what this project writes:
   behind Table 3 of the paper. It stores only existing tokens, so examples
   shorter than N^L cost less when real lengths are known.
 - ``hskcache``: the store's own arrays, from ``layout.StoreShape`` (the
-  writer's arithmetic): fp16 values, an exact width code, int16 positions,
+  writer's arithmetic): fp16 (or int8) values, a width code, int16 positions,
   inputs and logits, with N^L slots per layer whatever the example's length.
+  Its uncompressed bytes are exact; its bytes on disk are estimated from
+  compression ratios measured on real stores (`DISK_RATIOS`), or measured
+  (a store's own row).
 
 Pure computation and formatting; the command line lives in ``budget_cli``.
 """
@@ -24,9 +27,25 @@ from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
+from . import widthcode
 from .errors import UserError
 from .hskread import parse_triple
 from .layout import StoreShape, kept_width
+
+# Raw / on-disk bytes of each array with the store's codec (zstd level 1), measured by
+# `python tools/bench/compression.py STORE` (zstd-1 column) on stores of the
+# packaged MiniLM (d_T = 384) over 3000 movie reviews, max length 64
+# (docs/benchmarks.md, "Compression"): fp16 values, bitmasks, positions and the
+# inputs at (1,9,0.1), the configuration with the fewest empty (zero) slots, so
+# the most conservative for values (1.29 at (4,16,0.2)); bitmasks compress less
+# as N^W grows (1.59 at N^W = 0.2). int8 values, their scales and rank codes at
+# (4,16,0.2) (`--values int8 --width-code rank`). Not listed (indices): 1.0.
+DISK_RATIOS: dict[str, float] = {
+    "values/fp16": 1.16, "values/int8": 1.25, "value_scale": 1.25,
+    "width_code/bitmask": 2.05, "width_code/rank": 1.16, "positions": 2.45,
+    "input_ids": 2.93, "token_type_ids": 7384.62, "length": 2.14, "labels": 29.06, "example_id": 6.72, "logits": 1.08,
+}
+DISK_SOURCE = "zstd ratios measured on movie-review stores (budget.DISK_RATIOS)"
 
 # The paper's Table 5 (appendix C), exactly as printed, by A^HSK group. Its
 # 5±5% column also holds a lone "/" cell, which names no configuration.
@@ -102,6 +121,9 @@ class Setting:
     width_strategy: str = "mag"
     # Examples per eligible token count 0..seq_len; None: every example fills seq_len.
     length_counts: tuple[int, ...] | None = None
+    width_code: str = widthcode.DEFAULT
+    values: str = "fp16"
+    compress: str = "zstd"
 
     @property
     def full_amount(self) -> int:
@@ -119,15 +141,19 @@ class Setting:
         return StoreShape(
             seq_len=self.seq_len, vocab_size=self.vocab_size, num_logits=self.num_logits,
             regression=self.regression, depth=config.n_d, tokens=config.n_l, hidden=self.hidden,
-            width=config.n_w, width_strategy=self.width_strategy,
+            width=config.n_w, width_strategy=self.width_strategy, width_code=self.width_code,
+            values=self.values, compress=self.compress,
         )
 
 
 @dataclass(frozen=True)
 class Row:
-    """One configuration's costs. ``hskcache_mask_bytes`` is everything that says where the
-    kept values sit (positions, width code, static dimensions); ``hskcache_other_bytes`` is
-    inputs, labels and logits. ``ratio`` = paper total / hskcache (values + mask)."""
+    """One configuration's costs. ``hskcache_*`` are exact uncompressed bytes;
+    ``hskcache_mask_bytes`` is everything that says where the kept values sit (positions,
+    width code, static dimensions); ``hskcache_other_bytes`` is inputs, labels and logits.
+    ``ratio`` = paper total / hskcache (values + mask), uncompressed. ``disk_*`` are bytes on
+    disk, estimated from `DISK_RATIOS` or, with ``disk_measured``, measured on the store;
+    ``disk_ratio`` = paper total / on-disk (values + mask)."""
 
     config: str
     n_d: int
@@ -145,6 +171,11 @@ class Row:
     hskcache_other_bytes: int
     hskcache_total_bytes: int
     ratio: float
+    disk_values_bytes: int
+    disk_mask_bytes: int
+    disk_total_bytes: int
+    disk_ratio: float
+    disk_measured: bool = False
     disk_bytes: dict[str, int] | None = None  # store mode, the store's own row: bytes per array on disk
 
 
@@ -221,13 +252,32 @@ def paper_bytes(config: Config, setting: Setting) -> tuple[int, int]:
     return vectors * k * 4, vectors * setting.hidden if k < setting.hidden else 0
 
 
-def report(config: Config, setting: Setting) -> Row:
+def estimated_disk(shape: StoreShape, raw: dict[str, int]) -> dict[str, int]:
+    """Bytes on disk per array: raw / the measured ratio of its codec and content."""
+    codecs = {a.name: a.codec for a in shape.arrays()}
+    keys = {"values": f"values/{shape.values}", "width_code": f"width_code/{shape.width_encoding}"}
+    return {name: nbytes if codecs.get(name, "none") == "none" else round(nbytes / DISK_RATIOS.get(keys.get(name, name), 1.0))
+            for name, nbytes in raw.items()}
+
+
+def grouped(shape: StoreShape, by_array: dict[str, int]) -> tuple[int, int, int]:
+    """(values, mask + positions, total) of per-array bytes."""
+    groups = shape.groups()
+    values = sum(n for a, n in by_array.items() if groups.get(a) == "values")
+    mask = sum(n for a, n in by_array.items() if groups.get(a) in ("mask", "positions"))
+    return values, mask, sum(by_array.values())
+
+
+def report(config: Config, setting: Setting, measured: dict[str, int] | None = None) -> Row:
+    """One configuration; `measured`: the store's own bytes on disk per array."""
     shape = setting.store_shape(config)
     groups = shape.bytes_by_group(setting.examples)
     paper_values, paper_mask = paper_bytes(config, setting)
     values = groups["values"]
     mask = groups["mask"] + groups["positions"]
     encoding = shape.width_encoding or ("static" if shape.static_bytes() else "none")
+    disk = measured if measured is not None else estimated_disk(shape, shape.bytes_by_array(setting.examples))
+    disk_values, disk_mask, disk_total = grouped(shape, disk)
     return Row(
         config=config.name, n_d=config.n_d, n_l=config.n_l, n_w=config.n_w, kept_width=shape.kept,
         a_hsk=config.a_hsk, fraction=config.a_hsk / setting.full_amount,
@@ -237,6 +287,9 @@ def report(config: Config, setting: Setting) -> Row:
         hskcache_other_bytes=groups["inputs"] + groups["logits"],
         hskcache_total_bytes=sum(groups.values()),
         ratio=(paper_values + paper_mask) / (values + mask),
+        disk_values_bytes=disk_values, disk_mask_bytes=disk_mask, disk_total_bytes=disk_total,
+        disk_ratio=(paper_values + paper_mask) / max(1, disk_values + disk_mask),
+        disk_measured=measured is not None, disk_bytes=measured,
     )
 
 
@@ -261,27 +314,30 @@ def describe_setting(setting: Setting) -> str:
     return (
         f"{setting.examples} examples × {setting.seq_len} tokens{lengths}; L'={setting.student_layers}, "
         f"d_T={setting.hidden}, vocab {setting.vocab_size}, {setting.num_logits} logits, "
-        f"width strategy {setting.width_strategy}; full amount (L'+1)×|x| = {setting.full_amount} units"
+        f"width strategy {setting.width_strategy}, {setting.values} values, compression {setting.compress}; "
+        f"full amount (L'+1)×|x| = {setting.full_amount} units"
     )
 
 
 NOTES = (
     "paper: fp32 kept values + 1 byte per activation of the full width as mask (Table 3 layout); "
     "only existing tokens are stored when real lengths are known.",
-    "hskcache: fp16 values + exact width code + int16 positions (mask/pos), fixed N^L slots per layer "
-    "(short examples pay full slots); total adds inputs, labels and logits.",
-    "ratio = paper (values+mask) / hskcache (values+mask/pos).",
+    "hskcache: fp16/int8 values + width code + int16 positions (mask/pos), exact uncompressed bytes, fixed N^L "
+    "slots per layer (short examples pay full slots); total adds inputs, labels and logits.",
+    "ratio = paper (values+mask) / hskcache (values+mask/pos), uncompressed; disk ratio: the same on disk, "
+    f"* measured on the store, else estimated from {DISK_SOURCE}.",
 )
 
 
 def format_table(rows: Sequence[Row], setting: Setting) -> str:
     header = ("config", "N^D", "N^L", "N^W", "A^HSK", "fraction", "paper values", "paper mask",
-              "paper total", "code", "hsk values", "hsk mask/pos", "hsk total", "ratio")
+              "paper total", "code", "hsk values", "hsk mask/pos", "hsk total", "ratio", "on disk", "disk ratio")
     body = [
         (r.config, str(r.n_d), str(r.n_l), str(r.n_w), f"{r.a_hsk:g}", f"{r.fraction:.2%}",
          human(r.paper_values_bytes), human(r.paper_mask_bytes), human(r.paper_total_bytes),
          r.width_encoding, human(r.hskcache_values_bytes), human(r.hskcache_mask_bytes),
-         human(r.hskcache_total_bytes), f"{r.ratio:.2f}×")
+         human(r.hskcache_total_bytes), f"{r.ratio:.2f}×",
+         human(r.disk_total_bytes) + ("*" if r.disk_measured else ""), f"{r.disk_ratio:.2f}×")
         for r in rows
     ]
     widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
@@ -333,7 +389,9 @@ def plot(rows: Sequence[Row], setting: Setting, path: str) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     ax.scatter(a, [r.paper_total_bytes for r in rows], marker="o", label="paper: fp32 values + byte mask")
     ax.scatter(a, [r.hskcache_values_bytes + r.hskcache_mask_bytes for r in rows], marker="s",
-               label="hskcache: fp16 values + width code + positions")
+               label="hskcache: values + width code + positions, uncompressed")
+    ax.scatter(a, [r.disk_values_bytes + r.disk_mask_bytes for r in rows], marker="^",
+               label="hskcache: the same on disk (zstd)")
     ax.scatter(a, [r.hskcache_total_bytes for r in rows], marker="x", color="grey",
                label="hskcache store total (+ inputs, logits)")
     if len(rows) <= 12:

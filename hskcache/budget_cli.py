@@ -7,20 +7,20 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
-from . import budget
+from . import budget, widthcode
 from .errors import UserError
 from .options import add_store_argument, columns, store_argument
-from .layout import WIDTH_STRATEGIES
+from .layout import COMPRESSIONS, VALUE_FORMATS, WIDTH_STRATEGIES
 
 TOKENIZE_BATCH = 4096
 # Flags that describe a planned extraction; a store already records all of them.
 PLAN_FLAGS = ("examples", "seq_len", "student_layers", "teacher_width", "vocab_size", "num_labels",
-              "teacher", "data", "split", "text_cols", "token_strategy", "width_strategy")
+              "teacher", "data", "split", "text_cols", "token_strategy", "width_strategy", "width_code", "values",
+              "compress")
 DATA_FLAGS = ("split", "text_cols", "token_strategy")
 
 
@@ -45,6 +45,9 @@ def add_budget_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--text-cols", help="text column(s) with --data, a or a,b")
     p.add_argument("--token-strategy", help="with --data: att-nosep* never keep [SEP], so fewer tokens are eligible (default left)")
     p.add_argument("--width-strategy", choices=WIDTH_STRATEGIES, help="width strategy of the store (default mag)")
+    p.add_argument("--width-code", choices=list(widthcode.WIDTH_CODES), help="width code of the store (default bitmask)")
+    p.add_argument("--values", choices=VALUE_FORMATS, help="value format of the store (default fp16)")
+    p.add_argument("--compress", choices=COMPRESSIONS, help="compression of the store (default zstd)")
     out = p.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help="print a JSON list, one object per configuration")
     out.add_argument("--csv", action="store_true", help="print CSV, one line per configuration")
@@ -74,9 +77,7 @@ def run_budget(args: argparse.Namespace) -> int:
     else:
         setting = plan_setting(args, given)
         configs = budget.parse_configs(args.configs or ["full"], setting.student_layers, setting.seq_len)
-    rows = [budget.report(c, setting) for c in configs]
-    if args.store:
-        rows[0] = replace(rows[0], disk_bytes=disk)
+    rows = [budget.report(c, setting, disk if args.store and i == 0 else None) for i, c in enumerate(configs)]
     if args.plot:
         budget.plot(rows, setting, args.plot)
         print(f"wrote {args.plot}", file=sys.stderr)
@@ -87,7 +88,7 @@ def run_budget(args: argparse.Namespace) -> int:
     else:
         if args.store:
             planned = setting.store_shape(own).bytes_by_array(setting.examples)
-            print(f"store {args.store}: bytes on disk per array (planned = the writer's arithmetic)")
+            print(f"store {args.store}: bytes on disk per array (planned = the writer's arithmetic, uncompressed)")
             print(budget.format_disk(disk, planned))
             print(f"\nfirst row: the store itself ({own.name}); the others as if each had been extracted alone")
         print(budget.format_table(rows, setting))
@@ -142,6 +143,7 @@ def plan_setting(args: argparse.Namespace, given: list[str]) -> budget.Setting:
         examples=examples, seq_len=args.seq_len, student_layers=args.student_layers, hidden=hidden,
         vocab_size=vocab, num_logits=num_labels, regression=regression,
         width_strategy=args.width_strategy or "mag", length_counts=counts,
+        width_code=args.width_code or widthcode.DEFAULT, values=args.values or "fp16", compress=args.compress or "zstd",
     )
 
 
@@ -193,9 +195,13 @@ def store_setting(path: str) -> tuple[budget.Setting, budget.Config, dict[str, i
 
     from .store import describe, on_disk_bytes
 
+    from .store import SCHEMA_VERSION, schema_error
+
     info = describe(path)  # raises UserError for anything but an hskcache store
     group = zarr.open_group(str(path), mode="r")
     attrs = dict(group.attrs)
+    if attrs.get("schema_version") != SCHEMA_VERSION:
+        raise schema_error(path, attrs.get("schema_version"))
     try:
         cfg = attrs["config"]
         examples = int(attrs["rows_committed"])
@@ -207,6 +213,7 @@ def store_setting(path: str) -> tuple[budget.Setting, budget.Config, dict[str, i
             num_logits=int(attrs["num_labels"]), regression=bool(attrs["regression"]),
             width_strategy=cfg["width_strategy"],
             length_counts=tuple(np.bincount(lengths, minlength=seq_len + 1).tolist()),
+            width_code=cfg["width_code"], values=cfg["values"], compress=cfg["compress"],
         )
         own = budget.Config.of(int(cfg["depth"]), int(cfg["tokens"]), float(cfg["width"]))
     except (KeyError, TypeError, ValueError) as exc:

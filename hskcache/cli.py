@@ -81,6 +81,7 @@ def run_inspect(args: argparse.Namespace) -> int:
     print(f"store       {info['path']}")
     print(f"complete    {info['complete']} ({info['rows_committed']}/{info['num_examples']} rows committed)")
     print(f"teacher     {info['teacher']}  layers {info['teacher_layers']}")
+    print(f"schema      {info['schema_version']}")
     print(f"width code  {info['width_encoding'] or 'none'}")
     print("config      " + ", ".join(f"{k}={v}" for k, v in (info["config"] or {}).items()))
     print("bytes per array:")

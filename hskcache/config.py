@@ -5,9 +5,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import widthcode
 from .errors import UserError
 from .options import columns, integers, make, merged, setting
-from .layout import WIDTH_STRATEGIES
+from .layout import COMPRESSIONS, VALUE_FORMATS, WIDTH_STRATEGIES
 from .selection import TOKEN_STRATEGIES, layer_map
 from .device import DEVICES
 
@@ -33,6 +34,9 @@ class ExtractConfig:
     width: float = setting(1.0, "N^W: fraction of activations kept, (0, 1]")
     width_strategy: str = setting("mag", " | ".join(WIDTH_STRATEGIES))
     width_seed: int = setting(0, "seed of the rand width mask", aliases=("--seed",))
+    width_code: str = setting(widthcode.DEFAULT, "how mag's kept dimensions are stored: " + " | ".join(widthcode.WIDTH_CODES))
+    values: str = setting("fp16", "fp16 | int8 (lossy: int8 with a per-vector absmax scale)")
+    compress: str = setting("zstd", "zstd | none, for every array")
     max_length: int = setting(128, "tokenizer max length, at most the teacher's positions")
     batch_size: int = setting(64, "teacher batch size")
     limit: int | None = setting(None, "only the first N examples")
@@ -51,6 +55,12 @@ class ExtractConfig:
             raise UserError(f"--token-strategy {self.token_strategy!r} is unknown; use one of {', '.join(TOKEN_STRATEGIES)}")
         if self.width_strategy not in WIDTH_STRATEGIES:
             raise UserError(f"--width-strategy {self.width_strategy!r} is unknown; use one of {', '.join(WIDTH_STRATEGIES)}")
+        if self.width_code not in widthcode.WIDTH_CODES:
+            raise UserError(f"--width-code {self.width_code!r} is unknown; use one of {', '.join(widthcode.WIDTH_CODES)}")
+        if self.values not in VALUE_FORMATS:
+            raise UserError(f"--values {self.values!r} is unknown; use one of {', '.join(VALUE_FORMATS)}")
+        if self.compress not in COMPRESSIONS:
+            raise UserError(f"--compress {self.compress!r} is unknown; use one of {', '.join(COMPRESSIONS)}")
         if self.device not in DEVICES:
             raise UserError(f"--device {self.device!r} is unknown; use one of {', '.join(DEVICES)}")
         if self.max_length < 2:

@@ -7,6 +7,8 @@ store is identical.
 from __future__ import annotations
 
 import platform
+import queue
+import threading
 from dataclasses import replace
 from importlib import metadata
 from pathlib import Path
@@ -21,6 +23,7 @@ from .config import ExtractConfig
 from .data import TextData, fingerprint, load_texts, tokenize_batch
 from .errors import UserError
 from .layout import StoreShape
+from .packed import encode_hsk
 from .selection import SelectionPlan, select_hsk
 from .store import StoreWriter
 from .teacher import Teacher, load_teacher, named_labels, tokenizer_hash
@@ -84,11 +87,15 @@ def store_attrs(cfg: ExtractConfig, data: TextData, teacher: Teacher, plan: Sele
 
 def batch_rows(teacher: Teacher, plan: SelectionPlan, shape: StoreShape, tokens: dict[str, np.ndarray],
                labels: np.ndarray, example_ids: np.ndarray) -> dict[str, np.ndarray]:
-    """One batch of store rows, in the store's dtypes."""
+    """One batch of store rows, in the store's dtypes.
+
+    Selection, the value format and bit packing run on the teacher's device;
+    only the kept bytes are copied to the host."""
     batch = {k: torch.from_numpy(v) for k, v in tokens.items()}
     out = teacher.forward(batch)
     dev = teacher.device
     sel = select_hsk(plan, out.hidden_states, out.attentions, batch["attention_mask"].to(dev), batch["sep_mask"].to(dev))
+    stored = encode_hsk(sel, shape.hidden, shape.values, shape.width_encoding is not None)
     specs = {a.name: a.dtype for a in shape.arrays()}
     rows = {
         "input_ids": tokens["input_ids"].astype(specs["input_ids"]),
@@ -97,14 +104,49 @@ def batch_rows(teacher: Teacher, plan: SelectionPlan, shape: StoreShape, tokens:
         "labels": labels.astype(specs["labels"]),
         "example_id": example_ids.astype(np.int64),
         "logits": out.logits.float().cpu().numpy(),
-        "positions": sel["positions"].cpu().numpy().astype(np.int16),
-        "values": sel["values"].to(torch.float16).cpu().numpy(),
-    }
-    if shape.width_encoding is not None:
-        dims = sel["dims"].cpu().numpy()
-        codes = widthcode.encode(dims.reshape(-1, dims.shape[-1]), shape.hidden, shape.width_encoding)
-        rows["width_code"] = codes.reshape(*dims.shape[:-1], -1)
+    } | {name: value.cpu().numpy() for name, value in stored.items()}
+    if shape.width_encoding is not None and shape.width_encoding != "bitmask":
+        bits = rows["width_code"]
+        codes = widthcode.from_bitmask(bits.reshape(-1, bits.shape[-1]), shape.hidden, shape.kept, shape.width_encoding)
+        rows["width_code"] = codes.reshape(*bits.shape[:-1], -1)
     return rows
+
+
+class BackgroundWriter:
+    """Compresses and writes rows in a thread while the teacher runs the next batch.
+
+    At most `pending` batches wait, so memory stays bounded; the first write
+    error is raised in the caller. Commits stay the writer's, so a killed
+    run keeps every committed row as before."""
+
+    def __init__(self, writer: StoreWriter, pending: int = 2):
+        self.writer = writer
+        self._queue: queue.Queue = queue.Queue(maxsize=pending)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (rows := self._queue.get()) is not None:
+            if self._error is None:
+                try:
+                    self.writer.append(rows)
+                except BaseException as exc:  # surfaced by append/close in the caller
+                    self._error = exc
+
+    def _check(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def append(self, rows: dict[str, np.ndarray]) -> None:
+        self._check()
+        self._queue.put(rows)
+
+    def close(self) -> None:
+        """Wait for every queued write; raise the first error."""
+        self._queue.put(None)
+        self._thread.join()
+        self._check()
 
 
 def prepare(cfg: ExtractConfig) -> tuple[TextData, Teacher, SelectionPlan, StoreShape, tuple[int, ...]]:
@@ -124,7 +166,8 @@ def prepare(cfg: ExtractConfig) -> tuple[TextData, Teacher, SelectionPlan, Store
     plan = SelectionPlan.build(teacher_layers, teacher.num_layers, depth, cfg.tokens, cfg.token_strategy,
                                cfg.width, cfg.width_strategy, teacher.hidden, cfg.width_seed)
     shape = StoreShape(cfg.max_length, len(teacher.tokenizer), teacher.num_labels, teacher.regression,
-                       depth, cfg.tokens, teacher.hidden, cfg.width, cfg.width_strategy)
+                       depth, cfg.tokens, teacher.hidden, cfg.width, cfg.width_strategy, cfg.width_code,
+                       cfg.values, cfg.compress)
     return data, teacher, plan, shape, teacher_layers
 
 
@@ -139,14 +182,18 @@ def extract(cfg: ExtractConfig, progress: bool = True) -> Path:
     labels = data.labels if data.labels is not None else np.full(n, np.nan if teacher.regression else -1)
     bs = cfg.batch_size
     bar = tqdm(total=n, initial=begin, unit="ex", desc="extract", disable=not progress, dynamic_ncols=True)
-    for start in range(begin // bs * bs, n, bs):
-        end = min(start + bs, n)
-        tokens = tokenize_batch(teacher.tokenizer, data.texts_a[start:end],
-                                data.texts_b[start:end] if data.texts_b else None, cfg.max_length)
-        rows = batch_rows(teacher, plan, shape, tokens, labels[start:end], np.arange(start, end))
-        skip = max(0, begin - start)
-        writer.append({k: v[skip:] for k, v in rows.items()})
-        bar.update(end - start - skip)
+    background = BackgroundWriter(writer)
+    try:
+        for start in range(begin // bs * bs, n, bs):
+            end = min(start + bs, n)
+            tokens = tokenize_batch(teacher.tokenizer, data.texts_a[start:end],
+                                    data.texts_b[start:end] if data.texts_b else None, cfg.max_length)
+            rows = batch_rows(teacher, plan, shape, tokens, labels[start:end], np.arange(start, end))
+            skip = max(0, begin - start)
+            background.append({k: v[skip:] for k, v in rows.items()})
+            bar.update(end - start - skip)
+    finally:
+        background.close()  # on an interrupt too: what was queued is written, commits stay whole
     bar.close()
     writer.finish()
     return Path(cfg.store)

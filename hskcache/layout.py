@@ -1,13 +1,12 @@
 """The store's arrays and their bytes, computed once for the writer and the budget.
 
-Every array is uncompressed and chunked along examples only, with one row
-count per chunk shared by all arrays, so the bytes on disk are exactly
-chunks × chunk bytes and `hskcache budget --plan` predicts them before
-anything is extracted. `tools/bench/compression.py` measures what that
-leaves on the table (docs/benchmarks.md): zstd saves 20-30% of the fp16
-values (mostly the zero slots of examples shorter than N^L) and about 20% of
-the width codes, decoding at about 500 MB/s; the inputs compress 3x but
-are small next to the HSK.
+Every array is chunked along examples only, with one row count per chunk
+shared by all arrays, so the *uncompressed* bytes are exactly chunks × chunk
+bytes and `hskcache budget --plan` predicts them before anything is
+extracted. Each array names its codec (a key of `store.CODECS`); by default
+every array is zstd-compressed (`--compress none` turns that off, and then
+the bytes on disk are the plan). Adding an array kind is one `ArraySpec` in
+`StoreShape.arrays`.
 """
 from __future__ import annotations
 
@@ -18,8 +17,14 @@ import numpy as np
 
 from . import widthcode
 
-CHUNK_TARGET_BYTES = 2 * 1024 * 1024
+# Raw bytes of one chunk of the largest array. Large chunks amortise the
+# per-chunk cost of reading (about 0.5 ms per array and chunk in zarr) at
+# BERT-base sizes; a reader holds a window of a few chunks.
+CHUNK_TARGET_BYTES = 8 * 1024 * 1024
 WIDTH_STRATEGIES = ("mag", "rand", "uniform")
+VALUE_FORMATS = ("fp16", "int8")  # int8: per-vector absmax scale, stored as fp16
+COMPRESSIONS = ("zstd", "none")
+INT8_MAX = 127
 
 
 def round_half_up(x: float) -> int:
@@ -38,6 +43,8 @@ class ArraySpec:
     row_shape: tuple[int, ...]
     dtype: np.dtype
     group: str  # "inputs", "logits", "positions", "values", "mask"
+    codec: str = "zstd"  # key of store.CODECS
+    fill: int = 0
 
     @property
     def row_bytes(self) -> int:
@@ -46,7 +53,7 @@ class ArraySpec:
 
 @dataclass(frozen=True)
 class StoreShape:
-    """Everything that fixes the store's array shapes."""
+    """Everything that fixes the store's array shapes and codecs."""
 
     seq_len: int
     vocab_size: int
@@ -57,6 +64,17 @@ class StoreShape:
     hidden: int
     width: float
     width_strategy: str
+    width_code: str = widthcode.DEFAULT
+    values: str = "fp16"
+    compress: str = "zstd"
+
+    @classmethod
+    def of_store(cls, attrs: dict) -> "StoreShape":
+        """The shape a store's attributes record."""
+        cfg = attrs["config"]
+        return cls(int(cfg["max_length"]), int(attrs["tokenizer"]["vocab_size"]), int(attrs["num_labels"]),
+                   bool(attrs["regression"]), int(cfg["depth"]), int(cfg["tokens"]), int(attrs["hidden_size"]),
+                   float(cfg["width"]), cfg["width_strategy"], cfg["width_code"], cfg["values"], cfg["compress"])
 
     @property
     def kept(self) -> int:
@@ -67,11 +85,12 @@ class StoreShape:
         """How per-vector kept dimensions are coded (None: nothing per vector)."""
         if self.width_strategy != "mag" or self.kept == self.hidden:
             return None
-        return widthcode.choose_encoding(self.hidden, self.kept)
+        return self.width_code
 
     def arrays(self) -> list[ArraySpec]:
         """Per-row arrays (first axis: examples) in writing order."""
         ids = np.uint16 if self.vocab_size <= 65536 else np.int32
+        vectors = (self.depth, self.tokens)
         specs = [
             ArraySpec("input_ids", (self.seq_len,), np.dtype(ids), "inputs"),
             ArraySpec("length", (), np.dtype(np.int16), "inputs"),
@@ -79,12 +98,16 @@ class StoreShape:
             ArraySpec("labels", (), np.dtype(np.float32 if self.regression else np.int64), "inputs"),
             ArraySpec("example_id", (), np.dtype(np.int64), "inputs"),
             ArraySpec("logits", (self.num_logits,), np.dtype(np.float32), "logits"),
-            ArraySpec("positions", (self.depth, self.tokens), np.dtype(np.int16), "positions"),
-            ArraySpec("values", (self.depth, self.tokens, self.kept), np.dtype(np.float16), "values"),
+            ArraySpec("positions", vectors, np.dtype(np.int16), "positions", fill=-1),
+            ArraySpec("values", (*vectors, self.kept), np.dtype(np.float16 if self.values == "fp16" else np.int8), "values"),
         ]
+        if self.values == "int8":
+            specs.append(ArraySpec("value_scale", vectors, np.dtype(np.float16), "values"))
         if self.width_encoding is not None:
             nbytes = widthcode.code_bytes(self.width_encoding, self.hidden, self.kept)
-            specs.append(ArraySpec("width_code", (self.depth, self.tokens, nbytes), np.dtype(np.uint8), "mask"))
+            specs.append(ArraySpec("width_code", (*vectors, nbytes), np.dtype(np.uint8), "mask"))
+        if self.compress == "none":
+            specs = [ArraySpec(s.name, s.row_shape, s.dtype, s.group, "none", s.fill) for s in specs]
         return specs
 
     def static_bytes(self) -> int:
@@ -98,7 +121,7 @@ class StoreShape:
         return rows if num_examples is None else max(1, min(rows, num_examples))
 
     def bytes_by_array(self, num_examples: int) -> dict[str, int]:
-        """Exact bytes of chunk data on disk (edge chunks are written whole)."""
+        """Exact uncompressed bytes of chunk data (edge chunks are written whole)."""
         rows = self.rows_per_chunk(num_examples)
         padded = math.ceil(num_examples / rows) * rows
         out = {a.name: padded * a.row_bytes for a in self.arrays()}
@@ -106,8 +129,12 @@ class StoreShape:
             out["static_dims"] = self.static_bytes()
         return out
 
+    def groups(self) -> dict[str, str]:
+        """Array name -> budget group."""
+        return {a.name: a.group for a in self.arrays()} | {"static_dims": "mask"}
+
     def bytes_by_group(self, num_examples: int) -> dict[str, int]:
-        groups = {a.name: a.group for a in self.arrays()} | {"static_dims": "mask"}
+        groups = self.groups()
         out = {"inputs": 0, "logits": 0, "positions": 0, "values": 0, "mask": 0}
         for name, nbytes in self.bytes_by_array(num_examples).items():
             out[groups[name]] += nbytes

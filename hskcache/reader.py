@@ -4,11 +4,16 @@ One extraction serves every (N^D, N^L, N^W) at or below it: depth keeps the
 top stored pairs, tokens a prefix of the importance-ordered positions, and
 width re-ranks the kept activations by magnitude (or takes a prefix of the
 static rand order).
+
+The CPU side only decompresses chunks and gathers rows, on a thread pool
+(zstd and numpy release the GIL); batches leave it packed (`packed.PackedBatch`)
+and `packed.expand` builds the dense tensors on the trainer's device.
 """
 from __future__ import annotations
 
-import queue
-import threading
+import os
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -18,7 +23,8 @@ import torch
 from . import widthcode
 from .errors import UserError
 from .layout import kept_width
-from .selection import densify, static_dims, top_magnitude
+from .packed import PackedBatch, expand
+from .selection import static_dims
 from .store import StoreData
 
 INPUT_ARRAYS = ["input_ids", "length", "token_type_ids", "labels", "example_id", "logits"]
@@ -92,8 +98,8 @@ def default_window_chunks(batch_size: int, chunk_rows: int) -> int:
 
 
 class RowDecoder:
-    """Rows in the store's dtypes (numpy) → the batch dictionary (torch), at any
-    (depth, tokens, width) at or below what the rows hold.
+    """Rows in the store's dtypes (numpy) → a `PackedBatch` (or the dense batch
+    dictionary), at any (depth, tokens, width) at or below what the rows hold.
 
     Shared by `HSKStore` and the online baseline, which builds the very rows the
     writer would write and decodes them here, so both feed the trainer the same values.
@@ -108,8 +114,14 @@ class RowDecoder:
         self.width_strategy: str = attrs["config"]["width_strategy"]
         self.seed: int = attrs["config"]["width_seed"]
         self.width_encoding: str | None = attrs["width_encoding"]
+        self.int8: bool = attrs["config"]["values"] == "int8"
         self.static = static
         self.where = where
+
+    def arrays(self) -> list[str]:
+        """The stored arrays a batch is made of."""
+        return (INPUT_ARRAYS + ["positions", "values"] + (["value_scale"] if self.int8 else [])
+                + (["width_code"] if self.width_encoding else []))
 
     def resolve(self, depth: int | None, tokens: int | None, width: float | None) -> tuple[int, int, int]:
         """(depth, tokens, kept) of a read; None means as stored. The one check of
@@ -140,35 +152,40 @@ class RowDecoder:
                             f"dimensions; extract at that width")
         return columns
 
-    def to_torch(self, raw: dict[str, np.ndarray], depth: int, tokens: int, kept: int) -> dict[str, torch.Tensor]:
-        seq = raw["input_ids"].shape[1]
-        out = {
-            "input_ids": torch.from_numpy(raw["input_ids"].astype(np.int64)),
-            "attention_mask": torch.from_numpy((np.arange(seq) < raw["length"][:, None]).astype(np.int64)),
-            "token_type_ids": torch.from_numpy(raw["token_type_ids"].astype(np.int64)),
-            "labels": torch.from_numpy(raw["labels"]),
-            "example_id": torch.from_numpy(raw["example_id"]),
-            "logits": torch.from_numpy(raw["logits"]),
-        }
+    def slicer(self, depth: int, tokens: int, kept: int):
+        """(per-array slice of a row block, PackedBatch template) of a read: the
+        slices run where rows are gathered, so a smaller read copies fewer bytes."""
         first = self.depth - depth
-        positions = torch.from_numpy(raw["positions"][:, first:, :tokens].astype(np.int64))
-        values = torch.from_numpy(raw["values"][:, first:, :tokens].astype(np.float32))
-        if self.width_encoding is not None:
-            codes = raw["width_code"][:, first:, :tokens]
-            flat = widthcode.decode(codes.reshape(-1, codes.shape[-1]), self.hidden, self.kept, self.width_encoding)
-            dims = torch.from_numpy(flat).reshape(values.shape)
-        else:
+        cut = (slice(None), slice(first, None), slice(None, tokens))
+        sliced = {"positions", "values", "value_scale", "width_code"}
+        cuts = {name: cut if name in sliced else (slice(None),) for name in self.arrays()}
+        columns = dims = None
+        if self.width_strategy != "mag":
             base = np.sort(self.static) if self.static is not None else np.arange(self.hidden)
-            dims = torch.from_numpy(base.astype(np.int64))
-        if kept < self.kept:
-            if self.width_strategy == "mag":
-                values, dims = top_magnitude(values, dims.expand_as(values), kept)
-            else:
-                columns = torch.from_numpy(self._width_dims(kept))
-                values, dims = values[..., columns], dims[columns]
-        out["positions"] = positions
-        out["hsk"], out["hsk_mask"] = densify(values, dims, positions, self.hidden)
-        return out
+            cols = self._width_dims(kept)
+            columns, dims = torch.from_numpy(cols.astype(np.int64)), torch.from_numpy(base[cols].astype(np.int64))
+        return cuts, PackedBatch({}, self.hidden, kept, columns, dims)
+
+    def pack(self, raw: dict[str, np.ndarray], depth: int, tokens: int, kept: int) -> PackedBatch:
+        cuts, template = self.slicer(depth, tokens, kept)
+        return self.pack_sliced({n: raw[n][cuts[n]] for n in self.arrays()}, template)
+
+    def pack_sliced(self, rows: dict[str, np.ndarray], template: PackedBatch) -> PackedBatch:
+        """Gathered rows (already sliced) → tensors; rank and index codes become bitmasks."""
+        if self.width_encoding not in (None, "bitmask"):
+            codes = rows["width_code"]
+            bits = widthcode.to_bitmask(codes.reshape(-1, codes.shape[-1]), self.hidden, self.kept, self.width_encoding)
+            rows = rows | {"width_code": bits.reshape(*codes.shape[:-1], -1)}
+        tensors = {n: torch.from_numpy(np.ascontiguousarray(v)) for n, v in rows.items()}
+        return PackedBatch(tensors, template.hidden, template.kept, template.columns, template.dims)
+
+    def to_torch(self, raw: dict[str, np.ndarray], depth: int, tokens: int, kept: int) -> dict[str, torch.Tensor]:
+        """The dense batch dictionary, on the CPU."""
+        return expand(self.pack(raw, depth, tokens, kept))
+
+
+def default_threads() -> int:
+    return len(os.sched_getaffinity(0))
 
 
 class HSKStore:
@@ -210,12 +227,14 @@ class HSKStore:
     def chunk_rows(self) -> int:
         return self._data.chunk_rows
 
-    def _read_chunk(self, chunk: int, names: list[str]) -> dict[str, np.ndarray]:
+    def _read_chunk(self, chunk: int, cuts: dict[str, tuple]) -> dict[str, np.ndarray]:
         lo = chunk * self.chunk_rows
-        return self._data.read(names, slice(lo, min(lo + self.chunk_rows, self.num_examples)))
+        return self._read_chunk_rows(slice(lo, min(lo + self.chunk_rows, self.num_examples)), cuts)
 
-    def _arrays(self) -> list[str]:
-        return INPUT_ARRAYS + ["positions", "values"] + (["width_code"] if self.width_encoding else [])
+    def _read_chunk_rows(self, rows: slice, cuts: dict[str, tuple]) -> dict[str, np.ndarray]:
+        """Whole-chunk rows of every array, cut to the read (a copy only where a cut drops something)."""
+        raw = self._data.read(list(cuts), rows)
+        return {n: np.ascontiguousarray(v[cuts[n]]) if cuts[n] != (slice(None),) else v for n, v in raw.items()}
 
     def resolve(self, depth: int | None = None, tokens: int | None = None,
                 width: float | None = None) -> tuple[int, int, int]:
@@ -223,12 +242,12 @@ class HSKStore:
         return self._decoder.resolve(depth, tokens, width)
 
     def get(self, indices, depth: int | None = None, tokens: int | None = None, width: float | None = None) -> dict[str, torch.Tensor]:
-        """Rows `indices` at (depth, tokens, width) at or below what was stored."""
+        """Rows `indices` at (depth, tokens, width) at or below what was stored (the dense batch)."""
         depth, tokens, kept = self._decoder.resolve(depth, tokens, width)
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
         if len(idx) and (idx.min() < 0 or idx.max() >= self.num_examples):
             raise UserError(f"row index out of range: the store has {self.num_examples} rows")
-        raw = self._data.read(self._arrays(), idx)
+        raw = self._data.read(self._decoder.arrays(), idx)
         return self._decoder.to_torch(raw, depth, tokens, kept)
 
     def num_batches(self, batch_size: int, drop_last: bool = False) -> int:
@@ -237,56 +256,121 @@ class HSKStore:
     def batches(self, batch_size: int, shuffle: bool = True, seed: int = 0, epoch: int = 0,
                 depth: int | None = None, tokens: int | None = None, width: float | None = None,
                 start_batch: int = 0, drop_last: bool = False, window_chunks: int | None = None,
-                prefetch: int = 4, rank: int = 0, world_size: int = 1) -> Iterator[dict[str, torch.Tensor]]:
+                prefetch: int = 4, rank: int = 0, world_size: int = 1, packed: bool = False,
+                threads: int | None = None, pin_memory: bool = False,
+                shard: tuple[int, int] = (0, 1)) -> Iterator[dict[str, torch.Tensor] | PackedBatch]:
         """Stream batches: whole chunks in seeded random order, rows shuffled across
-        a window of chunks, read and decoded by a background thread.
+        a window of chunks. Chunks are decompressed and batches gathered on a pool
+        of `threads` (default: every core this process may use), `prefetch` batches
+        and one window of chunks ahead of the consumer; the order is the same for
+        any thread count. `packed`: yield `PackedBatch`es for `packed.expand` on the
+        trainer's device, else dense batches. `shard=(i, n)`: only batches i, i+n, ...
+        (a DataLoader worker's share, see `dataset`).
 
         `rank` of `world_size` (data-parallel training) yields its share of every
         batch and reads only its own chunks (`epoch_batches`)."""
         depth, tokens, kept = self._decoder.resolve(depth, tokens, width)
         if window_chunks is None:
             window_chunks = default_window_chunks(batch_size, self.chunk_rows)
-        names = self._arrays()
+        cuts, template = self._decoder.slicer(depth, tokens, kept)
         plan = epoch_batches(self.num_examples, self.chunk_rows, window_chunks, batch_size, shuffle, seed, epoch,
                              start_batch, drop_last, rank, world_size)
-        out: queue.Queue = queue.Queue(maxsize=prefetch)
-        stop = threading.Event()
+        pool = ThreadPoolExecutor(max(1, threads or default_threads()), thread_name_prefix="hskcache-reader")
+        pin = pin_memory and torch.cuda.is_available()
 
-        def produce() -> None:
-            try:
-                held: dict[int, dict[str, np.ndarray]] = {}
-                for batches in plan:
-                    if not batches:
-                        continue
-                    needed = sorted(set((np.concatenate(batches) // self.chunk_rows).tolist()))
-                    held = {c: held[c] if c in held else self._read_chunk(c, names) for c in needed}
-                    parts = [held[c] for c in needed] or [self._data.read(names, slice(0, 0))]
-                    block = {n: np.concatenate([part[n] for part in parts]) for n in names}
-                    offset = dict(zip(needed, np.cumsum([0] + [len(held[c]["length"]) for c in needed])))
-                    for rows in batches:
-                        if stop.is_set():
-                            return
-                        local = np.array([offset[r // self.chunk_rows] + r % self.chunk_rows for r in rows.tolist()],
-                                         dtype=np.int64)
-                        out.put(self._decoder.to_torch({n: block[n][local] for n in names}, depth, tokens, kept))
-                out.put(None)
-            except BaseException as exc:  # surface reader errors in the consumer
-                out.put(exc)
+        def concat(reads: list[Future]) -> dict[str, np.ndarray]:
+            parts = [f.result() for f in reads]
+            return {n: np.concatenate([p[n] for p in parts]) if len(parts) > 1 else parts[0][n] for n in cuts}
 
-        thread = threading.Thread(target=produce, daemon=True)
-        thread.start()
+        def make(pieces: list[tuple[Future, np.ndarray | None, np.ndarray]], n_rows: int):
+            if not pieces:  # a data-parallel rank's empty share of a batch
+                rows = self._read_chunk_rows(slice(0, 0), cuts)
+            elif len(pieces) == 1:
+                block = pieces[0][0].result()
+                rows = {n: block[n][pieces[0][2]] for n in cuts}
+            else:  # a batch cut across two windows
+                rows = {}
+                for future, where, local in pieces:
+                    block = future.result()
+                    for n in cuts:
+                        if n not in rows:
+                            rows[n] = np.empty((n_rows, *block[n].shape[1:]), dtype=block[n].dtype)
+                        rows[n][where] = block[n][local]
+            batch = self._decoder.pack_sliced(rows, template)
+            batch = batch.pin_memory() if pin else batch
+            return batch if packed else expand(batch)
+
+        num_chunks = -(-self.num_examples // self.chunk_rows)
+        window_of = np.full(num_chunks, -1, dtype=np.int64)  # chunk -> window of this epoch
+        offset_of = np.zeros(num_chunks, dtype=np.int64)  # chunk -> first row in its window's block
+        blocks: dict[int, Future] = {}  # window -> its decoded block (the last two: a batch spans at most two)
+        pending: deque[Future] = deque()
+        windows = iter(plan)
+        index = 0  # of the batches this iterator yields, for sharding
+
+        def submit_window() -> bool:
+            nonlocal index
+            item = next(windows, None)
+            if item is None:
+                return False
+            batches = item
+            rows_of_window = np.concatenate(batches) if batches else np.empty(0, dtype=np.int64)
+            # Chunks not read yet (a batch cut across two windows reuses the previous window's).
+            chunks = [c for c in np.unique(rows_of_window // self.chunk_rows).tolist() if window_of[c] < 0]
+            if chunks:
+                w = max(blocks, default=-1) + 1
+                blocks[w] = pool.submit(concat, [pool.submit(self._read_chunk, c, cuts) for c in chunks])
+                blocks.pop(w - 2, None)
+                sizes = [min(self.chunk_rows, self.num_examples - c * self.chunk_rows) for c in chunks]
+                window_of[chunks] = w
+                offset_of[chunks] = np.cumsum([0] + sizes[:-1])
+            for rows in batches:
+                mine = index % shard[1] == shard[0]
+                index += 1
+                if not mine:
+                    continue
+                chunk = rows // self.chunk_rows
+                window, local = window_of[chunk], offset_of[chunk] + rows % self.chunk_rows
+                pieces = [(blocks[int(w)], np.nonzero(window == w)[0], local[window == w]) for w in np.unique(window)]
+                if len(pieces) == 1:
+                    pieces = [(pieces[0][0], None, local)]
+                pending.append(pool.submit(make, pieces, len(rows)))
+            return True
+
         try:
-            while (item := out.get()) is not None:
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
+            more = True
+            while True:
+                while more and len(pending) < prefetch:
+                    more = submit_window()
+                if not pending:
+                    return
+                yield pending.popleft().result()
         finally:
-            stop.set()
-            while thread.is_alive():
-                try:
-                    out.get_nowait()
-                except queue.Empty:
-                    thread.join(timeout=0.05)
+            for future in pending:
+                future.cancel()
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    def dataset(self, batch_size: int, **kwargs) -> "StoreBatches":
+        """The same batches as a `torch.utils.data.IterableDataset`: use it with
+        `DataLoader(ds, batch_size=None, num_workers=n)`; worker i yields batches
+        i, i+n, ..., so the loader's order equals `batches(...)`'s. Each worker
+        reads the windows its batches come from (decoding is repeated across workers;
+        the thread pool of `batches` does not repeat it)."""
+        return StoreBatches(str(self.path), batch_size, kwargs)
+
+
+class StoreBatches(torch.utils.data.IterableDataset):
+    """`HSKStore.batches` as an IterableDataset (each DataLoader worker opens the store itself)."""
+
+    def __init__(self, path: str, batch_size: int, kwargs: dict[str, Any]):
+        super().__init__()
+        self.path, self.batch_size, self.kwargs = path, batch_size, kwargs
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        shard = (0, 1) if info is None else (info.id, info.num_workers)
+        threads = self.kwargs.get("threads") or (1 if info is not None else None)
+        yield from HSKStore(self.path).batches(self.batch_size, **(self.kwargs | {"shard": shard, "threads": threads}))
 
 
 def open_store(path: str | Path) -> HSKStore:

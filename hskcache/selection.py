@@ -116,10 +116,14 @@ def select_positions(
 
 
 def gather_states(hidden_states: Sequence[torch.Tensor], layers: Sequence[int], positions: torch.Tensor) -> torch.Tensor:
-    """(B, N_D, N_L, d) hidden states at positions; zero where positions is -1."""
-    stacked = torch.stack([hidden_states[i] for i in layers], dim=1)  # (B, N_D, S, d)
-    index = positions.clamp(min=0).unsqueeze(-1).expand(-1, -1, -1, stacked.shape[-1])
-    states = torch.gather(stacked, 2, index)
+    """(B, N_D, N_L, d) hidden states at positions; zero where positions is -1.
+
+    Gathers from each layer in place: only the selected vectors are read, never
+    a whole (B, S, d) layer (at N^L << S that is most of the extractor's memory traffic)."""
+    d = hidden_states[0].shape[-1]
+    index = positions.clamp(min=0)
+    states = torch.stack([torch.gather(hidden_states[layer], 1, index[:, j].unsqueeze(-1).expand(-1, -1, d))
+                          for j, layer in enumerate(layers)], dim=1)
     return states.masked_fill((positions < 0).unsqueeze(-1), 0.0)
 
 
@@ -175,13 +179,3 @@ def select_hsk(
     states = gather_states(hidden_states, plan.stored_layers, positions)
     values, dims = select_width(plan, states.float(), positions)
     return {"positions": positions, "values": values, "dims": dims}
-
-
-def densify(values: torch.Tensor, dims: torch.Tensor, positions: torch.Tensor, hidden: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Scatter kept activations into zero vectors: (hsk, hsk_mask), both (..., d)."""
-    shape = (*values.shape[:-1], hidden)
-    dims = dims.expand_as(values)
-    hsk = torch.zeros(shape, dtype=torch.float32, device=values.device).scatter_(-1, dims, values.float())
-    mask = torch.zeros(shape, dtype=torch.bool, device=values.device).scatter_(-1, dims, True)
-    mask &= (positions >= 0).unsqueeze(-1)
-    return hsk, mask

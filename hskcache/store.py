@@ -3,6 +3,9 @@
 Rows are written a whole chunk at a time and `rows_committed` advances only
 after every array's chunk is on disk, so a run killed at any point leaves
 committed rows intact and the rerun rewrites just the uncommitted tail.
+
+Each array's codec is named by its `layout.ArraySpec` and built from
+`CODECS`; the level is the one measured in docs/design.md ("Codecs").
 """
 from __future__ import annotations
 
@@ -12,14 +15,30 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from typing import Callable
+
 import numpy as np
 import zarr
+from zarr.codecs import ZstdCodec
 
 from .errors import UserError
 from .layout import StoreShape
 
-SCHEMA_VERSION = 2  # 2: settings `store` and `width_seed` (were `out` and `seed`)
+SCHEMA_VERSION = 3  # 2: settings `store` and `width_seed`; 3: codecs, width_code/values/compress settings
 FORMAT = "hskcache"
+# docs/design.md ("Codecs"): level 1 keeps 93-100% of level 3's ratio and writes about twice as fast;
+# negative levels skip entropy coding and leave fp16 values and bitmasks nearly uncompressed.
+ZSTD_LEVEL = 1
+# Codec name (layout.ArraySpec.codec) -> the Zarr v3 compressors of an array.
+CODECS: dict[str, Callable[[], list | None]] = {
+    "zstd": lambda: [ZstdCodec(level=ZSTD_LEVEL)],
+    "none": lambda: None,
+}
+
+
+def schema_error(path: Path | str, version: Any) -> UserError:
+    return UserError(f"store {path} was written with store schema {version}, this hskcache reads schema {SCHEMA_VERSION}; "
+                     "re-extract it: rerun its `hskcache extract` command with --overwrite")
 
 
 def _is_store(path: Path) -> bool:
@@ -33,13 +52,10 @@ def _is_store(path: Path) -> bool:
     return attrs.get("format") == FORMAT
 
 
-def on_disk_bytes(path: Path) -> dict[str, int]:
-    """Bytes of every array folder (chunks and metadata)."""
-    out = {}
-    for child in sorted(Path(path).iterdir()):
-        if child.is_dir():
-            out[child.name] = sum(f.stat().st_size for f in child.rglob("*") if f.is_file())
-    return out
+def on_disk_bytes(path: Path | str) -> dict[str, int]:
+    """Stored bytes of every array (compressed chunks and metadata)."""
+    group = zarr.open_group(str(path), mode="r")
+    return {name: int(arr.nbytes_stored()) for name, arr in sorted(group.arrays())}
 
 
 class StoreWriter:
@@ -77,6 +93,9 @@ class StoreWriter:
                     raise UserError(f"--out {path} exists and is not an hskcache store; choose a new path")
             else:
                 group = zarr.open_group(str(path), mode="r+")
+                version = group.attrs.get("schema_version")
+                if version != SCHEMA_VERSION and not overwrite:
+                    raise schema_error(path, version)
                 if group.attrs.get("identity") == attrs["identity"] and not overwrite:
                     return cls(group, shape, num_examples)
                 if not overwrite:
@@ -93,8 +112,8 @@ class StoreWriter:
                 shape=(num_examples, *spec.row_shape),
                 chunks=(rows, *spec.row_shape),
                 dtype=spec.dtype,
-                compressors=None,
-                fill_value=-1 if spec.name == "positions" else 0,
+                compressors=CODECS[spec.codec](),
+                fill_value=spec.fill,
                 config={"write_empty_chunks": True},
             )
         if static_dims is not None:
@@ -141,8 +160,7 @@ class StoreData:
         self.group = zarr.open_group(str(path), mode="r")
         self.attrs = dict(self.group.attrs)
         if self.attrs.get("schema_version") != SCHEMA_VERSION:
-            raise UserError(f"store {path} has schema version {self.attrs.get('schema_version')}, this hskcache reads "
-                            f"{SCHEMA_VERSION}; extract it again with this version")
+            raise schema_error(path, self.attrs.get("schema_version"))
         if not self.attrs.get("complete"):
             raise UserError(
                 f"store {path} is incomplete ({self.attrs.get('rows_committed')}/{self.attrs.get('num_examples')} rows); "
@@ -186,6 +204,7 @@ def describe(path: str | Path) -> dict[str, Any]:
         "num_examples": attrs.get("num_examples"),
         "teacher": attrs.get("teacher"),
         "teacher_layers": attrs.get("teacher_layers"),
+        "schema_version": attrs.get("schema_version"),
         "width_encoding": attrs.get("width_encoding"),
         "config": attrs.get("config"),
         "bytes": on_disk_bytes(path),

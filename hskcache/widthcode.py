@@ -1,78 +1,118 @@
 """Exact byte codes for "which K of the d dimensions does this vector keep".
 
 The paper stores one byte per activation of the full width as a mask; that
-is most of its bytes at small N^W. Three exact codes are offered and the
-store uses the smallest for its (d, K):
+is most of its bytes at small N^W. The codes form a registry (`WIDTH_CODES`,
+name -> `WidthCode`); a store records the one it was written with:
 
-- ``bitmask``: ceil(d / 8) bytes.
+- ``bitmask`` (the default): ceil(d / 8) bytes, ``numpy.packbits`` little
+  bit order. Magnitude masks are far from uniform (a few outlier dimensions
+  are almost always kept), so it compresses below the rank code and decodes
+  at memory speed; the reader ships it to the trainer's device unexpanded.
 - ``indices``: the K sorted dimension indices as little-endian uint16.
 - ``rank``: the subset's index in the combinatorial number system,
   ceil(log2 C(d, m) / 8) bytes with m = min(K, d - K). That is the
-  information-theoretic minimum for an arbitrary subset and, unlike an
-  entropy coder, has a fixed size, so byte counts are exact before any data
-  is seen. It is encoded and decoded with vectorised multi-limb integer
-  arithmetic (32-bit limbs), so it costs a few milliseconds per batch.
+  information-theoretic minimum for an arbitrary subset and has a fixed
+  size, for users who want exact uncompressed bytes at the minimum. It is
+  encoded and decoded with vectorised multi-limb integer arithmetic
+  (32-bit limbs), so it costs milliseconds per batch.
 
-numpy only: the store and the budget use it without torch.
+Codes convert from and to boolean masks (V, d); numpy only: the store and the
+budget use it without torch.
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from functools import lru_cache
+from typing import Callable
 
 import numpy as np
 
-ENCODINGS = ("indices", "bitmask", "rank")
+DEFAULT = "bitmask"
+MAX_WIDTH = 65535  # indices are uint16
 _LIMB = 32
 _MASK = (1 << _LIMB) - 1
 
 
-def code_bytes(encoding: str, d: int, k: int) -> int:
+@dataclass(frozen=True)
+class WidthCode:
+    """One exact code: its size per vector and its mask conversions."""
+
+    nbytes: Callable[[int, int], int]  # (d, k) -> bytes per vector
+    from_mask: Callable[[np.ndarray, int, int], np.ndarray]  # (V, d) bool, d, k -> (V, nbytes) uint8
+    to_mask: Callable[[np.ndarray, int, int], np.ndarray]  # (V, nbytes) uint8, d, k -> (V, d) bool
+
+
+def _bitmask_to_mask(codes: np.ndarray, d: int, k: int) -> np.ndarray:
+    return np.unpackbits(codes, axis=1, count=d, bitorder="little").view(bool)
+
+
+def _indices_from_mask(mask: np.ndarray, d: int, k: int) -> np.ndarray:
+    dims = np.nonzero(mask)[1].reshape(len(mask), k)
+    return np.ascontiguousarray(dims.astype("<u2")).view(np.uint8).reshape(len(mask), 2 * k)
+
+
+def _indices_to_mask(codes: np.ndarray, d: int, k: int) -> np.ndarray:
+    mask = np.zeros((len(codes), d), dtype=bool)
+    np.put_along_axis(mask, codes.view("<u2").reshape(len(codes), k).astype(np.int64), True, axis=1)
+    return mask
+
+
+def _rank_bytes(d: int, k: int) -> int:
+    return max(1, (math.comb(d, min(k, d - k)).bit_length() + 7) // 8)
+
+
+WIDTH_CODES: dict[str, WidthCode] = {
+    "bitmask": WidthCode(lambda d, k: (d + 7) // 8,
+                         lambda mask, d, k: np.packbits(mask, axis=1, bitorder="little"), _bitmask_to_mask),
+    "indices": WidthCode(lambda d, k: 2 * k, _indices_from_mask, _indices_to_mask),
+    "rank": WidthCode(_rank_bytes, lambda mask, d, k: _rank_encode(mask, d, k), lambda codes, d, k: _rank_decode(codes, d, k)),
+}
+
+
+def get(name: str) -> WidthCode:
+    try:
+        return WIDTH_CODES[name]
+    except KeyError:
+        raise ValueError(f"unknown width code {name!r}; known: {', '.join(WIDTH_CODES)}") from None
+
+
+def code_bytes(name: str, d: int, k: int) -> int:
     """Bytes one vector's code takes."""
-    if encoding == "bitmask":
-        return (d + 7) // 8
-    if encoding == "indices":
-        return 2 * k
-    if encoding == "rank":
-        return max(1, (math.comb(d, min(k, d - k)).bit_length() + 7) // 8)
-    raise ValueError(f"unknown width encoding {encoding!r}")
+    return get(name).nbytes(d, k)
 
 
-def choose_encoding(d: int, k: int) -> str:
-    """The smallest code for (d, k); ties go to the simpler one (ENCODINGS order)."""
-    if d > 65535:
-        raise ValueError("width codes support hidden sizes up to 65535")
-    return min(ENCODINGS, key=lambda e: (code_bytes(e, d, k), ENCODINGS.index(e)))
-
-
-def encode(dims: np.ndarray, d: int, encoding: str) -> np.ndarray:
-    """(V, K) sorted kept dimensions -> (V, code_bytes) uint8."""
+def encode(dims: np.ndarray, d: int, name: str) -> np.ndarray:
+    """(V, K) kept dimensions -> (V, code_bytes) uint8."""
     dims = np.asarray(dims)
-    v, k = dims.shape
-    if encoding == "indices":
-        return np.ascontiguousarray(dims.astype("<u2")).view(np.uint8).reshape(v, 2 * k)
-    mask = np.zeros((v, d), dtype=bool)
+    mask = np.zeros((dims.shape[0], d), dtype=bool)
     np.put_along_axis(mask, dims.astype(np.int64), True, axis=1)
-    if encoding == "bitmask":
-        return np.packbits(mask, axis=1, bitorder="little")
-    if encoding == "rank":
-        return _rank_encode(mask, d, k)
-    raise ValueError(f"unknown width encoding {encoding!r}")
+    return get(name).from_mask(mask, d, dims.shape[1])
 
 
-def decode(codes: np.ndarray, d: int, k: int, encoding: str) -> np.ndarray:
+def decode_mask(codes: np.ndarray, d: int, k: int, name: str) -> np.ndarray:
+    """(V, code_bytes) uint8 -> (V, d) bool, K True per row."""
+    return get(name).to_mask(np.ascontiguousarray(codes, dtype=np.uint8), d, k)
+
+
+def decode(codes: np.ndarray, d: int, k: int, name: str) -> np.ndarray:
     """(V, code_bytes) uint8 -> (V, K) sorted kept dimensions (int64)."""
-    codes = np.ascontiguousarray(codes, dtype=np.uint8)
-    v = codes.shape[0]
-    if encoding == "indices":
-        return codes.view("<u2").reshape(v, k).astype(np.int64)
-    if encoding == "bitmask":
-        mask = np.unpackbits(codes, axis=1, count=d, bitorder="little").astype(bool)
-    elif encoding == "rank":
-        mask = _rank_decode(codes, d, k)
-    else:
-        raise ValueError(f"unknown width encoding {encoding!r}")
-    return np.nonzero(mask)[1].reshape(v, k).astype(np.int64)
+    mask = decode_mask(codes, d, k, name)
+    return np.nonzero(mask)[1].reshape(len(mask), k).astype(np.int64)
+
+
+def from_bitmask(bits: np.ndarray, d: int, k: int, name: str) -> np.ndarray:
+    """Packed bitmasks (the extractor's device output) -> codes of `name`."""
+    if name == "bitmask":
+        return bits
+    return get(name).from_mask(_bitmask_to_mask(bits, d, k), d, k)
+
+
+def to_bitmask(codes: np.ndarray, d: int, k: int, name: str) -> np.ndarray:
+    """Codes of `name` -> packed bitmasks (what the reader ships)."""
+    if name == "bitmask":
+        return codes
+    return np.packbits(decode_mask(codes, d, k, name), axis=1, bitorder="little")
 
 
 # --- combinatorial number system -------------------------------------------
@@ -118,7 +158,7 @@ def _rank_encode(mask: np.ndarray, d: int, k: int) -> np.ndarray:
         total[:, j + 1] += total[:, j] >> _LIMB
         total[:, j] &= _MASK
     raw = total.astype("<u4").view(np.uint8).reshape(v, 4 * n_limbs)
-    return np.ascontiguousarray(raw[:, : code_bytes("rank", d, k)])
+    return np.ascontiguousarray(raw[:, : _rank_bytes(d, k)])
 
 
 def _rank_decode(codes: np.ndarray, d: int, k: int) -> np.ndarray:

@@ -18,6 +18,7 @@ import torch
 from hskcache.config import ExtractConfig
 from hskcache.data import tokenize_batch
 from hskcache.extract import batch_rows, prepare, store_attrs
+from hskcache.packed import PackedBatch, expand
 from hskcache.reader import RowDecoder, default_window_chunks, epoch_batches
 
 
@@ -51,7 +52,8 @@ class OnlineSource:
     def batches(self, batch_size: int, shuffle: bool = True, seed: int = 0, epoch: int = 0,
                 depth: int | None = None, tokens: int | None = None, width: float | None = None,
                 start_batch: int = 0, drop_last: bool = False, rank: int = 0,
-                world_size: int = 1) -> Iterator[dict[str, torch.Tensor]]:
+                world_size: int = 1, packed: bool = False,
+                pin_memory: bool = False) -> Iterator[dict[str, torch.Tensor] | PackedBatch]:
         """The batches `HSKStore.batches` would yield with the same arguments."""
         depth, tokens, kept = self._decoder.resolve(depth, tokens, width)
         window = default_window_chunks(batch_size, self.chunk_rows)
@@ -63,4 +65,6 @@ class OnlineSource:
                 encoded = tokenize_batch(self.teacher.tokenizer, [texts_a[i] for i in rows],
                                          None if texts_b is None else [texts_b[i] for i in rows], self._max_length)
                 raw = batch_rows(self.teacher, self.plan, self.shape, encoded, self._labels[rows], rows)
-                yield self._decoder.to_torch(raw, depth, tokens, kept)
+                batch = self._decoder.pack(raw, depth, tokens, kept)
+                batch = batch.pin_memory() if pin_memory and torch.cuda.is_available() else batch
+                yield batch if packed else expand(batch)

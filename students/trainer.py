@@ -31,6 +31,7 @@ from hskcache.errors import UserError
 from hskcache.device import DEVICES
 from hskcache.hskread import parse_triple
 from hskcache.options import columns, setting
+from hskcache.packed import PackedBatch, expand
 from hskcache.teacher import tokenizer_hash
 from students.checkpoint import read_state, replaced_dir, rng_state, set_rng_state, write_state
 from students.evaluate import MODEL_INPUTS, EvalSet, evaluate, load_eval_set
@@ -52,7 +53,8 @@ STORED: HSKRead = (None, None, None)
 class BatchSource(Protocol):
     """What the trainer needs from where the teacher's knowledge comes from.
 
-    `batches` yields the reader's batch dictionary (docs/design.md); `config`
+    `batches` yields the reader's batch dictionary (docs/design.md) or, with `packed=True`,
+    `PackedBatch`es the trainer expands on its device; `config`
     holds the extraction settings (`depth`, `tokens`, `width`, `max_length`,
     `text_cols`, `label_col`); `attrs` the tokenizer's `vocab_hash`, `task` and
     `label_names`.
@@ -71,7 +73,8 @@ class BatchSource(Protocol):
 
     def batches(self, batch_size: int, shuffle: bool = True, seed: int = 0, epoch: int = 0,
                 depth: int | None = None, tokens: int | None = None, width: float | None = None,
-                start_batch: int = 0, rank: int = 0, world_size: int = 1) -> Iterator[dict[str, Tensor]]: ...
+                start_batch: int = 0, rank: int = 0, world_size: int = 1, packed: bool = False,
+                pin_memory: bool = False) -> Iterator[dict[str, Tensor] | PackedBatch]: ...
 
 
 def parse_hsk(text: str) -> HSKRead | None:
@@ -408,12 +411,14 @@ class Trainer:
         batches = self.source.batches(stage.batch_size, shuffle=True, seed=cfg.seed,
                                       epoch=STAGE_BASE[stage.name] + pos.epoch, depth=depth, tokens=tokens,
                                       width=width, start_batch=pos.batch, rank=self.ranks.rank,
-                                      world_size=self.ranks.world_size)
+                                      world_size=self.ranks.world_size, packed=True,
+                                      pin_memory=self.device.type == "cuda")
         stats = pos.stats.setdefault(stage.name, {"steps": 0, "seconds": 0.0, "examples": 0})
         self.model.train()
         started = time.perf_counter()
         for batch in batches:
-            loss, rows, stop = self.parallel.step_totals(self._step(stage, batch), len(batch["input_ids"]),
+            rows = len(batch) if isinstance(batch, PackedBatch) else len(batch["input_ids"])
+            loss, rows, stop = self.parallel.step_totals(self._step(stage, batch), rows,
                                                          interrupt.requested)
             pos.batch, pos.step = pos.batch + 1, pos.step + 1
             pos.loss_sum, pos.loss_count = pos.loss_sum + loss, pos.loss_count + 1
@@ -430,8 +435,10 @@ class Trainer:
                 break
         stats["seconds"] += time.perf_counter() - started
 
-    def _step(self, stage: Stage, batch: dict[str, Tensor]) -> Tensor:
-        """One optimizer step; returns this rank's share of the global batch loss."""
+    def _step(self, stage: Stage, batch: dict[str, Tensor] | PackedBatch) -> Tensor:
+        """One optimizer step; returns this rank's share of the global batch loss. A packed
+        batch is expanded on the trainer's device (from pinned memory without blocking on CUDA)."""
+        batch = expand(batch, self.device, non_blocking=True)
         counted = len(batch["input_ids"]) > 0  # a rank's share of a global batch may be empty
         if not counted:
             batch = placeholder(batch)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ from hskcache import budget
 from hskcache.budget_cli import build_parser, run_budget
 from hskcache.errors import UserError
 from hskcache.layout import StoreShape
-from hskcache.store import FORMAT
+from hskcache.store import FORMAT, SCHEMA_VERSION
 
 MNLI = budget.Setting(examples=392702, seq_len=128, student_layers=6, hidden=768)
 PLAN = ["budget", "--plan", "--examples", "392702", "--seq-len", "128", "--student-layers", "6",
@@ -50,11 +51,29 @@ def test_table3_reproduced_within_2_percent(capsys):
 
 
 def test_compact_layout_is_5x_smaller_at_1_9_01():
-    row = budget.report(budget.Config.of(1, 9, 0.1), MNLI)
+    row = budget.report(budget.Config.of(1, 9, 0.1), replace(MNLI, width_code="rank"))
     assert row.width_encoding == "rank"
     assert row.ratio >= 5
     assert row.paper_total_bytes >= 5 * (row.hskcache_values_bytes + row.hskcache_mask_bytes)
     assert row.hskcache_total_bytes > row.hskcache_values_bytes + row.hskcache_mask_bytes  # + inputs, logits
+    # a token: 77 fp16 values + 45 bytes of rank code + an int16 position, against 77 fp32 + 768 mask bytes
+    assert row.ratio == pytest.approx((77 * 4 + 768) / (77 * 2 + 45 + 2), rel=0.01)  # edge chunk padding
+
+
+def test_int8_bitmask_sizes_and_disk_estimate():
+    row = budget.report(budget.Config.of(1, 9, 0.1), replace(MNLI, values="int8"))
+    assert row.width_encoding == "bitmask"
+    # 77 int8 values + an fp16 scale, 96 bytes of bitmask + an int16 position
+    assert row.ratio == pytest.approx((77 * 4 + 768) / (77 + 2 + 96 + 2), rel=0.02)  # edge chunk padding
+    shape = replace(MNLI, values="int8").store_shape(budget.Config.of(1, 9, 0.1))
+    raw = shape.bytes_by_array(MNLI.examples)
+    expected = {name: round(n / budget.DISK_RATIOS.get({"values": "values/int8", "width_code": "width_code/bitmask"}
+                                                      .get(name, name), 1.0)) for name, n in raw.items()}
+    assert (row.disk_values_bytes, row.disk_mask_bytes) == (
+        expected["values"] + expected["value_scale"], expected["width_code"] + expected["positions"])
+    assert row.disk_total_bytes == sum(expected.values())
+    plain = budget.report(budget.Config.of(1, 9, 0.1), replace(MNLI, values="int8", compress="none"))
+    assert plain.disk_total_bytes == plain.hskcache_total_bytes
 
 
 def test_full_amount_and_fraction():
@@ -91,24 +110,25 @@ def write_store(path: Path, shape: StoreShape, examples: int, student_layers: in
         zarr.create_array(store=str(path), name="static_dims", data=np.arange(shape.kept, dtype=np.int32),
                           compressors=None)
     group.attrs.update({
-        "format": FORMAT, "rows_committed": examples, "num_examples": examples, "hidden_size": shape.hidden,
+        "format": FORMAT, "schema_version": SCHEMA_VERSION, "rows_committed": examples, "num_examples": examples, "hidden_size": shape.hidden,
         "num_labels": shape.num_logits, "regression": shape.regression,
         "tokenizer": {"vocab_size": shape.vocab_size},
         "config": {"depth": shape.depth, "tokens": shape.tokens, "width": shape.width,
                    "width_strategy": shape.width_strategy, "max_length": shape.seq_len,
-                   "student_layers": student_layers},
+                   "student_layers": student_layers, "width_code": shape.width_code, "values": shape.values,
+                   "compress": shape.compress},
     })
 
 
 @pytest.mark.parametrize("width, strategy", [(0.1, "mag"), (0.5, "rand"), (1.0, "mag")])
 def test_plan_bytes_equal_a_real_store(tmp_path, capsys, width, strategy):
     shape = StoreShape(seq_len=32, vocab_size=30522, num_logits=3, regression=False, depth=3, tokens=16,
-                       hidden=768, width=width, width_strategy=strategy)
+                       hidden=768, width=width, width_strategy=strategy, compress="none")
     examples = 2 * shape.rows_per_chunk() + 3  # a padded edge chunk
     write_store(tmp_path / "s", shape, examples, student_layers=4)
     config = f"3,16,{width}"
     plan = ["budget", "--plan", "--examples", str(examples), "--seq-len", "32", "--student-layers", "4",
-            "--teacher-width", "768", "--width-strategy", strategy, "--json", "--configs", config]
+            "--teacher-width", "768", "--width-strategy", strategy, "--compress", "none", "--json", "--configs", config]
     planned = json.loads(run(plan, capsys))[0]
     measured = json.loads(run(["budget", str(tmp_path / "s"), "--json"], capsys))[0]
     assert measured["config"] == planned["config"] == config
@@ -195,12 +215,13 @@ def test_bad_arguments_give_one_line(argv, words):
 
 def test_table_csv_json_and_plot(tmp_path, capsys):
     table = run(PLAN + ["--configs", "1,9,0.1", "full"], capsys)
-    assert "1.01 GiB" in table and "2.53 GiB" in table and "rank" in table
+    assert "1.01 GiB" in table and "2.53 GiB" in table and "bitmask" in table and "disk ratio" in table
     rows = list(csv.DictReader(io.StringIO(run(PLAN + ["--csv", "--configs", "table5"], capsys))))
     assert len(rows) == 121 and rows[0]["config"] == "2,1,0.5"
     keys = set(json.loads(run(PLAN + ["--json"], capsys))[0])
     assert {"config", "n_d", "n_l", "n_w", "a_hsk", "fraction", "paper_values_bytes", "paper_mask_bytes",
-            "hskcache_values_bytes", "hskcache_mask_bytes", "hskcache_total_bytes"} <= keys
+            "hskcache_values_bytes", "hskcache_mask_bytes", "hskcache_total_bytes", "disk_total_bytes",
+            "disk_ratio"} <= keys
     run(PLAN + ["--json", "--plot", str(tmp_path / "b.png"), "--configs", "grid:3±5%", "full"], capsys)
     assert (tmp_path / "b.png").read_bytes()[:4] == b"\x89PNG"
 

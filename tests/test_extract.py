@@ -84,10 +84,12 @@ def test_width_strategies_match_reference(tmp_path, teacher_dir, pair_csv, width
                                 read={"width": 0.125}, seed=3)
 
 
-def test_width_encoding_is_smallest(tmp_path, teacher_dir, single_csv):
+def test_width_code_is_bitmask_unless_asked(tmp_path, teacher_dir, single_csv):
     run_extract(teacher_dir, single_csv, tmp_path / "s", "--student-layers", 1, "--tokens", 3, "--width", 0.5)
-    store = hskcache.open_store(tmp_path / "s")
-    assert store.width_encoding == "bitmask"  # 4 bytes: indices need 32, rank needs 4 too (tie -> simpler)
+    assert hskcache.open_store(tmp_path / "s").width_encoding == "bitmask"
+    run_extract(teacher_dir, single_csv, tmp_path / "r", "--student-layers", 1, "--tokens", 3, "--width", 0.5,
+                "--width-code", "rank")
+    assert hskcache.open_store(tmp_path / "r").width_encoding == "rank"
 
 
 def test_get_refuses_more_than_stored(tmp_path, teacher_dir, single_csv):
@@ -198,10 +200,11 @@ def test_budget_plan_equals_real_store_bytes(tmp_path, teacher_dir, single_csv, 
     from hskcache.store import on_disk_bytes
 
     run_extract(teacher_dir, single_csv, tmp_path / "s", "--student-layers", 2, "--depth", 2, "--tokens", 5,
-                "--width", 0.2, "--width-strategy", width_strategy)
+                "--width", 0.2, "--width-strategy", width_strategy, "--compress", "none")
     capsys.readouterr()
     assert main(["budget", "--plan", "--teacher", str(teacher_dir), "--data", str(single_csv), "--seq-len", str(MAX_LEN),
-                 "--student-layers", "2", "--width-strategy", width_strategy, "--configs", "2,5,0.2", "--json"]) == 0
+                 "--student-layers", "2", "--width-strategy", width_strategy, "--configs", "2,5,0.2", "--json",
+                 "--compress", "none"]) == 0
     plan = json.loads(capsys.readouterr().out)[0]
     disk = on_disk_bytes(tmp_path / "s")
     meta = {name: len((tmp_path / "s" / name / "zarr.json").read_bytes()) for name in disk}

@@ -52,5 +52,5 @@ def test_real_teacher_selection_matches_reference(tmp_path, minilm_classifier, r
     got, store = check_against_reference(minilm_classifier, real_reviews, out, [0, 2, 4, 6], 4, 10,
                                          "att-nosep-top", 0.1, "mag")
     assert store.hidden == 384 and store.teacher_layers == [0, 2, 4, 6]
-    assert store.width_encoding == "rank"
+    assert store.width_encoding == "bitmask"
     assert (got["input_ids"] == 100).float().mean() < 0.05  # real words, not [UNK]

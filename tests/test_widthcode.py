@@ -5,8 +5,9 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
-from hskcache import widthcode
+from hskcache import packed, widthcode
 
 
 def random_subsets(d: int, k: int, n: int, seed: int = 0) -> np.ndarray:
@@ -15,7 +16,7 @@ def random_subsets(d: int, k: int, n: int, seed: int = 0) -> np.ndarray:
 
 
 @pytest.mark.parametrize("d,k", [(768, 77), (768, 538), (384, 77), (384, 192), (32, 1), (32, 16), (32, 31), (10, 10)])
-@pytest.mark.parametrize("encoding", widthcode.ENCODINGS)
+@pytest.mark.parametrize("encoding", list(widthcode.WIDTH_CODES))
 def test_round_trip(d, k, encoding):
     dims = random_subsets(d, k, 64, seed=d + k)
     dims[0] = np.arange(k)  # the smallest subset (rank 0)
@@ -23,6 +24,26 @@ def test_round_trip(d, k, encoding):
     codes = widthcode.encode(dims, d, encoding)
     assert codes.shape == (64, widthcode.code_bytes(encoding, d, k)) and codes.dtype == np.uint8
     np.testing.assert_array_equal(widthcode.decode(codes, d, k, encoding), dims)
+    # through the bitmask the reader ships, and back
+    bits = widthcode.to_bitmask(codes, d, k, encoding)
+    np.testing.assert_array_equal(bits, np.packbits(mask_of(dims, d), axis=1, bitorder="little"))
+    np.testing.assert_array_equal(widthcode.from_bitmask(bits, d, k, encoding), codes)
+
+
+def mask_of(dims: np.ndarray, d: int) -> np.ndarray:
+    mask = np.zeros((len(dims), d), dtype=bool)
+    for row, kept in zip(mask, dims):
+        row[kept] = True
+    return mask
+
+
+@pytest.mark.parametrize("d", [768, 384, 32, 10, 1])
+def test_torch_bits_match_numpy(d):
+    """The device-side packing (extractor) and unpacking (trainer) use numpy's little bit order."""
+    mask = np.random.default_rng(d).random((5, 3, d)) < 0.3
+    bits = packed.pack_bits(torch.from_numpy(mask))
+    np.testing.assert_array_equal(bits.numpy(), np.packbits(mask, axis=-1, bitorder="little"))
+    assert torch.equal(packed.unpack_bits(bits, d), torch.from_numpy(mask))
 
 
 @pytest.mark.parametrize("d,k", [(768, 77), (40, 7), (40, 33)])
@@ -37,10 +58,9 @@ def test_rank_is_the_combinatorial_number(d, k):
         assert expected < math.comb(d, k)
 
 
-def test_sizes_and_choice():
+def test_sizes():
     assert widthcode.code_bytes("bitmask", 768, 77) == 96
     assert widthcode.code_bytes("indices", 768, 77) == 154
     assert widthcode.code_bytes("rank", 768, 77) == math.ceil(math.comb(768, 77).bit_length() / 8) == 45
-    assert widthcode.choose_encoding(768, 77) == "rank"
-    assert widthcode.choose_encoding(32, 16) == "bitmask"  # rank also 4 bytes: the simpler code wins the tie
-    assert widthcode.choose_encoding(1000, 1) == "indices"  # 2 bytes; rank needs 2 too
+    with pytest.raises(ValueError, match="unknown width code"):
+        widthcode.code_bytes("huffman", 768, 77)

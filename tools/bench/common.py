@@ -42,9 +42,7 @@ def tiled_store(source: Path, dest: Path, rows: int) -> Path:
     """
     src = StoreData(source)
     attrs = dict(src.attrs)
-    cfg = attrs["config"]
-    shape = StoreShape(cfg["max_length"], attrs["tokenizer"]["vocab_size"], attrs["num_labels"], attrs["regression"],
-                       cfg["depth"], cfg["tokens"], attrs["hidden_size"], cfg["width"], cfg["width_strategy"])
+    shape = StoreShape.of_store(attrs)
     names = [a.name for a in shape.arrays()]
     block = src.read(names, slice(0, src.num_examples))
     attrs["num_examples"] = rows

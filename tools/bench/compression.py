@@ -1,9 +1,11 @@
-"""Would a compressor pay on the store's arrays? zstd and blosc-zstd ratios and decode speed per array.
+"""Which codec and level for the store's arrays: compression ratio, write (encode)
+and read (decode) speed per array, zstd levels 1-9 and blosc-zstd with bit-shuffle.
 
-The store writes every array uncompressed (exact, predictable byte counts and
-no decode cost); this measures what that leaves on the table.
+Measures raw chunks of a real store (whatever codec it was written with), so
+the numbers are what `store.CODECS` would get; docs/design.md ("Codecs")
+records the choice they support, and `budget.DISK_RATIOS` the ratios.
 
-    python tools/bench/compression.py STORE
+    python tools/bench/compression.py STORE [--rows 4096]
 """
 from __future__ import annotations
 
@@ -15,29 +17,54 @@ from numcodecs import Blosc, Zstd
 
 from hskcache.store import StoreData
 
-CODECS = {"zstd-3": Zstd(level=3), "blosc-zstd-shuffle": Blosc(cname="zstd", clevel=3, shuffle=Blosc.SHUFFLE)}
+CODECS = {
+    "zstd-1": Zstd(level=1), "zstd-3": Zstd(level=3), "zstd-5": Zstd(level=5), "zstd-9": Zstd(level=9),
+    "blosc-zstd-3-bitshuffle": Blosc(cname="zstd", clevel=3, shuffle=Blosc.BITSHUFFLE),
+}
+
+
+def best_seconds(fn, repeats: int = 3) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("store")
-    p.add_argument("--rows", type=int, default=4096, help="rows sampled from the start of the store")
+    p.add_argument("--rows", type=int, default=4096, help="rows read from the start of the store")
     args = p.parse_args()
     data = StoreData(args.store)
     rows = slice(0, min(args.rows, data.num_examples))
-    print(f"{args.store}: first {rows.stop} rows; ratio = raw / compressed, decode in MB/s of raw data")
-    print(f"{'array':<16}{'raw MB':>9}" + "".join(f"{c + ' ratio':>26}{'decode':>9}" for c in CODECS))
+    print(f"{args.store}: first {rows.stop} rows, one thread; ratio = raw / compressed; "
+          "write and read in MB/s of raw data (best of 3)")
+    print(f"{'array':<14}{'raw MB':>8}  " + "  ".join(f"{c:>23}" for c in CODECS))
+    print(f"{'':<14}{'':>8}  " + "  ".join(f"{'ratio  write   read':>23}" for _ in CODECS))
+    totals = {c: [0, 0.0, 0.0] for c in CODECS}  # compressed bytes, write s, read s
+    raw_total = 0
     for name in data.arrays:
+        if name == "static_dims":
+            continue
         block = np.ascontiguousarray(data.read([name], rows)[name])
         raw = block.nbytes
-        line = f"{name:<16}{raw / 1e6:>9.2f}"
-        for codec in CODECS.values():
+        raw_total += raw
+        line = f"{name:<14}{raw / 1e6:>8.2f}  "
+        for cname, codec in CODECS.items():
             packed = codec.encode(block)
-            start = time.perf_counter()
-            codec.decode(packed)
-            seconds = time.perf_counter() - start
-            line += f"{raw / len(packed):>26.2f}{raw / 1e6 / max(seconds, 1e-9):>9.0f}"
+            write = best_seconds(lambda: codec.encode(block))
+            read = best_seconds(lambda: codec.decode(packed))
+            totals[cname][0] += len(packed)
+            totals[cname][1] += write
+            totals[cname][2] += read
+            line += f"  {raw / len(packed):>7.2f}{raw / 1e6 / write:>8.0f}{raw / 1e6 / read:>8.0f}"
         print(line)
+    line = f"{'all arrays':<14}{raw_total / 1e6:>8.2f}  "
+    for packed, write, read in totals.values():
+        line += f"  {raw_total / packed:>7.2f}{raw_total / 1e6 / write:>8.0f}{raw_total / 1e6 / read:>8.0f}"
+    print(line)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,125 @@
+"""Store schema 2: width codes, value formats and compression decode to the same
+batches; old stores are refused clearly; the reader's batches do not depend on
+threads or DataLoader workers, and the packed form expands to the dense one."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import zarr
+
+import hskcache
+from hskcache.cli import main
+from hskcache.errors import UserError
+from hskcache.packed import PackedBatch, expand
+
+ARGS = ["--student-layers", "2", "--depth", "2", "--tokens", "6", "--width", "0.25", "--max-length", "24",
+        "--batch-size", "8", "--quiet"]
+
+
+def extract(teacher_dir, data, out, *extra) -> hskcache.reader.HSKStore:
+    assert main(["extract", "--teacher", str(teacher_dir), "--data", str(data), "--out", str(out), *ARGS, *extra]) == 0
+    return hskcache.open_store(out)
+
+
+def assert_same(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory, teacher_dir, single_csv):
+    root = tmp_path_factory.mktemp("codecs")
+    variants = {"bitmask": [], "rank": ["--width-code", "rank"], "indices": ["--width-code", "indices"],
+                "none": ["--compress", "none"], "int8": ["--values", "int8"]}
+    with pytest.MonkeyPatch.context() as patch:  # small chunks: several per store, batches across windows
+        patch.setattr(hskcache.layout, "CHUNK_TARGET_BYTES", 1000)
+        out = {name: extract(teacher_dir, single_csv, root / name, *flags) for name, flags in variants.items()}
+    assert all(s.chunk_rows < s.num_examples / 3 for s in out.values())
+    return out
+
+
+def test_codes_and_compression_decode_to_identical_batches(stores):
+    rows = np.arange(stores["bitmask"].num_examples)
+    reference = stores["bitmask"].get(rows)
+    for name in ("rank", "indices", "none"):
+        assert_same(stores[name].get(rows), reference)
+        for read in ({"depth": 1, "tokens": 3, "width": 0.125}, {"width": 0.2}):
+            assert_same(stores[name].get(rows, **read), stores["bitmask"].get(rows, **read))
+    arrays = zarr.open_group(str(stores["bitmask"].path), mode="r")
+    assert arrays["values"].compressors and not zarr.open_group(str(stores["none"].path), mode="r")["values"].compressors
+    assert stores["rank"].attrs["width_encoding"] == "rank"
+
+
+def test_int8_values_are_fp16_values_within_half_a_step(stores):
+    rows = np.arange(stores["int8"].num_examples)
+    exact, lossy = stores["bitmask"].get(rows), stores["int8"].get(rows)
+    assert torch.equal(exact["hsk_mask"], lossy["hsk_mask"]) and torch.equal(exact["positions"], lossy["positions"])
+    # per vector: |error| <= scale / 2 with scale = absmax / 127 (plus fp16 rounding of the reference)
+    absmax = exact["hsk"].abs().amax(-1, keepdim=True)
+    assert ((lossy["hsk"] - exact["hsk"]).abs() <= absmax / 127 / 2 + 1e-3 * absmax + 1e-6).all()
+    assert not torch.equal(exact["hsk"], lossy["hsk"])  # it is lossy
+    z = zarr.open_group(str(stores["int8"].path), mode="r")
+    assert z["values"].dtype == np.int8 and z["value_scale"].dtype == np.float16
+
+
+def test_old_schema_store_is_refused_with_the_fix(stores, tmp_path, teacher_dir, single_csv):
+    import shutil
+
+    old = tmp_path / "old"
+    shutil.copytree(stores["none"].path, old)
+    zarr.open_group(str(old), mode="r+").attrs["schema_version"] = 1
+    with pytest.raises(UserError) as exc:
+        hskcache.open_store(old)
+    message = str(exc.value)
+    assert "schema 1" in message and "--overwrite" in message and "\n" not in message
+    # rerunning the same extraction on it says the same, and leaves it untouched
+    before = {p.name: p.stat().st_mtime_ns for p in old.rglob("*")}
+    assert main(["extract", "--teacher", str(teacher_dir), "--data", str(single_csv), "--out", str(old), *ARGS,
+                 "--compress", "none"]) == 2
+    assert {p.name: p.stat().st_mtime_ns for p in old.rglob("*")} == before
+
+
+def _collect(iterator) -> list[dict]:
+    return [expand(b) if isinstance(b, PackedBatch) else b for b in iterator]
+
+
+@pytest.mark.parametrize("read", [{}, {"depth": 1, "tokens": 4, "width": 0.125}])
+def test_reader_batches_do_not_depend_on_threads_or_workers(stores, read):
+    store = stores["rank"]
+    kwargs = dict(shuffle=True, seed=3, epoch=1, window_chunks=1, **read)
+    one = _collect(store.batches(5, threads=1, **kwargs))
+    assert len(one) == store.num_batches(5)
+    # the rows of one epoch, each once, in a shuffled order, equal to random access
+    ids = torch.cat([b["example_id"] for b in one])
+    assert sorted(ids.tolist()) == list(range(store.num_examples)) and ids.tolist() != sorted(ids.tolist())
+    for batch in one:
+        assert_same(batch, store.get(batch["example_id"].numpy(), **read))
+    for other in (_collect(store.batches(5, threads=4, **kwargs)),
+                  _collect(store.batches(5, threads=3, packed=True, **kwargs)),
+                  _collect(torch.utils.data.DataLoader(store.dataset(5, packed=True, **kwargs), batch_size=None,
+                                                       num_workers=2))):
+        assert len(other) == len(one)
+        for a, b in zip(one, other):
+            assert_same(a, b)
+    # resuming mid-epoch gives the tail of the same order
+    tail = _collect(store.batches(5, threads=2, start_batch=3, **kwargs))
+    for a, b in zip(one[3:], tail):
+        assert_same(a, b)
+
+
+def test_packed_batch_expands_like_a_dense_scatter(stores):
+    """expand() against a plain loop: kept values at their dimensions, zero elsewhere."""
+    store = stores["bitmask"]
+    batch = next(store.batches(4, shuffle=False, packed=True, threads=1))
+    dense = expand(batch)
+    values = batch.tensors["values"].float()
+    bits = np.unpackbits(batch.tensors["width_code"].numpy(), axis=-1, bitorder="little")[..., :store.hidden]
+    for b, j, t in np.ndindex(*values.shape[:3]):
+        dims = np.nonzero(bits[b, j, t])[0]
+        expected = torch.zeros(store.hidden)
+        expected[dims] = values[b, j, t]
+        filled = batch.tensors["positions"][b, j, t] >= 0
+        assert torch.equal(dense["hsk"][b, j, t], expected)
+        assert dense["hsk_mask"][b, j, t].nonzero().flatten().tolist() == (dims.tolist() if filled else [])
