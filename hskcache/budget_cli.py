@@ -157,11 +157,10 @@ def teacher_numbers(teacher: str) -> tuple[int, int, int, bool]:
     except (OSError, ValueError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise UserError(f"cannot load teacher {teacher!r} ({first}); pass a local model folder or a reachable hub id") from None
-    from .teacher import is_regression
+    from .teacher import id_bound, is_regression
 
     regression = is_regression(config)
-    # len(tokenizer), as the extractor sizes input_ids with it.
-    return config.hidden_size, len(tokenizer), config.num_labels, regression
+    return config.hidden_size, id_bound(tokenizer), config.num_labels, regression
 
 
 def length_counts(teacher: str, data: str, split: str, text_cols: str | None, seq_len: int,

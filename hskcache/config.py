@@ -8,7 +8,7 @@ from typing import Any
 from . import widthcode
 from .errors import UserError
 from .options import columns, integers, make, merged, setting
-from .layout import COMPRESSIONS, VALUE_FORMATS, WIDTH_STRATEGIES
+from .layout import COMPRESSIONS, MAX_LENGTH, VALUE_FORMATS, WIDTH_STRATEGIES
 from .selection import TOKEN_STRATEGIES, layer_map
 from .device import DEVICES
 
@@ -63,8 +63,9 @@ class ExtractConfig:
             raise UserError(f"--compress {self.compress!r} is unknown; use one of {', '.join(COMPRESSIONS)}")
         if self.device not in DEVICES:
             raise UserError(f"--device {self.device!r} is unknown; use one of {', '.join(DEVICES)}")
-        if self.max_length < 2:
-            raise UserError(f"--max-length must be at least 2 ([CLS] and [SEP]), got {self.max_length}")
+        if not 2 <= self.max_length <= MAX_LENGTH:
+            raise UserError(f"--max-length {self.max_length} is outside 2..{MAX_LENGTH}: at least [CLS] and [SEP], "
+                            "at most what the store's int16 lengths and positions hold")
         if self.batch_size < 1:
             raise UserError(f"--batch-size must be at least 1, got {self.batch_size}")
         if self.limit is not None and self.limit < 1:

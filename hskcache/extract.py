@@ -22,11 +22,11 @@ from . import widthcode
 from .config import ExtractConfig
 from .data import TextData, fingerprint, load_texts, tokenize_batch
 from .errors import UserError
-from .layout import StoreShape
+from .layout import StoreShape, narrow
 from .packed import encode_hsk
 from .selection import SelectionPlan, select_hsk
 from .store import StoreWriter
-from .teacher import Teacher, load_teacher, named_labels, tokenizer_hash
+from .teacher import Teacher, check_max_length, id_bound, load_teacher, named_labels, tokenizer_hash
 
 
 def library_versions() -> dict[str, str]:
@@ -74,7 +74,7 @@ def store_attrs(cfg: ExtractConfig, data: TextData, teacher: Teacher, plan: Sele
         "tokenizer": {
             "name": teacher.name,
             "class": type(tok).__name__,
-            "vocab_size": len(tok),
+            "vocab_size": id_bound(tok),
             "vocab_hash": tokenizer_hash(tok),
             "cls_token_id": tok.cls_token_id,
             "sep_token_id": tok.sep_token_id,
@@ -98,9 +98,9 @@ def batch_rows(teacher: Teacher, plan: SelectionPlan, shape: StoreShape, tokens:
     stored = encode_hsk(sel, shape.hidden, shape.values, shape.width_encoding is not None)
     specs = {a.name: a.dtype for a in shape.arrays()}
     rows = {
-        "input_ids": tokens["input_ids"].astype(specs["input_ids"]),
-        "length": tokens["attention_mask"].sum(axis=1).astype(np.int16),
-        "token_type_ids": tokens["token_type_ids"].astype(np.uint8),
+        "input_ids": narrow(tokens["input_ids"], specs["input_ids"], "token id"),
+        "length": narrow(tokens["attention_mask"].sum(axis=1), specs["length"], "length"),
+        "token_type_ids": narrow(tokens["token_type_ids"], specs["token_type_ids"], "token type id"),
         "labels": labels.astype(specs["labels"]),
         "example_id": example_ids.astype(np.int64),
         "logits": out.logits.float().cpu().numpy(),
@@ -152,6 +152,7 @@ class BackgroundWriter:
 def prepare(cfg: ExtractConfig) -> tuple[TextData, Teacher, SelectionPlan, StoreShape, tuple[int, ...]]:
     """Load and check everything before the store is touched."""
     teacher = load_teacher(cfg.teacher, cfg.device)
+    check_max_length(cfg.max_length, teacher.model.config, "teacher")
     # String labels are numbered like the teacher's head, even if a class is missing here.
     data = load_texts(cfg.data, cfg.split, cfg.text_cols, cfg.label_col, named_labels(teacher.model.config))
     if cfg.limit is not None and cfg.limit < len(data):
@@ -165,7 +166,7 @@ def prepare(cfg: ExtractConfig) -> tuple[TextData, Teacher, SelectionPlan, Store
         raise UserError(f"data {cfg.data} has {kind} labels but the teacher has {teacher.num_labels} outputs; check --label-col")
     plan = SelectionPlan.build(teacher_layers, teacher.num_layers, depth, cfg.tokens, cfg.token_strategy,
                                cfg.width, cfg.width_strategy, teacher.hidden, cfg.width_seed)
-    shape = StoreShape(cfg.max_length, len(teacher.tokenizer), teacher.num_labels, teacher.regression,
+    shape = StoreShape(cfg.max_length, id_bound(teacher.tokenizer), teacher.num_labels, teacher.regression,
                        depth, cfg.tokens, teacher.hidden, cfg.width, cfg.width_strategy, cfg.width_code,
                        cfg.values, cfg.compress)
     return data, teacher, plan, shape, teacher_layers

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import widthcode
+from .errors import UserError
 
 # Raw bytes of one chunk of the largest array. Large chunks amortise the
 # per-chunk cost of reading (about 0.5 ms per array and chunk in zarr) at
@@ -25,6 +26,17 @@ WIDTH_STRATEGIES = ("mag", "rand", "uniform")
 VALUE_FORMATS = ("fp16", "int8")  # int8: per-vector absmax scale, stored as fp16
 COMPRESSIONS = ("zstd", "none")
 INT8_MAX = 127
+MAX_LENGTH = int(np.iinfo(np.int16).max)  # `length` and `positions` are int16
+
+
+def narrow(values: np.ndarray, dtype: np.dtype, what: str) -> np.ndarray:
+    """`values` as the integer `dtype`, refusing what it cannot hold (a silent wrap corrupts the store)."""
+    info = np.iinfo(dtype)
+    if values.size and (values.min() < info.min or values.max() > info.max):
+        bad = values.max() if values.max() > info.max else values.min()
+        raise UserError(f"{what} {bad} does not fit the store's {np.dtype(dtype).name}; "
+                        "this is a bug in sizing the store, please report it")
+    return values.astype(dtype)
 
 
 def round_half_up(x: float) -> int:
@@ -89,7 +101,7 @@ class StoreShape:
 
     def arrays(self) -> list[ArraySpec]:
         """Per-row arrays (first axis: examples) in writing order."""
-        ids = np.uint16 if self.vocab_size <= 65536 else np.int32
+        ids = np.uint16 if self.vocab_size <= 1 << 16 else np.int32  # ids 0..vocab_size-1
         vectors = (self.depth, self.tokens)
         specs = [
             ArraySpec("input_ids", (self.seq_len,), np.dtype(ids), "inputs"),

@@ -24,6 +24,33 @@ def weights_hash(model: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
+# Families whose position ids start after the padding index (RoBERTa's scheme),
+# so pad_token_id + 1 rows of the position table are never a token's position.
+PADDING_OFFSET_POSITIONS = ("roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "mpnet", "data2vec-text",
+                            "longformer")
+
+
+def usable_positions(config) -> int:
+    """The longest input a model's position table covers."""
+    offset = config.pad_token_id + 1 if config.model_type in PADDING_OFFSET_POSITIONS else 0
+    return config.max_position_embeddings - offset
+
+
+def check_max_length(max_length: int, config, role: str) -> None:
+    """Refuse, before anything runs, a --max-length the model has no positions for
+    (it would fail mid-run on a tensor-size mismatch)."""
+    limit = usable_positions(config)
+    if max_length > limit:
+        raise UserError(f"--max-length {max_length} is above the {role}'s {limit} positions; "
+                        f"pass --max-length {limit} or less")
+
+
+def id_bound(tokenizer) -> int:
+    """One more than the largest token id the tokenizer can emit: what sizes the stored
+    `input_ids` (added tokens may sit above len(tokenizer))."""
+    return max(len(tokenizer), max(tokenizer.get_vocab().values(), default=-1) + 1)
+
+
 def tokenizer_hash(tokenizer) -> str:
     """sha256 of the vocabulary: a student must tokenize exactly like the store."""
     vocab = sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])

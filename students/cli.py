@@ -163,7 +163,7 @@ def _data_sample(args: argparse.Namespace):
     from transformers import AutoConfig, AutoTokenizer
 
     from hskcache.data import load_texts, tokenize_batch
-    from hskcache.teacher import named_labels
+    from hskcache.teacher import check_max_length, named_labels, usable_positions
 
     if args.importance_examples < 1:
         raise UserError(f"--importance-examples must be at least 1, got {args.importance_examples}")
@@ -175,7 +175,8 @@ def _data_sample(args: argparse.Namespace):
     if args.max_length is not None and args.max_length < 2:
         raise UserError(f"--max-length must be at least 2 ([CLS] and [SEP]), got {args.max_length}")
     n = min(len(texts), args.importance_examples)
-    max_length = args.max_length or min(128, config.max_position_embeddings)
+    max_length = args.max_length or min(128, usable_positions(config))
+    check_max_length(max_length, config, "teacher")
     enc = tokenize_batch(AutoTokenizer.from_pretrained(args.teacher), texts.texts_a[:n],
                          None if texts.texts_b is None else texts.texts_b[:n], max_length)
     batches = []

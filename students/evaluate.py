@@ -16,7 +16,7 @@ from torch import nn
 
 from hskcache.data import load_texts, tokenize_batch
 from hskcache.errors import UserError
-from hskcache.teacher import is_regression
+from hskcache.teacher import check_max_length, is_regression
 from students.metrics import compute_metrics
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -52,9 +52,7 @@ def load_eval_set(
     `label_names` numbers string labels like the training data; `task` (e.g. the
     store's GLUE task) picks the metrics when the data itself names none.
     """
-    if max_length > config.max_position_embeddings:
-        raise UserError(f"--max-length {max_length} is above the student's {config.max_position_embeddings} "
-                        "positions; pass a smaller --max-length")
+    check_max_length(max_length, config, "student")
     texts = load_texts(data, split, text_cols, label_col, label_names)
     if texts.labels is None:
         raise UserError(f"eval data {data} has no labels; pass --label-col naming its label column")
@@ -99,11 +97,11 @@ def open_for_eval(model_dir: str, data: str, max_length: int | None, device: tor
     numbered by its head and metrics of the task it was distilled for."""
     from transformers import AutoTokenizer
 
-    from hskcache.teacher import named_labels
+    from hskcache.teacher import named_labels, usable_positions
     from students.models import load_student, student_task
 
     model = load_student(model_dir).to(device)
-    max_length = max_length or min(128, model.config.max_position_embeddings)
+    max_length = max_length or min(128, usable_positions(model.config))
     eval_set = load_eval_set(data, model.config, AutoTokenizer.from_pretrained(model_dir), max_length, split=split,
                              text_cols=text_cols, label_col=label_col, label_names=named_labels(model.config),
                              task=student_task(model_dir))

@@ -116,7 +116,8 @@ def test_out_is_a_foreign_directory(capsys, teacher_dir, single_csv, tmp_path):
     foreign = tmp_path / "mine"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("keep")
-    code = main(["extract", *map(str, base(teacher_dir, single_csv)), "--store", str(foreign), "--student-layers", "2", "--quiet"])
+    code = main(["extract", *map(str, base(teacher_dir, single_csv)), "--store", str(foreign), "--student-layers", "2",
+                 "--max-length", "24", "--quiet"])
     assert code == 2 and "not an hskcache store" in capsys.readouterr().err
     assert (foreign / "notes.txt").read_text() == "keep"
 

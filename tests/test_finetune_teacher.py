@@ -108,3 +108,14 @@ def test_text_cols_is_a_comma_list_like_the_other_commands():
     base = ["--model", "M", "--train", "T", "--dev", "D", "--out", "O"]
     assert columns(finetune_teacher.parse_args([*base, "--text-cols", "a,b"]).text_cols) == ("a", "b")
     assert columns(finetune_teacher.parse_args([*base, "--text-cols", "a", "b"]).text_cols) == ("a", "b")  # older form
+
+
+def test_length_and_label_names_are_checked_before_training(tmp_path, tiny_bert, capsys):
+    rows = [("the good film", 1), ("the bad film", 0)] * 4
+    train = pd.DataFrame(rows, columns=["sentence", "label"]).to_csv(tmp_path / "t.csv", index=False) or tmp_path / "t.csv"
+    common = ["--model", str(tiny_bert), "--train", str(train), "--dev", str(train), "--out", str(tmp_path / "o")]
+    assert finetune_teacher.main([*common, "--max-length", "100"]) == 2
+    assert "--max-length 100 is above the model's 32 positions" in capsys.readouterr().err
+    assert finetune_teacher.main([*common, "--max-length", "8", "--label-names", "rotten,fresh,meh"]) == 2
+    assert "--label-names gives 3 names but the training data has 2 classes" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()

@@ -112,6 +112,8 @@ def deeper_student(task, tmp_path):
     ("missing eval file", "does not exist"),
     ("eval without labels", "has no column 'label'"),  # the store's label column
     ("no source", "exactly one knowledge source"),
+    ("uniform width not a subset", "uniform width 10/32 is not a subset of the stored dimensions"),
+    ("online length above positions", "--max-length 100 is above the teacher's 64 positions"),
 ])
 def test_bad_input_is_one_line(task, student, tmp_path, capsys, case, message):
     store, folder, extra = task.store, student, []
@@ -130,7 +132,12 @@ def test_bad_input_is_one_line(task, student, tmp_path, capsys, case, message):
     elif case == "eval without labels":
         (tmp_path / "unlabeled.csv").write_text("sentence\nthe movie\n")
         extra = ["--eval-data", str(tmp_path / "unlabeled.csv")]
-    source = [] if case == "no source" else ["--store", str(store)]
+    elif case == "uniform width not a subset":
+        store = extract(task.teacher, task.train, tmp_path / "uniform", "--width-strategy", "uniform", "--limit", 40)
+        extra = ["--hsk", "1,2,0.3"]  # 10 of 32 evenly spaced dimensions: not among the stored 16
+    source = {"no source": [], "online length above positions": [
+        "--teacher", str(task.teacher), "--data", str(task.train), "--student-layers", "2", "--max-length", "100"],
+    }.get(case, ["--store", str(store)])
     capsys.readouterr()
     assert cli.main(["train", *source, "--student", str(folder), "--out", str(tmp_path / "run"), *extra,
                      "--threads", "1", "--quiet"]) == 2
@@ -185,3 +192,11 @@ def test_online_baseline_limit(task, student, tmp_path):
     stages = json.loads((tmp_path / "run" / "metrics.json").read_text())["stages"]
     assert stages["hsk"]["steps"] == 2 * 2 and stages["hsk"]["examples"] == 2 * 20
     assert stages["pred"]["steps"] == 3 * 2 and stages["pred"]["examples"] == 3 * 20
+
+
+def test_build_refuses_a_length_beyond_the_teachers_positions(task, tmp_path, capsys):
+    capsys.readouterr()
+    assert cli.main(["build", "tinybert", "--teacher", str(task.teacher), "--data", str(task.train), "--layers", "2",
+                     "--hidden", "16", "--ffn", "32", "--max-length", "100", "--out", str(tmp_path / "s")]) == 2
+    assert "--max-length 100 is above the teacher's 64 positions" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 from transformers import (
+    AutoConfig,
     AutoModelForSequenceClassification,
     AutoTokenizer,
     get_linear_schedule_with_warmup,
@@ -37,6 +38,7 @@ from hskcache.data import TextData, fingerprint, load_texts, tokenize_batch
 from hskcache.errors import UserError
 from students.selection import holdout_split, parse_select_on
 from hskcache.options import columns
+from hskcache.teacher import check_max_length, usable_positions
 
 META_FILE = "hskcache_teacher.json"
 _MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -69,11 +71,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--text-cols", nargs="+", default=None,
                    help="text column(s), a or a,b (the older space-separated form a b works too)")
     p.add_argument("--label-col", default=None)
+    p.add_argument("--label-names", default=None,
+                   help="class names for classes 0..C-1, e.g. rotten,fresh: written to the model's id2label, so "
+                        "the teacher, its store and its students say them (default: the data's own, else LABEL_i)")
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--lr", type=float, default=5e-5)
     p.add_argument("--warmup-frac", type=float, default=0.1)
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--max-length", type=int, default=64)
+    p.add_argument("--max-length", type=int, default=None,
+                   help="tokenizer max length (default 64, or the model's positions if fewer)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--select-on", default="last",
                    help="last (default: the final epoch) or train-holdout:FRACTION (best epoch on a held-out "
@@ -109,16 +115,22 @@ def train_teacher(args: argparse.Namespace) -> dict:
     torch.manual_seed(args.seed)
     if not (Path(args.model) / "config.json").is_file():
         raise UserError(f"--model {args.model} has no config.json; pass a local HF model folder")
+    config = AutoConfig.from_pretrained(args.model)
+    args.max_length = args.max_length or min(64, usable_positions(config))
+    check_max_length(args.max_length, config, "model")
 
-    text_cols = columns(args.text_cols)
-    train = _labeled(load_texts(args.train, args.train_split, text_cols, args.label_col), "--train")
+    text_cols, label_names = columns(args.text_cols), columns(args.label_names)
+    train = _labeled(load_texts(args.train, args.train_split, text_cols, args.label_col, label_names), "--train")
     dev = _labeled(
-        load_texts(args.dev, args.dev_split, text_cols, args.label_col, train.label_names),
+        load_texts(args.dev, args.dev_split, text_cols, args.label_col, label_names or train.label_names),
         "--dev",
     )
     num_labels = _check_compatible(train, dev)
     train, holdout = holdout_split(train, args.holdout, args.seed)
-    names = train.label_names or tuple(f"LABEL_{i}" for i in range(num_labels))
+    names = label_names or train.label_names or tuple(f"LABEL_{i}" for i in range(num_labels))
+    if len(names) != num_labels:
+        raise UserError(f"--label-names gives {len(names)} names but the training data has {num_labels} classes; "
+                        "name each class 0..C-1 once")
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     model = AutoModelForSequenceClassification.from_pretrained(
         args.model,
