@@ -10,7 +10,7 @@ from .errors import UserError
 from .options import columns, integers, make, merged, setting
 from .layout import COMPRESSIONS, MAX_LENGTH, VALUE_FORMATS, WIDTH_STRATEGIES
 from .selection import TOKEN_STRATEGIES, layer_map
-from .device import DEVICES
+from .device import DEVICES, DTYPES, check_dtype
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,8 @@ class ExtractConfig:
     batch_size: int = setting(64, "teacher batch size")
     limit: int | None = setting(None, "only the first N examples")
     device: str = setting("auto", " | ".join(DEVICES))
+    dtype: str | None = setting(None, " | ".join(DTYPES) + ": the teacher's forward precision, recorded in the store "
+                                "(default: bf16 on CUDA, fp32 on CPU)")
     overwrite: bool = setting(False, "replace a store written with other settings")
 
     # Settings that do not change what is stored.
@@ -63,6 +65,7 @@ class ExtractConfig:
             raise UserError(f"--compress {self.compress!r} is unknown; use one of {', '.join(COMPRESSIONS)}")
         if self.device not in DEVICES:
             raise UserError(f"--device {self.device!r} is unknown; use one of {', '.join(DEVICES)}")
+        check_dtype(self.dtype)
         if not 2 <= self.max_length <= MAX_LENGTH:
             raise UserError(f"--max-length {self.max_length} is outside 2..{MAX_LENGTH}: at least [CLS] and [SEP], "
                             "at most what the store's int16 lengths and positions hold")

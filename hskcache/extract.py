@@ -49,6 +49,7 @@ def store_attrs(cfg: ExtractConfig, data: TextData, teacher: Teacher, plan: Sele
         "student_layers": len(teacher_layers) - 1,
         "text_cols": list(data.text_cols),
         "label_col": data.label_col,
+        "dtype": teacher.dtype,  # resolved: a GPU (bf16) store differs from a CPU (fp32) one
     }
     settings.pop("store")
     tok = teacher.tokenizer
@@ -151,7 +152,7 @@ class BackgroundWriter:
 
 def prepare(cfg: ExtractConfig) -> tuple[TextData, Teacher, SelectionPlan, StoreShape, tuple[int, ...]]:
     """Load and check everything before the store is touched."""
-    teacher = load_teacher(cfg.teacher, cfg.device)
+    teacher = load_teacher(cfg.teacher, cfg.device, cfg.dtype)
     check_max_length(cfg.max_length, teacher.model.config, "teacher")
     # String labels are numbered like the teacher's head, even if a class is missing here.
     data = load_texts(cfg.data, cfg.split, cfg.text_cols, cfg.label_col, named_labels(teacher.model.config))

@@ -1,9 +1,12 @@
 """Reading a store back as torch tensors: random access and a streaming iterator.
 
-One extraction serves every (N^D, N^L, N^W) at or below it: depth keeps the
-top stored pairs, tokens a prefix of the importance-ordered positions, and
-width re-ranks the kept activations by magnitude (or takes a prefix of the
-static rand order).
+One extraction serves every (N^D, N^L, N^W) at or below it, with one
+exception: depth keeps the top stored pairs, tokens a prefix of the
+importance-ordered positions, and width re-ranks the kept activations by
+magnitude (`mag`, equal to a direct extraction up to fp16 ties) or takes a
+prefix of the static `rand` order. A `uniform` width serves only smaller
+widths whose evenly spaced dimensions are among the stored ones (e.g. 0.25
+from 0.5, not 0.3): `RowDecoder.resolve` refuses the others.
 
 The CPU side only decompresses chunks and gathers rows, on a thread pool
 (zstd and numpy release the GIL); batches leave it packed (`packed.PackedBatch`)

@@ -141,8 +141,13 @@ def static_dims(strategy: str, hidden: int, kept: int, seed: int) -> torch.Tenso
 def top_magnitude(values: torch.Tensor, dims: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Keep the k of the given activations with the largest magnitude.
 
-    Works on full vectors (dims = arange(d)) and on already-kept values, which
-    is why any k' <= k of a `mag` store is exact. Returns dims ascending.
+    Works on full vectors (dims = arange(d)) and on already-kept values: the
+    top k' of a vector's top k are its top k', so a `mag` store serves any
+    k' <= k. What is exact is the set up to ties: a read re-ranks the *stored*
+    (fp16-rounded) values, so where two activations differ only below fp16
+    precision, a smaller read may keep the other one than a direct extraction
+    at k' would; the values it returns are the stored ones either way.
+    Returns dims ascending.
     """
     if k >= values.shape[-1]:
         return values, dims

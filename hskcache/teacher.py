@@ -1,7 +1,6 @@
 """Loading a fine-tuned teacher and running it with hidden states and attentions."""
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -11,7 +10,7 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
-from .device import pick_device
+from .device import autocast, pick_device, pick_dtype
 from .errors import UserError
 
 
@@ -79,6 +78,7 @@ class Teacher:
     name: str
     device: torch.device
     weights_hash: str
+    dtype: str = "fp32"  # of the forward: fp32 | bf16 (autocast)
 
     @property
     def num_layers(self) -> int:
@@ -101,15 +101,13 @@ class Teacher:
         inputs = {k: batch[k].to(self.device) for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
         if getattr(self.model.config, "type_vocab_size", 0) < 2:  # RoBERTa: 1; MPNet: no segments at all
             inputs.pop("token_type_ids", None)
-        autocast = (
-            torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else contextlib.nullcontext()
-        )
-        with torch.inference_mode(), autocast:
+        with torch.inference_mode(), autocast(self.device, self.dtype):
             return self.model(**inputs, output_hidden_states=True, output_attentions=True, return_dict=True)
 
 
-def load_teacher(name: str, device: str = "auto") -> Teacher:
-    """A fine-tuned sequence classifier, checked to be one and to return attentions."""
+def load_teacher(name: str, device: str = "auto", dtype: str | None = None) -> Teacher:
+    """A fine-tuned sequence classifier, checked to be one and to return attentions;
+    it runs in `dtype` (`hskcache.device.pick_dtype`: bf16 on CUDA, fp32 on CPU by default)."""
     local = Path(name).expanduser()
     if (name.startswith((".", "/", "~")) or local.exists()) and not (local / "config.json").is_file():
         raise UserError(f"teacher {name} is not a model folder (no config.json); pass a fine-tuned Hugging Face model folder or hub id")
@@ -129,7 +127,7 @@ def load_teacher(name: str, device: str = "auto") -> Teacher:
     dev = pick_device(device)
     model.to(dev).eval()
     tokenizer = AutoTokenizer.from_pretrained(name)
-    teacher = Teacher(model, tokenizer, name, dev, weights_hash(model))
+    teacher = Teacher(model, tokenizer, name, dev, weights_hash(model), pick_dtype(dtype, dev))
     probe = tokenizer(["a"], return_tensors="pt")
     out = teacher.forward(dict(probe))
     if not out.attentions or out.attentions[0] is None or not out.hidden_states:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from hskcache.cli import run_guarded
-from hskcache.device import DEVICES
+from hskcache.device import DEVICES, DTYPES
 from hskcache.errors import UserError
 from hskcache.options import add_fields, add_store_flag, columns, field_names, flag_name, make, merged
 from students.etd import EXTRACTING_INITS, LAYER_SELECTIONS
@@ -296,7 +296,7 @@ def open_source(settings: dict[str, Any], cfg: TrainConfig):
     if online["data"] is None:
         raise UserError("--teacher needs --data: the training data to run the teacher on")
     flags = {**online, "teacher": teacher, "text_cols": cfg.text_cols, "label_col": cfg.label_col,
-             "max_length": cfg.max_length, "device": cfg.device,
+             "max_length": cfg.max_length, "device": cfg.device, "dtype": cfg.dtype,
              "store": cfg.out}  # nothing is written there: no store
     return OnlineSource(build_config(flags))
 
@@ -338,6 +338,7 @@ def add_eval_parser(sub) -> None:
     p.add_argument("--max-length", type=int,
                    help="tokenizer max length (default 128, or the student's positions if fewer)")
     p.add_argument("--device", default="auto", choices=DEVICES, help="auto (default) | cpu | cuda")
+    p.add_argument("--dtype", choices=DTYPES, help="forward precision (default: bf16 on CUDA, fp32 on CPU)")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
 
 
@@ -352,7 +353,7 @@ def run_eval(args: argparse.Namespace) -> int:
     device = pick_device(args.device)
     model, eval_set = open_for_eval(args.model, args.data, args.max_length, device, args.split,
                                     columns(args.text_cols), args.label_col)
-    metrics = evaluate(model, eval_set, args.batch_size, device)
+    metrics = evaluate(model, eval_set, args.batch_size, device, args.dtype)
     if args.json:
         print(json.dumps(metrics))
     else:

@@ -6,7 +6,6 @@ Eval data is tokenized with the *student's* tokenizer (saved in its folder), so
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -15,6 +14,7 @@ import torch
 from torch import nn
 
 from hskcache.data import load_texts, tokenize_batch
+from hskcache.device import autocast, pick_dtype
 from hskcache.errors import UserError
 from hskcache.teacher import check_max_length, is_regression
 from students.metrics import compute_metrics
@@ -69,25 +69,28 @@ def load_eval_set(
 
 
 @torch.no_grad()
-def predict(model: nn.Module, inputs: dict[str, torch.Tensor], batch_size: int, device: torch.device) -> np.ndarray:
-    """Logits (N, C) in float32; each batch is trimmed to its longest real
+def predict(model: nn.Module, inputs: dict[str, torch.Tensor], batch_size: int, device: torch.device,
+            dtype: str | None = None) -> np.ndarray:
+    """Logits (N, C) in float32, the forward in `dtype` (default: the device's, see
+    `hskcache.device.pick_dtype`); each batch is trimmed to its longest real
     sequence (padding is right-aligned and masked, so outputs are unchanged)."""
     was_training = model.training
     model.eval()
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext())
+    precision = autocast(device, pick_dtype(dtype, device))
     outputs = []
     for rows in torch.arange(len(inputs["input_ids"])).split(batch_size):
         width = int(inputs["attention_mask"][rows].sum(1).max())
         batch = {k: v[rows, :width].to(device) for k, v in inputs.items()}
-        with autocast:
+        with precision:
             outputs.append(model(**batch).logits.float().cpu())
     model.train(was_training)
     return torch.cat(outputs).numpy()
 
 
-def evaluate(model: nn.Module, eval_set: EvalSet, batch_size: int, device: torch.device) -> dict[str, float]:
+def evaluate(model: nn.Module, eval_set: EvalSet, batch_size: int, device: torch.device,
+             dtype: str | None = None) -> dict[str, float]:
     """The task's metrics (SPEC "Metrics") of `model` on `eval_set`."""
-    logits = predict(model, eval_set.inputs, batch_size, device)
+    logits = predict(model, eval_set.inputs, batch_size, device, dtype)
     return compute_metrics(eval_set.task, logits, eval_set.labels, eval_set.regression)
 
 

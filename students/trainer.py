@@ -9,7 +9,6 @@ loop, losses and checkpoints are shared.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -28,7 +27,7 @@ from transformers import AutoTokenizer, get_constant_schedule, get_linear_schedu
 
 from hskcache.distributed import Ranks, rank_device
 from hskcache.errors import UserError
-from hskcache.device import DEVICES
+from hskcache.device import DEVICES, DTYPES, autocast, check_dtype, pick_dtype
 from hskcache.hskread import parse_triple
 from hskcache.options import columns, setting
 from hskcache.packed import PackedBatch, expand
@@ -134,12 +133,14 @@ class TrainConfig:
     max_length: int | None = setting(None, "eval max length (default: the store's)")
     eval_batch_size: int = setting(128, "eval batch size")
     device: str = setting("auto", " | ".join(DEVICES))
+    dtype: str | None = setting(None, " | ".join(DTYPES) + ": forward precision of training and eval, losses in "
+                                "fp32 (default: bf16 on CUDA, fp32 on CPU)")
     threads: int | None = setting(None, "torch CPU threads (default: all available cores)")
     resume: bool = setting(False, "continue the run in --out from its checkpoint")
     quiet: bool = setting(False, "no progress bars")
 
     # Settings a resumed run may change: they do not change what is trained.
-    RUNTIME = ("log_every", "save_every", "eval_batch_size", "device", "threads", "resume", "quiet")
+    RUNTIME = ("log_every", "save_every", "eval_batch_size", "device", "dtype", "threads", "resume", "quiet")
 
     def __post_init__(self) -> None:
         positive = {"hsk_epochs": self.hsk_epochs, "pred_epochs": self.pred_epochs,
@@ -159,6 +160,7 @@ class TrainConfig:
             raise UserError(f"--width-loss {self.width_loss!r} is unknown; use one of {', '.join(HSK_MODES)}")
         if self.device not in DEVICES:
             raise UserError(f"--device {self.device!r} is unknown; use one of {', '.join(DEVICES)}")
+        check_dtype(self.dtype)
         if self.max_length is not None and self.max_length < 2:
             raise UserError(f"--max-length must be at least 2 ([CLS] and [SEP]), got {self.max_length}")
         if Path(self.out).is_file():
@@ -230,14 +232,14 @@ class Distiller(nn.Module):
     """The trainable parts of a step as one module (the student and the projection W),
     so that DistributedDataParallel sees every parameter a loss uses in its forward."""
 
-    def __init__(self, student: nn.Module, projection: nn.Module, autocast) -> None:
+    def __init__(self, student: nn.Module, projection: nn.Module, precision) -> None:
         super().__init__()
-        self.student, self.projection, self.autocast = student, projection, autocast
+        self.student, self.projection, self.precision = student, projection, precision
 
     def forward(self, inputs: dict[str, Tensor], positions: Tensor | None = None) -> tuple[Any, list[Tensor] | None]:
         """The student's output and, given stored positions (B, N_D, N_L), the projected
         student vectors there; stored layer j of a depth-n read belongs to student layer L' - n + 1 + j."""
-        with self.autocast:
+        with self.precision:
             out = self.student(**inputs, output_hidden_states=positions is not None)
         if positions is None:
             return out, None
@@ -270,9 +272,8 @@ class Trainer:
         self.projection = HSKProjection(self.model.config.hidden_size, source.hidden)
         self.model.to(self.device)
         self.projection.to(self.device)
-        self.autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda"
-                         else contextlib.nullcontext())
-        self.distiller = Distiller(self.model, self.projection, self.autocast)
+        self.dtype = pick_dtype(cfg.dtype, self.device)
+        self.distiller = Distiller(self.model, self.projection, autocast(self.device, self.dtype))
         self.engine: nn.Module = self.distiller  # DDP-wrapped per stage when distributed
         self.pos = Position()
         self.saved = self._open_run()
@@ -483,7 +484,7 @@ class Trainer:
         if self.eval_set is None or not self.ranks.is_main:
             return
         pos = self.pos
-        metrics = evaluate(self.model, self.eval_set, self.cfg.eval_batch_size, self.device)
+        metrics = evaluate(self.model, self.eval_set, self.cfg.eval_batch_size, self.device, self.dtype)
         self._write_log({"stage": stage.name, "epoch": pos.epoch + 1, "step": pos.step, "eval": metrics})
         if not self.cfg.quiet:
             bar.write(f"{stage.name} epoch {pos.epoch + 1}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
