@@ -54,6 +54,7 @@ def store_attrs(cfg: ExtractConfig, data: TextData, teacher: Teacher, plan: Sele
     settings.pop("store")
     tok = teacher.tokenizer
     data_fp = fingerprint(data)
+    names = data.label_names or named_labels(teacher.model.config)  # the data's, else the teacher's head
     return {
         "config": settings,
         "identity": {"settings": settings, "teacher_hash": teacher.weights_hash, "data_fingerprint": data_fp},
@@ -71,7 +72,7 @@ def store_attrs(cfg: ExtractConfig, data: TextData, teacher: Teacher, plan: Sele
         "regression": teacher.regression,
         "id2label": {str(k): v for k, v in teacher.model.config.id2label.items()},
         "task": data.task,
-        "label_names": list(data.label_names) if data.label_names else None,
+        "label_names": list(names) if names else None,
         "tokenizer": {
             "name": teacher.name,
             "class": type(tok).__name__,

@@ -41,12 +41,15 @@ def make_tokenizer(folder: Path) -> BertTokenizerFast:
     return BertTokenizerFast(vocab=str(folder / "vocab.txt"))
 
 
-def make_teacher(folder: Path, num_labels: int = 2, layers: int = 2, seed: int = 0) -> Path:
-    """A tiny random BERT classifier saved like a fine-tuned teacher."""
+def make_teacher(folder: Path, num_labels: int = 2, layers: int = 2, seed: int = 0,
+                 label_names: tuple[str, ...] | None = None) -> Path:
+    """A tiny random BERT classifier saved like a fine-tuned teacher (with class names if given)."""
     tok = make_tokenizer(folder)
     torch.manual_seed(seed)
+    names = {"id2label": dict(enumerate(label_names)), "label2id": {n: i for i, n in enumerate(label_names)}} \
+        if label_names else {}
     config = BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=layers, num_attention_heads=4,
-                        intermediate_size=64, max_position_embeddings=64, num_labels=num_labels)
+                        intermediate_size=64, max_position_embeddings=64, num_labels=num_labels, **names)
     model = BertForSequenceClassification(config).eval()
     model.save_pretrained(folder)
     tok.save_pretrained(folder)

@@ -119,3 +119,16 @@ def test_length_and_label_names_are_checked_before_training(tmp_path, tiny_bert,
     assert finetune_teacher.main([*common, "--max-length", "8", "--label-names", "rotten,fresh,meh"]) == 2
     assert "--label-names gives 3 names but the training data has 2 classes" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_label_names_for_integer_labels(tmp_path, tiny_bert):
+    """The movie data's labels are 0/1; --label-names puts rotten/fresh into the teacher's config."""
+    rows = [("the good film", 1), ("the bad film", 0)] * 4
+    pd.DataFrame(rows, columns=["sentence", "label"]).to_csv(tmp_path / "t.csv", index=False)
+    out = tmp_path / "teacher"
+    assert finetune_teacher.main(["--model", str(tiny_bert), "--train", str(tmp_path / "t.csv"), "--dev",
+                                  str(tmp_path / "t.csv"), "--out", str(out), "--label-names", "rotten,fresh",
+                                  "--epochs", "1", "--max-length", "8", "--threads", "1"]) == 0
+    config = AutoModelForSequenceClassification.from_pretrained(out).config
+    assert config.id2label == {0: "rotten", 1: "fresh"} and config.label2id == {"rotten": 0, "fresh": 1}
+    assert json.loads((out / finetune_teacher.META_FILE).read_text())["label_names"] == ["rotten", "fresh"]

@@ -7,7 +7,7 @@ import shutil
 import pytest
 import torch
 import zarr
-from transformers import AutoModelForSequenceClassification, AutoTokenizer, BertTokenizerFast
+from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, BertTokenizerFast
 
 import hskcache
 from hskcache import layout
@@ -16,7 +16,7 @@ from students import cli
 from students.models import load_student
 from students.rosita import RositaForSequenceClassification
 from students.online import OnlineSource
-from tiny_task import CHUNK_BYTES, STORE_FLAGS, Interrupting, extract
+from tiny_task import CHUNK_BYTES, LABEL_NAMES, STORE_FLAGS, Interrupting, extract
 
 TRAIN = ("--hsk-epochs", "2", "--pred-epochs", "3", "--hsk-lr", "3e-3", "--pred-lr", "3e-3", "--hsk-batch-size", "16",
          "--pred-batch-size", "16", "--threads", "1", "--quiet")
@@ -61,6 +61,11 @@ def test_extract_build_train_eval_without_the_teacher(task, tmp_path, capsys):
     assert type(AutoModelForSequenceClassification.from_pretrained(tmp_path / "run-tiny" / "student")).__name__ \
         == "BertForSequenceClassification"
     assert isinstance(load_student(tmp_path / "run-rosita" / "student"), RositaForSequenceClassification)
+    # The class names travel teacher → store → student: the exported models say "fresh", not LABEL_1.
+    assert hskcache.open_store(store).attrs["label_names"] == list(LABEL_NAMES)
+    for kind in ("tiny", "rosita"):
+        config = AutoConfig.from_pretrained(tmp_path / f"run-{kind}" / "student")
+        assert config.id2label == {0: "rotten", 1: "fresh"} and config.label2id == {"rotten": 0, "fresh": 1}
 
 
 def test_ctrl_c_then_resume(task, student, tmp_path, monkeypatch, capsys):

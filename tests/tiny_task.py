@@ -30,6 +30,7 @@ MAX_LEN = 16
 TEACHER_LAYERS = 4
 STUDENT_LAYERS = 2
 CHUNK_BYTES = 24_000  # several chunks, so windows matter
+LABEL_NAMES = ("rotten", "fresh")  # class 0, class 1: carried from the teacher to the store and the students
 STORE_FLAGS = ("--student-layers", STUDENT_LAYERS, "--tokens", 8, "--width", 0.5, "--max-length", MAX_LEN)
 
 
@@ -101,7 +102,7 @@ def tiny_task(tmp_path_factory) -> TinyTask:
     train_rows, dev_rows = task_rows(256, 0), task_rows(64, 1)
     write_csv(task.train, train_rows)
     write_csv(task.dev, dev_rows)
-    make_teacher(task.teacher, layers=TEACHER_LAYERS)
+    make_teacher(task.teacher, layers=TEACHER_LAYERS, label_names=LABEL_NAMES)
     finetune(task.teacher, train_rows)
     accuracy = teacher_accuracy(task.teacher, dev_rows)
     assert accuracy >= 0.9, f"the tiny teacher did not learn the task ({accuracy})"

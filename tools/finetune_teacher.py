@@ -127,7 +127,8 @@ def train_teacher(args: argparse.Namespace) -> dict:
     )
     num_labels = _check_compatible(train, dev)
     train, holdout = holdout_split(train, args.holdout, args.seed)
-    names = label_names or train.label_names or tuple(f"LABEL_{i}" for i in range(num_labels))
+    named = label_names or train.label_names
+    names = named or tuple(f"LABEL_{i}" for i in range(num_labels))
     if len(names) != num_labels:
         raise UserError(f"--label-names gives {len(names)} names but the training data has {num_labels} classes; "
                         "name each class 0..C-1 once")
@@ -159,7 +160,7 @@ def train_teacher(args: argparse.Namespace) -> dict:
         "task": train.task,
         "text_cols": list(train.text_cols),
         "label_col": train.label_col,
-        "label_names": list(train.label_names) if train.label_names else None,
+        "label_names": list(named) if named else None,
         "num_labels": num_labels,
         "is_regression": train.is_regression,
         "max_length": args.max_length,
