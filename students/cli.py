@@ -193,6 +193,9 @@ def _build_extracted(args: argparse.Namespace, spec: StudentSpec):
     import torch.nn.functional as F
 
     from hskcache.device import pick_device
+    from transformers import AutoConfig
+
+    from hskcache.teacher import is_regression
     from students.etd import build_extracted
     from students.losses import prediction_loss
 
@@ -210,12 +213,11 @@ def _build_extracted(args: argparse.Namespace, spec: StudentSpec):
                 return prediction_loss(logits, batch["logits"].to(logits.device), 1.0, regression)
         else:
             batches = _data_sample(args)
+            regression = is_regression(AutoConfig.from_pretrained(args.teacher))
 
             def loss_fn(logits, batch):
                 labels = batch["labels"].to(logits.device)
-                if logits.shape[1] == 1:
-                    return F.mse_loss(logits[:, 0], labels.float())
-                return F.cross_entropy(logits, labels)
+                return F.mse_loss(logits[:, 0], labels.float()) if regression else F.cross_entropy(logits, labels)
     elif args.store is not None or args.data is not None:
         raise UserError(f"--store/--data score importance for --init etd-impt; --init {args.init} does not use them")
     device = pick_device(args.device)

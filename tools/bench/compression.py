@@ -5,7 +5,7 @@ Measures raw chunks of a real store (whatever codec it was written with), so
 the numbers are what `store.CODECS` would get; docs/design.md ("Codecs")
 records the choice they support, and `budget.DISK_RATIOS` the ratios.
 
-    python tools/bench/compression.py STORE [--rows 4096]
+    python tools/bench/compression.py --store STORE [--rows 4096]
 """
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import time
 import numpy as np
 from numcodecs import Blosc, Zstd
 
+from hskcache.options import add_store_argument, store_argument
 from hskcache.store import StoreData
 
 CODECS = {
@@ -34,9 +35,12 @@ def best_seconds(fn, repeats: int = 3) -> float:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("store")
+    add_store_argument(p, "the store to measure")
     p.add_argument("--rows", type=int, default=4096, help="rows read from the start of the store")
     args = p.parse_args()
+    args.store = store_argument(args)
+    if args.store is None:
+        p.error("pass --store STORE")
     data = StoreData(args.store)
     rows = slice(0, min(args.rows, data.num_examples))
     print(f"{args.store}: first {rows.stop} rows, one thread; ratio = raw / compressed; "
