@@ -288,3 +288,15 @@ def test_regression_follows_problem_type():
     assert not is_regression(BertConfig(num_labels=2))
     assert is_regression(BertConfig(num_labels=2, problem_type="regression"))
     assert not is_regression(BertConfig(num_labels=3, problem_type="multi_label_classification"))
+
+
+def test_import_students_is_enough_for_the_auto_classes(teacher_dir, tmp_path):
+    """A fresh interpreter that only imports `students` opens a ROSITA folder with the Auto classes."""
+    import subprocess
+    import sys
+
+    build_rosita(teacher_dir, [_batch(teacher_dir)], 1, 2, 16, 8, tmp_path / "r")
+    code = ("import students, sys; from transformers import AutoModelForSequenceClassification as A; "
+            "print(type(A.from_pretrained(sys.argv[1])).__name__)")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "r")], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "RositaForSequenceClassification"
