@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
+from dataclasses import replace
 
 import numpy as np
 
@@ -192,18 +192,17 @@ def store_setting(path: str) -> tuple[budget.Setting, budget.Config, dict[str, i
     """A store's setting (with its real token lengths), its own configuration and its bytes on disk."""
     import zarr
 
-    from .store import describe, on_disk_bytes
-
-    from .store import SCHEMA_VERSION, schema_error
+    from .storage import Location
+    from .store import SCHEMA_VERSION, describe, schema_error
 
     info = describe(path)  # raises UserError for anything but an hskcache store
-    group = zarr.open_group(str(path), mode="r")
+    group = zarr.open_group(Location.parse(path).zarr_store(read_only=True), mode="r")
     attrs = dict(group.attrs)
     if attrs.get("schema_version") != SCHEMA_VERSION:
         raise schema_error(path, attrs.get("schema_version"))
     try:
         cfg = attrs["config"]
-        examples = int(attrs["rows_committed"])
+        examples = int(info["rows_committed"])
         lengths = group["length"][:examples].astype(np.int64)
         seq_len = int(cfg["max_length"])
         setting = budget.Setting(
@@ -217,4 +216,4 @@ def store_setting(path: str) -> tuple[budget.Setting, budget.Config, dict[str, i
         own = budget.Config.of(int(cfg["depth"]), int(cfg["tokens"]), float(cfg["width"]))
     except (KeyError, TypeError, ValueError) as exc:
         raise UserError(f"store {info['path']} lacks the attribute {exc} that budget reads; re-extract it with this hskcache") from None
-    return setting, own, on_disk_bytes(Path(path))
+    return setting, own, info["bytes"]

@@ -23,11 +23,14 @@ def quiet_libraries() -> None:
 
 def run_guarded(fn: Callable[[], int], prog: str) -> int:
     """Bad input and interrupts become one line on stderr and a non-zero exit."""
+    from .distributed import Ranks
+
     quiet_libraries()
     try:
         return fn()
     except UserError as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
+        if Ranks.from_env().is_main:  # under torchrun every rank refuses alike; one says so
+            print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"{prog}: interrupted; rerun the same command to resume", file=sys.stderr)
@@ -52,10 +55,16 @@ def run_extract(args: argparse.Namespace) -> int:
     from .config import build_config
     from .extract import extract
 
+    from .distributed import process_group
+
     flags = {k: v for k, v in vars(args).items() if k not in ("command", "config", "quiet")}
     cfg = build_config(flags, args.config)
-    path = extract(cfg, progress=not args.quiet)
-    print(f"wrote {path}")
+    with process_group(cfg.device) as (ranks, _):  # one process, or a rank of torchrun
+        done = extract(cfg, progress=not args.quiet)
+    if done is not None:
+        print(f"wrote {done}")
+    elif cfg.shard is not None:
+        print(f"shard {cfg.shard[0]}/{cfg.shard[1]} of {cfg.store} written; the store is complete once every shard is")
     return 0
 
 
@@ -63,7 +72,7 @@ def add_inspect_parser(sub) -> None:
     from .options import add_store_argument
 
     p = sub.add_parser("inspect", help="print a store's config, rows, completeness and bytes per array")
-    add_store_argument(p, "the store to describe")
+    add_store_argument(p, "the store to describe: a directory or an fsspec URL")
     p.add_argument("--json", action="store_true")
 
 

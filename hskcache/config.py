@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 from . import widthcode
@@ -10,6 +9,7 @@ from .errors import UserError
 from .options import columns, integers, make, merged, setting
 from .layout import COMPRESSIONS, MAX_LENGTH, VALUE_FORMATS, WIDTH_STRATEGIES
 from .selection import TOKEN_STRATEGIES, layer_map
+from .storage import Location
 from .device import DEVICES, DTYPES, check_dtype
 
 
@@ -19,7 +19,7 @@ class ExtractConfig:
 
     teacher: str = field(metadata={"help": "fine-tuned sequence classifier: local folder or hub id"})
     data: str = field(metadata={"help": "glue/<task> or a .csv/.tsv/.json/.jsonl/.parquet file"})
-    store: str = field(metadata={"help": "store directory to write", "aliases": ("--out",)})
+    store: str = field(metadata={"help": "store to write: a directory or an fsspec URL (s3://bucket/store, gs://...)", "aliases": ("--out",)})
     split: str = setting("train", "dataset split")
     text_cols: tuple[str, ...] | None = setting(None, "text column(s), a or a,b", parse=columns)
     label_col: str | None = setting(None, "label column")
@@ -44,9 +44,12 @@ class ExtractConfig:
     dtype: str | None = setting(None, " | ".join(DTYPES) + ": the teacher's forward precision, recorded in the store "
                                 "(default: bf16 on CUDA, fp32 on CPU)")
     overwrite: bool = setting(False, "replace a store written with other settings")
+    shard: tuple[int, int] | None = setting(
+        None, "i/N: write only the i-th of N chunk ranges (0-based), for schedulers without torchrun; "
+        "the last shard to finish marks the store complete", parse=lambda value: parse_shard(value))
 
     # Settings that do not change what is stored.
-    RUNTIME = ("device", "overwrite")
+    RUNTIME = ("device", "overwrite", "shard")
 
     def __post_init__(self) -> None:
         if not 0 < self.width <= 1:
@@ -79,8 +82,15 @@ class ExtractConfig:
             raise UserError("pass either --student-layers or --teacher-layers, not both")
         if self.student_layers is not None and self.student_layers < 1:
             raise UserError(f"--student-layers must be at least 1, got {self.student_layers}")
-        if self.store and Path(self.store).is_file():
-            raise UserError(f"--store {self.store} is a file; pass a directory path for the store")
+        if self.store and Location.parse(self.store).is_file():
+            raise UserError(f"--store {self.store} is a file; pass a directory path or URL for the store")
+        if self.shard is not None:
+            index, count = self.shard
+            if not 0 <= index < count:
+                raise UserError(f"--shard {index}/{count}: pass i/N with 0 <= i < N, e.g. 0/8 ... 7/8")
+            if self.overwrite:
+                raise UserError("--overwrite with --shard would let one shard delete another's chunks; "
+                                "remove the store first, then run the shards")
 
     def resolve_layers(self, num_teacher_layers: int) -> tuple[int, ...]:
         """Teacher layer for each student layer 0..L', checked against the teacher."""
@@ -102,6 +112,19 @@ class ExtractConfig:
     def stored_settings(self) -> dict[str, Any]:
         """The settings that define a store's content, as recorded in its attributes."""
         return {k: v for k, v in asdict(self).items() if k not in self.RUNTIME}
+
+
+def parse_shard(text: str | tuple[int, int]) -> tuple[int, int]:
+    """`--shard i/N` (0-based i)."""
+    if isinstance(text, tuple):
+        return text
+    index, sep, count = str(text).partition("/")
+    try:
+        if not sep:
+            raise ValueError
+        return int(index), int(count)
+    except ValueError:
+        raise UserError(f"--shard {text!r} is not i/N (e.g. 0/8 for the first of eight shards)") from None
 
 
 def build_config(flags: dict[str, Any], toml_path: str | None = None) -> ExtractConfig:

@@ -13,6 +13,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -65,6 +66,13 @@ def rank_device(requested: str, local_rank: int, cuda_devices: int | None = None
         raise UserError(f"local rank {local_rank} has no GPU: this node has {count}; "
                         f"pass --nproc_per_node {count} or fewer to torchrun")
     return torch.device("cuda", local_rank)
+
+
+def broadcast(value: Any) -> Any:
+    """Rank 0's `value` (any picklable object) on every rank of the default group."""
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def backend_for(device: torch.device) -> str:

@@ -1,8 +1,10 @@
-"""The extraction loop: data → teacher → selection → store, resumable.
+"""The extraction loop: data → teacher → selection → store, resumable and shardable.
 
-Batches always start at multiples of the batch size, so a resumed run feeds
-the teacher exactly the batches an uninterrupted run would and the finished
-store is identical.
+Batches always start at multiples of the batch size, so a resumed run, and
+every writer of a sharded one, feeds the teacher exactly the batches one
+uninterrupted process would, and the finished store is identical. Writers
+(torchrun ranks, or `--shard i/N` jobs) own contiguous ranges of chunks; a
+batch that straddles two writers' ranges is run by both, each keeping its rows.
 """
 from __future__ import annotations
 
@@ -11,7 +13,6 @@ import queue
 import threading
 from dataclasses import replace
 from importlib import metadata
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,12 +21,13 @@ from tqdm.auto import tqdm
 
 from . import widthcode
 from .config import ExtractConfig
+from .distributed import Ranks, broadcast, rank_device
 from .data import TextData, fingerprint, load_texts, tokenize_batch
 from .errors import UserError
 from .layout import StoreShape, narrow
 from .packed import encode_hsk
 from .selection import SelectionPlan, select_hsk
-from .store import StoreWriter
+from .store import StoreWriter, chunk_span
 from .teacher import Teacher, check_max_length, id_bound, load_teacher, named_labels, tokenizer_hash
 
 
@@ -129,20 +131,21 @@ class BackgroundWriter:
         self._thread.start()
 
     def _run(self) -> None:
-        while (rows := self._queue.get()) is not None:
+        while (item := self._queue.get()) is not None:
             if self._error is None:
                 try:
-                    self.writer.append(rows)
-                except BaseException as exc:  # surfaced by append/close in the caller
+                    self.writer.write(*item)
+                except BaseException as exc:  # surfaced by write/close in the caller
                     self._error = exc
 
     def _check(self) -> None:
         if self._error is not None:
             raise self._error
 
-    def append(self, rows: dict[str, np.ndarray]) -> None:
+    def write(self, start: int, rows: dict[str, np.ndarray]) -> None:
+        """`StoreWriter.write`, in the background."""
         self._check()
-        self._queue.put(rows)
+        self._queue.put((start, rows))
 
     def close(self) -> None:
         """Wait for every queued write; raise the first error."""
@@ -151,9 +154,10 @@ class BackgroundWriter:
         self._check()
 
 
-def prepare(cfg: ExtractConfig) -> tuple[TextData, Teacher, SelectionPlan, StoreShape, tuple[int, ...]]:
-    """Load and check everything before the store is touched."""
-    teacher = load_teacher(cfg.teacher, cfg.device, cfg.dtype)
+def prepare(cfg: ExtractConfig, device: torch.device | None = None
+            ) -> tuple[TextData, Teacher, SelectionPlan, StoreShape, tuple[int, ...]]:
+    """Load and check everything before the store is touched (the teacher on `device`, else `cfg.device`)."""
+    teacher = load_teacher(cfg.teacher, device or cfg.device, cfg.dtype)
     check_max_length(cfg.max_length, teacher.model.config, "teacher")
     # String labels are numbered like the teacher's head, even if a class is missing here.
     data = load_texts(cfg.data, cfg.split, cfg.text_cols, cfg.label_col, named_labels(teacher.model.config))
@@ -174,30 +178,53 @@ def prepare(cfg: ExtractConfig) -> tuple[TextData, Teacher, SelectionPlan, Store
     return data, teacher, plan, shape, teacher_layers
 
 
-def extract(cfg: ExtractConfig, progress: bool = True) -> Path:
-    """Write (or finish) the store at cfg.store."""
-    data, teacher, plan, shape, teacher_layers = prepare(cfg)
+def extract(cfg: ExtractConfig, progress: bool = True) -> str | None:
+    """Write (or finish) this process's share of the store at cfg.store: all of it
+    for one process, a rank's chunks under torchrun, `cfg.shard`'s with --shard.
+    Returns the store's URL once it is complete, else None (other writers remain)."""
+    ranks = Ranks.current()
+    together = ranks.world_size > 1  # torchrun: collectives order creation and completion
+    if cfg.shard is not None and together:
+        raise UserError("--shard is for schedulers without torchrun; under torchrun each rank takes its share itself")
+    part, parts = cfg.shard or (ranks.rank, ranks.world_size)
+    data, teacher, plan, shape, teacher_layers = prepare(cfg, rank_device(cfg.device, ranks.local_rank))
     attrs = store_attrs(cfg, data, teacher, plan, shape, teacher_layers)
     static = plan.static_dims()
-    writer = StoreWriter.open(cfg.store, shape, len(data), attrs, None if static is None else static.numpy(), cfg.overwrite)
-    begin = writer.rows_committed
     n = len(data)
+    create = (cfg.store, shape, n, attrs, None if static is None else static.numpy(), cfg.overwrite)
+    if together:  # rank 0 creates the group; every rank learns whether it was refused
+        refusal = None
+        if ranks.is_main:
+            try:
+                StoreWriter.create(*create)
+            except UserError as exc:
+                refusal = str(exc)
+        refusal = broadcast(refusal)
+        if refusal is not None:
+            raise UserError(refusal)
+    else:  # one process, or independent --shard jobs: each creates what is missing, identically
+        StoreWriter.create(*create)
+    chunks = chunk_span(-(-n // shape.rows_per_chunk(n)), part, parts)
+    writer = StoreWriter.attach(cfg.store, shape, n, chunks)
     labels = data.labels if data.labels is not None else np.full(n, np.nan if teacher.regression else -1)
     bs = cfg.batch_size
-    bar = tqdm(total=n, initial=begin, unit="ex", desc="extract", disable=not progress, dynamic_ncols=True)
+    todo = writer.todo_rows()
+    bar = tqdm(total=sum(hi - lo for lo, hi in todo), unit="ex", desc="extract" if parts == 1 else f"extract {part}/{parts}",
+               disable=not progress or not ranks.is_main, dynamic_ncols=True)
     background = BackgroundWriter(writer)
     try:
-        for start in range(begin // bs * bs, n, bs):
-            end = min(start + bs, n)
-            tokens = tokenize_batch(teacher.tokenizer, data.texts_a[start:end],
-                                    data.texts_b[start:end] if data.texts_b else None, cfg.max_length)
-            rows = batch_rows(teacher, plan, shape, tokens, labels[start:end], np.arange(start, end))
-            skip = max(0, begin - start)
-            background.append({k: v[skip:] for k, v in rows.items()})
-            bar.update(end - start - skip)
+        for lo, hi in todo:
+            for start in range(lo // bs * bs, hi, bs):
+                end = min(start + bs, n)
+                tokens = tokenize_batch(teacher.tokenizer, data.texts_a[start:end],
+                                        data.texts_b[start:end] if data.texts_b else None, cfg.max_length)
+                background.write(start, batch_rows(teacher, plan, shape, tokens, labels[start:end],
+                                                   np.arange(start, end)))
+                bar.update(min(end, hi) - max(start, lo))
     finally:
         background.close()  # on an interrupt too: what was queued is written, commits stay whole
     bar.close()
-    writer.finish()
-    return Path(cfg.store)
-
+    if together:  # every rank's chunks are committed before rank 0 looks
+        torch.distributed.barrier()
+        return cfg.store if ranks.is_main and writer.finish() else None
+    return cfg.store if writer.finish() else None

@@ -23,7 +23,7 @@ from .errors import UserError
 
 T = TypeVar("T")
 
-STORE_HELP = "HSK store written by `hskcache extract`"
+STORE_HELP = "HSK store written by `hskcache extract`: a directory or an fsspec URL (s3://bucket/store, gs://...)"
 
 
 def columns(value: str | Sequence[str] | None) -> tuple[str, ...] | None:

@@ -195,9 +195,9 @@ class HSKStore:
     """A complete store opened read-only."""
 
     def __init__(self, path: str | Path):
-        self._data = StoreData(path)
+        self._data = StoreData(str(path))
         a = self._data.attrs
-        self.path = Path(path)
+        self.path = str(path)  # a directory or an fsspec URL
         self.config: dict[str, Any] = a["config"]
         self.teacher_layers: list[int] = a["teacher_layers"]
         self.student_layers: int = len(self.teacher_layers) - 1
@@ -377,5 +377,6 @@ class StoreBatches(torch.utils.data.IterableDataset):
 
 
 def open_store(path: str | Path) -> HSKStore:
-    """Open a complete store read-only (a clear error if incomplete or not a store)."""
+    """Open a complete store read-only (a clear error if incomplete or not a store):
+    a local directory or an fsspec URL (s3://bucket/store, gs://..., memory://...)."""
     return HSKStore(path)

@@ -1,31 +1,36 @@
-"""The Zarr v3 group on disk: create, resume, commit rows, read rows. numpy only.
+"""The Zarr v3 group: create, resume, commit chunks, read rows. numpy only.
 
-Rows are written a whole chunk at a time and `rows_committed` advances only
-after every array's chunk is on disk, so a run killed at any point leaves
-committed rows intact and the rerun rewrites just the uncommitted tail.
+Rows are written a whole chunk at a time, and a chunk counts only once its
+commit marker exists: element c of the `commits` array, one object per chunk,
+written after every array's rows of chunk c. So a run killed at any point
+leaves committed chunks intact, and several writers (torchrun ranks, `--shard`
+jobs) each commit their own chunks without waiting on one another. The store
+is complete when every chunk is committed; then one writer sets
+`attrs["complete"]`.
+
+The store lives wherever `storage.Location` can reach: a local folder or an
+fsspec URL (s3://, gs://, memory://, file://).
 
 Each array's codec is named by its `layout.ArraySpec` and built from
 `CODECS`; the level is the one measured in docs/design.md ("Codecs").
 """
 from __future__ import annotations
 
-import json
-import os
-import shutil
-from pathlib import Path
+from collections.abc import Callable, Iterable
 from typing import Any
-
-from typing import Callable
 
 import numpy as np
 import zarr
 from zarr.codecs import ZstdCodec
+from zarr.errors import ContainsArrayError
 
 from .errors import UserError
 from .layout import StoreShape
+from .storage import Location
 
 SCHEMA_VERSION = 3  # 2: settings `store` and `width_seed`; 3: codecs, width_code/values/compress settings
 FORMAT = "hskcache"
+COMMITS = "commits"  # per-chunk commit markers (uint8, one chunk per store chunk)
 # docs/design.md ("Codecs"): level 1 keeps 93-100% of level 3's ratio and writes about twice as fast;
 # negative levels skip entropy coding and leave fp16 values and bitmasks nearly uncompressed.
 ZSTD_LEVEL = 1
@@ -36,137 +41,212 @@ CODECS: dict[str, Callable[[], list | None]] = {
 }
 
 
-def schema_error(path: Path | str, version: Any) -> UserError:
+def schema_error(path: str, version: Any) -> UserError:
     return UserError(f"store {path} was written with store schema {version}, this hskcache reads schema {SCHEMA_VERSION}; "
                      "re-extract it: rerun its `hskcache extract` command with --overwrite")
 
 
-def _is_store(path: Path) -> bool:
-    meta = path / "zarr.json"
-    if not meta.is_file():
-        return False
+def _is_store(location: Location) -> bool:
+    meta = location.read_json("zarr.json")
+    return isinstance(meta, dict) and meta.get("attributes", {}).get("format") == FORMAT
+
+
+def on_disk_bytes(url: str) -> dict[str, int]:
+    """Bytes of every array (chunks and metadata), from one listing of the store."""
+    return _array_bytes(Location.parse(url).sizes())
+
+
+def _array_bytes(sizes: dict[str, int]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for key, size in sizes.items():
+        name, sep, _ = key.partition("/")
+        if sep and name != COMMITS:
+            out[name] = out.get(name, 0) + size
+    return dict(sorted(out.items()))
+
+
+def committed_chunks(location: Location) -> set[int]:
+    """The chunks whose commit marker exists (one fresh listing)."""
     try:
-        attrs = json.loads(meta.read_text()).get("attributes", {})
-    except (OSError, ValueError):
-        return False
-    return attrs.get("format") == FORMAT
+        names = location.fs.ls(location.path + f"/{COMMITS}/c", detail=False, refresh=True)
+    except FileNotFoundError:
+        return set()
+    return {int(name.rstrip("/").rsplit("/", 1)[-1]) for name in names}
 
 
-def on_disk_bytes(path: Path | str) -> dict[str, int]:
-    """Stored bytes of every array (compressed chunks and metadata)."""
-    group = zarr.open_group(str(path), mode="r")
-    return {name: int(arr.nbytes_stored()) for name, arr in sorted(group.arrays())}
+def chunk_span(num_chunks: int, part: int, parts: int) -> range:
+    """The contiguous chunks writer `part` of `parts` owns (the first ones get one more when uneven)."""
+    return range(part * num_chunks // parts, (part + 1) * num_chunks // parts)
 
 
 class StoreWriter:
-    """Appends committed rows to a new or partially written store."""
+    """Commits whole chunks of a new or partially written store.
 
-    def __init__(self, group: zarr.Group, shape: StoreShape, num_examples: int):
+    `chunks` are the chunks this writer owns (default: all); committed ones are
+    skipped. Rows may arrive in any batches (`write`); a chunk is written and
+    marked once all its rows are there."""
+
+    def __init__(self, location: Location, group: zarr.Group, shape: StoreShape, num_examples: int,
+                 chunks: Iterable[int] | None = None):
+        self.location = location
         self.group = group
         self.shape = shape
         self.num_examples = num_examples
         self.chunk_rows = shape.rows_per_chunk(num_examples)
-        self._buffer: dict[str, list[np.ndarray]] = {}
-        self._buffered = 0
+        self.num_chunks = -(-num_examples // self.chunk_rows)
+        done = committed_chunks(location)
+        owned = range(self.num_chunks) if chunks is None else chunks
+        self.todo = [c for c in owned if c not in done]
+        self._pending: dict[int, tuple[int, dict[str, list[np.ndarray]]]] = {}  # chunk -> (rows held, parts)
+        self._cursor = 0
 
     @property
     def rows_committed(self) -> int:
-        return int(self.group.attrs["rows_committed"])
+        return sum(self._chunk_len(c) for c in committed_chunks(self.location))
+
+    def _chunk_len(self, chunk: int) -> int:
+        return min(self.chunk_rows, self.num_examples - chunk * self.chunk_rows)
+
+    def todo_rows(self) -> list[tuple[int, int]]:
+        """The row ranges [lo, hi) still to write, one per run of consecutive chunks."""
+        out: list[tuple[int, int]] = []
+        for c in self.todo:
+            lo, hi = c * self.chunk_rows, c * self.chunk_rows + self._chunk_len(c)
+            if out and out[-1][1] == lo:
+                out[-1] = (out[-1][0], hi)
+            else:
+                out.append((lo, hi))
+        return out
+
+    @staticmethod
+    def check(url: str, attrs: dict[str, Any], overwrite: bool) -> str:
+        """What opening `url` for these settings means: "new", "resume" or "replace";
+        a clear error when refused. Reads only."""
+        location = Location.parse(url)
+        if location.is_file():
+            raise UserError(f"--store {url} is a file; pass a directory path or URL for the store")
+        if not _is_store(location):
+            if not location.is_empty():
+                raise UserError(f"--store {url} exists and is not an hskcache store; choose a new path")
+            return "new"
+        if overwrite:
+            return "replace"
+        stored = location.read_json("zarr.json")["attributes"]
+        if stored.get("schema_version") != SCHEMA_VERSION:
+            raise schema_error(url, stored.get("schema_version"))
+        if stored.get("identity") != attrs["identity"]:
+            raise UserError(f"store {url} was written with different settings or teacher/data; "
+                            "pass --overwrite to replace it or choose another --store")
+        return "resume"
 
     @classmethod
-    def open(
-        cls,
-        path: str | Path,
-        shape: StoreShape,
-        num_examples: int,
-        attrs: dict[str, Any],
-        static_dims: np.ndarray | None,
-        overwrite: bool,
-    ) -> "StoreWriter":
-        """Resume a store with identical settings, else create one (refusing to clobber)."""
-        path = Path(path)
-        if path.is_file():
-            raise UserError(f"--out {path} is a file; pass a directory path for the store")
-        if path.exists():
-            if not _is_store(path):
-                if any(path.iterdir()):
-                    raise UserError(f"--out {path} exists and is not an hskcache store; choose a new path")
-            else:
-                group = zarr.open_group(str(path), mode="r+")
-                version = group.attrs.get("schema_version")
-                if version != SCHEMA_VERSION and not overwrite:
-                    raise schema_error(path, version)
-                if group.attrs.get("identity") == attrs["identity"] and not overwrite:
-                    return cls(group, shape, num_examples)
-                if not overwrite:
-                    raise UserError(
-                        f"store {path} was written with different settings or teacher/data; "
-                        "pass --overwrite to replace it or choose another --out"
-                    )
-                shutil.rmtree(path)
-        group = zarr.open_group(str(path), mode="w")
+    def create(cls, url: str, shape: StoreShape, num_examples: int, attrs: dict[str, Any],
+               static_dims: np.ndarray | None, overwrite: bool) -> None:
+        """Check, then create what is missing (or everything, when replacing).
+
+        Every creator writes the same metadata, and nothing is deleted unless
+        replacing, so writers that start together may all call this."""
+        state = cls.check(url, attrs, overwrite)
+        location = Location.parse(url)
+        if state == "replace":
+            location.remove()
+        if state == "resume":
+            return
         rows = shape.rows_per_chunk(num_examples)
-        for spec in shape.arrays():
-            group.create_array(
-                spec.name,
-                shape=(num_examples, *spec.row_shape),
-                chunks=(rows, *spec.row_shape),
-                dtype=spec.dtype,
-                compressors=CODECS[spec.codec](),
-                fill_value=spec.fill,
-                config={"write_empty_chunks": True},
-            )
+        group = zarr.open_group(location.zarr_store(read_only=False), mode="a", attributes={
+            **attrs, "format": FORMAT, "schema_version": SCHEMA_VERSION, "rows_committed": 0, "complete": False})
+        arrays = [dict(name=spec.name, shape=(num_examples, *spec.row_shape), chunks=(rows, *spec.row_shape),
+                       dtype=spec.dtype, fill_value=spec.fill, compressors=CODECS[spec.codec]())
+                  for spec in shape.arrays()]
+        arrays.append(dict(name=COMMITS, shape=(-(-num_examples // rows),), chunks=(1,), dtype=np.uint8,
+                           fill_value=0, compressors=None))
+        for spec in arrays:
+            try:
+                group.create_array(**spec, config={"write_empty_chunks": True})
+            except ContainsArrayError:  # another writer made it first
+                pass
         if static_dims is not None:
-            group.create_array("static_dims", data=np.asarray(static_dims, dtype=np.int32), compressors=None)
-        group.attrs.update({**attrs, "format": FORMAT, "schema_version": SCHEMA_VERSION,
-                            "rows_committed": 0, "complete": False})
-        return cls(group, shape, num_examples)
+            try:
+                group.create_array("static_dims", data=np.asarray(static_dims, dtype=np.int32), compressors=None)
+            except ContainsArrayError:
+                pass
+
+    @classmethod
+    def open(cls, url: str, shape: StoreShape, num_examples: int, attrs: dict[str, Any],
+             static_dims: np.ndarray | None, overwrite: bool, chunks: Iterable[int] | None = None) -> StoreWriter:
+        """Resume a store with identical settings, else create one (refusing to clobber): one writer alone."""
+        cls.create(url, shape, num_examples, attrs, static_dims, overwrite)
+        return cls.attach(url, shape, num_examples, chunks)
+
+    @classmethod
+    def attach(cls, url: str, shape: StoreShape, num_examples: int, chunks: Iterable[int] | None = None) -> StoreWriter:
+        """Open a store that `create` made, to write `chunks` of it."""
+        location = Location.parse(url)
+        return cls(location, zarr.open_group(location.zarr_store(read_only=False), mode="r+"), shape,
+                   num_examples, chunks)
+
+    def write(self, start: int, rows: dict[str, np.ndarray]) -> None:
+        """Rows start..start+n (in the store's dtypes); those of this writer's pending
+        chunks are kept, and every chunk that is now whole is committed."""
+        n = len(next(iter(rows.values())))
+        todo = set(self.todo)
+        for c in range(start // self.chunk_rows, -(-(start + n) // self.chunk_rows)):
+            if c not in todo:
+                continue
+            held, parts = self._pending.get(c, (0, {}))
+            lo = max(start, c * self.chunk_rows + held)  # rows already held are not taken twice
+            hi = min(start + n, c * self.chunk_rows + self._chunk_len(c))
+            if lo >= hi:
+                continue
+            if lo != c * self.chunk_rows + held:
+                raise ValueError(f"rows of chunk {c} must arrive in order: expected row {c * self.chunk_rows + held}")
+            for name, value in rows.items():
+                parts.setdefault(name, []).append(value[lo - start:hi - start])
+            self._pending[c] = (held + hi - lo, parts)
+            if held + hi - lo == self._chunk_len(c):
+                self._commit(c, {name: np.concatenate(p) for name, p in parts.items()})
 
     def append(self, rows: dict[str, np.ndarray]) -> None:
-        """Buffer rows (in order) and write every chunk that is now full."""
-        for name, value in rows.items():
-            self._buffer.setdefault(name, []).append(value)
-        self._buffered += len(next(iter(rows.values())))
-        start = self.rows_committed
-        end_of_data = start + self._buffered >= self.num_examples
-        while self._buffered >= self.chunk_rows or (end_of_data and self._buffered):
-            self._commit(min(self.chunk_rows, self._buffered))
+        """Rows in order from the first row (one writer of a whole store)."""
+        self.write(self._cursor, rows)
+        self._cursor += len(next(iter(rows.values())))
 
-    def _commit(self, n: int) -> None:
-        start = self.rows_committed
-        for name, parts in self._buffer.items():
-            block = np.concatenate(parts) if len(parts) > 1 else parts[0]
-            self.group[name].with_config({"write_empty_chunks": True})[start:start + n] = block[:n]
-            self._buffer[name] = [block[n:]] if len(block) > n else []
-        self._buffered -= n
-        self.group.attrs["rows_committed"] = start + n
+    def _commit(self, chunk: int, block: dict[str, np.ndarray]) -> None:
+        lo = chunk * self.chunk_rows
+        for name, value in block.items():
+            self.group[name].with_config({"write_empty_chunks": True})[lo:lo + len(value)] = value
+        self.group[COMMITS][chunk] = 1  # after every array's rows: the chunk counts from here on
+        del self._pending[chunk]
+        self.todo.remove(chunk)
 
-    def finish(self) -> None:
-        if self.rows_committed != self.num_examples:
-            raise RuntimeError(f"finish() with {self.rows_committed}/{self.num_examples} rows committed")
-        self.group.attrs["complete"] = True
+    def finish(self) -> bool:
+        """Mark the store complete if every chunk is committed (by any writer); whether it is."""
+        if len(committed_chunks(self.location)) < self.num_chunks:
+            return False
+        self.group.attrs.update({"rows_committed": self.num_examples, "complete": True})
+        return True
 
 
 class StoreData:
     """Read-only numpy access to a complete store."""
 
-    def __init__(self, path: str | Path):
-        path = Path(path)
-        if not path.exists():
-            raise UserError(f"store {path} does not exist")
-        if not _is_store(path):
-            raise UserError(f"{path} is not an hskcache store (no hskcache zarr.json); run `hskcache extract` first")
-        self.path = path
-        self.group = zarr.open_group(str(path), mode="r")
+    def __init__(self, url: str):
+        location = Location.parse(url)
+        if not location.exists():
+            raise UserError(f"store {url} does not exist")
+        if not _is_store(location):
+            raise UserError(f"{url} is not an hskcache store (no hskcache zarr.json); run `hskcache extract` first")
+        self.location = location
+        self.group = zarr.open_group(location.zarr_store(read_only=True), mode="r")
         self.attrs = dict(self.group.attrs)
         if self.attrs.get("schema_version") != SCHEMA_VERSION:
-            raise schema_error(path, self.attrs.get("schema_version"))
+            raise schema_error(url, self.attrs.get("schema_version"))
         if not self.attrs.get("complete"):
             raise UserError(
-                f"store {path} is incomplete ({self.attrs.get('rows_committed')}/{self.attrs.get('num_examples')} rows); "
-                "rerun the same `hskcache extract` command to finish it"
+                f"store {url} is incomplete ({_rows_committed(location, self.attrs)}/{self.attrs.get('num_examples')} "
+                "rows); rerun the same `hskcache extract` command to finish it"
             )
-        self.arrays = {name: self.group[name] for name in self.group.array_keys()}
+        self.arrays = {name: self.group[name] for name in self.group.array_keys() if name != COMMITS}
 
     @property
     def num_examples(self) -> int:
@@ -191,22 +271,33 @@ class StoreData:
         return self.arrays["static_dims"][:] if "static_dims" in self.arrays else None
 
 
-def describe(path: str | Path) -> dict[str, Any]:
+def _rows_committed(location: Location, attrs: dict[str, Any]) -> int:
+    """Rows in committed chunks (all rows once complete)."""
+    n = int(attrs.get("num_examples") or 0)
+    group = zarr.open_group(location.zarr_store(read_only=True), mode="r")
+    if attrs.get("complete") or COMMITS not in group:
+        return int(attrs.get("rows_committed") or 0)
+    rows = int(group["values"].chunks[0])
+    return sum(min(rows, n - c * rows) for c in committed_chunks(location))
+
+
+def describe(url: str) -> dict[str, Any]:
     """What `hskcache inspect` prints; works on incomplete stores too."""
-    path = Path(path)
-    if not _is_store(path):
-        raise UserError(f"{path} is not an hskcache store; run `hskcache extract` first")
-    attrs = dict(zarr.open_group(str(path), mode="r").attrs)
+    location = Location.parse(url)
+    if not _is_store(location):
+        raise UserError(f"{url} is not an hskcache store; run `hskcache extract` first")
+    attrs = dict(zarr.open_group(location.zarr_store(read_only=True), mode="r").attrs)
+    sizes = location.sizes()
     return {
-        "path": str(path),
+        "path": str(url),
         "complete": bool(attrs.get("complete")),
-        "rows_committed": attrs.get("rows_committed"),
+        "rows_committed": _rows_committed(location, attrs),
         "num_examples": attrs.get("num_examples"),
         "teacher": attrs.get("teacher"),
         "teacher_layers": attrs.get("teacher_layers"),
         "schema_version": attrs.get("schema_version"),
         "width_encoding": attrs.get("width_encoding"),
         "config": attrs.get("config"),
-        "bytes": on_disk_bytes(path),
-        "total_bytes": sum(os.path.getsize(f) for f in path.rglob("*") if f.is_file()),
+        "bytes": _array_bytes(sizes),
+        "total_bytes": sum(sizes.values()),
     }

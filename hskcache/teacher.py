@@ -105,7 +105,7 @@ class Teacher:
             return self.model(**inputs, output_hidden_states=True, output_attentions=True, return_dict=True)
 
 
-def load_teacher(name: str, device: str = "auto", dtype: str | None = None) -> Teacher:
+def load_teacher(name: str, device: str | torch.device = "auto", dtype: str | None = None) -> Teacher:
     """A fine-tuned sequence classifier, checked to be one and to return attentions;
     it runs in `dtype` (`hskcache.device.pick_dtype`: bf16 on CUDA, fp32 on CPU by default)."""
     local = Path(name).expanduser()
@@ -124,7 +124,7 @@ def load_teacher(name: str, device: str = "auto", dtype: str | None = None) -> T
         )
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     model = AutoModelForSequenceClassification.from_pretrained(name, attn_implementation="eager")
-    dev = pick_device(device)
+    dev = device if isinstance(device, torch.device) else pick_device(device)
     model.to(dev).eval()
     tokenizer = AutoTokenizer.from_pretrained(name)
     teacher = Teacher(model, tokenizer, name, dev, weights_hash(model), pick_dtype(dtype, dev))

@@ -11,6 +11,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -25,11 +26,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _wait_until_up(url: str, process: subprocess.Popen, seconds: float) -> None:
+def _wait_until_up(url: str, process: subprocess.Popen, log, seconds: float) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"moto server exited with {process.returncode}: {process.stderr.read()[-2000:]}")
+            log.seek(0)
+            raise RuntimeError(f"moto server exited with {process.returncode}: {log.read()[-2000:]}")
         try:
             urllib.request.urlopen(url, timeout=1).close()
             return
@@ -43,13 +45,16 @@ def moto_server(seconds: float = 60) -> Iterator[str]:
     """Start the server, yield its endpoint URL, stop it."""
     for _ in range(3):  # the port may be taken between choosing and binding it
         url = f"http://{HOST}:{free_port()}"
+        # Its request log goes to a file: a pipe nobody reads would fill and stall the server.
+        log = tempfile.TemporaryFile(mode="w+")
         process = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", HOST, "-p", url.rsplit(":", 1)[1]],
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                                   stdout=log, stderr=subprocess.STDOUT, text=True)
         try:
-            _wait_until_up(url, process, seconds)
+            _wait_until_up(url, process, log, seconds)
         except RuntimeError:
             process.kill()
             process.wait()
+            log.close()
             continue
         try:
             yield url
@@ -60,6 +65,7 @@ def moto_server(seconds: float = 60) -> Iterator[str]:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+            log.close()
         return
     raise RuntimeError("could not start the moto server")
 

@@ -1,0 +1,24 @@
+"""`hskcache` as a subprocess for tests (under torchrun): the test's chunk size, and
+optionally a SIGKILL of one rank right after its k-th chunk commit.
+
+    TEST_CHUNK_BYTES=24000 TEST_KILL_RANK=1 TEST_KILL_AFTER=2 torchrun ... -m hooked_cli extract ...
+"""
+import os
+import signal
+import sys
+
+from hskcache import layout, store
+from hskcache.cli import main
+
+layout.CHUNK_TARGET_BYTES = int(os.environ.get("TEST_CHUNK_BYTES", layout.CHUNK_TARGET_BYTES))
+if os.environ.get("TEST_KILL_RANK") == os.environ.get("RANK", "0"):
+    commit, left = store.StoreWriter._commit, [int(os.environ["TEST_KILL_AFTER"])]
+
+    def commit_then_die(self, chunk, block):
+        commit(self, chunk, block)
+        left[0] -= 1
+        if left[0] == 0:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    store.StoreWriter._commit = commit_then_die
+sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,113 @@
+"""One store from several writers: torchrun ranks and --shard jobs, SIGKILL and resume with another N."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import zarr
+
+import hskcache
+import hskcache.storage
+from hskcache import store as store_mod
+from hskcache.cli import main
+from tiny_task import CHUNK_BYTES, MAX_LEN, STORE_FLAGS, extract
+
+TESTS = Path(__file__).resolve().parent
+FLAGS = ["--batch-size", "32", "--quiet", *map(str, STORE_FLAGS)]
+
+
+def torchrun(nproc: int, *args: str, **env: str) -> subprocess.CompletedProcess:
+    path = os.pathsep.join([str(TESTS.parent), str(TESTS), os.environ.get("PYTHONPATH", "")])
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+                           str(nproc), "-m", "hooked_cli", *args],
+                          env={**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1",
+                               "TEST_CHUNK_BYTES": str(CHUNK_BYTES), **env},
+                          capture_output=True, text=True, timeout=300)
+
+
+class one_thread:
+    """The teacher on one thread, like each torchrun rank, so forwards agree bit for bit."""
+
+    def __enter__(self):
+        self.threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+
+    def __exit__(self, *exc):
+        torch.set_num_threads(self.threads)
+
+
+def arrays(url: str) -> dict[str, np.ndarray]:
+    group = zarr.open_group(hskcache.storage.Location.parse(url).zarr_store(read_only=True), mode="r")
+    return {name: group[name][:] for name in group.array_keys()}
+
+
+def assert_same_store(got: str, want: str) -> None:
+    a, b = arrays(got), arrays(want)
+    assert a.keys() == b.keys()
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+    attrs = [dict(zarr.open_group(hskcache.storage.Location.parse(u).zarr_store(read_only=True), mode="r").attrs)
+             for u in (got, want)]
+    assert attrs[0] == attrs[1] and attrs[0]["complete"]
+
+
+@pytest.fixture(scope="module")
+def single(task, tmp_path_factory) -> str:
+    out = tmp_path_factory.mktemp("single") / "store"
+    with one_thread():
+        extract(task.teacher, task.train, out)
+    return str(out)
+
+
+def test_two_ranks_write_the_single_process_store(task, single, tmp_path):
+    out = tmp_path / "two"
+    done = torchrun(2, "extract", "--teacher", str(task.teacher), "--data", str(task.train), "--out", str(out),
+                    *FLAGS)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("wrote") == 1
+    assert arrays(single)["commits"].size >= 4  # several chunks, so both ranks write some
+    assert_same_store(str(out), single)
+
+
+def test_sigkilled_rank_resumes_with_another_count_keeping_finished_chunks(task, single, tmp_path):
+    out = tmp_path / "killed"
+    done = torchrun(2, "extract", "--teacher", str(task.teacher), "--data", str(task.train), "--out", str(out),
+                    *FLAGS, TEST_KILL_RANK="1", TEST_KILL_AFTER="2")
+    assert done.returncode != 0
+    partial = store_mod.describe(str(out))
+    assert not partial["complete"] and 0 < partial["rows_committed"] < partial["num_examples"]
+    committed = store_mod.committed_chunks(hskcache.storage.Location.parse(str(out)))
+    assert len(committed) >= 2
+    kept = {p: p.stat().st_mtime_ns for p in (out / "values" / "c").iterdir() if int(p.name) in committed}
+    with one_thread():
+        extract(task.teacher, task.train, out)  # one process finishes what two started
+    assert {p: p.stat().st_mtime_ns for p in kept} == kept  # finished chunks were not rewritten
+    assert_same_store(str(out), single)
+
+
+def test_shards_without_torchrun_complete_in_any_order(task, single, tmp_path, capsys):
+    out = tmp_path / "shards"
+    with one_thread():
+        extract(task.teacher, task.train, out, "--shard", "2/3")
+        assert "complete once every shard is" in capsys.readouterr().out
+        with pytest.raises(hskcache.errors.UserError, match="incomplete"):
+            hskcache.open_store(out)
+        extract(task.teacher, task.train, out, "--shard", "0/3")
+        extract(task.teacher, task.train, out, "--shard", "1/3")
+    assert "wrote" in capsys.readouterr().out
+    assert_same_store(str(out), single)
+
+
+@pytest.mark.parametrize("shard, message", [("3/3", "0 <= i < N"), ("1-3", "is not i/N")])
+def test_bad_shards_are_refused(task, tmp_path, capsys, shard, message):
+    args = ["extract", "--teacher", str(task.teacher), "--data", str(task.train), "--out", str(tmp_path / "s"),
+            "--max-length", str(MAX_LEN), "--student-layers", "2", "--shard", shard]
+    assert main(args) == 2
+    assert message in capsys.readouterr().err and not (tmp_path / "s").exists()
+    assert main(args[:-2] + ["--shard", "0/2", "--overwrite"]) == 2
+    assert "--overwrite with --shard" in capsys.readouterr().err
