@@ -17,7 +17,7 @@ from tiny_task import CHUNK_BYTES, STORE_FLAGS, extract
 
 
 def extract_args(task, out: str) -> list[str]:
-    return ["extract", "--teacher", str(task.teacher), "--data", str(task.train), "--out", out,
+    return ["extract", "--teacher", str(task.teacher), "--data", str(task.train), "--store", out,
             "--batch-size", "32", "--quiet", *map(str, STORE_FLAGS)]
 
 

@@ -66,7 +66,7 @@ def single(task, tmp_path_factory) -> str:
 
 def test_two_ranks_write_the_single_process_store(task, single, tmp_path):
     out = tmp_path / "two"
-    done = torchrun(2, "extract", "--teacher", str(task.teacher), "--data", str(task.train), "--out", str(out),
+    done = torchrun(2, "extract", "--teacher", str(task.teacher), "--data", str(task.train), "--store", str(out),
                     *FLAGS)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("wrote") == 1
@@ -76,7 +76,7 @@ def test_two_ranks_write_the_single_process_store(task, single, tmp_path):
 
 def test_sigkilled_rank_resumes_with_another_count_keeping_finished_chunks(task, single, tmp_path):
     out = tmp_path / "killed"
-    done = torchrun(2, "extract", "--teacher", str(task.teacher), "--data", str(task.train), "--out", str(out),
+    done = torchrun(2, "extract", "--teacher", str(task.teacher), "--data", str(task.train), "--store", str(out),
                     *FLAGS, TEST_KILL_RANK="1", TEST_KILL_AFTER="2")
     assert done.returncode != 0
     partial = store_mod.describe(str(out))
@@ -105,7 +105,7 @@ def test_shards_without_torchrun_complete_in_any_order(task, single, tmp_path, c
 
 @pytest.mark.parametrize("shard, message", [("3/3", "0 <= i < N"), ("1-3", "is not i/N")])
 def test_bad_shards_are_refused(task, tmp_path, capsys, shard, message):
-    args = ["extract", "--teacher", str(task.teacher), "--data", str(task.train), "--out", str(tmp_path / "s"),
+    args = ["extract", "--teacher", str(task.teacher), "--data", str(task.train), "--store", str(tmp_path / "s"),
             "--max-length", str(MAX_LEN), "--student-layers", "2", "--shard", shard]
     assert main(args) == 2
     assert message in capsys.readouterr().err and not (tmp_path / "s").exists()
