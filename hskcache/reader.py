@@ -281,17 +281,13 @@ class HSKStore:
         pool = ThreadPoolExecutor(max(1, threads or default_threads()), thread_name_prefix="hskcache-reader")
         pin = pin_memory and torch.cuda.is_available()
 
-        def concat(reads: list[Future]) -> dict[str, np.ndarray]:
-            parts = [f.result() for f in reads]
-            return {n: np.concatenate([p[n] for p in parts]) if len(parts) > 1 else parts[0][n] for n in cuts}
-
         def make(pieces: list[tuple[Future, np.ndarray | None, np.ndarray]], n_rows: int):
             if not pieces:  # a data-parallel rank's empty share of a batch
                 rows = self._read_chunk_rows(slice(0, 0), cuts)
             elif len(pieces) == 1:
                 block = pieces[0][0].result()
                 rows = {n: block[n][pieces[0][2]] for n in cuts}
-            else:  # a batch cut across two windows
+            else:  # rows from several chunks: gathered chunk by chunk into place
                 rows = {}
                 for future, where, local in pieces:
                     block = future.result()
@@ -304,37 +300,35 @@ class HSKStore:
             return batch if packed else expand(batch)
 
         num_chunks = -(-self.num_examples // self.chunk_rows)
-        window_of = np.full(num_chunks, -1, dtype=np.int64)  # chunk -> window of this epoch
-        offset_of = np.zeros(num_chunks, dtype=np.int64)  # chunk -> first row in its window's block
-        blocks: dict[int, Future] = {}  # window -> its decoded block (the last two: a batch spans at most two)
+        read = np.zeros(num_chunks, dtype=bool)  # chunks already submitted this epoch
+        blocks: dict[int, Future] = {}  # chunk -> its decoded rows (this window's and the last: a batch spans two)
+        previous: list[int] = []
         pending: deque[Future] = deque()
         windows = iter(plan)
         index = 0  # of the batches this iterator yields, for sharding
 
         def submit_window() -> bool:
-            nonlocal index
+            nonlocal index, previous
             item = next(windows, None)
             if item is None:
                 return False
             batches = item
             rows_of_window = np.concatenate(batches) if batches else np.empty(0, dtype=np.int64)
             # Chunks not read yet (a batch cut across two windows reuses the previous window's).
-            chunks = [c for c in np.unique(rows_of_window // self.chunk_rows).tolist() if window_of[c] < 0]
+            chunks = [c for c in np.unique(rows_of_window // self.chunk_rows).tolist() if not read[c]]
             if chunks:
-                w = max(blocks, default=-1) + 1
-                blocks[w] = pool.submit(concat, [pool.submit(self._read_chunk, c, cuts) for c in chunks])
-                blocks.pop(w - 2, None)
-                sizes = [min(self.chunk_rows, self.num_examples - c * self.chunk_rows) for c in chunks]
-                window_of[chunks] = w
-                offset_of[chunks] = np.cumsum([0] + sizes[:-1])
+                for c in previous:
+                    blocks.pop(c, None)
+                previous = [c for c in blocks]
+                blocks.update({c: pool.submit(self._read_chunk, c, cuts) for c in chunks})
+                read[chunks] = True
             for rows in batches:
                 mine = index % shard[1] == shard[0]
                 index += 1
                 if not mine:
                     continue
-                chunk = rows // self.chunk_rows
-                window, local = window_of[chunk], offset_of[chunk] + rows % self.chunk_rows
-                pieces = [(blocks[int(w)], np.nonzero(window == w)[0], local[window == w]) for w in np.unique(window)]
+                chunk, local = rows // self.chunk_rows, rows % self.chunk_rows
+                pieces = [(blocks[c], np.nonzero(chunk == c)[0], local[chunk == c]) for c in np.unique(chunk).tolist()]
                 if len(pieces) == 1:
                     pieces = [(pieces[0][0], None, local)]
                 pending.append(pool.submit(make, pieces, len(rows)))

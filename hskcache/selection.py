@@ -60,14 +60,16 @@ class SelectionPlan:
         return static_dims(self.width_strategy, self.hidden, self.kept, self.seed)
 
 
-def cls_importance(attentions: Sequence[torch.Tensor]) -> torch.Tensor:
-    """(B, L+1, S): mean over heads of the [CLS] row of each layer's attention.
+def cls_importance(attentions: Sequence[torch.Tensor], layers: Sequence[int] | None = None) -> torch.Tensor:
+    """(B, len(layers), S): mean over heads of the [CLS] row of each layer's attention,
+    for hidden-state indices `layers` (default all, 0..L).
 
     Entry i scores hidden state H_i with the attention of layer i, and H_0
-    (the embeddings) with the attention of layer 1.
+    (the embeddings) with the attention of layer 1. Only the asked layers are
+    read: the extractor ranks with one or a few of them.
     """
-    rows = torch.stack([a[:, :, 0, :].float().mean(dim=1) for a in attentions], dim=1)
-    return torch.cat([rows[:, :1], rows], dim=1)
+    layers = range(len(attentions) + 1) if layers is None else layers
+    return torch.stack([attentions[max(i - 1, 0)][:, :, 0, :].float().mean(dim=1) for i in layers], dim=1)
 
 
 def rank_tokens(scores: torch.Tensor, eligible: torch.Tensor, n_tokens: int) -> torch.Tensor:
@@ -101,7 +103,7 @@ def rank_positions(
         return ranked.unsqueeze(1).expand(-1, len(rank_layers), -1).contiguous()
     if token_strategy != "att":
         eligible = eligible & ~sep_mask.bool()
-    importance = cls_importance(attentions)[:, list(rank_layers)]
+    importance = cls_importance(attentions, rank_layers)
     return rank_tokens(importance, eligible.unsqueeze(1).expand_as(importance), n_tokens)
 
 
