@@ -1,4 +1,4 @@
-"""`hskcache extract | inspect | budget`."""
+"""`hskcache extract | inspect | budget | augment`."""
 from __future__ import annotations
 
 import argparse
@@ -100,6 +100,34 @@ def run_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_augment_parser(sub) -> None:
+    p = sub.add_parser("augment", help="write a transfer set augmented by word replacement (TinyBERT), once",
+                       description="Original rows first, then --per-example augmented copies of each, marked in "
+                                   "an 'augmented' column with empty labels (the store takes the teacher's logits).")
+    p.add_argument("--teacher", required=True, help="the fine-tuned teacher (its embeddings or MLM head give candidates)")
+    p.add_argument("--data", required=True, help="glue/<task> or a .csv/.tsv/.json/.jsonl/.parquet file")
+    p.add_argument("--out", required=True, help="data file to write: .csv, .jsonl or .parquet")
+    p.add_argument("--per-example", type=int, default=10, help="augmented rows per example (default 10)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the replacements (default 0)")
+    p.add_argument("--replace-prob", type=float, default=0.4, help="chance a word is replaced (default 0.4, TinyBERT)")
+    p.add_argument("--candidates", type=int, default=15, help="K most similar words to draw from (default 15, TinyBERT)")
+    p.add_argument("--split", default="train", help="split of a glue/<task> --data (default train)")
+    p.add_argument("--text-cols", help="text column")
+    p.add_argument("--label-col", help="label column")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def run_augment(args: argparse.Namespace) -> int:
+    from .augment import AugmentConfig, augment
+
+    cols = tuple(c.strip() for c in args.text_cols.split(",")) if args.text_cols else None
+    cfg = AugmentConfig(args.teacher, args.data, args.out, args.per_example, args.seed, args.replace_prob,
+                        args.candidates, args.split, cols, args.label_col)
+    frame = augment(cfg, progress=not args.quiet)
+    print(f"wrote {args.out}: {len(frame):,} rows, {int(frame['augmented'].sum()):,} augmented")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .budget_cli import add_budget_parser
 
@@ -108,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_extract_parser(sub)
     add_inspect_parser(sub)
     add_budget_parser(sub)
+    add_augment_parser(sub)
     return parser
 
 
@@ -119,6 +148,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_extract(args)
         if args.command == "inspect":
             return run_inspect(args)
+        if args.command == "augment":
+            return run_augment(args)
         from .budget_cli import run_budget
         return run_budget(args)
 

@@ -94,11 +94,14 @@ def load_texts(
     text_cols: Sequence[str] | None = None,
     label_col: str | None = None,
     label_names: Sequence[str] | None = None,
+    unknown_labels: bool = False,
 ) -> TextData:
     """Load ``glue/<task>`` (split as given) or a local file (split ignored).
 
     ``label_names`` fixes the class order of string labels, so that a dev or
     test file is numbered like the training data even when it lacks a class.
+    ``unknown_labels`` accepts empty label cells (e.g. augmented rows) as
+    unknown: class -1, or NaN for regression.
     """
     if data.lower().startswith("glue/"):
         task = data[len("glue/"):].lower()
@@ -133,7 +136,7 @@ def load_texts(
     else:
         cols = GLUE_TEXT_COLS[task] if task else _default_text_cols(ds.column_names, data)
     label_col = label_col if label_col is not None else default_label
-    return _to_text_data(ds, data, split, task, cols, label_col, regression, label_names)
+    return _to_text_data(ds, data, split, task, cols, label_col, regression, label_names, unknown_labels)
 
 
 def _glue_split(task: str, split: str) -> str:
@@ -189,6 +192,7 @@ def _to_text_data(
     label_col: str | None,
     regression: bool | None,
     label_names: Sequence[str] | None,
+    unknown_labels: bool = False,
 ) -> TextData:
     if not 1 <= len(text_cols) <= 2:
         raise UserError(
@@ -205,7 +209,7 @@ def _to_text_data(
     labels, names, is_regression = None, None, bool(regression)
     if label_col is not None:
         labels, names, is_regression = _labels(
-            table[label_col], ds.features[label_col], label_col, source, regression, label_names
+            table[label_col], ds.features[label_col], label_col, source, regression, label_names, unknown_labels
         )
     return TextData(
         texts_a=texts[0],
@@ -239,10 +243,15 @@ def _labels(
     source: str,
     regression: bool | None,
     label_names: Sequence[str] | None,
+    unknown_labels: bool = False,
 ) -> tuple[np.ndarray, tuple[str, ...] | None, bool]:
-    """Labels as (array, class names, is_regression); regression=None infers it."""
+    """Labels as (array, class names, is_regression); regression=None infers it.
+    With `unknown_labels`, empty cells become class -1 (NaN for regression)."""
     values = column.to_pylist()
-    if column.null_count:
+    missing = np.asarray([v is None for v in values])
+    if column.null_count and missing.all():
+        raise UserError(f"label column {col!r} of {source} is empty; drop it for unlabeled data")
+    if column.null_count and not unknown_labels:
         row = values.index(None)
         raise UserError(
             f"label column {col!r} of {source} is empty at row {row}; fill it in, "
@@ -252,8 +261,8 @@ def _labels(
     if isinstance(feature, datasets.ClassLabel):
         return np.asarray(values, dtype=np.int64), tuple(feature.names), False
     if _is_string(kind):
-        names = tuple(label_names) if label_names is not None else tuple(sorted(set(values)))
-        index = {name: i for i, name in enumerate(names)}
+        names = tuple(label_names) if label_names is not None else tuple(sorted(set(values) - {None}))
+        index = {name: i for i, name in enumerate(names)} | {None: -1}
         unknown = sorted(set(values) - index.keys())
         if unknown:
             raise UserError(
@@ -266,14 +275,16 @@ def _labels(
             f"label column {col!r} of {source} has type {kind}; labels must be "
             "strings, integers or numbers"
         )
-    array = np.asarray(values, dtype=np.float64)
+    array = np.asarray([np.nan if v is None else v for v in values], dtype=np.float64)
+    known = array[~missing]
     if regression is None:
-        regression = bool(np.any(array != np.round(array)))
+        regression = bool(np.any(known != np.round(known)))
     if regression:
         return array.astype(np.float32), None, True
-    if array.min() < 0:
+    array[missing] = -1
+    if known.min() < 0:
         raise UserError(
-            f"label column {col!r} of {source} has negative class {array.min():g}; "
+            f"label column {col!r} of {source} has negative class {known.min():g}; "
             "classes must be 0..C-1 (or strings)"
         )
     return array.astype(np.int64), None, False

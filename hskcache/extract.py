@@ -160,7 +160,8 @@ def prepare(cfg: ExtractConfig, device: torch.device | None = None
     teacher = load_teacher(cfg.teacher, device or cfg.device, cfg.dtype)
     check_max_length(cfg.max_length, teacher.model.config, "teacher")
     # String labels are numbered like the teacher's head, even if a class is missing here.
-    data = load_texts(cfg.data, cfg.split, cfg.text_cols, cfg.label_col, named_labels(teacher.model.config))
+    data = load_texts(cfg.data, cfg.split, cfg.text_cols, cfg.label_col, named_labels(teacher.model.config),
+                      unknown_labels=True)  # e.g. augmented rows: the store keeps the teacher's logits
     if cfg.limit is not None and cfg.limit < len(data):
         n = cfg.limit
         data = replace(data, texts_a=data.texts_a[:n], texts_b=data.texts_b[:n] if data.texts_b else None,

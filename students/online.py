@@ -59,12 +59,21 @@ class OnlineSource:
         window = default_window_chunks(batch_size, self.chunk_rows)
         plan = epoch_batches(self.num_examples, self.chunk_rows, window, batch_size, shuffle, seed, epoch, start_batch,
                              drop_last, rank, world_size)
-        texts_a, texts_b = self._data.texts_a, self._data.texts_b
         for batches in plan:
             for rows in batches:
-                encoded = tokenize_batch(self.teacher.tokenizer, [texts_a[i] for i in rows],
-                                         None if texts_b is None else [texts_b[i] for i in rows], self._max_length)
-                raw = batch_rows(self.teacher, self.plan, self.shape, encoded, self._labels[rows], rows)
-                batch = self._decoder.pack(raw, depth, tokens, kept)
+                batch = self._decoder.pack(self._raw(rows), depth, tokens, kept)
                 batch = batch.pin_memory() if pin_memory and torch.cuda.is_available() else batch
                 yield batch if packed else expand(batch)
+
+    def get(self, indices, depth: int | None = None, tokens: int | None = None,
+            width: float | None = None) -> dict[str, torch.Tensor]:
+        """The rows `HSKStore.get` would return (the teacher runs on them now)."""
+        rows = np.asarray(indices, dtype=np.int64).reshape(-1)
+        return self._decoder.to_torch(self._raw(rows), *self._decoder.resolve(depth, tokens, width))
+
+    def _raw(self, rows: np.ndarray) -> dict[str, np.ndarray]:
+        """The teacher's stored rows for data rows `rows`, computed now."""
+        texts_a, texts_b = self._data.texts_a, self._data.texts_b
+        encoded = tokenize_batch(self.teacher.tokenizer, [texts_a[i] for i in rows],
+                                 None if texts_b is None else [texts_b[i] for i in rows], self._max_length)
+        return batch_rows(self.teacher, self.plan, self.shape, encoded, self._labels[rows], rows)

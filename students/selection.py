@@ -8,11 +8,16 @@ old optimistic behaviour, kept for comparison) or `last` (no selection).
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from hskcache.data import TextData
 from hskcache.errors import UserError
+from hskcache.packed import PackedBatch
+from hskcache.teacher import is_regression
+from students.evaluate import MODEL_INPUTS, EvalSet
 
 SELECT_ON = ("train-holdout", "eval", "last")
 
@@ -60,3 +65,40 @@ def holdout_split(data: TextData, fraction: float | None, seed: int) -> tuple[Te
             labels=None if data.labels is None else data.labels[rows])
 
     return take(keep), take(held)
+
+
+HOLDOUT_SEED = 0  # every run of a store holds out the same rows, so runs compare on one slice
+
+
+@dataclass(frozen=True, eq=False)
+class Holdout:
+    """Store rows kept out of training, and their gold-labeled part as an eval set."""
+
+    rows: torch.Tensor  # example ids (store rows), sorted
+    eval_set: EvalSet
+
+
+def holdout_eval_set(source, fraction: float, config) -> Holdout:
+    """Hold out a seeded `fraction` of the store's rows; select on those with a gold label
+    (augmented or unlabeled rows have none: they are held out but not scored)."""
+    rows = holdout_rows(np.arange(source.num_examples), fraction, HOLDOUT_SEED)
+    batch = source.get(rows, depth=1, tokens=1)
+    labels = batch["labels"].numpy()
+    known = ~np.isnan(labels) if source.regression else labels >= 0
+    if not known.any():
+        raise UserError(f"the {len(rows)} held-out rows have no gold labels (unlabeled or augmented data); "
+                        "use --select-on last or eval")
+    inputs = {k: batch[k][known] for k in MODEL_INPUTS}
+    eval_set = EvalSet(inputs, labels[known].astype(np.float32 if source.regression else np.int64),
+                       source.attrs.get("task"), is_regression(config), f"{int(known.sum())} held-out training rows")
+    return Holdout(torch.from_numpy(rows), eval_set)
+
+
+def drop_rows(batch: dict[str, torch.Tensor] | PackedBatch, rows: torch.Tensor) -> dict[str, torch.Tensor] | PackedBatch:
+    """The batch (dense or packed: every tensor is per row) without the rows whose example id is in `rows`."""
+    tensors = batch.tensors if isinstance(batch, PackedBatch) else batch
+    keep = ~torch.isin(tensors["example_id"], rows)
+    if bool(keep.all()):
+        return batch
+    kept = {k: v[keep] for k, v in tensors.items()}
+    return dataclasses.replace(batch, tensors=kept) if isinstance(batch, PackedBatch) else kept

@@ -34,6 +34,7 @@ from hskcache.packed import PackedBatch, expand
 from hskcache.teacher import tokenizer_hash
 from students.checkpoint import read_state, replaced_dir, rng_state, set_rng_state, write_state
 from students.evaluate import MODEL_INPUTS, EvalSet, evaluate, load_eval_set
+from students.selection import drop_rows, holdout_eval_set, parse_select_on
 from students.data_parallel import Parallel, cores_per_rank, placeholder, rank_seed
 from students.losses import HSK_MODES, HSKProjection, gather_projected, prediction_loss, projected_hsk_loss
 from students.metrics import primary_metric
@@ -125,6 +126,9 @@ class TrainConfig:
     max_steps: int | None = setting(None, "stop each stage after N optimizer steps (smoke runs)")
     log_every: int = setting(50, "log a step record every N steps")
     save_every: int | None = setting(None, "also checkpoint every N steps (default: each epoch end and on Ctrl-C)")
+    select_on: str = setting("train-holdout:0.1", "which stage-2 epoch becomes RUN/student: train-holdout:FRACTION "
+                             "(best on that seeded slice of the store's rows, not trained on), eval (best on "
+                             "--eval-data itself: optimistic) or last; --eval-data is reported either way")
     eval_data: str | None = setting(None, "labeled dev data: glue/<task> or a .csv/.tsv/.json/.jsonl/.parquet file")
     eval_split: str = setting("validation", "split of a glue/<task> --eval-data")
     text_cols: tuple[str, ...] | None = setting(None, "text column(s), a or a,b (default: the store's)",
@@ -165,6 +169,8 @@ class TrainConfig:
             raise UserError(f"--max-length must be at least 2 ([CLS] and [SEP]), got {self.max_length}")
         if Path(self.out).is_file():
             raise UserError(f"--out {self.out} is a file; pass a directory for the run")
+        if parse_select_on(self.select_on)[0] == "eval" and self.eval_data is None:
+            raise UserError("--select-on eval selects on the eval split; pass --eval-data or another --select-on")
 
     def stages(self) -> list[Stage]:
         pred = Stage("pred", self.pred_epochs, self.pred_lr, self.pred_batch_size)
@@ -267,7 +273,10 @@ class Trainer:
         self.tokenizer = AutoTokenizer.from_pretrained(cfg.student)
         self._check_compatible()
         self.eval_set = self._load_eval_set()
-        self.primary = primary_metric(self.eval_set.task if self.eval_set else None, source.regression)
+        self.select_on, fraction = parse_select_on(cfg.select_on)
+        self.holdout = None if fraction is None else holdout_eval_set(source, fraction, self.model.config)
+        self.primary = primary_metric(self.eval_set.task if self.eval_set else source.attrs.get("task"),
+                                      source.regression)
         torch.manual_seed(cfg.seed)
         self.projection = HSKProjection(self.model.config.hidden_size, source.hidden)
         self.model.to(self.device)
@@ -418,6 +427,8 @@ class Trainer:
         self.model.train()
         started = time.perf_counter()
         for batch in batches:
+            if self.holdout is not None:
+                batch = drop_rows(batch, self.holdout.rows)
             rows = len(batch) if isinstance(batch, PackedBatch) else len(batch["input_ids"])
             loss, rows, stop = self.parallel.step_totals(self._step(stage, batch), rows,
                                                          interrupt.requested)
@@ -479,19 +490,31 @@ class Trainer:
         pos.loss_sum, pos.loss_count = 0.0, 0
 
     def _evaluate(self, stage: Stage, bar: tqdm) -> None:
-        """Eval after every epoch; the best of the pred stage becomes RUN/best
+        """After every epoch: the eval split (reported) and the held-out training rows
+        (selection). The pred-stage epoch `--select-on` prefers becomes RUN/best
         (after stage 1 alone the classifier head is untrained)."""
-        if self.eval_set is None or not self.ranks.is_main:
+        if not self.ranks.is_main:
             return
         pos = self.pos
-        metrics = evaluate(self.model, self.eval_set, self.cfg.eval_batch_size, self.device, self.dtype)
-        self._write_log({"stage": stage.name, "epoch": pos.epoch + 1, "step": pos.step, "eval": metrics})
-        if not self.cfg.quiet:
-            bar.write(f"{stage.name} epoch {pos.epoch + 1}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
-        score = metrics[self.primary]
-        if stage.name == "pred" and (pos.best is None or score > pos.best):
+        metrics = None if self.eval_set is None else evaluate(self.model, self.eval_set, self.cfg.eval_batch_size,
+                                                              self.device, self.dtype)
+        held = None if self.holdout is None else evaluate(self.model, self.holdout.eval_set,
+                                                          self.cfg.eval_batch_size, self.device, self.dtype)
+        record = {"eval": metrics} | ({"holdout": held} if held is not None else {})
+        if metrics is not None or held is not None:
+            self._write_log({"stage": stage.name, "epoch": pos.epoch + 1, "step": pos.step, **record})
+            if not self.cfg.quiet:
+                bar.write(f"{stage.name} epoch {pos.epoch + 1}: " + "; ".join(
+                    f"{name} " + ", ".join(f"{k} {v:.4f}" for k, v in values.items())
+                    for name, values in record.items() if values is not None))
+        if stage.name != "pred":
+            return
+        score = {"train-holdout": held, "eval": metrics, "last": None}[self.select_on]
+        score = None if score is None else score[self.primary]
+        if self.select_on == "last" or pos.best is None or score > pos.best:
             pos.best, pos.best_eval = score, metrics
-            pos.best_at = {"stage": stage.name, "epoch": pos.epoch + 1, "step": pos.step}
+            pos.best_at = {"stage": stage.name, "epoch": pos.epoch + 1, "step": pos.step,
+                           "selected_on": self.select_on} | ({"holdout": held} if held is not None else {})
             with replaced_dir(self.run_dir / "best") as tmp:
                 save_student(self.model, tmp, self.cfg.student, {"task": self.source.attrs.get("task")})
 
@@ -519,7 +542,7 @@ class Trainer:
             return None
         best = self.run_dir / "best"
         with replaced_dir(self.run_dir / "student") as tmp:
-            if self.pos.best_eval is not None:
+            if self.pos.best_at is not None:
                 shutil.copytree(best, tmp, dirs_exist_ok=True)
             else:
                 save_student(self.model, tmp, self.cfg.student, {"task": self.source.attrs.get("task")})

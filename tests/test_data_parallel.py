@@ -22,9 +22,9 @@ from tiny_task import Interrupting
 
 ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = dict(hsk=(2, 6, 0.25), hsk_epochs=1, pred_epochs=1, hsk_lr=3e-3, pred_lr=3e-3, hsk_batch_size=16,
-                pred_batch_size=16, log_every=1, threads=1, quiet=True)
+                pred_batch_size=16, log_every=1, threads=1, quiet=True, select_on="last")
 FLAGS = ["--hsk", "2,6,0.25", "--hsk-epochs", "1", "--pred-epochs", "1", "--hsk-lr", "3e-3", "--pred-lr", "3e-3",
-         "--hsk-batch-size", "16", "--pred-batch-size", "16", "--log-every", "1", "--threads", "1", "--quiet"]
+         "--hsk-batch-size", "16", "--pred-batch-size", "16", "--log-every", "1", "--threads", "1", "--quiet", "--select-on", "last"]
 
 
 def torchrun(nproc: int, *args: str) -> subprocess.CompletedProcess:

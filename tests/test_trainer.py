@@ -14,7 +14,8 @@ from students.models import build_tinybert, load_student
 from students.trainer import STAGE_BASE, TrainConfig, train
 from tiny_task import Interrupting
 
-FAST = dict(threads=1, quiet=True, hsk_lr=3e-3, pred_lr=3e-3, hsk_batch_size=16, pred_batch_size=16)
+FAST = dict(threads=1, quiet=True, hsk_lr=3e-3, pred_lr=3e-3, hsk_batch_size=16, pred_batch_size=16,
+            select_on="last")  # every row trained on, as the hand computations assume
 
 
 @pytest.fixture(scope="module")
@@ -105,3 +106,39 @@ def test_prediction_only_baseline_and_metrics_file(task, student, tmp_path):
     assert json.loads((tmp_path / "run" / "metrics.json").read_text()) == metrics
     assert not (tmp_path / "run" / "student.tmp").exists()
     assert (tmp_path / "run" / "student" / "student.json").is_file()
+
+
+@pytest.mark.parametrize("select_on", ["train-holdout:0.25", "last", "eval"])
+def test_selection_uses_what_it_says_and_reports_eval_apart(task, student, tmp_path, select_on):
+    """train-holdout: the held-out rows are never trained on and pick the epoch; the eval split is
+    reported for that epoch. Checked by re-scoring RUN/student on the held-out rows by hand."""
+    import math
+
+    import numpy as np
+
+    store = hskcache.open_store(task.store)
+    cfg = TrainConfig(student=str(student), out=str(tmp_path / "run"), hsk=None, pred_epochs=3, pred_lr=3e-3,
+                      pred_batch_size=16, threads=1, quiet=True, select_on=select_on, eval_data=str(task.dev))
+    metrics = train(cfg, store)
+    evals = [r for r in records(tmp_path / "run") if "eval" in r]
+    assert [r["epoch"] for r in evals] == [1, 2, 3]
+    n = store.num_examples
+    if select_on == "last":
+        assert metrics["best"]["epoch"] == 3 and metrics["stages"]["pred"]["examples"] == 3 * n
+    elif select_on == "eval":
+        scores = [r["eval"]["accuracy"] for r in evals]
+        assert metrics["best"]["epoch"] == 1 + scores.index(max(scores))
+    else:
+        held_count = math.ceil(0.25 * n)
+        assert metrics["stages"]["pred"]["examples"] == 3 * (n - held_count)
+        scores = [r["holdout"]["accuracy"] for r in evals]
+        assert metrics["best"]["epoch"] == 1 + scores.index(max(scores))
+        rows = np.sort(np.random.default_rng(0).choice(n, size=held_count, replace=False))
+        batch = store.get(rows, depth=1, tokens=1)
+        model = load_student(tmp_path / "run" / "student").eval()
+        with torch.no_grad():
+            predicted = model(**{k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")}).logits
+        by_hand = (predicted.argmax(1) == batch["labels"]).float().mean().item()
+        assert metrics["best"]["holdout"]["accuracy"] == pytest.approx(by_hand, abs=1e-6)
+    assert metrics["best"]["selected_on"] == select_on.split(":")[0]
+    assert metrics["eval"] == evals[metrics["best"]["epoch"] - 1]["eval"]  # the eval split, reported apart

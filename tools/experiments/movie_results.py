@@ -1,13 +1,18 @@
 """Accuracy on the movie-review task: teacher, prediction-only KD, full HSK and
-compressed HSK, for TinyBERT- and ROSITA-style students over several seeds.
+compressed HSK, for TinyBERT-style students of every initialisation and
+ROSITA-style students over several seeds, with and without an augmented
+transfer set.
 
-Every number is produced by the project's own command lines (run here as
-subprocesses, exactly as a user would run them); finished runs are skipped, so
-the script can be interrupted and rerun. Writes RESULTS/summary.json,
-RESULTS/results.md (tables) and RESULTS/accuracy_vs_hsk.png.
+A student is `PRESET` (ROSITA) or `PRESET:INIT[:augN]` (TinyBERT; INIT one of
+random, etd-rand, etd-impt, teacher-layers; augN: the transfer set augmented
+with N rows per review by `hskcache augment`). Every number is produced by the
+project's own command lines (run here as subprocesses, exactly as a user would
+run them); finished runs are skipped, so the script can be interrupted and
+rerun. Writes RESULTS/summary.json, RESULTS/results.md (tables),
+RESULTS/accuracy_vs_hsk.png and RESULTS/accuracy_vs_cost.png.
 
     python tools/experiments/movie_results.py --teacher runs/teacher --data data/movies3k --out runs/results \
-        --students tinybert-3s rosita-3s
+        --students tinybert-3s:etd-impt tinybert-3s:random rosita-3s --configs 1,9,0.1
 """
 from __future__ import annotations
 
@@ -67,61 +72,86 @@ def evaluate(model: Path, data: Path, out: Path, max_length: int) -> dict:
     return json.loads(out.read_text())
 
 
+def parse_student(name: str) -> tuple[str, str | None, int]:
+    """`rosita-3s` -> ("rosita-3s", None, 0); `tinybert-3s:etd-impt:aug4` -> ("tinybert-3s", "etd-impt", 4)."""
+    preset, *rest = name.split(":")
+    init = rest[0] if rest else (None if preset.startswith("rosita") else "random")
+    aug = int(rest[1][len("aug"):]) if len(rest) > 1 else 0
+    return preset, init, aug
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--teacher", required=True, type=Path)
     p.add_argument("--data", required=True, type=Path, help="folder with train.csv, dev.csv, test.csv")
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--students", nargs="+", default=["tinybert-3s", "rosita-3s"])
+    p.add_argument("--students", nargs="+", default=["tinybert-3s:etd-impt", "rosita-3s"],
+                   help="PRESET (ROSITA) or PRESET:INIT[:augN] (TinyBERT)")
     p.add_argument("--configs", nargs="+", default=list(CONFIGS))
     p.add_argument("--max-length", type=int, default=64)
     p.add_argument("--hsk-epochs", type=int, default=2)
     p.add_argument("--pred-epochs", type=int, default=2)
     p.add_argument("--hsk-lr", type=float, default=LR)
     p.add_argument("--pred-lr", type=float, default=LR)
+    p.add_argument("--select-on", default="train-holdout:0.1", help="students train --select-on")
     p.add_argument("--threads", type=int, default=1, help="torch threads per training run")
     args = p.parse_args()
     out, data, ml = args.out, args.data, args.max_length
     out.mkdir(parents=True, exist_ok=True)
     hsk = BIN / "hskcache"
-    stores = {"full": out / "store-full", "compressed": out / "store-compressed"}
-    common = ["--teacher", args.teacher, "--data", data / "train.csv", "--student-layers", STUDENT_LAYERS,
-              "--max-length", ml, "--batch-size", 64, "--quiet"]
-    run(hsk, "extract", *common, "--store", stores["full"], "--token-strategy", "left", "--tokens", ml, "--width", 1.0)
-    run(hsk, "extract", *common, "--store", stores["compressed"], "--tokens", 16, "--width", 1.0)
+
+    def store(kind: str, aug: int) -> Path:
+        """The store of `kind` (full or compressed) over the transfer set (augmented with `aug` rows per review)."""
+        path = out / (f"store-{kind}" + (f"-aug{aug}" if aug else ""))
+        train = data / "train.csv"
+        if aug:
+            train = out / f"train-aug{aug}.csv"
+            if not train.exists():
+                run(hsk, "augment", "--teacher", args.teacher, "--data", data / "train.csv", "--out", train,
+                    "--per-example", aug, "--seed", 0)
+        flags = (["--token-strategy", "left", "--tokens", ml] if kind == "full" else ["--tokens", 16])
+        run(hsk, "extract", "--teacher", args.teacher, "--data", train, "--student-layers", STUDENT_LAYERS,
+            "--max-length", ml, "--batch-size", 64, "--quiet", "--store", path, *flags, "--width", 1.0)
+        return path
 
     results: dict = {"teacher": {}, "runs": {}, "settings": vars(args) | {"teacher": str(args.teacher),
                                                                            "data": str(data), "out": str(out)}}
     for split in ("dev", "test"):
         results["teacher"][split] = evaluate(args.teacher, data / f"{split}.csv", out / f"teacher-{split}.json", ml)
     for student in args.students:
+        preset, init, aug = parse_student(student)
         for seed in args.seeds:
-            # ROSITA is the pruned teacher (deterministic); TinyBERT's random init follows the seed.
-            init = out / "students" / (student if student.startswith("rosita") else f"{student}-seed{seed}")
-            if not (init / "config.json").exists():
-                if student.startswith("rosita"):
-                    run(BIN / "students", "build", "rosita", "--teacher", args.teacher, "--store", stores["compressed"],
-                        "--preset", student, "--out", init)
+            # ROSITA and ETD-Impt/teacher-layers are deterministic given the store; random inits follow the seed.
+            seeded = init in ("random", "etd-rand")
+            label = preset if init is None else f"{preset}-{init}"
+            init_dir = out / "students" / (f"{label}-seed{seed}" if seeded else label)
+            if not (init_dir / "config.json").exists():
+                if init is None:
+                    run(BIN / "students", "build", "rosita", "--teacher", args.teacher, "--store",
+                        store("compressed", 0), "--preset", preset, "--out", init_dir)
                 else:
-                    run(BIN / "students", "build", "tinybert", "--init", "random", "--teacher", args.teacher, "--preset", student,
-                        "--seed", seed, "--out", init)
+                    run(BIN / "students", "build", "tinybert", "--init", init, "--teacher", args.teacher,
+                        "--preset", preset, "--seed", seed, "--out", init_dir,
+                        *(["--store", store("compressed", 0)] if init == "etd-impt" else []))
             for config in args.configs:
-                store, hsk_flag = CONFIGS[config]
-                run_dir = out / "runs" / student / config / f"seed{seed}"
+                kind, hsk_flag = CONFIGS[config]
+                run_dir = out / "runs" / student.replace(":", "-") / config / f"seed{seed}"
                 if not (run_dir / "metrics.json").exists():
                     start = time.time()
                     run_dir.parent.mkdir(parents=True, exist_ok=True)
-                    run(BIN / "students", "train", "--store", stores[store], "--student", init, "--hsk", hsk_flag,
-                        "--hsk-epochs", args.hsk_epochs, "--pred-epochs", args.pred_epochs,
+                    run(BIN / "students", "train", "--store", store(kind, aug), "--student", init_dir,
+                        "--hsk", hsk_flag, "--hsk-epochs", args.hsk_epochs, "--pred-epochs", args.pred_epochs,
                         "--hsk-lr", args.hsk_lr, "--pred-lr", args.pred_lr, "--seed", seed,
-                        "--eval-data", data / "dev.csv", "--out", run_dir, "--threads", args.threads, "--quiet",
-                        log=run_dir.parent / f"seed{seed}.log")
+                        "--select-on", args.select_on, "--eval-data", data / "dev.csv", "--out", run_dir,
+                        "--threads", args.threads, "--quiet", log=run_dir.parent / f"seed{seed}.log")
                     print(f"  {time.time() - start:.0f} s", flush=True)
-                dev = json.loads((run_dir / "metrics.json").read_text())["eval"]
+                metrics = json.loads((run_dir / "metrics.json").read_text())
                 test = evaluate(run_dir / "student", data / "test.csv", run_dir / "test.json", ml)
+                seconds = sum(s["seconds"] for s in metrics["stages"].values())
                 results["runs"].setdefault(student, {}).setdefault(config, []).append(
-                    {"seed": seed, "dev": dev, "test": test})
+                    {"seed": seed, "dev": metrics["eval"], "test": test, "selected": metrics["best"],
+                     "train_seconds": seconds})
     (out / "summary.json").write_text(json.dumps(results, indent=2))
     write_report(results, out, ml)
 
@@ -138,19 +168,24 @@ def write_report(results: dict, out: Path, max_length: int) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    lines = ["| student | HSK (N^D,N^L,N^W) | A^HSK | fraction | dev accuracy | test accuracy | seeds |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| student | HSK (N^D,N^L,N^W) | A^HSK | fraction | dev accuracy | test accuracy | train s | seeds |",
+             "|---|---|---|---|---|---|---|---|"]
     t = results["teacher"]
-    lines.append(f"| teacher | – | – | – | {100 * t['dev']['accuracy']:.2f} | {100 * t['test']['accuracy']:.2f} | – |")
+    lines.append(f"| teacher | – | – | – | {100 * t['dev']['accuracy']:.2f} | {100 * t['test']['accuracy']:.2f} "
+                 "| – | – |")
     fig, axes = plt.subplots(1, len(results["runs"]), figsize=(5.5 * len(results["runs"]), 4), squeeze=False)
+    cost_fig, cost = plt.subplots(figsize=(7, 4.5))
     for ax, (student, configs) in zip(axes[0], results["runs"].items()):
         xs, ys, es = [], [], []
         for config, runs in configs.items():
             a, frac = a_hsk(config, max_length)
             dev = [r["dev"]["accuracy"] for r in runs]
             test = [r["test"]["accuracy"] for r in runs]
+            seconds = statistics.mean(r["train_seconds"] for r in runs)
             lines.append(f"| {student} | {config} | {a:g} | {100 * frac:.2f}% | {mean_std(dev)} | {mean_std(test)} "
-                         f"| {len(runs)} |")
+                         f"| {seconds:.0f} | {len(runs)} |")
+            cost.errorbar(seconds, 100 * statistics.mean(test), yerr=100 * statistics.stdev(test) if len(test) > 1
+                          else 0.0, marker="o", capsize=3, label=f"{student} {config}")
             if config == "pred-only":
                 ax.axhline(100 * statistics.mean(dev), color="gray", ls="--", label="prediction-only KD")
             else:
@@ -168,6 +203,12 @@ def write_report(results: dict, out: Path, max_length: int) -> None:
         ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out / "accuracy_vs_hsk.png", dpi=120)
+    cost.axhline(100 * t["test"]["accuracy"], color="black", ls=":", label="teacher")
+    cost.set_xlabel("student training time, seconds (one CPU thread, shared machine)")
+    cost.set_ylabel("test accuracy (%), mean ± std over seeds")
+    cost.legend(fontsize=7, loc="lower right")
+    cost_fig.tight_layout()
+    cost_fig.savefig(out / "accuracy_vs_cost.png", dpi=120)
     (out / "results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
