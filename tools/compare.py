@@ -1,4 +1,5 @@
-"""Teacher and students side by side: dev metrics, parameters, and inference speed.
+"""Teacher and students side by side: dev metrics, parameters, inference speed, and each
+student's gap to the first model (the teacher) in points of the first metric.
 
     python tools/compare.py --model teacher=runs/teacher --model student=RUN/student --data DEV
 """
@@ -51,6 +52,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:<12}" + "".join(f"{r['eval'][m]:>10.4f}" for m in metric_names)
               + f"{r['parameters'] / 1e6:>11.2f}M{r['parameters'] / base['parameters']:>8.2f}"
               + f"{r['examples_per_s']:>9.0f}{r['examples_per_s'] / base['examples_per_s']:>9.1f}x")
+    first, metric = next(iter(rows)), metric_names[0]
+    for name, r in list(rows.items())[1:]:
+        r["gap_points"] = 100 * (base["eval"][metric] - r["eval"][metric])
+        print(f"{name}-{first} gap: {r['gap_points']:.2f} points of {metric}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=2)
