@@ -128,10 +128,16 @@ def select_attention(plan: AttentionPlan, attentions: Sequence[Tensor], attentio
     `attentions[l - 1]` is the post-softmax attention (B, H, S, S) of layer l."""
     positions = rank_positions(plan.token_strategy, plan.rank_layers, plan.rows, attentions, attention_mask,
                                sep_mask)
+    return {"positions": positions} | attention_rows(plan, attentions, positions, attention_mask)
+
+
+def attention_rows(plan: AttentionPlan, attentions: Sequence[Tensor], positions: Tensor,
+                   attention_mask: Tensor) -> dict[str, Tensor]:
+    """keys/probs (B, N_A, H, rows, k) and rest of the attention at query rows `positions` (B, N_A, rows)."""
     out = [top_keys(gather_rows(attentions[l - 1].float(), positions[:, j]), attention_mask, positions[:, j],
                     plan.keys) for j, l in enumerate(plan.layers)]
     keys, probs, rest = (torch.stack(parts, dim=1) for parts in zip(*out))
-    return {"positions": positions, "keys": keys, "probs": probs, "rest": rest}
+    return {"keys": keys, "probs": probs, "rest": rest}
 
 
 def select_value_relation(plan: AttentionPlan, values: dict[int, Tensor], heads: int, positions: Tensor,

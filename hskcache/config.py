@@ -7,6 +7,7 @@ from typing import Any
 from . import widthcode
 from .errors import UserError
 from .options import columns, integers, make, merged, setting
+from .knowledge import parse_knowledge
 from .layout import COMPRESSIONS, MAX_LENGTH, VALUE_FORMATS, WIDTH_STRATEGIES
 from .selection import TOKEN_STRATEGIES, layer_map
 from .storage import Location
@@ -37,6 +38,11 @@ class ExtractConfig:
     width_code: str = setting(widthcode.DEFAULT, "how mag's kept dimensions are stored: " + " | ".join(widthcode.WIDTH_CODES))
     values: str = setting("fp16", "fp16 | int8 (lossy: int8 with a per-vector absmax scale)")
     compress: str = setting("zstd", "zstd | none, for every array")
+    knowledge: tuple[str, ...] = setting(("hsk",), "kinds of knowledge to store: hsk,att,val (attention, value relation)",
+                                         parse=parse_knowledge)
+    att_layers: str = setting("last", "att/val layers: last (MiniLM) | pairs (the HSK's layer pairs) | i,j (teacher layers)")
+    att_rows: int | None = setting(None, "query rows per att/val layer, ranked like the HSK's tokens (default: --tokens)")
+    att_keys: int | None = setting(None, "top keys kept per att/val row, plus the rest mass (default: every key)")
     max_length: int = setting(128, "tokenizer max length, at most the teacher's positions")
     batch_size: int = setting(64, "teacher batch size")
     limit: int | None = setting(None, "only the first N examples")
@@ -82,6 +88,9 @@ class ExtractConfig:
             raise UserError("pass either --student-layers or --teacher-layers, not both")
         if self.student_layers is not None and self.student_layers < 1:
             raise UserError(f"--student-layers must be at least 1, got {self.student_layers}")
+        for name in ("att_rows", "att_keys"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if self.store and Location.parse(self.store).is_file():
             raise UserError(f"--store {self.store} is a file; pass a directory path or URL for the store")
         if self.shard is not None:

@@ -19,11 +19,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import widthcode
+from . import hooks, widthcode
 from .config import ExtractConfig
 from .distributed import Ranks, broadcast, rank_device
 from .data import TextData, fingerprint, load_texts, tokenize_batch
 from .errors import UserError
+from .knowledge import RELATION_KINDS, RelationSpec
 from .layout import StoreShape, narrow
 from .packed import encode_hsk
 from .selection import SelectionPlan, select_hsk
@@ -86,6 +87,7 @@ def store_attrs(cfg: ExtractConfig, data: TextData, teacher: Teacher, plan: Sele
         },
         "data": {"source": data.source, "split": data.split, "fingerprint": data_fp},
         "versions": library_versions(),
+        "relations": shape.relations.to_attrs() if shape.relations else None,
     }
 
 
@@ -96,7 +98,10 @@ def batch_rows(teacher: Teacher, plan: SelectionPlan, shape: StoreShape, tokens:
     Selection, the value format and bit packing run on the teacher's device;
     only the kept bytes are copied to the host."""
     batch = {k: torch.from_numpy(v) for k, v in tokens.items()}
-    out = teacher.forward(batch)
+    relations = shape.relations
+    captures = relations.captures if relations else ()
+    with hooks.capture(teacher.model, relations.layers if captures else (), captures) as captured:
+        out = teacher.forward(batch)
     dev = teacher.device
     sel = select_hsk(plan, out.hidden_states, out.attentions, batch["attention_mask"].to(dev), batch["sep_mask"].to(dev))
     stored = encode_hsk(sel, shape.hidden, shape.values, shape.width_encoding is not None)
@@ -109,6 +114,9 @@ def batch_rows(teacher: Teacher, plan: SelectionPlan, shape: StoreShape, tokens:
         "example_id": example_ids.astype(np.int64),
         "logits": out.logits.float().cpu().numpy(),
     } | {name: value.cpu().numpy() for name, value in stored.items()}
+    if relations is not None:
+        masks = {k: batch[k].to(dev) for k in ("attention_mask", "sep_mask")}
+        rows |= relations.encode(out, captured, masks)
     if shape.width_encoding is not None and shape.width_encoding != "bitmask":
         bits = rows["width_code"]
         codes = widthcode.from_bitmask(bits.reshape(-1, bits.shape[-1]), shape.hidden, shape.kept, shape.width_encoding)
@@ -173,9 +181,15 @@ def prepare(cfg: ExtractConfig, device: torch.device | None = None
         raise UserError(f"data {cfg.data} has {kind} labels but the teacher has {teacher.num_labels} outputs; check --label-col")
     plan = SelectionPlan.build(teacher_layers, teacher.num_layers, depth, cfg.tokens, cfg.token_strategy,
                                cfg.width, cfg.width_strategy, teacher.hidden, cfg.width_seed)
+    relations = None
+    if set(cfg.knowledge) & set(RELATION_KINDS):
+        relations = RelationSpec.build(cfg.knowledge, cfg.att_layers, teacher_layers, teacher.num_layers,
+                                       teacher.model.config.num_attention_heads, cfg.att_rows or cfg.tokens,
+                                       cfg.att_keys, cfg.max_length, cfg.token_strategy)
+        hooks.attention_modules(teacher.model)  # a family without known projections fails here, before writing
     shape = StoreShape(cfg.max_length, id_bound(teacher.tokenizer), teacher.num_labels, teacher.regression,
                        depth, cfg.tokens, teacher.hidden, cfg.width, cfg.width_strategy, cfg.width_code,
-                       cfg.values, cfg.compress)
+                       cfg.values, cfg.compress, relations)
     return data, teacher, plan, shape, teacher_layers
 
 

@@ -60,6 +60,9 @@ def capture(model: nn.Module, layers: Sequence[int], which: Sequence[str] = PROJ
     """Record the outputs (B, S, heads × head_dim) of the named projections of
     attention layers `layers` (1-based: layer l produces hidden state l) while
     the block runs; `captured[l]["value"]`. Hooks are removed on exit."""
+    if not layers:
+        yield {}
+        return
     modules = attention_modules(model)
     bad = [l for l in layers if not 1 <= l <= len(modules)]
     if bad:

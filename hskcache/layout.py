@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -22,6 +23,10 @@ from .errors import UserError
 # per-chunk cost of reading (about 0.5 ms per array and chunk in zarr) at
 # BERT-base sizes; a reader holds a window of a few chunks.
 CHUNK_TARGET_BYTES = 8 * 1024 * 1024
+
+if TYPE_CHECKING:
+    from .knowledge import RelationSpec
+
 WIDTH_STRATEGIES = ("mag", "rand", "uniform")
 VALUE_FORMATS = ("fp16", "int8")  # int8: per-vector absmax scale, stored as fp16
 COMPRESSIONS = ("zstd", "none")
@@ -79,14 +84,18 @@ class StoreShape:
     width_code: str = widthcode.DEFAULT
     values: str = "fp16"
     compress: str = "zstd"
+    relations: RelationSpec | None = None  # attention / value-relation arrays (hskcache.knowledge)
 
     @classmethod
     def of_store(cls, attrs: dict) -> "StoreShape":
         """The shape a store's attributes record."""
+        from .knowledge import RelationSpec  # knowledge builds on this module's ArraySpec
+
         cfg = attrs["config"]
         return cls(int(cfg["max_length"]), int(attrs["tokenizer"]["vocab_size"]), int(attrs["num_labels"]),
                    bool(attrs["regression"]), int(cfg["depth"]), int(cfg["tokens"]), int(attrs["hidden_size"]),
-                   float(cfg["width"]), cfg["width_strategy"], cfg["width_code"], cfg["values"], cfg["compress"])
+                   float(cfg["width"]), cfg["width_strategy"], cfg["width_code"], cfg["values"], cfg["compress"],
+                   RelationSpec.from_attrs(attrs.get("relations")))
 
     @property
     def kept(self) -> int:
@@ -118,6 +127,8 @@ class StoreShape:
         if self.width_encoding is not None:
             nbytes = widthcode.code_bytes(self.width_encoding, self.hidden, self.kept)
             specs.append(ArraySpec("width_code", (*vectors, nbytes), np.dtype(np.uint8), "mask"))
+        if self.relations is not None:
+            specs += self.relations.arrays()
         if self.compress == "none":
             specs = [ArraySpec(s.name, s.row_shape, s.dtype, s.group, "none", s.fill) for s in specs]
         return specs
@@ -148,6 +159,8 @@ class StoreShape:
     def bytes_by_group(self, num_examples: int) -> dict[str, int]:
         groups = self.groups()
         out = {"inputs": 0, "logits": 0, "positions": 0, "values": 0, "mask": 0}
+        groups = {a.name: a.group for a in self.arrays()} | {"static_dims": "mask"}
+        out = {"inputs": 0, "logits": 0, "positions": 0, "values": 0, "mask": 0, "relations": 0}
         for name, nbytes in self.bytes_by_array(num_examples).items():
             out[groups[name]] += nbytes
         return out

@@ -22,6 +22,10 @@ from .errors import UserError
 from .layout import INT8_MAX
 
 FP16_MAX = 65504.0
+# The stored arrays `expand` turns into the batch dictionary; anything else in a
+# PackedBatch (attention / value relations) is already decoded and passes through.
+HSK_ARRAYS = frozenset({"input_ids", "length", "token_type_ids", "labels", "example_id", "logits", "positions",
+                        "values", "value_scale", "width_code"})
 
 
 def pack_bits(mask: Tensor) -> Tensor:
@@ -135,4 +139,4 @@ def expand(batch: PackedBatch | dict[str, Tensor], device: torch.device | str | 
         mask[..., dims] = True
     out["hsk"] = hsk
     out["hsk_mask"] = mask & (out["positions"] >= 0).unsqueeze(-1)
-    return out
+    return out | {k: v for k, v in t.items() if k not in HSK_ARRAYS}  # relations: decoded by the reader

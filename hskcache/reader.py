@@ -28,7 +28,10 @@ from .errors import UserError
 from .layout import kept_width
 from .packed import PackedBatch, expand
 from .selection import static_dims
+from .knowledge import RelationSpec
 from .store import StoreData
+
+RelationRead = tuple[int | None, int | None]  # (query rows, keys) of an attention / value-relation read
 
 INPUT_ARRAYS = ["input_ids", "length", "token_type_ids", "labels", "example_id", "logits"]
 
@@ -118,13 +121,24 @@ class RowDecoder:
         self.seed: int = attrs["config"]["width_seed"]
         self.width_encoding: str | None = attrs["width_encoding"]
         self.int8: bool = attrs["config"]["values"] == "int8"
+        self.relations = RelationSpec.from_attrs(attrs.get("relations"))
         self.static = static
         self.where = where
 
-    def arrays(self) -> list[str]:
-        """The stored arrays a batch is made of."""
+    def arrays(self, relations: RelationRead | None = None) -> list[str]:
+        """The stored arrays a batch is made of (relations only when read)."""
         return (INPUT_ARRAYS + ["positions", "values"] + (["value_scale"] if self.int8 else [])
-                + (["width_code"] if self.width_encoding else []))
+                + (["width_code"] if self.width_encoding else [])
+                + ([a.name for a in self.relations.arrays()] if relations is not None else []))
+
+    def resolve_relations(self, read: RelationRead | None) -> RelationRead | None:
+        """(rows, keys) of a relation read (None: no relations), checked against what is stored."""
+        if read is None:
+            return None
+        if self.relations is None:
+            raise UserError(f"the store holds no attention or value relations ({self.where}); extract with "
+                            "--knowledge hsk,att,val")
+        return self.relations.resolve(*read, self.where)
 
     def resolve(self, depth: int | None, tokens: int | None, width: float | None) -> tuple[int, int, int]:
         """(depth, tokens, kept) of a read; None means as stored. The one check of
@@ -155,13 +169,16 @@ class RowDecoder:
                             f"dimensions; extract at that width")
         return columns
 
-    def slicer(self, depth: int, tokens: int, kept: int):
+    def slicer(self, depth: int, tokens: int, kept: int, relations: RelationRead | None = None):
         """(per-array slice of a row block, PackedBatch template) of a read: the
-        slices run where rows are gathered, so a smaller read copies fewer bytes."""
+        slices run where rows are gathered, so a smaller read copies fewer bytes.
+        Relation arrays are cut to the read's query rows; keys are cut when decoded."""
         first = self.depth - depth
         cut = (slice(None), slice(first, None), slice(None, tokens))
         sliced = {"positions", "values", "value_scale", "width_code"}
         cuts = {name: cut if name in sliced else (slice(None),) for name in self.arrays()}
+        if relations is not None:
+            cuts |= self.relations.row_cuts(relations[0])
         columns = dims = None
         if self.width_strategy != "mag":
             base = np.sort(self.static) if self.static is not None else np.arange(self.hidden)
@@ -169,22 +186,29 @@ class RowDecoder:
             columns, dims = torch.from_numpy(cols.astype(np.int64)), torch.from_numpy(base[cols].astype(np.int64))
         return cuts, PackedBatch({}, self.hidden, kept, columns, dims)
 
-    def pack(self, raw: dict[str, np.ndarray], depth: int, tokens: int, kept: int) -> PackedBatch:
-        cuts, template = self.slicer(depth, tokens, kept)
-        return self.pack_sliced({n: raw[n][cuts[n]] for n in self.arrays()}, template)
+    def pack(self, raw: dict[str, np.ndarray], depth: int, tokens: int, kept: int,
+             relations: RelationRead | None = None) -> PackedBatch:
+        cuts, template = self.slicer(depth, tokens, kept, relations)
+        return self.pack_sliced({n: raw[n][cuts[n]] for n in cuts}, template, relations)
 
-    def pack_sliced(self, rows: dict[str, np.ndarray], template: PackedBatch) -> PackedBatch:
-        """Gathered rows (already sliced) → tensors; rank and index codes become bitmasks."""
+    def pack_sliced(self, rows: dict[str, np.ndarray], template: PackedBatch,
+                    relations: RelationRead | None = None) -> PackedBatch:
+        """Gathered rows (already sliced) → tensors; rank and index codes become bitmasks;
+        relation rows are decoded to the read's keys (`RelationSpec.decode`)."""
         if self.width_encoding not in (None, "bitmask"):
             codes = rows["width_code"]
             bits = widthcode.to_bitmask(codes.reshape(-1, codes.shape[-1]), self.hidden, self.kept, self.width_encoding)
             rows = rows | {"width_code": bits.reshape(*codes.shape[:-1], -1)}
         tensors = {n: torch.from_numpy(np.ascontiguousarray(v)) for n, v in rows.items()}
+        if relations is not None:
+            stored = {a.name: tensors.pop(a.name) for a in self.relations.arrays()}
+            tensors |= self.relations.decode(stored, None, relations[1])
         return PackedBatch(tensors, template.hidden, template.kept, template.columns, template.dims)
 
-    def to_torch(self, raw: dict[str, np.ndarray], depth: int, tokens: int, kept: int) -> dict[str, torch.Tensor]:
+    def to_torch(self, raw: dict[str, np.ndarray], depth: int, tokens: int, kept: int,
+                 relations: RelationRead | None = None) -> dict[str, torch.Tensor]:
         """The dense batch dictionary, on the CPU."""
-        return expand(self.pack(raw, depth, tokens, kept))
+        return expand(self.pack(raw, depth, tokens, kept, relations))
 
 
 def default_threads() -> int:
@@ -244,14 +268,22 @@ class HSKStore:
         """(depth, tokens, kept) of a read, or a UserError if this store cannot serve it."""
         return self._decoder.resolve(depth, tokens, width)
 
-    def get(self, indices, depth: int | None = None, tokens: int | None = None, width: float | None = None) -> dict[str, torch.Tensor]:
-        """Rows `indices` at (depth, tokens, width) at or below what was stored (the dense batch)."""
+    @property
+    def relations(self) -> RelationSpec | None:
+        """The attention / value-relation knowledge the store holds (None: none)."""
+        return self._decoder.relations
+
+    def get(self, indices, depth: int | None = None, tokens: int | None = None, width: float | None = None,
+            relations: RelationRead | None = None) -> dict[str, torch.Tensor]:
+        """Rows `indices` at (depth, tokens, width) at or below what was stored (the dense batch);
+        `relations=(rows, keys)` adds the attention / value relations (None inside: as stored)."""
         depth, tokens, kept = self._decoder.resolve(depth, tokens, width)
+        relations = self._decoder.resolve_relations(relations)
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
         if len(idx) and (idx.min() < 0 or idx.max() >= self.num_examples):
             raise UserError(f"row index out of range: the store has {self.num_examples} rows")
-        raw = self._data.read(self._decoder.arrays(), idx)
-        return self._decoder.to_torch(raw, depth, tokens, kept)
+        raw = self._data.read(self._decoder.arrays(relations), idx)
+        return self._decoder.to_torch(raw, depth, tokens, kept, relations)
 
     def num_batches(self, batch_size: int, drop_last: bool = False) -> int:
         return self.num_examples // batch_size if drop_last else -(-self.num_examples // batch_size)
@@ -261,7 +293,8 @@ class HSKStore:
                 start_batch: int = 0, drop_last: bool = False, window_chunks: int | None = None,
                 prefetch: int = 4, rank: int = 0, world_size: int = 1, packed: bool = False,
                 threads: int | None = None, pin_memory: bool = False,
-                shard: tuple[int, int] = (0, 1)) -> Iterator[dict[str, torch.Tensor] | PackedBatch]:
+                shard: tuple[int, int] = (0, 1),
+                relations: RelationRead | None = None) -> Iterator[dict[str, torch.Tensor] | PackedBatch]:
         """Stream batches: whole chunks in seeded random order, rows shuffled across
         a window of chunks. Chunks are decompressed and batches gathered on a pool
         of `threads` (default: every core this process may use), `prefetch` batches
@@ -273,9 +306,10 @@ class HSKStore:
         `rank` of `world_size` (data-parallel training) yields its share of every
         batch and reads only its own chunks (`epoch_batches`)."""
         depth, tokens, kept = self._decoder.resolve(depth, tokens, width)
+        relations = self._decoder.resolve_relations(relations)
         if window_chunks is None:
             window_chunks = default_window_chunks(batch_size, self.chunk_rows)
-        cuts, template = self._decoder.slicer(depth, tokens, kept)
+        cuts, template = self._decoder.slicer(depth, tokens, kept, relations)
         plan = epoch_batches(self.num_examples, self.chunk_rows, window_chunks, batch_size, shuffle, seed, epoch,
                              start_batch, drop_last, rank, world_size)
         pool = ThreadPoolExecutor(max(1, threads or default_threads()), thread_name_prefix="hskcache-reader")
@@ -295,7 +329,7 @@ class HSKStore:
                         if n not in rows:
                             rows[n] = np.empty((n_rows, *block[n].shape[1:]), dtype=block[n].dtype)
                         rows[n][where] = block[n][local]
-            batch = self._decoder.pack_sliced(rows, template)
+            batch = self._decoder.pack_sliced(rows, template, relations)
             batch = batch.pin_memory() if pin else batch
             return batch if packed else expand(batch)
 

@@ -1,0 +1,81 @@
+"""Attention and value relations through the store, against loops over a plain HF forward."""
+from __future__ import annotations
+
+import csv
+
+import pytest
+import torch
+from transformers import AutoModelForSequenceClassification
+
+import hskcache
+from hskcache.errors import UserError
+from reference import coarsened_row, ranked_rows, teacher_outputs, value_relation_row
+from test_extract import run_extract
+
+MAX_LEN = 20
+
+
+def _texts(pair_csv):
+    with open(pair_csv) as f:
+        rows = list(csv.DictReader(f))
+    return [r["sentence1"] for r in rows], [r["sentence2"] for r in rows]
+
+
+@pytest.fixture(scope="module")
+def att_store(teacher_dir, pair_csv, tmp_path_factory):
+    out = tmp_path_factory.mktemp("att") / "store"
+    run_extract(teacher_dir, pair_csv, out, "--student-layers", 2, "--tokens", 4, "--width", 0.25,
+                "--max-length", MAX_LEN, "--knowledge", "hsk,att,val", "--att-layers", "pairs",
+                "--att-rows", 5, "--att-keys", 6, "--token-strategy", "att-nosep")
+    return out
+
+
+@pytest.mark.parametrize("rows,keys", [(None, None), (3, 2)])
+def test_store_round_trip_matches_loops(att_store, teacher_dir, pair_csv, rows, keys):
+    store = hskcache.open_store(att_store)
+    spec = store.relations
+    assert spec.kinds == ("att", "val") and spec.layers == (1, 2) and spec.student_layers == (1, 2)
+    n = 8
+    got = store.get(list(range(n)), relations=(rows, keys))
+    rows, keys = rows or spec.rows, keys or spec.keys
+    texts_a, texts_b = _texts(pair_csv)
+    enc, out, tok = teacher_outputs(teacher_dir, texts_a[:n], texts_b[:n], MAX_LEN)
+    model = AutoModelForSequenceClassification.from_pretrained(teacher_dir, attn_implementation="eager").eval()
+    heads = model.config.num_attention_heads
+    for b in range(n):
+        length = int(enc["attention_mask"][b].sum())
+        for j, l in enumerate(spec.layers):
+            query = ranked_rows(enc, out, tok.sep_token_id, b, l, rows, "att-nosep")
+            assert got["rel_positions"][b, j].tolist() == query + [-1] * (rows - len(query))
+            with torch.no_grad():
+                values = model.bert.encoder.layer[l - 1].attention.self.value(out.hidden_states[l - 1][b])
+            for r, q in enumerate(query):
+                relations = value_relation_row(values, q, length, heads)
+                for h in range(heads):
+                    for kind, dist in (("att", out.attentions[l - 1][b, h, q]), ("val", relations[h])):
+                        want_keys, want_probs, want_rest = coarsened_row(dist, length, keys)
+                        got_keys = got[f"{kind}_keys"][b, j, h, r].tolist()
+                        assert got_keys == want_keys + [-1] * (keys - len(want_keys))
+                        assert got[f"{kind}_probs"][b, j, h, r, :len(want_probs)].tolist() == pytest.approx(
+                            want_probs, abs=1e-3, rel=1e-3)  # fp16
+                        assert got[f"{kind}_rest"][b, j, h, r].item() == pytest.approx(want_rest, abs=2e-3)
+
+
+def test_relation_reads_are_checked(att_store, task):
+    store = hskcache.open_store(att_store)
+    with pytest.raises(UserError, match="more than the store holds"):
+        store.get([0], relations=(6, None))
+    with pytest.raises(UserError, match="no attention or value relations"):
+        hskcache.open_store(task.store).get([0], relations=(None, None))
+    assert "att_keys" not in store.get([0])  # relations are read only when asked for
+
+
+def test_budget_counts_relation_bytes(att_store):
+    from hskcache.layout import StoreShape
+    store = hskcache.open_store(att_store)
+    spec = store.relations
+    # per example: positions int16 (N_A, R), and per kind uint8 keys + fp16 probs (N_A, H, R, k), fp16 rest (N_A, H, R)
+    expected = 2 * 5 * 2 + 2 * (2 * 4 * 5 * 6 * (1 + 2) + 2 * 4 * 5 * 2)
+    assert spec.row_bytes() == expected
+    shape = StoreShape(MAX_LEN, 40, 2, False, 3, 4, 32, 0.25, "mag", spec)
+    assert shape.bytes_by_group(10)["relations"] == expected * shape.rows_per_chunk(10) * -(-10 // shape.rows_per_chunk(10))
