@@ -24,7 +24,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .attention import AttentionPlan, attention_rows, select_value_relation, shrink
+from .attention import (AttentionPlan, attention_rows, gather_rows, relation, select_value_relation, shrink,
+                        split_heads)
 from .selection import layer_map, rank_positions
 from .errors import UserError
 from .layout import ArraySpec, narrow
@@ -34,12 +35,30 @@ ATT_LAYERS = ("last", "pairs")
 UINT8_EMPTY = 255
 
 
-# kind -> (attention projections the teacher forward must record, its rows at the query positions)
-RELATION_KINDS: dict[str, tuple[tuple[str, ...], Callable[..., dict[str, Tensor]]]] = {
-    "att": ((), lambda plan, out, values, heads, positions, mask: attention_rows(plan, out.attentions, positions,
-                                                                                  mask)),
-    "val": (("value",), lambda plan, out, values, heads, positions, mask: select_value_relation(
-        plan, values, heads, positions, mask)),
+@dataclass(frozen=True)
+class RelationKind:
+    """One kind of relation knowledge: how the teacher's rows are selected (from its
+    forward and the captured projections) and how the student's rows are computed."""
+
+    teacher_captures: tuple[str, ...]  # projections the teacher forward must record
+    teacher_rows: Callable[..., dict[str, Tensor]]  # (plan, out, values, heads, positions, mask) -> keys/probs/rest
+    student_captures: tuple[str, ...]  # projections the student forward must record
+    student_rows: Callable[[dict[str, Tensor], int, Tensor, Tensor], Tensor]  # (captured, heads, rows, mask)
+
+
+def _projection_relation(left: str, right: str) -> Callable[[dict[str, Tensor], int, Tensor, Tensor], Tensor]:
+    """softmax(left_q · right_k / √d_h) at query rows (B, R) over real keys: (B, H, R, S)."""
+    def rows(captured: dict[str, Tensor], heads: int, positions: Tensor, mask: Tensor) -> Tensor:
+        a, b = split_heads(captured[left], heads), split_heads(captured[right], heads)
+        return relation(gather_rows(a, positions), b, mask)
+    return rows
+
+
+RELATION_KINDS: dict[str, RelationKind] = {
+    "att": RelationKind((), lambda plan, out, values, heads, positions, mask: attention_rows(
+        plan, out.attentions, positions, mask), ("query", "key"), _projection_relation("query", "key")),
+    "val": RelationKind(("value",), lambda plan, out, values, heads, positions, mask: select_value_relation(
+        plan, values, heads, positions, mask), ("value",), _projection_relation("value", "value")),
 }
 
 
@@ -119,7 +138,7 @@ class RelationSpec:
     @property
     def captures(self) -> tuple[str, ...]:
         """Attention projections the teacher forward must record."""
-        return tuple(sorted({c for k in self.kinds for c in RELATION_KINDS[k][0]}))
+        return tuple(sorted({c for k in self.kinds for c in RELATION_KINDS[k].teacher_captures}))
 
     def arrays(self) -> list[ArraySpec]:
         n_a, grid = len(self.layers), (len(self.layers), self.heads, self.rows)
@@ -142,7 +161,7 @@ class RelationSpec:
         values = {l: captured[l].get("value") for l in self.layers}
         rows = {"rel_positions": narrow(positions.cpu().numpy(), np.int16, "query position")}
         for kind in self.kinds:
-            sel = RELATION_KINDS[kind][1](plan, out, values, self.heads, positions, mask)
+            sel = RELATION_KINDS[kind].teacher_rows(plan, out, values, self.heads, positions, mask)
             keys = sel["keys"]
             if self.key_dtype == np.uint8:  # positions < 255 by the dtype's choice; 255 marks an empty slot
                 keys = keys.masked_fill(keys < 0, UINT8_EMPTY)

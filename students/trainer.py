@@ -28,7 +28,10 @@ from transformers import AutoTokenizer, get_constant_schedule, get_linear_schedu
 from hskcache.distributed import Ranks, rank_device
 from hskcache.errors import UserError
 from hskcache.device import DEVICES, DTYPES, autocast, check_dtype, pick_dtype
+from hskcache import hooks
 from hskcache.hskread import parse_triple
+from hskcache.knowledge import RELATION_KINDS
+from hskcache.reader import RelationRead
 from hskcache.options import columns, setting
 from hskcache.packed import PackedBatch, expand
 from hskcache.teacher import tokenizer_hash
@@ -36,7 +39,10 @@ from students.checkpoint import read_state, replaced_dir, rng_state, set_rng_sta
 from students.evaluate import MODEL_INPUTS, EvalSet, evaluate, load_eval_set
 from students.selection import drop_rows, holdout_eval_set, parse_select_on
 from students.data_parallel import Parallel, cores_per_rank, placeholder, rank_seed
-from students.losses import HSK_MODES, HSKProjection, gather_projected, prediction_loss, projected_hsk_loss
+from students.objectives import (OBJECTIVES, Weighted, format_objective, parse_att_read, parse_objective,
+                                 relation_kinds, uses_hsk)
+from students.losses import (HSK_MODES, HSKProjection, distribution_loss, gather_projected, prediction_loss,
+                             projected_hsk_loss)
 from students.metrics import primary_metric
 from students.models import STUDENT_FILE, count_parameters, load_student, save_student
 
@@ -112,6 +118,11 @@ class TrainConfig:
     out: str = field(metadata={"help": "run folder: log.jsonl, checkpoint/, best/, student/, metrics.json"})
     hsk: HSKRead | None = setting(STORED, "N_D,N_L,N_W (N_W a fraction), 'stored' or 'none'", parse=parse_hsk,
                                    show_default="stored")
+    objective: Weighted = setting((("hsk", 1.0),), "stage-1 objectives, name[:weight] comma list of "
+                                  + " | ".join(OBJECTIVES) + " (att, val: MiniLM's Att-KL, Val-KL)",
+                                  parse=parse_objective, show_default="hsk")
+    att_read: RelationRead = setting((None, None), "query rows,keys of the att/val read ('stored': as stored)",
+                                     parse=parse_att_read, show_default="stored")
     width_loss: str = setting("zero-fill", " | ".join(HSK_MODES) + "; zero-fill is the paper's")
     temperature: float = setting(1.0, "soft CE temperature")
     hsk_epochs: int = setting(10, "stage 1 epochs")
@@ -181,7 +192,7 @@ class TrainConfig:
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in self.RUNTIME}
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self) | {"hsk": format_hsk(self.hsk)}
+        return asdict(self) | {"hsk": format_hsk(self.hsk), "objective": format_objective(self.objective)}
 
 
 @dataclass
@@ -234,6 +245,9 @@ def set_cpu_threads(device: torch.device, threads: int | None) -> None:
         torch.set_num_threads(threads or cores_per_rank())
 
 
+RelationQuery = tuple[tuple[int, ...], tuple[str, ...], Tensor]  # student layers, kinds, query rows (B, N_A, R)
+
+
 class Distiller(nn.Module):
     """The trainable parts of a step as one module (the student and the projection W),
     so that DistributedDataParallel sees every parameter a loss uses in its forward."""
@@ -242,16 +256,25 @@ class Distiller(nn.Module):
         super().__init__()
         self.student, self.projection, self.precision = student, projection, precision
 
-    def forward(self, inputs: dict[str, Tensor], positions: Tensor | None = None) -> tuple[Any, list[Tensor] | None]:
-        """The student's output and, given stored positions (B, N_D, N_L), the projected
-        student vectors there; stored layer j of a depth-n read belongs to student layer L' - n + 1 + j."""
-        with self.precision:
+    def forward(self, inputs: dict[str, Tensor], positions: Tensor | None = None,
+                relations: RelationQuery | None = None) -> tuple[Any, list[Tensor] | None, dict[str, list[Tensor]]]:
+        """The student's output; given stored positions (B, N_D, N_L), the projected
+        student vectors there (stored layer j of a depth-n read belongs to student layer
+        L' - n + 1 + j); given a relation query, the student's rows of each relation kind
+        at the stored query rows of each relation layer, (B, H_S, R, S) per layer."""
+        layers, kinds, rows = relations if relations is not None else ((), (), None)
+        captures = tuple(sorted({c for k in kinds for c in RELATION_KINDS[k].student_captures}))
+        with self.precision, hooks.capture(self.student, layers if kinds else (), captures) as captured:
             out = self.student(**inputs, output_hidden_states=positions is not None)
+        heads = self.student.config.num_attention_heads
+        mask = inputs["attention_mask"]
+        student_rows = {k: [RELATION_KINDS[k].student_rows(captured[l], heads, rows[:, j], mask)
+                            for j, l in enumerate(layers)] for k in kinds}
         if positions is None:
-            return out, None
+            return out, None, student_rows
         n, top = positions.shape[1], len(out.hidden_states) - 1
         return out, [gather_projected(out.hidden_states[top - n + 1 + j].float(), positions[:, j], self.projection)
-                     for j in range(n)]
+                     for j in range(n)], student_rows
 
 
 class Trainer:
@@ -307,6 +330,18 @@ class Trainer:
         if self.model.config.num_labels != source.num_labels:
             raise UserError(f"student {student} has {self.model.config.num_labels} outputs but the teacher has "
                             f"{source.num_labels}; build the student from the teacher that wrote the store")
+        kinds = relation_kinds(self.cfg.objective)
+        if kinds and self.cfg.hsk is not None:
+            spec = getattr(source, "relations", None)
+            if spec is None or set(kinds) - set(spec.kinds):
+                raise UserError(f"--objective {format_objective(self.cfg.objective)} needs {', '.join(kinds)} "
+                                "knowledge, which this source does not hold; extract a store with "
+                                f"--knowledge hsk,{','.join(kinds)}")
+            spec.resolve(*self.cfg.att_read, "--att-read")
+            heads = self.model.config.num_attention_heads
+            if spec.heads % heads:
+                raise UserError(f"student {student} has {heads} attention heads, which do not divide the "
+                                f"teacher's {spec.heads}; build a student whose head count divides {spec.heads}")
         if self.cfg.hsk is not None:
             try:
                 source.resolve(*self.cfg.hsk)
@@ -418,11 +453,13 @@ class Trainer:
             return
         # The pred stage needs no HSK: read the least the source can decode.
         depth, tokens, width = cfg.hsk if stage.name == "hsk" else (1, 1, None)
+        relations = ({"relations": cfg.att_read}
+                     if stage.name == "hsk" and relation_kinds(cfg.objective) else {})  # only the store reads them
         batches = self.source.batches(stage.batch_size, shuffle=True, seed=cfg.seed,
                                       epoch=STAGE_BASE[stage.name] + pos.epoch, depth=depth, tokens=tokens,
                                       width=width, start_batch=pos.batch, rank=self.ranks.rank,
                                       world_size=self.ranks.world_size, packed=True,
-                                      pin_memory=self.device.type == "cuda")
+                                      pin_memory=self.device.type == "cuda", **relations)
         stats = pos.stats.setdefault(stage.name, {"steps": 0, "seconds": 0.0, "examples": 0})
         self.model.train()
         started = time.perf_counter()
@@ -458,12 +495,9 @@ class Trainer:
         inputs = {k: batch[k][:, :width].to(self.device) for k in MODEL_INPUTS}
         denominator = self.parallel.denominator(counted)
         if stage.name == "hsk":
-            positions = batch["positions"].to(self.device)
-            _, predicted = self.engine(inputs, positions)
-            loss = projected_hsk_loss(predicted, batch["hsk"].to(self.device), positions,
-                                      batch["hsk_mask"].to(self.device), self.cfg.width_loss, denominator)
+            loss = self._stage1_loss(batch, inputs, denominator)
         else:
-            out, _ = self.engine(inputs)
+            out, _, _ = self.engine(inputs)
             loss = prediction_loss(out.logits.float(), batch["logits"].to(self.device), self.cfg.temperature,
                                    self.source.regression, denominator)
         if not counted:
@@ -475,6 +509,31 @@ class Trainer:
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         return loss.detach()
+
+    def _stage1_loss(self, batch: dict[str, Tensor], inputs: dict[str, Tensor], denominator) -> Tensor:
+        """Σ weight × objective (students.objectives) over `--objective`."""
+        objective, kinds = self.cfg.objective, relation_kinds(self.cfg.objective)
+        positions = batch["positions"].to(self.device) if uses_hsk(objective) else None
+        query = None
+        if kinds:
+            spec = self.source.relations
+            query = (spec.student_layers, kinds, batch["rel_positions"].to(self.device))
+        _, predicted, student_rows = self.engine(inputs, positions, query)
+        total = torch.zeros((), device=self.device)
+        for name, weight in objective:
+            spec = OBJECTIVES[name]
+            if spec.relation is None:
+                loss = projected_hsk_loss(predicted, batch["hsk"].to(self.device), positions,
+                                          batch["hsk_mask"].to(self.device), self.cfg.width_loss, denominator)
+            else:
+                k = spec.relation
+                loss = sum(distribution_loss(spec.loss, batch[f"{k}_keys"][:, j].to(self.device),
+                                             batch[f"{k}_probs"][:, j].to(self.device),
+                                             batch[f"{k}_rest"][:, j].to(self.device),
+                                             batch["rel_positions"][:, j].to(self.device), rows, denominator)
+                           for j, rows in enumerate(student_rows[k]))
+            total = total + weight * loss
+        return total
 
     # ------------------------------------------------------------------ records
 

@@ -79,3 +79,64 @@ def test_budget_counts_relation_bytes(att_store):
     assert spec.row_bytes() == expected
     shape = StoreShape(MAX_LEN, 40, 2, False, 3, 4, 32, 0.25, "mag", spec)
     assert shape.bytes_by_group(10)["relations"] == expected * shape.rows_per_chunk(10) * -(-10 // shape.rows_per_chunk(10))
+
+
+def test_first_relation_loss_matches_an_hf_forward(att_store, teacher_dir, tmp_path):
+    """Step 1 of `--objective hsk,att:0.5,val`: HSK MSE + 0.5 Att-KL + Val-KL of the untrained
+    student, its attention taken from HF's eager attentions and its values from the value
+    module (the trainer computes both from hooked projections). 2 student heads, 4 teacher heads."""
+    import json
+    from transformers import AutoModelForSequenceClassification
+
+    from hskcache.attention import gather_rows, relation, split_heads
+    from students.losses import HSKProjection, distribution_loss, hsk_loss
+    from students.models import build_tinybert
+    from students.objectives import parse_objective
+    from students.trainer import TrainConfig, train
+
+    folder = tmp_path / "student"
+    build_tinybert(teacher_dir, layers=2, hidden=32, ffn=32, heads=2, out_dir=folder)
+    config = json.loads((folder / "config.json").read_text())
+    config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    (folder / "config.json").write_text(json.dumps(config))
+    cfg = TrainConfig(student=str(folder), out=str(tmp_path / "run"), objective=parse_objective("hsk,att:0.5,val"),
+                      att_read=(4, 3), max_steps=1, log_every=1, threads=1, quiet=True, hsk_batch_size=8,
+                      pred_batch_size=8)
+    train(cfg, hskcache.open_store(att_store))
+
+    store = hskcache.open_store(att_store)
+    model = AutoModelForSequenceClassification.from_pretrained(folder, attn_implementation="eager").train()
+    batch = next(iter(store.batches(8, seed=0, epoch=0, relations=(4, 3))))
+    with torch.no_grad():
+        out = model(**{k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")},
+                    output_hidden_states=True, output_attentions=True)
+        expected = hsk_loss([out.hidden_states[0], out.hidden_states[1], out.hidden_states[2]], batch["hsk"],
+                            batch["positions"], batch["hsk_mask"], HSKProjection(32, 32), "zero-fill")
+        for j, l in enumerate((1, 2)):
+            rows = batch["rel_positions"][:, j]
+            att = gather_rows(out.attentions[l - 1], rows)
+            v = split_heads(model.bert.encoder.layer[l - 1].attention.self.value(out.hidden_states[l - 1]), 2)
+            val = relation(gather_rows(v, rows), v, batch["attention_mask"])
+            for kind, student, weight in (("att", att, 0.5), ("val", val, 1.0)):
+                expected += weight * distribution_loss("kl", batch[f"{kind}_keys"][:, j], batch[f"{kind}_probs"][:, j],
+                                                       batch[f"{kind}_rest"][:, j], rows, student)
+    first = json.loads((tmp_path / "run" / "log.jsonl").read_text().splitlines()[0])
+    assert first["stage"] == "hsk" and first["loss"] == pytest.approx(expected.item(), rel=1e-4)
+
+
+def test_relation_objective_needs_relations(att_store, task, teacher_dir, tmp_path):
+    from students.models import build_tinybert
+    from students.objectives import parse_objective
+    from students.trainer import TrainConfig, train
+
+    build_tinybert(task.teacher, layers=2, hidden=16, ffn=32, heads=2, out_dir=tmp_path / "s")
+    cfg = TrainConfig(student=str(tmp_path / "s"), out=str(tmp_path / "run"), objective=parse_objective("att"),
+                      threads=1, quiet=True)
+    with pytest.raises(UserError, match="needs att knowledge"):
+        train(cfg, hskcache.open_store(task.store))
+    build_tinybert(teacher_dir, layers=2, hidden=24, ffn=32, heads=3, out_dir=tmp_path / "s3")
+    with pytest.raises(UserError, match="3 attention heads, which do not divide the teacher's 4"):
+        train(TrainConfig(student=str(tmp_path / "s3"), out=str(tmp_path / "run3"),
+                          objective=parse_objective("val"), threads=1, quiet=True), hskcache.open_store(att_store))
+    with pytest.raises(UserError, match="unknown objective"):
+        parse_objective("hsk,attention")
