@@ -30,6 +30,7 @@ import numpy as np
 from . import widthcode
 from .errors import UserError
 from .hskread import parse_triple
+from .knowledge import RelationSpec
 from .layout import StoreShape, kept_width
 
 # Raw / on-disk bytes of each array with the store's codec (zstd level 1), measured by
@@ -124,6 +125,7 @@ class Setting:
     width_code: str = widthcode.DEFAULT
     values: str = "fp16"
     compress: str = "zstd"
+    relations: RelationSpec | None = None  # attention / value-relation knowledge stored with every configuration
 
     @property
     def full_amount(self) -> int:
@@ -143,6 +145,7 @@ class Setting:
             regression=self.regression, depth=config.n_d, tokens=config.n_l, hidden=self.hidden,
             width=config.n_w, width_strategy=self.width_strategy, width_code=self.width_code,
             values=self.values, compress=self.compress,
+            relations=self.relations,
         )
 
 
@@ -169,6 +172,7 @@ class Row:
     hskcache_values_bytes: int
     hskcache_mask_bytes: int
     hskcache_other_bytes: int
+    hskcache_relation_bytes: int  # attention and value relations (hskcache.knowledge)
     hskcache_total_bytes: int
     ratio: float
     disk_values_bytes: int
@@ -284,7 +288,7 @@ def report(config: Config, setting: Setting, measured: dict[str, int] | None = N
         paper_values_bytes=paper_values, paper_mask_bytes=paper_mask,
         paper_total_bytes=paper_values + paper_mask, width_encoding=encoding,
         hskcache_values_bytes=values, hskcache_mask_bytes=mask,
-        hskcache_other_bytes=groups["inputs"] + groups["logits"],
+        hskcache_other_bytes=groups["inputs"] + groups["logits"], hskcache_relation_bytes=groups["relations"],
         hskcache_total_bytes=sum(groups.values()),
         ratio=(paper_values + paper_mask) / (values + mask),
         disk_values_bytes=disk_values, disk_mask_bytes=disk_mask, disk_total_bytes=disk_total,
@@ -316,7 +320,13 @@ def describe_setting(setting: Setting) -> str:
         f"d_T={setting.hidden}, vocab {setting.vocab_size}, {setting.num_logits} logits, "
         f"width strategy {setting.width_strategy}, {setting.values} values, compression {setting.compress}; "
         f"full amount (L'+1)×|x| = {setting.full_amount} units"
+        + ("" if setting.relations is None else describe_relations(setting.relations))
     )
+
+
+def describe_relations(spec: RelationSpec) -> str:
+    return (f"; relations {'+'.join(spec.kinds)}: {len(spec.layers)} layer(s) × {spec.heads} heads × "
+            f"{spec.rows} rows × {spec.keys} keys + rest = {spec.row_bytes():,} B per example")
 
 
 NOTES = (
@@ -340,6 +350,9 @@ def format_table(rows: Sequence[Row], setting: Setting) -> str:
          human(r.disk_total_bytes) + ("*" if r.disk_measured else ""), f"{r.disk_ratio:.2f}×")
         for r in rows
     ]
+    if setting.relations is not None:  # one more column, before the total
+        header = (*header[:-2], "relations", *header[-2:])
+        body = [(*line[:-2], human(r.hskcache_relation_bytes), *line[-2:]) for line, r in zip(body, rows)]
     widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
 
     def fmt(line: Sequence[str]) -> str:

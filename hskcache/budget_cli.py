@@ -13,6 +13,7 @@ import numpy as np
 
 from . import budget, widthcode
 from .errors import UserError
+from .knowledge import RELATION_KINDS, RelationSpec, parse_knowledge
 from .options import add_store_argument, columns, store_argument
 from .layout import COMPRESSIONS, VALUE_FORMATS, WIDTH_STRATEGIES
 
@@ -20,7 +21,7 @@ TOKENIZE_BATCH = 4096
 # Flags that describe a planned extraction; a store already records all of them.
 PLAN_FLAGS = ("examples", "seq_len", "student_layers", "teacher_width", "vocab_size", "num_labels",
               "teacher", "data", "split", "text_cols", "token_strategy", "width_strategy", "width_code", "values",
-              "compress")
+              "compress", "knowledge", "att_layers", "att_rows", "att_keys", "att_heads")
 DATA_FLAGS = ("split", "text_cols", "token_strategy")
 
 
@@ -48,6 +49,11 @@ def add_budget_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--width-code", choices=list(widthcode.WIDTH_CODES), help="width code of the store (default bitmask)")
     p.add_argument("--values", choices=VALUE_FORMATS, help="value format of the store (default fp16)")
     p.add_argument("--compress", choices=COMPRESSIONS, help="compression of the store (default zstd)")
+    p.add_argument("--knowledge", help="hsk,att,val: also count attention / value relations (hskcache.knowledge)")
+    p.add_argument("--att-layers", help="with --knowledge: last (default) | pairs | i,j: how many relation layers")
+    p.add_argument("--att-rows", type=int, help="with --knowledge: query rows per layer (default N^L of each config)")
+    p.add_argument("--att-keys", type=int, help="with --knowledge: keys kept per row (default all, --seq-len)")
+    p.add_argument("--att-heads", type=int, help="with --knowledge: teacher heads (default from --teacher)")
     out = p.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help="print a JSON list, one object per configuration")
     out.add_argument("--csv", action="store_true", help="print CSV, one line per configuration")
@@ -142,9 +148,33 @@ def plan_setting(args: argparse.Namespace, given: list[str]) -> budget.Setting:
     return budget.Setting(
         examples=examples, seq_len=args.seq_len, student_layers=args.student_layers, hidden=hidden,
         vocab_size=vocab, num_logits=num_labels, regression=regression,
-        width_strategy=args.width_strategy or "mag", length_counts=counts,
+        width_strategy=args.width_strategy or "mag", length_counts=counts, relations=plan_relations(args),
         width_code=args.width_code or widthcode.DEFAULT, values=args.values or "fp16", compress=args.compress or "zstd",
     )
+
+
+def plan_relations(args: argparse.Namespace) -> RelationSpec | None:
+    """The relation knowledge a planned extraction stores; only counts matter for bytes."""
+    kinds = [k for k in parse_knowledge(args.knowledge or "hsk") if k in RELATION_KINDS]
+    att_flags = [n for n in ("att_layers", "att_rows", "att_keys", "att_heads") if getattr(args, n) is not None]
+    if not kinds:
+        if att_flags:
+            raise UserError(f"{_flags(att_flags)} only apply with --knowledge hsk,att[,val]")
+        return None
+    heads = args.att_heads
+    if heads is None and args.teacher:
+        from transformers import AutoConfig
+        heads = AutoConfig.from_pretrained(args.teacher).num_attention_heads
+    if heads is None:
+        raise UserError("--knowledge att/val needs the teacher's heads: --att-heads H (or --teacher PATH)")
+    if args.att_rows is None:
+        raise UserError("--knowledge att/val needs --att-rows R (query rows per layer)")
+    _positive(args, ("att_rows", "att_keys", "att_heads"))
+    spec = args.att_layers or "last"
+    depth = 1 if spec == "last" else args.student_layers if spec == "pairs" else len(spec.split(","))
+    layers = tuple(range(1, depth + 1))
+    return RelationSpec(tuple(kinds), layers, layers, layers, heads, min(args.att_rows, args.seq_len),
+                        min(args.att_keys or args.seq_len, args.seq_len), args.seq_len, "att-nosep-top")
 
 
 def teacher_numbers(teacher: str) -> tuple[int, int, int, bool]:
@@ -212,6 +242,7 @@ def store_setting(path: str) -> tuple[budget.Setting, budget.Config, dict[str, i
             width_strategy=cfg["width_strategy"],
             length_counts=tuple(np.bincount(lengths, minlength=seq_len + 1).tolist()),
             width_code=cfg["width_code"], values=cfg["values"], compress=cfg["compress"],
+            relations=RelationSpec.from_attrs(attrs.get("relations")),
         )
         own = budget.Config.of(int(cfg["depth"]), int(cfg["tokens"]), float(cfg["width"]))
     except (KeyError, TypeError, ValueError) as exc:

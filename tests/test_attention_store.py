@@ -140,3 +140,27 @@ def test_relation_objective_needs_relations(att_store, task, teacher_dir, tmp_pa
                           objective=parse_objective("val"), threads=1, quiet=True), hskcache.open_store(att_store))
     with pytest.raises(UserError, match="unknown objective"):
         parse_objective("hsk,attention")
+
+
+def test_budget_plan_and_store_count_relations(att_store, capsys):
+    import json
+
+    from hskcache.cli import main
+
+    assert main(["budget", str(att_store), "--json"]) == 0
+    [own] = json.loads(capsys.readouterr().out)
+    store = hskcache.open_store(att_store)
+    rows = store.num_examples
+    chunk = store.chunk_rows
+    padded = -(-rows // chunk) * chunk
+    assert own["hskcache_relation_bytes"] == padded * store.relations.row_bytes()
+    # plan mode: 2 kinds × 12 heads × 9 rows × (16 keys × 3 B + 2 B) + 9 int16 positions per example
+    assert main(["budget", "--plan", "--examples", "1000", "--seq-len", "128", "--student-layers", "6",
+                 "--teacher-width", "768", "--configs", "1,9,0.1", "--knowledge", "hsk,att,val", "--att-heads", "12",
+                 "--att-rows", "9", "--att-keys", "16", "--json"]) == 0
+    [plan] = json.loads(capsys.readouterr().out)
+    assert plan["hskcache_relation_bytes"] % (2 * 12 * 9 * (16 * 3 + 2) + 2 * 9) == 0
+    assert plan["hskcache_relation_bytes"] >= 1000 * (2 * 12 * 9 * (16 * 3 + 2) + 2 * 9)
+    assert main(["budget", "--plan", "--examples", "10", "--seq-len", "16", "--student-layers", "2",
+                 "--teacher-width", "32", "--att-rows", "4"]) == 2
+    assert "only apply with --knowledge" in capsys.readouterr().err
