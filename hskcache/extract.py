@@ -51,6 +51,7 @@ def store_attrs(cfg: ExtractConfig, data: TextData, teacher: Teacher, plan: Sele
         "teacher_layers": list(teacher_layers),
         "student_layers": len(teacher_layers) - 1,
         "text_cols": list(data.text_cols),
+        "knowledge": list(cfg.knowledge),
         "label_col": data.label_col,
         "dtype": teacher.dtype,  # resolved: a GPU (bf16) store differs from a CPU (fp32) one
     }
