@@ -77,7 +77,7 @@ def test_budget_counts_relation_bytes(att_store):
     # per example: positions int16 (N_A, R), and per kind uint8 keys + fp16 probs (N_A, H, R, k), fp16 rest (N_A, H, R)
     expected = 2 * 5 * 2 + 2 * (2 * 4 * 5 * 6 * (1 + 2) + 2 * 4 * 5 * 2)
     assert spec.row_bytes() == expected
-    shape = StoreShape(MAX_LEN, 40, 2, False, 3, 4, 32, 0.25, "mag", spec)
+    shape = StoreShape(MAX_LEN, 40, 2, False, 3, 4, 32, 0.25, "mag", relations=spec)
     assert shape.bytes_by_group(10)["relations"] == expected * shape.rows_per_chunk(10) * -(-10 // shape.rows_per_chunk(10))
 
 
