@@ -351,8 +351,9 @@ def format_table(rows: Sequence[Row], setting: Setting) -> str:
         for r in rows
     ]
     if setting.relations is not None:  # one more column, before the total
-        header = (*header[:-2], "relations", *header[-2:])
-        body = [(*line[:-2], human(r.hskcache_relation_bytes), *line[-2:]) for line, r in zip(body, rows)]
+        at = header.index("hsk total")
+        header = (*header[:at], "relations", *header[at:])
+        body = [(*line[:at], human(r.hskcache_relation_bytes), *line[at:]) for line, r in zip(body, rows)]
     widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
 
     def fmt(line: Sequence[str]) -> str:

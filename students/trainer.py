@@ -192,7 +192,8 @@ class TrainConfig:
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in self.RUNTIME}
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self) | {"hsk": format_hsk(self.hsk), "objective": format_objective(self.objective)}
+        return asdict(self) | {"hsk": format_hsk(self.hsk), "objective": format_objective(self.objective),
+                               "att_read": "stored" if self.att_read == (None, None) else ",".join(map(str, self.att_read))}
 
 
 @dataclass
