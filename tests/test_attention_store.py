@@ -100,7 +100,7 @@ def test_first_relation_loss_matches_an_hf_forward(att_store, teacher_dir, tmp_p
     config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     (folder / "config.json").write_text(json.dumps(config))
     cfg = TrainConfig(student=str(folder), out=str(tmp_path / "run"), objective=parse_objective("hsk,att:0.5,val"),
-                      att_read=(4, 3), max_steps=1, log_every=1, threads=1, quiet=True, hsk_batch_size=8,
+                      att_read=(4, 3), max_steps=1, log_every=1, threads=1, quiet=True, hsk_batch_size=8, select_on="last",
                       pred_batch_size=8)
     train(cfg, hskcache.open_store(att_store))
 
