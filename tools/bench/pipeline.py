@@ -58,6 +58,7 @@ class RecordedTeacher:
         gen = torch.Generator().manual_seed(seed)
         outliers = torch.randperm(HIDDEN, generator=gen)[:8]
         self.device = torch.device("cpu")
+        self.model = torch.nn.Module()  # no relation knowledge here, so no hooks are attached to it
         self.outputs = []
         for _ in range(distinct):
             states = {}
