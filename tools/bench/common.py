@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import bz2
 import csv
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,7 @@ import torch
 import zarr
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+from hskcache.cli import quiet_libraries
 from hskcache.embedded import minilm_encoder, movie_corpus
 from hskcache.layout import StoreShape
 from hskcache.store import StoreData, StoreWriter
@@ -61,3 +63,11 @@ def tiled_store(source: Path, dest: Path, rows: int) -> Path:
     writer.finish()
     assert zarr.open_group(str(dest), mode="r").attrs["complete"]
     return dest
+
+
+def workspace(examples: int, teacher: str | None = None) -> tuple[Path, Path, Path]:
+    """(scratch folder, teacher folder, csv of `examples` real reviews): the packaged
+    teacher unless `teacher` is given; library chatter silenced."""
+    quiet_libraries()
+    work = Path(tempfile.mkdtemp(prefix="hsk-bench-"))
+    return work, Path(teacher) if teacher else packaged_teacher(work / "teacher"), movie_csv(work / "movies.csv", examples)

@@ -9,19 +9,16 @@ from __future__ import annotations
 import argparse
 import platform
 import shutil
-import tempfile
 import time
-from pathlib import Path
 
 import torch
 
-from hskcache.cli import quiet_libraries
 from hskcache.config import ExtractConfig
 from hskcache.data import load_texts, tokenize_batch
 from hskcache.extract import extract
 from hskcache.teacher import load_teacher
 
-from common import movie_csv, packaged_teacher
+from common import workspace
 
 
 def bare_forward(cfg: ExtractConfig) -> float:
@@ -51,11 +48,8 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--device", default="cpu")
     args = p.parse_args()
-    quiet_libraries()
-    torch.set_num_threads(torch.get_num_threads())
-    work = Path(tempfile.mkdtemp(prefix="hsk-bench-"))
-    teacher = args.teacher or str(packaged_teacher(work / "teacher"))
-    data = str(movie_csv(work / "movies.csv", args.examples))
+    work, teacher, data = workspace(args.examples, args.teacher)
+    teacher, data = str(teacher), str(data)
     configs = {
         "(1,9,0.1) mag": dict(student_layers=3, depth=1, tokens=9, width=0.1),
         "(4,50,1.0)": dict(student_layers=3, tokens=50, width=1.0),

@@ -13,18 +13,16 @@ import platform
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import psutil
 
-from hskcache.cli import quiet_libraries
 from hskcache.config import ExtractConfig
 from hskcache.extract import extract
 from hskcache.store import on_disk_bytes
 
-from common import movie_csv, packaged_teacher, tiled_store
+from common import tiled_store, workspace
 
 STUDENTS = Path(sys.executable).parent / "students"
 
@@ -53,10 +51,7 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
-    quiet_libraries()
-    work = Path(tempfile.mkdtemp(prefix="hsk-bench-"))
-    teacher = packaged_teacher(work / "teacher")
-    data = movie_csv(work / "movies.csv", args.examples)
+    work, teacher, data = workspace(args.examples)
     extract(ExtractConfig(str(teacher), str(data), str(work / "small"), student_layers=3, depth=4, tokens=16, width=0.2,
                           max_length=args.max_length, batch_size=64), progress=False)
     subprocess.run([str(STUDENTS), "build", "tinybert", "--init", "random", "--teacher", str(teacher), "--preset", "tinybert-3s",

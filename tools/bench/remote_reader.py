@@ -16,7 +16,6 @@ import os
 import platform
 import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -24,12 +23,11 @@ import boto3
 import torch
 
 import hskcache
-from hskcache.cli import quiet_libraries
 from hskcache.config import ExtractConfig
 from hskcache.extract import extract
 from hskcache.storage import Location
 
-from common import movie_csv, packaged_teacher, tiled_store
+from common import tiled_store, workspace
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))
 from s3_server import moto_server, s3_environment  # noqa: E402
@@ -53,10 +51,7 @@ def main() -> None:
     p.add_argument("--batches", type=int, default=100)
     p.add_argument("--repeats", type=int, default=3)
     args = p.parse_args()
-    quiet_libraries()
-    work = Path(tempfile.mkdtemp(prefix="hsk-bench-"))
-    teacher = packaged_teacher(work / "teacher")
-    data = movie_csv(work / "movies.csv", args.examples)
+    work, teacher, data = workspace(args.examples)
     with moto_server() as endpoint:
         os.environ.update(s3_environment(endpoint))
         boto3.client("s3").create_bucket(Bucket="bench")

@@ -14,19 +14,17 @@ import platform
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-from hskcache.cli import quiet_libraries
 from hskcache.config import ExtractConfig
 from hskcache.data import load_texts, tokenize_batch
 from hskcache.extract import extract
 from hskcache.teacher import load_teacher
 
-from common import movie_csv, packaged_teacher
+from common import workspace
 
 STUDENTS = Path(sys.executable).parent / "students"
 
@@ -65,10 +63,7 @@ def main() -> None:
     p.add_argument("--max-length", type=int, default=128)
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = p.parse_args()
-    quiet_libraries()
-    work = Path(tempfile.mkdtemp(prefix="hsk-bench-"))
-    teacher = packaged_teacher(work / "teacher")
-    data = movie_csv(work / "movies.csv", args.examples)
+    work, teacher, data = workspace(args.examples)
     hsk = dict(depth=1, tokens=9, width=0.1)
     extract(ExtractConfig(str(teacher), str(data), str(work / "store"), student_layers=3, max_length=args.max_length,
                           batch_size=64, **hsk), progress=False)

@@ -11,13 +11,11 @@ RESULTS/int8.md, and prints the table with each store's bytes on disk.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import time
-from pathlib import Path
 
-from movie_results import BIN, LR, STUDENT_LAYERS, evaluate, mean_std, run
+from movie_results import BIN, LR, STUDENT_LAYERS, evaluate, mean_std, run, run_parser
 
 from hskcache.store import on_disk_bytes
 
@@ -26,16 +24,7 @@ STUDENT = "tinybert-3s"
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--teacher", required=True, type=Path)
-    p.add_argument("--data", required=True, type=Path, help="folder with train.csv, dev.csv, test.csv")
-    p.add_argument("--out", required=True, type=Path)
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--max-length", type=int, default=64)
-    p.add_argument("--hsk-epochs", type=int, default=2)
-    p.add_argument("--pred-epochs", type=int, default=2)
-    p.add_argument("--threads", type=int, default=1)
-    args = p.parse_args()
+    args = run_parser(__doc__).parse_args()
     out, data, ml = args.out, args.data, args.max_length
     out.mkdir(parents=True, exist_ok=True)
     stores = {fmt: out / f"store-{fmt}" for fmt in ("fp16", "int8")}

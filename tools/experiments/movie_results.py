@@ -80,22 +80,28 @@ def parse_student(name: str) -> tuple[str, str | None, int]:
     return preset, init, aug
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def run_parser(doc: str) -> argparse.ArgumentParser:
+    """The flags every movie-review experiment takes: teacher, data, output, seeds, schedule."""
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     p.add_argument("--teacher", required=True, type=Path)
     p.add_argument("--data", required=True, type=Path, help="folder with train.csv, dev.csv, test.csv")
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--students", nargs="+", default=["tinybert-3s:etd-impt", "rosita-3s"],
-                   help="PRESET (ROSITA) or PRESET:INIT[:augN] (TinyBERT)")
-    p.add_argument("--configs", nargs="+", default=list(CONFIGS))
     p.add_argument("--max-length", type=int, default=64)
     p.add_argument("--hsk-epochs", type=int, default=2)
     p.add_argument("--pred-epochs", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1, help="torch threads per training run")
+    return p
+
+
+def main() -> None:
+    p = run_parser(__doc__)
+    p.add_argument("--students", nargs="+", default=["tinybert-3s:etd-impt", "rosita-3s"],
+                   help="PRESET (ROSITA) or PRESET:INIT[:augN] (TinyBERT)")
+    p.add_argument("--configs", nargs="+", default=list(CONFIGS))
     p.add_argument("--hsk-lr", type=float, default=LR)
     p.add_argument("--pred-lr", type=float, default=LR)
     p.add_argument("--select-on", default="train-holdout:0.1", help="students train --select-on")
-    p.add_argument("--threads", type=int, default=1, help="torch threads per training run")
     args = p.parse_args()
     out, data, ml = args.out, args.data, args.max_length
     out.mkdir(parents=True, exist_ok=True)
