@@ -26,13 +26,25 @@ from pathlib import Path
 
 BIN = Path(sys.executable).parent
 STUDENT_LAYERS = 3
-# name -> (store, --hsk); "full" is every layer, every token ([CLS] and [SEP] too), full width.
-CONFIGS = {
-    "pred-only": ("compressed", "none"),
-    "full": ("full", "stored"),
-    "4,16,0.5": ("compressed", "4,16,0.5"),
-    "2,8,0.3": ("compressed", "2,8,0.3"),
-    "1,9,0.1": ("compressed", "1,9,0.1"),
+# name -> (store, --hsk, further `students train` flags); "full" is every layer, every token ([CLS] and [SEP]
+# too), full width. `att-val:R,K` is MiniLM's Att-KL + Val-KL on the teacher's last layer, R query rows and the
+# top K keys plus the rest mass, read from the `relations` store (16 rows, every key); `hsk+att-val` adds the HSK.
+CONFIGS: dict[str, tuple[str, str, tuple[str, ...]]] = {
+    "pred-only": ("compressed", "none", ()),
+    "full": ("full", "stored", ()),
+    "4,16,0.5": ("compressed", "4,16,0.5", ()),
+    "3,16,0.2": ("compressed", "3,16,0.2", ()),
+    "2,8,0.3": ("compressed", "2,8,0.3", ()),
+    "1,9,0.1": ("compressed", "1,9,0.1", ()),
+    **{f"att-val:9,{k}": ("relations", "stored", ("--objective", "att,val", "--att-read", f"9,{k}"))
+       for k in (4, 16, 64)},
+    "hsk+att-val:9,16": ("relations", "1,9,0.1", ("--objective", "hsk,att,val", "--att-read", "9,16")),
+}
+STORE_FLAGS = {
+    "full": ("--token-strategy", "left", "--tokens", "{max_length}"),
+    "compressed": ("--tokens", "16"),
+    "relations": ("--tokens", "16", "--knowledge", "hsk,att,val", "--att-layers", "last", "--att-rows", "16",
+                  "--att-keys", "{max_length}"),
 }
 # The paper's 5e-5 (HSK) / 2e-5 (predictions) assume tens of epochs over large
 # datasets and a general-distilled TinyBERT. With 2 + 2 epochs over 3k
@@ -53,11 +65,12 @@ def run(*args: object, log: Path | None = None) -> None:
 def a_hsk(config: str, max_length: int) -> tuple[float, float]:
     """(A^HSK, fraction of the full amount (L'+1) × |x|)."""
     full = (STUDENT_LAYERS + 1) * max_length
-    if config == "pred-only":
+    store, hsk, extra = CONFIGS[config]
+    if hsk == "none" or (extra and "hsk" not in extra[1].split(",")):
         return 0.0, 0.0
-    if config == "full":
+    if store == "full":
         return float(full), 1.0
-    n_d, n_l, n_w = config.split(",")
+    n_d, n_l, n_w = hsk.split(",")
     a = int(n_d) * int(n_l) * float(n_w)
     return a, a / full
 
@@ -98,7 +111,8 @@ def main() -> None:
     p = run_parser(__doc__)
     p.add_argument("--students", nargs="+", default=["tinybert-3s:etd-impt", "rosita-3s"],
                    help="PRESET (ROSITA) or PRESET:INIT[:augN] (TinyBERT)")
-    p.add_argument("--configs", nargs="+", default=list(CONFIGS))
+    p.add_argument("--configs", nargs="+", choices=list(CONFIGS),
+                   default=[c for c, (store, _, _) in CONFIGS.items() if store != "relations"])
     p.add_argument("--hsk-lr", type=float, default=LR)
     p.add_argument("--pred-lr", type=float, default=LR)
     p.add_argument("--select-on", default="train-holdout:0.1", help="students train --select-on")
@@ -116,7 +130,7 @@ def main() -> None:
             if not train.exists():
                 run(hsk, "augment", "--teacher", args.teacher, "--data", data / "train.csv", "--out", train,
                     "--per-example", aug, "--seed", 0)
-        flags = (["--token-strategy", "left", "--tokens", ml] if kind == "full" else ["--tokens", 16])
+        flags = [f.format(max_length=ml) for f in STORE_FLAGS[kind]]
         run(hsk, "extract", "--teacher", args.teacher, "--data", train, "--student-layers", STUDENT_LAYERS,
             "--max-length", ml, "--batch-size", 64, "--quiet", "--store", path, *flags, "--width", 1.0)
         return path
@@ -141,7 +155,7 @@ def main() -> None:
                         "--preset", preset, "--seed", seed, "--out", init_dir,
                         *(["--store", store("compressed", 0)] if init == "etd-impt" else []))
             for config in args.configs:
-                kind, hsk_flag = CONFIGS[config]
+                kind, hsk_flag, extra = CONFIGS[config]
                 run_dir = out / "runs" / student.replace(":", "-") / config / f"seed{seed}"
                 if not (run_dir / "metrics.json").exists():
                     start = time.time()
@@ -150,7 +164,7 @@ def main() -> None:
                         "--hsk", hsk_flag, "--hsk-epochs", args.hsk_epochs, "--pred-epochs", args.pred_epochs,
                         "--hsk-lr", args.hsk_lr, "--pred-lr", args.pred_lr, "--seed", seed,
                         "--select-on", args.select_on, "--eval-data", data / "dev.csv", "--out", run_dir,
-                        "--threads", args.threads, "--quiet", log=run_dir.parent / f"seed{seed}.log")
+                        "--threads", args.threads, "--quiet", *extra, log=run_dir.parent / f"seed{seed}.log")
                     print(f"  {time.time() - start:.0f} s", flush=True)
                 metrics = json.loads((run_dir / "metrics.json").read_text())
                 test = evaluate(run_dir / "student", data / "test.csv", run_dir / "test.json", ml)
@@ -194,7 +208,7 @@ def write_report(results: dict, out: Path, max_length: int) -> None:
                           else 0.0, marker="o", capsize=3, label=f"{student} {config}")
             if config == "pred-only":
                 ax.axhline(100 * statistics.mean(dev), color="gray", ls="--", label="prediction-only KD")
-            else:
+            elif CONFIGS[config][0] != "relations":  # relation knowledge has no place on the A^HSK axis
                 xs.append(frac * 100)
                 ys.append(100 * statistics.mean(dev))
                 es.append(100 * statistics.stdev(dev) if len(dev) > 1 else 0.0)
