@@ -2,18 +2,22 @@
 fp16 store and from an int8 store of the same extraction, over several seeds.
 
 Same protocol as movie_results.py (its helpers run the project's command lines
-as subprocesses and skip finished runs): random-init TinyBERT per seed, HSK
-stage then prediction stage, the checkpoint kept is the prediction-stage epoch
-best on dev; dev and test accuracy are reported. Writes RESULTS/int8.json and
-RESULTS/int8.md, and prints the table with each store's bytes on disk.
+as subprocesses and skip finished runs): the student is `--student` (an
+extracted init, the same for every seed) or a random-init TinyBERT per seed;
+HSK stage then prediction stage; the checkpoint kept is chosen by
+`--select-on` (default: 10% of the training rows held out); dev and test
+accuracy are reported. Writes RESULTS/int8.json and RESULTS/int8.md, and
+prints the table with each store's bytes on disk.
 
-    python tools/experiments/int8_values.py --teacher runs/teacher --data data/movies3k --out runs/int8
+    python tools/experiments/int8_values.py --teacher runs/teacher --data data/movies3k --out runs/int8 \
+        [--student runs/etd-impt --hsk-lr 2e-4 --pred-lr 2e-4]
 """
 from __future__ import annotations
 
 import json
 import statistics
 import time
+from pathlib import Path
 
 from movie_results import BIN, LR, STUDENT_LAYERS, evaluate, mean_std, run, run_parser
 
@@ -24,7 +28,15 @@ STUDENT = "tinybert-3s"
 
 
 def main() -> None:
-    args = run_parser(__doc__).parse_args()
+    p = run_parser(__doc__)
+    p.add_argument("--student", type=Path, help="an initialised student folder used for every seed "
+                   "(default: a random-init TinyBERT per seed)")
+    p.add_argument("--hsk-lr", type=float, default=LR)
+    p.add_argument("--pred-lr", type=float, default=LR)
+    p.add_argument("--select-on", default="train-holdout:0.1", help="students train --select-on")
+    args = p.parse_args()
+    if args.student and not (args.student / "config.json").is_file():
+        raise SystemExit(f"--student {args.student} is not a student folder (no config.json); build it first")
     out, data, ml = args.out, args.data, args.max_length
     out.mkdir(parents=True, exist_ok=True)
     stores = {fmt: out / f"store-{fmt}" for fmt in ("fp16", "int8")}
@@ -38,7 +50,7 @@ def main() -> None:
         hsk_arrays = [n for n in disk if n in ("values", "value_scale", "width_code", "positions")]
         results["stores"][fmt] = {"total_bytes": sum(disk.values()), "hsk_bytes": sum(disk[n] for n in hsk_arrays)}
     for seed in args.seeds:
-        init = out / "students" / f"{STUDENT}-seed{seed}"
+        init = args.student or out / "students" / f"{STUDENT}-seed{seed}"
         if not (init / "config.json").exists():
             run(BIN / "students", "build", "tinybert", "--init", "random", "--teacher", args.teacher,
                 "--preset", STUDENT, "--seed", seed, "--out", init)
@@ -48,8 +60,9 @@ def main() -> None:
                 start = time.time()
                 run_dir.parent.mkdir(parents=True, exist_ok=True)
                 run(BIN / "students", "train", "--store", store, "--student", init, "--hsk", "stored",
-                    "--hsk-epochs", args.hsk_epochs, "--pred-epochs", args.pred_epochs, "--hsk-lr", LR,
-                    "--pred-lr", LR, "--seed", seed, "--eval-data", data / "dev.csv", "--out", run_dir,
+                    "--hsk-epochs", args.hsk_epochs, "--pred-epochs", args.pred_epochs, "--hsk-lr", args.hsk_lr,
+                    "--pred-lr", args.pred_lr, "--seed", seed, "--select-on", args.select_on,
+                    "--eval-data", data / "dev.csv", "--out", run_dir,
                     "--threads", args.threads, "--quiet", log=run_dir.parent / f"seed{seed}.log")
                 print(f"  {time.time() - start:.0f} s", flush=True)
             dev = json.loads((run_dir / "metrics.json").read_text())["eval"]
