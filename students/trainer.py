@@ -16,7 +16,7 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -43,6 +43,7 @@ from students.objectives import (OBJECTIVES, Weighted, format_objective, parse_a
                                  relation_kinds, uses_hsk)
 from students.losses import (HSK_MODES, HSKProjection, distribution_loss, gather_projected, prediction_loss,
                              projected_hsk_loss)
+from students.defaults import learning_rates
 from students.metrics import primary_metric
 from students.models import STUDENT_FILE, count_parameters, load_student, save_student
 
@@ -126,10 +127,11 @@ class TrainConfig:
     width_loss: str = setting("zero-fill", " | ".join(HSK_MODES) + "; zero-fill is the paper's")
     temperature: float = setting(1.0, "soft CE temperature")
     hsk_epochs: int = setting(10, "stage 1 epochs")
-    hsk_lr: float = setting(5e-5, "stage 1 learning rate")
+    hsk_lr: float | None = setting(None, "stage 1 learning rate (default: by the student's init, "
+                                   "students/defaults.py)")
     hsk_batch_size: int = setting(32, "stage 1 batch size")
     pred_epochs: int = setting(5, "stage 2 epochs")
-    pred_lr: float = setting(2e-5, "stage 2 learning rate")
+    pred_lr: float | None = setting(None, "stage 2 learning rate (default: by the student's init)")
     pred_batch_size: int = setting(32, "stage 2 batch size")
     weight_decay: float = setting(0.01, "AdamW weight decay")
     max_grad_norm: float = setting(1.0, "gradient clipping")
@@ -167,7 +169,7 @@ class TrainConfig:
             if value is not None and value < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
         for name in ("hsk_lr", "pred_lr", "temperature", "max_grad_norm"):
-            if not getattr(self, name) > 0:
+            if getattr(self, name) is not None and not getattr(self, name) > 0:
                 raise UserError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
         if self.weight_decay < 0:
             raise UserError(f"--weight-decay must be at least 0, got {self.weight_decay}")
@@ -183,7 +185,14 @@ class TrainConfig:
         if parse_select_on(self.select_on)[0] == "eval" and self.eval_data is None:
             raise UserError("--select-on eval selects on the eval split; pass --eval-data or another --select-on")
 
+    def with_learning_rates(self, info: dict[str, Any]) -> TrainConfig:
+        """Unset rates filled in from the student's init (students.defaults), before anything uses them."""
+        hsk_lr, pred_lr = learning_rates(info)
+        return replace(self, hsk_lr=self.hsk_lr or hsk_lr, pred_lr=self.pred_lr or pred_lr)
+
     def stages(self) -> list[Stage]:
+        if self.hsk_lr is None or self.pred_lr is None:
+            raise ValueError("learning rates unresolved: call with_learning_rates first")
         pred = Stage("pred", self.pred_epochs, self.pred_lr, self.pred_batch_size)
         return [pred] if self.hsk is None else [Stage("hsk", self.hsk_epochs, self.hsk_lr, self.hsk_batch_size), pred]
 
@@ -282,18 +291,19 @@ class Trainer:
     """One run: `Trainer(cfg, source).run()` trains, evaluates and writes RUN/."""
 
     def __init__(self, cfg: TrainConfig, source: BatchSource) -> None:
-        self.cfg, self.source = cfg, source
+        if not (Path(cfg.student) / STUDENT_FILE).is_file():
+            raise UserError(f"--student {cfg.student} is not a student folder (no {STUDENT_FILE}); "
+                            "make one with `students build`")
+        self.info = json.loads((Path(cfg.student) / STUDENT_FILE).read_text())
+        self.cfg, self.source = cfg.with_learning_rates(self.info), source
+        cfg = self.cfg
         self.run_dir = Path(cfg.out)
         self.stages = cfg.stages()
         self.ranks = Ranks.current()
         self.device = rank_device(cfg.device, self.ranks.local_rank)
         self.parallel = Parallel(self.ranks, self.device)
         set_cpu_threads(self.device, cfg.threads)
-        if not (Path(cfg.student) / STUDENT_FILE).is_file():
-            raise UserError(f"--student {cfg.student} is not a student folder (no {STUDENT_FILE}); "
-                            "make one with `students build`")
         self.model = load_student(cfg.student)
-        self.info = json.loads((Path(cfg.student) / STUDENT_FILE).read_text())
         self.tokenizer = AutoTokenizer.from_pretrained(cfg.student)
         self._check_compatible()
         self.eval_set = self._load_eval_set()

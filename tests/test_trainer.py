@@ -142,3 +142,28 @@ def test_selection_uses_what_it_says_and_reports_eval_apart(task, student, tmp_p
         assert metrics["best"]["holdout"]["accuracy"] == pytest.approx(by_hand, abs=1e-6)
     assert metrics["best"]["selected_on"] == select_on.split(":")[0]
     assert metrics["eval"] == evals[metrics["best"]["epoch"] - 1]["eval"]  # the eval split, reported apart
+
+
+def test_learning_rates_default_to_the_students_init(task, student, tmp_path):
+    """No --hsk-lr/--pred-lr: the rates come from students.defaults by the init recorded in the
+    student folder (random here, an ETD init after relabelling); a given rate wins."""
+    import shutil
+
+    from students.defaults import LEARNING_RATES
+    from students.models import STUDENT_FILE
+
+    settings = FAST | dict(hsk_lr=None, pred_lr=None, max_steps=1, log_every=1, hsk=(2, 4, 0.25))
+    etd = tmp_path / "etd"
+    shutil.copytree(student, etd)
+    info = json.loads((etd / STUDENT_FILE).read_text())
+    (etd / STUDENT_FILE).write_text(json.dumps(info | {"init": "etd-impt"}))
+    for folder, init in ((student, "random"), (etd, "etd-impt")):
+        run = tmp_path / f"run-{init}"
+        train(TrainConfig(student=str(folder), out=str(run), **settings), hskcache.open_store(task.store))
+        config = json.loads((run / "metrics.json").read_text())["config"]
+        assert (config["hsk_lr"], config["pred_lr"]) == LEARNING_RATES[init]
+        assert records(run, "hsk")[0]["lr"] == LEARNING_RATES[init][0]
+    assert LEARNING_RATES["random"] != LEARNING_RATES["etd-impt"]  # else this test could not tell them apart
+    run = tmp_path / "given"
+    train(TrainConfig(student=str(student), out=str(run), **(settings | dict(hsk_lr=1e-3))), hskcache.open_store(task.store))
+    assert records(run, "hsk")[0]["lr"] == 1e-3
