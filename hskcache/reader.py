@@ -14,6 +14,7 @@ and `packed.expand` builds the dense tensors on the trainer's device.
 """
 from __future__ import annotations
 
+import itertools
 import os
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -254,14 +255,15 @@ class HSKStore:
     def chunk_rows(self) -> int:
         return self._data.chunk_rows
 
-    def _read_chunk(self, chunk: int, cuts: dict[str, tuple]) -> dict[str, np.ndarray]:
-        lo = chunk * self.chunk_rows
-        return self._read_chunk_rows(slice(lo, min(lo + self.chunk_rows, self.num_examples)), cuts)
-
-    def _read_chunk_rows(self, rows: slice, cuts: dict[str, tuple]) -> dict[str, np.ndarray]:
-        """Whole-chunk rows of every array, cut to the read (a copy only where a cut drops something)."""
-        raw = self._data.read(list(cuts), rows)
-        return {n: np.ascontiguousarray(v[cuts[n]]) if cuts[n] != (slice(None),) else v for n, v in raw.items()}
+    def _decode_chunk(self, chunk: int, cuts: dict[str, tuple], out: dict[str, np.ndarray]) -> None:
+        """Decode chunk `chunk` into `out` (its rows' place in a window), cut to the read:
+        arrays read whole are decoded in place; a cut one is decoded whole, then its cut copied."""
+        whole = {n: out[n] for n in cuts if cuts[n] == (slice(None),)}
+        raw = self._data.read_chunk(list(cuts), chunk, whole)
+        for n, cut in cuts.items():
+            if n not in whole:
+                part = raw[n][cut]
+                out[n][:len(part)] = part
 
     def resolve(self, depth: int | None = None, tokens: int | None = None,
                 width: float | None = None) -> tuple[int, int, int]:
@@ -314,28 +316,36 @@ class HSKStore:
                              start_batch, drop_last, rank, world_size)
         pool = ThreadPoolExecutor(max(1, threads or default_threads()), thread_name_prefix="hskcache-reader")
         pin = pin_memory and torch.cuda.is_available()
+        cr = self.chunk_rows
+        layout = {n: self._data.row_layout(n) for n in cuts}
+        layout = {n: (np.empty((0, *shape), dtype)[cuts[n]].shape[1:], dtype) for n, (shape, dtype) in layout.items()}
 
-        def make(pieces: list[tuple[Future, np.ndarray | None, np.ndarray]], n_rows: int):
-            if not pieces:  # a data-parallel rank's empty share of a batch
-                rows = self._read_chunk_rows(slice(0, 0), cuts)
-            elif len(pieces) == 1:
-                block = pieces[0][0].result()
-                rows = {n: block[n][pieces[0][2]] for n in cuts}
-            else:  # rows from several chunks: gathered chunk by chunk into place
-                rows = {}
-                for future, where, local in pieces:
-                    block = future.result()
+        def make(pieces: list[tuple[dict[str, np.ndarray], list[Future], np.ndarray | None, np.ndarray]], n_rows: int):
+            for _, decoded, _, _ in pieces:
+                for future in decoded:
+                    future.result()
+            if len(pieces) == 1:  # one window: one gather per array
+                window, _, _, index = pieces[0]
+                rows = {n: window[n][index] for n in cuts}
+            else:  # rows from two windows (or none: a data-parallel rank's empty share), put in place
+                rows = {n: np.empty((n_rows, *shape), dtype) for n, (shape, dtype) in layout.items()}
+                for window, _, where, index in pieces:
                     for n in cuts:
-                        if n not in rows:
-                            rows[n] = np.empty((n_rows, *block[n].shape[1:]), dtype=block[n].dtype)
-                        rows[n][where] = block[n][local]
+                        rows[n][where] = window[n][index]
             batch = self._decoder.pack_sliced(rows, template, relations)
             batch = batch.pin_memory() if pin else batch
             return batch if packed else expand(batch)
 
-        num_chunks = -(-self.num_examples // self.chunk_rows)
+        num_chunks = -(-self.num_examples // cr)
         read = np.zeros(num_chunks, dtype=bool)  # chunks already submitted this epoch
-        blocks: dict[int, Future] = {}  # chunk -> its decoded rows (this window's and the last: a batch spans two)
+        # Each window's chunks are decoded into one buffer per array (its rows, chunk
+        # after chunk), so a batch is one gather per array. Kept: this window's and the
+        # last (a batch may span two).
+        window_of = np.zeros(num_chunks, dtype=np.int64)  # chunk -> its window
+        start_of = np.zeros(num_chunks, dtype=np.int64)  # chunk -> its first row in its window's buffers
+        decoding: dict[int, Future] = {}  # chunk -> its decode (this window's and the last)
+        buffers: dict[int, dict[str, np.ndarray]] = {}  # window -> its buffers
+        window_ids = itertools.count()
         previous: list[int] = []
         pending: deque[Future] = deque()
         windows = iter(plan)
@@ -343,28 +353,40 @@ class HSKStore:
 
         def submit_window() -> bool:
             nonlocal index, previous
-            item = next(windows, None)
-            if item is None:
+            batches = next(windows, None)
+            if batches is None:
                 return False
-            batches = item
             rows_of_window = np.concatenate(batches) if batches else np.empty(0, dtype=np.int64)
             # Chunks not read yet (a batch cut across two windows reuses the previous window's).
-            chunks = [c for c in np.unique(rows_of_window // self.chunk_rows).tolist() if not read[c]]
+            chunks = [c for c in np.unique(rows_of_window // cr).tolist() if not read[c]]
             if chunks:
                 for c in previous:
-                    blocks.pop(c, None)
-                previous = [c for c in blocks]
-                blocks.update({c: pool.submit(self._read_chunk, c, cuts) for c in chunks})
+                    decoding.pop(c, None)
+                previous = list(decoding)
+                live = set(window_of[previous].tolist())
+                for w in [w for w in buffers if w not in live]:
+                    del buffers[w]
+                w = next(window_ids)
+                buffers[w] = {n: np.empty((len(chunks) * cr, *shape), dtype) for n, (shape, dtype) in layout.items()}
+                for i, c in enumerate(chunks):
+                    part = {n: buffer[i * cr:(i + 1) * cr] for n, buffer in buffers[w].items()}
+                    decoding[c] = pool.submit(self._decode_chunk, c, cuts, part)
+                window_of[chunks], start_of[chunks] = w, np.arange(len(chunks)) * cr
                 read[chunks] = True
             for rows in batches:
                 mine = index % shard[1] == shard[0]
                 index += 1
                 if not mine:
                     continue
-                chunk, local = rows // self.chunk_rows, rows % self.chunk_rows
-                pieces = [(blocks[c], np.nonzero(chunk == c)[0], local[chunk == c]) for c in np.unique(chunk).tolist()]
-                if len(pieces) == 1:
-                    pieces = [(pieces[0][0], None, local)]
+                chunk = rows // cr
+                place = start_of[chunk] + rows % cr  # the rows' places in their windows' buffers
+                owner = window_of[chunk]
+                pieces = []
+                owners = np.unique(owner).tolist()
+                for w in owners:
+                    at = np.nonzero(owner == w)[0] if len(owners) > 1 else None
+                    decoded = [decoding[c] for c in np.unique(chunk if at is None else chunk[at]).tolist()]
+                    pieces.append((buffers[w], decoded, at, place if at is None else place[at]))
                 pending.append(pool.submit(make, pieces, len(rows)))
             return True
 

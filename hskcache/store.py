@@ -16,14 +16,13 @@ Each array's codec is named by its `layout.ArraySpec` and built from
 """
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import numcodecs
 import numpy as np
 import zarr
-from zarr.codecs import ZstdCodec
-from zarr.core.sync import sync
+from zarr.codecs import BytesCodec, ZstdCodec
 from zarr.errors import ContainsArrayError
 
 from .errors import UserError
@@ -41,6 +40,23 @@ CODECS: dict[str, Callable[[], list | None]] = {
     "zstd": lambda: [ZstdCodec(level=ZSTD_LEVEL)],
     "none": lambda: None,
 }
+# Zarr v3 compressor type -> the numcodecs codec that decodes one chunk's bytes into
+# a given buffer. The reader decodes whole chunks with these, straight into its window
+# of rows (no copy), instead of through zarr's codec pipeline, which costs about as
+# much again as the decode at these chunk sizes (docs/benchmarks.md, reader); an
+# array with any other codecs is read through zarr.
+DECODERS: dict[type, Callable[[], Any]] = {
+    ZstdCodec: numcodecs.Zstd,
+}
+
+
+class _Raw:
+    """The decoder of an array stored without a compressor."""
+
+    @staticmethod
+    def decode(data: bytes, out: np.ndarray) -> np.ndarray:
+        out.reshape(-1).view(np.uint8)[:] = np.frombuffer(data, dtype=np.uint8)
+        return out
 
 
 def schema_error(path: str, version: Any) -> UserError:
@@ -249,6 +265,8 @@ class StoreData:
                 "rows); rerun the same `hskcache extract` command to finish it"
             )
         self.arrays = {name: self.group[name] for name in self.group.array_keys() if name != COMMITS}
+        self._decoders = {name: self._decoder(arr) for name, arr in self.arrays.items()}
+        self._dtypes = {name: np.dtype(arr.dtype).newbyteorder("<") for name, arr in self.arrays.items()}
 
     @property
     def num_examples(self) -> int:
@@ -259,22 +277,60 @@ class StoreData:
         return int(self.arrays["values"].chunks[0])
 
     def read(self, names: list[str], rows: np.ndarray | slice) -> dict[str, np.ndarray]:
-        """Rows of the named arrays; a slice reads whole chunks, an index array reads selected rows.
+        """Rows of the named arrays through zarr: a slice, or an index array (random access)."""
+        sel = rows if isinstance(rows, slice) else np.asarray(rows, dtype=np.int64)
+        return {name: self.arrays[name].get_orthogonal_selection((sel,) + (slice(None),) * (self.arrays[name].ndim - 1))
+                for name in names}
 
-        A slice reads every array at once on zarr's event loop: on an object
-        store its requests are in flight together instead of one array after another."""
-        if isinstance(rows, slice):
-            arrays = [self.arrays[name].async_array for name in names]
+    def row_layout(self, name: str) -> tuple[tuple[int, ...], np.dtype]:
+        """(shape of one row, dtype) of an array as `read_chunk` returns it."""
+        return tuple(self.arrays[name].shape[1:]), self._dtypes[name]
 
-            async def together() -> list:
-                return await asyncio.gather(*(a.getitem(rows) for a in arrays))
+    def read_chunk(self, names: list[str], chunk: int, out: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+        """The rows of chunk `chunk` of the named arrays, each chunk decoded once: into
+        `out[name]` where given (C-contiguous, the whole chunk's shape), else a new buffer.
 
-            return {name: np.asarray(value) for name, value in zip(names, sync(together()))}
-        out = {}
+        The chunks' bytes are fetched with one fsspec `cat` (on an object store its
+        requests are in flight together) and decoded by `DECODERS`, in the caller's
+        thread; an array whose codecs have no decoder there (or a chunk never written)
+        is read through zarr."""
+        out = out or {}
+        lo = chunk * self.chunk_rows
+        hi = min(lo + self.chunk_rows, self.num_examples)
+        paths = {name: self._chunk_path(name, chunk) for name in names if self._decoders[name]}
+        fetched = self.location.fs.cat(list(paths.values()), on_error="return") if paths else {}
+        result = {}
         for name in names:
             arr = self.arrays[name]
-            out[name] = arr.get_orthogonal_selection((np.asarray(rows, dtype=np.int64),) + (slice(None),) * (arr.ndim - 1))
-        return out
+            data = fetched.get(paths.get(name))
+            if isinstance(data, bytes):
+                target = out[name] if name in out else np.empty(arr.chunks, dtype=self._dtypes[name])
+                self._decoders[name].decode(data, out=target)
+                result[name] = target[:hi - lo]
+            elif name in out:
+                out[name][:hi - lo] = arr[lo:hi]
+                result[name] = out[name][:hi - lo]
+            else:
+                result[name] = arr[lo:hi]
+        return result
+
+    def _chunk_path(self, name: str, chunk: int) -> str:
+        arr = self.arrays[name]
+        key = arr.metadata.encode_chunk_key((chunk,) + (0,) * (arr.ndim - 1))
+        return self.location.fs._strip_protocol(f"{self.location.path}/{name}/{key}")
+
+    @staticmethod
+    def _decoder(arr: zarr.Array) -> Any:
+        """The decoder of an array's chunks (`DECODERS`), or None: read through zarr."""
+        serializer = arr.serializer
+        if arr.filters or not isinstance(serializer, BytesCodec) or len(arr.compressors) > 1:
+            return None
+        if arr.dtype.itemsize > 1 and (serializer.endian is None or serializer.endian.value != "little"):
+            return None
+        if not arr.compressors:
+            return _Raw()
+        make = DECODERS.get(type(arr.compressors[0]))
+        return make() if make else None
 
     def static_dims(self) -> np.ndarray | None:
         return self.arrays["static_dims"][:] if "static_dims" in self.arrays else None
