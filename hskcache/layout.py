@@ -120,7 +120,8 @@ class StoreShape:
             ArraySpec("example_id", (), np.dtype(np.int64), "inputs"),
             ArraySpec("logits", (self.num_logits,), np.dtype(np.float32), "logits"),
             ArraySpec("positions", vectors, np.dtype(np.int16), "positions", fill=-1),
-            ArraySpec("values", (*vectors, self.kept), np.dtype(np.float16 if self.values == "fp16" else np.int8), "values"),
+            ArraySpec("values", (*vectors, self.kept), np.dtype(np.float16 if self.values == "fp16" else np.int8), "values",
+                      "blosc-lz4-bitshuffle" if self.values == "fp16" else "zstd"),
         ]
         if self.values == "int8":
             specs.append(ArraySpec("value_scale", vectors, np.dtype(np.float16), "values"))

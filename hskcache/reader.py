@@ -317,8 +317,11 @@ class HSKStore:
         pool = ThreadPoolExecutor(max(1, threads or default_threads()), thread_name_prefix="hskcache-reader")
         pin = pin_memory and torch.cuda.is_available()
         cr = self.chunk_rows
-        layout = {n: self._data.row_layout(n) for n in cuts}
-        layout = {n: (np.empty((0, *shape), dtype)[cuts[n]].shape[1:], dtype) for n, (shape, dtype) in layout.items()}
+        layout = {}  # array -> (row shape of the read, dtype)
+        for n, (shape, dtype) in {n: self._data.row_layout(n) for n in cuts}.items():
+            layout[n] = (np.empty((0, *shape), dtype)[cuts[n]].shape[1:], dtype)
+            if layout[n][0] == shape:  # the cut keeps everything: decode in place
+                cuts[n] = (slice(None),)
 
         def make(pieces: list[tuple[dict[str, np.ndarray], list[Future], np.ndarray | None, np.ndarray]], n_rows: int):
             for _, decoded, _, _ in pieces:

@@ -12,6 +12,7 @@ import hskcache
 from hskcache.cli import main
 from hskcache.errors import UserError
 from hskcache.packed import PackedBatch, expand
+from hskcache.store import StoreData
 
 ARGS = ["--student-layers", "2", "--depth", "2", "--tokens", "6", "--width", "0.25", "--max-length", "24",
         "--batch-size", "8", "--quiet"]
@@ -50,6 +51,30 @@ def test_codes_and_compression_decode_to_identical_batches(stores):
     arrays = zarr.open_group(str(stores["bitmask"].path), mode="r")
     assert arrays["values"].compressors and not zarr.open_group(str(stores["none"].path), mode="r")["values"].compressors
     assert stores["rank"].attrs["width_encoding"] == "rank"
+
+
+@pytest.mark.parametrize("through_zarr", [False, True])
+def test_reader_chunks_equal_zarrs_own_read(stores, monkeypatch, through_zarr):
+    """StoreData.read_chunk (numcodecs, straight into a given buffer) against zarr's read of
+    the same rows, for every codec the stores use; with no decoders, it reads through zarr."""
+    if through_zarr:
+        monkeypatch.setattr(hskcache.store, "DECODERS", {})
+    for name in ("bitmask", "none", "int8", "rank"):
+        data = StoreData(stores[name].path)
+        names = [n for n in data.arrays if n != "static_dims"]
+        assert all((data._decoders[n] is None) == (through_zarr and bool(data.arrays[n].compressors)) for n in names)
+        codecs = {type(c).__name__ for n in names for c in data.arrays[n].compressors}
+        assert codecs == (set() if name == "none" else {"ZstdCodec"} | ({"BloscCodec"} if name != "int8" else set()))
+        chunks = -(-data.num_examples // data.chunk_rows)
+        for chunk in (0, chunks - 1):  # a whole chunk and the (shorter) last one
+            lo, hi = chunk * data.chunk_rows, min((chunk + 1) * data.chunk_rows, data.num_examples)
+            buffers = {n: np.full(data.arrays[n].chunks, 7, dtype=data.arrays[n].dtype) for n in names[::2]}
+            got = data.read_chunk(names, chunk, buffers)
+            for n in names:
+                np.testing.assert_array_equal(got[n], data.arrays[n][lo:hi])
+                assert got[n].dtype == data.arrays[n].dtype
+            for n, buffer in buffers.items():
+                np.testing.assert_array_equal(buffer[:hi - lo], data.arrays[n][lo:hi])
 
 
 def test_int8_values_are_fp16_values_within_half_a_step(stores):

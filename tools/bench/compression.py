@@ -19,8 +19,9 @@ from hskcache.options import add_store_argument, store_argument
 from hskcache.store import StoreData
 
 CODECS = {
-    "zstd-1": Zstd(level=1), "zstd-3": Zstd(level=3), "zstd-5": Zstd(level=5), "zstd-9": Zstd(level=9),
+    "zstd-1": Zstd(level=1), "zstd-3": Zstd(level=3), "zstd-9": Zstd(level=9),
     "blosc-zstd-3-bitshuffle": Blosc(cname="zstd", clevel=3, shuffle=Blosc.BITSHUFFLE),
+    "blosc-lz4-5-bitshuffle": Blosc(cname="lz4", clevel=5, shuffle=Blosc.BITSHUFFLE),
 }
 
 
