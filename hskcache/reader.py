@@ -346,50 +346,49 @@ class HSKStore:
         # last (a batch may span two).
         window_of = np.zeros(num_chunks, dtype=np.int64)  # chunk -> its window
         start_of = np.zeros(num_chunks, dtype=np.int64)  # chunk -> its first row in its window's buffers
-        decoding: dict[int, Future] = {}  # chunk -> its decode (this window's and the last)
-        buffers: dict[int, dict[str, np.ndarray]] = {}  # window -> its buffers
+        buffers: dict[int, dict[str, np.ndarray]] = {}  # window -> its buffers (this window's and the last)
+        decoding_of: dict[int, list[Future]] = {}  # window -> the decodes of its chunks
         window_ids = itertools.count()
-        previous: list[int] = []
         pending: deque[Future] = deque()
         windows = iter(plan)
         index = 0  # of the batches this iterator yields, for sharding
 
         def submit_window() -> bool:
-            nonlocal index, previous
+            nonlocal index
             batches = next(windows, None)
             if batches is None:
                 return False
             rows_of_window = np.concatenate(batches) if batches else np.empty(0, dtype=np.int64)
+            chunk_all = rows_of_window // cr
             # Chunks not read yet (a batch cut across two windows reuses the previous window's).
-            chunks = [c for c in np.unique(rows_of_window // cr).tolist() if not read[c]]
+            chunks = [c for c in np.unique(chunk_all).tolist() if not read[c]]
             if chunks:
-                for c in previous:
-                    decoding.pop(c, None)
-                previous = list(decoding)
-                live = set(window_of[previous].tolist())
-                for w in [w for w in buffers if w not in live]:
-                    del buffers[w]
+                for w in list(buffers)[:-1]:  # all but the last window
+                    del buffers[w], decoding_of[w]
                 w = next(window_ids)
                 buffers[w] = {n: np.empty((len(chunks) * cr, *shape), dtype) for n, (shape, dtype) in layout.items()}
-                for i, c in enumerate(chunks):
-                    part = {n: buffer[i * cr:(i + 1) * cr] for n, buffer in buffers[w].items()}
-                    decoding[c] = pool.submit(self._decode_chunk, c, cuts, part)
+                decoding_of[w] = [pool.submit(self._decode_chunk, c, cuts,
+                                              {n: buffer[i * cr:(i + 1) * cr] for n, buffer in buffers[w].items()})
+                                  for i, c in enumerate(chunks)]
                 window_of[chunks], start_of[chunks] = w, np.arange(len(chunks)) * cr
                 read[chunks] = True
+            place_all = start_of[chunk_all] + rows_of_window % cr  # the rows' places in their windows' buffers
+            owner_all = window_of[chunk_all]
+            end = 0
             for rows in batches:
+                start, end = end, end + len(rows)
                 mine = index % shard[1] == shard[0]
                 index += 1
                 if not mine:
                     continue
-                chunk = rows // cr
-                place = start_of[chunk] + rows % cr  # the rows' places in their windows' buffers
-                owner = window_of[chunk]
-                pieces = []
-                owners = np.unique(owner).tolist()
-                for w in owners:
-                    at = np.nonzero(owner == w)[0] if len(owners) > 1 else None
-                    decoded = [decoding[c] for c in np.unique(chunk if at is None else chunk[at]).tolist()]
-                    pieces.append((buffers[w], decoded, at, place if at is None else place[at]))
+                place, owner = place_all[start:end], owner_all[start:end]
+                if len(rows) and (owner == owner[0]).all():
+                    pieces = [(buffers[int(owner[0])], decoding_of[int(owner[0])], None, place)]
+                else:  # rows of two windows (or none)
+                    pieces = []
+                    for w in np.unique(owner).tolist():
+                        at = np.nonzero(owner == w)[0]
+                        pieces.append((buffers[w], decoding_of[w], at, place[at]))
                 pending.append(pool.submit(make, pieces, len(rows)))
             return True
 
