@@ -33,20 +33,21 @@ from .hskread import parse_triple
 from .knowledge import RelationSpec
 from .layout import StoreShape, kept_width
 
-# Raw / on-disk bytes of each array with the store's codec (zstd level 1), measured by
-# `python tools/bench/compression.py STORE` (zstd-1 column) on stores of the
-# packaged MiniLM (d_T = 384) over 3000 movie reviews, max length 64
-# (docs/benchmarks.md, "Compression"): fp16 values, bitmasks, positions and the
-# inputs at (1,9,0.1), the configuration with the fewest empty (zero) slots, so
-# the most conservative for values (1.29 at (4,16,0.2)); bitmasks compress less
-# as N^W grows (1.59 at N^W = 0.2). int8 values, their scales and rank codes at
-# (4,16,0.2) (`--values int8 --width-code rank`). Not listed (indices): 1.0.
+# Raw / on-disk bytes of each array with the store's codec (`store.CODECS`: fp16 values
+# blosc-lz4 with bit-shuffle, every other array zstd level 1), measured by
+# `python tools/bench/compression.py --store STORE` (blosc-lz4-5-bitshuffle column for fp16
+# values, zstd-1 for the rest) on stores of the packaged MiniLM (d_T = 384) over 3000
+# movie reviews, max length 64 (docs/benchmarks.md, "Compression"): fp16 values,
+# bitmasks, positions and the inputs at (1,9,0.1), the most conservative for values
+# (1.25 at (4,16,0.2)); bitmasks compress less as N^W grows (1.59 at N^W = 0.2). int8
+# values, their scales and rank codes at (4,16,0.2) (`--values int8 --width-code rank`).
+# Not listed (indices): 1.0.
 DISK_RATIOS: dict[str, float] = {
-    "values/fp16": 1.16, "values/int8": 1.25, "value_scale": 1.25,
+    "values/fp16": 1.21, "values/int8": 1.25, "value_scale": 1.25,
     "width_code/bitmask": 2.05, "width_code/rank": 1.16, "positions": 2.45,
     "input_ids": 2.93, "token_type_ids": 7384.62, "length": 2.14, "labels": 29.06, "example_id": 6.72, "logits": 1.08,
 }
-DISK_SOURCE = "zstd ratios measured on movie-review stores (budget.DISK_RATIOS)"
+DISK_SOURCE = "the codecs' ratios measured on movie-review stores (budget.DISK_RATIOS)"
 
 # The paper's Table 5 (appendix C), exactly as printed, by A^HSK group. Its
 # 5±5% column also holds a lone "/" cell, which names no configuration.
