@@ -223,28 +223,21 @@ def store_setting(path: str) -> tuple[budget.Setting, budget.Config, dict[str, i
     import zarr
 
     from .storage import Location
-    from .store import SCHEMA_VERSION, describe, schema_error
+    from .store import describe, read_meta
 
     info = describe(path)  # raises UserError for anything but an hskcache store
     group = zarr.open_group(Location.parse(path).zarr_store(read_only=True), mode="r")
-    attrs = dict(group.attrs)
-    if attrs.get("schema_version") != SCHEMA_VERSION:
-        raise schema_error(path, attrs.get("schema_version"))
-    try:
-        cfg = attrs["config"]
-        examples = int(info["rows_committed"])
-        lengths = group["length"][:examples].astype(np.int64)
-        seq_len = int(cfg["max_length"])
-        setting = budget.Setting(
-            examples=examples, seq_len=seq_len, student_layers=int(cfg["student_layers"]),
-            hidden=int(attrs["hidden_size"]), vocab_size=int(attrs["tokenizer"]["vocab_size"]),
-            num_logits=int(attrs["num_labels"]), regression=bool(attrs["regression"]),
-            width_strategy=cfg["width_strategy"],
-            length_counts=tuple(np.bincount(lengths, minlength=seq_len + 1).tolist()),
-            width_code=cfg["width_code"], values=cfg["values"], compress=cfg["compress"],
-            relations=RelationSpec.from_attrs(attrs.get("relations")),
-        )
-        own = budget.Config.of(int(cfg["depth"]), int(cfg["tokens"]), float(cfg["width"]))
-    except (KeyError, TypeError, ValueError) as exc:
-        raise UserError(f"store {info['path']} lacks the attribute {exc} that budget reads; re-extract it with this hskcache") from None
-    return setting, own, info["bytes"]
+    meta = read_meta(dict(group.attrs), path)
+    cfg = meta.config
+    examples = int(info["rows_committed"])
+    lengths = group["length"][:examples].astype(np.int64)
+    setting = budget.Setting(
+        examples=examples, seq_len=cfg.max_length, student_layers=cfg.student_layers,
+        hidden=meta.hidden_size, vocab_size=meta.tokenizer.vocab_size,
+        num_logits=meta.num_labels, regression=meta.regression,
+        width_strategy=cfg.width_strategy,
+        length_counts=tuple(np.bincount(lengths, minlength=cfg.max_length + 1).tolist()),
+        width_code=cfg.width_code, values=cfg.values, compress=cfg.compress,
+        relations=meta.relations,
+    )
+    return setting, budget.Config.of(cfg.depth, cfg.tokens, cfg.width), info["bytes"]

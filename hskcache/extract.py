@@ -13,7 +13,6 @@ import queue
 import threading
 from dataclasses import replace
 from importlib import metadata
-from typing import Any
 
 import numpy as np
 import torch
@@ -26,6 +25,7 @@ from .data import TextData, fingerprint, load_texts, tokenize_batch
 from .errors import UserError
 from .knowledge import RELATION_KINDS, RelationSpec
 from .layout import StoreShape, narrow
+from .meta import DataInfo, Settings, StoreMeta, TokenizerInfo
 from .packed import encode_hsk
 from .selection import SelectionPlan, select_hsk
 from .store import StoreWriter, chunk_span
@@ -43,53 +43,46 @@ def library_versions() -> dict[str, str]:
     return out
 
 
-def store_attrs(cfg: ExtractConfig, data: TextData, teacher: Teacher, plan: SelectionPlan,
-                shape: StoreShape, teacher_layers: tuple[int, ...]) -> dict[str, Any]:
+def store_meta(cfg: ExtractConfig, data: TextData, teacher: Teacher, plan: SelectionPlan,
+               shape: StoreShape, teacher_layers: tuple[int, ...]) -> StoreMeta:
     """Everything a student needs to know about the store, with no teacher at hand."""
-    settings = cfg.stored_settings() | {
+    stored = {k: v for k, v in cfg.stored_settings().items() if k != "store"}
+    settings = Settings(**stored | {
         "depth": len(plan.stored_layers),
-        "teacher_layers": list(teacher_layers),
+        "teacher_layers": tuple(teacher_layers),
         "student_layers": len(teacher_layers) - 1,
-        "text_cols": list(data.text_cols),
-        "knowledge": list(cfg.knowledge),
+        "text_cols": tuple(data.text_cols),
+        "knowledge": tuple(cfg.knowledge),
         "label_col": data.label_col,
         "dtype": teacher.dtype,  # resolved: a GPU (bf16) store differs from a CPU (fp32) one
-    }
-    settings.pop("store")
+    })
     tok = teacher.tokenizer
     data_fp = fingerprint(data)
     names = data.label_names or named_labels(teacher.model.config)  # the data's, else the teacher's head
-    return {
-        "config": settings,
-        "identity": {"settings": settings, "teacher_hash": teacher.weights_hash, "data_fingerprint": data_fp},
-        "num_examples": len(data),
-        "teacher": teacher.name,
-        "teacher_hash": teacher.weights_hash,
-        "teacher_num_layers": teacher.num_layers,
-        "teacher_layers": list(teacher_layers),
-        "stored_layers": list(plan.stored_layers),
-        "rank_layers": list(plan.rank_layers),
-        "hidden_size": teacher.hidden,
-        "kept": plan.kept,
-        "width_encoding": shape.width_encoding,
-        "num_labels": teacher.num_labels,
-        "regression": teacher.regression,
-        "id2label": {str(k): v for k, v in teacher.model.config.id2label.items()},
-        "task": data.task,
-        "label_names": list(names) if names else None,
-        "tokenizer": {
-            "name": teacher.name,
-            "class": type(tok).__name__,
-            "vocab_size": id_bound(tok),
-            "vocab_hash": tokenizer_hash(tok),
-            "cls_token_id": tok.cls_token_id,
-            "sep_token_id": tok.sep_token_id,
-            "pad_token_id": tok.pad_token_id,
-        },
-        "data": {"source": data.source, "split": data.split, "fingerprint": data_fp},
-        "versions": library_versions(),
-        "relations": shape.relations.to_attrs() if shape.relations else None,
-    }
+    return StoreMeta(
+        config=settings,
+        num_examples=len(data),
+        teacher=teacher.name,
+        teacher_hash=teacher.weights_hash,
+        teacher_num_layers=teacher.num_layers,
+        teacher_layers=tuple(teacher_layers),
+        stored_layers=tuple(plan.stored_layers),
+        rank_layers=tuple(plan.rank_layers),
+        hidden_size=teacher.hidden,
+        kept=plan.kept,
+        width_encoding=shape.width_encoding,
+        num_labels=teacher.num_labels,
+        regression=teacher.regression,
+        id2label={str(k): v for k, v in teacher.model.config.id2label.items()},
+        task=data.task,
+        label_names=tuple(names) if names else None,
+        tokenizer=TokenizerInfo(name=teacher.name, class_name=type(tok).__name__, vocab_size=id_bound(tok),
+                                vocab_hash=tokenizer_hash(tok), cls_token_id=tok.cls_token_id,
+                                sep_token_id=tok.sep_token_id, pad_token_id=tok.pad_token_id),
+        data=DataInfo(source=data.source, split=data.split, fingerprint=data_fp),
+        versions=library_versions(),
+        relations=shape.relations,
+    )
 
 
 def batch_rows(teacher: Teacher, plan: SelectionPlan, shape: StoreShape, tokens: dict[str, np.ndarray],
@@ -204,10 +197,10 @@ def extract(cfg: ExtractConfig, progress: bool = True) -> str | None:
         raise UserError("--shard is for schedulers without torchrun; under torchrun each rank takes its share itself")
     part, parts = cfg.shard or (ranks.rank, ranks.world_size)
     data, teacher, plan, shape, teacher_layers = prepare(cfg, rank_device(cfg.device, ranks.local_rank))
-    attrs = store_attrs(cfg, data, teacher, plan, shape, teacher_layers)
+    meta = store_meta(cfg, data, teacher, plan, shape, teacher_layers)
     static = plan.static_dims()
     n = len(data)
-    create = (cfg.store, shape, n, attrs, None if static is None else static.numpy(), cfg.overwrite)
+    create = (cfg.store, shape, n, meta, None if static is None else static.numpy(), cfg.overwrite)
     if together:  # rank 0 creates the group; every rank learns whether it was refused
         refusal = None
         if ranks.is_main:

@@ -17,8 +17,8 @@ Arrays (first axis: examples), for N_A layers, H heads, R rows, k keys:
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any, Callable, Sequence
+from dataclasses import dataclass
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -94,7 +94,7 @@ def resolve_att_layers(spec: str, teacher_layers: Sequence[int], num_layers: int
 
 @dataclass(frozen=True)
 class RelationSpec:
-    """What a store holds of relation knowledge; recorded in the store's attrs (`to_attrs`)."""
+    """What a store holds of relation knowledge; recorded in the store's attrs (`meta.StoreMeta.relations`)."""
 
     kinds: tuple[str, ...]  # subset of RELATION_KINDS, in registry order
     layers: tuple[int, ...]  # teacher attention layers (1-based)
@@ -117,15 +117,6 @@ class RelationSpec:
         rank = tuple(top_map[s] for s in student_layers) if token_strategy == "att-nosep-top" else layers
         return cls(tuple(k for k in RELATION_KINDS if k in kinds), layers, student_layers, rank, heads,
                    min(rows, seq_len), keys, seq_len, token_strategy)
-
-    @classmethod
-    def from_attrs(cls, attrs: dict[str, Any] | None) -> "RelationSpec | None":
-        if not attrs:
-            return None
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in attrs.items()})
-
-    def to_attrs(self) -> dict[str, Any]:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
     @property
     def plan(self) -> AttentionPlan:

@@ -26,6 +26,7 @@ CHUNK_TARGET_BYTES = 8 * 1024 * 1024
 
 if TYPE_CHECKING:
     from .knowledge import RelationSpec
+    from .meta import StoreMeta
 
 WIDTH_STRATEGIES = ("mag", "rand", "uniform")
 VALUE_FORMATS = ("fp16", "int8")  # int8: per-vector absmax scale, stored as fp16
@@ -87,15 +88,12 @@ class StoreShape:
     relations: RelationSpec | None = None  # attention / value-relation arrays (hskcache.knowledge)
 
     @classmethod
-    def of_store(cls, attrs: dict) -> "StoreShape":
-        """The shape a store's attributes record."""
-        from .knowledge import RelationSpec  # knowledge builds on this module's ArraySpec
-
-        cfg = attrs["config"]
-        return cls(int(cfg["max_length"]), int(attrs["tokenizer"]["vocab_size"]), int(attrs["num_labels"]),
-                   bool(attrs["regression"]), int(cfg["depth"]), int(cfg["tokens"]), int(attrs["hidden_size"]),
-                   float(cfg["width"]), cfg["width_strategy"], cfg["width_code"], cfg["values"], cfg["compress"],
-                   RelationSpec.from_attrs(attrs.get("relations")))
+    def of_store(cls, meta: StoreMeta) -> "StoreShape":
+        """The shape a store's metadata records."""
+        cfg = meta.config
+        return cls(cfg.max_length, meta.tokenizer.vocab_size, meta.num_labels, meta.regression, cfg.depth,
+                   cfg.tokens, meta.hidden_size, cfg.width, cfg.width_strategy, cfg.width_code, cfg.values,
+                   cfg.compress, meta.relations)
 
     @property
     def kept(self) -> int:

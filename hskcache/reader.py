@@ -30,6 +30,7 @@ from .layout import kept_width
 from .packed import PackedBatch, expand
 from .selection import static_dims
 from .knowledge import RelationSpec
+from .meta import Settings, StoreMeta
 from .store import StoreData
 
 RelationRead = tuple[int | None, int | None]  # (query rows, keys) of an attention / value-relation read
@@ -112,17 +113,17 @@ class RowDecoder:
     writer would write and decodes them here, so both feed the trainer the same values.
     """
 
-    def __init__(self, attrs: dict[str, Any], static: np.ndarray | None, where: str):
-        self.hidden: int = attrs["hidden_size"]
-        self.kept: int = attrs["kept"]
-        self.depth: int = len(attrs["stored_layers"])
-        self.tokens: int = int(attrs["config"]["tokens"])
-        self.width: float = float(attrs["config"]["width"])
-        self.width_strategy: str = attrs["config"]["width_strategy"]
-        self.seed: int = attrs["config"]["width_seed"]
-        self.width_encoding: str | None = attrs["width_encoding"]
-        self.int8: bool = attrs["config"]["values"] == "int8"
-        self.relations = RelationSpec.from_attrs(attrs.get("relations"))
+    def __init__(self, meta: StoreMeta, static: np.ndarray | None, where: str):
+        self.hidden: int = meta.hidden_size
+        self.kept: int = meta.kept
+        self.depth: int = len(meta.stored_layers)
+        self.tokens: int = meta.config.tokens
+        self.width: float = meta.config.width
+        self.width_strategy: str = meta.config.width_strategy
+        self.seed: int = meta.config.width_seed
+        self.width_encoding: str | None = meta.width_encoding
+        self.int8: bool = meta.config.values == "int8"
+        self.relations: RelationSpec | None = meta.relations
         self.static = static
         self.where = where
 
@@ -221,19 +222,18 @@ class HSKStore:
 
     def __init__(self, path: str | Path):
         self._data = StoreData(str(path))
-        a = self._data.attrs
+        meta = self.meta = self._data.meta
         self.path = str(path)  # a directory or an fsspec URL
-        self.config: dict[str, Any] = a["config"]
-        self.teacher_layers: list[int] = a["teacher_layers"]
-        self.student_layers: int = len(self.teacher_layers) - 1
-        self.stored_layers: list[int] = a["stored_layers"]
-        self.hidden: int = a["hidden_size"]
-        self.kept: int = a["kept"]
-        self.width_encoding: str | None = a["width_encoding"]
-        self.regression: bool = a["regression"]
-        self.num_labels: int = a["num_labels"]
-        self.attrs = a
-        self._decoder = RowDecoder(a, self._data.static_dims(), str(self.path))
+        self.config: Settings = meta.config
+        self.teacher_layers: list[int] = list(meta.teacher_layers)
+        self.student_layers: int = meta.student_layers
+        self.stored_layers: list[int] = list(meta.stored_layers)
+        self.hidden: int = meta.hidden_size
+        self.kept: int = meta.kept
+        self.width_encoding: str | None = meta.width_encoding
+        self.regression: bool = meta.regression
+        self.num_labels: int = meta.num_labels
+        self._decoder = RowDecoder(meta, self._data.static_dims(), str(self.path))
 
     @property
     def num_examples(self) -> int:
@@ -245,11 +245,11 @@ class HSKStore:
 
     @property
     def tokens(self) -> int:
-        return int(self.config["tokens"])
+        return self.config.tokens
 
     @property
     def width(self) -> float:
-        return float(self.config["width"])
+        return self.config.width
 
     @property
     def chunk_rows(self) -> int:

@@ -27,6 +27,7 @@ from zarr.errors import ContainsArrayError
 
 from .errors import UserError
 from .layout import StoreShape
+from .meta import StoreMeta
 from .storage import Location
 
 SCHEMA_VERSION = 3  # 2: settings `store` and `width_seed`; 3: codecs, width_code/values/compress settings
@@ -73,6 +74,18 @@ def schema_error(path: str, version: Any) -> UserError:
 def _is_store(location: Location) -> bool:
     meta = location.read_json("zarr.json")
     return isinstance(meta, dict) and meta.get("attributes", {}).get("format") == FORMAT
+
+
+def read_meta(attrs: dict[str, Any], url: str) -> StoreMeta:
+    """A store's metadata, checked: its schema first, then every field (`StoreMeta.from_attrs`)."""
+    if attrs.get("schema_version") != SCHEMA_VERSION:
+        raise schema_error(url, attrs.get("schema_version"))
+    return StoreMeta.from_attrs(attrs, url)
+
+
+def _progress(attrs: dict[str, Any]) -> tuple[bool, int]:
+    """The store's own bookkeeping: (complete, rows_committed as last recorded)."""
+    return bool(attrs.get("complete")), int(attrs.get("rows_committed") or 0)
 
 
 def on_disk_bytes(url: str) -> dict[str, int]:
@@ -143,7 +156,7 @@ class StoreWriter:
         return out
 
     @staticmethod
-    def check(url: str, attrs: dict[str, Any], overwrite: bool) -> str:
+    def check(url: str, meta: StoreMeta, overwrite: bool) -> str:
         """What opening `url` for these settings means: "new", "resume" or "replace";
         a clear error when refused. Reads only."""
         location = Location.parse(url)
@@ -155,22 +168,20 @@ class StoreWriter:
             return "new"
         if overwrite:
             return "replace"
-        stored = location.read_json("zarr.json")["attributes"]
-        if stored.get("schema_version") != SCHEMA_VERSION:
-            raise schema_error(url, stored.get("schema_version"))
-        if stored.get("identity") != attrs["identity"]:
+        stored = read_meta(location.read_json("zarr.json")["attributes"], url)
+        if stored.identity != meta.identity:
             raise UserError(f"store {url} was written with different settings or teacher/data; "
                             "pass --overwrite to replace it or choose another --store")
         return "resume"
 
     @classmethod
-    def create(cls, url: str, shape: StoreShape, num_examples: int, attrs: dict[str, Any],
+    def create(cls, url: str, shape: StoreShape, num_examples: int, meta: StoreMeta,
                static_dims: np.ndarray | None, overwrite: bool) -> None:
         """Check, then create what is missing (or everything, when replacing).
 
         Every creator writes the same metadata, and nothing is deleted unless
         replacing, so writers that start together may all call this."""
-        state = cls.check(url, attrs, overwrite)
+        state = cls.check(url, meta, overwrite)
         location = Location.parse(url)
         if state == "replace":
             location.remove()
@@ -178,7 +189,7 @@ class StoreWriter:
             return
         rows = shape.rows_per_chunk(num_examples)
         group = zarr.open_group(location.zarr_store(read_only=False), mode="a", attributes={
-            **attrs, "format": FORMAT, "schema_version": SCHEMA_VERSION, "rows_committed": 0, "complete": False})
+            **meta.to_attrs(), "format": FORMAT, "schema_version": SCHEMA_VERSION, "rows_committed": 0, "complete": False})
         arrays = [dict(name=spec.name, shape=(num_examples, *spec.row_shape), chunks=(rows, *spec.row_shape),
                        dtype=spec.dtype, fill_value=spec.fill, compressors=CODECS[spec.codec]())
                   for spec in shape.arrays()]
@@ -196,10 +207,10 @@ class StoreWriter:
                 pass
 
     @classmethod
-    def open(cls, url: str, shape: StoreShape, num_examples: int, attrs: dict[str, Any],
+    def open(cls, url: str, shape: StoreShape, num_examples: int, meta: StoreMeta,
              static_dims: np.ndarray | None, overwrite: bool, chunks: Iterable[int] | None = None) -> StoreWriter:
         """Resume a store with identical settings, else create one (refusing to clobber): one writer alone."""
-        cls.create(url, shape, num_examples, attrs, static_dims, overwrite)
+        cls.create(url, shape, num_examples, meta, static_dims, overwrite)
         return cls.attach(url, shape, num_examples, chunks)
 
     @classmethod
@@ -262,12 +273,11 @@ class StoreData:
             raise UserError(f"{url} is not an hskcache store (no hskcache zarr.json); run `hskcache extract` first")
         self.location = location
         self.group = zarr.open_group(location.zarr_store(read_only=True), mode="r")
-        self.attrs = dict(self.group.attrs)
-        if self.attrs.get("schema_version") != SCHEMA_VERSION:
-            raise schema_error(url, self.attrs.get("schema_version"))
-        if not self.attrs.get("complete"):
+        attrs = dict(self.group.attrs)
+        self.meta = read_meta(attrs, url)
+        if not _progress(attrs)[0]:
             raise UserError(
-                f"store {url} is incomplete ({_rows_committed(location, self.attrs)}/{self.attrs.get('num_examples')} "
+                f"store {url} is incomplete ({_rows_committed(location, attrs, self.meta)}/{self.meta.num_examples} "
                 "rows); rerun the same `hskcache extract` command to finish it"
             )
         self.arrays = {name: self.group[name] for name in self.group.array_keys() if name != COMMITS}
@@ -276,7 +286,7 @@ class StoreData:
 
     @property
     def num_examples(self) -> int:
-        return int(self.attrs["num_examples"])
+        return self.meta.num_examples
 
     @property
     def chunk_rows(self) -> int:
@@ -342,12 +352,13 @@ class StoreData:
         return self.arrays["static_dims"][:] if "static_dims" in self.arrays else None
 
 
-def _rows_committed(location: Location, attrs: dict[str, Any]) -> int:
+def _rows_committed(location: Location, attrs: dict[str, Any], meta: StoreMeta) -> int:
     """Rows in committed chunks (all rows once complete)."""
-    n = int(attrs.get("num_examples") or 0)
+    n = meta.num_examples
     group = zarr.open_group(location.zarr_store(read_only=True), mode="r")
-    if attrs.get("complete") or COMMITS not in group:
-        return int(attrs.get("rows_committed") or 0)
+    complete, recorded = _progress(attrs)
+    if complete or COMMITS not in group:
+        return recorded
     rows = int(group["values"].chunks[0])
     return sum(min(rows, n - c * rows) for c in committed_chunks(location))
 
@@ -358,17 +369,18 @@ def describe(url: str) -> dict[str, Any]:
     if not _is_store(location):
         raise UserError(f"{url} is not an hskcache store; run `hskcache extract` first")
     attrs = dict(zarr.open_group(location.zarr_store(read_only=True), mode="r").attrs)
+    meta = read_meta(attrs, url)
     sizes = location.sizes()
     return {
         "path": str(url),
-        "complete": bool(attrs.get("complete")),
-        "rows_committed": _rows_committed(location, attrs),
-        "num_examples": attrs.get("num_examples"),
-        "teacher": attrs.get("teacher"),
-        "teacher_layers": attrs.get("teacher_layers"),
-        "schema_version": attrs.get("schema_version"),
-        "width_encoding": attrs.get("width_encoding"),
-        "config": attrs.get("config"),
+        "complete": _progress(attrs)[0],
+        "rows_committed": _rows_committed(location, attrs, meta),
+        "num_examples": meta.num_examples,
+        "teacher": meta.teacher,
+        "teacher_layers": list(meta.teacher_layers),
+        "schema_version": SCHEMA_VERSION,
+        "width_encoding": meta.width_encoding,
+        "config": meta.to_attrs()["config"],
         "bytes": _array_bytes(sizes),
         "total_bytes": sum(sizes.values()),
     }

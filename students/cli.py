@@ -143,7 +143,7 @@ def _importance_store(args: argparse.Namespace):
     store = open_store(args.store)
     if not (Path(args.teacher) / "config.json").is_file():
         raise UserError(f"teacher {args.teacher} is not a model folder (no config.json); pass the fine-tuned teacher")
-    if tokenizer_hash(AutoTokenizer.from_pretrained(args.teacher)) != store.attrs["tokenizer"]["vocab_hash"]:
+    if tokenizer_hash(AutoTokenizer.from_pretrained(args.teacher)) != store.meta.tokenizer.vocab_hash:
         raise UserError(f"teacher {args.teacher}'s vocabulary differs from --store {args.store}'s tokenizer; "
                         "pass the teacher that wrote the store")
     return store
@@ -237,7 +237,7 @@ def _build_rosita(args: argparse.Namespace, spec: StudentSpec):
     set_cpu_threads(device, args.threads)
     model = build_rosita(args.teacher, sample, spec.layers, spec.heads, spec.ffn, spec.emb_rank, args.out, device)
     built = json.loads((Path(args.out) / STUDENT_FILE).read_text())
-    if built["teacher_hash"] != store.attrs["teacher_hash"]:
+    if built["teacher_hash"] != store.meta.teacher_hash:
         print(f"{PROG}: warning: {args.teacher} has other weights than the teacher that wrote {args.store}",
               file=sys.stderr)
     return model

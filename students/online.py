@@ -17,7 +17,7 @@ import torch
 
 from hskcache.config import ExtractConfig
 from hskcache.data import tokenize_batch
-from hskcache.extract import batch_rows, prepare, store_attrs
+from hskcache.extract import batch_rows, prepare, store_meta
 from hskcache.packed import PackedBatch, expand
 from hskcache.reader import RowDecoder, default_window_chunks, epoch_batches
 
@@ -27,16 +27,15 @@ class OnlineSource:
 
     def __init__(self, cfg: ExtractConfig) -> None:
         data, self.teacher, self.plan, self.shape, teacher_layers = prepare(cfg)
-        self.attrs = store_attrs(cfg, data, self.teacher, self.plan, self.shape, teacher_layers)
-        self.config = self.attrs["config"]
-        self.student_layers = len(teacher_layers) - 1
+        self.meta = store_meta(cfg, data, self.teacher, self.plan, self.shape, teacher_layers)
+        self.student_layers = self.meta.student_layers
         self.hidden = self.teacher.hidden
         self.regression = self.teacher.regression
         self.num_labels = self.teacher.num_labels
         self.num_examples = len(data)
         self.chunk_rows = self.shape.rows_per_chunk(len(data))
         static = self.plan.static_dims()
-        self._decoder = RowDecoder(self.attrs, None if static is None else static.numpy(), f"online {cfg.teacher}")
+        self._decoder = RowDecoder(self.meta, None if static is None else static.numpy(), f"online {cfg.teacher}")
         self._data = data
         self._labels = (data.labels if data.labels is not None
                         else np.full(len(data), np.nan if self.regression else -1))

@@ -90,7 +90,7 @@ def holdout_eval_set(source, fraction: float, config) -> Holdout:
                         "use --select-on last or eval")
     inputs = {k: batch[k][known] for k in MODEL_INPUTS}
     eval_set = EvalSet(inputs, labels[known].astype(np.float32 if source.regression else np.int64),
-                       source.attrs.get("task"), is_regression(config), f"{int(known.sum())} held-out training rows")
+                       source.meta.task, is_regression(config), f"{int(known.sum())} held-out training rows")
     return Holdout(torch.from_numpy(rows), eval_set)
 
 

@@ -31,6 +31,7 @@ from hskcache.device import DEVICES, DTYPES, autocast, check_dtype, pick_dtype
 from hskcache import hooks
 from hskcache.hskread import parse_triple
 from hskcache.knowledge import RELATION_KINDS
+from hskcache.meta import StoreMeta, to_json
 from hskcache.reader import RelationRead
 from hskcache.options import columns, setting
 from hskcache.packed import PackedBatch, expand
@@ -61,18 +62,15 @@ class BatchSource(Protocol):
     """What the trainer needs from where the teacher's knowledge comes from.
 
     `batches` yields the reader's batch dictionary (docs/design.md) or, with `packed=True`,
-    `PackedBatch`es the trainer expands on its device; `config`
-    holds the extraction settings (`depth`, `tokens`, `width`, `max_length`,
-    `text_cols`, `label_col`); `attrs` the tokenizer's `vocab_hash`, `task` and
-    `label_names`.
+    `PackedBatch`es the trainer expands on its device; `meta` is what the store
+    records (or would record): the extraction settings, the tokenizer, the task.
     """
 
     student_layers: int
     hidden: int
     regression: bool
     num_labels: int
-    config: dict[str, Any]
-    attrs: dict[str, Any]
+    meta: StoreMeta
 
     def num_batches(self, batch_size: int, drop_last: bool = False) -> int: ...
 
@@ -309,7 +307,7 @@ class Trainer:
         self.eval_set = self._load_eval_set()
         self.select_on, fraction = parse_select_on(cfg.select_on)
         self.holdout = None if fraction is None else holdout_eval_set(source, fraction, self.model.config)
-        self.primary = primary_metric(self.eval_set.task if self.eval_set else source.attrs.get("task"),
+        self.primary = primary_metric(self.eval_set.task if self.eval_set else source.meta.task,
                                       source.regression)
         torch.manual_seed(cfg.seed)
         self.projection = HSKProjection(self.model.config.hidden_size, source.hidden)
@@ -334,8 +332,7 @@ class Trainer:
             raise UserError(f"student {student} has {layers} layers but the store was extracted for "
                             f"{source.student_layers}; build a {source.student_layers}-layer student or extract "
                             f"with --student-layers {layers}")
-        stored = source.attrs["tokenizer"]["vocab_hash"]
-        if tokenizer_hash(self.tokenizer) != stored:
+        if tokenizer_hash(self.tokenizer) != source.meta.tokenizer.vocab_hash:
             raise UserError(f"student {student}'s vocabulary differs from the store's tokenizer; "
                             "build the student from the teacher that wrote the store")
         if self.model.config.num_labels != source.num_labels:
@@ -343,7 +340,7 @@ class Trainer:
                             f"{source.num_labels}; build the student from the teacher that wrote the store")
         kinds = relation_kinds(self.cfg.objective)
         if kinds and self.cfg.hsk is not None:
-            spec = getattr(source, "relations", None)
+            spec = source.meta.relations
             if spec is None or set(kinds) - set(spec.kinds):
                 raise UserError(f"--objective {format_objective(self.cfg.objective)} needs {', '.join(kinds)} "
                                 "knowledge, which this source does not hold; extract a store with "
@@ -361,14 +358,13 @@ class Trainer:
                                 "store's, or extract a larger store") from None
 
     def _load_eval_set(self) -> EvalSet | None:
-        cfg, source = self.cfg, self.source
+        cfg, meta = self.cfg, self.source.meta
         if cfg.eval_data is None:
             return None
         return load_eval_set(
-            cfg.eval_data, self.model.config, self.tokenizer, cfg.max_length or int(source.config["max_length"]),
-            split=cfg.eval_split, text_cols=cfg.text_cols or source.config.get("text_cols"),
-            label_col=cfg.label_col or source.config.get("label_col"), label_names=source.attrs.get("label_names"),
-            task=source.attrs.get("task"))
+            cfg.eval_data, self.model.config, self.tokenizer, cfg.max_length or meta.config.max_length,
+            split=cfg.eval_split, text_cols=cfg.text_cols or meta.config.text_cols,
+            label_col=cfg.label_col or meta.config.label_col, label_names=meta.label_names, task=meta.task)
 
     def _open_run(self) -> dict[str, Any] | None:
         """Start RUN/ or, with --resume, reload its checkpoint (weights, RNG, position)."""
@@ -386,7 +382,7 @@ class Trainer:
             changed = sorted(k for k, v in self.cfg.identity().items() if state["identity"].get(k) != v)
             raise UserError(f"--resume: {run} was started with other settings ({', '.join(changed)}); "
                             "rerun with the original flags or choose a new --out")
-        if state["source"] != self.source.attrs.get("identity"):
+        if state["source"] != self.source.meta.identity:
             raise UserError(f"--resume: {run} was trained from another store or teacher/data/settings; "
                             "rerun with the original source or choose a new --out")
         self.model.load_state_dict(state["model"])
@@ -527,7 +523,7 @@ class Trainer:
         positions = batch["positions"].to(self.device) if uses_hsk(objective) else None
         query = None
         if kinds:
-            spec = self.source.relations
+            spec = self.source.meta.relations
             query = (spec.student_layers, kinds, batch["rel_positions"].to(self.device))
         _, predicted, student_rows = self.engine(inputs, positions, query)
         total = torch.zeros((), device=self.device)
@@ -586,7 +582,7 @@ class Trainer:
             pos.best_at = {"stage": stage.name, "epoch": pos.epoch + 1, "step": pos.step,
                            "selected_on": self.select_on} | ({"holdout": held} if held is not None else {})
             with replaced_dir(self.run_dir / "best") as tmp:
-                save_student(self.model, tmp, self.cfg.student, {"task": self.source.attrs.get("task")})
+                save_student(self.model, tmp, self.cfg.student, {"task": self.source.meta.task})
 
     def _save_checkpoint(self) -> None:
         """Rank 0 writes the (identical) weights and optimizer, with every rank's random state."""
@@ -596,7 +592,7 @@ class Trainer:
         self.pos.log_bytes = self.log_file.tell()
         write_state(self.run_dir / "checkpoint", {
             "identity": self.cfg.identity(),
-            "source": self.source.attrs.get("identity"),
+            "source": self.source.meta.identity,
             "position": asdict(self.pos),
             "model": self.model.state_dict(),
             "projection": self.projection.state_dict(),
@@ -615,7 +611,7 @@ class Trainer:
             if self.pos.best_at is not None:
                 shutil.copytree(best, tmp, dirs_exist_ok=True)
             else:
-                save_student(self.model, tmp, self.cfg.student, {"task": self.source.attrs.get("task")})
+                save_student(self.model, tmp, self.cfg.student, {"task": self.source.meta.task})
         stages = {name: {**s, "examples_per_second": s["examples"] / s["seconds"] if s["seconds"] else None}
                   for name, s in self.pos.stats.items()}
         metrics = {
@@ -625,8 +621,8 @@ class Trainer:
             "stages": stages,
             "student": {"kind": self.info["kind"], "parameters": count_parameters(self.model),
                         "layers": self.model.config.num_hidden_layers, "hidden": self.model.config.hidden_size},
-            "source": {"teacher_hash": self.source.attrs.get("teacher_hash"), "task": self.source.attrs.get("task"),
-                       "extraction": self.source.config},
+            "source": {"teacher_hash": self.source.meta.teacher_hash, "task": self.source.meta.task,
+                       "extraction": to_json(self.source.meta.config)},
         }
         (self.run_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
         return metrics

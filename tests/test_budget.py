@@ -15,6 +15,7 @@ from hskcache import budget
 from hskcache.budget_cli import build_parser, run_budget
 from hskcache.errors import UserError
 from hskcache.layout import StoreShape
+from hskcache.meta import synthetic_meta
 from hskcache.store import FORMAT, SCHEMA_VERSION
 
 MNLI = budget.Setting(examples=392702, seq_len=128, student_layers=6, hidden=768)
@@ -109,15 +110,9 @@ def write_store(path: Path, shape: StoreShape, examples: int, student_layers: in
     if shape.static_bytes():
         zarr.create_array(store=str(path), name="static_dims", data=np.arange(shape.kept, dtype=np.int32),
                           compressors=None)
-    group.attrs.update({
-        "format": FORMAT, "schema_version": SCHEMA_VERSION, "rows_committed": examples, "num_examples": examples, "hidden_size": shape.hidden,
-        "num_labels": shape.num_logits, "regression": shape.regression,
-        "tokenizer": {"vocab_size": shape.vocab_size},
-        "config": {"depth": shape.depth, "tokens": shape.tokens, "width": shape.width,
-                   "width_strategy": shape.width_strategy, "max_length": shape.seq_len,
-                   "student_layers": student_layers, "width_code": shape.width_code, "values": shape.values,
-                   "compress": shape.compress},
-    })
+    meta = synthetic_meta(shape, examples, range(student_layers + 1), "test")
+    group.attrs.update(meta.to_attrs() | {"format": FORMAT, "schema_version": SCHEMA_VERSION,
+                                          "rows_committed": examples, "complete": True})
 
 
 @pytest.mark.parametrize("width, strategy", [(0.1, "mag"), (0.5, "rand"), (1.0, "mag")])

@@ -180,7 +180,7 @@ def test_toml_config_with_flag_override(tmp_path, teacher_dir, single_csv):
                    f'width = 0.5\nmax_length = {MAX_LEN}\n')
     assert main(["extract", "--config", str(cfg), "--store", str(tmp_path / "s"), "--tokens", "3", "--quiet"]) == 0
     store = hskcache.open_store(tmp_path / "s")
-    assert store.tokens == 3 and store.width == 0.5 and store.config["max_length"] == MAX_LEN
+    assert store.tokens == 3 and store.width == 0.5 and store.config.max_length == MAX_LEN
 
 
 def test_inspect_json(tmp_path, teacher_dir, single_csv, capsys):

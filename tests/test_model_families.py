@@ -42,7 +42,7 @@ def test_family_selection_matches_reference(tmp_path, pair_csv, family):
     sep = torch.isin(got["input_ids"].gather(1, got["positions"].clamp(min=0).flatten(1)),
                      torch.tensor([tok.sep_token_id]))
     assert not (sep & (got["positions"].flatten(1) >= 0)).any()  # no [SEP] / </s> stored
-    assert store.config["student_layers"] == 2
+    assert store.config.student_layers == 2
     # a TinyBERT-style student of the same vocabulary distils from that store
     assert students_cli.main(["build", "tinybert", "--init", "random", "--teacher", str(folder), "--layers", "2", "--hidden", "16",
                               "--ffn", "32", "--heads", "2", "--out", str(tmp_path / "student")]) == 0

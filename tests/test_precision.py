@@ -27,7 +27,7 @@ def test_extraction_dtype_is_recorded_and_used(tmp_path, teacher_dir, single_csv
     assert main([*common, "--store", str(tmp_path / "fp32")]) == 0
     assert main([*common, "--store", str(tmp_path / "bf16"), "--dtype", "bf16"]) == 0
     full, half = (hskcache.open_store(tmp_path / name) for name in ("fp32", "bf16"))
-    assert full.config["dtype"] == "fp32" and half.config["dtype"] == "bf16"  # CPU default: fp32
+    assert full.config.dtype == "fp32" and half.config.dtype == "bf16"  # CPU default: fp32
     a, b = (s.get(np.arange(8))["logits"] for s in (full, half))
     assert not torch.equal(a, b) and torch.allclose(a, b, atol=0.05)  # bf16 rounding, nothing else
     # Resuming with another precision would mix two kinds of rows: refused.

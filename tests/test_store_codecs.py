@@ -50,7 +50,7 @@ def test_codes_and_compression_decode_to_identical_batches(stores):
             assert_same(stores[name].get(rows, **read), stores["bitmask"].get(rows, **read))
     arrays = zarr.open_group(str(stores["bitmask"].path), mode="r")
     assert arrays["values"].compressors and not zarr.open_group(str(stores["none"].path), mode="r")["values"].compressors
-    assert stores["rank"].attrs["width_encoding"] == "rank"
+    assert stores["rank"].meta.width_encoding == "rank"
 
 
 @pytest.mark.parametrize("through_zarr", [False, True])

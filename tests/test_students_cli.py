@@ -62,7 +62,7 @@ def test_extract_build_train_eval_without_the_teacher(task, tmp_path, capsys):
         == "BertForSequenceClassification"
     assert isinstance(load_student(tmp_path / "run-rosita" / "student"), RositaForSequenceClassification)
     # The class names travel teacher → store → student: the exported models say "fresh", not LABEL_1.
-    assert hskcache.open_store(store).attrs["label_names"] == list(LABEL_NAMES)
+    assert hskcache.open_store(store).meta.label_names == tuple(LABEL_NAMES)
     for kind in ("tiny", "rosita"):
         config = AutoConfig.from_pretrained(tmp_path / f"run-{kind}" / "student")
         assert config.id2label == {0: "rotten", 1: "fresh"} and config.label2id == {"rotten": 0, "fresh": 1}
@@ -171,7 +171,7 @@ def test_online_baseline_trains_on_the_same_numbers(task, student, tmp_path, mon
     flags = dict(zip((f[2:].replace("-", "_") for f in STORE_FLAGS[::2]), STORE_FLAGS[1::2]))
     online = OnlineSource(build_config(
         {**flags, "teacher": str(task.teacher), "data": str(task.train), "store": "-", "batch_size": 32}))
-    assert online.attrs["identity"] == store.attrs["identity"] and online.chunk_rows == store.chunk_rows
+    assert online.meta.identity == store.meta.identity and online.chunk_rows == store.chunk_rows
     read = dict(shuffle=True, seed=3, epoch=2, depth=2, tokens=5, width=0.25, start_batch=3)
     for live, stored in zip(online.batches(16, **read), store.batches(16, **read), strict=True):
         for key in ("input_ids", "attention_mask", "token_type_ids", "labels", "example_id", "positions", "hsk_mask"):

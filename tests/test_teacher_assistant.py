@@ -32,7 +32,7 @@ def test_trained_student_is_a_teacher(task, tmp_path):
 
     store = hskcache.open_store(store_dir)
     loaded = load_teacher(str(assistant / "student"), "cpu")
-    assert store.attrs["teacher_hash"] == loaded.weights_hash  # the store was written by the assistant
+    assert store.meta.teacher_hash == loaded.weights_hash  # the store was written by the assistant
     # its logits are the assistant's own outputs (an independent plain forward), not the teacher's
     model = AutoModelForSequenceClassification.from_pretrained(assistant / "student").eval()
     rows = store.get(list(range(8)), depth=1, tokens=1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import bz2
 import csv
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -43,16 +44,11 @@ def tiled_store(source: Path, dest: Path, rows: int) -> Path:
     extraction of that size; only the content repeats.
     """
     src = StoreData(source)
-    attrs = dict(src.attrs)
-    shape = StoreShape.of_store(attrs)
+    shape = StoreShape.of_store(src.meta)
     names = [a.name for a in shape.arrays()]
     block = src.read(names, slice(0, src.num_examples))
-    attrs["num_examples"] = rows
-    attrs["identity"] = {**attrs["identity"], "tiled_rows": rows}
-    for key in ("format", "schema_version", "rows_committed", "complete"):
-        attrs.pop(key)
     static = src.static_dims()
-    writer = StoreWriter.open(dest, shape, rows, attrs, static, overwrite=True)
+    writer = StoreWriter.open(dest, shape, rows, replace(src.meta, num_examples=rows), static, overwrite=True)
     done = 0
     while done < rows:
         n = min(src.num_examples, rows - done)

@@ -38,6 +38,7 @@ from transformers import AutoTokenizer
 from hskcache.data import tokenize_batch
 from hskcache.embedded import minilm_encoder, movie_corpus
 from hskcache.extract import BackgroundWriter, batch_rows
+from hskcache.meta import synthetic_meta
 from hskcache.layout import StoreShape
 from hskcache.selection import SelectionPlan, layer_map
 from hskcache.store import StoreWriter
@@ -93,7 +94,7 @@ def run(config: tuple[int, int, float], rows: int, tokens: list[dict[str, np.nda
     plan = SelectionPlan.build(teacher_layers, LAYERS, depth, n_tokens, "att-nosep-top", width, "mag", HIDDEN)
     seq = tokens[0]["input_ids"].shape[1]
     shape = StoreShape(seq, vocab, 2, False, depth, n_tokens, HIDDEN, width, "mag")
-    attrs = {"identity": "bench", "num_examples": rows, "config": {}}
+    meta = synthetic_meta(shape, rows, teacher_layers, "bench")
     bs = len(tokens[0]["input_ids"])
 
     def rows_of(i: int, lo: int) -> dict[str, np.ndarray]:
@@ -101,7 +102,7 @@ def run(config: tuple[int, int, float], rows: int, tokens: list[dict[str, np.nda
 
     def write_all(make) -> float:
         shutil.rmtree(store, ignore_errors=True)
-        writer = StoreWriter.open(str(store), shape, rows, attrs, None, overwrite=False)
+        writer = StoreWriter.open(str(store), shape, rows, meta, None, overwrite=False)
         start = time.perf_counter()
         background = BackgroundWriter(writer)
         for i, lo in enumerate(range(0, rows, bs)):
@@ -118,24 +119,6 @@ def run(config: tuple[int, int, float], rows: int, tokens: list[dict[str, np.nda
     host = write_all(lambda i, lo: made[i % len(made)] | {"example_id": np.arange(lo, lo + bs)})
     both = write_all(rows_of)
     return device, host, both
-
-
-def reader_attrs(store: Path, config: tuple[int, int, float], vocab: int) -> None:
-    """Attributes a reader needs, so tools/bench/reader.py can open the kept stores."""
-    import zarr
-
-    depth, n_tokens, width = config
-    teacher_layers = layer_map(STUDENT_LAYERS, LAYERS)
-    group = zarr.open_group(str(store), mode="r+")
-    seq = group["input_ids"].shape[1]
-    group.attrs.update({
-        "config": {"depth": depth, "tokens": n_tokens, "width": width, "width_strategy": "mag", "width_seed": 0,
-                   "max_length": seq, "student_layers": STUDENT_LAYERS, "width_code": "bitmask", "values": "fp16",
-                   "compress": "zstd"},
-        "teacher_layers": teacher_layers, "stored_layers": teacher_layers[-depth:], "hidden_size": HIDDEN,
-        "kept": round(width * HIDDEN), "width_encoding": "bitmask", "regression": False, "num_labels": 2,
-        "tokenizer": {"vocab_size": vocab, "vocab_hash": "bench"}, "task": None, "label_names": None,
-    })
 
 
 def main() -> None:
@@ -168,7 +151,6 @@ def main() -> None:
         stored = layer_map(STUDENT_LAYERS, LAYERS)[-depth:]
         teacher = RecordedTeacher(args.batch_size, args.max_length, args.batches, stored)
         device, host, both = run(config, rows, tokens, teacher, work / name, len(tokenizer))
-        reader_attrs(work / name, config, len(tokenizer))
         print(f"{name:<10}{rows:>8}{device:>10.0f}{host:>10.0f}{both:>10.0f}{targets[name]:>9}")
         del teacher
     if args.keep is None:
