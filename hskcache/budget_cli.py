@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import replace
 
 import numpy as np
 
 from . import budget, widthcode
 from .errors import UserError
-from .knowledge import RELATION_KINDS, RelationSpec, parse_knowledge
+from .knowledge import RelationSpec, parse_knowledge, relation_kinds
 from .options import add_store_argument, columns, store_argument
 from .layout import COMPRESSIONS, VALUE_FORMATS, WIDTH_STRATEGIES
 
@@ -155,7 +154,7 @@ def plan_setting(args: argparse.Namespace, given: list[str]) -> budget.Setting:
 
 def plan_relations(args: argparse.Namespace) -> RelationSpec | None:
     """The relation knowledge a planned extraction stores; only counts matter for bytes."""
-    kinds = [k for k in parse_knowledge(args.knowledge or "hsk") if k in RELATION_KINDS]
+    kinds = relation_kinds(parse_knowledge(args.knowledge or "hsk"))
     att_flags = [n for n in ("att_layers", "att_rows", "att_keys", "att_heads") if getattr(args, n) is not None]
     if not kinds:
         if att_flags:

@@ -18,16 +18,15 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import hooks, widthcode
+from . import hooks
 from .config import ExtractConfig
 from .distributed import Ranks, broadcast, rank_device
 from .data import TextData, fingerprint, load_texts, tokenize_batch
 from .errors import UserError
-from .knowledge import RELATION_KINDS, RelationSpec
-from .layout import StoreShape, narrow
+from .knowledge import RelationSpec, TeacherForward, relation_kinds, stored_kinds
+from .layout import StoreShape
 from .meta import DataInfo, Settings, StoreMeta, TokenizerInfo
-from .packed import encode_hsk
-from .selection import SelectionPlan, select_hsk
+from .selection import SelectionPlan
 from .store import StoreWriter, chunk_span
 from .teacher import Teacher, check_max_length, id_bound, load_teacher, named_labels, tokenizer_hash
 
@@ -87,35 +86,18 @@ def store_meta(cfg: ExtractConfig, data: TextData, teacher: Teacher, plan: Selec
 
 def batch_rows(teacher: Teacher, plan: SelectionPlan, shape: StoreShape, tokens: dict[str, np.ndarray],
                labels: np.ndarray, example_ids: np.ndarray) -> dict[str, np.ndarray]:
-    """One batch of store rows, in the store's dtypes.
+    """One batch of store rows, in the store's dtypes: every stored kind's (`knowledge.KINDS`).
 
     Selection, the value format and bit packing run on the teacher's device;
     only the kept bytes are copied to the host."""
     batch = {k: torch.from_numpy(v) for k, v in tokens.items()}
-    relations = shape.relations
-    captures = relations.captures if relations else ()
-    with hooks.capture(teacher.model, relations.layers if captures else (), captures) as captured:
+    kinds = stored_kinds(shape)
+    captures = tuple(sorted({c for kind in kinds for c in kind.teacher_captures}))
+    with hooks.capture(teacher.model, shape.relations.layers if captures else (), captures) as captured:
         out = teacher.forward(batch)
-    dev = teacher.device
-    sel = select_hsk(plan, out.hidden_states, out.attentions, batch["attention_mask"].to(dev), batch["sep_mask"].to(dev))
-    stored = encode_hsk(sel, shape.hidden, shape.values, shape.width_encoding is not None)
-    specs = {a.name: a.dtype for a in shape.arrays()}
-    rows = {
-        "input_ids": narrow(tokens["input_ids"], specs["input_ids"], "token id"),
-        "length": narrow(tokens["attention_mask"].sum(axis=1), specs["length"], "length"),
-        "token_type_ids": narrow(tokens["token_type_ids"], specs["token_type_ids"], "token type id"),
-        "labels": labels.astype(specs["labels"]),
-        "example_id": example_ids.astype(np.int64),
-        "logits": out.logits.float().cpu().numpy(),
-    } | {name: value.cpu().numpy() for name, value in stored.items()}
-    if relations is not None:
-        masks = {k: batch[k].to(dev) for k in ("attention_mask", "sep_mask")}
-        rows |= relations.encode(out, captured, masks)
-    if shape.width_encoding is not None and shape.width_encoding != "bitmask":
-        bits = rows["width_code"]
-        codes = widthcode.from_bitmask(bits.reshape(-1, bits.shape[-1]), shape.hidden, shape.kept, shape.width_encoding)
-        rows["width_code"] = codes.reshape(*bits.shape[:-1], -1)
-    return rows
+    masks = {k: batch[k].to(teacher.device) for k in ("attention_mask", "sep_mask")}
+    forward = TeacherForward(out, captured, tokens, masks, labels, example_ids, plan, shape)
+    return {name: value for kind in kinds for name, value in kind.encode(forward).items()}
 
 
 class BackgroundWriter:
@@ -176,7 +158,7 @@ def prepare(cfg: ExtractConfig, device: torch.device | None = None
     plan = SelectionPlan.build(teacher_layers, teacher.num_layers, depth, cfg.tokens, cfg.token_strategy,
                                cfg.width, cfg.width_strategy, teacher.hidden, cfg.width_seed)
     relations = None
-    if set(cfg.knowledge) & set(RELATION_KINDS):
+    if relation_kinds(cfg.knowledge):
         relations = RelationSpec.build(cfg.knowledge, cfg.att_layers, teacher_layers, teacher.num_layers,
                                        teacher.model.config.num_attention_heads, cfg.att_rows or cfg.tokens,
                                        cfg.att_keys, cfg.max_length, cfg.token_strategy)

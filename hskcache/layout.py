@@ -5,8 +5,8 @@ shared by all arrays, so the *uncompressed* bytes are exactly chunks × chunk
 bytes and `hskcache budget --plan` predicts them before anything is
 extracted. Each array names its codec (a key of `store.CODECS`); by default
 every array is zstd-compressed (`--compress none` turns that off, and then
-the bytes on disk are the plan). Adding an array kind is one `ArraySpec` in
-`StoreShape.arrays`.
+the bytes on disk are the plan). The arrays are the knowledge kinds'
+(`hskcache.knowledge.KINDS`, each listing its `ArraySpec`s).
 """
 from __future__ import annotations
 
@@ -60,7 +60,7 @@ class ArraySpec:
     name: str
     row_shape: tuple[int, ...]
     dtype: np.dtype
-    group: str  # "inputs", "logits", "positions", "values", "mask"
+    group: str  # budget group: "inputs", "logits", "positions", "values", "mask", "relations"
     codec: str = "zstd"  # key of store.CODECS
     fill: int = 0
 
@@ -107,27 +107,11 @@ class StoreShape:
         return self.width_code
 
     def arrays(self) -> list[ArraySpec]:
-        """Per-row arrays (first axis: examples) in writing order."""
-        ids = np.uint16 if self.vocab_size <= 1 << 16 else np.int32  # ids 0..vocab_size-1
-        vectors = (self.depth, self.tokens)
-        specs = [
-            ArraySpec("input_ids", (self.seq_len,), np.dtype(ids), "inputs"),
-            ArraySpec("length", (), np.dtype(np.int16), "inputs"),
-            ArraySpec("token_type_ids", (self.seq_len,), np.dtype(np.uint8), "inputs"),
-            ArraySpec("labels", (), np.dtype(np.float32 if self.regression else np.int64), "inputs"),
-            ArraySpec("example_id", (), np.dtype(np.int64), "inputs"),
-            ArraySpec("logits", (self.num_logits,), np.dtype(np.float32), "logits"),
-            ArraySpec("positions", vectors, np.dtype(np.int16), "positions", fill=-1),
-            ArraySpec("values", (*vectors, self.kept), np.dtype(np.float16 if self.values == "fp16" else np.int8), "values",
-                      "blosc-lz4-bitshuffle" if self.values == "fp16" else "zstd"),
-        ]
-        if self.values == "int8":
-            specs.append(ArraySpec("value_scale", vectors, np.dtype(np.float16), "values"))
-        if self.width_encoding is not None:
-            nbytes = widthcode.code_bytes(self.width_encoding, self.hidden, self.kept)
-            specs.append(ArraySpec("width_code", (*vectors, nbytes), np.dtype(np.uint8), "mask"))
-        if self.relations is not None:
-            specs += self.relations.arrays()
+        """Per-row arrays (first axis: examples) in writing order: every stored kind's
+        (`knowledge.KINDS`), an array shared by kinds once."""
+        from .knowledge import KINDS  # the kinds build on this module's ArraySpec
+
+        specs = list({a.name: a for kind in KINDS.values() for a in kind.arrays(self)}.values())
         if self.compress == "none":
             specs = [ArraySpec(s.name, s.row_shape, s.dtype, s.group, "none", s.fill) for s in specs]
         return specs
@@ -156,10 +140,9 @@ class StoreShape:
         return {a.name: a.group for a in self.arrays()} | {"static_dims": "mask"}
 
     def bytes_by_group(self, num_examples: int) -> dict[str, int]:
+        """Uncompressed bytes per budget group (the report's columns; a new kind may add a group)."""
         groups = self.groups()
-        out = {"inputs": 0, "logits": 0, "positions": 0, "values": 0, "mask": 0}
-        groups = {a.name: a.group for a in self.arrays()} | {"static_dims": "mask"}
-        out = {"inputs": 0, "logits": 0, "positions": 0, "values": 0, "mask": 0, "relations": 0}
+        out = dict.fromkeys(("inputs", "logits", "positions", "values", "mask", "relations"), 0)
         for name, nbytes in self.bytes_by_array(num_examples).items():
-            out[groups[name]] += nbytes
+            out[groups[name]] = out.get(groups[name], 0) + nbytes
         return out

@@ -14,6 +14,7 @@ the bit order.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -21,11 +22,10 @@ from torch import Tensor
 from .errors import UserError
 from .layout import INT8_MAX
 
+if TYPE_CHECKING:
+    from .knowledge import Kind
+
 FP16_MAX = 65504.0
-# The stored arrays `expand` turns into the batch dictionary; anything else in a
-# PackedBatch (attention / value relations) is already decoded and passes through.
-HSK_ARRAYS = frozenset({"input_ids", "length", "token_type_ids", "labels", "example_id", "logits", "positions",
-                        "values", "value_scale", "width_code"})
 
 
 def pack_bits(mask: Tensor) -> Tensor:
@@ -84,13 +84,15 @@ class PackedBatch:
     """One batch as stored: `tensors` in the store's dtypes (input_ids, length,
     token_type_ids, labels, example_id, logits, positions, values, and
     value_scale / width_code where the store has them; width_code always as a
-    bitmask), plus what `expand` needs to know about the read."""
+    bitmask; relations already decoded), the knowledge kinds it holds, plus what
+    `expand` needs to know about the read."""
 
     tensors: dict[str, Tensor]
     hidden: int
     kept: int  # K' of the read
     columns: Tensor | None = None  # rand/uniform: stored value columns the read keeps
     dims: Tensor | None = None  # rand/uniform: their dimensions, ascending
+    kinds: tuple[Kind, ...] = ()  # hskcache.knowledge kinds, each expanding its own tensors
 
     def __len__(self) -> int:
         return len(self.tensors["length"])
@@ -106,17 +108,16 @@ def expand(batch: PackedBatch | dict[str, Tensor], device: torch.device | str | 
     if isinstance(batch, dict):
         return batch if device is None else {k: v.to(device, non_blocking=non_blocking) for k, v in batch.items()}
     t = {k: v.to(device, non_blocking=non_blocking) for k, v in batch.tensors.items()} if device is not None else batch.tensors
+    out: dict[str, Tensor] = {}
+    for kind in batch.kinds:
+        out |= kind.expand(t, batch)
+    return out
+
+
+def expand_hsk(t: dict[str, Tensor], batch: PackedBatch) -> dict[str, Tensor]:
+    """The HSK's entries (positions, hsk, hsk_mask) from its stored tensors, where they are."""
     dev = t["values"].device
-    seq = t["input_ids"].shape[1]
-    out = {
-        "input_ids": t["input_ids"].long(),
-        "attention_mask": (torch.arange(seq, device=dev) < t["length"].unsqueeze(1)).long(),
-        "token_type_ids": t["token_type_ids"].long(),
-        "labels": t["labels"],
-        "example_id": t["example_id"],
-        "logits": t["logits"],
-        "positions": t["positions"].long(),
-    }
+    out = {"positions": t["positions"].long()}
     values = t["values"].float()
     if "value_scale" in t:
         values = values * t["value_scale"].float().unsqueeze(-1)
@@ -139,4 +140,4 @@ def expand(batch: PackedBatch | dict[str, Tensor], device: torch.device | str | 
         mask[..., dims] = True
     out["hsk"] = hsk
     out["hsk_mask"] = mask & (out["positions"] >= 0).unsqueeze(-1)
-    return out | {k: v for k, v in t.items() if k not in HSK_ARRAYS}  # relations: decoded by the reader
+    return out

@@ -24,18 +24,15 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from . import widthcode
 from .errors import UserError
-from .layout import kept_width
+from .knowledge import Read, RelationSpec, stored_kinds
+from .layout import StoreShape, kept_width
 from .packed import PackedBatch, expand
 from .selection import static_dims
-from .knowledge import RelationSpec
 from .meta import Settings, StoreMeta
 from .store import StoreData
 
 RelationRead = tuple[int | None, int | None]  # (query rows, keys) of an attention / value-relation read
-
-INPUT_ARRAYS = ["input_ids", "length", "token_type_ids", "labels", "example_id", "logits"]
 
 
 def _chunk_order(num_chunks: int, shuffle: bool, seed: int, epoch: int) -> tuple[np.random.Generator, np.ndarray]:
@@ -121,17 +118,17 @@ class RowDecoder:
         self.width: float = meta.config.width
         self.width_strategy: str = meta.config.width_strategy
         self.seed: int = meta.config.width_seed
-        self.width_encoding: str | None = meta.width_encoding
-        self.int8: bool = meta.config.values == "int8"
         self.relations: RelationSpec | None = meta.relations
+        self.shape = StoreShape.of_store(meta)
+        self.kinds = stored_kinds(self.shape)  # hskcache.knowledge: each decodes its own arrays
+        self._arrays = {kind.name: [a.name for a in kind.arrays(self.shape)] for kind in self.kinds}
         self.static = static
         self.where = where
 
     def arrays(self, relations: RelationRead | None = None) -> list[str]:
         """The stored arrays a batch is made of (relations only when read)."""
-        return (INPUT_ARRAYS + ["positions", "values"] + (["value_scale"] if self.int8 else [])
-                + (["width_code"] if self.width_encoding else [])
-                + ([a.name for a in self.relations.arrays()] if relations is not None else []))
+        read = Read(self.depth, self.tokens, self.kept, relations)
+        return list(dict.fromkeys(name for kind in self.kinds if kind.read(read) for name in self._arrays[kind.name]))
 
     def resolve_relations(self, read: RelationRead | None) -> RelationRead | None:
         """(rows, keys) of a relation read (None: no relations), checked against what is stored."""
@@ -171,41 +168,32 @@ class RowDecoder:
                             f"dimensions; extract at that width")
         return columns
 
-    def slicer(self, depth: int, tokens: int, kept: int, relations: RelationRead | None = None):
-        """(per-array slice of a row block, PackedBatch template) of a read: the
-        slices run where rows are gathered, so a smaller read copies fewer bytes.
-        Relation arrays are cut to the read's query rows; keys are cut when decoded."""
-        first = self.depth - depth
-        cut = (slice(None), slice(first, None), slice(None, tokens))
-        sliced = {"positions", "values", "value_scale", "width_code"}
-        cuts = {name: cut if name in sliced else (slice(None),) for name in self.arrays()}
-        if relations is not None:
-            cuts |= self.relations.row_cuts(relations[0])
+    def slicer(self, depth: int, tokens: int, kept: int,
+               relations: RelationRead | None = None) -> tuple[dict[str, tuple], Read, PackedBatch]:
+        """(per-array slice of a row block, the read, PackedBatch template) of a read: the
+        slices (each kind's `cuts`) run where rows are gathered, so a smaller read copies fewer bytes."""
+        read = Read(depth, tokens, kept, relations)
+        kinds = tuple(kind for kind in self.kinds if kind.read(read))
+        cuts = {name: cut for kind in kinds for name, cut in kind.cuts(self.shape, read).items()}
         columns = dims = None
         if self.width_strategy != "mag":
             base = np.sort(self.static) if self.static is not None else np.arange(self.hidden)
             cols = self._width_dims(kept)
             columns, dims = torch.from_numpy(cols.astype(np.int64)), torch.from_numpy(base[cols].astype(np.int64))
-        return cuts, PackedBatch({}, self.hidden, kept, columns, dims)
+        return cuts, read, PackedBatch({}, self.hidden, kept, columns, dims, kinds)
 
     def pack(self, raw: dict[str, np.ndarray], depth: int, tokens: int, kept: int,
              relations: RelationRead | None = None) -> PackedBatch:
-        cuts, template = self.slicer(depth, tokens, kept, relations)
-        return self.pack_sliced({n: raw[n][cuts[n]] for n in cuts}, template, relations)
+        cuts, read, template = self.slicer(depth, tokens, kept, relations)
+        return self.pack_sliced({n: raw[n][cuts[n]] for n in cuts}, read, template)
 
-    def pack_sliced(self, rows: dict[str, np.ndarray], template: PackedBatch,
-                    relations: RelationRead | None = None) -> PackedBatch:
-        """Gathered rows (already sliced) → tensors; rank and index codes become bitmasks;
-        relation rows are decoded to the read's keys (`RelationSpec.decode`)."""
-        if self.width_encoding not in (None, "bitmask"):
-            codes = rows["width_code"]
-            bits = widthcode.to_bitmask(codes.reshape(-1, codes.shape[-1]), self.hidden, self.kept, self.width_encoding)
-            rows = rows | {"width_code": bits.reshape(*codes.shape[:-1], -1)}
-        tensors = {n: torch.from_numpy(np.ascontiguousarray(v)) for n, v in rows.items()}
-        if relations is not None:
-            stored = {a.name: tensors.pop(a.name) for a in self.relations.arrays()}
-            tensors |= self.relations.decode(stored, None, relations[1])
-        return PackedBatch(tensors, template.hidden, template.kept, template.columns, template.dims)
+    def pack_sliced(self, rows: dict[str, np.ndarray], read: Read, template: PackedBatch) -> PackedBatch:
+        """Gathered rows (already sliced) → the tensors of each kind of the read (`Kind.pack`:
+        e.g. rank and index codes become bitmasks, relations are decoded to the read's keys)."""
+        tensors: dict[str, torch.Tensor] = {}
+        for kind in template.kinds:
+            tensors.update(kind.pack(self.shape, rows, self._arrays[kind.name], read))
+        return PackedBatch(tensors, template.hidden, template.kept, template.columns, template.dims, template.kinds)
 
     def to_torch(self, raw: dict[str, np.ndarray], depth: int, tokens: int, kept: int,
                  relations: RelationRead | None = None) -> dict[str, torch.Tensor]:
@@ -311,7 +299,7 @@ class HSKStore:
         relations = self._decoder.resolve_relations(relations)
         if window_chunks is None:
             window_chunks = default_window_chunks(batch_size, self.chunk_rows)
-        cuts, template = self._decoder.slicer(depth, tokens, kept, relations)
+        cuts, asked, template = self._decoder.slicer(depth, tokens, kept, relations)
         plan = epoch_batches(self.num_examples, self.chunk_rows, window_chunks, batch_size, shuffle, seed, epoch,
                              start_batch, drop_last, rank, world_size)
         pool = ThreadPoolExecutor(max(1, threads or default_threads()), thread_name_prefix="hskcache-reader")
@@ -335,7 +323,7 @@ class HSKStore:
                 for window, _, where, index in pieces:
                     for n in cuts:
                         rows[n][where] = window[n][index]
-            batch = self._decoder.pack_sliced(rows, template, relations)
+            batch = self._decoder.pack_sliced(rows, asked, template)
             batch = batch.pin_memory() if pin else batch
             return batch if packed else expand(batch)
 

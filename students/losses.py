@@ -1,8 +1,12 @@
-"""Distillation losses: HSK MSE (SPEC "Losses and schedule") and prediction losses."""
+"""Distillation losses: HSK MSE (SPEC "Losses and schedule"), prediction losses, and the
+attention / value-relation losses; `LOSSES` names them for the knowledge kinds' objectives
+(`hskcache.knowledge`)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -10,6 +14,7 @@ from torch import Tensor, nn
 
 from hskcache.attention import coarsen, densify_keys, group_heads
 from hskcache.errors import UserError
+from hskcache.knowledge import gather_projected
 
 HSK_MODES = ("zero-fill", "masked")
 Denominator = Callable[[Tensor], Tensor]
@@ -38,13 +43,6 @@ class HSKProjection(nn.Module):
 
     def forward(self, states: Tensor) -> Tensor:
         return states if self.linear is None else self.linear(states)
-
-
-def gather_projected(states: Tensor, positions: Tensor, projection: nn.Module) -> Tensor:
-    """Student states (B, S, d_S) at the stored positions (B, N_L; -1 empty reads
-    token 0), projected to the teacher's width: (B, N_L, d_T). Only those tokens are projected."""
-    index = positions.clamp(min=0).unsqueeze(-1).expand(-1, -1, states.shape[-1])
-    return projection(states.gather(1, index))
 
 
 def hsk_loss(
@@ -163,3 +161,34 @@ def distribution_loss(kind: str, keys: Tensor, probs: Tensor, rest: Tensor, posi
     kl = ((torch.xlogy(teacher, teacher) - torch.xlogy(teacher, s_kept.clamp(min=tiny))).sum(-1)
           + torch.xlogy(rest, rest) - torch.xlogy(rest, s_rest.clamp(min=tiny)))
     return torch.where(valid, kl, 0.0).sum() / denominator(valid.sum().float())
+
+
+@dataclass(frozen=True)
+class LossSettings:
+    """The run's settings that losses read, and the batch-mean denominator."""
+
+    width_loss: str  # HSK_MODES
+    temperature: float
+    regression: bool
+    denominator: Denominator = batch_count
+
+
+def _relation_loss(kind: str) -> Callable[[str, list[Tensor], dict[str, Tensor], LossSettings], Tensor]:
+    """`distribution_loss` summed over the stored relation layers (the student's rows, one per layer)."""
+    def loss(name: str, student: list[Tensor], batch: dict[str, Tensor], s: LossSettings) -> Tensor:
+        return sum(distribution_loss(kind, batch[f"{name}_keys"][:, j], batch[f"{name}_probs"][:, j],
+                                     batch[f"{name}_rest"][:, j], batch["rel_positions"][:, j], rows, s.denominator)
+                   for j, rows in enumerate(student))
+    return loss
+
+
+# Loss name (hskcache.knowledge.Objective.loss) -> (knowledge kind's name, what the kind's `student`
+# gave, the batch dictionary, settings) -> the loss.
+LOSSES: dict[str, Callable[[str, Any, dict[str, Tensor], LossSettings], Tensor]] = {
+    "hsk-mse": lambda name, student, batch, s: projected_hsk_loss(student, batch["hsk"], batch["positions"],
+                                                                  batch["hsk_mask"], s.width_loss, s.denominator),
+    "kl": _relation_loss("kl"),
+    "mse": _relation_loss("mse"),
+    "prediction": lambda name, student, batch, s: prediction_loss(student, batch["logits"], s.temperature,
+                                                                  s.regression, s.denominator),
+}

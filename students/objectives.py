@@ -1,34 +1,34 @@
-"""Stage-1 objectives by name (like TextBrewer's loss names): `--objective hsk,att,val:0.5`.
+"""Objectives by name (like TextBrewer's loss names): `--objective hsk,att,val:0.5`.
 
-One entry per objective: which stored knowledge it needs and which loss it
-applies. `hsk` is the HSK MSE (`losses.projected_hsk_loss`); the relation
-objectives compare the student's attention (or value relation) rows at the
-stored query rows with the teacher's top-k-plus-rest rows
-(`losses.distribution_loss`), summed over the stored relation layers, each
-matched to the student layer the store records.
+Each objective belongs to a knowledge kind (`hskcache.knowledge.KINDS`, where
+it is registered) and names its loss (`students.losses.LOSSES`): `hsk` is the
+HSK MSE; the relation objectives compare the student's attention (or value
+relation) rows at the stored query rows with the teacher's top-k-plus-rest
+rows, summed over the stored relation layers, each matched to the student
+layer the store records; `pred` (the logits') is the prediction stage's.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from hskcache.errors import UserError
+from hskcache.knowledge import KINDS
 
 Weighted = tuple[tuple[str, float], ...]
 
 
 @dataclass(frozen=True)
 class Objective:
-    relation: str | None  # a key of hskcache.knowledge.RELATION_KINDS; None: the HSK
-    loss: str  # "hsk" or a losses.DISTRIBUTION_LOSSES name
+    kind: str  # a key of hskcache.knowledge.KINDS
+    loss: str  # a key of students.losses.LOSSES
     paper: str
+    stage: str  # "hsk" (stage 1, chosen by --objective) or "pred"
 
 
-OBJECTIVES: dict[str, Objective] = {
-    "hsk": Objective(None, "hsk", "HSK MSE (Hid-Seq on the selected tokens and activations)"),
-    "att": Objective("att", "kl", "Att-KL (MiniLM L_AT), exact on the top-k-plus-rest coarsening"),
-    "val": Objective("val", "kl", "Val-KL (MiniLM L_VR), exact on the top-k-plus-rest coarsening"),
-    "att-mse": Objective("att", "mse", "Att-MSE on the kept attention probabilities"),
-}
+OBJECTIVES: dict[str, Objective] = {name: Objective(kind.name, o.loss, o.paper, o.stage)
+                                    for kind in KINDS.values() for name, o in kind.objectives.items()}
+STAGE1 = tuple(name for name, o in OBJECTIVES.items() if o.stage == "hsk")  # what --objective chooses among
+PREDICTION: Weighted = tuple((name, 1.0) for name, o in OBJECTIVES.items() if o.stage == "pred")
 
 
 def parse_objective(text: str) -> Weighted:
@@ -36,9 +36,9 @@ def parse_objective(text: str) -> Weighted:
     out = []
     for part in (p.strip() for p in str(text).split(",") if p.strip()):
         name, _, weight = part.partition(":")
-        if name not in OBJECTIVES:
+        if name not in STAGE1:
             raise UserError(f"--objective {text}: unknown objective {name!r}; use a comma list of "
-                            f"{', '.join(OBJECTIVES)} (each optionally name:weight)")
+                            f"{', '.join(STAGE1)} (each optionally name:weight)")
         try:
             value = float(weight) if weight else 1.0
         except ValueError:
@@ -55,14 +55,10 @@ def format_objective(objective: Weighted) -> str:
     return ",".join(name if weight == 1.0 else f"{name}:{weight:g}" for name, weight in objective)
 
 
-def relation_kinds(objective: Weighted) -> tuple[str, ...]:
-    """The relation kinds an objective reads from the store, in a fixed order."""
-    kinds = {OBJECTIVES[name].relation for name, _ in objective} - {None}
-    return tuple(sorted(kinds))
-
-
-def uses_hsk(objective: Weighted) -> bool:
-    return any(OBJECTIVES[name].relation is None for name, _ in objective)
+def kinds(objective: Weighted) -> tuple[str, ...]:
+    """The knowledge kinds an objective compares with the student, in registry order."""
+    names = {OBJECTIVES[name].kind for name, _ in objective}
+    return tuple(k for k in KINDS if k in names)
 
 
 def parse_att_read(text: str) -> tuple[int | None, int | None]:

@@ -30,7 +30,7 @@ from hskcache.errors import UserError
 from hskcache.device import DEVICES, DTYPES, autocast, check_dtype, pick_dtype
 from hskcache import hooks
 from hskcache.hskread import parse_triple
-from hskcache.knowledge import RELATION_KINDS
+from hskcache.knowledge import KINDS, StudentForward, relation_kinds
 from hskcache.meta import StoreMeta, to_json
 from hskcache.reader import RelationRead
 from hskcache.options import columns, setting
@@ -40,10 +40,10 @@ from students.checkpoint import read_state, replaced_dir, rng_state, set_rng_sta
 from students.evaluate import MODEL_INPUTS, EvalSet, evaluate, load_eval_set
 from students.selection import drop_rows, holdout_eval_set, parse_select_on
 from students.data_parallel import Parallel, cores_per_rank, placeholder, rank_seed
-from students.objectives import (OBJECTIVES, Weighted, format_objective, parse_att_read, parse_objective,
-                                 relation_kinds, uses_hsk)
-from students.losses import (HSK_MODES, HSKProjection, distribution_loss, gather_projected, prediction_loss,
-                             projected_hsk_loss)
+from students.objectives import (OBJECTIVES, PREDICTION, STAGE1, Weighted, format_objective, parse_att_read,
+                                 parse_objective)
+from students.objectives import kinds as objective_kinds
+from students.losses import HSK_MODES, LOSSES, HSKProjection, LossSettings
 from students.defaults import learning_rates
 from students.metrics import primary_metric
 from students.models import STUDENT_FILE, count_parameters, load_student, save_student
@@ -118,7 +118,7 @@ class TrainConfig:
     hsk: HSKRead | None = setting(STORED, "N_D,N_L,N_W (N_W a fraction), 'stored' or 'none'", parse=parse_hsk,
                                    show_default="stored")
     objective: Weighted = setting((("hsk", 1.0),), "stage-1 objectives, name[:weight] comma list of "
-                                  + " | ".join(OBJECTIVES) + " (att, val: MiniLM's Att-KL, Val-KL)",
+                                  + " | ".join(STAGE1) + " (att, val: MiniLM's Att-KL, Val-KL)",
                                   parse=parse_objective, show_default="hsk")
     att_read: RelationRead = setting((None, None), "query rows,keys of the att/val read ('stored': as stored)",
                                      parse=parse_att_read, show_default="stored")
@@ -253,9 +253,6 @@ def set_cpu_threads(device: torch.device, threads: int | None) -> None:
         torch.set_num_threads(threads or cores_per_rank())
 
 
-RelationQuery = tuple[tuple[int, ...], tuple[str, ...], Tensor]  # student layers, kinds, query rows (B, N_A, R)
-
-
 class Distiller(nn.Module):
     """The trainable parts of a step as one module (the student and the projection W),
     so that DistributedDataParallel sees every parameter a loss uses in its forward."""
@@ -264,25 +261,18 @@ class Distiller(nn.Module):
         super().__init__()
         self.student, self.projection, self.precision = student, projection, precision
 
-    def forward(self, inputs: dict[str, Tensor], positions: Tensor | None = None,
-                relations: RelationQuery | None = None) -> tuple[Any, list[Tensor] | None, dict[str, list[Tensor]]]:
-        """The student's output; given stored positions (B, N_D, N_L), the projected
-        student vectors there (stored layer j of a depth-n read belongs to student layer
-        L' - n + 1 + j); given a relation query, the student's rows of each relation kind
-        at the stored query rows of each relation layer, (B, H_S, R, S) per layer."""
-        layers, kinds, rows = relations if relations is not None else ((), (), None)
-        captures = tuple(sorted({c for k in kinds for c in RELATION_KINDS[k].student_captures}))
-        with self.precision, hooks.capture(self.student, layers if kinds else (), captures) as captured:
-            out = self.student(**inputs, output_hidden_states=positions is not None)
-        heads = self.student.config.num_attention_heads
-        mask = inputs["attention_mask"]
-        student_rows = {k: [RELATION_KINDS[k].student_rows(captured[l], heads, rows[:, j], mask)
-                            for j, l in enumerate(layers)] for k in kinds}
-        if positions is None:
-            return out, None, student_rows
-        n, top = positions.shape[1], len(out.hidden_states) - 1
-        return out, [gather_projected(out.hidden_states[top - n + 1 + j].float(), positions[:, j], self.projection)
-                     for j in range(n)], student_rows
+    def forward(self, inputs: dict[str, Tensor], batch: dict[str, Tensor], kinds: tuple[str, ...],
+                relation_layers: tuple[int, ...] = ()) -> dict[str, Any]:
+        """One student forward, and what each knowledge kind's losses compare with the batch
+        (`Kind.student`: e.g. the projected student vectors at the stored positions, or the
+        student's attention rows at the stored query rows of the student layers `relation_layers`)."""
+        captures = tuple(sorted({c for k in kinds for c in KINDS[k].student_captures}))
+        hidden = any(KINDS[k].student_hidden_states for k in kinds)
+        with self.precision, hooks.capture(self.student, relation_layers if captures else (), captures) as captured:
+            out = self.student(**inputs, output_hidden_states=hidden)
+        forward = StudentForward(out, captured, self.student.config.num_attention_heads, inputs["attention_mask"],
+                                 self.projection, relation_layers)
+        return {k: KINDS[k].student(forward, batch) for k in kinds}
 
 
 class Trainer:
@@ -338,7 +328,7 @@ class Trainer:
         if self.model.config.num_labels != source.num_labels:
             raise UserError(f"student {student} has {self.model.config.num_labels} outputs but the teacher has "
                             f"{source.num_labels}; build the student from the teacher that wrote the store")
-        kinds = relation_kinds(self.cfg.objective)
+        kinds = relation_kinds(objective_kinds(self.cfg.objective))
         if kinds and self.cfg.hsk is not None:
             spec = source.meta.relations
             if spec is None or set(kinds) - set(spec.kinds):
@@ -460,8 +450,8 @@ class Trainer:
             return
         # The pred stage needs no HSK: read the least the source can decode.
         depth, tokens, width = cfg.hsk if stage.name == "hsk" else (1, 1, None)
-        relations = ({"relations": cfg.att_read}
-                     if stage.name == "hsk" and relation_kinds(cfg.objective) else {})  # only the store reads them
+        relations = ({"relations": cfg.att_read}  # only the store reads them
+                     if stage.name == "hsk" and relation_kinds(objective_kinds(cfg.objective)) else {})
         batches = self.source.batches(stage.batch_size, shuffle=True, seed=cfg.seed,
                                       epoch=STAGE_BASE[stage.name] + pos.epoch, depth=depth, tokens=tokens,
                                       width=width, start_batch=pos.batch, rank=self.ranks.rank,
@@ -500,13 +490,8 @@ class Trainer:
             batch = placeholder(batch)
         width = int(batch["attention_mask"].sum(1).max())  # padding is masked: trim it
         inputs = {k: batch[k][:, :width].to(self.device) for k in MODEL_INPUTS}
-        denominator = self.parallel.denominator(counted)
-        if stage.name == "hsk":
-            loss = self._stage1_loss(batch, inputs, denominator)
-        else:
-            out, _, _ = self.engine(inputs)
-            loss = prediction_loss(out.logits.float(), batch["logits"].to(self.device), self.cfg.temperature,
-                                   self.source.regression, denominator)
+        loss = self._loss(self.cfg.objective if stage.name == "hsk" else PREDICTION, batch, inputs,
+                          self.parallel.denominator(counted))
         if not counted:
             loss = loss * 0.0
         loss.backward()
@@ -517,29 +502,18 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         return loss.detach()
 
-    def _stage1_loss(self, batch: dict[str, Tensor], inputs: dict[str, Tensor], denominator) -> Tensor:
-        """Σ weight × objective (students.objectives) over `--objective`."""
-        objective, kinds = self.cfg.objective, relation_kinds(self.cfg.objective)
-        positions = batch["positions"].to(self.device) if uses_hsk(objective) else None
-        query = None
-        if kinds:
-            spec = self.source.meta.relations
-            query = (spec.student_layers, kinds, batch["rel_positions"].to(self.device))
-        _, predicted, student_rows = self.engine(inputs, positions, query)
+    def _loss(self, objective: Weighted, batch: dict[str, Tensor], inputs: dict[str, Tensor],
+              denominator) -> Tensor:
+        """Σ weight × objective (students.objectives): each objective's loss (students.losses.LOSSES)
+        compares its knowledge kind's batch entries with what the student's forward gave for that kind."""
+        kinds = objective_kinds(objective)
+        layers = self.source.meta.relations.student_layers if relation_kinds(kinds) else ()
+        student = self.engine(inputs, batch, kinds, layers)
+        settings = LossSettings(self.cfg.width_loss, self.cfg.temperature, self.source.regression, denominator)
         total = torch.zeros((), device=self.device)
         for name, weight in objective:
             spec = OBJECTIVES[name]
-            if spec.relation is None:
-                loss = projected_hsk_loss(predicted, batch["hsk"].to(self.device), positions,
-                                          batch["hsk_mask"].to(self.device), self.cfg.width_loss, denominator)
-            else:
-                k = spec.relation
-                loss = sum(distribution_loss(spec.loss, batch[f"{k}_keys"][:, j].to(self.device),
-                                             batch[f"{k}_probs"][:, j].to(self.device),
-                                             batch[f"{k}_rest"][:, j].to(self.device),
-                                             batch["rel_positions"][:, j].to(self.device), rows, denominator)
-                           for j, rows in enumerate(student_rows[k]))
-            total = total + weight * loss
+            total = total + weight * LOSSES[spec.loss](spec.kind, student[spec.kind], batch, settings)
         return total
 
     # ------------------------------------------------------------------ records
