@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import threading
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -243,13 +244,21 @@ class HSKStore:
     def chunk_rows(self) -> int:
         return self._data.chunk_rows
 
-    def _decode_chunk(self, chunk: int, cuts: dict[str, tuple], out: dict[str, np.ndarray]) -> None:
+    def _decode_chunk(self, chunk: int, cuts: dict[str, tuple], out: dict[str, np.ndarray],
+                      scratch: threading.local) -> None:
         """Decode chunk `chunk` into `out` (its rows' place in a window), cut to the read:
-        arrays read whole are decoded in place; a cut one is decoded whole, then its cut copied."""
-        whole = {n: out[n] for n in cuts if cuts[n] == (slice(None),)}
-        raw = self._data.read_chunk(list(cuts), chunk, whole)
+        arrays read whole are decoded in place; a cut one is decoded whole into this
+        thread's scratch buffer (reused from chunk to chunk), then its cut copied."""
+        into = {n: out[n] for n in cuts if cuts[n] == (slice(None),)}
+        for n in cuts:
+            if n not in into:
+                if not hasattr(scratch, n):
+                    shape, dtype = self._data.row_layout(n)
+                    setattr(scratch, n, np.empty((self.chunk_rows, *shape), dtype))
+                into[n] = getattr(scratch, n)
+        raw = self._data.read_chunk(list(cuts), chunk, into)
         for n, cut in cuts.items():
-            if n not in whole:
+            if cut != (slice(None),):
                 part = raw[n][cut]
                 out[n][:len(part)] = part
 
@@ -304,6 +313,7 @@ class HSKStore:
                              start_batch, drop_last, rank, world_size)
         pool = ThreadPoolExecutor(max(1, threads or default_threads()), thread_name_prefix="hskcache-reader")
         pin = pin_memory and torch.cuda.is_available()
+        scratch = threading.local()  # each decoding thread's whole-chunk buffers of the arrays a read cuts
         cr = self.chunk_rows
         layout = {}  # array -> (row shape of the read, dtype)
         for n, (shape, dtype) in {n: self._data.row_layout(n) for n in cuts}.items():
@@ -356,7 +366,8 @@ class HSKStore:
                 w = next(window_ids)
                 buffers[w] = {n: np.empty((len(chunks) * cr, *shape), dtype) for n, (shape, dtype) in layout.items()}
                 decoding_of[w] = [pool.submit(self._decode_chunk, c, cuts,
-                                              {n: buffer[i * cr:(i + 1) * cr] for n, buffer in buffers[w].items()})
+                                              {n: buffer[i * cr:(i + 1) * cr] for n, buffer in buffers[w].items()},
+                                              scratch)
                                   for i, c in enumerate(chunks)]
                 window_of[chunks], start_of[chunks] = w, np.arange(len(chunks)) * cr
                 read[chunks] = True

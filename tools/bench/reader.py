@@ -5,7 +5,7 @@ Each configuration is read from a store extracted at that configuration by
 tools/bench/pipeline.py (recorded BERT-base-shaped teacher outputs over real
 movie reviews, through the extractor's own code; default codecs: bitmask,
 fp16, zstd). Reader rows/s is `store.batches(..., packed=True)` with one
-thread and with every core: decompressing chunks and gathering rows, the CPU
+thread and with every core (and the CPU share it got): decompressing chunks and gathering rows, the CPU
 side of feeding a trainer (the expansion to dense tensors happens on the
 trainer's device, and is timed apart here on the CPU). The student column is
 one HSK-stage step of a TinyBERT-4 (4 layers, hidden 312) on this CPU with
@@ -35,17 +35,20 @@ CONFIGS = ("1,9,0.1", "4,50,0.2")
 TARGETS = {"1,9,0.1": 150_000, "4,50,0.2": 10_000}
 
 
-def reader_rate(store, batch_size: int, threads: int, seconds: float, **read) -> float:
-    """Rows/s of packed batches over whole epochs (at least `seconds`), after a warm-up batch."""
+def reader_rate(store, batch_size: int, threads: int, seconds: float, **read) -> tuple[float, float]:
+    """(rows/s, the reader's CPU seconds per second) of packed batches over whole epochs
+    (at least `seconds`), after a warm-up batch. The CPU share says how much of the
+    machine the reader got: on a machine shared with other jobs it is below the thread count."""
     rows, start, epoch = 0, None, 0
     while start is None or time.perf_counter() - start < seconds:
         for batch in store.batches(batch_size, shuffle=True, seed=0, epoch=epoch, packed=True, threads=threads, **read):
             if start is None:
-                start = time.perf_counter()
+                start, cpu = time.perf_counter(), time.process_time()
                 continue
             rows += len(batch)
         epoch += 1
-    return rows / (time.perf_counter() - start)
+    wall = time.perf_counter() - start
+    return rows / wall, (time.process_time() - cpu) / wall
 
 
 def expand_rate(store, batch_size: int, batches: int) -> float:
@@ -92,20 +95,23 @@ def main() -> None:
     cores = default_threads()
     print(f"machine: {platform.machine()}, {cores} cores, torch {torch.__version__}, CPU; batch {args.batch_size}, "
           "packed batches; student and expansion: one thread")
-    print(f"{'store':<10}{'rows':>7}{'MiB':>7}{'1 thread':>10}{f'{cores} threads':>11}{'target':>9}"
+    print(f"{'store':<10}{'rows':>7}{'MiB':>7}{'1 thread':>10}{'CPU':>6}{f'{cores} threads':>11}{'CPU':>6}{'target':>9}"
           f"{'expand rows/s':>15}{'student rows/s':>16}")
     for name in CONFIGS:
         store = hskcache.open_store(args.stores / name)
         size = sum(hskcache.store.on_disk_bytes(store.path).values()) / 2**20
-        one = reader_rate(store, args.batch_size, 1, args.seconds)
-        every = reader_rate(store, args.batch_size, cores, args.seconds)
+        one, one_cpu = reader_rate(store, args.batch_size, 1, args.seconds)
+        every, every_cpu = reader_rate(store, args.batch_size, cores, args.seconds)
         dense = expand_rate(store, args.batch_size, 20)
         student = student_rate(store, args.batch_size, args.steps)
-        print(f"{name:<10}{store.num_examples:>7}{size:>7.0f}{one:>10.0f}{every:>11.0f}{TARGETS[name]:>9}"
+        print(f"{name:<10}{store.num_examples:>7}{size:>7.0f}{one:>10.0f}{one_cpu:>6.2f}{every:>11.0f}{every_cpu:>6.2f}"
+              f"{TARGETS[name]:>9}"
               f"{dense:>15.0f}{student:>16.0f}")
     smaller = hskcache.open_store(args.stores / "4,50,0.2")
-    rate = reader_rate(smaller, args.batch_size, cores, args.seconds, depth=1, tokens=9, width=0.1)
-    print(f"(1,9,0.1) read from the (4,50,0.2) store, {cores} threads: {rate:.0f} rows/s")
+    rate, cpu = reader_rate(smaller, args.batch_size, cores, args.seconds, depth=1, tokens=9, width=0.1)
+    print(f"(1,9,0.1) read from the (4,50,0.2) store, {cores} threads: {rate:.0f} rows/s (CPU {cpu:.2f})")
+    print("CPU: the reader's process CPU seconds per second of reading (at most the thread count, "
+          "less when other jobs share the cores)")
 
 
 if __name__ == "__main__":
