@@ -141,7 +141,7 @@ def main() -> None:
     print(f"machine: {platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}, CPU")
     print(f"recorded BERT-base outputs (12 layers, d=768, 12 heads), batch {args.batch_size}, max length "
           f"{args.max_length}, {args.batches} distinct batches; L'={STUDENT_LAYERS}, att-nosep-top, mag, "
-          "bitmask, fp16, zstd")
+          "bitmask, fp16 (blosc-lz4), zstd")
     print("rows/s: device = selection and packing (on a GPU server, the GPU's work), host = compression and "
           "writes alone (the GPU server's CPU), both = the two overlapped on this CPU as `hskcache extract` runs")
     print(f"{'config':<10}{'rows':>8}{'device':>10}{'host':>10}{'both':>10}{'target':>9}")

@@ -4,7 +4,7 @@ what a student training step consumes.
 Each configuration is read from a store extracted at that configuration by
 tools/bench/pipeline.py (recorded BERT-base-shaped teacher outputs over real
 movie reviews, through the extractor's own code; default codecs: bitmask,
-fp16, zstd). Reader rows/s is `store.batches(..., packed=True)` with one
+fp16 values in blosc-lz4, the rest zstd). Reader rows/s is `store.batches(..., packed=True)` with one
 thread and with every core (and the CPU share it got): decompressing chunks and gathering rows, the CPU
 side of feeding a trainer (the expansion to dense tensors happens on the
 trainer's device, and is timed apart here on the CPU). The student column is
