@@ -85,6 +85,13 @@ class Location:
         except (OSError, ValueError):
             return None
 
+    def cat(self, names: list[str]) -> dict[str, bytes | Exception]:
+        """Files under the root, fetched with one fsspec `cat` (on an object store the
+        requests are in flight together); a file that cannot be read maps to its error."""
+        paths = {name: self._join(name) for name in names}
+        fetched = self.fs.cat(list(paths.values()), on_error="return") if names else {}
+        return {name: fetched.get(self.fs._strip_protocol(path), FileNotFoundError(path)) for name, path in paths.items()}
+
     def remove(self) -> None:
         if self.fs.exists(self.path):
             self.fs.rm(self.path, recursive=True)

@@ -313,12 +313,12 @@ class StoreData:
         out = out or {}
         lo = chunk * self.chunk_rows
         hi = min(lo + self.chunk_rows, self.num_examples)
-        paths = {name: self._chunk_path(name, chunk) for name in names if self._decoders[name]}
-        fetched = self.location.fs.cat(list(paths.values()), on_error="return") if paths else {}
+        keys = {name: self._chunk_key(name, chunk) for name in names if self._decoders[name]}
+        fetched = self.location.cat(list(keys.values()))
         result = {}
         for name in names:
             arr = self.arrays[name]
-            data = fetched.get(paths.get(name))
+            data = fetched.get(keys.get(name))
             if isinstance(data, bytes):
                 target = out[name] if name in out else np.empty(arr.chunks, dtype=self._dtypes[name])
                 self._decoders[name].decode(data, out=target)
@@ -330,10 +330,10 @@ class StoreData:
                 result[name] = arr[lo:hi]
         return result
 
-    def _chunk_path(self, name: str, chunk: int) -> str:
+    def _chunk_key(self, name: str, chunk: int) -> str:
+        """The file of an array's chunk, relative to the store's root (zarr's chunk key encoding)."""
         arr = self.arrays[name]
-        key = arr.metadata.encode_chunk_key((chunk,) + (0,) * (arr.ndim - 1))
-        return self.location.fs._strip_protocol(f"{self.location.path}/{name}/{key}")
+        return f"{name}/{arr.metadata.encode_chunk_key((chunk,) + (0,) * (arr.ndim - 1))}"
 
     @staticmethod
     def _decoder(arr: zarr.Array) -> Any:
