@@ -47,10 +47,10 @@ CODECS: dict[str, Callable[[], list | None]] = {
     "none": lambda: None,
 }
 # Zarr v3 compressor type -> the numcodecs codec that decodes one chunk's bytes into
-# a given buffer. The reader decodes whole chunks with these, straight into its window
-# of rows (no copy), instead of through zarr's codec pipeline, which costs about as
-# much again as the decode at these chunk sizes (docs/benchmarks.md, reader); an
-# array with any other codecs is read through zarr.
+# a given buffer. The reader decodes whole chunks with these, in its own threads and
+# straight into its window of rows, instead of through zarr's codec pipeline (its event
+# loop, its own buffer, then a copy; docs/benchmarks.md, reader); an array with any
+# other codecs is read through zarr.
 DECODERS: dict[type, Callable[[], Any]] = {
     ZstdCodec: numcodecs.Zstd,
     BloscCodec: numcodecs.Blosc,
