@@ -85,6 +85,17 @@ def evaluate(model: Path, data: Path, out: Path, max_length: int) -> dict:
     return json.loads(out.read_text())
 
 
+def train_tflop(run_dir: Path, max_length: int) -> float:
+    """Training compute of a run, estimated as 6 × encoder parameters × tokens processed (rows padded
+    to the max length), in TFLOP: unlike wall time on a shared machine it does not depend on the load.
+    Embeddings, attention scores and the HSK projection are not counted."""
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    config = json.loads((run_dir / "student" / "config.json").read_text())
+    h, ffn = config["hidden_size"], config["intermediate_size"]
+    encoder = config["num_hidden_layers"] * (4 * h * h + 2 * h * ffn)
+    return 6 * encoder * sum(s["examples"] for s in metrics["stages"].values()) * max_length / 1e12
+
+
 def parse_student(name: str) -> tuple[str, str | None, int]:
     """`rosita-3s` -> ("rosita-3s", None, 0); `tinybert-3s:etd-impt:aug4` -> ("tinybert-3s", "etd-impt", 4)."""
     preset, *rest = name.split(":")
@@ -171,7 +182,7 @@ def main() -> None:
                 seconds = sum(s["seconds"] for s in metrics["stages"].values())
                 results["runs"].setdefault(student, {}).setdefault(config, []).append(
                     {"seed": seed, "dev": metrics["eval"], "test": test, "selected": metrics["best"],
-                     "train_seconds": seconds})
+                     "train_seconds": seconds, "train_tflop": train_tflop(run_dir, ml)})
     (out / "summary.json").write_text(json.dumps(results, indent=2))
     write_report(results, out, ml)
 
@@ -188,11 +199,11 @@ def write_report(results: dict, out: Path, max_length: int) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    lines = ["| student | HSK (N^D,N^L,N^W) | A^HSK | fraction | dev accuracy | test accuracy | train s | seeds |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| student | HSK (N^D,N^L,N^W) | A^HSK | fraction | dev accuracy | test accuracy | train s | train TFLOP "
+             "| seeds |", "|---|---|---|---|---|---|---|---|---|"]
     t = results["teacher"]
     lines.append(f"| teacher | – | – | – | {100 * t['dev']['accuracy']:.2f} | {100 * t['test']['accuracy']:.2f} "
-                 "| – | – |")
+                 "| – | – | – |")
     fig, axes = plt.subplots(1, len(results["runs"]), figsize=(5.5 * len(results["runs"]), 4), squeeze=False)
     cost_fig, cost = plt.subplots(figsize=(7, 4.5))
     for ax, (student, configs) in zip(axes[0], results["runs"].items()):
@@ -202,9 +213,10 @@ def write_report(results: dict, out: Path, max_length: int) -> None:
             dev = [r["dev"]["accuracy"] for r in runs]
             test = [r["test"]["accuracy"] for r in runs]
             seconds = statistics.mean(r["train_seconds"] for r in runs)
+            tflop = statistics.mean(r["train_tflop"] for r in runs)
             lines.append(f"| {student} | {config} | {a:g} | {100 * frac:.2f}% | {mean_std(dev)} | {mean_std(test)} "
-                         f"| {seconds:.0f} | {len(runs)} |")
-            cost.errorbar(seconds, 100 * statistics.mean(test), yerr=100 * statistics.stdev(test) if len(test) > 1
+                         f"| {seconds:.0f} | {tflop:.1f} | {len(runs)} |")
+            cost.errorbar(tflop, 100 * statistics.mean(test), yerr=100 * statistics.stdev(test) if len(test) > 1
                           else 0.0, marker="o", capsize=3, label=f"{student} {config}")
             if config == "pred-only":
                 ax.axhline(100 * statistics.mean(dev), color="gray", ls="--", label="prediction-only KD")
@@ -224,7 +236,7 @@ def write_report(results: dict, out: Path, max_length: int) -> None:
     fig.tight_layout()
     fig.savefig(out / "accuracy_vs_hsk.png", dpi=120)
     cost.axhline(100 * t["test"]["accuracy"], color="black", ls=":", label="teacher")
-    cost.set_xlabel("student training time, seconds (one CPU thread, shared machine)")
+    cost.set_xlabel("student training compute, TFLOP (6 × encoder parameters × tokens, estimate)")
     cost.set_ylabel("test accuracy (%), mean ± std over seeds")
     cost.legend(fontsize=7, loc="lower right")
     cost_fig.tight_layout()
