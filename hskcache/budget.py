@@ -41,11 +41,15 @@ from .layout import StoreShape, kept_width
 # bitmasks, positions and the inputs at (1,9,0.1), the most conservative for values
 # (1.25 at (4,16,0.2)); bitmasks compress less as N^W grows (1.59 at N^W = 0.2). int8
 # values, their scales and rank codes at (4,16,0.2) (`--values int8 --width-code rank`).
-# Not listed (indices): 1.0.
+# Relation arrays (att and val alike; probabilities and rest mass blosc-lz4 with bit-shuffle,
+# keys and query rows zstd-1): a store of the same teacher and reviews with
+# `--knowledge hsk,att,val --att-layers last --att-rows 16 --att-keys 16` (12 heads), the
+# lower of att's and val's ratio. Not listed (indices): 1.0.
 DISK_RATIOS: dict[str, float] = {
     "values/fp16": 1.21, "values/int8": 1.25, "value_scale": 1.25,
     "width_code/bitmask": 2.05, "width_code/rank": 1.16, "positions": 2.45,
     "input_ids": 2.93, "token_type_ids": 7384.62, "length": 2.14, "labels": 29.06, "example_id": 6.72, "logits": 1.08,
+    "relation_probs": 1.29, "relation_rest": 1.38, "relation_keys": 1.66, "rel_positions": 2.43,
 }
 DISK_SOURCE = "the codecs' ratios measured on movie-review stores (budget.DISK_RATIOS)"
 
@@ -259,9 +263,8 @@ def paper_bytes(config: Config, setting: Setting) -> tuple[int, int]:
 
 def estimated_disk(shape: StoreShape, raw: dict[str, int]) -> dict[str, int]:
     """Bytes on disk per array: raw / the measured ratio of its codec and content."""
-    codecs = {a.name: a.codec for a in shape.arrays()}
-    keys = {"values": f"values/{shape.values}", "width_code": f"width_code/{shape.width_encoding}"}
-    return {name: nbytes if codecs.get(name, "none") == "none" else round(nbytes / DISK_RATIOS.get(keys.get(name, name), 1.0))
+    specs = shape.specs()
+    return {name: nbytes if specs[name].codec == "none" else round(nbytes / DISK_RATIOS.get(specs[name].ratio_key, 1.0))
             for name, nbytes in raw.items()}
 
 

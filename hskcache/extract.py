@@ -180,9 +180,8 @@ def extract(cfg: ExtractConfig, progress: bool = True) -> str | None:
     part, parts = cfg.shard or (ranks.rank, ranks.world_size)
     data, teacher, plan, shape, teacher_layers = prepare(cfg, rank_device(cfg.device, ranks.local_rank))
     meta = store_meta(cfg, data, teacher, plan, shape, teacher_layers)
-    static = plan.static_dims()
     n = len(data)
-    create = (cfg.store, shape, n, meta, None if static is None else static.numpy(), cfg.overwrite)
+    create = (cfg.store, shape, n, meta, plan.static_arrays(), cfg.overwrite)
     if together:  # rank 0 creates the group; every rank learns whether it was refused
         refusal = None
         if ranks.is_main:

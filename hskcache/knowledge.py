@@ -109,6 +109,7 @@ class Kind:
     """One kind of knowledge. Subclasses set the class attributes and override what they store."""
 
     name: str = ""
+    groups: tuple[str, ...] = ()  # the budget groups of its arrays (`hskcache budget`'s columns)
     objectives: Mapping[str, Objective] = {}
     teacher_captures: tuple[str, ...] = ()  # attention projections the teacher forward must record
     student_captures: tuple[str, ...] = ()  # and the student forward
@@ -117,6 +118,10 @@ class Kind:
     def arrays(self, shape: StoreShape) -> list[ArraySpec]:
         """The kind's per-row arrays in a store of this shape (none: not stored)."""
         raise NotImplementedError
+
+    def static_arrays(self, shape: StoreShape) -> list[ArraySpec]:
+        """Its arrays stored once per store (`row_shape`: the whole shape), written at creation."""
+        return []
 
     def encode(self, forward: TeacherForward) -> dict[str, np.ndarray]:
         """One batch's rows of the kind's arrays, in the store's dtypes."""
@@ -156,6 +161,7 @@ class Inputs(Kind):
     """The examples themselves: token ids, lengths (the attention mask), segments, labels, ids."""
 
     name = "inputs"
+    groups = ("inputs",)
 
     def arrays(self, shape: StoreShape) -> list[ArraySpec]:
         ids = np.uint16 if shape.vocab_size <= 1 << 16 else np.int32  # ids 0..vocab_size-1
@@ -194,6 +200,7 @@ class Logits(Kind):
     """The teacher's logits: the prediction stage's soft targets."""
 
     name = "logits"
+    groups = ("logits",)
     objectives = {"pred": Objective("prediction", "soft cross-entropy to the teacher's logits (MSE for "
                                     "regression)", stage="pred")}
 
@@ -225,6 +232,7 @@ class HSK(Kind):
     coded by `hskcache.packed` (values fp16 or int8, kept dimensions as a width code)."""
 
     name = "hsk"
+    groups = ("positions", "values", "mask")
     objectives = {"hsk": Objective("hsk-mse", "HSK MSE (Hid-Seq on the selected tokens and activations)")}
     student_hidden_states = True
 
@@ -233,14 +241,22 @@ class HSK(Kind):
         specs = [
             ArraySpec("positions", vectors, np.dtype(np.int16), "positions", fill=-1),
             ArraySpec("values", (*vectors, shape.kept), np.dtype(np.float16 if shape.values == "fp16" else np.int8),
-                      "values", "blosc-lz4-bitshuffle" if shape.values == "fp16" else "zstd"),
+                      "values", "blosc-lz4-bitshuffle" if shape.values == "fp16" else "zstd",
+                      content=f"values/{shape.values}"),
         ]
         if shape.values == "int8":
             specs.append(ArraySpec("value_scale", vectors, np.dtype(np.float16), "values"))
         if shape.width_encoding is not None:
             nbytes = widthcode.code_bytes(shape.width_encoding, shape.hidden, shape.kept)
-            specs.append(ArraySpec("width_code", (*vectors, nbytes), np.dtype(np.uint8), "mask"))
+            specs.append(ArraySpec("width_code", (*vectors, nbytes), np.dtype(np.uint8), "mask",
+                                   content=f"width_code/{shape.width_encoding}"))
         return specs
+
+    def static_arrays(self, shape: StoreShape) -> list[ArraySpec]:
+        """rand/uniform keep the same dimensions in every vector: stored once (`selection.static_dims`)."""
+        if shape.width_strategy in ("rand", "uniform") and shape.kept < shape.hidden:
+            return [ArraySpec("static_dims", (shape.kept,), np.dtype(np.int32), "mask", codec="none")]
+        return []
 
     def encode(self, forward: TeacherForward) -> dict[str, np.ndarray]:
         """Selection, the value format and bit packing on the teacher's device; other width
@@ -341,6 +357,8 @@ class RelationKind(Kind):
     kept as its top-k keys plus the rest mass (`hskcache.attention`). A kind names how its
     rows come out of a teacher forward (`teacher_rows`) and a student forward (`student_rows`)."""
 
+    groups = ("relations",)
+
     def __init__(self, name: str, objectives: Mapping[str, Objective], teacher_captures: tuple[str, ...],
                  teacher_rows: Callable[..., dict[str, Tensor]], student_pair: tuple[str, str]) -> None:
         self.name, self.objectives, self.teacher_captures = name, objectives, teacher_captures
@@ -350,10 +368,14 @@ class RelationKind(Kind):
 
     def arrays_of(self, spec: RelationSpec) -> list[ArraySpec]:
         n_a, grid = len(spec.layers), (len(spec.layers), spec.heads, spec.rows)
+        fp16 = "blosc-lz4-bitshuffle"  # as the HSK's fp16 values: smaller and faster to decode than zstd here
         return [ArraySpec("rel_positions", (n_a, spec.rows), np.dtype(np.int16), "relations"),
-                ArraySpec(f"{self.name}_keys", (*grid, spec.keys), spec.key_dtype, "relations"),
-                ArraySpec(f"{self.name}_probs", (*grid, spec.keys), np.dtype(np.float16), "relations"),
-                ArraySpec(f"{self.name}_rest", grid, np.dtype(np.float16), "relations")]
+                ArraySpec(f"{self.name}_keys", (*grid, spec.keys), spec.key_dtype, "relations",
+                          content="relation_keys"),
+                ArraySpec(f"{self.name}_probs", (*grid, spec.keys), np.dtype(np.float16), "relations", fp16,
+                          content="relation_probs"),
+                ArraySpec(f"{self.name}_rest", grid, np.dtype(np.float16), "relations", fp16,
+                          content="relation_rest")]
 
     def arrays(self, shape: StoreShape) -> list[ArraySpec]:
         spec = shape.relations

@@ -11,7 +11,7 @@ the bytes on disk are the plan). The arrays are the knowledge kinds'
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -57,16 +57,25 @@ def kept_width(width: float, hidden: int) -> int:
 
 @dataclass(frozen=True)
 class ArraySpec:
+    """One stored array: per row (first axis: examples), or once per store (`Kind.static_arrays`,
+    where `row_shape` is the whole shape)."""
+
     name: str
     row_shape: tuple[int, ...]
     dtype: np.dtype
-    group: str  # budget group: "inputs", "logits", "positions", "values", "mask", "relations"
+    group: str  # budget group (a kind's `groups`: "inputs", "logits", "positions", "values", "mask", ...)
     codec: str = "zstd"  # key of store.CODECS
     fill: int = 0
+    content: str = ""  # what its bytes hold, when the name alone does not say (e.g. "values/int8"): the
+    # key of its measured compression ratio in `budget.DISK_RATIOS`
 
     @property
     def row_bytes(self) -> int:
         return int(np.prod(self.row_shape, dtype=np.int64)) * np.dtype(self.dtype).itemsize
+
+    @property
+    def ratio_key(self) -> str:
+        return self.content or self.name
 
 
 @dataclass(frozen=True)
@@ -113,12 +122,17 @@ class StoreShape:
 
         specs = list({a.name: a for kind in KINDS.values() for a in kind.arrays(self)}.values())
         if self.compress == "none":
-            specs = [ArraySpec(s.name, s.row_shape, s.dtype, s.group, "none", s.fill) for s in specs]
+            specs = [replace(s, codec="none") for s in specs]
         return specs
 
+    def static_arrays(self) -> list[ArraySpec]:
+        """Arrays stored once per store, not per row (e.g. the HSK's static rand/uniform dimensions)."""
+        from .knowledge import KINDS
+
+        return [a for kind in KINDS.values() for a in kind.static_arrays(self)]
+
     def static_bytes(self) -> int:
-        """Bytes stored once per store (the static rand/uniform dimensions)."""
-        return 4 * self.kept if self.width_strategy in ("rand", "uniform") and self.kept < self.hidden else 0
+        return sum(a.row_bytes for a in self.static_arrays())
 
     def rows_per_chunk(self, num_examples: int | None = None) -> int:
         """About CHUNK_TARGET_BYTES for the largest array; no more rows than the store has."""
@@ -130,19 +144,22 @@ class StoreShape:
         """Exact uncompressed bytes of chunk data (edge chunks are written whole)."""
         rows = self.rows_per_chunk(num_examples)
         padded = math.ceil(num_examples / rows) * rows
-        out = {a.name: padded * a.row_bytes for a in self.arrays()}
-        if self.static_bytes():
-            out["static_dims"] = self.static_bytes()
-        return out
+        return {a.name: padded * a.row_bytes for a in self.arrays()} | {a.name: a.row_bytes for a in self.static_arrays()}
+
+    def specs(self) -> dict[str, ArraySpec]:
+        """Every stored array by name, per row and per store."""
+        return {a.name: a for a in self.arrays() + self.static_arrays()}
 
     def groups(self) -> dict[str, str]:
         """Array name -> budget group."""
-        return {a.name: a.group for a in self.arrays()} | {"static_dims": "mask"}
+        return {name: a.group for name, a in self.specs().items()}
 
     def bytes_by_group(self, num_examples: int) -> dict[str, int]:
-        """Uncompressed bytes per budget group (the report's columns; a new kind may add a group)."""
+        """Uncompressed bytes per budget group: every kind's groups (the report's columns), stored or not."""
+        from .knowledge import KINDS
+
         groups = self.groups()
-        out = dict.fromkeys(("inputs", "logits", "positions", "values", "mask", "relations"), 0)
+        out = dict.fromkeys((g for kind in KINDS.values() for g in kind.groups), 0)
         for name, nbytes in self.bytes_by_array(num_examples).items():
             out[groups[name]] = out.get(groups[name], 0) + nbytes
         return out

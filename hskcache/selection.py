@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
+import numpy as np
 import torch
 
 from .layout import kept_width, round_half_up
@@ -58,6 +59,11 @@ class SelectionPlan:
         if self.width_strategy == "mag":
             return None
         return static_dims(self.width_strategy, self.hidden, self.kept, self.seed)
+
+    def static_arrays(self) -> dict[str, np.ndarray]:
+        """The store's once-per-store arrays of this plan (`knowledge.HSK.static_arrays`), by name."""
+        dims = self.static_dims()
+        return {} if dims is None or self.kept == self.hidden else {"static_dims": dims.numpy()}
 
 
 def cls_importance(attentions: Sequence[torch.Tensor], layers: Sequence[int] | None = None) -> torch.Tensor:

@@ -16,7 +16,7 @@ Each array's codec is named by its `layout.ArraySpec` and built from
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import numcodecs
@@ -176,7 +176,7 @@ class StoreWriter:
 
     @classmethod
     def create(cls, url: str, shape: StoreShape, num_examples: int, meta: StoreMeta,
-               static_dims: np.ndarray | None, overwrite: bool) -> None:
+               static: Mapping[str, np.ndarray], overwrite: bool) -> None:
         """Check, then create what is missing (or everything, when replacing).
 
         Every creator writes the same metadata, and nothing is deleted unless
@@ -200,17 +200,18 @@ class StoreWriter:
                 group.create_array(**spec, config={"write_empty_chunks": True})
             except ContainsArrayError:  # another writer made it first
                 pass
-        if static_dims is not None:
+        for spec in shape.static_arrays():  # `static`: their data, by name
             try:
-                group.create_array("static_dims", data=np.asarray(static_dims, dtype=np.int32), compressors=None)
+                group.create_array(spec.name, data=np.asarray(static[spec.name], dtype=spec.dtype),
+                                   compressors=CODECS[spec.codec]())
             except ContainsArrayError:
                 pass
 
     @classmethod
     def open(cls, url: str, shape: StoreShape, num_examples: int, meta: StoreMeta,
-             static_dims: np.ndarray | None, overwrite: bool, chunks: Iterable[int] | None = None) -> StoreWriter:
+             static: Mapping[str, np.ndarray], overwrite: bool, chunks: Iterable[int] | None = None) -> StoreWriter:
         """Resume a store with identical settings, else create one (refusing to clobber): one writer alone."""
-        cls.create(url, shape, num_examples, meta, static_dims, overwrite)
+        cls.create(url, shape, num_examples, meta, static, overwrite)
         return cls.attach(url, shape, num_examples, chunks)
 
     @classmethod

@@ -47,7 +47,7 @@ def tiled_store(source: Path, dest: Path, rows: int) -> Path:
     shape = StoreShape.of_store(src.meta)
     names = [a.name for a in shape.arrays()]
     block = src.read(names, slice(0, src.num_examples))
-    static = src.static_dims()
+    static = {a.name: src.arrays[a.name][:] for a in shape.static_arrays()}
     writer = StoreWriter.open(dest, shape, rows, replace(src.meta, num_examples=rows), static, overwrite=True)
     done = 0
     while done < rows:

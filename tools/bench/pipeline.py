@@ -102,7 +102,7 @@ def run(config: tuple[int, int, float], rows: int, tokens: list[dict[str, np.nda
 
     def write_all(make) -> float:
         shutil.rmtree(store, ignore_errors=True)
-        writer = StoreWriter.open(str(store), shape, rows, meta, None, overwrite=False)
+        writer = StoreWriter.open(str(store), shape, rows, meta, {}, overwrite=False)
         start = time.perf_counter()
         background = BackgroundWriter(writer)
         for i, lo in enumerate(range(0, rows, bs)):
