@@ -202,7 +202,9 @@ class Logits(Kind):
     name = "logits"
     groups = ("logits",)
     objectives = {"pred": Objective("prediction", "soft cross-entropy to the teacher's logits (MSE for "
-                                    "regression)", stage="pred")}
+                                    "regression)", stage="pred"),
+                  "label": Objective("label", "the task loss to the gold labels (cross-entropy, MSE for regression; "
+                                     "rows without a label, e.g. augmented ones, are left out)", stage="pred")}
 
     def arrays(self, shape: StoreShape) -> list[ArraySpec]:
         return [ArraySpec("logits", (shape.num_logits,), np.dtype(np.float32), "logits")]

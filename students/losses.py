@@ -123,6 +123,18 @@ def prediction_loss(
     return soft_cross_entropy(student_logits, teacher_logits, temperature, denominator)
 
 
+def label_loss(student_logits: Tensor, labels: Tensor, is_regression: bool,
+                denominator: Denominator = batch_count) -> Tensor:
+    """The task loss to the gold labels, over the rows that have one (class -1 or NaN: unknown)."""
+    if is_regression:
+        known = ~torch.isnan(labels)
+        per_row = (student_logits.reshape(labels.shape) - torch.nan_to_num(labels)) ** 2
+    else:
+        known = labels >= 0
+        per_row = F.cross_entropy(student_logits, labels.long().clamp(min=0), reduction="none")
+    return torch.where(known, per_row, 0.0).sum() / denominator(known.sum().to(per_row.dtype))
+
+
 DISTRIBUTION_LOSSES = ("kl", "mse")
 
 
@@ -191,4 +203,5 @@ LOSSES: dict[str, Callable[[str, Any, dict[str, Tensor], LossSettings], Tensor]]
     "mse": _relation_loss("mse"),
     "prediction": lambda name, student, batch, s: prediction_loss(student, batch["logits"], s.temperature,
                                                                   s.regression, s.denominator),
+    "label": lambda name, student, batch, s: label_loss(student, batch["labels"], s.regression, s.denominator),
 }

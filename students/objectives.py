@@ -28,26 +28,29 @@ class Objective:
 OBJECTIVES: dict[str, Objective] = {name: Objective(kind.name, o.loss, o.paper, o.stage)
                                     for kind in KINDS.values() for name, o in kind.objectives.items()}
 STAGE1 = tuple(name for name, o in OBJECTIVES.items() if o.stage == "hsk")  # what --objective chooses among
-PREDICTION: Weighted = tuple((name, 1.0) for name, o in OBJECTIVES.items() if o.stage == "pred")
+STAGE2 = tuple(name for name, o in OBJECTIVES.items() if o.stage == "pred")  # and --pred-objective
+FLAGS = {"hsk": "--objective", "pred": "--pred-objective"}
 
 
-def parse_objective(text: str) -> Weighted:
-    """`hsk,att,val` or with weights `hsk:1,att:0.5` -> (("hsk", 1.0), ("att", 0.5))."""
+def parse_objective(text: str, stage: str = "hsk") -> Weighted:
+    """`hsk,att,val` or with weights `hsk:1,att:0.5` -> (("hsk", 1.0), ("att", 0.5)): one stage's objectives."""
+    names, flag = (STAGE1 if stage == "hsk" else STAGE2), FLAGS[stage]
     out = []
     for part in (p.strip() for p in str(text).split(",") if p.strip()):
         name, _, weight = part.partition(":")
-        if name not in STAGE1:
-            raise UserError(f"--objective {text}: unknown objective {name!r}; use a comma list of "
-                            f"{', '.join(STAGE1)} (each optionally name:weight)")
+        if name not in names:
+            raise UserError(f"{flag} {text}: unknown objective {name!r}; use a comma list of "
+                            f"{', '.join(names)} (each optionally name:weight)")
         try:
             value = float(weight) if weight else 1.0
         except ValueError:
-            raise UserError(f"--objective {text}: weight {weight!r} of {name} is not a number") from None
+            raise UserError(f"{flag} {text}: weight {weight!r} of {name} is not a number") from None
         if not value > 0:
-            raise UserError(f"--objective {text}: the weight of {name} must be positive")
+            raise UserError(f"{flag} {text}: the weight of {name} must be positive")
         out.append((name, value))
     if not out or len({n for n, _ in out}) != len(out):
-        raise UserError(f"--objective {text}: give each objective once, e.g. hsk or hsk,att,val")
+        raise UserError(f"{flag} {text}: give each objective once, e.g. "
+                        + ("hsk or hsk,att,val" if stage == "hsk" else "pred or pred,label:0.5"))
     return tuple(out)
 
 

@@ -40,7 +40,7 @@ from students.checkpoint import read_state, replaced_dir, rng_state, set_rng_sta
 from students.evaluate import MODEL_INPUTS, EvalSet, evaluate, load_eval_set
 from students.selection import drop_rows, holdout_eval_set, parse_select_on
 from students.data_parallel import Parallel, cores_per_rank, placeholder, rank_seed
-from students.objectives import (OBJECTIVES, PREDICTION, STAGE1, Weighted, format_objective, parse_att_read,
+from students.objectives import (OBJECTIVES, STAGE1, STAGE2, Weighted, format_objective, parse_att_read,
                                  parse_objective)
 from students.objectives import kinds as objective_kinds
 from students.losses import HSK_MODES, LOSSES, HSKProjection, LossSettings
@@ -120,6 +120,10 @@ class TrainConfig:
     objective: Weighted = setting((("hsk", 1.0),), "stage-1 objectives, name[:weight] comma list of "
                                   + " | ".join(STAGE1) + " (att, val: MiniLM's Att-KL, Val-KL)",
                                   parse=parse_objective, show_default="hsk")
+    pred_objective: Weighted = setting((("pred", 1.0),), "stage-2 objectives, name[:weight] comma list of "
+                                       + " | ".join(STAGE2) + " (pred: soft CE to the teacher's logits; label: "
+                                       "the task loss to the gold labels, rows without one left out)",
+                                       parse=lambda text: parse_objective(text, "pred"), show_default="pred")
     att_read: RelationRead = setting((None, None), "query rows,keys of the att/val read ('stored': as stored)",
                                      parse=parse_att_read, show_default="stored")
     width_loss: str = setting("zero-fill", " | ".join(HSK_MODES) + "; zero-fill is the paper's")
@@ -200,6 +204,7 @@ class TrainConfig:
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self) | {"hsk": format_hsk(self.hsk), "objective": format_objective(self.objective),
+                               "pred_objective": format_objective(self.pred_objective),
                                "att_read": "stored" if self.att_read == (None, None) else ",".join(map(str, self.att_read))}
 
 
@@ -490,7 +495,7 @@ class Trainer:
             batch = placeholder(batch)
         width = int(batch["attention_mask"].sum(1).max())  # padding is masked: trim it
         inputs = {k: batch[k][:, :width].to(self.device) for k in MODEL_INPUTS}
-        loss = self._loss(self.cfg.objective if stage.name == "hsk" else PREDICTION, batch, inputs,
+        loss = self._loss(self.cfg.objective if stage.name == "hsk" else self.cfg.pred_objective, batch, inputs,
                           self.parallel.denominator(counted))
         if not counted:
             loss = loss * 0.0

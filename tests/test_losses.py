@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from hskcache.errors import UserError
-from students.losses import HSKProjection, hsk_loss, prediction_loss, regression_mse, soft_cross_entropy
+from students.losses import (HSKProjection, hsk_loss, label_loss, prediction_loss, regression_mse,
+                            soft_cross_entropy)
 
 
 def _hsk_case(seed: int = 0, d_student: int = 3, d_teacher: int = 4):
@@ -131,3 +132,18 @@ def test_regression_mse_matches_hand():
     expected = (0.25 + 1.0 + 4.0) / 3
     assert regression_mse(student, teacher).item() == pytest.approx(expected)
     assert prediction_loss(student, teacher, 1.0, True).item() == pytest.approx(expected)
+
+
+def test_label_loss_leaves_out_rows_without_a_label():
+    student = np.array([[1.0, 2.0, 0.5], [0.0, -1.0, 3.0], [0.2, 0.1, 0.0]])
+    labels = [2, -1, 0]  # the middle row: an augmented one, label unknown
+    expected = 0.0
+    for s, y in zip(student, labels):
+        if y >= 0:
+            expected -= np.log(np.exp(s[y]) / np.exp(s).sum())
+    expected /= 2  # the labelled rows
+    got = label_loss(torch.tensor(student), torch.tensor(labels), False)
+    assert got.item() == pytest.approx(expected, rel=1e-9)
+    regression = label_loss(torch.tensor([[0.5], [2.0], [9.0]]), torch.tensor([1.0, 1.0, float("nan")]), True)
+    assert regression.item() == pytest.approx((0.25 + 1.0) / 2)
+    assert label_loss(torch.tensor(student), torch.tensor([-1, -1, -1]), False).item() == 0.0

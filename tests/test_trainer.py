@@ -61,6 +61,15 @@ def test_first_losses_match_a_hand_computation(task, tmp_path):
     [pred] = records(tmp_path / "pred")
     assert pred["loss"] == pytest.approx(expected.item(), rel=1e-5)
 
+    # With the gold labels too (`--pred-objective pred,label:0.5`): + 0.5 × cross-entropy to the labels.
+    train(replace(cfg, out=str(tmp_path / "label"), hsk=None, pred_objective=(("pred", 1.0), ("label", 0.5))), store)
+    with torch.no_grad():
+        logits = model(**{k: batch[k] for k in inputs}).logits
+        gold = torch.nn.functional.cross_entropy(logits, batch["labels"].long())
+    assert (batch["labels"] >= 0).all()  # every row of the tiny task is labelled
+    [label] = records(tmp_path / "label")
+    assert label["loss"] == pytest.approx(expected.item() + 0.5 * gold.item(), rel=1e-5)
+
 
 def test_interrupted_and_resumed_equals_uninterrupted(task, student, tmp_path):
     # 16 steps per epoch; dropout on, so the RNG state must survive the resume too.
