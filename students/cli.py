@@ -264,7 +264,7 @@ def add_train_parser(sub) -> None:
 
 
 ONLINE_FLAGS = ("data", "split", "student_layers", "ltop", "teacher_layers", "depth", "tokens", "token_strategy",
-                "width", "width_strategy", "width_seed", "limit")
+                "width", "width_strategy", "width_seed", "knowledge", "att_layers", "att_rows", "att_keys", "limit")
 SOURCE_FLAGS = ("store", "teacher")
 
 

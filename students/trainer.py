@@ -338,8 +338,8 @@ class Trainer:
             spec = source.meta.relations
             if spec is None or set(kinds) - set(spec.kinds):
                 raise UserError(f"--objective {format_objective(self.cfg.objective)} needs {', '.join(kinds)} "
-                                "knowledge, which this source does not hold; extract a store with "
-                                f"--knowledge hsk,{','.join(kinds)}")
+                                "knowledge, which this source does not hold; extract a store (or run the online "
+                                f"baseline) with --knowledge hsk,{','.join(kinds)}")
             spec.resolve(*self.cfg.att_read, "--att-read")
             heads = self.model.config.num_attention_heads
             if spec.heads % heads:

@@ -13,6 +13,8 @@ from reference import coarsened_row, ranked_rows, teacher_outputs, value_relatio
 from test_extract import run_extract
 
 MAX_LEN = 20
+ATT_FLAGS = ("--student-layers", 2, "--tokens", 4, "--width", 0.25, "--max-length", MAX_LEN, "--knowledge", "hsk,att,val",
+             "--att-layers", "pairs", "--att-rows", 5, "--att-keys", 6, "--token-strategy", "att-nosep")
 
 
 def _texts(pair_csv):
@@ -24,9 +26,7 @@ def _texts(pair_csv):
 @pytest.fixture(scope="module")
 def att_store(teacher_dir, pair_csv, tmp_path_factory):
     out = tmp_path_factory.mktemp("att") / "store"
-    run_extract(teacher_dir, pair_csv, out, "--student-layers", 2, "--tokens", 4, "--width", 0.25,
-                "--max-length", MAX_LEN, "--knowledge", "hsk,att,val", "--att-layers", "pairs",
-                "--att-rows", 5, "--att-keys", 6, "--token-strategy", "att-nosep")
+    run_extract(teacher_dir, pair_csv, out, *ATT_FLAGS)
     return out
 
 
@@ -133,6 +133,39 @@ def test_first_relation_loss_matches_an_hf_forward(att_store, teacher_dir, tmp_p
                                                        batch[f"{kind}_rest"][:, j], rows, student)
     first = json.loads((tmp_path / "run" / "log.jsonl").read_text().splitlines()[0])
     assert first["stage"] == "hsk" and first["loss"] == pytest.approx(expected.item(), rel=1e-4)
+
+
+def test_online_baseline_computes_the_stores_relations(att_store, teacher_dir, pair_csv, tmp_path):
+    """`students train --teacher ... --knowledge hsk,att,val`: the same relation rows, live, so the same losses."""
+    import json
+
+    from hskcache.config import build_config
+    from students import cli
+    from students.models import build_tinybert
+    from students.online import OnlineSource
+
+    flags = dict(zip((str(f)[2:].replace("-", "_") for f in ATT_FLAGS[::2]), ATT_FLAGS[1::2]))
+    online = OnlineSource(build_config({**flags, "teacher": str(teacher_dir), "data": str(pair_csv), "store": "-",
+                                        "batch_size": 8}))
+    store = hskcache.open_store(att_store)
+    assert online.relations == store.relations
+    live, stored = online.get(range(6), relations=(3, 2)), store.get(range(6), relations=(3, 2))
+    for name in ("rel_positions", "att_keys", "val_keys"):
+        assert torch.equal(live[name], stored[name]), name
+    for name in ("att_probs", "att_rest", "val_probs", "val_rest"):
+        torch.testing.assert_close(live[name], stored[name], atol=2e-3, rtol=2e-3)  # fp16 of live floats
+
+    build_tinybert(teacher_dir, layers=2, hidden=32, ffn=32, heads=2, out_dir=tmp_path / "s")
+    common = ["--student", str(tmp_path / "s"), "--objective", "att,val", "--att-read", "3,2", "--max-steps", "2",
+              "--log-every", "1", "--hsk-batch-size", "8", "--pred-batch-size", "8", "--threads", "1",
+              "--select-on", "last", "--quiet"]
+    assert cli.main(["train", "--store", str(att_store), "--out", str(tmp_path / "offline"), *common]) == 0
+    assert cli.main(["train", "--teacher", str(teacher_dir), "--data", str(pair_csv), *map(str, ATT_FLAGS),
+                     "--out", str(tmp_path / "online"), *common]) == 0
+    offline, live_log = ([json.loads(line) for line in (tmp_path / run / "log.jsonl").read_text().splitlines()]
+                         for run in ("offline", "online"))
+    assert [r["stage"] for r in offline] == ["hsk", "hsk", "pred", "pred"]
+    assert [r["loss"] for r in live_log] == pytest.approx([r["loss"] for r in offline], rel=1e-3)
 
 
 def test_relation_objective_needs_relations(att_store, task, teacher_dir, tmp_path):
