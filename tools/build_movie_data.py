@@ -8,7 +8,14 @@ normalised, texts labelled both ways are dropped, and the unique texts are
 split by a seeded shuffle of their sorted order, so reruns give identical
 files.
 
-    python tools/build_movie_data.py --out data/movies [--max-train 2000]
+With ``--unlabeled N`` it also writes ``transfer.csv``: the train split,
+then up to N further reviews of the training pool (never dev or test) with
+an empty label cell. That is a distillation transfer set: the teacher is
+fine-tuned on ``train.csv``, and ``hskcache extract`` on ``transfer.csv``
+stores its logits for the unlabeled rows too (their gold labels stay
+unknown to every metric).
+
+    python tools/build_movie_data.py --out data/movies [--max-train 2000] [--unlabeled 7000]
 """
 
 from __future__ import annotations
@@ -45,16 +52,21 @@ def load_reviews(path: Path) -> pd.DataFrame:
 
 
 def split(
-    frame: pd.DataFrame, dev_frac: float, test_frac: float, max_train: int | None
+    frame: pd.DataFrame, dev_frac: float, test_frac: float, max_train: int | None, unlabeled: int = 0
 ) -> dict[str, pd.DataFrame]:
     order = np.random.default_rng(SEED).permutation(len(frame))
     n_dev, n_test = round(dev_frac * len(frame)), round(test_frac * len(frame))
+    pool = order[n_dev + n_test:]
     parts = {
         "dev": order[:n_dev],
         "test": order[n_dev:n_dev + n_test],
-        "train": order[n_dev + n_test:][:max_train],
+        "train": pool[:max_train],
     }
-    return {name: frame.iloc[rows].reset_index(drop=True) for name, rows in parts.items()}
+    out = {name: frame.iloc[rows].reset_index(drop=True) for name, rows in parts.items()}
+    if unlabeled:
+        extra = frame.iloc[pool[len(parts["train"]):][:unlabeled]].assign(label=pd.NA)
+        out["transfer"] = pd.concat([out["train"], extra], ignore_index=True).astype({"label": "Int64"})
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,11 +75,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dev-frac", type=float, default=0.1)
     parser.add_argument("--test-frac", type=float, default=0.1)
     parser.add_argument("--max-train", type=int, default=None, help="cap the train split (fast runs)")
+    parser.add_argument("--unlabeled", type=int, default=0,
+                        help="also write transfer.csv: train plus up to N further training-pool reviews, unlabeled")
     args = parser.parse_args(argv)
     if not (0 <= args.dev_frac and 0 <= args.test_frac and args.dev_frac + args.test_frac < 1):
         parser.error("--dev-frac and --test-frac must be >= 0 and sum to less than 1")
     if args.max_train is not None and args.max_train < 1:
         parser.error("--max-train must be at least 1")
+    if args.unlabeled < 0:
+        parser.error("--unlabeled must be at least 0")
 
     try:
         corpus = movie_corpus()
@@ -76,11 +92,12 @@ def main(argv: list[str] | None = None) -> int:
     reviews = load_reviews(corpus)
     print(f"{len(reviews)} unique fresh/rotten reviews (plot rows, duplicates and conflicts dropped)")
     args.out.mkdir(parents=True, exist_ok=True)
-    for name, part in split(reviews, args.dev_frac, args.test_frac, args.max_train).items():
+    for name, part in split(reviews, args.dev_frac, args.test_frac, args.max_train, args.unlabeled).items():
         part.to_csv(args.out / f"{name}.csv", index=False)
+        known = part["label"].notna()
         print(
-            f"{name:5s} {len(part):6d} rows  fresh {part['label'].mean():.1%}  "
-            f"-> {args.out / f'{name}.csv'}"
+            f"{name:8s} {len(part):6d} rows  fresh {part['label'][known].astype(float).mean():.1%} of "
+            f"{int(known.sum())} labelled  -> {args.out / f'{name}.csv'}"
         )
     return 0
 
