@@ -4,8 +4,9 @@
 #   -> budget report -> distil a TinyBERT-style student from the store (teacher not loaded)
 #   -> teacher vs student on dev: metrics, size, speed, and the student-teacher gap.
 # Default: a quick version (under 20 minutes on 2 cores). --full: full data, paper-default epochs.
-# The student is extracted from the teacher (ETD-Impt, importance on every store row) and trained
-# at the default learning rates for its init (students/defaults.py): the recipe of docs/results.md.
+# The student is extracted from the teacher (ETD-Impt, importance on every store row), trained at the
+# default learning rates for its init (students/defaults.py), with the gold labels' cross-entropy at
+# weight 0.5 next to the teacher's soft labels in the prediction stage: the recipe of docs/results.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 FULL=0
@@ -52,7 +53,7 @@ rm -rf "$RUN/tinybert-init" "$RUN/tinybert"
 $BIN/students build tinybert --init etd-impt --store "$RUN/store" --teacher "$RUN/teacher" --preset tinybert-3s \
     --out "$RUN/tinybert-init"
 $BIN/students train --store "$RUN/store" --student "$RUN/tinybert-init" --hsk 1,9,0.1 \
-    --hsk-epochs "$HSK_EPOCHS" --pred-epochs "$PRED_EPOCHS" \
+    --hsk-epochs "$HSK_EPOCHS" --pred-epochs "$PRED_EPOCHS" --pred-objective pred,label:0.5 \
     --eval-data "$DATA/dev.csv" --out "$RUN/tinybert"
 
 step "6/6 teacher vs student on dev (and the student-teacher gap)"
