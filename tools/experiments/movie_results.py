@@ -39,7 +39,10 @@ CONFIGS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     **{f"att-val:9,{k}": ("relations", "stored", ("--objective", "att,val", "--att-read", f"9,{k}"))
        for k in (4, 16, 64)},
     "hsk+att-val:9,16": ("relations", "1,9,0.1", ("--objective", "hsk,att,val", "--att-read", "9,16")),
-    **{f"1,9,0.1+label:{w}": ("compressed", "1,9,0.1", ("--pred-objective", f"pred,label:{w}")) for w in ("0.5", "1")},
+    # the gold labels' task loss beside the soft labels in the prediction stage
+    **{f"{c}+label:{w}": (store, hsk, ("--pred-objective", f"pred,label:{w}"))
+       for c, (store, hsk) in {"pred-only": ("compressed", "none"), "1,9,0.1": ("compressed", "1,9,0.1"),
+                                "full": ("full", "stored")}.items() for w in ("0.5", "1")},
 }
 STORE_FLAGS = {
     "full": ("--token-strategy", "left", "--tokens", "{max_length}"),
