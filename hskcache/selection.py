@@ -61,9 +61,10 @@ class SelectionPlan:
         return static_dims(self.width_strategy, self.hidden, self.kept, self.seed)
 
     def static_arrays(self) -> dict[str, np.ndarray]:
-        """The store's once-per-store arrays of this plan (`knowledge.HSK.static_arrays`), by name."""
+        """This plan's data for the store's once-per-store arrays, by name; the store writes those
+        its shape lists (`knowledge.HSK.static_arrays`)."""
         dims = self.static_dims()
-        return {} if dims is None or self.kept == self.hidden else {"static_dims": dims.numpy()}
+        return {} if dims is None else {"static_dims": dims.numpy()}
 
 
 def cls_importance(attentions: Sequence[torch.Tensor], layers: Sequence[int] | None = None) -> torch.Tensor:
