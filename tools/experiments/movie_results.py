@@ -70,7 +70,8 @@ def a_hsk(config: str, max_length: int) -> tuple[float, float]:
     """(A^HSK, fraction of the full amount (L'+1) × |x|)."""
     full = (STUDENT_LAYERS + 1) * max_length
     store, hsk, extra = CONFIGS[config]
-    if hsk == "none" or (extra and "hsk" not in extra[1].split(",")):
+    objective = dict(zip(extra[::2], extra[1::2])).get("--objective", "hsk")
+    if hsk == "none" or "hsk" not in objective.split(","):
         return 0.0, 0.0
     if store == "full":
         return float(full), 1.0
@@ -224,7 +225,7 @@ def write_report(results: dict, out: Path, max_length: int) -> None:
                           else 0.0, marker="o", capsize=3, label=f"{student} {config}")
             if config == "pred-only":
                 ax.axhline(100 * statistics.mean(dev), color="gray", ls="--", label="prediction-only KD")
-            elif CONFIGS[config][0] != "relations":  # relation knowledge has no place on the A^HSK axis
+            elif not CONFIGS[config][2]:  # the plain recipe only: relations have no place on the A^HSK axis
                 xs.append(frac * 100)
                 ys.append(100 * statistics.mean(dev))
                 es.append(100 * statistics.stdev(dev) if len(dev) > 1 else 0.0)
