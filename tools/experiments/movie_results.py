@@ -210,7 +210,8 @@ def write_report(results: dict, out: Path, max_length: int) -> None:
     lines.append(f"| teacher | – | – | – | {100 * t['dev']['accuracy']:.2f} | {100 * t['test']['accuracy']:.2f} "
                  "| – | – | – |")
     fig, axes = plt.subplots(1, len(results["runs"]), figsize=(5.5 * len(results["runs"]), 4), squeeze=False)
-    cost_fig, cost = plt.subplots(figsize=(7, 4.5))
+    cost_fig, cost = plt.subplots(figsize=(11, 5))
+    markers = iter(("o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "h", "p") * 4)  # colours repeat every 10
     for ax, (student, configs) in zip(axes[0], results["runs"].items()):
         xs, ys, es = [], [], []
         for config, runs in configs.items():
@@ -222,7 +223,7 @@ def write_report(results: dict, out: Path, max_length: int) -> None:
             lines.append(f"| {student} | {config} | {a:g} | {100 * frac:.2f}% | {mean_std(dev)} | {mean_std(test)} "
                          f"| {seconds:.0f} | {tflop:.1f} | {len(runs)} |")
             cost.errorbar(tflop, 100 * statistics.mean(test), yerr=100 * statistics.stdev(test) if len(test) > 1
-                          else 0.0, marker="o", capsize=3, label=f"{student} {config}")
+                          else 0.0, marker=next(markers), capsize=3, label=f"{student} {config}")
             if config == "pred-only":
                 ax.axhline(100 * statistics.mean(dev), color="gray", ls="--", label="prediction-only KD")
             elif not CONFIGS[config][2]:  # the plain recipe only: relations have no place on the A^HSK axis
@@ -243,7 +244,7 @@ def write_report(results: dict, out: Path, max_length: int) -> None:
     cost.axhline(100 * t["test"]["accuracy"], color="black", ls=":", label="teacher")
     cost.set_xlabel("student training compute, TFLOP (6 × encoder parameters × tokens, estimate)")
     cost.set_ylabel("test accuracy (%), mean ± std over seeds")
-    cost.legend(fontsize=7, loc="lower right")
+    cost.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     cost_fig.tight_layout()
     cost_fig.savefig(out / "accuracy_vs_cost.png", dpi=120)
     (out / "results.md").write_text("\n".join(lines) + "\n")
