@@ -29,12 +29,14 @@ OBJECTIVES: dict[str, Objective] = {name: Objective(kind.name, o.loss, o.paper, 
                                     for kind in KINDS.values() for name, o in kind.objectives.items()}
 STAGE1 = tuple(name for name, o in OBJECTIVES.items() if o.stage == "hsk")  # what --objective chooses among
 STAGE2 = tuple(name for name, o in OBJECTIVES.items() if o.stage == "pred")  # and --pred-objective
-FLAGS = {"hsk": "--objective", "pred": "--pred-objective"}
+# stage -> (its flag, the objectives it chooses among, an example)
+STAGES = {"hsk": ("--objective", STAGE1, "hsk or hsk,att,val"),
+          "pred": ("--pred-objective", STAGE2, "pred or pred,label:0.5")}
 
 
 def parse_objective(text: str, stage: str = "hsk") -> Weighted:
     """`hsk,att,val` or with weights `hsk:1,att:0.5` -> (("hsk", 1.0), ("att", 0.5)): one stage's objectives."""
-    names, flag = (STAGE1 if stage == "hsk" else STAGE2), FLAGS[stage]
+    flag, names, example = STAGES[stage]
     out = []
     for part in (p.strip() for p in str(text).split(",") if p.strip()):
         name, _, weight = part.partition(":")
@@ -49,8 +51,7 @@ def parse_objective(text: str, stage: str = "hsk") -> Weighted:
             raise UserError(f"{flag} {text}: the weight of {name} must be positive")
         out.append((name, value))
     if not out or len({n for n, _ in out}) != len(out):
-        raise UserError(f"{flag} {text}: give each objective once, e.g. "
-                        + ("hsk or hsk,att,val" if stage == "hsk" else "pred or pred,label:0.5"))
+        raise UserError(f"{flag} {text}: give each objective once, e.g. {example}")
     return tuple(out)
 
 

@@ -4,8 +4,8 @@ with the same output flags (hidden states and attentions). Both pay the teacher
 load, so the difference is what extraction adds: selection, width code,
 compression, writes and the store's metadata. Target: at most 10% more on CPU.
 
-Two measures, because this machine's speed drifts by ±15% between identical
-runs (docs/benchmarks.md), more than the overhead itself:
+Two measures, because this machine's speed drifts between identical runs by
+more than the overhead itself (docs/benchmarks.md):
 
 - **in-run**: each run times its teacher forwards; the overhead is the
   extraction's time outside its forwards, less the teacher-only run's time
@@ -106,10 +106,9 @@ def main() -> None:
           "medians over the repeats (min..max)")
     bares = [b for ps in pairs.values() for b, _ in ps]
     bare_rest = statistics.median(w - f for w, f in bares)  # loading and tokenizing
-    best = min(w for w, _ in bares)
-    print(f"{'run':<24}{'wall s':>8}{'ex/s':>7}{'outside fwd s':>15}{'in-run overhead':>24}{'paired wall':>24}")
     walls = sorted(w for w, _ in bares)
-    print(f"{'teacher only':<24}{best:>8.2f}{args.examples / best:>7.1f}{bare_rest:>15.2f}"
+    print(f"{'run':<24}{'wall s':>8}{'ex/s':>7}{'outside fwd s':>15}{'in-run overhead':>24}{'paired wall':>24}")
+    print(f"{'teacher only':<24}{walls[0]:>8.2f}{args.examples / walls[0]:>7.1f}{bare_rest:>15.2f}"
           f"{'':>24}{f'runs {walls[0]:.2f}..{walls[-1]:.2f} s':>24}")
 
     def spread(ratios: list[float]) -> str:
