@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import pickle
 import random
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from hskcache.errors import UserError
 
 import numpy as np
 import torch
@@ -21,12 +24,17 @@ def replaced_dir(final: Path) -> Iterator[Path]:
 
     The old folder is renamed aside before the new one takes its name, so a crash
     at any point leaves either the old or the new folder complete (`read_state`
-    falls back to the aside copy).
+    falls back to the aside copy). A write that fails (a full disk) leaves `final`
+    as it was and removes the partial sibling.
     """
     tmp, old = final.with_name(final.name + ".tmp"), final.with_name(final.name + ".old")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    yield tmp
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     shutil.rmtree(old, ignore_errors=True)
     if final.exists():
         final.rename(old)
@@ -41,11 +49,17 @@ def write_state(folder: Path, state: dict[str, Any]) -> None:
 
 
 def read_state(folder: Path) -> dict[str, Any] | None:
-    """The state saved by `write_state`, or None when there is none."""
+    """The state saved by `write_state`, or None when there is none; an unreadable one
+    (truncated, empty: written by something else, as ours are replaced atomically) is one line."""
     for candidate in (folder, folder.with_name(folder.name + ".old")):
-        if (candidate / STATE_FILE).is_file():
-            # Our own file; numpy's RNG state is not a plain tensor, so no weights_only.
-            return torch.load(candidate / STATE_FILE, map_location="cpu", weights_only=False)
+        path = candidate / STATE_FILE
+        if path.is_file():
+            try:  # our own file; numpy's RNG state is not a plain tensor, so no weights_only
+                return torch.load(path, map_location="cpu", weights_only=False)
+            except (RuntimeError, EOFError, pickle.UnpicklingError, OSError) as exc:
+                raise UserError(f"--resume: cannot read {path}, it is truncated or corrupt ({type(exc).__name__}); "
+                                f"remove {candidate} to start the run over, or start without --resume "
+                                "in a new --out") from None
     return None
 
 

@@ -9,7 +9,9 @@ loop, losses and checkpoints are shared.
 
 from __future__ import annotations
 
+import errno
 import json
+import math
 import os
 import shutil
 import signal
@@ -92,6 +94,10 @@ def parse_hsk(text: str) -> HSKRead | None:
         return parse_triple(text, "--hsk")
     except UserError as exc:
         raise UserError(f"{exc} (or 'stored', or 'none' for prediction-only KD)") from None
+
+
+def resolved_run(out: str) -> str:
+    return str(Path(out).resolve())
 
 
 def format_hsk(hsk: HSKRead | None) -> str:
@@ -199,8 +205,16 @@ class TrainConfig:
         return [pred] if self.hsk is None else [Stage("hsk", self.hsk_epochs, self.hsk_lr, self.hsk_batch_size), pred]
 
     def identity(self) -> dict[str, Any]:
-        """The settings a checkpoint must have been written with to be resumed."""
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in self.RUNTIME}
+        """The settings a checkpoint must have been written with to be resumed; the run folder
+        resolved, so that every spelling of it (relative, absolute, trailing slash) is the same run."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in self.RUNTIME} | {
+            "out": resolved_run(self.out)}
+
+    def changed_since(self, saved: dict[str, Any]) -> list[str]:
+        """The settings that differ from a checkpoint's identity (its run folder resolved too, as
+        checkpoints written before the folder was stored resolved hold it as spelled)."""
+        saved = saved | {"out": resolved_run(saved["out"])}
+        return sorted(k for k, v in self.identity().items() if saved.get(k) != v)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self) | {"hsk": format_hsk(self.hsk), "objective": format_objective(self.objective),
@@ -373,13 +387,18 @@ class Trainer:
                 run.mkdir(parents=True, exist_ok=True)
                 log.write_text("")
             return None
-        if state["identity"] != self.cfg.identity():
-            changed = sorted(k for k, v in self.cfg.identity().items() if state["identity"].get(k) != v)
+        changed = self.cfg.changed_since(state["identity"])
+        if changed:
             raise UserError(f"--resume: {run} was started with other settings ({', '.join(changed)}); "
                             "rerun with the original flags or choose a new --out")
         if state["source"] != self.source.meta.identity:
             raise UserError(f"--resume: {run} was trained from another store or teacher/data/settings; "
                             "rerun with the original source or choose a new --out")
+        bad = [name for part in ("model", "projection") for name, t in state[part].items()
+               if t.is_floating_point() and not torch.isfinite(t).all()]
+        if bad:
+            raise UserError(f"--resume: {run / 'checkpoint'} holds non-finite weights ({bad[0]}); remove it to start "
+                            "the run over, or choose a new --out without --resume")
         self.model.load_state_dict(state["model"])
         self.projection.load_state_dict(state["projection"])
         self.pos = Position(**state["position"])
@@ -471,6 +490,8 @@ class Trainer:
             rows = len(batch) if isinstance(batch, PackedBatch) else len(batch["input_ids"])
             loss, rows, stop = self.parallel.step_totals(self._step(stage, batch), rows,
                                                          interrupt.requested)
+            if not math.isfinite(loss):  # the global batch loss: the same on every rank
+                raise self._diverged(stage, "loss", loss)
             pos.batch, pos.step = pos.batch + 1, pos.step + 1
             pos.loss_sum, pos.loss_count = pos.loss_sum + loss, pos.loss_count + 1
             stats["steps"] += 1
@@ -500,12 +521,21 @@ class Trainer:
         if not counted:
             loss = loss * 0.0
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.params, self.cfg.max_grad_norm)
+        norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.max_grad_norm)
+        if not torch.isfinite(norm):  # the same on every rank (DDP averaged the gradients); before the update
+            raise self._diverged(stage, "loss" if not torch.isfinite(loss) else "gradient norm", norm.item())
         self._lr = self.optimizer.param_groups[0]["lr"]
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         return loss.detach()
+
+    def _diverged(self, stage: Stage, what: str, value: float) -> UserError:
+        """Training stops at the first non-finite loss or gradient norm: nothing after it is
+        saved, so the last checkpoint holds finite weights and no NaN student is written."""
+        return UserError(f"stage {stage.name}, step {self.pos.step + 1}: the {what} is {value} (not finite); "
+                         f"--{stage.name}-lr {stage.lr:g} is likely too high: rerun with a lower rate in a new --out "
+                         f"({kept_checkpoint(self.run_dir)}; no student was written)")
 
     def _loss(self, objective: Weighted, batch: dict[str, Tensor], inputs: dict[str, Tensor],
               denominator) -> Tensor:
@@ -524,7 +554,7 @@ class Trainer:
     # ------------------------------------------------------------------ records
 
     def _write_log(self, record: dict[str, Any]) -> None:
-        self.log_file.write(json.dumps(record) + "\n")
+        self.log_file.write(json.dumps(record, allow_nan=False) + "\n")  # JSON has no NaN
         self.log_file.flush()
 
     def _log_step(self, stage: Stage, bar: tqdm) -> None:
@@ -603,10 +633,24 @@ class Trainer:
             "source": {"teacher_hash": self.source.meta.teacher_hash, "task": self.source.meta.task,
                        "extraction": to_json(self.source.meta.config)},
         }
-        (self.run_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
+        (self.run_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2, allow_nan=False) + "\n")
         return metrics
 
 
+def kept_checkpoint(run: Path) -> str:
+    """What a failed run leaves to resume from (checkpoints are replaced atomically, students.checkpoint)."""
+    return (f"the last checkpoint, {run / 'checkpoint'}, is intact" if (run / "checkpoint").is_dir()
+            else "no checkpoint was saved yet")
+
+
 def train(cfg: TrainConfig, source: BatchSource) -> dict[str, Any] | None:
-    """Run (or resume) training; returns what RUN/metrics.json holds (None on ranks other than 0)."""
-    return Trainer(cfg, source).run()
+    """Run (or resume) training; returns what RUN/metrics.json holds (None on ranks other than 0).
+    A full disk is one line: whatever was being written, the last checkpoint is intact."""
+    try:
+        return Trainer(cfg, source).run()
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        where = exc.filename or cfg.out
+        raise UserError(f"no space left on the device writing {where}; {kept_checkpoint(Path(cfg.out))}: "
+                        "free space and rerun with --resume") from None
