@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
-import math
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -49,9 +47,12 @@ def add_build_parser(sub) -> None:
                            "random | a general-distilled BERT checkpoint folder of the same shape")
     tiny.add_argument("--layer-selection", default="uniform", choices=LAYER_SELECTIONS,
                       help="teacher layers the student starts from: uniform (default, ETD) | bottom | top")
-    add_store_flag(tiny, help="etd-impt: HSK store whose inputs score the KD loss to its stored logits",
-                   aliases=("--cache",))
+    add_store_flag(tiny, help="etd-impt: HSK store whose rows score the neurons (task loss on its gold labels, "
+                              "the teacher's expected Fisher score on unlabeled rows)", aliases=("--cache",))
     tiny.add_argument("--data", help="etd-impt: labeled training data scoring the task loss (instead of --store)")
+    tiny.add_argument("--select-on", default=_train_default("select_on"),
+                      help="etd-impt: the `students train --select-on` the student will be trained with; its "
+                           "held-out rows are not scored (default %(default)s)")
     tiny.add_argument("--split", default="train", help="split of a glue/<task> --data (default train)")
     tiny.add_argument("--text-cols", help="--data text column(s), a or a,b")
     tiny.add_argument("--label-col", help="--data label column")
@@ -116,16 +117,30 @@ def run_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_default(name: str):
+    import dataclasses
+
+    return next(f.default for f in dataclasses.fields(TrainConfig) if f.name == name)
+
+
 def _teacher_shape(args: argparse.Namespace) -> dict:
-    """What an extracting init takes from the teacher: its heads, and for teacher-layers its width."""
+    """What an extracting init takes from the teacher: its heads (a rotary family: the heads of
+    its head size that --hidden holds), and for teacher-layers its width."""
     from transformers import AutoConfig
+
+    from hskcache.families import family_of
+    from students.etd import student_heads
 
     if not (Path(args.teacher) / "config.json").is_file():
         raise UserError(f"teacher {args.teacher} is not a model folder (no config.json); pass the fine-tuned teacher")
     config = AutoConfig.from_pretrained(args.teacher)
+    family = family_of(config)
     shape = {"heads": config.num_attention_heads}
     if args.init == "teacher-layers":
-        shape |= {"hidden": config.hidden_size, "ffn": config.intermediate_size}
+        shape |= {"hidden": config.hidden_size, "ffn": getattr(config, family.ffn_size)}
+    hidden = args.hidden or shape.get("hidden") or (PRESETS[args.preset].hidden if args.preset in PRESETS else None)
+    if family.rotary and hidden and hidden % family.head_dim(config) == 0:
+        shape["heads"] = student_heads(config, hidden)
     return shape
 
 
@@ -149,10 +164,28 @@ def _importance_store(args: argparse.Namespace):
     return store
 
 
-def _store_sample(store, examples: int):
-    """Shuffled store batches (the smallest HSK read: only inputs and logits are used) up to `examples`."""
-    batches = store.batches(IMPORTANCE_BATCH, shuffle=True, seed=0, depth=1, tokens=1)
-    return itertools.islice(batches, math.ceil(examples / IMPORTANCE_BATCH))
+def _store_sample(store, examples: int, select_on: str | None = None):
+    """Shuffled store batches (the smallest HSK read: only inputs, logits and labels are used), without
+    the rows `students train --select-on select_on` holds out, up to `examples` rows."""
+    import numpy as np
+    import torch
+
+    from students.selection import HOLDOUT_SEED, drop_rows, holdout_rows, parse_select_on
+
+    fraction = None if select_on is None else parse_select_on(select_on)[1]  # checked before the teacher loads
+    held = None if fraction is None else torch.from_numpy(holdout_rows(np.arange(store.num_examples), fraction,
+                                                                        HOLDOUT_SEED))
+
+    def sample():
+        left = examples
+        for batch in store.batches(IMPORTANCE_BATCH, shuffle=True, seed=0, depth=1, tokens=1):
+            batch = {k: v[:left] for k, v in (batch if held is None else drop_rows(batch, held)).items()}
+            if len(batch["input_ids"]):
+                yield batch
+            left -= len(batch["input_ids"])
+            if left <= 0:
+                return
+    return sample()
 
 
 def _data_sample(args: argparse.Namespace):
@@ -164,6 +197,7 @@ def _data_sample(args: argparse.Namespace):
 
     from hskcache.data import load_texts, tokenize_batch
     from hskcache.teacher import check_max_length, named_labels, usable_positions
+    from students.selection import HOLDOUT_SEED, holdout_rows, parse_select_on
 
     if args.importance_examples < 1:
         raise UserError(f"--importance-examples must be at least 1, got {args.importance_examples}")
@@ -174,56 +208,45 @@ def _data_sample(args: argparse.Namespace):
                         "or score on the teacher's logits with --store STORE")
     if args.max_length is not None and args.max_length < 2:
         raise UserError(f"--max-length must be at least 2 ([CLS] and [SEP]), got {args.max_length}")
-    n = min(len(texts), args.importance_examples)
     max_length = args.max_length or min(128, usable_positions(config))
     check_max_length(max_length, config, "teacher")
-    enc = tokenize_batch(AutoTokenizer.from_pretrained(args.teacher), texts.texts_a[:n],
-                         None if texts.texts_b is None else texts.texts_b[:n], max_length)
+    rows = np.arange(len(texts))
+    fraction = parse_select_on(args.select_on)[1]
+    if fraction is not None:  # the rows a store of this data would hold out for model selection
+        rows = np.setdiff1d(rows, holdout_rows(rows, fraction, HOLDOUT_SEED))
+    rows = rows[:args.importance_examples]
+    enc = tokenize_batch(AutoTokenizer.from_pretrained(args.teacher), [texts.texts_a[i] for i in rows],
+                         None if texts.texts_b is None else [texts.texts_b[i] for i in rows], max_length)
+    labels = np.asarray(texts.labels)[rows]
     batches = []
-    for lo in range(0, n, IMPORTANCE_BATCH):
+    for lo in range(0, len(rows), IMPORTANCE_BATCH):
         width = int(enc["attention_mask"][lo:lo + IMPORTANCE_BATCH].sum(1).max())  # padding is masked: trim it
         batch = {k: torch.from_numpy(enc[k][lo:lo + IMPORTANCE_BATCH, :width])
                  for k in ("input_ids", "attention_mask", "token_type_ids")}
-        batch["labels"] = torch.from_numpy(np.asarray(texts.labels[lo:lo + IMPORTANCE_BATCH]))
+        batch["labels"] = torch.from_numpy(labels[lo:lo + IMPORTANCE_BATCH])
         batches.append(batch)
     return batches
 
 
 def _build_extracted(args: argparse.Namespace, spec: StudentSpec):
-    import torch.nn.functional as F
-
     from hskcache.device import pick_device
-    from transformers import AutoConfig
-
-    from hskcache.teacher import is_regression
     from students.etd import build_extracted
-    from students.losses import prediction_loss
 
-    batches = loss_fn = None
+    batches = None
     if args.init == "etd-impt":
         if (args.store is None) == (args.data is None):
             raise UserError("--init etd-impt (the default) scores the teacher's neurons on one of --store STORE "
-                            "(KD loss to its logits) or --data DATA (task loss); pass one, or --init etd-rand")
+                            "or --data DATA; pass one, or --init etd-rand")
         if args.store is not None:
-            store = _importance_store(args)
-            batches = _store_sample(store, args.importance_examples)
-            regression = store.regression
-
-            def loss_fn(logits, batch):
-                return prediction_loss(logits, batch["logits"].to(logits.device), 1.0, regression)
+            batches = _store_sample(_importance_store(args), args.importance_examples, args.select_on)
         else:
             batches = _data_sample(args)
-            regression = is_regression(AutoConfig.from_pretrained(args.teacher))
-
-            def loss_fn(logits, batch):
-                labels = batch["labels"].to(logits.device)
-                return F.mse_loss(logits[:, 0], labels.float()) if regression else F.cross_entropy(logits, labels)
     elif args.store is not None or args.data is not None:
         raise UserError(f"--store/--data score importance for --init etd-impt; --init {args.init} does not use them")
     device = pick_device(args.device)
     set_cpu_threads(device, args.threads)
-    return build_extracted(args.teacher, spec, args.init, args.out, batches, loss_fn, args.layer_selection,
-                           args.seed, device)
+    return build_extracted(args.teacher, spec, args.init, args.out, batches, args.layer_selection, args.seed, device,
+                           {"importance_select_on": args.select_on} if args.init == "etd-impt" else None)
 
 
 def _build_rosita(args: argparse.Namespace, spec: StudentSpec):

@@ -1,31 +1,35 @@
-"""Extract-Then-Distill: a narrower, shallower BERT student initialised from the teacher.
+"""Extract-Then-Distill: a narrower, shallower student of the teacher's own family, initialised from it.
 
 Width-wise extraction with *hidden consistency* (ETD §3.1, SPEC "Teacher-initialised
-TinyBERT-style students"): one set of d_S hidden-dimension indices is used in every
-module that reads or writes the residual stream, so residual connections still add
-matching dimensions. Every head is kept and shrunk to d_S / A head neurons; each
-layer keeps its own FFN neurons. Indices come from first-order Taylor importance
-(ETD-Impt, Eqs. 5–8) or a seeded draw (ETD-Rand). Then uniform (or bottom/top)
-layer selection picks which teacher layers the student's layers start from.
+students"): one set of d_S hidden-dimension indices is used in every module that
+reads or writes the residual stream, so residual connections still add matching
+dimensions. Every head is kept and shrunk to d_S / A head neurons (rotary families
+keep the head size and drop whole heads instead); each layer keeps its own FFN
+neurons. Indices come from first-order Taylor importance (ETD-Impt, Eqs. 5–8) or a
+seeded draw (ETD-Rand). Then uniform (or bottom/top) layer selection picks which
+teacher layers the student's layers start from.
 
-The pieces are kept apart: `layer_selection` and the plans are pure index
-arithmetic, `taylor_neuron_importance` runs the teacher, `extract_state` slices a
-state dict, and `build_extracted` writes a student folder.
+Where each family keeps which weight, and which axis of it is which, is
+`hskcache.families`' alone: here the plan is index arithmetic, importance runs
+the teacher through the family's modules, and slicing follows the axis labels.
 """
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Callable, Iterable
+import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch import Tensor
-from transformers import AutoModelForSequenceClassification, BertForSequenceClassification, PretrainedConfig
+import torch.nn.functional as F
+from torch import Tensor, nn
+from transformers import AutoModelForSequenceClassification, PretrainedConfig
 
 from hskcache.errors import UserError
-from hskcache.teacher import weights_hash
+from hskcache.families import BLOCKS, FFN, GLU, HEADS, HIDDEN, QKV, Family, family_of, parameter_axes, \
+    takes_token_types
+from hskcache.teacher import is_regression, weights_hash
 from students.models import StudentSpec, save_new, teacher_config
 
 LAYER_SELECTIONS = ("uniform", "bottom", "top")
@@ -52,7 +56,8 @@ def layer_selection(teacher_layers: int, student_layers: int, strategy: str = "u
 
 @dataclass(frozen=True)
 class Importance:
-    """Summed first-order Taylor scores |∂L/∂x · x| of the teacher's neurons."""
+    """Summed first-order scores of the teacher's neurons (SPEC: task loss on labelled rows,
+    the expected Fisher score under the teacher's own p_T on the others)."""
 
     hidden: Tensor  # (d_T,): Eq. 8, summed over the inputs of every layer and the last output
     heads: Tensor  # (N, A, d_k): head neurons (query, key and context), Eq. 6
@@ -65,208 +70,253 @@ class ExtractionPlan:
 
     layers: list[int]
     hidden: Tensor  # (d_S,) sorted hidden-dimension indices, shared by every module
-    head_rows: list[Tensor]  # per student layer: (A · d_S/A,) rows of Q/K/V = columns of attention-out
+    head_rows: list[Tensor]  # per student layer: kept rows of one of Q/K/V = columns of attention-out
     ffn_rows: list[Tensor]  # per student layer: (F_S,) FFN neurons
 
     def to_json(self) -> dict:
         return {"teacher_layers": [i + 1 for i in self.layers], "hidden": self.hidden.tolist(),
                 "head_rows": [r.tolist() for r in self.head_rows], "ffn_rows": [r.tolist() for r in self.ffn_rows]}
 
+    def index(self, label: str, layer: int | None, heads_width: int, ffn_width: int) -> Tensor:
+        """The kept indices along an axis labelled `label` (families.BLOCKS: a fused axis repeats
+        the index in each of its blocks) of a parameter of student layer `layer`."""
+        if label == HIDDEN:
+            return self.hidden
+        rows, width = {HEADS: (self.head_rows, heads_width), QKV: (self.head_rows, heads_width),
+                       FFN: (self.ffn_rows, ffn_width), GLU: (self.ffn_rows, ffn_width)}[label]
+        return torch.cat([rows[layer] + block * width for block in range(BLOCKS[label])])
+
 
 def _top(scores: Tensor, k: int) -> Tensor:
     return scores.topk(k).indices.sort().values
 
 
-def plan_from_scores(importance: Importance, layers: list[int], hidden: int, ffn: int) -> ExtractionPlan:
-    """Keep the highest-scoring hidden dimensions (one set), head neurons per head and FFN neurons per layer."""
+def plan_from_scores(importance: Importance, layers: list[int], hidden: int, ffn: int,
+                     rotary: bool = False) -> ExtractionPlan:
+    """Keep the highest-scoring hidden dimensions (one set) and FFN neurons per layer; per head its
+    best hidden // A neurons, or (rotary) the hidden // d_k heads of largest summed importance."""
     heads, head_dim = importance.heads.shape[1:]
-    size = hidden // heads
     offsets = torch.arange(heads)[:, None] * head_dim
-    head_rows = [(torch.stack([_top(importance.heads[i, h], size) for h in range(heads)]) + offsets).flatten()
-                 for i in layers]
+    if rotary:
+        units = torch.arange(head_dim)
+        head_rows = [(_top(importance.heads[i].sum(-1), hidden // head_dim)[:, None] * head_dim + units).flatten()
+                     for i in layers]
+    else:
+        size = hidden // heads
+        head_rows = [(torch.stack([_top(importance.heads[i, h], size) for h in range(heads)]) + offsets).flatten()
+                     for i in layers]
     return ExtractionPlan(layers, _top(importance.hidden, hidden), head_rows,
                           [_top(importance.ffn[i], ffn) for i in layers])
+
+
+def _sizes(config: PretrainedConfig) -> tuple[int, int, int, int]:
+    family = family_of(config)
+    heads = config.num_attention_heads
+    return config.num_hidden_layers, heads, config.hidden_size // heads, getattr(config, family.ffn_size)
 
 
 def random_importance(config: PretrainedConfig, seed: int) -> Importance:
     """ETD-Rand: seeded random scores, so the kept indices are a uniform random draw."""
     generator = torch.Generator().manual_seed(seed)
-    n, heads = config.num_hidden_layers, config.num_attention_heads
+    n, heads, head_dim, ffn = _sizes(config)
     return Importance(torch.rand(config.hidden_size, generator=generator),
-                      torch.rand(n, heads, config.hidden_size // heads, generator=generator),
-                      torch.rand(n, config.intermediate_size, generator=generator))
+                      torch.rand(n, heads, head_dim, generator=generator), torch.rand(n, ffn, generator=generator))
 
 
 def full_importance(config: PretrainedConfig) -> Importance:
     """Equal scores: with every dimension kept, the plan is the identity (teacher-layers init)."""
-    n, heads = config.num_hidden_layers, config.num_attention_heads
-    return Importance(torch.zeros(config.hidden_size), torch.zeros(n, heads, config.hidden_size // heads),
-                      torch.zeros(n, config.intermediate_size))
+    n, heads, head_dim, ffn = _sizes(config)
+    return Importance(torch.zeros(config.hidden_size), torch.zeros(n, heads, head_dim), torch.zeros(n, ffn))
 
 
-LossFn = Callable[[Tensor, dict[str, Tensor]], Tensor]  # (logits, batch) -> scalar loss
+def model_inputs(config: PretrainedConfig, batch: dict[str, Tensor], device: torch.device) -> dict[str, Tensor]:
+    """The inputs a family's forward takes from a batch (no token types where it has none)."""
+    names = ("input_ids", "attention_mask", "token_type_ids") if takes_token_types(config) else \
+        ("input_ids", "attention_mask")
+    return {k: batch[k].to(device) for k in names if k in batch}
 
 
-def taylor_neuron_importance(model: BertForSequenceClassification, batches: Iterable[dict[str, Tensor]],
-                             loss_fn: LossFn) -> Importance:
-    """ETD Eqs. 5–8 on `batches`: per example |Σ_tokens ∂L/∂x · x| of each neuron x, summed over examples.
+def known_labels(labels: Tensor, regression: bool) -> Tensor:
+    """Which rows have a gold label (a store marks the others -1, or NaN for regression)."""
+    return ~torch.isnan(labels.float()) if regression else labels >= 0
 
-    Hidden neurons are the inputs of every layer's MHA (layer 0 is the embeddings'
-    output) and the last layer's output, summed over layers (Eq. 8). Head neurons
-    are the query, key and context (attention-out input) units of a head. Padding
-    positions carry no gradient (masked keys, only [CLS] is classified).
+
+def taylor_neuron_importance(model: nn.Module, batches: Iterable[dict[str, Tensor]]) -> Importance:
+    """ETD Eqs. 5–8 on `batches`, from a loss that has a gradient at the teacher (SPEC).
+
+    A row with a gold label (`labels`; -1 or NaN when unknown) scores |Σ_tokens ∂L/∂x · x| of
+    its task loss L (cross-entropy, or squared error for regression); a row without one
+    scores the expected Fisher term Σ_y p_T(y) (Σ_tokens ∂ log p_T(y)/∂x · x)² under the
+    teacher's own prediction (regression: (∂ŷ/∂x · x)², a unit-variance Gaussian). Scores
+    are summed over rows, so they do not depend on how rows are batched. Hidden neurons
+    are every hidden state (Eq. 8); head neurons the query, key and context units; FFN
+    neurons the input of the FFN's output matrix. Padding carries no gradient.
     """
     model.eval()
     device = next(model.parameters()).device
     config = model.config
-    layers = model.bert.encoder.layer
-    heads, head_dim = config.num_attention_heads, config.hidden_size // config.num_attention_heads
-    total = Importance(torch.zeros(config.hidden_size, device=device),
-                       torch.zeros(len(layers), heads, head_dim, device=device),
-                       torch.zeros(len(layers), config.intermediate_size, device=device))
-    captured: dict[tuple[str, int], Tensor] = {}
+    family = family_of(config)
+    regression = is_regression(config)
+    layers = family.layer_list(model)
+    n, heads, head_dim, ffn = _sizes(config)
+    totals: dict[str, Tensor] = {}
+    acts: dict[str, Tensor] = {}
 
-    def keep(name: str, i: int):
+    def keep(name: str, pre: bool):
         def hook(module, args, output=None):
-            value = output if output is not None else args[0]
-            value.retain_grad()
-            captured[name, i] = value
+            acts[name] = args[0] if pre else output
         return hook
 
     handles = []
     for i, layer in enumerate(layers):
-        handles += [layer.attention.self.query.register_forward_hook(keep("query", i)),
-                    layer.attention.self.key.register_forward_hook(keep("key", i)),
-                    layer.attention.output.dense.register_forward_pre_hook(keep("context", i)),
-                    layer.intermediate.register_forward_hook(keep("ffn", i))]
-    seen = 0
+        seen_paths = set()
+        for module, projection in family.projections(layer)[:2]:  # query, key
+            if projection.path not in seen_paths:
+                seen_paths.add(projection.path)
+                handles.append(module.register_forward_hook(keep(f"proj{i}:{projection.path}", False)))
+        handles += [layer.get_submodule(family.attn_out).register_forward_pre_hook(keep(f"context{i}", True)),
+                    layer.get_submodule(family.ffn_out).register_forward_pre_hook(keep(f"ffn{i}", True))]
+    rows = 0
     try:
         for batch in batches:
-            model.zero_grad(set_to_none=True)
-            inputs = {k: batch[k].to(device) for k in ("input_ids", "attention_mask", "token_type_ids")}
-            out = model(**inputs, output_hidden_states=True)
-            for state in out.hidden_states:
-                state.retain_grad()
-            loss_fn(out.logits.float(), batch).backward()
-            with torch.no_grad():
-                for state in out.hidden_states:
-                    total.hidden.add_(_score(state))
-                for i in range(len(layers)):
-                    for name in ("query", "key", "context"):
-                        total.heads[i].add_(_score(captured[name, i]).view(heads, head_dim))
-                    total.ffn[i].add_(_score(captured["ffn", i]))
-            seen += 1
+            out = model(**model_inputs(config, batch, device), output_hidden_states=True)
+            names = [*acts, *(f"hidden{j}" for j in range(len(out.hidden_states)))]
+            tensors = [*acts.values(), *out.hidden_states]
+            logits = out.logits if out.logits.dtype == torch.float64 else out.logits.float()
+            known = torch.zeros(len(logits), dtype=torch.bool, device=device)
+            if "labels" in batch:
+                known = known_labels(batch["labels"].to(device), regression)
+            scores = [torch.zeros(t.shape[-1], dtype=torch.float64, device=device) for t in tensors]
+            if known.any():
+                labels = batch["labels"].to(device)[known]
+                loss = (F.mse_loss(logits[known, 0], labels.float(), reduction="sum") if regression
+                        else F.cross_entropy(logits[known], labels.long(), reduction="sum"))
+                for score, term in zip(scores, _first_order(loss, tensors)):
+                    score += term[known].abs().sum(0)
+            unknown = ~known
+            if unknown.any():
+                if regression:
+                    outcomes = [(logits[:, 0], torch.ones_like(logits[:, 0]))]
+                else:
+                    log_p = torch.log_softmax(logits, -1)
+                    outcomes = [(log_p[:, y], log_p[:, y].detach().exp()) for y in range(log_p.shape[-1])]
+                for target, weight in outcomes:
+                    terms = _first_order(target[unknown].sum(), tensors)
+                    for score, term in zip(scores, terms):
+                        score += (weight[unknown, None].double() * term[unknown].double() ** 2).sum(0)
+            for name, score in zip(names, scores):
+                totals[name] = totals[name] + score if name in totals else score
+            rows += len(logits)
+            acts.clear()
     finally:
         for handle in handles:
             handle.remove()
         model.zero_grad(set_to_none=True)
-    if not seen:
-        raise UserError("no examples to score the teacher's neurons on; pass a non-empty --cache or --data")
-    return Importance(total.hidden.cpu(), total.heads.cpu(), total.ffn.cpu())
+    if not rows:
+        raise UserError("no examples to score the teacher's neurons on; pass a non-empty --store or --data")
+    return _collect(family, totals, layers, n, heads, head_dim)
 
 
-def _score(x: Tensor) -> Tensor:
-    """(B, T, D) activation with its gradient -> (D,) Σ_examples |Σ_tokens grad · x|."""
-    return (x.grad * x).sum(1).abs().sum(0)
+def _first_order(target: Tensor, tensors: list[Tensor]) -> list[Tensor]:
+    """Per row, Σ_tokens ∂target/∂x · x for each activation x (B, T, D) -> (B, D). Rows are
+    independent, so the gradient of a sum over rows gives every row's own term."""
+    grads = torch.autograd.grad(target, tensors, retain_graph=True, allow_unused=True)
+    with torch.no_grad():
+        return [torch.zeros(x.shape[0], x.shape[-1], device=x.device) if g is None else (g * x).sum(1)
+                for g, x in zip(grads, tensors)]
 
 
-def extract_state(teacher_state: dict[str, Tensor], plan: ExtractionPlan) -> dict[str, Tensor]:
-    """The student's BertForSequenceClassification state dict, sliced from the teacher's.
+def _collect(family: Family, totals: dict[str, Tensor], layers: nn.ModuleList, n: int, heads: int,
+             head_dim: int) -> Importance:
+    """Named activation scores -> hidden (Eq. 8: summed over hidden states), head and FFN scores."""
+    hidden = sum(score for name, score in totals.items() if name.startswith("hidden"))
+    head = torch.zeros(n, heads * head_dim, dtype=torch.float64)
+    ffn = torch.stack([totals[f"ffn{i}"].cpu() for i in range(n)])
+    for i, layer in enumerate(layers):
+        for _, projection in family.projections(layer)[:2]:
+            head[i] += projection.take(totals[f"proj{i}:{projection.path}"].cpu())
+        head[i] += totals[f"context{i}"].cpu()
+    return Importance(hidden.cpu().float(), head.view(n, heads, head_dim).float(), ffn.float())
 
-    Hidden indices slice every residual-stream side (embeddings, LayerNorms, Q/K/V and
-    FFN-in columns, attention-out and FFN-out rows, the pooler both ways, the
-    classifier's columns); head rows slice Q/K/V rows and attention-out columns;
-    FFN rows slice FFN-in rows and FFN-out columns.
-    """
-    h = plan.hidden
+
+def extract_state(family: Family, config: PretrainedConfig, teacher: dict[str, Tensor],
+                  plan: ExtractionPlan) -> dict[str, Tensor]:
+    """The student's parameters, each the teacher's sliced along its labelled axes
+    (`hskcache.families`): hidden indices on every residual-width axis, head rows on
+    head axes (each block of a fused QKV), FFN rows on FFN axes (both halves of a GLU).
+    Teacher layer plan.layers[s] becomes student layer s; other layers are dropped."""
+    _, heads, head_dim, ffn_width = _sizes(config)
+    source = {t: s for s, t in enumerate(plan.layers)}
     state: dict[str, Tensor] = {}
-    for key, value in teacher_state.items():
-        if key.startswith("bert.encoder.layer."):
+    for name, (layer, axes) in parameter_axes(family, config, list(teacher)).items():
+        if layer is not None and layer not in source:
             continue
-        if key.startswith("bert.embeddings.") and key.endswith("_embeddings.weight"):
-            state[key] = value[:, h]
-        elif key.startswith("bert.embeddings.LayerNorm."):
-            state[key] = value[h]
-        elif key == "bert.pooler.dense.weight":
-            state[key] = value[h][:, h]
-        elif key == "bert.pooler.dense.bias":
-            state[key] = value[h]
-        elif key == "classifier.weight":
-            state[key] = value[:, h]
-        else:
-            state[key] = value  # classifier.bias
-    for student, (teacher, heads, ffn) in enumerate(zip(plan.layers, plan.head_rows, plan.ffn_rows)):
-        src, dst = f"bert.encoder.layer.{teacher}.", f"bert.encoder.layer.{student}."
-        w = {name: teacher_state[src + name] for name in _LAYER_KEYS}
-        for proj in ("query", "key", "value"):
-            state[dst + f"attention.self.{proj}.weight"] = w[f"attention.self.{proj}.weight"][heads][:, h]
-            state[dst + f"attention.self.{proj}.bias"] = w[f"attention.self.{proj}.bias"][heads]
-        state[dst + "attention.output.dense.weight"] = w["attention.output.dense.weight"][h][:, heads]
-        state[dst + "intermediate.dense.weight"] = w["intermediate.dense.weight"][ffn][:, h]
-        state[dst + "intermediate.dense.bias"] = w["intermediate.dense.bias"][ffn]
-        state[dst + "output.dense.weight"] = w["output.dense.weight"][h][:, ffn]
-        for name in ("attention.output.dense.bias", "attention.output.LayerNorm.weight",
-                     "attention.output.LayerNorm.bias", "output.dense.bias", "output.LayerNorm.weight",
-                     "output.LayerNorm.bias"):
-            state[dst + name] = w[name][h]
-    return {key: value.contiguous().clone() for key, value in state.items()}
+        student = None if layer is None else source[layer]
+        value = teacher[name]
+        for axis, label in enumerate(axes):
+            if label is not None:
+                value = value.index_select(axis, plan.index(label, student, heads * head_dim, ffn_width))
+        key = name if layer is None else name.replace(family.layer_prefix(layer), family.layer_prefix(student), 1)
+        state[key] = value.contiguous().clone()
+    return state
 
 
-_LAYER_KEYS = tuple(f"attention.self.{p}.{t}" for p in ("query", "key", "value") for t in ("weight", "bias")) + (
-    "attention.output.dense.weight", "attention.output.dense.bias", "attention.output.LayerNorm.weight",
-    "attention.output.LayerNorm.bias", "intermediate.dense.weight", "intermediate.dense.bias",
-    "output.dense.weight", "output.dense.bias", "output.LayerNorm.weight", "output.LayerNorm.bias")
-
-
-def student_config(teacher: PretrainedConfig, layers: int, hidden: int, ffn: int) -> PretrainedConfig:
-    """The teacher's config (activation, eps, vocabulary, labels) at the student's size; heads stay the teacher's."""
-    config = copy.deepcopy(teacher)
-    config.num_hidden_layers, config.hidden_size, config.intermediate_size = layers, hidden, ffn
-    config.architectures = ["BertForSequenceClassification"]
-    return config
+def student_heads(config: PretrainedConfig, hidden: int) -> int:
+    """The student's heads: the teacher's (head size shrinks), or for a rotary family hidden / head size."""
+    family = family_of(config)
+    return hidden // family.head_dim(config) if family.rotary else config.num_attention_heads
 
 
 def check_shape(teacher: PretrainedConfig, init: str, spec: StudentSpec) -> None:
     """Refuse, in one line, a shape the teacher's weights cannot give."""
-    if teacher.model_type != "bert":
-        raise UserError(f"--init {init} extracts a BERT teacher's weights, the teacher is {teacher.model_type!r}; "
-                        "use --init random")
-    heads = teacher.num_attention_heads
-    if spec.heads != heads:
-        raise UserError(f"--init {init} keeps the teacher's {heads} heads (and shrinks their size), "
-                        f"got --heads {spec.heads}; pass --heads {heads} or --init random")
+    family = family_of(teacher)
+    heads, head_dim = teacher.num_attention_heads, family.head_dim(teacher)
+    ffn = getattr(teacher, family.ffn_size)
     limits = {"layers": (spec.layers, teacher.num_hidden_layers), "hidden": (spec.hidden, teacher.hidden_size),
-              "ffn": (spec.ffn, teacher.intermediate_size)}
+              "ffn": (spec.ffn, ffn)}
     for name, (value, most) in limits.items():
         if not 1 <= value <= most:
             raise UserError(f"--{name} {value} is outside 1..{most} for this teacher; --init {init} can only shrink it")
-    if spec.hidden % heads:
-        raise UserError(f"--hidden {spec.hidden} is not divisible by the teacher's {heads} heads; "
-                        f"pick a multiple of {heads}")
-    if init == "teacher-layers" and (spec.hidden, spec.ffn) != (teacher.hidden_size, teacher.intermediate_size):
+    if family.rotary:
+        if spec.hidden % head_dim:
+            raise UserError(f"--hidden {spec.hidden} is not a multiple of the {family.name} teacher's head size "
+                            f"{head_dim} (rotary heads keep their size, whole heads are dropped); "
+                            f"pick a multiple of {head_dim}")
+        if spec.heads != spec.hidden // head_dim:
+            raise UserError(f"--init {init} keeps {family.name}'s head size {head_dim}, so --hidden {spec.hidden} "
+                            f"has {spec.hidden // head_dim} heads, got --heads {spec.heads}; "
+                            f"pass --heads {spec.hidden // head_dim} or leave it out")
+    else:
+        if spec.heads != heads:
+            raise UserError(f"--init {init} keeps the teacher's {heads} heads (and shrinks their size), "
+                            f"got --heads {spec.heads}; pass --heads {heads} or --init random")
+        if spec.hidden % heads:
+            raise UserError(f"--hidden {spec.hidden} is not divisible by the teacher's {heads} heads; "
+                            f"pick a multiple of {heads}")
+    if init == "teacher-layers" and (spec.hidden, spec.ffn) != (teacher.hidden_size, ffn):
         raise UserError(f"--init teacher-layers keeps the teacher's width (hidden {teacher.hidden_size}, "
-                        f"FFN {teacher.intermediate_size}); drop --hidden/--ffn or use --init etd-impt")
+                        f"FFN {ffn}); drop --hidden/--ffn or use --init etd-impt")
 
 
 def build_extracted(teacher_dir: str | Path, spec: StudentSpec, init: str, out_dir: str | Path,
-                    batches: Iterable[dict[str, Tensor]] | None = None, loss_fn: LossFn | None = None,
-                    selection: str = "uniform", seed: int = 0,
-                    device: str | torch.device = "cpu") -> BertForSequenceClassification:
-    """Build and save a `spec`-shaped student extracted from the teacher (`init` one of EXTRACTING_INITS).
+                    batches: Iterable[dict[str, Tensor]] | None = None, selection: str = "uniform", seed: int = 0,
+                    device: str | torch.device = "cpu", provenance: dict | None = None) -> nn.Module:
+    """Build and save a `spec`-shaped student of the teacher's family (`init` one of EXTRACTING_INITS).
 
-    etd-impt scores neurons with `loss_fn` on `batches` (cap them yourself; the paper
-    uses 10k sentences); etd-rand draws them with `seed`; teacher-layers keeps all.
+    etd-impt scores neurons on `batches` (with `labels` where known; cap them yourself,
+    the paper uses 10k sentences); etd-rand draws them with `seed`; teacher-layers keeps all.
     """
     config = teacher_config(teacher_dir)
+    family = family_of(config)
     check_shape(config, init, spec)
     layers = [i - 1 for i in layer_selection(config.num_hidden_layers, spec.layers, selection)]
     teacher = AutoModelForSequenceClassification.from_pretrained(teacher_dir, attn_implementation="eager")
     teacher_hash = weights_hash(teacher)
     teacher.float()
     if init == "etd-impt":
-        if batches is None or loss_fn is None:
-            raise UserError("--init etd-impt scores the teacher's neurons: pass --cache STORE or --data DATA")
-        importance = taylor_neuron_importance(teacher.to(device), batches, loss_fn)
+        if batches is None:
+            raise UserError("--init etd-impt scores the teacher's neurons: pass --store STORE or --data DATA")
+        importance = taylor_neuron_importance(teacher.to(device), batches)
         teacher.cpu()
     elif init == "etd-rand":
         importance = random_importance(config, seed)
@@ -274,10 +324,24 @@ def build_extracted(teacher_dir: str | Path, spec: StudentSpec, init: str, out_d
         importance = full_importance(config)
     else:
         raise UserError(f"--init {init} is not an extraction; use one of {', '.join(EXTRACTING_INITS)}")
-    plan = plan_from_scores(importance, layers, spec.hidden, spec.ffn)
-    model = BertForSequenceClassification(student_config(config, spec.layers, spec.hidden, spec.ffn))
-    model.load_state_dict(extract_state(teacher.state_dict(), plan))  # strict: nothing left at random init
-    save_new(model, teacher_dir, out_dir, spec, {"init": init, "layer_selection": selection, "seed": seed,
-                                                  "teacher_hash": teacher_hash, "extraction": plan.to_json()})
+    plan = plan_from_scores(importance, layers, spec.hidden, spec.ffn, family.rotary)
+    student_config = family.smaller_config(config, layers, spec.hidden, spec.ffn, spec.heads)
+    model = AutoModelForSequenceClassification.from_config(student_config)
+    state = extract_state(family, config, dict(teacher.named_parameters()), plan)
+    _load_all(model, state, family)
+    save_new(model, teacher_dir, out_dir, spec, {"init": init, "family": family.name, "layer_selection": selection,
+                                                  "seed": seed, "teacher_hash": teacher_hash,
+                                                  "extraction": plan.to_json(), **(provenance or {})})
     return model
 
+
+def _load_all(model: nn.Module, state: dict[str, Tensor], family: Family) -> None:
+    """Load the sliced parameters; every student parameter must come from the teacher
+    (nothing left at random init); teacher parameters the student's layout lacks must be
+    ones the family names (ModernBERT's first layer has no attention norm)."""
+    state = {k: v for k, v in state.items() if not any(re.match(p, k) for p in family.student_drops)}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    parameters = dict(model.named_parameters())
+    missing = [k for k in missing if k in parameters]
+    if missing or unexpected:
+        raise RuntimeError(f"{family.name} extraction left {missing[:3]} unset and {unexpected[:3]} unused")

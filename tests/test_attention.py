@@ -106,7 +106,7 @@ def test_hooks_capture_values_of_every_family(model):
     with torch.no_grad(), hooks.capture(net, [1, 2], ["value"]) as captured:
         out = net(input_ids=ids, output_hidden_states=True)
     for l in (1, 2):
-        value = hooks.attention_modules(net)[l - 1][2]
+        value = hooks.attention_modules(net)[l - 1][2][0]
         expected = out.hidden_states[l - 1] @ value.weight.T + value.bias
         assert torch.allclose(captured[l]["value"], expected, atol=1e-5)
         assert set(captured[l]) == {"value"}
@@ -117,7 +117,7 @@ def test_hooks_refuse_unknown_family_and_layers(teacher_dir):
     with pytest.raises(UserError, match="out of range"), hooks.capture(teacher.model, [3]):
         pass
     teacher.model.config.model_type = "gpt2"
-    with pytest.raises(UserError, match="no known attention projections"):
+    with pytest.raises(UserError, match="not a supported encoder family; use one of: bert, roberta"):
         hooks.attention_modules(teacher.model)
 
 

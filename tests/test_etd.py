@@ -49,7 +49,7 @@ def test_layer_selection_follows_etd():
 def test_keeping_every_dimension_reproduces_the_teacher(teacher4, tmp_path, init):
     batches = [{**_inputs(1), "labels": torch.tensor([0, 1, 1])}]
     spec = StudentSpec("tinybert", layers=LAYERS, heads=HEADS, ffn=FFN, hidden=HIDDEN)
-    build_extracted(teacher4, spec, init, tmp_path / "s", batches, lambda logits, b: F.cross_entropy(logits, b["labels"]))
+    build_extracted(teacher4, spec, init, tmp_path / "s", batches)
     student = load_student(tmp_path / "s").eval()
     inputs = _inputs(2)
     with torch.no_grad():
@@ -114,7 +114,7 @@ def test_importance_is_the_first_order_taylor_term(teacher4):
     inputs = _inputs(4, batch=3)
     for i in range(3):
         examples.append({**{k: v[i:i + 1] for k, v in inputs.items()}, "labels": torch.tensor([i % 2])})
-    importance = taylor_neuron_importance(model, examples, lambda logits, b: F.cross_entropy(logits.double(), b["labels"]))
+    importance = taylor_neuron_importance(model, examples)
     layer = model.bert.encoder.layer[1]
 
     def scale_column(linear, j):  # a neuron read only through column j of `linear`

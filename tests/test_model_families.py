@@ -9,6 +9,7 @@ from transformers import (BertTokenizer, ElectraConfig, ElectraForSequenceClassi
 
 from conftest import WORDS
 from students import cli as students_cli
+from students.models import load_student
 from test_extract import check_against_reference, run_extract
 
 SHAPE = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, num_labels=2)
@@ -49,3 +50,10 @@ def test_family_selection_matches_reference(tmp_path, pair_csv, family):
     assert students_cli.main(["train", "--store", str(tmp_path / "s"), "--student", str(tmp_path / "student"),
                               "--out", str(tmp_path / "run"), "--max-steps", "2", "--threads", "1", "--quiet"]) == 0
     assert (tmp_path / "run" / "student" / "config.json").is_file()
+    # the default init (etd-impt, scored on the store's rows) writes a student of the teacher's own family
+    assert students_cli.main(["build", "tinybert", "--teacher", str(folder), "--store", str(tmp_path / "s"),
+                              "--layers", "2", "--hidden", "16", "--ffn", "32", "--out", str(tmp_path / "etd")]) == 0
+    assert type(load_student(tmp_path / "etd")) is type(model)
+    assert students_cli.main(["train", "--store", str(tmp_path / "s"), "--student", str(tmp_path / "etd"),
+                              "--out", str(tmp_path / "etd-run"), "--max-steps", "2", "--threads", "1", "--quiet"]) == 0
+    assert type(load_student(tmp_path / "etd-run" / "student")) is type(model)
