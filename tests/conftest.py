@@ -64,6 +64,27 @@ def write_csv(path: Path, rows: list[dict]) -> Path:
     return path
 
 
+CUDA = torch.cuda.is_available()
+DEVICES = ("cpu", pytest.param("cuda", marks=(pytest.mark.cuda, pytest.mark.skipif(not CUDA, reason="no CUDA device"))))
+
+
+def pytest_configure(config) -> None:
+    config.addinivalue_line("markers", "cuda: the test's CUDA case (skipped without a GPU; tools/gpu_check.sh runs them)")
+
+
+def pytest_generate_tests(metafunc) -> None:
+    """Every test that runs a model takes `device` (a torch device name): its cpu case runs everywhere, its cuda case is
+    collected always and skipped without a GPU, so a CPU run costs what it did and `-m cuda` selects the GPU cases."""
+    if "device" in metafunc.fixturenames:
+        metafunc.parametrize("device", DEVICES)
+
+
+def require_gpus(device: str, count: int) -> None:
+    """Skip a cuda case that needs more GPUs than the machine has (nccl DDP: one GPU per rank)."""
+    if device == "cuda" and torch.cuda.device_count() < count:
+        pytest.skip(f"needs {count} CUDA devices, found {torch.cuda.device_count()}")
+
+
 @pytest.fixture(scope="session")
 def teacher_dir(tmp_path_factory) -> Path:
     return make_teacher(tmp_path_factory.mktemp("teacher"))
