@@ -523,7 +523,8 @@ class Trainer:
         loss.backward()
         norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.max_grad_norm)
         if not torch.isfinite(norm):  # the same on every rank (DDP averaged the gradients); before the update
-            raise self._diverged(stage, "loss" if not torch.isfinite(loss) else "gradient norm", norm.item())
+            bad_loss = not torch.isfinite(loss)
+            raise self._diverged(stage, "loss" if bad_loss else "gradient norm", (loss if bad_loss else norm).item())
         self._lr = self.optimizer.param_groups[0]["lr"]
         self.optimizer.step()
         self.scheduler.step()

@@ -28,8 +28,9 @@ def student(task, tmp_path_factory):
     return out
 
 
-def train_args(task, student, out, *extra) -> list[str]:
-    return ["train", "--store", str(task.store), "--student", str(student), "--out", str(out), *QUICK, *extra]
+def train_args(task, student, out, device, *extra) -> list[str]:
+    return ["train", "--store", str(task.store), "--student", str(student), "--out", str(out), "--device", device,
+            *QUICK, *extra]
 
 
 def strict_json_lines(path) -> list[dict]:
@@ -45,19 +46,19 @@ def one_error_line(capsys) -> str:
     return err[0]
 
 
-def interrupted_run(task, student, out, monkeypatch, at: int = 3, *extra) -> list[str]:
-    """A run stopped by Ctrl-C at its `at`-th step (checkpoint saved); returns its arguments."""
+def interrupted_run(task, student, out, device, monkeypatch) -> list[str]:
+    """A run stopped by Ctrl-C at its third step (checkpoint saved); returns its arguments."""
     store = hskcache.open_store(task.store)
-    args = train_args(task, student, out, "--max-steps", "6", *extra)
+    args = train_args(task, student, out, device, "--max-steps", "6")
     with monkeypatch.context() as patch:
-        patch.setattr(cli, "open_source", lambda settings, cfg: Interrupting(store, at))
+        patch.setattr(cli, "open_source", lambda settings, cfg: Interrupting(store, 3))
         assert cli.main(args) == 130
     return args
 
 
-def test_diverging_rate_stops_at_the_first_non_finite_step(task, student, tmp_path, capsys):
+def test_diverging_rate_stops_at_the_first_non_finite_step(task, student, tmp_path, capsys, device):
     run = tmp_path / "run"
-    args = train_args(task, student, run, "--hsk-lr", "1e12", "--max-steps", "16", "--save-every", "1")
+    args = train_args(task, student, run, device, "--hsk-lr", "1e12", "--max-steps", "16", "--save-every", "1")
     assert cli.main(args) == 2
     line = one_error_line(capsys)
     assert "not finite" in line and "--hsk-lr 1e+12 is likely too high" in line and "lower rate" in line
@@ -77,9 +78,9 @@ def test_diverging_rate_stops_at_the_first_non_finite_step(task, student, tmp_pa
 
 
 def test_a_checkpoint_with_nan_weights_is_refused_before_anything_is_written(task, student, tmp_path,
-                                                                              monkeypatch, capsys):
+                                                                              monkeypatch, capsys, device):
     run = tmp_path / "run"
-    args = interrupted_run(task, student, run, monkeypatch)
+    args = interrupted_run(task, student, run, device, monkeypatch)
     state_file = run / "checkpoint" / checkpoint.STATE_FILE
     state = torch.load(state_file, weights_only=False)
     name = next(iter(state["model"]))
@@ -96,9 +97,9 @@ def test_a_checkpoint_with_nan_weights_is_refused_before_anything_is_written(tas
 
 @pytest.mark.parametrize("damage", ["truncated", "empty"])
 def test_an_unreadable_checkpoint_is_one_line_and_the_advice_works(task, student, tmp_path, monkeypatch, capsys,
-                                                                   damage):
+                                                                   damage, device):
     run = tmp_path / "run"
-    args = interrupted_run(task, student, run, monkeypatch)
+    args = interrupted_run(task, student, run, device, monkeypatch)
     state_file = run / "checkpoint" / checkpoint.STATE_FILE
     data = state_file.read_bytes()
     state_file.write_bytes(data[:len(data) // 2] if damage == "truncated" else b"")
@@ -113,9 +114,9 @@ def test_an_unreadable_checkpoint_is_one_line_and_the_advice_works(task, student
 
 
 def test_resume_knows_the_run_folder_however_spelled_and_names_only_what_changed(task, student, tmp_path,
-                                                                                  monkeypatch, capsys):
+                                                                                  monkeypatch, capsys, device):
     monkeypatch.chdir(tmp_path)
-    args = interrupted_run(task, student, "run", monkeypatch)
+    args = interrupted_run(task, student, "run", device, monkeypatch)
     capsys.readouterr()
     changed = [a if a != "6" else "5" for a in args]  # --max-steps 5
     assert cli.main(changed + ["--resume"]) == 2
@@ -153,10 +154,10 @@ class FullLog:
 
 
 @pytest.mark.parametrize("where", ["checkpoint", "student", "log"])
-def test_a_full_disk_is_one_line_and_the_run_resumes(task, student, tmp_path, monkeypatch, capsys, where):
+def test_a_full_disk_is_one_line_and_the_run_resumes(task, student, tmp_path, monkeypatch, capsys, where, device):
     """The second checkpoint, the selected student (RUN/best) or the third log record meets a full disk."""
     run = tmp_path / "run"
-    args = train_args(task, student, run, "--max-steps", "4", "--save-every", "2")
+    args = train_args(task, student, run, device, "--max-steps", "4", "--save-every", "2")
     with monkeypatch.context() as patch:
         if where == "checkpoint":
             patch.setattr(checkpoint.torch, "save", FullDisk(torch.save, 1))
