@@ -25,10 +25,12 @@ import numpy as np
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
-from transformers import AutoModelForMaskedLM, AutoModelForSequenceClassification, AutoTokenizer
+from transformers import AutoModelForMaskedLM
 
 from .data import load_texts
 from .errors import UserError
+from .outputs import check_out_file
+from .teacher import LOAD_ERRORS, check_model_source, load_config, load_model, load_tokenizer
 
 AUGMENTED_COL = "augmented"
 WRITERS = {".csv": lambda frame, path: frame.to_csv(path, index=False),
@@ -49,6 +51,7 @@ class AugmentConfig:
     split: str = "train"
     text_cols: tuple[str, ...] | None = None
     label_col: str | None = None
+    overwrite: bool = False  # replace an existing --out file
 
     def __post_init__(self) -> None:
         if self.per_example < 1:
@@ -59,11 +62,8 @@ class AugmentConfig:
             raise UserError(f"--candidates must be at least 1, got {self.candidates}")
         if Path(self.out).suffix.lower() not in WRITERS:
             raise UserError(f"--out {self.out} must end in {', '.join(WRITERS)} (a file `hskcache extract` reads)")
-        if Path(self.out).exists():
-            raise UserError(f"--out {self.out} exists; choose a new file")
-        if not (Path(self.teacher) / "config.json").is_file():
-            raise UserError(f"--teacher {self.teacher} is not a model folder (no config.json); "
-                            "pass the fine-tuned teacher")
+        check_out_file(self.out, "--out", self.overwrite)
+        check_model_source(self.teacher)
 
 
 def whole_words(tokenizer) -> np.ndarray:
@@ -94,7 +94,7 @@ def has_mlm_head(teacher: str) -> bool:
     """Whether the folder holds trained MLM-head weights (a fine-tuned classifier does not)."""
     try:
         _, info = AutoModelForMaskedLM.from_pretrained(teacher, output_loading_info=True)
-    except (OSError, ValueError):
+    except LOAD_ERRORS:  # no or unreadable weights: load_model says why, once
         return False
     return not any(".predictions." in key or key.startswith("lm_head") for key in info["missing_keys"])
 
@@ -141,11 +141,11 @@ def augment(cfg: AugmentConfig, progress: bool = True) -> pd.DataFrame:
     data = load_texts(cfg.data, cfg.split, cfg.text_cols, cfg.label_col)
     if data.texts_b is not None:
         raise UserError(f"{cfg.data} holds sentence pairs; `hskcache augment` augments single sentences only")
-    tokenizer = AutoTokenizer.from_pretrained(cfg.teacher)
+    tokenizer = load_tokenizer(cfg.teacher, load_config(cfg.teacher))
     allowed = whole_words(tokenizer)
     vocab = tokenizer.get_vocab()
     if has_mlm_head(cfg.teacher):
-        model = AutoModelForMaskedLM.from_pretrained(cfg.teacher).eval()
+        model = load_model(cfg.teacher, cls=AutoModelForMaskedLM).eval()
         source = "the teacher's MLM head"
 
         def candidates(words, slot):
@@ -153,7 +153,7 @@ def augment(cfg: AugmentConfig, progress: bool = True) -> pd.DataFrame:
                 return np.empty(0, dtype=np.int64)
             return mlm_candidates(model, tokenizer, words, slot, cfg.candidates, allowed)
     else:
-        embeddings = AutoModelForSequenceClassification.from_pretrained(cfg.teacher).get_input_embeddings().weight
+        embeddings = load_model(cfg.teacher).get_input_embeddings().weight
         present = sorted({vocab[w] for text in data.texts_a for w in split_words(tokenizer, text)
                           if w in vocab and allowed[vocab[w]]})
         table = embedding_neighbours(embeddings.detach(), np.asarray(present, dtype=np.int64), allowed,

@@ -13,8 +13,10 @@ from .errors import UserError
 def quiet_libraries() -> None:
     """Our own progress bars say what is happening; the libraries' would interleave."""
     import datasets
+    import huggingface_hub
     import transformers
 
+    huggingface_hub.utils.logging.set_verbosity_error()  # the hub's retry warnings: the error says it once
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     datasets.disable_progress_bars()
@@ -114,6 +116,7 @@ def add_augment_parser(sub) -> None:
     p.add_argument("--split", default="train", help="split of a glue/<task> --data (default train)")
     p.add_argument("--text-cols", help="text column")
     p.add_argument("--label-col", help="label column")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file (never one in a store)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -122,7 +125,7 @@ def run_augment(args: argparse.Namespace) -> int:
 
     cols = tuple(c.strip() for c in args.text_cols.split(",")) if args.text_cols else None
     cfg = AugmentConfig(args.teacher, args.data, args.out, args.per_example, args.seed, args.replace_prob,
-                        args.candidates, args.split, cols, args.label_col)
+                        args.candidates, args.split, cols, args.label_col, args.overwrite)
     frame = augment(cfg, progress=not args.quiet)
     print(f"wrote {args.out}: {len(frame):,} rows, {int(frame['augmented'].sum()):,} augmented")
     return 0
@@ -130,8 +133,9 @@ def run_augment(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from .budget_cli import add_budget_parser
+    from .options import OneLineParser
 
-    parser = argparse.ArgumentParser(prog="hskcache", description="Run a teacher once; store its compressed hidden-state knowledge.")
+    parser = OneLineParser(prog="hskcache", description="Run a teacher once; store its compressed hidden-state knowledge.")
     sub = parser.add_subparsers(dest="command", required=True)
     add_extract_parser(sub)
     add_inspect_parser(sub)

@@ -14,6 +14,9 @@ from .storage import Location
 from .device import DEVICES, DTYPES, check_dtype
 
 
+DEFAULT_TOKENS = 50  # N^L when --tokens is not given (capped at --max-length)
+
+
 @dataclass(frozen=True)
 class ExtractConfig:
     """Every setting of one extraction: each field is an `extract` flag and a TOML key."""
@@ -30,7 +33,8 @@ class ExtractConfig:
         None, "explicit teacher layers for student layers 0..L', e.g. 0,3,5,8,10",
         parse=lambda value: integers(value, "--teacher-layers"))
     depth: int | None = setting(None, "N^D: the top N^D pairs (default all L'+1)")
-    tokens: int = setting(50, "N^L: most tokens per layer")
+    tokens: int | None = setting(None, "N^L: most tokens per layer, at most --max-length",
+                                 show_default=f"{DEFAULT_TOKENS}, or --max-length if smaller")
     token_strategy: str = setting("att-nosep-top", " | ".join(TOKEN_STRATEGIES))
     width: float = setting(1.0, "N^W: fraction of activations kept, (0, 1]")
     width_strategy: str = setting("mag", " | ".join(WIDTH_STRATEGIES))
@@ -60,6 +64,8 @@ class ExtractConfig:
     def __post_init__(self) -> None:
         if not 0 < self.width <= 1:
             raise UserError(f"--width must be in (0, 1], got {self.width}: it is the fraction of activations kept")
+        if self.tokens is None:  # resolved once here, so the store records what it holds
+            object.__setattr__(self, "tokens", min(DEFAULT_TOKENS, self.max_length))
         if self.tokens < 1:
             raise UserError(f"--tokens must be at least 1, got {self.tokens}")
         if self.token_strategy not in TOKEN_STRATEGIES:
@@ -78,6 +84,9 @@ class ExtractConfig:
         if not 2 <= self.max_length <= MAX_LENGTH:
             raise UserError(f"--max-length {self.max_length} is outside 2..{MAX_LENGTH}: at least [CLS] and [SEP], "
                             "at most what the store's int16 lengths and positions hold")
+        if self.tokens > self.max_length:
+            raise UserError(f"--tokens {self.tokens} is above --max-length {self.max_length}: a row has at most "
+                            f"{self.max_length} tokens to keep; pass --tokens {self.max_length} or less")
         if self.batch_size < 1:
             raise UserError(f"--batch-size must be at least 1, got {self.batch_size}")
         if self.limit is not None and self.limit < 1:

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import csv
 import hashlib
-from collections.abc import Sequence
+import logging
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -135,6 +137,8 @@ def load_texts(
         cols = tuple(text_cols)
     else:
         cols = GLUE_TEXT_COLS[task] if task else _default_text_cols(ds.column_names, data)
+    if task is None:
+        ds = _text_as_read(ds, data, cols)
     label_col = label_col if label_col is not None else default_label
     return _to_text_data(ds, data, split, task, cols, label_col, regression, label_names, unknown_labels)
 
@@ -150,7 +154,32 @@ def _glue_split(task: str, split: str) -> str:
     return split
 
 
-def _load_local(data: str) -> datasets.Dataset:
+@contextmanager
+def _datasets_quiet() -> Iterator[None]:
+    """`datasets` logs a file it cannot read before raising; the raised error is reported once, as one line."""
+    logger = logging.getLogger("datasets")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _text_as_read(ds: datasets.Dataset, data: str, cols: Sequence[str]) -> datasets.Dataset:
+    """A CSV/TSV is text: its text columns are read as written, even when every cell is digits
+    (pandas would parse them as numbers). Typed formats (JSON, parquet) keep their types."""
+    numeric = [c for c in cols if c in ds.column_names and not _is_string(ds.data.schema.field(c).type)]
+    if not numeric or _LOCAL_FORMATS[Path(data).suffix.lower()][0] != "csv":
+        return ds
+    features = ds.features.copy()
+    for col in numeric:
+        features[col] = datasets.Value("string")
+    return _load_local(data, features=features)
+
+
+def _load_local(data: str, **more) -> datasets.Dataset:
+    """A local file through `datasets` (`more`: builder options, e.g. `features`)."""
     path = Path(data)
     suffix = path.suffix.lower()
     if suffix not in _LOCAL_FORMATS:
@@ -164,9 +193,15 @@ def _load_local(data: str) -> datasets.Dataset:
         raise UserError(f"data file {data} is empty; pass a file with rows")
     builder, kwargs = _LOCAL_FORMATS[suffix]
     try:
-        return datasets.load_dataset(builder, data_files=str(path), split="train", **kwargs)
+        with _datasets_quiet():
+            return datasets.load_dataset(builder, data_files=str(path), split="train", **kwargs, **more)
     except (ValueError, StopIteration, DatasetGenerationError) as e:
         cause = e.__cause__ or e
+        if isinstance(cause, UnicodeDecodeError):
+            raise UserError(
+                f"could not read {data}: it is not UTF-8 text (invalid byte "
+                f"0x{cause.object[cause.start]:02x}); save it as UTF-8"
+            ) from e
         raise UserError(
             f"could not read {data} as {suffix[1:]} ({type(cause).__name__}: "
             f"{str(cause).strip() or 'no rows'}); check the file's format and that it has rows"
@@ -288,6 +323,31 @@ def _labels(
             "classes must be 0..C-1 (or strings)"
         )
     return array.astype(np.int64), None, False
+
+
+def check_labels(labels: np.ndarray | None, num_labels: int, regression: bool, where: str, role: str,
+                 named: bool = False) -> None:
+    """The one rule for gold labels against a model's head, shared by extract, build, train and eval.
+
+    A classifier's labels are classes 0..num_labels-1, or -1 for a row without one (an augmented
+    or unlabeled row); real-valued labels are a regression's. A regression head takes numbers
+    (NaN: none), not class names (`named`)."""
+    if labels is None:
+        return
+    if regression:
+        if named:
+            raise UserError(f"{where} has class-name labels but the {role} is a regression head; "
+                            "check --label-col")
+        return
+    if labels.dtype.kind == "f":
+        raise UserError(f"{where} has real-valued (regression) labels but the {role} is a classifier with "
+                        f"{num_labels} classes; check --label-col")
+    bad = np.flatnonzero((labels < -1) | (labels >= num_labels))
+    if len(bad):
+        row = int(bad[0])
+        raise UserError(f"{where} has class {int(labels[row])} at row {row}, outside the {role}'s "
+                        f"{num_labels} classes 0..{num_labels - 1}; use data labeled for this {role} "
+                        "or another --label-col")
 
 
 def _is_string(kind: pa.DataType) -> bool:

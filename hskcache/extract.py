@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from . import hooks
 from .config import ExtractConfig
 from .distributed import Ranks, broadcast, rank_device
-from .data import TextData, fingerprint, load_texts, tokenize_batch
+from .data import TextData, check_labels, fingerprint, load_texts, tokenize_batch
 from .errors import UserError
 from .knowledge import RelationSpec, TeacherForward, relation_kinds, stored_kinds
 from .layout import StoreShape
@@ -152,9 +152,8 @@ def prepare(cfg: ExtractConfig, device: torch.device | None = None
                        labels=None if data.labels is None else data.labels[:n])
     teacher_layers = cfg.resolve_layers(teacher.num_layers)
     depth = cfg.depth if cfg.depth is not None else len(teacher_layers)
-    if data.labels is not None and data.is_regression != teacher.regression:
-        kind = "regression" if data.is_regression else "classification"
-        raise UserError(f"data {cfg.data} has {kind} labels but the teacher has {teacher.num_labels} outputs; check --label-col")
+    check_labels(data.labels, teacher.num_labels, teacher.regression, f"data {cfg.data}", "teacher",
+                 named=data.label_names is not None)
     plan = SelectionPlan.build(teacher_layers, teacher.num_layers, depth, cfg.tokens, cfg.token_strategy,
                                cfg.width, cfg.width_strategy, teacher.hidden, cfg.width_seed)
     relations = None

@@ -49,6 +49,16 @@ def setting(default: Any, help: str, **more: Any) -> Any:
     return field(default=default, metadata={"help": help, **more})
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line, like every other refusal (the usage block is
+    what --help prints). Subcommand parsers inherit the class."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        if "expected one argument" in message:  # argparse reads `--hsk -1,3,0.5` as a flag without its value
+            message += " (write a value that starts with '-' as --flag=VALUE)"
+        self.exit(2, f"{self.prog}: error: {message}; see {self.prog} --help\n")
+
+
 def flag_name(name: str) -> str:
     return "--" + name.replace("_", "-")
 
@@ -159,19 +169,43 @@ def merged(cls: type, flags: dict[str, Any], toml_path: str | None = None,
     return out
 
 
+_KIND_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
+def _typed(name: str, value: Any, kind: Any) -> Any:
+    """`value` as the field's plain type (a TOML string of digits as argparse would read the flag);
+    the wrong type is a one-line error naming the setting and the type it takes."""
+    if kind not in _KIND_NAMES or value is None:
+        return value
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
+        return value
+    if isinstance(value, str) and kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            pass
+    raise UserError(f"setting {name!r} ({flag_name(name)}) must be {_KIND_NAMES[kind]}, got {value!r}")
+
+
 def make(cls: type[T], values: dict[str, Any]) -> T:
-    """`cls(**values)` with strings (and TOML lists) parsed by each field's `parse`;
-    a missing required field is a one-line error."""
+    """`cls(**values)` with strings (and TOML lists) parsed by each field's `parse`, plain
+    values checked against the field's type; a missing required field is a one-line error."""
     known = {f.name: f for f in fields(cls)}
+    hints = typing.get_type_hints(cls)
     values = dict(values)
     for name, value in values.items():
         if name not in known:
             raise UserError(f"unknown setting {name!r}; known: {', '.join(sorted(known))}")
+        parse: Callable | None = known[name].metadata.get("parse")
+        if parse is None:
+            values[name] = _typed(name, value, _field_type(hints[name]))
+            continue
         if isinstance(value, list):  # from TOML: the flag's own spelling
             value = ",".join(map(str, value))
-        parse: Callable | None = known[name].metadata.get("parse")
-        if isinstance(value, str) and parse is not None:
-            values[name] = parse(value)
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            values[name] = parse(str(value))
     missing = [n for n, f in known.items() if f.default is MISSING and f.default_factory is MISSING and n not in values]
     if missing:
         raise UserError(f"{flag_name(missing[0])} is required (as a flag or in the --config file)")

@@ -284,6 +284,10 @@ class HSKStore:
         raw = self._data.read(self._decoder.arrays(relations), idx)
         return self._decoder.to_torch(raw, depth, tokens, kept, relations)
 
+    def labels(self) -> np.ndarray:
+        """Every row's gold label (-1, or NaN for regression: none), the labels array alone."""
+        return self._data.read(["labels"], slice(None))["labels"]
+
     def num_batches(self, batch_size: int, drop_last: bool = False) -> int:
         return self.num_examples // batch_size if drop_last else -(-self.num_examples // batch_size)
 

@@ -8,10 +8,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+from huggingface_hub.errors import HFValidationError
+from huggingface_hub.utils import validate_repo_id
+from safetensors import SafetensorError
+from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PretrainedConfig
 
 from .device import autocast, pick_device, pick_dtype
 from .errors import UserError
+from .families import family_of, takes_token_types
 
 
 def weights_hash(model: torch.nn.Module) -> str:
@@ -99,34 +103,104 @@ class Teacher:
     def forward(self, batch: dict[str, torch.Tensor]):
         """Logits, hidden states and attention probabilities (eager attention)."""
         inputs = {k: batch[k].to(self.device) for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
-        if getattr(self.model.config, "type_vocab_size", 0) < 2:  # RoBERTa: 1; MPNet: no segments at all
+        if not takes_token_types(self.model.config):  # RoBERTa: 1 type; MPNet, ModernBERT: none
             inputs.pop("token_type_ids", None)
         with torch.inference_mode(), autocast(self.device, self.dtype):
             return self.model(**inputs, output_hidden_states=True, output_attentions=True, return_dict=True)
 
 
+# What a model folder that cannot be loaded raises: no or truncated weights, a bad config,
+# a hub id that cannot be fetched.
+LOAD_ERRORS = (OSError, ValueError, KeyError, SafetensorError)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def check_model_source(name: str, role: str = "teacher") -> None:
+    """Refuse at once a local path that does not exist or is not a model folder, instead of
+    asking the hub for it (offline: five retries, then a message about the network).
+    A name is a path when it cannot be a hub id (./x, /x, ~/x, a/b/c, x/), or its first
+    component exists here."""
+    local = Path(name).expanduser()
+    if local.exists():
+        if not (local / "config.json").is_file():
+            raise UserError(f"{role} {name} is not a model folder (no config.json); "
+                            "pass a saved Hugging Face model folder")
+        return
+    try:
+        validate_repo_id(name)
+        looks_local = "/" in name and Path(name.split("/")[0]).expanduser().is_dir()
+    except HFValidationError:
+        looks_local = True
+    if looks_local:
+        raise UserError(f"{role} {name} does not exist; check the path (it is not a hub id either)")
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        from huggingface_hub import try_to_load_from_cache
+
+        if not isinstance(try_to_load_from_cache(name, "config.json"), str):
+            raise UserError(f"{role} {name} is neither a local folder nor in the hub cache, and HF_HUB_OFFLINE "
+                            "is set; pass a local model folder, or fetch it once with network access")
+
+
+def load_config(name: str, role: str = "teacher") -> PretrainedConfig:
+    """A model's config, its source checked first; any failure is one line."""
+    check_model_source(name, role)
+    try:
+        return AutoConfig.from_pretrained(name)
+    except LOAD_ERRORS as exc:
+        raise UserError(f"cannot load {role} {name!r} ({_first_line(exc)}); "
+                        "pass a local model folder or a reachable hub id") from None
+
+
+def load_model(name: str, role: str = "teacher", cls=AutoModelForSequenceClassification, **kwargs) -> torch.nn.Module:
+    """`cls.from_pretrained(name, **kwargs)`; missing or truncated weights are one line."""
+    try:
+        return cls.from_pretrained(name, **kwargs)
+    except LOAD_ERRORS as exc:
+        raise UserError(f"cannot load the weights of {role} {name} ({_first_line(exc)}); "
+                        "save the model again (save_pretrained) or pass another folder") from None
+
+
+def load_tokenizer(name: str, config: PretrainedConfig, role: str = "teacher"):
+    """The model's tokenizer, checked to be a real vocabulary that fits its embeddings.
+
+    Without tokenizer files Transformers quietly builds one of only special tokens
+    (every word [UNK]); a larger vocabulary than the embedding table fails mid-run."""
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name)
+    except LOAD_ERRORS as exc:
+        raise UserError(f"cannot load the tokenizer of {role} {name} ({_first_line(exc)}); "
+                        "save it into the folder (tokenizer.save_pretrained)") from None
+    vocab = tokenizer.get_vocab()
+    if len(set(vocab) - set(tokenizer.all_special_tokens)) == 0:
+        raise UserError(f"{role} {name} has no tokenizer files (only {len(vocab)} special tokens: every word would "
+                        "be [UNK]); save the tokenizer into the folder (tokenizer.save_pretrained)")
+    rows = getattr(config, "vocab_size", None)
+    if rows is not None and id_bound(tokenizer) > rows:
+        raise UserError(f"{role} {name}'s tokenizer has ids up to {id_bound(tokenizer) - 1} but the model embeds "
+                        f"only {rows} tokens; pass the tokenizer the model was trained with")
+    return tokenizer
+
+
 def load_teacher(name: str, device: str | torch.device = "auto", dtype: str | None = None) -> Teacher:
     """A fine-tuned sequence classifier, checked to be one and to return attentions;
     it runs in `dtype` (`hskcache.device.pick_dtype`: bf16 on CUDA, fp32 on CPU by default)."""
-    local = Path(name).expanduser()
-    if (name.startswith((".", "/", "~")) or local.exists()) and not (local / "config.json").is_file():
-        raise UserError(f"teacher {name} is not a model folder (no config.json); pass a fine-tuned Hugging Face model folder or hub id")
-    try:
-        config = AutoConfig.from_pretrained(name)
-    except (OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"cannot load teacher {name!r} ({first}); pass a local model folder or a reachable hub id") from None
+    config = load_config(name)
     archs = config.architectures or []
     if not any(a.endswith("ForSequenceClassification") for a in archs):
         raise UserError(
             f"teacher {name} is not a fine-tuned sequence classifier (architectures: {', '.join(archs) or 'none'}); "
             "fine-tune it first, e.g. with tools/finetune_teacher.py"
         )
+    family_of(config)  # a causal or unregistered model type is refused before its weights load
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    model = AutoModelForSequenceClassification.from_pretrained(name, attn_implementation="eager")
+    model = load_model(name, attn_implementation="eager")
+    tokenizer = load_tokenizer(name, config)
     dev = device if isinstance(device, torch.device) else pick_device(device)
     model.to(dev).eval()
-    tokenizer = AutoTokenizer.from_pretrained(name)
     teacher = Teacher(model, tokenizer, name, dev, weights_hash(model), pick_dtype(dtype, dev))
     probe = tokenizer(["a"], return_tensors="pt")
     out = teacher.forward(dict(probe))

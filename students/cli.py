@@ -14,7 +14,7 @@ from typing import Any
 from hskcache.cli import run_guarded
 from hskcache.device import DEVICES, DTYPES
 from hskcache.errors import UserError
-from hskcache.options import add_fields, add_store_flag, columns, field_names, flag_name, make, merged
+from hskcache.options import OneLineParser, add_fields, add_store_flag, columns, field_names, flag_name, make, merged
 from students.etd import EXTRACTING_INITS, LAYER_SELECTIONS
 from students.models import PRESETS, StudentSpec
 from students.trainer import TrainConfig, set_cpu_threads
@@ -36,6 +36,7 @@ def add_build_parser(sub) -> None:
                     "heads (head size shrinks with --hidden); teacher-layers also keeps its width.")
     tiny.add_argument("--teacher", required=True, help="fine-tuned teacher folder (vocabulary, labels, weights)")
     tiny.add_argument("--out", required=True, help="student folder to write")
+    tiny.add_argument("--overwrite", action="store_true", help="replace the files of an existing --out folder")
     tiny.add_argument("--preset", help=f"named shape: {presets}")
     tiny.add_argument("--layers", type=int, help="encoder layers L'")
     tiny.add_argument("--hidden", type=int, help="hidden width d_S")
@@ -68,6 +69,7 @@ def add_build_parser(sub) -> None:
     rosita.add_argument("--teacher", required=True, help="the fine-tuned teacher that wrote the store")
     add_store_flag(rosita, help="HSK store whose inputs and logits score the importance", aliases=("--cache",))
     rosita.add_argument("--out", required=True, help="student folder to write")
+    rosita.add_argument("--overwrite", action="store_true", help="replace the files of an existing --out folder")
     rosita.add_argument("--preset", help=f"named shape: {presets}")
     rosita.add_argument("--layers", type=int, help="bottom teacher layers kept (L')")
     rosita.add_argument("--heads", type=int, help="attention heads kept per layer")
@@ -100,8 +102,12 @@ def resolve_spec(args: argparse.Namespace, shape: Sequence[str], base: dict | No
 
 
 def run_build(args: argparse.Namespace) -> int:
+    from hskcache.outputs import check_out_folder
+    from hskcache.teacher import load_config, load_tokenizer
     from students.models import build_tinybert, count_parameters
 
+    check_out_folder(args.out, "--out", args.overwrite)
+    load_tokenizer(args.teacher, load_config(args.teacher))  # a vocabulary that fits the teacher, before any work
     if args.kind == "tinybert":
         if args.init in EXTRACTING_INITS:
             spec = resolve_spec(args, ("layers", "hidden", "ffn", "heads"), _teacher_shape(args))
@@ -126,14 +132,11 @@ def _train_default(name: str):
 def _teacher_shape(args: argparse.Namespace) -> dict:
     """What an extracting init takes from the teacher: its heads (a rotary family: the heads of
     its head size that --hidden holds), and for teacher-layers its width."""
-    from transformers import AutoConfig
-
     from hskcache.families import family_of
+    from hskcache.teacher import load_config
     from students.etd import student_heads
 
-    if not (Path(args.teacher) / "config.json").is_file():
-        raise UserError(f"teacher {args.teacher} is not a model folder (no config.json); pass the fine-tuned teacher")
-    config = AutoConfig.from_pretrained(args.teacher)
+    config = load_config(args.teacher)
     family = family_of(config)
     shape = {"heads": config.num_attention_heads}
     if args.init == "teacher-layers":
@@ -145,22 +148,21 @@ def _teacher_shape(args: argparse.Namespace) -> dict:
 
 
 def _importance_store(args: argparse.Namespace):
-    """The store whose inputs and logits score importance, checked against the teacher's vocabulary."""
-    from transformers import AutoTokenizer
-
+    """The store whose inputs, logits and labels score importance, checked against the teacher."""
+    from hskcache.data import check_labels
     from hskcache.reader import open_store
-    from hskcache.teacher import tokenizer_hash
+    from hskcache.teacher import load_config, load_tokenizer, tokenizer_hash
 
     if args.importance_examples < 1:
         raise UserError(f"--importance-examples must be at least 1, got {args.importance_examples}")
     if args.store is None:
         raise UserError(f"students build {args.kind} needs --store STORE: its inputs and logits score the importance")
     store = open_store(args.store)
-    if not (Path(args.teacher) / "config.json").is_file():
-        raise UserError(f"teacher {args.teacher} is not a model folder (no config.json); pass the fine-tuned teacher")
-    if tokenizer_hash(AutoTokenizer.from_pretrained(args.teacher)) != store.meta.tokenizer.vocab_hash:
+    config = load_config(args.teacher)
+    if tokenizer_hash(load_tokenizer(args.teacher, config)) != store.meta.tokenizer.vocab_hash:
         raise UserError(f"teacher {args.teacher}'s vocabulary differs from --store {args.store}'s tokenizer; "
                         "pass the teacher that wrote the store")
+    check_labels(store.labels(), config.num_labels, store.regression, f"--store {args.store}", "teacher")
     return store
 
 
@@ -193,19 +195,21 @@ def _data_sample(args: argparse.Namespace):
     (built before the teacher is loaded, so bad data fails first)."""
     import numpy as np
     import torch
-    from transformers import AutoConfig, AutoTokenizer
 
-    from hskcache.data import load_texts, tokenize_batch
-    from hskcache.teacher import check_max_length, named_labels, usable_positions
+    from hskcache.data import check_labels, load_texts, tokenize_batch
+    from hskcache.teacher import (check_max_length, is_regression, load_config, load_tokenizer, named_labels,
+                                  usable_positions)
     from students.selection import HOLDOUT_SEED, holdout_rows, parse_select_on
 
     if args.importance_examples < 1:
         raise UserError(f"--importance-examples must be at least 1, got {args.importance_examples}")
-    config = AutoConfig.from_pretrained(args.teacher)
+    config = load_config(args.teacher)
     texts = load_texts(args.data, args.split, columns(args.text_cols), args.label_col, named_labels(config))
     if texts.labels is None:
         raise UserError(f"--data {args.data} has no labels for the task loss; pass --label-col, "
                         "or score on the teacher's logits with --store STORE")
+    check_labels(texts.labels, config.num_labels, is_regression(config), f"--data {args.data}", "teacher",
+                 named=texts.label_names is not None)
     if args.max_length is not None and args.max_length < 2:
         raise UserError(f"--max-length must be at least 2 ([CLS] and [SEP]), got {args.max_length}")
     max_length = args.max_length or min(128, usable_positions(config))
@@ -215,7 +219,7 @@ def _data_sample(args: argparse.Namespace):
     if fraction is not None:  # the rows a store of this data would hold out for model selection
         rows = np.setdiff1d(rows, holdout_rows(rows, fraction, HOLDOUT_SEED))
     rows = rows[:args.importance_examples]
-    enc = tokenize_batch(AutoTokenizer.from_pretrained(args.teacher), [texts.texts_a[i] for i in rows],
+    enc = tokenize_batch(load_tokenizer(args.teacher, config), [texts.texts_a[i] for i in rows],
                          None if texts.texts_b is None else [texts.texts_b[i] for i in rows], max_length)
     labels = np.asarray(texts.labels)[rows]
     batches = []
@@ -391,7 +395,7 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=PROG, description="Build, distill and evaluate students from an HSK store.")
+    parser = OneLineParser(prog=PROG, description="Build, distill and evaluate students from an HSK store.")
     sub = parser.add_subparsers(dest="command", required=True)
     add_build_parser(sub)
     add_train_parser(sub)

@@ -29,7 +29,7 @@ from transformers import AutoModelForSequenceClassification, PretrainedConfig
 from hskcache.errors import UserError
 from hskcache.families import BLOCKS, FFN, GLU, HEADS, HIDDEN, QKV, Family, family_of, parameter_axes, \
     takes_token_types
-from hskcache.teacher import is_regression, weights_hash
+from hskcache.teacher import is_regression, load_model, weights_hash
 from students.models import StudentSpec, save_new, teacher_config
 
 LAYER_SELECTIONS = ("uniform", "bottom", "top")
@@ -310,7 +310,7 @@ def build_extracted(teacher_dir: str | Path, spec: StudentSpec, init: str, out_d
     family = family_of(config)
     check_shape(config, init, spec)
     layers = [i - 1 for i in layer_selection(config.num_hidden_layers, spec.layers, selection)]
-    teacher = AutoModelForSequenceClassification.from_pretrained(teacher_dir, attn_implementation="eager")
+    teacher = load_model(str(teacher_dir), attn_implementation="eager")
     teacher_hash = weights_hash(teacher)
     teacher.float()
     if init == "etd-impt":

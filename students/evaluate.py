@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from hskcache.data import load_texts, tokenize_batch
+from hskcache.data import check_labels, load_texts, tokenize_batch
 from hskcache.device import autocast, pick_dtype
 from hskcache.errors import UserError
 from hskcache.teacher import check_max_length, is_regression
@@ -57,12 +57,9 @@ def load_eval_set(
     if texts.labels is None:
         raise UserError(f"eval data {data} has no labels; pass --label-col naming its label column")
     regression = is_regression(config)
-    if texts.is_regression and not regression:
-        raise UserError(f"eval data {data} has real-valued labels but the student is a classifier; check --label-col")
+    check_labels(texts.labels, config.num_labels, regression, f"eval data {data}", "model",
+                 named=texts.label_names is not None)
     labels = texts.labels.astype(np.float32) if regression else texts.labels
-    if not regression and labels.max() >= config.num_labels:
-        raise UserError(f"eval data {data} has class {int(labels.max())} but the student has {config.num_labels} "
-                        "outputs; use data labeled like the training data")
     enc = tokenize_batch(tokenizer, texts.texts_a, texts.texts_b, max_length)
     inputs = {k: torch.from_numpy(enc[k]) for k in MODEL_INPUTS}
     return EvalSet(inputs, labels, task or texts.task, regression, data)
@@ -98,14 +95,12 @@ def open_for_eval(model_dir: str, data: str, max_length: int | None, device: tor
                   text_cols: Sequence[str] | None = None, label_col: str | None = None) -> tuple[nn.Module, EvalSet]:
     """A model folder (student or teacher) and `data` tokenized with its own tokenizer, labels
     numbered by its head and metrics of the task it was distilled for."""
-    from transformers import AutoTokenizer
-
-    from hskcache.teacher import named_labels, usable_positions
+    from hskcache.teacher import load_tokenizer, named_labels, usable_positions
     from students.models import load_student, student_task
 
     model = load_student(model_dir).to(device)
     max_length = max_length or min(128, usable_positions(model.config))
-    eval_set = load_eval_set(data, model.config, AutoTokenizer.from_pretrained(model_dir), max_length, split=split,
+    eval_set = load_eval_set(data, model.config, load_tokenizer(model_dir, model.config, "model"), max_length, split=split,
                              text_cols=text_cols, label_col=label_col, label_names=named_labels(model.config),
                              task=student_task(model_dir))
     return model, eval_set

@@ -17,7 +17,6 @@ import torch
 from torch import nn
 from transformers import (
     AutoConfig,
-    AutoModelForSequenceClassification,
     AutoTokenizer,
     BertConfig,
     BertForSequenceClassification,
@@ -26,7 +25,7 @@ from transformers import (
 )
 
 from hskcache.errors import UserError
-from hskcache.teacher import tokenizer_hash
+from hskcache.teacher import load_model, tokenizer_hash
 
 STUDENT_FILE = "student.json"
 
@@ -134,7 +133,7 @@ def load_student(student_dir: str | Path) -> nn.Module:
     if config.get("model_type") != "rosita" and "RositaForSequenceClassification" in (config.get("architectures") or []):
         raise UserError(f"{path} is a ROSITA student written by an older version of this tool; "
                         "rebuild it with `students build rosita` and train it again")
-    return AutoModelForSequenceClassification.from_pretrained(path)
+    return load_model(path, "model")
 
 
 def save_student(model: nn.Module, out_dir: str | Path, student_dir: str | Path, extra: dict | None = None) -> None:

@@ -46,6 +46,10 @@ class OnlineSource:
                 width: float | None = None) -> tuple[int, int, int]:
         return self._decoder.resolve(depth, tokens, width)
 
+    def labels(self) -> np.ndarray:
+        """Every row's gold label, as `HSKStore.labels`."""
+        return self._labels
+
     @property
     def relations(self) -> RelationSpec | None:
         return self._decoder.relations

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import torch
 from torch import Tensor, nn
-from transformers import AutoModelForSequenceClassification, BertForSequenceClassification, PretrainedConfig
+from transformers import BertForSequenceClassification, PretrainedConfig
 
 from hskcache.errors import UserError
-from hskcache.teacher import is_regression, weights_hash
+from hskcache.teacher import is_regression, load_model, weights_hash
 from students.losses import prediction_loss
 from students.models import StudentSpec, save_new, teacher_config
 from students.rosita import RositaConfig, RositaForSequenceClassification
@@ -61,7 +61,7 @@ def build_rosita(
     for name, (value, most) in limits.items():
         if not 1 <= value <= most:
             raise UserError(f"ROSITA {name}={value} is outside 1..{most} for this teacher; pick a value in range")
-    teacher = AutoModelForSequenceClassification.from_pretrained(teacher_dir, attn_implementation="eager")
+    teacher = load_model(str(teacher_dir), attn_implementation="eager")
     teacher_hash = weights_hash(teacher)  # as loaded, so it equals the store's teacher_hash
     teacher.float()
     teacher.bert.encoder.layer = teacher.bert.encoder.layer[:layers]

@@ -22,11 +22,13 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer, get_constant_schedule, get_linear_schedule_with_warmup
 
+from hskcache.data import check_labels
 from hskcache.distributed import Ranks, rank_device
 from hskcache.errors import UserError
 from hskcache.device import DEVICES, DTYPES, autocast, check_dtype, pick_dtype
@@ -75,6 +77,8 @@ class BatchSource(Protocol):
     meta: StoreMeta
 
     def num_batches(self, batch_size: int, drop_last: bool = False) -> int: ...
+
+    def labels(self) -> np.ndarray: ...
 
     def resolve(self, depth: int | None, tokens: int | None, width: float | None) -> tuple[int, int, int]: ...
 
@@ -347,6 +351,9 @@ class Trainer:
         if self.model.config.num_labels != source.num_labels:
             raise UserError(f"student {student} has {self.model.config.num_labels} outputs but the teacher has "
                             f"{source.num_labels}; build the student from the teacher that wrote the store")
+        # the label loss and held-out selection read them: a class the head lacks fails mid-run or scores wrong
+        check_labels(source.labels(), source.num_labels, source.regression,
+                     f"the source's data {source.meta.data.source}", "teacher")
         kinds = relation_kinds(objective_kinds(self.cfg.objective))
         if kinds and self.cfg.hsk is not None:
             spec = source.meta.relations

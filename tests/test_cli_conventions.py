@@ -86,3 +86,45 @@ def test_every_store_argument_is_spelled_store():
         ["build", "rosita", "--teacher", "T", "--store", "S", "--out", "O"])
     assert build.store == "S"
     assert all(f.name != "out" for f in fields(ExtractConfig))
+
+
+@pytest.mark.parametrize(("toml", "message"), [
+    ('tokens = "many"\n', "setting 'tokens' (--tokens) must be an integer, got 'many'"),
+    ("width = true\n", "setting 'width' (--width) must be a number, got True"),
+    ("split = 3\n", "setting 'split' (--split) must be a string, got 3"),
+])
+def test_a_toml_value_of_the_wrong_type_names_the_key(tmp_path, toml, message):
+    """Was: "'<' not supported between instances of 'str' and 'int'"."""
+    path = tmp_path / "extract.toml"
+    path.write_text('teacher = "T"\ndata = "D"\nstore = "S"\nstudent_layers = 2\n' + toml)
+    with pytest.raises(UserError) as err:
+        build_config({}, str(path))
+    assert str(err.value) == message
+
+
+def test_a_toml_string_of_digits_reads_like_the_flag(tmp_path):
+    path = tmp_path / "extract.toml"
+    path.write_text('teacher = "T"\ndata = "D"\nstore = "S"\nstudent_layers = "2"\ntokens = "8"\nwidth = 1\n')
+    cfg = build_config({}, str(path))
+    assert (cfg.student_layers, cfg.tokens, cfg.width) == (2, 8, 1.0)
+
+
+def test_tokens_default_to_at_most_the_length():
+    flags = {"teacher": "T", "data": "D", "store": "S", "student_layers": 2}
+    assert build_config(flags | {"max_length": 24}).tokens == 24
+    assert build_config(flags).tokens == 50
+    with pytest.raises(UserError, match="--tokens 30 is above --max-length 24"):
+        build_config(flags | {"max_length": 24, "tokens": 30})
+
+
+@pytest.mark.parametrize(("main", "argv", "needle"), [
+    (students_cli.main, ["train", "--store", "S", "--student", "X", "--out", "R", "--hsk", "-1,3,0.5"],
+     "--hsk: expected one argument (write a value that starts with '-' as --flag=VALUE)"),
+    (hskcache_cli.main, ["extract", "--teacher", "T", "--bogus"], "unrecognized arguments: --bogus"),
+])
+def test_a_usage_error_is_one_line(capsys, main, argv, needle):
+    """Was: the whole usage block, then the error."""
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_.value.code == 2 and len(err) == 1 and needle in err[0], err

@@ -91,7 +91,9 @@ def test_regression_and_integral_floats(tmp_path):
         (lambda p: _write(p / "d.csv", pd.DataFrame(ROWS)), {"label_col": "y"}, "no column 'y'"),
         (lambda p: _write(p / "d.csv", pd.DataFrame({"body": ["a"]})), {}, "from: body"),
         (lambda p: _write(p / "d.csv", pd.DataFrame({"sentence": ["a", None]})), {}, "'sentence' .* at row 1"),
-        (lambda p: _write(p / "d.csv", pd.DataFrame({"sentence": [1, 2]})), {}, "non-string value 1 at row 0"),
+        (lambda p: _write(p / "d.jsonl", pd.DataFrame({"sentence": [1, 2]})), {}, "non-string value 1 at row 0"),
+        (lambda p: _touch(p / "latin.csv", "sentence,label\ncaf\xe9,1\n".encode("latin-1")), {}, "not UTF-8 .* 0xe9"),
+        (lambda p: _touch(p / "bad.parquet", "not a parquet file"), {}, "could not read .* as parquet"),
         (lambda p: _write(p / "d.csv", pd.DataFrame(ROWS)), {"text_cols": ["sentence"] * 3}, "3 text columns"),
         (lambda p: _write(p / "d.csv", pd.DataFrame({"sentence": ["a"], "label": [-1]})), {}, "negative class"),
     ],
@@ -101,9 +103,20 @@ def test_errors(tmp_path, make, kwargs, match):
         load_texts(make(tmp_path), **kwargs)
 
 
-def _touch(path, text: str) -> str:
-    path.write_text(text)
+def _touch(path, text: str | bytes) -> str:
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
     return str(path)
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".tsv"])
+def test_a_text_column_of_digits_is_text_as_written(tmp_path, suffix):
+    """A CSV is text: digits in a text column stay the characters written (leading zeros and all),
+    while the label column keeps its numbers."""
+    sep = "," if suffix == ".csv" else "\t"
+    path = _touch(tmp_path / f"d{suffix}", f"sentence{sep}label\n007{sep}1\n12{sep}0\n3.50{sep}1\n")
+    d = load_texts(path)
+    assert d.texts_a == ["007", "12", "3.50"]
+    assert d.labels.tolist() == [1, 0, 1] and d.labels.dtype == np.int64
 
 
 def _fake_glue(monkeypatch, columns: dict, features: datasets.Features | None = None):

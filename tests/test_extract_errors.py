@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
-from transformers import BertConfig, BertModel
+from transformers import BertConfig, BertForSequenceClassification, BertModel
+
+import hskcache
 
 from conftest import make_tokenizer, write_csv
 from hskcache import teacher as teacher_mod
@@ -97,6 +100,7 @@ def test_empty_dataset(capsys, existing_store, teacher_dir, tmp_path):
     (("--teacher-layers", "0,5"), "--teacher-layers"),
     ((), "--student-layers"),
     (("--student-layers", 2, "--token-strategy", "best"), "--token-strategy"),
+    (("--student-layers", 2, "--tokens", 30), "--tokens 30 is above --max-length 24"),
 ])
 def test_bad_settings(capsys, existing_store, teacher_dir, single_csv, flags, needle):
     assert needle in run_bad(capsys, existing_store, *base(teacher_dir, single_csv), *flags)
@@ -136,3 +140,96 @@ def test_mismatched_label_kind(capsys, existing_store, teacher_dir, tmp_path):
     data = write_csv(tmp_path / "reg.csv", [{"sentence": "the movie", "label": 0.5}, {"sentence": "a film", "label": 1.25}])
     msg = run_bad(capsys, existing_store, *base(teacher_dir, data), "--student-layers", 2)
     assert "regression" in msg
+
+
+# ----------------------------------------------------------------- teachers that load wrong or not at all
+
+
+def teacher_copy(teacher_dir, folder, keep=("config.json", "model.safetensors")):
+    folder.mkdir()
+    for name in keep:
+        shutil.copy(teacher_dir / name, folder / name)
+    return folder
+
+
+def test_teacher_without_tokenizer_files(capsys, existing_store, teacher_dir, single_csv, tmp_path):
+    """Transformers would build a tokenizer of the 5 special tokens: every word [UNK], exit 0."""
+    folder = teacher_copy(teacher_dir, tmp_path / "no-tokenizer")
+    msg = run_bad(capsys, existing_store, *base(folder, single_csv), "--student-layers", 2)
+    assert "no tokenizer files" in msg and "[UNK]" in msg
+
+
+def test_tokenizer_larger_than_the_embeddings(capsys, existing_store, teacher_dir, single_csv, tmp_path):
+    """A vocabulary the embedding table does not cover failed mid-extraction (IndexError)."""
+    folder = tmp_path / "small-embeddings"
+    tok = make_tokenizer(folder)
+    BertForSequenceClassification(BertConfig(vocab_size=len(tok) - 10, hidden_size=32, num_hidden_layers=2,
+                                             num_attention_heads=4, intermediate_size=64,
+                                             max_position_embeddings=64)).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    msg = run_bad(capsys, existing_store, *base(folder, single_csv), "--student-layers", 2)
+    assert f"ids up to {len(tok) - 1}" in msg and f"only {len(tok) - 10} tokens" in msg
+
+
+def test_config_only_teacher(capsys, existing_store, teacher_dir, single_csv, tmp_path):
+    folder = teacher_copy(teacher_dir, tmp_path / "config-only", ("config.json", "vocab.txt", "tokenizer_config.json"))
+    msg = run_bad(capsys, existing_store, *base(folder, single_csv), "--student-layers", 2)
+    assert "cannot load the weights" in msg and str(folder) in msg
+
+
+def test_truncated_weights(capsys, existing_store, teacher_dir, single_csv, tmp_path):
+    folder = tmp_path / "truncated"
+    shutil.copytree(teacher_dir, folder)
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    msg = run_bad(capsys, existing_store, *base(folder, single_csv), "--student-layers", 2)
+    assert "cannot load the weights" in msg and str(folder) in msg
+
+
+def test_missing_relative_path_is_not_asked_of_the_hub(capsys, existing_store, single_csv, tmp_path, monkeypatch):
+    """`runs/teacher` with no such folder (but `runs/` here) is a path that does not exist: said at once,
+    not five hub retries and a message about the network."""
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    msg = run_bad(capsys, existing_store, *base("runs/teacher", single_csv), "--student-layers", 2)
+    assert "runs/teacher does not exist" in msg
+
+
+def test_unknown_hub_id_offline(capsys, existing_store, single_csv, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    msg = run_bad(capsys, existing_store, *base("no-such-org/no-such-teacher", single_csv), "--student-layers", 2)
+    assert "HF_HUB_OFFLINE" in msg and "no-such-org/no-such-teacher" in msg
+
+
+# ----------------------------------------------------------------- data
+
+
+def test_class_labels_outside_the_teachers_range(capsys, existing_store, teacher_dir, tmp_path):
+    """A 2-class teacher: class 7 was stored, then failed training mid-run or scored as wrong."""
+    rows = [{"sentence": "the movie", "label": 1}, {"sentence": "a film", "label": 7}]
+    data = write_csv(tmp_path / "seven.csv", rows)
+    msg = run_bad(capsys, existing_store, *base(teacher_dir, data), "--student-layers", 2)
+    assert "class 7 at row 1" in msg and "2 classes 0..1" in msg
+
+
+@pytest.mark.parametrize(("name", "content", "needle"), [
+    ("latin.csv", "sentence,label\ncaf\xe9 noir,1\nthe movie,0\n".encode("latin-1"), "not UTF-8"),
+    ("bad.parquet", b"not a parquet file", "as parquet"),
+])
+def test_unreadable_data_file_is_one_line(capfd, existing_store, teacher_dir, tmp_path, name, content, needle):
+    """`datasets` logs a file it cannot read before raising: the fd-level stderr holds only our line."""
+    (tmp_path / name).write_bytes(content)
+    msg = run_bad(capfd, existing_store, *base(teacher_dir, tmp_path / name), "--student-layers", 2)
+    assert needle in msg and name in msg
+
+
+def test_a_digit_text_column_is_extracted_as_text(tmp_path, teacher_dir):
+    data = tmp_path / "digits.csv"
+    data.write_text("sentence,label\n123,1\n007,0\n")
+    assert main(["extract", *map(str, base(teacher_dir, data)), "--store", str(tmp_path / "s"),
+                 "--student-layers", "2", "--max-length", str(MAX_LEN), "--quiet"]) == 0
+    tok = make_tokenizer(tmp_path / "tok")
+    stored = hskcache.open_store(str(tmp_path / "s")).get([0, 1], depth=1, tokens=1)["input_ids"]
+    expected = tok(["123", "007"], padding="max_length", max_length=MAX_LEN, return_tensors="pt")["input_ids"]
+    assert stored.tolist() == expected.tolist()

@@ -27,18 +27,14 @@ from pathlib import Path
 import numpy as np
 import torch
 from tqdm import tqdm
-from transformers import (
-    AutoConfig,
-    AutoModelForSequenceClassification,
-    AutoTokenizer,
-    get_linear_schedule_with_warmup,
-)
+from transformers import get_linear_schedule_with_warmup
 
 from hskcache.data import TextData, fingerprint, load_texts, tokenize_batch
 from hskcache.errors import UserError
 from students.selection import holdout_split, parse_select_on
-from hskcache.options import columns
-from hskcache.teacher import check_max_length, usable_positions
+from hskcache.options import OneLineParser, columns
+from hskcache.outputs import check_out_folder
+from hskcache.teacher import check_max_length, load_config, load_model, load_tokenizer, usable_positions
 
 META_FILE = "hskcache_teacher.json"
 _MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -61,11 +57,12 @@ class Encoded:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = OneLineParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", required=True, help="local HF encoder folder")
     p.add_argument("--train", required=True, help="glue/<task> or a local data file")
     p.add_argument("--dev", required=True, help="glue/<task> or a local data file")
-    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--out", required=True, type=Path, help="teacher folder to write")
+    p.add_argument("--overwrite", action="store_true", help="replace the files of an existing --out folder")
     p.add_argument("--train-split", default="train", help="split of a GLUE --train")
     p.add_argument("--dev-split", default="validation", help="split of a GLUE --dev")
     p.add_argument("--text-cols", nargs="+", default=None,
@@ -113,9 +110,9 @@ def train_teacher(args: argparse.Namespace) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    if not (Path(args.model) / "config.json").is_file():
-        raise UserError(f"--model {args.model} has no config.json; pass a local HF model folder")
-    config = AutoConfig.from_pretrained(args.model)
+    check_out_folder(args.out, "--out", args.overwrite)
+    config = load_config(args.model, "--model")
+    tokenizer = load_tokenizer(args.model, config, "--model")
     args.max_length = args.max_length or min(64, usable_positions(config))
     check_max_length(args.max_length, config, "model")
 
@@ -132,9 +129,9 @@ def train_teacher(args: argparse.Namespace) -> dict:
     if len(names) != num_labels:
         raise UserError(f"--label-names gives {len(names)} names but the training data has {num_labels} classes; "
                         "name each class 0..C-1 once")
-    tokenizer = AutoTokenizer.from_pretrained(args.model)
-    model = AutoModelForSequenceClassification.from_pretrained(
+    model = load_model(
         args.model,
+        "--model",
         num_labels=num_labels,
         problem_type="regression" if train.is_regression else "single_label_classification",
         id2label=dict(enumerate(names)),
