@@ -18,6 +18,8 @@ from hskcache.errors import UserError
 from hskcache.reader import epoch_batches
 from students.models import build_tinybert
 from students.trainer import TrainConfig, train
+
+from conftest import require_gpus
 from tiny_task import Interrupting
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,7 +49,8 @@ def student(task, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def one_process(task, student, tmp_path_factory):
-    cfg = TrainConfig(student=str(student), out=str(tmp_path_factory.mktemp("runs") / "one"), **SETTINGS)
+    cfg = TrainConfig(student=str(student), out=str(tmp_path_factory.mktemp("runs") / "one"), device="cpu",
+                      **SETTINGS)
     train(cfg, hskcache.open_store(task.store))
     return cfg
 
@@ -66,10 +69,16 @@ def assert_same_run(run, reference) -> None:
         torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5, msg=key)
 
 
-def test_two_ranks_train_the_one_process_run(task, student, one_process, tmp_path):
+def on_device(device: str) -> list[str]:
+    """Ranks on `device` (nccl and one GPU each on CUDA) in fp32, as the one-process reference on the CPU."""
+    require_gpus(device, 2)
+    return ["--device", device, "--dtype", "fp32"]
+
+
+def test_two_ranks_train_the_one_process_run(task, student, one_process, tmp_path, device):
     run = tmp_path / "two"
     done = torchrun(2, "students.cli", "train", "--store", str(task.store), "--student", str(student),
-                    "--out", str(run), *FLAGS)
+                    "--out", str(run), *FLAGS, *on_device(device))
     assert done.returncode == 0, done.stderr[-3000:]
     assert_same_run(run, one_process.out)
     assert done.stdout.count("wrote") == 1  # rank 0 alone reports (and writes)
@@ -77,13 +86,14 @@ def test_two_ranks_train_the_one_process_run(task, student, one_process, tmp_pat
     assert metrics["stages"]["hsk"]["examples"] == metrics["stages"]["pred"]["examples"] == task_rows(task)
 
 
-def test_resume_on_more_ranks(task, student, one_process, tmp_path):
-    """Interrupted in one process mid-stage 1, finished by 2 ranks: the uninterrupted run."""
+def test_resume_on_more_ranks(task, student, one_process, tmp_path, device):
+    """Interrupted in one process mid-stage 1 (on the CPU), finished by 2 ranks: the uninterrupted run."""
+    flags = on_device(device)
     cut = replace(one_process, out=str(tmp_path / "cut"))
     with pytest.raises(KeyboardInterrupt):
         train(cut, Interrupting(hskcache.open_store(task.store), 9))
     done = torchrun(2, "students.cli", "train", "--store", str(task.store), "--student", str(student),
-                    "--out", cut.out, "--resume", *FLAGS)
+                    "--out", cut.out, "--resume", *FLAGS, *flags)
     assert done.returncode == 0, done.stderr[-3000:]
     assert_same_run(cut.out, one_process.out)
 

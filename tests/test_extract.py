@@ -53,12 +53,12 @@ def check_against_reference(teacher_dir, data, store_path, teacher_layers, depth
 
 @pytest.mark.parametrize("strategy", ["left", "att", "att-nosep", "att-nosep-top"])
 @pytest.mark.parametrize("pairs", [False, True])
-def test_token_strategies_match_reference(tmp_path, teacher_dir, single_csv, pair_csv, strategy, pairs):
+def test_token_strategies_match_reference(tmp_path, teacher_dir, single_csv, pair_csv, strategy, pairs, device):
     data = pair_csv if pairs else single_csv
     # L'=2 with L_top=1 on a 2-layer teacher: g = 0,1,1 (half rounds up), so
-    # att and att-nosep-top rank with different layers.
+    # att and att-nosep-top rank with different layers. Selection on `device`, in the reference's fp32.
     run_extract(teacher_dir, data, tmp_path / "s", "--student-layers", 2, "--ltop", 1, "--tokens", 12,
-                "--token-strategy", strategy, "--width", 0.5)
+                "--token-strategy", strategy, "--width", 0.5, "--device", device, "--dtype", "fp32")
     got, store = check_against_reference(teacher_dir, data, tmp_path / "s", [0, 1, 1], 3, 12, strategy, 0.5, "mag")
     assert store.teacher_layers == [0, 1, 1]
     # some examples are shorter than N^L: their tail is empty
@@ -72,9 +72,10 @@ def test_token_strategies_match_reference(tmp_path, teacher_dir, single_csv, pai
 
 
 @pytest.mark.parametrize("width_strategy,width", [("mag", 0.1), ("mag", 1.0), ("rand", 0.25), ("uniform", 0.3)])
-def test_width_strategies_match_reference(tmp_path, teacher_dir, pair_csv, width_strategy, width):
+def test_width_strategies_match_reference(tmp_path, teacher_dir, pair_csv, width_strategy, width, device):
     run_extract(teacher_dir, pair_csv, tmp_path / "s", "--teacher-layers", "0,2", "--tokens", 6,
-                "--width", width, "--width-strategy", width_strategy, "--width-seed", 3)
+                "--width", width, "--width-strategy", width_strategy, "--width-seed", 3, "--device", device,
+                "--dtype", "fp32")
     got, store = check_against_reference(teacher_dir, pair_csv, tmp_path / "s", [0, 2], 2, 6, "att-nosep-top",
                                          width, width_strategy, seed=3)
     kept = got["hsk_mask"][got["positions"] >= 0].sum(-1)

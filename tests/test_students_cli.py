@@ -30,25 +30,26 @@ def student(task, tmp_path_factory):
     return out
 
 
-def test_extract_build_train_eval_without_the_teacher(task, tmp_path, capsys):
+def test_extract_build_train_eval_without_the_teacher(task, tmp_path, capsys, device):
     teacher = tmp_path / "teacher"
     shutil.copytree(task.teacher, teacher)
-    store = extract(teacher, task.train, tmp_path / "store")
+    on = ["--device", device]
+    store = extract(teacher, task.train, tmp_path / "store", *on)
     assert cli.main(["build", "tinybert", "--init", "random", "--teacher", str(teacher), "--layers", "2", "--hidden", "16", "--ffn", "32",
-                     "--heads", "2", "--out", str(tmp_path / "tiny")]) == 0
+                     "--heads", "2", "--out", str(tmp_path / "tiny"), *on]) == 0
     assert cli.main(["build", "rosita", "--teacher", str(teacher), "--store", str(store), "--layers", "2",
                      "--heads", "2", "--ffn", "32", "--emb-rank", "8", "--importance-examples", "64",
-                     "--threads", "1", "--out", str(tmp_path / "rosita")]) == 0
+                     "--threads", "1", "--out", str(tmp_path / "rosita"), *on]) == 0
     shutil.rmtree(teacher)  # from here on nothing may need it
 
     for kind, hsk in (("tiny", "stored"), ("rosita", "2,4,0.25")):
         run = tmp_path / f"run-{kind}"
         assert cli.main(["train", "--store", str(store), "--student", str(tmp_path / kind), "--out", str(run),
-                         "--hsk", hsk, "--eval-data", str(task.dev), *TRAIN]) == 0
+                         "--hsk", hsk, "--eval-data", str(task.dev), *TRAIN, *on]) == 0
         metrics = json.loads((run / "metrics.json").read_text())
         assert metrics["eval"]["accuracy"] >= 0.85  # chance is 0.5
         capsys.readouterr()
-        assert cli.main(["eval", "--model", str(run / "student"), "--data", str(task.dev), "--json"]) == 0
+        assert cli.main(["eval", "--model", str(run / "student"), "--data", str(task.dev), "--json", *on]) == 0
         assert json.loads(capsys.readouterr().out) == pytest.approx(metrics["eval"])
         assert {r["stage"] for r in map(json.loads, (run / "log.jsonl").read_text().splitlines())} == {"hsk", "pred"}
     # The task a student was distilled for picks its metrics on a local file (cola: MCC).
@@ -68,10 +69,11 @@ def test_extract_build_train_eval_without_the_teacher(task, tmp_path, capsys):
         assert config.id2label == {0: "rotten", 1: "fresh"} and config.label2id == {"rotten": 0, "fresh": 1}
 
 
-def test_ctrl_c_then_resume(task, student, tmp_path, monkeypatch, capsys):
+def test_ctrl_c_then_resume(task, student, tmp_path, monkeypatch, capsys, device):
     store = hskcache.open_store(task.store)
     args = ["train", "--store", str(task.store), "--student", str(student), "--out", str(tmp_path / "run"),
-            "--max-steps", "6", "--hsk-epochs", "1", "--pred-epochs", "1", "--threads", "1", "--quiet"]
+            "--max-steps", "6", "--hsk-epochs", "1", "--pred-epochs", "1", "--threads", "1", "--quiet",
+            "--device", device]
     monkeypatch.setattr(cli, "open_source", lambda settings, cfg: Interrupting(store, 3))
     assert cli.main(args) == 130
     assert capsys.readouterr().err.strip().splitlines() == ["students: interrupted; rerun with --resume"]
@@ -164,13 +166,15 @@ def test_build_presets(task, tmp_path, capsys):
     assert "is a tinybert preset" in capsys.readouterr().err
 
 
-def test_online_baseline_trains_on_the_same_numbers(task, student, tmp_path, monkeypatch):
-    """--teacher/--data with the store's extraction flags: same batches, same losses."""
+def test_online_baseline_trains_on_the_same_numbers(task, student, tmp_path, monkeypatch, device):
+    """--teacher/--data with the store's extraction flags: same batches, same losses (the teacher on
+    `device` in fp32, the store's precision)."""
     monkeypatch.setattr(layout, "CHUNK_TARGET_BYTES", CHUNK_BYTES)  # the store's rows per chunk
     store = hskcache.open_store(task.store)
     flags = dict(zip((f[2:].replace("-", "_") for f in STORE_FLAGS[::2]), STORE_FLAGS[1::2]))
     online = OnlineSource(build_config(
-        {**flags, "teacher": str(task.teacher), "data": str(task.train), "store": "-", "batch_size": 32}))
+        {**flags, "teacher": str(task.teacher), "data": str(task.train), "store": "-", "batch_size": 32,
+         "device": device, "dtype": "fp32"}))
     assert online.meta.identity == store.meta.identity and online.chunk_rows == store.chunk_rows
     read = dict(shuffle=True, seed=3, epoch=2, depth=2, tokens=5, width=0.25, start_batch=3)
     for live, stored in zip(online.batches(16, **read), store.batches(16, **read), strict=True):
@@ -179,7 +183,8 @@ def test_online_baseline_trains_on_the_same_numbers(task, student, tmp_path, mon
         torch.testing.assert_close(live["hsk"], stored["hsk"], atol=2e-3, rtol=2e-3)  # fp16 rounding of live floats
         torch.testing.assert_close(live["logits"], stored["logits"], atol=1e-5, rtol=1e-5)
 
-    common = ["--student", str(student), "--hsk", "2,6,0.25", "--max-steps", "4", "--log-every", "1", *TRAIN]
+    common = ["--student", str(student), "--hsk", "2,6,0.25", "--max-steps", "4", "--log-every", "1", *TRAIN,
+              "--device", device, "--dtype", "fp32"]
     assert cli.main(["train", "--store", str(task.store), "--out", str(tmp_path / "offline"), *common]) == 0
     assert cli.main(["train", "--teacher", str(task.teacher), "--data", str(task.train), *map(str, STORE_FLAGS),
                      "--out", str(tmp_path / "online"), *common]) == 0
