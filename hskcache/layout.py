@@ -5,7 +5,7 @@ shared by all arrays, so the *uncompressed* bytes are exactly chunks × chunk
 bytes and `hskcache budget --plan` predicts them before anything is
 extracted. Each array names its codec (a key of `store.CODECS`); by default
 every array is zstd-compressed (`--compress none` turns that off, and then
-the bytes on disk are the plan). The arrays are the knowledge kinds'
+the bytes on disk are the plan, plus a 4-byte checksum per chunk). The arrays are the knowledge kinds'
 (`hskcache.knowledge.KINDS`, each listing its `ArraySpec`s).
 """
 from __future__ import annotations
@@ -23,6 +23,9 @@ from .errors import UserError
 # per-chunk cost of reading (about 0.5 ms per array and chunk in zarr) at
 # BERT-base sizes; a reader holds a window of a few chunks.
 CHUNK_TARGET_BYTES = 8 * 1024 * 1024
+# Every chunk of every array ends with its CRC-32C (zarr's crc32c codec, hskcache.chunks); the
+# byte arithmetic below counts the data, so a chunk file is its data plus these bytes.
+CHECKSUM_BYTES = 4
 
 if TYPE_CHECKING:
     from .knowledge import RelationSpec
@@ -141,7 +144,8 @@ class StoreShape:
         return rows if num_examples is None else max(1, min(rows, num_examples))
 
     def bytes_by_array(self, num_examples: int) -> dict[str, int]:
-        """Exact uncompressed bytes of chunk data (edge chunks are written whole)."""
+        """Exact uncompressed bytes of chunk data (edge chunks are written whole); each chunk
+        file adds its CHECKSUM_BYTES."""
         rows = self.rows_per_chunk(num_examples)
         padded = math.ceil(num_examples / rows) * rows
         return {a.name: padded * a.row_bytes for a in self.arrays()} | {a.name: a.row_bytes for a in self.static_arrays()}

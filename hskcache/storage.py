@@ -78,6 +78,11 @@ class Location:
         """True when nothing is there, or an empty folder (or prefix)."""
         return not self.fs.exists(self.path) or not self.fs.ls(self.path, detail=False)
 
+    def folders(self) -> list[str]:
+        """Names of the folders (prefixes) directly under the root, from a fresh listing."""
+        entries = self.fs.ls(self.path, detail=True, refresh=True)
+        return sorted(e["name"].rstrip("/").rsplit("/", 1)[-1] for e in entries if e.get("type") == "directory")
+
     def read_json(self, name: str) -> Any | None:
         """A JSON file under the root, or None when it is missing or not JSON."""
         try:
@@ -88,6 +93,15 @@ class Location:
     def cat(self, names: list[str]) -> dict[str, bytes | Exception]:
         """Files under the root, fetched with one fsspec `cat` (on an object store the
         requests are in flight together); a file that cannot be read maps to its error."""
+        out = self._cat(names)
+        missing = [name for name, got in out.items() if isinstance(got, FileNotFoundError)]
+        if missing:  # s3fs sizes a file from its listing cache, which may predate the file: ask once more, uncached
+            for name in missing:
+                self.fs.invalidate_cache(self._join(name))  # the file's folders' listings
+            out |= self._cat(missing)
+        return out
+
+    def _cat(self, names: list[str]) -> dict[str, bytes | Exception]:
         paths = {name: self._join(name) for name in names}
         fetched = self.fs.cat(list(paths.values()), on_error="return") if names else {}
         return {name: fetched.get(self.fs._strip_protocol(path), FileNotFoundError(path)) for name, path in paths.items()}

@@ -19,61 +19,74 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-import numcodecs
 import numpy as np
 import zarr
-from zarr.codecs import BloscCodec, BytesCodec, ZstdCodec
-from zarr.errors import ContainsArrayError
+from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
+from zarr.errors import ContainsArrayAndGroupError, ContainsArrayError, ContainsGroupError
 
+from .chunks import BadChunk, ChunkDecoder, ChunkProblem
 from .errors import UserError
 from .layout import StoreShape
 from .meta import StoreMeta
 from .storage import Location
 
-SCHEMA_VERSION = 3  # 2: settings `store` and `width_seed`; 3: codecs, width_code/values/compress settings
+SCHEMA_VERSION = 4  # 2: settings `store` and `width_seed`; 3: codecs, width_code/values/compress settings;
+# 4: a crc32c checksum on every chunk (hskcache.chunks)
 FORMAT = "hskcache"
 COMMITS = "commits"  # per-chunk commit markers (uint8, one chunk per store chunk)
 # docs/design.md ("Codecs"): level 1 keeps 93-100% of level 3's ratio and writes about twice as fast;
 # negative levels skip entropy coding and leave fp16 values and bitmasks nearly uncompressed.
 ZSTD_LEVEL = 1
 BLOSC_LEVEL = 5
-# Codec name (layout.ArraySpec.codec) -> the Zarr v3 compressors of an array.
-CODECS: dict[str, Callable[[], list | None]] = {
+# Codec name (layout.ArraySpec.codec) -> the Zarr v3 compressor of an array (none: stored raw).
+CODECS: dict[str, Callable[[], list]] = {
     "zstd": lambda: [ZstdCodec(level=ZSTD_LEVEL)],
     # fp16 values: bit-shuffled, the sign and exponent bits of neighbouring values line
     # up and LZ4 finds them; decodes 2-3x faster than zstd for a few % more bytes
     # (docs/design.md, "Codecs"). Blosc takes the element size from the array's dtype.
     "blosc-lz4-bitshuffle": lambda: [BloscCodec(cname="lz4", clevel=BLOSC_LEVEL, shuffle="bitshuffle")],
-    "none": lambda: None,
-}
-# Zarr v3 compressor type -> the numcodecs codec that decodes one chunk's bytes into
-# a given buffer. The reader decodes whole chunks with these, in its own threads and
-# straight into its window of rows, instead of through zarr's codec pipeline (its event
-# loop, its own buffer, then a copy; docs/benchmarks.md, reader); an array with any
-# other codecs is read through zarr.
-DECODERS: dict[type, Callable[[], Any]] = {
-    ZstdCodec: numcodecs.Zstd,
-    BloscCodec: numcodecs.Blosc,
+    "none": lambda: [],
 }
 
 
-class _Raw:
-    """The decoder of an array stored without a compressor."""
-
-    @staticmethod
-    def decode(data: bytes, out: np.ndarray) -> np.ndarray:
-        out.reshape(-1).view(np.uint8)[:] = np.frombuffer(data, dtype=np.uint8)
-        return out
+def compressors(codec: str) -> list:
+    """An array's bytes-to-bytes codecs: its compressor (`CODECS`), then zarr's crc32c
+    checksum of the stored bytes, which every reader verifies (`hskcache.chunks`)."""
+    return [*CODECS[codec](), Crc32cCodec()]
 
 
 def schema_error(path: str, version: Any) -> UserError:
-    return UserError(f"store {path} was written with store schema {version}, this hskcache reads schema {SCHEMA_VERSION}; "
-                     "re-extract it: rerun its `hskcache extract` command with --overwrite")
+    return UserError(f"store {path} was written with store schema {version}, this hskcache reads schema {SCHEMA_VERSION} "
+                     "(a checksum on every chunk); re-extract it: rerun its `hskcache extract` command with --overwrite")
+
+
+def corrupt_metadata(url: str, name: str, fix: str) -> UserError:
+    return UserError(f"store {url}: its metadata file {name} is corrupt; {fix}")
 
 
 def _is_store(location: Location) -> bool:
+    """Whether the root's zarr.json is an hskcache group's; one that is there but unreadable is corrupt."""
     meta = location.read_json("zarr.json")
+    if meta is None and location.exists("zarr.json"):
+        raise corrupt_metadata(location.url, "zarr.json", f"remove {location.url} and rerun its `hskcache extract` "
+                               "command (the store cannot be resumed without it)")
     return isinstance(meta, dict) and meta.get("attributes", {}).get("format") == FORMAT
+
+
+def open_arrays(location: Location, read_only: bool = True) -> tuple[zarr.Group, dict[str, zarr.Array]]:
+    """The store's group and every array in it; arrays whose zarr.json is missing or corrupt
+    are one line naming them."""
+    group = zarr.open_group(location.zarr_store(read_only=read_only), mode="r" if read_only else "r+")
+    arrays, bad = {}, []
+    for name in location.folders():
+        try:
+            arrays[name] = group[name]
+        except (ValueError, KeyError, TypeError):  # zarr: no zarr.json, JSON that does not parse, or lacks a field
+            bad.append(f"{name}/zarr.json")
+    if bad:
+        raise corrupt_metadata(location.url, ", ".join(bad),
+                               "re-extract it: rerun its `hskcache extract` command with --overwrite")
+    return group, arrays
 
 
 def read_meta(attrs: dict[str, Any], url: str) -> StoreMeta:
@@ -114,6 +127,28 @@ def committed_chunks(location: Location) -> set[int]:
 def chunk_span(num_chunks: int, part: int, parts: int) -> range:
     """The contiguous chunks writer `part` of `parts` owns (the first ones get one more when uneven)."""
     return range(part * num_chunks // parts, (part + 1) * num_chunks // parts)
+
+
+# What zarr raises when another writer created the node first (a group, an array, or the file itself).
+ALREADY_EXISTS = (ContainsGroupError, ContainsArrayError, ContainsArrayAndGroupError, FileExistsError)
+
+
+def _created(make: Callable[[], Any]) -> None:
+    """Create a node unless another writer already has: every writer creates the same metadata."""
+    try:
+        make()
+    except ALREADY_EXISTS:
+        pass
+
+
+def _group(location: Location, attrs: dict[str, Any]) -> zarr.Group:
+    """The store's group: created with `attrs`, or opened as it is (resumed, or another writer made it
+    first), so a store's bookkeeping is never reset by a writer that starts later."""
+    store = location.zarr_store(read_only=False)
+    try:
+        return zarr.create_group(store, attributes=attrs, overwrite=False)
+    except ALREADY_EXISTS:
+        return zarr.open_group(store, mode="r+")
 
 
 class StoreWriter:
@@ -185,27 +220,23 @@ class StoreWriter:
         location = Location.parse(url)
         if state == "replace":
             location.remove()
-        if state == "resume":
-            return
+        group = _group(location, {**meta.to_attrs(), "format": FORMAT, "schema_version": SCHEMA_VERSION,
+                                  "rows_committed": 0, "complete": False})
         rows = shape.rows_per_chunk(num_examples)
-        group = zarr.open_group(location.zarr_store(read_only=False), mode="a", attributes={
-            **meta.to_attrs(), "format": FORMAT, "schema_version": SCHEMA_VERSION, "rows_committed": 0, "complete": False})
         arrays = [dict(name=spec.name, shape=(num_examples, *spec.row_shape), chunks=(rows, *spec.row_shape),
-                       dtype=spec.dtype, fill_value=spec.fill, compressors=CODECS[spec.codec]())
+                       dtype=spec.dtype, fill_value=spec.fill, compressors=compressors(spec.codec))
                   for spec in shape.arrays()]
         arrays.append(dict(name=COMMITS, shape=(-(-num_examples // rows),), chunks=(1,), dtype=np.uint8,
-                           fill_value=0, compressors=None))
+                           fill_value=0, compressors=compressors("none")))
         for spec in arrays:
-            try:
-                group.create_array(**spec, config={"write_empty_chunks": True})
-            except ContainsArrayError:  # another writer made it first
-                pass
-        for spec in shape.static_arrays():  # `static`: their data, by name
-            try:
-                group.create_array(spec.name, data=np.asarray(static[spec.name], dtype=spec.dtype),
-                                   compressors=CODECS[spec.codec]())
-            except ContainsArrayError:
-                pass
+            _created(lambda: group.create_array(**spec, config={"write_empty_chunks": True}))
+        for spec in shape.static_arrays():  # `static`: their data, by name; written where a chunk is missing
+            data = np.asarray(static[spec.name], dtype=spec.dtype)
+            _created(lambda: group.create_array(spec.name, shape=data.shape, dtype=data.dtype,
+                                                compressors=compressors(spec.codec)))
+            arr = group[spec.name]
+            if any(not location.exists(chunk_key(arr, spec.name, c)) for c in range(num_chunks(arr))):
+                arr[:] = data
 
     @classmethod
     def open(cls, url: str, shape: StoreShape, num_examples: int, meta: StoreMeta,
@@ -264,26 +295,30 @@ class StoreWriter:
 
 
 class StoreData:
-    """Read-only numpy access to a complete store."""
+    """Read-only numpy access to a store's rows, every chunk checked (`hskcache.chunks`):
+    a complete store, or with `complete=False` (`hskcache verify`) a partial one."""
 
-    def __init__(self, url: str):
+    def __init__(self, url: str, complete: bool = True):
         location = Location.parse(url)
         if not location.exists():
             raise UserError(f"store {url} does not exist")
         if not _is_store(location):
             raise UserError(f"{url} is not an hskcache store (no hskcache zarr.json); run `hskcache extract` first")
+        self.url = url
         self.location = location
-        self.group = zarr.open_group(location.zarr_store(read_only=True), mode="r")
+        self.group, arrays = open_arrays(location)
         attrs = dict(self.group.attrs)
         self.meta = read_meta(attrs, url)
-        if not _progress(attrs)[0]:
+        self.complete = _progress(attrs)[0]
+        if complete and not self.complete:
             raise UserError(
                 f"store {url} is incomplete ({_rows_committed(location, attrs, self.meta)}/{self.meta.num_examples} "
                 "rows); rerun the same `hskcache extract` command to finish it"
             )
-        self.arrays = {name: self.group[name] for name in self.group.array_keys() if name != COMMITS}
-        self._decoders = {name: self._decoder(arr) for name, arr in self.arrays.items()}
-        self._dtypes = {name: np.dtype(arr.dtype).newbyteorder("<") for name, arr in self.arrays.items()}
+        self.commits = arrays.pop(COMMITS)
+        self.arrays = arrays
+        self._decoders = {name: ChunkDecoder.of(arr) for name, arr in {**arrays, COMMITS: self.commits}.items()}
+        self._dtypes = {name: np.dtype(arr.dtype).newbyteorder("<") for name, arr in arrays.items()}
 
     @property
     def num_examples(self) -> int:
@@ -293,11 +328,21 @@ class StoreData:
     def chunk_rows(self) -> int:
         return int(self.arrays["values"].chunks[0])
 
+    def _array(self, name: str) -> zarr.Array:
+        return self.commits if name == COMMITS else self.arrays[name]
+
     def read(self, names: list[str], rows: np.ndarray | slice) -> dict[str, np.ndarray]:
-        """Rows of the named arrays through zarr: a slice, or an index array (random access)."""
-        sel = rows if isinstance(rows, slice) else np.asarray(rows, dtype=np.int64)
-        return {name: self.arrays[name].get_orthogonal_selection((sel,) + (slice(None),) * (self.arrays[name].ndim - 1))
-                for name in names}
+        """Rows of the named per-row arrays: a slice, or an index array (random access);
+        each chunk they fall in is read once, checked (`read_chunk`)."""
+        idx = np.arange(self.num_examples)[rows] if isinstance(rows, slice) else np.asarray(rows, dtype=np.int64)
+        out = {name: np.empty((len(idx), *self.arrays[name].shape[1:]), dtype=self._dtypes[name]) for name in names}
+        chunk_of = idx // self.chunk_rows
+        for chunk in np.unique(chunk_of).tolist():
+            at = np.nonzero(chunk_of == chunk)[0]
+            block = self.read_chunk(names, chunk)
+            for name in names:
+                out[name][at] = block[name][idx[at] - chunk * self.chunk_rows]
+        return out
 
     def row_layout(self, name: str) -> tuple[tuple[int, ...], np.dtype]:
         """(shape of one row, dtype) of an array as `read_chunk` returns it."""
@@ -308,49 +353,62 @@ class StoreData:
         `out[name]` where given (C-contiguous, the whole chunk's shape), else a new buffer.
 
         The chunks' bytes are fetched with one fsspec `cat` (on an object store its
-        requests are in flight together) and decoded by `DECODERS`, in the caller's
-        thread; an array whose codecs have no decoder there (or a chunk never written)
-        is read through zarr."""
-        out = out or {}
-        lo = chunk * self.chunk_rows
-        hi = min(lo + self.chunk_rows, self.num_examples)
-        keys = {name: self._chunk_key(name, chunk) for name in names if self._decoders[name]}
-        fetched = self.location.cat(list(keys.values()))
-        result = {}
-        for name in names:
-            arr = self.arrays[name]
-            data = fetched.get(keys.get(name))
-            if isinstance(data, bytes):
-                target = out[name] if name in out else np.empty(arr.chunks, dtype=self._dtypes[name])
-                self._decoders[name].decode(data, out=target)
-                result[name] = target[:hi - lo]
-            elif name in out:
-                out[name][:hi - lo] = arr[lo:hi]
-                result[name] = out[name][:hi - lo]
-            else:
-                result[name] = arr[lo:hi]
+        requests are in flight together), checked and decoded by their `ChunkDecoder`
+        in the caller's thread (an array without one is read through zarr). A chunk
+        that is missing, truncated or corrupt raises `BadChunk`, never fill values."""
+        result, problems = self._load(names, chunk, out or {})
+        for name, problem in problems.items():
+            raise BadChunk(self.url, name, chunk, problem)
         return result
 
-    def _chunk_key(self, name: str, chunk: int) -> str:
-        """The file of an array's chunk, relative to the store's root (zarr's chunk key encoding)."""
-        arr = self.arrays[name]
-        return f"{name}/{arr.metadata.encode_chunk_key((chunk,) + (0,) * (arr.ndim - 1))}"
+    def check_chunk(self, names: list[str], chunk: int) -> dict[str, str]:
+        """What is wrong with chunk `chunk` of the named arrays (commits included), by array."""
+        return self._load(names, chunk, {})[1]
 
-    @staticmethod
-    def _decoder(arr: zarr.Array) -> Any:
-        """The decoder of an array's chunks (`DECODERS`), or None: read through zarr."""
-        serializer = arr.serializer
-        if arr.filters or not isinstance(serializer, BytesCodec) or len(arr.compressors) > 1:
-            return None
-        if arr.dtype.itemsize > 1 and (serializer.endian is None or serializer.endian.value != "little"):
-            return None
-        if not arr.compressors:
-            return _Raw()
-        make = DECODERS.get(type(arr.compressors[0]))
-        return make() if make else None
+    def _load(self, names: list[str], chunk: int, out: dict[str, np.ndarray]
+              ) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+        """(decoded rows, problems) of chunk `chunk` of the named arrays."""
+        keys = {name: chunk_key(self._array(name), name, chunk) for name in names}
+        fetched = self.location.cat(list(keys.values()))
+        result, problems = {}, {}
+        for name in names:
+            arr, data = self._array(name), fetched[keys[name]]
+            lo = chunk * arr.chunks[0]
+            hi = min(lo + arr.chunks[0], arr.shape[0])
+            if isinstance(data, FileNotFoundError):
+                problems[name] = "missing"
+                continue
+            if isinstance(data, Exception):  # not a missing file: the storage failed (storage.faults)
+                raise data
+            target = out[name] if name in out else np.empty(arr.chunks, dtype=np.dtype(arr.dtype).newbyteorder("<"))
+            try:
+                if self._decoders[name] is not None:
+                    self._decoders[name].decode(data, target)
+                else:  # a codec chain only zarr decodes (it verifies the crc32c itself)
+                    target[:hi - lo] = arr[lo:hi]
+            except (ChunkProblem, ValueError, RuntimeError) as exc:
+                problems[name] = str(exc) if isinstance(exc, ChunkProblem) else f"unreadable ({exc})"
+                continue
+            result[name] = target[:hi - lo]
+        return result, problems
 
     def static_dims(self) -> np.ndarray | None:
-        return self.arrays["static_dims"][:] if "static_dims" in self.arrays else None
+        """The static rand/uniform dimensions (a once-per-store array), checked like every chunk."""
+        if "static_dims" not in self.arrays:
+            return None
+        arr = self.arrays["static_dims"]
+        return np.concatenate([self.read_chunk(["static_dims"], c)["static_dims"]
+                               for c in range(num_chunks(arr))])
+
+
+def num_chunks(arr: zarr.Array) -> int:
+    """Chunks of an array chunked along its first axis only (every array of a store)."""
+    return -(-arr.shape[0] // arr.chunks[0])
+
+
+def chunk_key(arr: zarr.Array, name: str, chunk: int) -> str:
+    """The file of an array's chunk, relative to the store's root (zarr's chunk key encoding)."""
+    return f"{name}/{arr.metadata.encode_chunk_key((chunk,) + (0,) * (arr.ndim - 1))}"
 
 
 def _rows_committed(location: Location, attrs: dict[str, Any], meta: StoreMeta) -> int:

@@ -14,9 +14,9 @@ import zarr
 from hskcache import budget
 from hskcache.budget_cli import build_parser, run_budget
 from hskcache.errors import UserError
-from hskcache.layout import StoreShape
+from hskcache.layout import CHECKSUM_BYTES, StoreShape
 from hskcache.meta import synthetic_meta
-from hskcache.store import FORMAT, SCHEMA_VERSION
+from hskcache.store import FORMAT, SCHEMA_VERSION, compressors
 
 MNLI = budget.Setting(examples=392702, seq_len=128, student_layers=6, hidden=768)
 PLAN = ["budget", "--plan", "--examples", "392702", "--seq-len", "128", "--student-layers", "6",
@@ -104,12 +104,12 @@ def write_store(path: Path, shape: StoreShape, examples: int, student_layers: in
     rows = shape.rows_per_chunk()
     for spec in shape.arrays():
         array = zarr.create_array(store=str(path), name=spec.name, shape=(examples, *spec.row_shape),
-                                  chunks=(rows, *spec.row_shape), dtype=spec.dtype, compressors=None,
+                                  chunks=(rows, *spec.row_shape), dtype=spec.dtype, compressors=compressors("none"),
                                   config={"write_empty_chunks": True})
         array[:] = np.arange(examples) % shape.seq_len + 1 if spec.name == "length" else 0
     if shape.static_bytes():
         zarr.create_array(store=str(path), name="static_dims", data=np.arange(shape.kept, dtype=np.int32),
-                          compressors=None)
+                          compressors=compressors("none"))
     meta = synthetic_meta(shape, examples, range(student_layers + 1), "test")
     group.attrs.update(meta.to_attrs() | {"format": FORMAT, "schema_version": SCHEMA_VERSION,
                                           "rows_committed": examples, "complete": True})
@@ -132,7 +132,8 @@ def test_plan_bytes_equal_a_real_store(tmp_path, capsys, width, strategy):
     assert set(disk) == set(expected)
     for name, nbytes in expected.items():
         metadata = (tmp_path / "s" / name / "zarr.json").stat().st_size
-        assert disk[name] == nbytes + metadata, name
+        checksums = CHECKSUM_BYTES * sum(p.is_file() for p in (tmp_path / "s" / name / "c").rglob("*"))
+        assert disk[name] == nbytes + metadata + checksums, name
     assert planned["hskcache_total_bytes"] == sum(expected.values())
     # the store knows its real lengths (1..32 tokens), so the paper layout shrinks there
     assert measured["paper_values_bytes"] < planned["paper_values_bytes"]

@@ -199,6 +199,7 @@ def test_budget_plan_equals_real_store_bytes(tmp_path, teacher_dir, single_csv, 
     """`budget --plan` before extraction predicts the bytes `extract` then writes."""
     import json
 
+    from hskcache.layout import CHECKSUM_BYTES
     from hskcache.store import on_disk_bytes
 
     run_extract(teacher_dir, single_csv, tmp_path / "s", "--student-layers", 2, "--depth", 2, "--tokens", 5,
@@ -210,7 +211,9 @@ def test_budget_plan_equals_real_store_bytes(tmp_path, teacher_dir, single_csv, 
     plan = json.loads(capsys.readouterr().out)[0]
     disk = on_disk_bytes(tmp_path / "s")
     meta = {name: len((tmp_path / "s" / name / "zarr.json").read_bytes()) for name in disk}
-    chunks = {name: disk[name] - meta[name] for name in disk}
+    checksums = {name: CHECKSUM_BYTES * sum(p.is_file() for p in (tmp_path / "s" / name / "c").rglob("*"))
+                 for name in disk}  # each chunk file: its data, then its crc32c
+    chunks = {name: disk[name] - meta[name] - checksums[name] for name in disk}
     values = chunks["values"]
     mask = chunks["positions"] + chunks.get("width_code", 0) + chunks.get("static_dims", 0)
     assert plan["hskcache_values_bytes"] == values
