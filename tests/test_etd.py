@@ -46,10 +46,11 @@ def test_layer_selection_follows_etd():
 
 
 @pytest.mark.parametrize("init", ["teacher-layers", "etd-rand", "etd-impt"])
-def test_keeping_every_dimension_reproduces_the_teacher(teacher4, tmp_path, init):
+def test_keeping_every_dimension_reproduces_the_teacher(teacher4, tmp_path, init, device):
+    """The importance scored on `device`; the built student against the teacher on the CPU."""
     batches = [{**_inputs(1), "labels": torch.tensor([0, 1, 1])}]
     spec = StudentSpec("tinybert", layers=LAYERS, heads=HEADS, ffn=FFN, hidden=HIDDEN)
-    build_extracted(teacher4, spec, init, tmp_path / "s", batches)
+    build_extracted(teacher4, spec, init, tmp_path / "s", batches, device=device)
     student = load_student(tmp_path / "s").eval()
     inputs = _inputs(2)
     with torch.no_grad():
@@ -154,10 +155,11 @@ def test_importance_is_the_first_order_taylor_term(teacher4):
     assert importance.heads[1, head, unit].item() == pytest.approx(head_fd, rel=1e-4)
 
 
-def test_cli_builds_etd_impt_from_a_store_by_default(task, tmp_path):
+def test_cli_builds_etd_impt_from_a_store_by_default(task, tmp_path, device):
     out = tmp_path / "s"
     assert cli.main(["build", "tinybert", "--teacher", str(task.teacher), "--layers", "1", "--hidden", "16",
-                     "--ffn", "32", "--store", str(task.store), "--importance-examples", "40", "--out", str(out)]) == 0
+                     "--ffn", "32", "--store", str(task.store), "--importance-examples", "40", "--out", str(out),
+                     "--device", device]) == 0
     info = json.loads((out / "student.json").read_text())
     assert info["init"] == "etd-impt" and info["spec"]["heads"] == 4  # the teacher's heads
     teacher_layers = _teacher(task.teacher).config.num_hidden_layers
@@ -165,10 +167,11 @@ def test_cli_builds_etd_impt_from_a_store_by_default(task, tmp_path):
     assert load_student(out).config.hidden_size == 16
 
 
-def test_cli_task_loss_importance_from_data(task, tmp_path):
+def test_cli_task_loss_importance_from_data(task, tmp_path, device):
     out = tmp_path / "s"
     assert cli.main(["build", "tinybert", "--teacher", str(task.teacher), "--layers", "2", "--hidden", "16",
-                     "--ffn", "32", "--data", str(task.train), "--layer-selection", "top", "--out", str(out)]) == 0
+                     "--ffn", "32", "--data", str(task.train), "--layer-selection", "top", "--out", str(out),
+                     "--device", device]) == 0
     assert json.loads((out / "student.json").read_text())["layer_selection"] == "top"
 
 

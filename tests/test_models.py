@@ -156,9 +156,10 @@ def test_rosita_shapes_and_reload(teacher_dir, tmp_path):
 
 
 @pytest.mark.parametrize("layers", [1, 2])
-def test_rosita_at_full_size_reproduces_the_teacher(teacher_dir, tmp_path, layers):
+def test_rosita_at_full_size_reproduces_the_teacher(teacher_dir, tmp_path, layers, device):
+    """Importance scored on `device`; the pruned student (built on the CPU) against the teacher."""
     batch = _batch(teacher_dir)
-    model = build_rosita(teacher_dir, [batch], layers, HEADS, FFN, HIDDEN, tmp_path / "r").eval()
+    model = build_rosita(teacher_dir, [batch], layers, HEADS, FFN, HIDDEN, tmp_path / "r", device=device).eval()
     with torch.no_grad():
         student = model(**_inputs(batch), output_hidden_states=True)
         teacher = _teacher(teacher_dir)(**_inputs(batch), output_hidden_states=True)
@@ -199,13 +200,13 @@ def _top(scores, k):
     return sorted(sorted(range(len(scores)), key=lambda i: -scores[i])[:k])
 
 
-def test_rosita_keeps_the_most_important_heads_and_neurons(teacher_dir, tmp_path):
+def test_rosita_keeps_the_most_important_heads_and_neurons(teacher_dir, tmp_path, device):
     batch = _batch(teacher_dir, seed=1)
     heads, neurons, teacher = _independent_importance(teacher_dir, batch)
     expected_heads, expected_neurons = _top(heads, 2), _top(neurons, 16)
     assert expected_heads != [0, 1] or expected_neurons != list(range(16))  # the selection is not trivial
 
-    model = build_rosita(teacher_dir, [batch], 1, 2, 16, 8, tmp_path / "r")
+    model = build_rosita(teacher_dir, [batch], 1, 2, 16, 8, tmp_path / "r", device=device)  # scored on `device`
     state, source = model.state_dict(), teacher.state_dict()
     prefix = "bert.encoder.layer.0."
     query, teacher_query = (s[prefix + "attention.self.query.weight"] for s in (state, source))
