@@ -73,10 +73,10 @@ def hskcache_teacher_embeddings(folder):
     return AutoModelForSequenceClassification.from_pretrained(folder).get_input_embeddings().weight.detach()
 
 
-def test_augmented_rows_get_teacher_logits_and_unknown_labels(augmented, teacher_dir, tmp_path):
+def test_augmented_rows_get_teacher_logits_and_unknown_labels(augmented, teacher_dir, tmp_path, device):
     assert hskcache_main(["extract", "--teacher", str(teacher_dir), "--data", str(augmented), "--out",
                           str(tmp_path / "store"), "--student-layers", "1", "--tokens", "4", "--max-length", "32",
-                          "--quiet"]) == 0
+                          "--quiet", "--device", device]) == 0
     store = hskcache.open_store(tmp_path / "store")
     n = len(SENTENCES)
     batch = store.get(np.arange(store.num_examples), depth=1, tokens=1)

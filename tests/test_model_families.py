@@ -31,14 +31,15 @@ def mpnet(folder):
 
 
 @pytest.mark.parametrize("family", [electra, mpnet])
-def test_family_selection_matches_reference(tmp_path, pair_csv, family):
+def test_family_selection_matches_reference(tmp_path, pair_csv, family, device):
     folder = tmp_path / "teacher"
     folder.mkdir()
     torch.manual_seed(0)
     model, tok = family(folder)
     model.eval().save_pretrained(folder)
     tok.save_pretrained(folder)
-    run_extract(folder, pair_csv, tmp_path / "s", "--student-layers", 2, "--tokens", 8, "--width", 0.25)
+    run_extract(folder, pair_csv, tmp_path / "s", "--student-layers", 2, "--tokens", 8, "--width", 0.25,
+                "--device", device, "--dtype", "fp32")  # selection on `device`, in the reference's fp32
     got, store = check_against_reference(folder, pair_csv, tmp_path / "s", [0, 1, 2], 3, 8, "att-nosep-top", 0.25, "mag")
     sep = torch.isin(got["input_ids"].gather(1, got["positions"].clamp(min=0).flatten(1)),
                      torch.tensor([tok.sep_token_id]))
@@ -48,7 +49,8 @@ def test_family_selection_matches_reference(tmp_path, pair_csv, family):
     assert students_cli.main(["build", "tinybert", "--init", "random", "--teacher", str(folder), "--layers", "2", "--hidden", "16",
                               "--ffn", "32", "--heads", "2", "--out", str(tmp_path / "student")]) == 0
     assert students_cli.main(["train", "--store", str(tmp_path / "s"), "--student", str(tmp_path / "student"),
-                              "--out", str(tmp_path / "run"), "--max-steps", "2", "--threads", "1", "--quiet"]) == 0
+                              "--out", str(tmp_path / "run"), "--max-steps", "2", "--threads", "1", "--quiet",
+                              "--device", device]) == 0
     assert (tmp_path / "run" / "student" / "config.json").is_file()
     # the default init (etd-impt, scored on the store's rows) writes a student of the teacher's own family
     assert students_cli.main(["build", "tinybert", "--teacher", str(folder), "--store", str(tmp_path / "s"),

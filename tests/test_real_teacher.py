@@ -44,11 +44,11 @@ def test_packaged_encoder_is_refused_as_teacher(tmp_path, real_reviews, capsys):
     assert not (tmp_path / "s").exists()
 
 
-def test_real_teacher_selection_matches_reference(tmp_path, minilm_classifier, real_reviews):
+def test_real_teacher_selection_matches_reference(tmp_path, minilm_classifier, real_reviews, device):
     out = tmp_path / "s"
     assert main(["extract", "--teacher", str(minilm_classifier), "--data", str(real_reviews), "--store", str(out),
                  "--student-layers", "3", "--tokens", "10", "--width", "0.1", "--max-length", "24",
-                 "--batch-size", "4", "--quiet"]) == 0
+                 "--batch-size", "4", "--quiet", "--device", device, "--dtype", "fp32"]) == 0
     got, store = check_against_reference(minilm_classifier, real_reviews, out, [0, 2, 4, 6], 4, 10,
                                          "att-nosep-top", 0.1, "mag")
     assert store.hidden == 384 and store.teacher_layers == [0, 2, 4, 6]
