@@ -19,7 +19,7 @@ import statistics
 import time
 from pathlib import Path
 
-from movie_results import BIN, LR, STUDENT_LAYERS, evaluate, mean_std, run, run_parser
+from movie_results import BIN, LR, evaluate, mean_std, run, run_parser
 
 from hskcache.store import on_disk_bytes
 
@@ -42,7 +42,7 @@ def main() -> None:
     stores = {fmt: out / f"store-{fmt}" for fmt in ("fp16", "int8")}
     for fmt, store in stores.items():
         run(BIN / "hskcache", "extract", "--teacher", args.teacher, "--data", data / "train.csv",
-            "--student-layers", STUDENT_LAYERS, "--depth", HSK[0], "--tokens", HSK[1], "--width", HSK[2],
+            "--student-layers", args.student_layers, "--depth", HSK[0], "--tokens", HSK[1], "--width", HSK[2],
             "--values", fmt, "--max-length", ml, "--batch-size", 64, "--store", store, "--quiet")
     results: dict = {"settings": {k: str(v) for k, v in vars(args).items()}, "hsk": HSK, "stores": {}, "runs": {}}
     for fmt, store in stores.items():

@@ -25,7 +25,6 @@ import time
 from pathlib import Path
 
 BIN = Path(sys.executable).parent
-STUDENT_LAYERS = 3
 # name -> (store, --hsk, further `students train` flags); "full" is every layer, every token ([CLS] and [SEP]
 # too), full width. `att-val:R,K` is MiniLM's Att-KL + Val-KL on the teacher's last layer, R query rows and the
 # top K keys plus the rest mass, read from the `relations` store (16 rows, every key); `hsk+att-val` adds the HSK.
@@ -66,9 +65,9 @@ def run(*args: object, log: Path | None = None) -> None:
         raise SystemExit(f"command failed ({proc.returncode}): {' '.join(cmd)}" + (f"; see {log}" if log else ""))
 
 
-def a_hsk(config: str, max_length: int) -> tuple[float, float]:
+def a_hsk(config: str, max_length: int, student_layers: int) -> tuple[float, float]:
     """(A^HSK, fraction of the full amount (L'+1) × |x|)."""
-    full = (STUDENT_LAYERS + 1) * max_length
+    full = (student_layers + 1) * max_length
     store, hsk, extra = CONFIGS[config]
     objective = dict(zip(extra[::2], extra[1::2])).get("--objective", "hsk")
     if hsk == "none" or "hsk" not in objective.split(","):
@@ -119,7 +118,8 @@ def run_parser(doc: str) -> argparse.ArgumentParser:
     p.add_argument("--max-length", type=int, default=64)
     p.add_argument("--hsk-epochs", type=int, default=2)
     p.add_argument("--pred-epochs", type=int, default=2)
-    p.add_argument("--threads", type=int, default=1, help="torch threads per training run")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per student build and training run")
+    p.add_argument("--student-layers", type=int, default=3, help="L' of the stores and of every preset used")
     return p
 
 
@@ -132,14 +132,24 @@ def main() -> None:
     p.add_argument("--hsk-lr", type=float, default=LR)
     p.add_argument("--pred-lr", type=float, default=LR)
     p.add_argument("--select-on", default="train-holdout:0.1", help="students train --select-on")
+    p.add_argument("--one-store", action="store_true",
+                   help="extract one store, the compressed one at --max-length tokens, and read every config from "
+                        "it: `full` is then every layer pair and every token but [SEP] (one teacher pass, not two)")
+    p.add_argument("--importance-examples", type=int, default=None,
+                   help="students build --importance-examples for etd-impt (default: the build's own)")
     args = p.parse_args()
     out, data, ml = args.out, args.data, args.max_length
     out.mkdir(parents=True, exist_ok=True)
     hsk = BIN / "hskcache"
 
+    extracted: set[Path] = set()  # stores this run has extracted or resumed (each check loads the teacher)
+
     def store(kind: str, aug: int) -> Path:
         """The store of `kind` (full or compressed) over the transfer set (augmented with `aug` rows per review)."""
+        kind = "compressed" if args.one_store and kind != "relations" else kind
         path = out / (f"store-{kind}" + (f"-aug{aug}" if aug else ""))
+        if path in extracted:
+            return path
         train = data / "train.csv"
         if aug:
             train = out / f"train-aug{aug}.csv"
@@ -147,8 +157,11 @@ def main() -> None:
                 run(hsk, "augment", "--teacher", args.teacher, "--data", data / "train.csv", "--out", train,
                     "--per-example", aug, "--seed", 0)
         flags = [f.format(max_length=ml) for f in STORE_FLAGS[kind]]
-        run(hsk, "extract", "--teacher", args.teacher, "--data", train, "--student-layers", STUDENT_LAYERS,
+        if args.one_store and kind == "compressed":
+            flags = ["--tokens", str(ml)]
+        run(hsk, "extract", "--teacher", args.teacher, "--data", train, "--student-layers", args.student_layers,
             "--max-length", ml, "--batch-size", 64, "--quiet", "--store", path, *flags, "--width", 1.0)
+        extracted.add(path)
         return path
 
     results: dict = {"teacher": {}, "runs": {}, "settings": vars(args) | {"teacher": str(args.teacher),
@@ -167,9 +180,12 @@ def main() -> None:
                     run(BIN / "students", "build", "rosita", "--teacher", args.teacher, "--store",
                         store("compressed", 0), "--preset", preset, "--out", init_dir)
                 else:
+                    importance = ["--store", store("compressed", 0), "--select-on", args.select_on]
+                    if args.importance_examples:
+                        importance += ["--importance-examples", args.importance_examples]
                     run(BIN / "students", "build", "tinybert", "--init", init, "--teacher", args.teacher,
-                        "--preset", preset, "--seed", seed, "--out", init_dir,
-                        *(["--store", store("compressed", 0)] if init == "etd-impt" else []))
+                        "--preset", preset, "--seed", seed, "--out", init_dir, "--threads", args.threads,
+                        *(importance if init == "etd-impt" else []))
             for config in args.configs:
                 kind, hsk_flag, extra = CONFIGS[config]
                 run_dir = out / "runs" / student.replace(":", "-") / config / f"seed{seed}"
@@ -189,7 +205,7 @@ def main() -> None:
                     {"seed": seed, "dev": metrics["eval"], "test": test, "selected": metrics["best"],
                      "train_seconds": seconds, "train_tflop": train_tflop(run_dir, ml)})
     (out / "summary.json").write_text(json.dumps(results, indent=2))
-    write_report(results, out, ml)
+    write_report(results, out, ml, args.student_layers)
 
 
 def mean_std(values: list[float]) -> str:
@@ -198,7 +214,7 @@ def mean_std(values: list[float]) -> str:
     return f"{100 * statistics.mean(values):.2f} ± {100 * statistics.stdev(values):.2f}"
 
 
-def write_report(results: dict, out: Path, max_length: int) -> None:
+def write_report(results: dict, out: Path, max_length: int, student_layers: int) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -215,7 +231,7 @@ def write_report(results: dict, out: Path, max_length: int) -> None:
     for ax, (student, configs) in zip(axes[0], results["runs"].items()):
         xs, ys, es = [], [], []
         for config, runs in configs.items():
-            a, frac = a_hsk(config, max_length)
+            a, frac = a_hsk(config, max_length, student_layers)
             dev = [r["dev"]["accuracy"] for r in runs]
             test = [r["test"]["accuracy"] for r in runs]
             seconds = statistics.mean(r["train_seconds"] for r in runs)

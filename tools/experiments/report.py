@@ -40,6 +40,7 @@ def main() -> None:
     p.add_argument("folders", nargs="+", type=Path, help="movie_results.py --out folders")
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--max-length", type=int, default=64)
+    p.add_argument("--student-layers", type=int, default=3, help="L' of the folders' students")
     args = p.parse_args()
     teacher = {split: json.loads((args.folders[0] / f"teacher-{split}.json").read_text()) for split in ("dev", "test")}
     for folder in args.folders[1:]:
@@ -52,7 +53,7 @@ def main() -> None:
         results["runs"] |= collect(folder, args.max_length)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "summary.json").write_text(json.dumps(results, indent=2))
-    write_report(results, args.out, args.max_length)
+    write_report(results, args.out, args.max_length, args.student_layers)
 
 
 if __name__ == "__main__":
