@@ -19,23 +19,25 @@ from reference import coarsened_row, ranked_rows, teacher_outputs, value_relatio
 MAX_LEN = 24
 
 
-def _select(teacher_dir, plan, texts_a, texts_b):
-    teacher = load_teacher(str(teacher_dir), "cpu")
+def _select(teacher_dir, plan, texts_a, texts_b, device="cpu"):
+    """Attention and value-relation selection on `device`, in fp32 (the loops' precision)."""
+    teacher = load_teacher(str(teacher_dir), device, "fp32")
     tokens = {k: torch.from_numpy(v) for k, v in tokenize_batch(teacher.tokenizer, texts_a, texts_b, MAX_LEN).items()}
     with hooks.capture(teacher.model, plan.layers, ["value"]) as captured:
         out = teacher.forward(tokens)
-    att = select_attention(plan, out.attentions, tokens["attention_mask"], tokens["sep_mask"])
+    masks = {k: tokens[k].to(teacher.device) for k in ("attention_mask", "sep_mask")}
+    att = select_attention(plan, out.attentions, masks["attention_mask"], masks["sep_mask"])
     values = {l: captured[l]["value"] for l in plan.layers}
     val = select_value_relation(plan, values, teacher.model.config.num_attention_heads, att["positions"],
-                                tokens["attention_mask"])
-    return att, val
+                                masks["attention_mask"])
+    return ({k: v.cpu() for k, v in att.items()}, {k: v.cpu() for k, v in val.items()})
 
 
 @pytest.mark.parametrize("strategy", ["att-nosep", "att"])
-def test_attention_and_value_relation_match_loops(teacher_dir, strategy):
+def test_attention_and_value_relation_match_loops(teacher_dir, strategy, device):
     texts_a, texts_b = [a for a, _ in PAIRS[:6]], [b for _, b in PAIRS[:6]]
     plan = AttentionPlan(layers=(1, 2), rank_layers=(1, 2), rows=5, keys=4, token_strategy=strategy)
-    att, val = _select(teacher_dir, plan, texts_a, texts_b)
+    att, val = _select(teacher_dir, plan, texts_a, texts_b, device)
     enc, out, tok = teacher_outputs(teacher_dir, texts_a, texts_b, MAX_LEN)
     model = AutoModelForSequenceClassification.from_pretrained(teacher_dir, attn_implementation="eager").eval()
     heads = model.config.num_attention_heads
