@@ -92,10 +92,11 @@ def test_budget_counts_relation_bytes(att_store):
     assert disk["rel_positions"] == round(padded * 2 * 5 * 2 / DISK_RATIOS["rel_positions"])
 
 
-def test_first_relation_loss_matches_an_hf_forward(att_store, teacher_dir, tmp_path):
+def test_first_relation_loss_matches_an_hf_forward(att_store, teacher_dir, tmp_path, device):
     """Step 1 of `--objective hsk,att:0.5,val`: HSK MSE + 0.5 Att-KL + Val-KL of the untrained
     student, its attention taken from HF's eager attentions and its values from the value
-    module (the trainer computes both from hooked projections). 2 student heads, 4 teacher heads."""
+    module (the trainer computes both from hooked projections, on `device` in fp32; the
+    hand computation on the CPU). 2 student heads, 4 teacher heads."""
     import json
     from transformers import AutoModelForSequenceClassification
 
@@ -112,7 +113,7 @@ def test_first_relation_loss_matches_an_hf_forward(att_store, teacher_dir, tmp_p
     (folder / "config.json").write_text(json.dumps(config))
     cfg = TrainConfig(student=str(folder), out=str(tmp_path / "run"), objective=parse_objective("hsk,att:0.5,val"),
                       att_read=(4, 3), max_steps=1, log_every=1, threads=1, quiet=True, hsk_batch_size=8, select_on="last",
-                      pred_batch_size=8)
+                      pred_batch_size=8, device=device, dtype="fp32")
     train(cfg, hskcache.open_store(att_store))
 
     store = hskcache.open_store(att_store)
