@@ -135,6 +135,9 @@ def main() -> None:
     p.add_argument("--one-store", action="store_true",
                    help="extract one store, the compressed one at --max-length tokens, and read every config from "
                         "it: `full` is then every layer pair and every token but [SEP] (one teacher pass, not two)")
+    p.add_argument("--teacher-splits", nargs="+", choices=("dev", "test"), default=["dev", "test"],
+                   help="splits the teacher is evaluated on (a big teacher's dev accuracy is already in its "
+                        "hskcache_teacher.json)")
     p.add_argument("--importance-examples", type=int, default=None,
                    help="students build --importance-examples for etd-impt (default: the build's own)")
     args = p.parse_args()
@@ -166,8 +169,6 @@ def main() -> None:
 
     results: dict = {"teacher": {}, "runs": {}, "settings": vars(args) | {"teacher": str(args.teacher),
                                                                            "data": str(data), "out": str(out)}}
-    for split in ("dev", "test"):
-        results["teacher"][split] = evaluate(args.teacher, data / f"{split}.csv", out / f"teacher-{split}.json", ml)
     for student in args.students:
         preset, init, aug = parse_student(student)
         for seed in args.seeds:
@@ -204,6 +205,8 @@ def main() -> None:
                 results["runs"].setdefault(student, {}).setdefault(config, []).append(
                     {"seed": seed, "dev": metrics["eval"], "test": test, "selected": metrics["best"],
                      "train_seconds": seconds, "train_tflop": train_tflop(run_dir, ml)})
+    for split in args.teacher_splits:  # after the students: a long run can be stopped and rerun with fewer seeds
+        results["teacher"][split] = evaluate(args.teacher, data / f"{split}.csv", out / f"teacher-{split}.json", ml)
     (out / "summary.json").write_text(json.dumps(results, indent=2))
     write_report(results, out, ml, args.student_layers)
 
@@ -223,8 +226,8 @@ def write_report(results: dict, out: Path, max_length: int, student_layers: int)
     lines = ["| student | HSK (N^D,N^L,N^W) | A^HSK | fraction | dev accuracy | test accuracy | train s | train TFLOP "
              "| seeds |", "|---|---|---|---|---|---|---|---|---|"]
     t = results["teacher"]
-    lines.append(f"| teacher | – | – | – | {100 * t['dev']['accuracy']:.2f} | {100 * t['test']['accuracy']:.2f} "
-                 "| – | – | – |")
+    dev_t, test_t = (f"{100 * t[s]['accuracy']:.2f}" if s in t else "–" for s in ("dev", "test"))
+    lines.append(f"| teacher | – | – | – | {dev_t} | {test_t} | – | – | – |")
     fig, axes = plt.subplots(1, len(results["runs"]), figsize=(5.5 * len(results["runs"]), 4), squeeze=False)
     cost_fig, cost = plt.subplots(figsize=(11, 5))
     markers = iter(("o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "h", "p") * 4)  # colours repeat every 10
@@ -246,7 +249,8 @@ def write_report(results: dict, out: Path, max_length: int, student_layers: int)
                 xs.append(frac * 100)
                 ys.append(100 * statistics.mean(dev))
                 es.append(100 * statistics.stdev(dev) if len(dev) > 1 else 0.0)
-        ax.axhline(100 * t["dev"]["accuracy"], color="black", ls=":", label="teacher")
+        if "dev" in t:
+            ax.axhline(100 * t["dev"]["accuracy"], color="black", ls=":", label="teacher")
         order = sorted(range(len(xs)), key=xs.__getitem__)
         ax.errorbar([xs[i] for i in order], [ys[i] for i in order], yerr=[es[i] for i in order], marker="o",
                     capsize=3, label="HSK distillation")
@@ -257,7 +261,8 @@ def write_report(results: dict, out: Path, max_length: int, student_layers: int)
         ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out / "accuracy_vs_hsk.png", dpi=120)
-    cost.axhline(100 * t["test"]["accuracy"], color="black", ls=":", label="teacher")
+    if "test" in t:
+        cost.axhline(100 * t["test"]["accuracy"], color="black", ls=":", label="teacher")
     cost.set_xlabel("student training compute, TFLOP (6 × encoder parameters × tokens, estimate)")
     cost.set_ylabel("test accuracy (%), mean ± std over seeds")
     cost.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))

@@ -38,7 +38,7 @@ step "4/5 one store (4 student layers, 64 tokens), the $INIT student, three reci
 # shellcheck disable=SC2086
 $PY tools/experiments/movie_results.py --teacher "$RUN/teacher" --data "$RUN/data" --out "$RUN/results" \
     --students "tinybert-4:$INIT" --configs "${CONFIGS[@]}" --student-layers 4 --one-store \
-    --importance-examples "$IMPORTANCE" --hsk-lr "$LR" --pred-lr "$LR" --seeds $SEEDS --threads 1
+    --importance-examples "$IMPORTANCE" --hsk-lr "$LR" --pred-lr "$LR" --seeds $SEEDS --threads 1 --teacher-splits test
 
 step "5/5 teacher against the seed-0 students, one run: accuracy on the first 320 test reviews, size, speed"
 head -n 321 "$RUN/data/test.csv" > "$RUN/data/test-320.csv"
