@@ -65,18 +65,30 @@ def write_csv(path: Path, rows: list[dict]) -> Path:
 
 
 CUDA = torch.cuda.is_available()
-DEVICES = ("cpu", pytest.param("cuda", marks=(pytest.mark.cuda, pytest.mark.skipif(not CUDA, reason="no CUDA device"))))
+IS_AVAILABLE = torch.cuda.is_available  # the real check, for the cuda cases
 
 
 def pytest_configure(config) -> None:
     config.addinivalue_line("markers", "cuda: the test's CUDA case (skipped without a GPU; tools/gpu_check.sh runs them)")
 
 
-def pytest_generate_tests(metafunc) -> None:
-    """Every test that runs a model takes `device` (a torch device name): its cpu case runs everywhere, its cuda case is
-    collected always and skipped without a GPU, so a CPU run costs what it did and `-m cuda` selects the GPU cases."""
-    if "device" in metafunc.fixturenames:
-        metafunc.parametrize("device", DEVICES)
+@pytest.fixture(scope="session", autouse=True)
+def cpu_unless_a_cuda_case():
+    """Outside the cuda cases `--device auto` means the CPU, so a GPU machine runs the CPU suite as a CPU machine
+    does (its fp32 references, thread pinning and bit-identity checks included)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(torch.cuda, "is_available", lambda: False)
+        yield
+
+
+@pytest.fixture(params=["cpu", pytest.param("cuda", marks=(pytest.mark.cuda,
+                                                          pytest.mark.skipif(not CUDA, reason="no CUDA device")))])
+def device(request, monkeypatch) -> str:
+    """Every test that runs a model takes `device` (a torch device name): its cpu case runs everywhere, its cuda case
+    is collected always and skipped without a GPU, so a CPU run costs what it did and `-m cuda` selects the GPU cases."""
+    if request.param == "cuda":
+        monkeypatch.setattr(torch.cuda, "is_available", IS_AVAILABLE)
+    return request.param
 
 
 def require_gpus(device: str, count: int) -> None:

@@ -26,6 +26,7 @@ def torchrun(nproc: int, *args: str, **env: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
                            str(nproc), "-m", "hooked_cli", *args],
                           env={**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1",
+                               "CUDA_VISIBLE_DEVICES": "",  # CPU ranks, like the single-process store's extraction
                                "TEST_CHUNK_BYTES": str(CHUNK_BYTES), **env},
                           capture_output=True, text=True, timeout=300)
 
