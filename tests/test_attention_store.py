@@ -136,8 +136,9 @@ def test_first_relation_loss_matches_an_hf_forward(att_store, teacher_dir, tmp_p
     assert first["stage"] == "hsk" and first["loss"] == pytest.approx(expected.item(), rel=1e-4)
 
 
-def test_online_baseline_computes_the_stores_relations(att_store, teacher_dir, pair_csv, tmp_path):
-    """`students train --teacher ... --knowledge hsk,att,val`: the same relation rows, live, so the same losses."""
+def test_online_baseline_computes_the_stores_relations(att_store, teacher_dir, pair_csv, tmp_path, device):
+    """`students train --teacher ... --knowledge hsk,att,val`: the same relation rows, live (on `device`, in the
+    store's fp32), so the same losses."""
     import json
 
     from hskcache.config import build_config
@@ -147,7 +148,7 @@ def test_online_baseline_computes_the_stores_relations(att_store, teacher_dir, p
 
     flags = dict(zip((str(f)[2:].replace("-", "_") for f in ATT_FLAGS[::2]), ATT_FLAGS[1::2]))
     online = OnlineSource(build_config({**flags, "teacher": str(teacher_dir), "data": str(pair_csv), "store": "-",
-                                        "batch_size": 8}))
+                                        "batch_size": 8, "device": device, "dtype": "fp32"}))
     store = hskcache.open_store(att_store)
     assert online.relations == store.relations
     live, stored = online.get(range(6), relations=(3, 2)), store.get(range(6), relations=(3, 2))
@@ -159,7 +160,7 @@ def test_online_baseline_computes_the_stores_relations(att_store, teacher_dir, p
     build_tinybert(teacher_dir, layers=2, hidden=32, ffn=32, heads=2, out_dir=tmp_path / "s")
     common = ["--student", str(tmp_path / "s"), "--objective", "att,val", "--att-read", "3,2", "--max-steps", "2",
               "--log-every", "1", "--hsk-batch-size", "8", "--pred-batch-size", "8", "--threads", "1",
-              "--select-on", "last", "--quiet"]
+              "--select-on", "last", "--quiet", "--device", device, "--dtype", "fp32"]
     assert cli.main(["train", "--store", str(att_store), "--out", str(tmp_path / "offline"), *common]) == 0
     assert cli.main(["train", "--teacher", str(teacher_dir), "--data", str(pair_csv), *map(str, ATT_FLAGS),
                      "--out", str(tmp_path / "online"), *common]) == 0

@@ -195,11 +195,11 @@ def test_online_baseline_trains_on_the_same_numbers(task, student, tmp_path, mon
     assert [r["loss"] for r in live] == pytest.approx([r["loss"] for r in offline], rel=1e-4)
 
 
-def test_online_baseline_limit(task, student, tmp_path):
+def test_online_baseline_limit(task, student, tmp_path, device):
     """--limit N: the online teacher runs on the first N examples only (2 batches of 16 per epoch here)."""
     assert cli.main(["train", "--teacher", str(task.teacher), "--data", str(task.train), *map(str, STORE_FLAGS),
                      "--limit", "20", "--student", str(student), "--hsk", "2,6,0.25", "--out", str(tmp_path / "run"),
-                     *TRAIN]) == 0
+                     *TRAIN, "--device", device]) == 0
     stages = json.loads((tmp_path / "run" / "metrics.json").read_text())["stages"]
     assert stages["hsk"]["steps"] == 2 * 2 and stages["hsk"]["examples"] == 2 * 20
     assert stages["pred"]["steps"] == 3 * 2 and stages["pred"]["examples"] == 3 * 20
