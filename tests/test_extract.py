@@ -85,25 +85,29 @@ def test_width_strategies_match_reference(tmp_path, teacher_dir, pair_csv, width
                                 read={"width": 0.125}, seed=3)
 
 
-def test_width_code_is_bitmask_unless_asked(tmp_path, teacher_dir, single_csv):
-    run_extract(teacher_dir, single_csv, tmp_path / "s", "--student-layers", 1, "--tokens", 3, "--width", 0.5)
+def test_width_code_is_bitmask_unless_asked(tmp_path, teacher_dir, single_csv, device):
+    run_extract(teacher_dir, single_csv, tmp_path / "s", "--student-layers", 1, "--tokens", 3, "--width", 0.5,
+                "--device", device)
     assert hskcache.open_store(tmp_path / "s").width_encoding == "bitmask"
     run_extract(teacher_dir, single_csv, tmp_path / "r", "--student-layers", 1, "--tokens", 3, "--width", 0.5,
+                "--device", device,
                 "--width-code", "rank")
     assert hskcache.open_store(tmp_path / "r").width_encoding == "rank"
 
 
-def test_get_refuses_more_than_stored(tmp_path, teacher_dir, single_csv):
-    run_extract(teacher_dir, single_csv, tmp_path / "s", "--student-layers", 2, "--depth", 2, "--tokens", 4, "--width", 0.5)
+def test_get_refuses_more_than_stored(tmp_path, teacher_dir, single_csv, device):
+    run_extract(teacher_dir, single_csv, tmp_path / "s", "--student-layers", 2, "--depth", 2, "--tokens", 4, "--width", 0.5,
+                "--device", device)
     store = hskcache.open_store(tmp_path / "s")
     for kwargs in ({"depth": 3}, {"tokens": 5}, {"width": 0.75}):
         with pytest.raises(hskcache.errors.UserError, match="store holds depth 2, tokens 4, width 0.5"):
             store.get([0], **kwargs)
 
 
-def test_batches_cover_every_row_once_and_are_seeded(tmp_path, teacher_dir, single_csv, monkeypatch):
+def test_batches_cover_every_row_once_and_are_seeded(tmp_path, teacher_dir, single_csv, monkeypatch, device):
     monkeypatch.setattr(layout, "CHUNK_TARGET_BYTES", 600)  # several chunks
-    run_extract(teacher_dir, single_csv, tmp_path / "s", "--student-layers", 2, "--tokens", 5, "--width", 0.25)
+    run_extract(teacher_dir, single_csv, tmp_path / "s", "--student-layers", 2, "--tokens", 5, "--width", 0.25,
+                "--device", device)
     store = hskcache.open_store(tmp_path / "s")
     assert store.chunk_rows < store.num_examples
     ids = [b["example_id"] for b in store.batches(5, seed=1, epoch=0, window_chunks=2)]
@@ -127,9 +131,9 @@ def all_arrays(path):
     return {name: group[name][:] for name in group.array_keys()}  # the commit markers too
 
 
-def test_resume_after_crash_equals_uninterrupted(tmp_path, teacher_dir, pair_csv, monkeypatch):
+def test_resume_after_crash_equals_uninterrupted(tmp_path, teacher_dir, pair_csv, monkeypatch, device):
     monkeypatch.setattr(layout, "CHUNK_TARGET_BYTES", 700)
-    common = ("--student-layers", 2, "--tokens", 5, "--width", 0.2, "--batch-size", 8)
+    common = ("--student-layers", 2, "--tokens", 5, "--width", 0.2, "--batch-size", 8, "--device", device)
     run_extract(teacher_dir, pair_csv, tmp_path / "full", *common)
 
     real_commit = store_mod.StoreWriter._commit
@@ -161,11 +165,11 @@ def test_resume_after_crash_equals_uninterrupted(tmp_path, teacher_dir, pair_csv
     assert a["identity"] == b["identity"] and b["complete"]
 
 
-def test_rerun_with_other_settings_refuses_unless_overwrite(tmp_path, teacher_dir, single_csv, capsys):
-    run_extract(teacher_dir, single_csv, tmp_path / "s", "--student-layers", 2, "--tokens", 4)
+def test_rerun_with_other_settings_refuses_unless_overwrite(tmp_path, teacher_dir, single_csv, capsys, device):
+    run_extract(teacher_dir, single_csv, tmp_path / "s", "--student-layers", 2, "--tokens", 4, "--device", device)
     before = all_arrays(tmp_path / "s")
     args = ["extract", "--teacher", str(teacher_dir), "--data", str(single_csv), "--store", str(tmp_path / "s"),
-            "--max-length", str(MAX_LEN), "--quiet", "--student-layers", "2", "--tokens", "5"]
+            "--max-length", str(MAX_LEN), "--quiet", "--student-layers", "2", "--tokens", "5", "--device", device]
     assert main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--overwrite" in err[0]
@@ -175,18 +179,19 @@ def test_rerun_with_other_settings_refuses_unless_overwrite(tmp_path, teacher_di
     assert hskcache.open_store(tmp_path / "s").tokens == 5
 
 
-def test_toml_config_with_flag_override(tmp_path, teacher_dir, single_csv):
+def test_toml_config_with_flag_override(tmp_path, teacher_dir, single_csv, device):
     cfg = tmp_path / "extract.toml"
     cfg.write_text(f'teacher = "{teacher_dir}"\ndata = "{single_csv}"\nstudent-layers = 2\ntokens = 7\n'
                    f'width = 0.5\nmax_length = {MAX_LEN}\n')
-    assert main(["extract", "--config", str(cfg), "--store", str(tmp_path / "s"), "--tokens", "3", "--quiet"]) == 0
+    assert main(["extract", "--config", str(cfg), "--store", str(tmp_path / "s"), "--tokens", "3", "--quiet",
+                 "--device", device]) == 0
     store = hskcache.open_store(tmp_path / "s")
     assert store.tokens == 3 and store.width == 0.5 and store.config.max_length == MAX_LEN
 
 
-def test_inspect_json(tmp_path, teacher_dir, single_csv, capsys):
+def test_inspect_json(tmp_path, teacher_dir, single_csv, capsys, device):
     import json
-    run_extract(teacher_dir, single_csv, tmp_path / "s", "--student-layers", 2)
+    run_extract(teacher_dir, single_csv, tmp_path / "s", "--student-layers", 2, "--device", device)
     capsys.readouterr()
     assert main(["inspect", str(tmp_path / "s"), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
@@ -195,7 +200,7 @@ def test_inspect_json(tmp_path, teacher_dir, single_csv, capsys):
 
 
 @pytest.mark.parametrize("width_strategy", ["mag", "uniform"])
-def test_budget_plan_equals_real_store_bytes(tmp_path, teacher_dir, single_csv, capsys, width_strategy):
+def test_budget_plan_equals_real_store_bytes(tmp_path, teacher_dir, single_csv, capsys, width_strategy, device):
     """`budget --plan` before extraction predicts the bytes `extract` then writes."""
     import json
 
@@ -203,7 +208,7 @@ def test_budget_plan_equals_real_store_bytes(tmp_path, teacher_dir, single_csv, 
     from hskcache.store import on_disk_bytes
 
     run_extract(teacher_dir, single_csv, tmp_path / "s", "--student-layers", 2, "--depth", 2, "--tokens", 5,
-                "--width", 0.2, "--width-strategy", width_strategy, "--compress", "none")
+                "--width", 0.2, "--width-strategy", width_strategy, "--compress", "none", "--device", device)
     capsys.readouterr()
     assert main(["budget", "--plan", "--teacher", str(teacher_dir), "--data", str(single_csv), "--seq-len", str(MAX_LEN),
                  "--student-layers", "2", "--width-strategy", width_strategy, "--configs", "2,5,0.2", "--json",
