@@ -32,13 +32,14 @@ class LastCLS(Kind):
         return {"cls_state": tensors["cls_state"].float()}
 
 
-def test_registering_one_kind_stores_counts_and_reads_it(teacher_dir, single_csv, tmp_path, monkeypatch):
-    run_extract(teacher_dir, single_csv, tmp_path / "plain", "--student-layers", 2, "--tokens", 4, "--width", 0.5)
+def test_registering_one_kind_stores_counts_and_reads_it(teacher_dir, single_csv, tmp_path, monkeypatch, device):
+    on = ("--device", device, "--dtype", "fp32")  # the new entry is checked against a CPU forward
+    run_extract(teacher_dir, single_csv, tmp_path / "plain", "--student-layers", 2, "--tokens", 4, "--width", 0.5, *on)
     plain = hskcache.open_store(tmp_path / "plain")
     rows = list(range(plain.num_examples))
     before = plain.get(rows)
     monkeypatch.setitem(KINDS, "cls", LastCLS())  # the toy kind's arrays say it is in every store from here on
-    run_extract(teacher_dir, single_csv, tmp_path / "cls", "--student-layers", 2, "--tokens", 4, "--width", 0.5)
+    run_extract(teacher_dir, single_csv, tmp_path / "cls", "--student-layers", 2, "--tokens", 4, "--width", 0.5, *on)
     store = hskcache.open_store(tmp_path / "cls")
     n = store.num_examples
     batch = store.get(rows)

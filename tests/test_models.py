@@ -121,9 +121,10 @@ def test_tinybert_rejects_bad_shape(teacher_dir, tmp_path):
         build_tinybert(teacher_dir, 2, 18, 24, 4, tmp_path / "s")
 
 
-def test_rosita_shapes_and_reload(teacher_dir, tmp_path):
+def test_rosita_shapes_and_reload(teacher_dir, tmp_path, device):
     batch = _batch(teacher_dir)
-    built = build_rosita(teacher_dir, [batch], layers=1, heads=2, ffn=16, emb_rank=8, out_dir=tmp_path / "r")
+    built = build_rosita(teacher_dir, [batch], layers=1, heads=2, ffn=16, emb_rank=8, out_dir=tmp_path / "r",
+                         device=device)
     model = load_student(tmp_path / "r").eval()
     assert isinstance(model, RositaForSequenceClassification)
     shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
@@ -221,9 +222,9 @@ def test_rosita_keeps_the_most_important_heads_and_neurons(teacher_dir, tmp_path
     assert info["kept_heads"] == [expected_heads] and info["kept_neurons"] == [expected_neurons]
 
 
-def test_rosita_from_a_regression_teacher(tmp_path):
+def test_rosita_from_a_regression_teacher(tmp_path, device):
     teacher_dir = _make_teacher(tmp_path / "teacher", num_labels=1)
-    model = build_rosita(teacher_dir, [_batch(teacher_dir)], 1, 2, 16, 8, tmp_path / "r").eval()
+    model = build_rosita(teacher_dir, [_batch(teacher_dir)], 1, 2, 16, 8, tmp_path / "r", device=device).eval()
     assert model(**_inputs(_batch(teacher_dir, seed=2))).logits.shape == (4, 1)
 
 
