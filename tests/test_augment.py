@@ -85,10 +85,11 @@ def test_augmented_rows_get_teacher_logits_and_unknown_labels(augmented, teacher
     assert torch.isfinite(batch["logits"]).all()
 
 
-def test_unlabeled_text_is_a_transfer_set(teacher_dir, tmp_path):
+def test_unlabeled_text_is_a_transfer_set(teacher_dir, tmp_path, device):
     data = write_csv(tmp_path / "unlabeled.csv", [{"text": s} for s in SENTENCES[:12]])
     assert hskcache_main(["extract", "--teacher", str(teacher_dir), "--data", str(data), "--out",
-                          str(tmp_path / "store"), "--student-layers", "1", "--max-length", "32", "--quiet"]) == 0
+                          str(tmp_path / "store"), "--student-layers", "1", "--max-length", "32", "--quiet",
+                          "--device", device]) == 0
     batch = hskcache.open_store(tmp_path / "store").get(np.arange(12), depth=1, tokens=1)
     assert (batch["labels"] == -1).all() and torch.isfinite(batch["logits"]).all()
     out = tmp_path / "aug.jsonl"
