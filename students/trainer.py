@@ -48,7 +48,8 @@ from students.objectives import (OBJECTIVES, STAGE1, STAGE2, Weighted, format_ob
                                  parse_objective)
 from students.objectives import kinds as objective_kinds
 from students.losses import HSK_MODES, LOSSES, HSKProjection, LossSettings
-from students.defaults import learning_rates
+from students.calibration import REGRESSION_HEADS, recentre
+from students.defaults import learning_rates, prediction_objective
 from students.metrics import primary_metric
 from students.models import STUDENT_FILE, count_parameters, load_student, save_student
 
@@ -57,6 +58,7 @@ METRICS_FILE = "metrics.json"
 # Per stage: added to the data epoch and to the dropout seed, so the stages see
 # different orders, and a pred stage sees the same orders with or without stage 1.
 STAGE_BASE = {"hsk": 0, "pred": 1_000_000}
+RECENTRE_ROWS = 4096  # training rows whose mean output difference recentres a regression head
 
 HSKRead = tuple[int | None, int | None, float | None]  # (N_D, N_L, N_W); None: as stored
 STORED: HSKRead = (None, None, None)
@@ -130,13 +132,18 @@ class TrainConfig:
     objective: Weighted = setting((("hsk", 1.0),), "stage-1 objectives, name[:weight] comma list of "
                                   + " | ".join(STAGE1) + " (att, val: MiniLM's Att-KL, Val-KL)",
                                   parse=parse_objective, show_default="hsk")
-    pred_objective: Weighted = setting((("pred", 1.0),), "stage-2 objectives, name[:weight] comma list of "
-                                       + " | ".join(STAGE2) + " (pred: soft CE to the teacher's logits; label: "
-                                       "the task loss to the gold labels, rows without one left out)",
-                                       parse=lambda text: parse_objective(text, "pred"), show_default="pred")
+    pred_objective: Weighted | None = setting(None, "stage-2 objectives, name[:weight] comma list of "
+                                              + " | ".join(STAGE2) + " (pred: soft CE to the teacher's logits; "
+                                              "label: the task loss to the gold labels, rows without one left out)",
+                                              parse=lambda text: parse_objective(text, "pred"),
+                                              show_default="pred,label:0.5 when the source has gold labels, "
+                                                           "else pred (students/defaults.py)")
     att_read: RelationRead = setting((None, None), "query rows,keys of the att/val read ('stored': as stored)",
                                      parse=parse_att_read, show_default="stored")
     width_loss: str = setting("zero-fill", " | ".join(HSK_MODES) + "; zero-fill is the paper's")
+    regression_head: str = setting("recentre", " | ".join(REGRESSION_HEADS) + ": a regression student's output "
+                                   "bias, shifted before the prediction stage so its mean output on the training "
+                                   "rows is the teacher's (students/calibration.py), or left as it is")
     temperature: float = setting(1.0, "soft CE temperature")
     hsk_epochs: int = setting(10, "stage 1 epochs")
     hsk_lr: float | None = setting(None, "stage 1 learning rate (default: by the student's init, "
@@ -187,6 +194,9 @@ class TrainConfig:
             raise UserError(f"--weight-decay must be at least 0, got {self.weight_decay}")
         if self.width_loss not in HSK_MODES:
             raise UserError(f"--width-loss {self.width_loss!r} is unknown; use one of {', '.join(HSK_MODES)}")
+        if self.regression_head not in REGRESSION_HEADS:
+            raise UserError(f"--regression-head {self.regression_head!r} is unknown; "
+                            f"use one of {', '.join(REGRESSION_HEADS)}")
         if self.device not in DEVICES:
             raise UserError(f"--device {self.device!r} is unknown; use one of {', '.join(DEVICES)}")
         check_dtype(self.dtype)
@@ -201,6 +211,12 @@ class TrainConfig:
         """Unset rates filled in from the student's init (students.defaults), before anything uses them."""
         hsk_lr, pred_lr = learning_rates(info)
         return replace(self, hsk_lr=self.hsk_lr or hsk_lr, pred_lr=self.pred_lr or pred_lr)
+
+    def with_pred_objective(self, source: BatchSource) -> TrainConfig:
+        """An unset --pred-objective filled in from whether the source has gold labels (students.defaults)."""
+        if self.pred_objective is not None:
+            return self
+        return replace(self, pred_objective=prediction_objective(source.labels(), source.regression))
 
     def stages(self) -> list[Stage]:
         if self.hsk_lr is None or self.pred_lr is None:
@@ -306,7 +322,7 @@ class Trainer:
             raise UserError(f"--student {cfg.student} is not a student folder (no {STUDENT_FILE}); "
                             "make one with `students build`")
         self.info = json.loads((Path(cfg.student) / STUDENT_FILE).read_text())
-        self.cfg, self.source = cfg.with_learning_rates(self.info), source
+        self.cfg, self.source = cfg.with_learning_rates(self.info).with_pred_objective(source), source
         cfg = self.cfg
         self.run_dir = Path(cfg.out)
         self.stages = cfg.stages()
@@ -433,9 +449,41 @@ class Trainer:
             self.optimizer.load_state_dict(self.saved["optimizer"])
             self.scheduler.load_state_dict(self.saved["scheduler"])
         else:  # each rank its own dropout stream; rank 0's is the one-process stream
+            if stage.name == "pred" and self.source.regression and self.cfg.regression_head == "recentre":
+                self._recentre(stage)
             torch.manual_seed(self.cfg.seed + STAGE_BASE[stage.name] + self.ranks.rank)
         self.saved = None
         self.engine = self.parallel.wrap(self.distiller)
+
+    def _recentre(self, stage: Stage) -> None:
+        """The regression head's bias shifted by the mean teacher-minus-student output on up to
+        RECENTRE_ROWS training rows (unshuffled, held-out rows left out), before DDP copies rank 0's weights."""
+        batches = self.source.batches(stage.batch_size, shuffle=False, depth=1, tokens=1, packed=True)
+
+        def rows():
+            seen = 0
+            try:
+                for packed in batches:
+                    batch = expand(packed if self.holdout is None else drop_rows(packed, self.holdout.rows),
+                                   self.device)
+                    if len(batch["input_ids"]):
+                        seen += len(batch["input_ids"])
+                        yield batch
+                    if seen >= RECENTRE_ROWS:
+                        return
+            finally:
+                batches.close()
+
+        def outputs(batch: dict[str, Tensor]) -> Tensor:
+            width = int(batch["attention_mask"].sum(1).max())
+            with self.distiller.precision:
+                return self.model(**{k: batch[k][:, :width] for k in MODEL_INPUTS}).logits
+
+        self._stats(stage)["recentred_output_bias"] = recentre(self.model, rows(), outputs)
+
+    def _stats(self, stage: Stage) -> dict[str, float]:
+        """The stage's record in metrics.json's `stages` (checkpointed with the position)."""
+        return self.pos.stats.setdefault(stage.name, {"steps": 0, "seconds": 0.0, "examples": 0})
 
     # ------------------------------------------------------------------ loop
 
@@ -488,7 +536,7 @@ class Trainer:
                                       width=width, start_batch=pos.batch, rank=self.ranks.rank,
                                       world_size=self.ranks.world_size, packed=True,
                                       pin_memory=self.device.type == "cuda", **relations)
-        stats = pos.stats.setdefault(stage.name, {"steps": 0, "seconds": 0.0, "examples": 0})
+        stats = self._stats(stage)
         self.model.train()
         started = time.perf_counter()
         for batch in batches:

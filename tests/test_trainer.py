@@ -4,11 +4,13 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 
 import hskcache
+from students.defaults import prediction_objective
 from students.losses import HSKProjection, hsk_loss, prediction_loss
 from students.models import build_tinybert, load_student
 from students.trainer import STAGE_BASE, TrainConfig, train
@@ -55,22 +57,33 @@ def test_first_losses_match_a_hand_computation(task, tmp_path, device):
     assert (hsk["stage"], hsk["step"], hsk["epoch"], hsk["lr"]) == ("hsk", 1, 1, 3e-3)
     assert hsk["loss"] == pytest.approx(expected.item(), rel=rel)
 
-    # Prediction-only: the same student on the first batch of the pred stage's order.
-    train(replace(cfg, out=str(tmp_path / "pred"), hsk=None), store)
+    # Prediction-only with the soft labels alone: the same student on the first batch of the pred stage's order.
+    train(replace(cfg, out=str(tmp_path / "pred"), hsk=None, pred_objective=(("pred", 1.0),)), store)
     batch = next(iter(store.batches(16, seed=0, epoch=STAGE_BASE["pred"], depth=1, tokens=1)))
     with torch.no_grad():
         expected = prediction_loss(model(**{k: batch[k] for k in inputs}).logits, batch["logits"], 1.0, False)
     [pred] = records(tmp_path / "pred")
     assert pred["loss"] == pytest.approx(expected.item(), rel=rel)
 
-    # With the gold labels too (`--pred-objective pred,label:0.5`): + 0.5 × cross-entropy to the labels.
-    train(replace(cfg, out=str(tmp_path / "label"), hsk=None, pred_objective=(("pred", 1.0), ("label", 0.5))), store)
+    # With the gold labels too (`--pred-objective pred,label:0.5`, the default when the store has labels):
+    # + 0.5 × cross-entropy to the labels.
+    train(replace(cfg, out=str(tmp_path / "label"), hsk=None), store)
     with torch.no_grad():
         logits = model(**{k: batch[k] for k in inputs}).logits
         gold = torch.nn.functional.cross_entropy(logits, batch["labels"].long())
     assert (batch["labels"] >= 0).all()  # every row of the tiny task is labelled
     [label] = records(tmp_path / "label")
     assert label["loss"] == pytest.approx(expected.item() + 0.5 * gold.item(), rel=rel)
+    config = json.loads((tmp_path / "label" / "metrics.json").read_text())["config"]
+    assert config["pred_objective"] == "pred,label:0.5"
+
+
+def test_the_default_prediction_objective_follows_the_gold_labels():
+    """Gold labels beside the soft labels where any row has one (class >= 0, or a number), else soft labels alone."""
+    assert prediction_objective(np.array([-1, 1, -1]), False) == (("pred", 1.0), ("label", 0.5))
+    assert prediction_objective(np.array([-1, -1]), False) == (("pred", 1.0),)
+    assert prediction_objective(np.array([np.nan, 2.5], dtype=np.float32), True) == (("pred", 1.0), ("label", 0.5))
+    assert prediction_objective(np.array([np.nan, np.nan], dtype=np.float32), True) == (("pred", 1.0),)
 
 
 def test_interrupted_and_resumed_equals_uninterrupted(task, student, tmp_path, device):
