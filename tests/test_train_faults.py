@@ -169,6 +169,8 @@ def test_a_full_disk_is_one_line_and_the_run_resumes(task, student, tmp_path, mo
     line = one_error_line(capsys)
     assert "no space left on the device" in line and f"{run / 'checkpoint'}, is intact" in line
     assert "rerun with --resume" in line
+    size = (run / "checkpoint" / checkpoint.STATE_FILE).stat().st_size / 2**20
+    assert f"free space (a checkpoint takes {size:.1f} MiB, written beside the last one)" in line
     position = read_state(run / "checkpoint")["position"]
     assert (position["stage"], position["step"]) == {"checkpoint": (0, 2), "student": (1, 4), "log": (0, 2)}[where]
     assert not list(run.glob("*.tmp")) and not (run / "student").exists()

