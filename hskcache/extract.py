@@ -23,6 +23,7 @@ from .config import ExtractConfig
 from .distributed import Ranks, broadcast, rank_device
 from .data import TextData, check_labels, fingerprint, load_texts, tokenize_batch
 from .errors import UserError
+from .families import takes_token_types
 from .knowledge import RelationSpec, TeacherForward, relation_kinds, stored_kinds
 from .layout import StoreShape
 from .meta import DataInfo, Settings, StoreMeta, TokenizerInfo
@@ -89,7 +90,9 @@ def batch_rows(teacher: Teacher, plan: SelectionPlan, shape: StoreShape, tokens:
     """One batch of store rows, in the store's dtypes: every stored kind's (`knowledge.KINDS`).
 
     Selection, the value format and bit packing run on the teacher's device;
-    only the kept bytes are copied to the host."""
+    only the kept bytes are copied to the host. A family without token types stores none (zeros)."""
+    if not takes_token_types(teacher.model.config) and "token_type_ids" in tokens:
+        tokens = tokens | {"token_type_ids": np.zeros_like(tokens["token_type_ids"])}
     batch = {k: torch.from_numpy(v) for k, v in tokens.items()}
     kinds = stored_kinds(shape)
     captures = tuple(sorted({c for kind in kinds for c in kind.teacher_captures}))

@@ -109,8 +109,14 @@ def _emb(config: PretrainedConfig) -> str | None:
 
 
 def _same_embedding_size(teacher: PretrainedConfig, student: PretrainedConfig, layers: list[int]) -> None:
-    if getattr(teacher, "embedding_size", None) == teacher.hidden_size:
+    """Unfactorised embeddings narrow with the width; factorised ones keep their size and their
+    projection, which Hugging Face only builds while the two sizes differ."""
+    size = getattr(teacher, "embedding_size", None)
+    if size in (None, teacher.hidden_size):
         student.embedding_size = student.hidden_size
+    elif size == student.hidden_size:
+        raise UserError(f"--hidden {size} equals the teacher's embedding size, which would drop its embedding "
+                        f"projection; pick another --hidden")
 
 
 def _bert_layer(q: str, k: str, v: str, extra: tuple[str, ...] = ()) -> Callable[[PretrainedConfig], dict[str, Axes]]:

@@ -30,8 +30,8 @@ def attention_modules(model: nn.Module) -> list[tuple[tuple[nn.Module, Projectio
 def capture(model: nn.Module, layers: Sequence[int], which: Sequence[str] = PROJECTIONS
             ) -> Iterator[dict[int, dict[str, Tensor]]]:
     """Record the outputs (B, S, heads × head_dim) of the named projections of
-    attention layers `layers` (1-based: layer l produces hidden state l) while
-    the block runs; `captured[l]["value"]`. Hooks are removed on exit."""
+    attention layers `layers` (1-based: layer l produces hidden state l) during
+    one forward in the block; `captured[l]["value"]`. Hooks are removed on exit."""
     if not layers:
         yield {}
         return
@@ -45,7 +45,8 @@ def capture(model: nn.Module, layers: Sequence[int], which: Sequence[str] = PROJ
         for name, (module, projection) in zip(PROJECTIONS, modules[l - 1]):
             if name in which:
                 def hook(_module, _inputs, output, l=l, name=name, projection=projection):
-                    captured[l][name] = projection.take(output)
+                    # the tokens' projection: DeBERTa's shared query/key then project positions too
+                    captured[l].setdefault(name, projection.take(output))
                 handles.append(module.register_forward_hook(hook))
     try:
         yield captured

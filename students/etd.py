@@ -163,8 +163,8 @@ def taylor_neuron_importance(model: nn.Module, batches: Iterable[dict[str, Tenso
     acts: dict[str, Tensor] = {}
 
     def keep(name: str, pre: bool):
-        def hook(module, args, output=None):
-            acts[name] = args[0] if pre else output
+        def hook(module, args, output=None):  # the first call: DeBERTa's shared query/key projections
+            acts.setdefault(name, args[0] if pre else output)  # then also project the position embeddings
         return hook
 
     handles = []
@@ -179,7 +179,9 @@ def taylor_neuron_importance(model: nn.Module, batches: Iterable[dict[str, Tenso
     rows = 0
     try:
         for batch in batches:
-            out = model(**model_inputs(config, batch, device), output_hidden_states=True)
+            inputs = model_inputs(config, batch, device)
+            mask = inputs["attention_mask"].bool()
+            out = model(**inputs, output_hidden_states=True)
             names = [*acts, *(f"hidden{j}" for j in range(len(out.hidden_states)))]
             tensors = [*acts.values(), *out.hidden_states]
             logits = out.logits if out.logits.dtype == torch.float64 else out.logits.float()
@@ -191,7 +193,7 @@ def taylor_neuron_importance(model: nn.Module, batches: Iterable[dict[str, Tenso
                 labels = batch["labels"].to(device)[known]
                 loss = (F.mse_loss(logits[known, 0], labels.float(), reduction="sum") if regression
                         else F.cross_entropy(logits[known], labels.long(), reduction="sum"))
-                for score, term in zip(scores, _first_order(loss, tensors)):
+                for score, term in zip(scores, _first_order(loss, tensors, mask)):
                     score += term[known].abs().sum(0)
             unknown = ~known
             if unknown.any():
@@ -201,7 +203,7 @@ def taylor_neuron_importance(model: nn.Module, batches: Iterable[dict[str, Tenso
                     log_p = torch.log_softmax(logits, -1)
                     outcomes = [(log_p[:, y], log_p[:, y].detach().exp()) for y in range(log_p.shape[-1])]
                 for target, weight in outcomes:
-                    terms = _first_order(target[unknown].sum(), tensors)
+                    terms = _first_order(target[unknown].sum(), tensors, mask)
                     for score, term in zip(scores, terms):
                         score += (weight[unknown, None].double() * term[unknown].double() ** 2).sum(0)
             for name, score in zip(names, scores):
@@ -217,13 +219,14 @@ def taylor_neuron_importance(model: nn.Module, batches: Iterable[dict[str, Tenso
     return _collect(family, totals, layers, n, heads, head_dim)
 
 
-def _first_order(target: Tensor, tensors: list[Tensor]) -> list[Tensor]:
-    """Per row, Σ_tokens ∂target/∂x · x for each activation x (B, T, D) -> (B, D). Rows are
-    independent, so the gradient of a sum over rows gives every row's own term."""
+def _first_order(target: Tensor, tensors: list[Tensor], mask: Tensor) -> list[Tensor]:
+    """Per row, Σ_real tokens ∂target/∂x · x for each activation x (B, T, D) -> (B, D). Rows are
+    independent, so the gradient of a sum over rows gives every row's own term. Padding is
+    left out (its gradient is zero, or NaN where a float64 ModernBERT masks a whole row)."""
     grads = torch.autograd.grad(target, tensors, retain_graph=True, allow_unused=True)
     with torch.no_grad():
-        return [torch.zeros(x.shape[0], x.shape[-1], device=x.device) if g is None else (g * x).sum(1)
-                for g, x in zip(grads, tensors)]
+        return [torch.zeros(x.shape[0], x.shape[-1], device=x.device) if g is None
+                else torch.where(mask[:, :, None], g * x, 0).sum(1) for g, x in zip(grads, tensors)]
 
 
 def _collect(family: Family, totals: dict[str, Tensor], layers: nn.ModuleList, n: int, heads: int,
