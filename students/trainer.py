@@ -40,7 +40,7 @@ from hskcache.reader import RelationRead
 from hskcache.options import columns, setting
 from hskcache.packed import PackedBatch, expand
 from hskcache.teacher import tokenizer_hash
-from students.checkpoint import read_state, replaced_dir, rng_state, set_rng_state, write_state
+from students.checkpoint import STATE_FILE, read_state, replaced_dir, rng_state, set_rng_state, write_state
 from students.evaluate import MODEL_INPUTS, EvalSet, evaluate, load_eval_set
 from students.selection import drop_rows, holdout_eval_set, parse_select_on
 from students.data_parallel import Parallel, cores_per_rank, placeholder, rank_seed
@@ -707,6 +707,8 @@ def train(cfg: TrainConfig, source: BatchSource) -> dict[str, Any] | None:
     except OSError as exc:
         if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
-        where = exc.filename or cfg.out
+        where, state = exc.filename or cfg.out, Path(cfg.out) / "checkpoint" / STATE_FILE
+        need = (f" (a checkpoint takes {state.stat().st_size / 2**20:.1f} MiB, written beside the last one)"
+                if state.is_file() else "")
         raise UserError(f"no space left on the device writing {where}; {kept_checkpoint(Path(cfg.out))}: "
-                        "free space and rerun with --resume") from None
+                        f"free space{need} and rerun with --resume") from None
