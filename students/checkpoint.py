@@ -10,10 +10,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from hskcache.errors import UserError
-
 import numpy as np
 import torch
+
+from hskcache.errors import UserError
 
 STATE_FILE = "state.pt"
 
