@@ -391,6 +391,32 @@ def run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- export
+
+
+def add_export_parser(sub) -> None:
+    from students.export import FORMATS, QUANTIZERS
+
+    p = sub.add_parser("export", help="a trained student as an ONNX Runtime folder (optionally int8)",
+                       description="Writes model.onnx (dynamic batch and sequence axes), config.json with the "
+                                   "labels and the tokenizer; --quantize int8 adds onnxruntime's dynamic-int8 "
+                                   "model_quantized.onnx. Needs pip install 'hskcache[deploy]'.")
+    p.add_argument("--model", required=True, help="student folder (e.g. RUN/student)")
+    p.add_argument("--out", required=True, help="folder to write (new or empty, else --overwrite)")
+    p.add_argument("--format", default="onnx", choices=FORMATS, help="onnx (default)")
+    p.add_argument("--quantize", choices=tuple(QUANTIZERS), help="also write a quantised copy: int8")
+    p.add_argument("--overwrite", action="store_true", help="replace the files of an existing --out folder")
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from students.export import export_student
+
+    info = export_student(args.model, args.out, args.format, args.quantize, args.overwrite)
+    files = ", ".join(f"{name} ({precision})" for precision, name in info.files.items())
+    print(f"wrote {args.out}: {files}; fp32 logits within {info.fp32_max_abs_error:.1e} of PyTorch")
+    return 0
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -400,12 +426,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_build_parser(sub)
     add_train_parser(sub)
     add_eval_parser(sub)
+    add_export_parser(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    runners = {"build": run_build, "train": run_train, "eval": run_eval}
+    runners = {"build": run_build, "train": run_train, "eval": run_eval, "export": run_export}
     return run_guarded(lambda: runners[args.command](args), PROG)
 
 

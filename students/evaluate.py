@@ -93,12 +93,18 @@ def evaluate(model: nn.Module, eval_set: EvalSet, batch_size: int, device: torch
 
 def open_for_eval(model_dir: str, data: str, max_length: int | None, device: torch.device, split: str = "validation",
                   text_cols: Sequence[str] | None = None, label_col: str | None = None) -> tuple[nn.Module, EvalSet]:
-    """A model folder (student or teacher) and `data` tokenized with its own tokenizer, labels
-    numbered by its head and metrics of the task it was distilled for."""
+    """A model folder (student or teacher, or one written by `students export`, or an .onnx file
+    in one) and `data` tokenized with its own tokenizer, labels numbered by its head and metrics
+    of the task it was distilled for."""
     from hskcache.teacher import load_tokenizer, named_labels, usable_positions
     from students.models import load_student, student_task
+    from students.serving import open_exported
 
-    model = load_student(model_dir).to(device)
+    model = open_exported(model_dir)
+    if model is None:
+        model = load_student(model_dir).to(device)
+    else:
+        model_dir = str(model.folder)
     max_length = max_length or min(128, usable_positions(model.config))
     eval_set = load_eval_set(data, model.config, load_tokenizer(model_dir, model.config, "model"), max_length, split=split,
                              text_cols=text_cols, label_col=label_col, label_names=named_labels(model.config),

@@ -1,7 +1,11 @@
-"""Teacher and students side by side: dev metrics, parameters, inference speed, and each
-student's gap to the first model (the teacher) in points of the first metric.
+"""Teacher and students side by side: dev metrics, parameters, weights on disk, inference speed,
+and each student's gap to the first model (the teacher) in points of the first metric.
 
-    python tools/compare.py --model teacher=runs/teacher --model student=RUN/student --data DEV
+    python tools/compare.py --model teacher=runs/teacher --model student=RUN/student --data DEV \
+        --model int8=RUN/onnx/model_quantized.onnx
+
+A model is a PyTorch folder, a folder written by `students export` (its model.onnx), or an .onnx
+file in one: exported models run in onnxruntime with as many threads as torch uses.
 """
 from __future__ import annotations
 
@@ -15,7 +19,7 @@ import torch
 from hskcache.cli import quiet_libraries
 from hskcache.device import pick_device
 from students.evaluate import evaluate, open_for_eval, predict
-from students.models import count_parameters
+from students.serving import weights_bytes
 
 
 def measure(path: str, data: str, max_length: int, batch_size: int, device: torch.device) -> dict:
@@ -24,13 +28,14 @@ def measure(path: str, data: str, max_length: int, batch_size: int, device: torc
     start = time.perf_counter()  # a second pass, warm, for speed
     predict(model, eval_set.inputs, batch_size, device)
     seconds = time.perf_counter() - start
-    return {"path": path, "parameters": count_parameters(model), "examples_per_s": len(eval_set) / seconds,
-            "eval": metrics}
+    return {"path": path, "parameters": model.num_parameters(), "disk_bytes": weights_bytes(path),
+            "examples_per_s": len(eval_set) / seconds, "eval": metrics}
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", action="append", required=True, help="NAME=FOLDER (teacher or student), repeatable")
+    p.add_argument("--model", action="append", required=True,
+                   help="NAME=PATH (a model folder, an exported folder or its .onnx file), repeatable")
     p.add_argument("--data", required=True, help="labeled dev/test data")
     p.add_argument("--max-length", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=64)
@@ -47,10 +52,11 @@ def main(argv: list[str] | None = None) -> int:
     base = next(iter(rows.values()))
     print(f"{args.data}: {platform.machine()} {device.type}, {torch.get_num_threads()} threads, batch {args.batch_size}")
     print(f"{'model':<12}" + "".join(f"{m:>10}" for m in metric_names)
-          + f"{'params':>12}{'size':>8}{'ex/s':>9}{'speed-up':>10}")
+          + f"{'params':>12}{'size':>8}{'disk MB':>9}{'ex/s':>9}{'speed-up':>10}")
     for name, r in rows.items():
         print(f"{name:<12}" + "".join(f"{r['eval'][m]:>10.4f}" for m in metric_names)
               + f"{r['parameters'] / 1e6:>11.2f}M{r['parameters'] / base['parameters']:>8.2f}"
+              + f"{r['disk_bytes'] / 1e6:>9.1f}"
               + f"{r['examples_per_s']:>9.0f}{r['examples_per_s'] / base['examples_per_s']:>9.1f}x")
     first, metric = next(iter(rows)), metric_names[0]
     for name, r in list(rows.items())[1:]:
