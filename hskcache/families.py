@@ -76,6 +76,13 @@ class Family:
     def layer_list(self, model: nn.Module) -> nn.ModuleList:
         return self.encoder(model).get_submodule(self.layers)
 
+    def truncate(self, model: nn.Module, layers: int) -> None:
+        """Keep the bottom `layers` layers of a model in place (its config too)."""
+        parent, name = f"{self.base}.{self.layers}".rsplit(".", 1)
+        owner = model.get_submodule(parent)
+        setattr(owner, name, getattr(owner, name)[:layers])
+        model.config.num_hidden_layers = layers
+
     def layer_prefix(self, index: int) -> str:
         """The state-dict prefix of layer `index` in the sequence classifier."""
         return f"{self.base}.{self.layers}.{index}."

@@ -12,13 +12,14 @@ from pathlib import Path
 
 import torch
 from torch import Tensor, nn
-from transformers import BertForSequenceClassification, PretrainedConfig
+from transformers import PretrainedConfig
 
 from hskcache.errors import UserError
+from hskcache.families import FFN, HEADS, Axes, family_of, parameter_axes
 from hskcache.teacher import is_regression, load_model, weights_hash
 from students.losses import prediction_loss
 from students.models import StudentSpec, save_new, teacher_config
-from students.rosita import RositaConfig, RositaForSequenceClassification
+from students.rosita import WORD_PROJECTION, RositaConfig, RositaForSequenceClassification
 
 # Teacher config keys that describe the teacher's own class and file, not the student.
 _NOT_INHERITED = ("model_type", "architectures", "transformers_version", "_name_or_path", "auto_map")
@@ -50,12 +51,15 @@ def build_rosita(
     neurons of largest first-order Taylor importance on `batches` (store batches:
     `input_ids`, `attention_mask`, `token_type_ids`, teacher `logits`); factorises
     the word embeddings by truncated SVD to rank `emb_rank`. Cap `batches` yourself
-    (the paper scores on ~10k training sentences).
+    (the paper scores on ~10k training sentences). Which weight is whose is the
+    teacher family's axis map (`hskcache.families`).
     """
     tc = teacher_config(teacher_dir)
-    if tc.model_type != "bert":
-        raise UserError(f"ROSITA students need a BERT teacher, {teacher_dir} is {tc.model_type!r}; "
-                        "use a TinyBERT-style student instead")
+    family = family_of(tc)
+    if not family.rosita:
+        raise UserError(f"ROSITA students keep BERT's layout (absolute positions, token types, a pooler), "
+                        f"the teacher is {tc.model_type!r}; use `students build tinybert` (its default "
+                        f"--init etd-impt extracts a smaller {family.name} student)")
     limits = {"layers": (layers, tc.num_hidden_layers), "heads": (heads, tc.num_attention_heads),
               "ffn": (ffn, tc.intermediate_size), "emb_rank": (emb_rank, min(tc.vocab_size, tc.hidden_size))}
     for name, (value, most) in limits.items():
@@ -64,53 +68,67 @@ def build_rosita(
     teacher = load_model(str(teacher_dir), attn_implementation="eager")
     teacher_hash = weights_hash(teacher)  # as loaded, so it equals the store's teacher_hash
     teacher.float()
-    teacher.bert.encoder.layer = teacher.bert.encoder.layer[:layers]
-    teacher.config.num_hidden_layers = layers
+    family.truncate(teacher, layers)
     head_scores, neuron_scores = taylor_importance(teacher.to(device), batches)
     kept_heads = head_scores.topk(heads, dim=1).indices.sort(dim=1).values.cpu()
     kept_neurons = neuron_scores.topk(ffn, dim=1).indices.sort(dim=1).values.cpu()
 
     config = rosita_config(tc, layers, heads, ffn, emb_rank)
     model = RositaForSequenceClassification(config)
-    model.load_state_dict(_pruned_state(teacher.cpu().state_dict(), config, kept_heads, kept_neurons))
+    teacher.cpu()
+    model.load_state_dict(_pruned_state(teacher, config, kept_heads, kept_neurons))
     spec = StudentSpec("rosita", layers=layers, heads=heads, ffn=ffn, emb_rank=emb_rank)
     kept = {"kept_heads": kept_heads.tolist(), "kept_neurons": kept_neurons.tolist()}
     save_new(model, teacher_dir, out_dir, spec, {"teacher_hash": teacher_hash, **kept})
     return model
 
 
+def _layer_parameters(model: nn.Module) -> list[tuple[int, str, nn.Parameter, Axes]]:
+    """(layer, name, parameter, axis labels) of every encoder-layer parameter."""
+    parameters = dict(model.named_parameters())
+    axes = parameter_axes(family_of(model.config), model.config, list(parameters))
+    return [(layer, name, parameters[name], labels) for name, (layer, labels) in axes.items() if layer is not None]
+
+
+def _per_index(values: Tensor, labels: Axes, label: str) -> Tensor | None:
+    """`values` summed over every axis but the one labelled `label` (None if it has none)."""
+    if label not in labels:
+        return None
+    axis = labels.index(label)
+    return values.sum(dim=[a for a in range(values.dim()) if a != axis]) if values.dim() > 1 else values
+
+
 def taylor_importance(
-    model: BertForSequenceClassification, batches: Iterable[dict[str, Tensor]]
+    model: nn.Module, batches: Iterable[dict[str, Tensor]]
 ) -> tuple[Tensor, Tensor]:
     """Per layer, Σ over batches of Σ |∂L/∂w · w| per head (layers, heads) and per
     FFN neuron (layers, ffn). L is the KD loss to the stored teacher logits, so no
     gold labels are needed (the truncated teacher no longer reproduces them).
 
-    A head owns its rows of Q, K, V (weights and biases) and its input columns of
-    the attention output dense; a neuron owns its intermediate row and bias and
-    its output-dense column.
+    A head owns the parameter slices on its head axis (its rows of Q, K, V, weights and
+    biases, and its input columns of the attention output); a neuron owns the slices on
+    its FFN axis (its FFN-in row and bias, its FFN-out column).
     """
     model.eval()
     device = next(model.parameters()).device
     config = model.config
     regression = is_regression(config)
-    layers = model.bert.encoder.layer
-    heads = torch.zeros(len(layers), config.num_attention_heads, device=device)
-    neurons = torch.zeros(len(layers), config.intermediate_size, device=device)
+    parameters = _layer_parameters(model)
+    n = config.num_hidden_layers
+    heads = torch.zeros(n, config.num_attention_heads, device=device)
+    neurons = torch.zeros(n, config.intermediate_size, device=device)
     seen = 0
     for batch in batches:
         model.zero_grad(set_to_none=True)
         logits = model(**{k: batch[k].to(device) for k in ("input_ids", "attention_mask", "token_type_ids")}).logits
         prediction_loss(logits, batch["logits"].to(device), 1.0, regression).backward()
         with torch.no_grad():
-            for i, layer in enumerate(layers):
-                attention = layer.attention
-                rows = sum(_taylor(lin.weight).sum(1) + _taylor(lin.bias)
-                           for lin in (attention.self.query, attention.self.key, attention.self.value))
-                per_row = rows + _taylor(attention.output.dense.weight).sum(0)
-                heads[i] += per_row.view(config.num_attention_heads, -1).sum(1)
-                inner, outer = layer.intermediate.dense, layer.output.dense
-                neurons[i] += _taylor(inner.weight).sum(1) + _taylor(inner.bias) + _taylor(outer.weight).sum(0)
+            for layer, _, parameter, labels in parameters:
+                taylor = (parameter.grad * parameter).abs()
+                if (per_head := _per_index(taylor, labels, HEADS)) is not None:
+                    heads[layer] += per_head.view(config.num_attention_heads, -1).sum(1)
+                if (per_neuron := _per_index(taylor, labels, FFN)) is not None:
+                    neurons[layer] += per_neuron
         seen += 1
     model.zero_grad(set_to_none=True)
     if not seen:
@@ -118,38 +136,23 @@ def taylor_importance(
     return heads, neurons
 
 
-def _taylor(parameter: nn.Parameter) -> Tensor:
-    return (parameter.grad * parameter).abs()
-
-
-def _pruned_state(teacher_state: dict[str, Tensor], config: RositaConfig, kept_heads: Tensor,
+def _pruned_state(teacher: nn.Module, config: RositaConfig, kept_heads: Tensor,
                   kept_neurons: Tensor) -> dict[str, Tensor]:
-    """The student's state dict: kept slices of the teacher's, plus the SVD factors."""
-    state = {key: value for key, value in teacher_state.items() if not key.startswith("bert.encoder.layer.")}
-    words, projection = "bert.embeddings.word_embeddings.weight", "bert.embeddings.word_projection.weight"
-    state[words], state[projection] = factorize_embedding(state[words], config.embedding_rank)
+    """The student's state dict: the teacher's parameters with the kept heads' / neurons' slices
+    along their head / FFN axes, and the word embeddings as SVD factors."""
+    state = {key: value for key, value in teacher.state_dict().items()}
     offsets = torch.arange(config.head_dim)
-    for i in range(config.num_hidden_layers):
-        head_index = (kept_heads[i, :, None] * config.head_dim + offsets).flatten()
-        prefix = f"bert.encoder.layer.{i}."
-        for key, value in teacher_state.items():
-            if key.startswith(prefix):
-                name = key[len(prefix):]
-                state[key] = _slice(name, value, head_index, kept_neurons[i]).contiguous()
+    for layer, name, parameter, labels in _layer_parameters(teacher):
+        value = parameter.detach()
+        head_index = (kept_heads[layer, :, None] * config.head_dim + offsets).flatten()
+        for axis, label in enumerate(labels):
+            index = {HEADS: head_index, FFN: kept_neurons[layer]}.get(label)
+            if index is not None:
+                value = value.index_select(axis, index)
+        state[name] = value.contiguous()
+    words = next(n for n, p in teacher.named_parameters() if p is teacher.get_input_embeddings().weight)
+    state[words], state[WORD_PROJECTION] = factorize_embedding(state[words], config.embedding_rank)
     return state
-
-
-def _slice(name: str, value: Tensor, head_index: Tensor, neuron_index: Tensor) -> Tensor:
-    """Keep the given heads' / neurons' rows (producers) or columns (consumers)."""
-    if name.startswith("attention.self."):
-        return value[head_index]
-    if name == "attention.output.dense.weight":
-        return value[:, head_index]
-    if name.startswith("intermediate.dense."):
-        return value[neuron_index]
-    if name == "output.dense.weight":
-        return value[:, neuron_index]
-    return value
 
 
 def factorize_embedding(weight: Tensor, rank: int) -> tuple[Tensor, Tensor]:

@@ -33,6 +33,10 @@ class RositaConfig(BertConfig):
         self.embedding_rank = embedding_rank
 
 
+# The factorised embeddings' second factor (its first keeps BERT's word-embedding key).
+WORD_PROJECTION = "bert.embeddings.word_projection.weight"
+
+
 class RositaEmbeddings(nn.Module):
     """BERT embeddings with the word matrix factorised: Embedding(V, r) then Linear(r, d)."""
 

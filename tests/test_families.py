@@ -431,3 +431,15 @@ def test_unregistered_and_causal_models_are_refused(tmp_path, pair_csv, capsys):
     assert code == 2 and "not a supported encoder family" in capsys.readouterr().err
     with pytest.raises(UserError, match="supported encoder family"):
         family_of("gpt2")
+
+
+def test_rosita_serves_the_bert_layout_and_refuses_the_others_in_one_line(family_store, tmp_path, capsys):
+    family, teacher, store = family_store
+    code = students_cli.main(["build", "rosita", "--teacher", str(teacher), "--store", str(store), "--layers", "1",
+                              "--heads", "2", "--ffn", "16", "--emb-rank", "8", "--out", str(tmp_path / "r")])
+    err = capsys.readouterr().err.strip()
+    if family == "bert":
+        assert code == 0 and type(load_student(tmp_path / "r")).__name__ == "RositaForSequenceClassification"
+    else:
+        assert code == 2 and len(err.splitlines()) == 1 and "use `students build tinybert`" in err
+        assert not (tmp_path / "r").exists()
