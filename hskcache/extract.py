@@ -153,6 +153,10 @@ def prepare(cfg: ExtractConfig, device: torch.device | None = None
         n = cfg.limit
         data = replace(data, texts_a=data.texts_a[:n], texts_b=data.texts_b[:n] if data.texts_b else None,
                        labels=None if data.labels is None else data.labels[:n])
+    if not teacher.attentions and (cfg.token_strategy != "left" or "att" in cfg.knowledge):
+        need = f"--token-strategy {cfg.token_strategy}" if cfg.token_strategy != "left" else "--knowledge att"
+        raise UserError(f"teacher {cfg.teacher} gives no post-softmax attention (no eager attention path), which "
+                        f"{need} needs; pass --token-strategy left (and leave att out of --knowledge)")
     teacher_layers = cfg.resolve_layers(teacher.num_layers)
     depth = cfg.depth if cfg.depth is not None else len(teacher_layers)
     check_labels(data.labels, teacher.num_labels, teacher.regression, f"data {cfg.data}", "teacher",

@@ -83,6 +83,7 @@ class Teacher:
     device: torch.device
     weights_hash: str
     dtype: str = "fp32"  # of the forward: fp32 | bf16 (autocast)
+    attentions: bool = True  # whether its forward gives post-softmax attention (an eager path)
 
     @property
     def num_layers(self) -> int:
@@ -106,7 +107,7 @@ class Teacher:
         if not takes_token_types(self.model.config):  # RoBERTa: 1 type; MPNet, ModernBERT: none
             inputs.pop("token_type_ids", None)
         with torch.inference_mode(), autocast(self.device, self.dtype):
-            return self.model(**inputs, output_hidden_states=True, output_attentions=True, return_dict=True)
+            return self.model(**inputs, output_hidden_states=True, output_attentions=self.attentions, return_dict=True)
 
 
 # What a model folder that cannot be loaded raises: no or truncated weights, a bad config,
@@ -204,6 +205,7 @@ def load_teacher(name: str, device: str | torch.device = "auto", dtype: str | No
     teacher = Teacher(model, tokenizer, name, dev, weights_hash(model), pick_dtype(dtype, dev))
     probe = tokenizer(["a"], return_tensors="pt")
     out = teacher.forward(dict(probe))
-    if not out.attentions or out.attentions[0] is None or not out.hidden_states:
-        raise UserError(f"teacher {name} returns no attention probabilities or hidden states; it must support eager attention")
+    if not out.hidden_states:
+        raise UserError(f"teacher {name} returns no hidden states; pass a Hugging Face encoder that does")
+    teacher.attentions = bool(out.attentions) and out.attentions[0] is not None  # else only `left` ranks tokens
     return teacher

@@ -443,3 +443,38 @@ def test_rosita_serves_the_bert_layout_and_refuses_the_others_in_one_line(family
     else:
         assert code == 2 and len(err.splitlines()) == 1 and "use `students build tinybert`" in err
         assert not (tmp_path / "r").exists()
+
+
+def test_a_teacher_without_post_softmax_attention_extracts_with_left_only(tmp_path, teacher_dir, pair_csv, capsys):
+    """An attention implementation with no post-softmax probabilities (SDPA stands in for a family
+    without an eager path): the strategies that rank by [CLS] attention are refused in one line
+    naming `left`, and `left` stores the HSK of a plain forward."""
+    from hskcache import teacher as teacher_module
+
+    load = teacher_module.load_model
+
+    def without_attention(*args, **kwargs):
+        model = load(*args, **kwargs)
+        model.set_attn_implementation("sdpa")
+        return model
+
+    flags = ("--student-layers", 2, "--tokens", 4, "--width", 1.0, "--max-length", MAX_LEN)
+    with mock.patch.object(teacher_module, "load_model", without_attention):
+        capsys.readouterr()
+        for refused in (("--token-strategy", "att-nosep"), ("--token-strategy", "left", "--knowledge", "hsk,att")):
+            code = hskcache_main(["extract", "--teacher", str(teacher_dir), "--data", str(pair_csv), "--store",
+                                  str(tmp_path / "s"), "--quiet", *map(str, flags + refused)])
+            err = capsys.readouterr().err.strip().splitlines()
+            assert code == 2 and "no post-softmax attention" in err[-1] and "--token-strategy left" in err[-1]
+            assert not (tmp_path / "s").exists()
+        run_extract(teacher_dir, pair_csv, tmp_path / "s", *flags, "--token-strategy", "left")
+    texts_a, texts_b = read_csv(pair_csv)
+    enc, tok = encode(teacher_dir, texts_a, texts_b)
+    with torch.no_grad():
+        out = teacher_model(teacher_dir)(**enc, output_hidden_states=True, output_attentions=True)
+    store = hskcache.open_store(tmp_path / "s")
+    got = store.get(np.arange(len(texts_a)))
+    exp_pos, exp_hsk = expected_selection(enc, out, tok.sep_token_id, store.teacher_layers, 2, store.config.depth,
+                                          4, "left", 1.0, "mag")
+    np.testing.assert_array_equal(got["positions"].numpy(), exp_pos)
+    np.testing.assert_allclose(got["hsk"].numpy(), exp_hsk, atol=2e-3, rtol=2e-3)
