@@ -20,8 +20,7 @@ from movie_results import BIN, evaluate, run, run_parser
 PRESET, STUDENT_LAYERS = "tinybert-3s", 3  # the preset and its depth, which the store is extracted for
 # student init -> `students build tinybert` flags ({store}, {train} are filled in)
 INITS: dict[str, tuple[str, ...]] = {
-    "impt-store": ("--init", "etd-impt", "--store", "{store}"),  # importance: KD loss to the store's logits
-    "impt-labels": ("--init", "etd-impt", "--data", "{train}"),  # importance: the task loss on the gold labels
+    "impt": ("--init", "etd-impt", "--store", "{store}"),  # importance: task loss on the store's labelled rows
     "rand": ("--init", "etd-rand"),  # dimensions drawn at random (seeded)
 }
 # recipe -> (student init, `students train` flags); the schedule and rates come from the command line.
@@ -30,20 +29,17 @@ INITS: dict[str, tuple[str, ...]] = {
 AS_IS = ("--regression-head", "as-is")
 LABEL = ("--pred-objective", "pred,label:0.5")
 RECIPES: dict[str, tuple[str, tuple[str, ...]]] = {
-    "soft": ("impt-store", ("--hsk", "1,9,0.1", *AS_IS)),
-    "soft+label": ("impt-store", ("--hsk", "1,9,0.1", *LABEL, *AS_IS)),
-    "pred-only+label": ("impt-store", ("--hsk", "none", *LABEL, *AS_IS)),
-    "labels-init:soft": ("impt-labels", ("--hsk", "1,9,0.1", *AS_IS)),
-    "labels-init:soft+label": ("impt-labels", ("--hsk", "1,9,0.1", *LABEL, *AS_IS)),
+    "soft": ("impt", ("--hsk", "1,9,0.1", *AS_IS)),
+    "soft+label": ("impt", ("--hsk", "1,9,0.1", *LABEL, *AS_IS)),
+    "pred-only+label": ("impt", ("--hsk", "none", *LABEL, *AS_IS)),
     "rand:soft+label": ("rand", ("--hsk", "1,9,0.1", *LABEL, *AS_IS)),
-    "soft+recentre": ("impt-store", ("--hsk", "1,9,0.1")),
-    "soft+label+recentre": ("impt-store", ("--hsk", "1,9,0.1", *LABEL)),
-    "pred-only+label+recentre": ("impt-store", ("--hsk", "none", *LABEL)),
-    "stored+label+recentre": ("impt-store", ("--hsk", "stored", *LABEL)),
-    "labels-init:soft+label+recentre": ("impt-labels", ("--hsk", "1,9,0.1", *LABEL)),
-    "soft+label:1+recentre": ("impt-store", ("--hsk", "1,9,0.1", "--pred-objective", "pred,label:1")),
+    "soft+recentre": ("impt", ("--hsk", "1,9,0.1")),
+    "soft+label+recentre": ("impt", ("--hsk", "1,9,0.1", *LABEL)),
+    "pred-only+label+recentre": ("impt", ("--hsk", "none", *LABEL)),
+    "stored+label+recentre": ("impt", ("--hsk", "stored", *LABEL)),
+    "soft+label:1+recentre": ("impt", ("--hsk", "1,9,0.1", "--pred-objective", "pred,label:1")),
     # the soft and gold MSE both ×10: the loss's scale alone (AdamW normalises each parameter's step)
-    "soft+label+recentre x10": ("impt-store", ("--hsk", "1,9,0.1", "--pred-objective", "pred:10,label:5")),
+    "soft+label+recentre x10": ("impt", ("--hsk", "1,9,0.1", "--pred-objective", "pred:10,label:5")),
 }
 METRICS = ("pearson", "spearman")
 
