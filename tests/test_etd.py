@@ -193,3 +193,29 @@ def test_cli_refuses_bad_extractions(task, tmp_path, capsys, flags, message):
     assert code != 0
     assert message in capsys.readouterr().err
     assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize("examples", [1, 33, 270])
+def test_any_number_of_importance_examples_from_data(task, tmp_path, examples):
+    """--importance-examples N cuts the rows and their labels together (270 is more than the data has)."""
+    out = tmp_path / "s"
+    assert cli.main(["build", "tinybert", "--teacher", str(task.teacher), "--layers", "1", "--hidden", "16",
+                     "--ffn", "32", "--data", str(task.train), "--importance-examples", str(examples),
+                     "--out", str(out)]) == 0
+    assert json.loads((out / "student.json").read_text())["importance_select_on"] == "train-holdout:0.1"
+
+
+def test_store_sample_leaves_out_the_held_out_rows(task):
+    """The rows scored are the first N the trainer does not hold out for model selection."""
+    import numpy as np
+
+    from hskcache.reader import open_store
+    from students.cli import _store_sample
+    from students.selection import HOLDOUT_SEED, holdout_rows
+
+    store = open_store(task.store)
+    held = set(holdout_rows(np.arange(store.num_examples), 0.1, HOLDOUT_SEED).tolist())
+    ids = [i for batch in _store_sample(store, 100, "train-holdout:0.1") for i in batch["example_id"].tolist()]
+    assert len(ids) == 100 and len(set(ids)) == 100 and not held & set(ids)
+    everything = [i for batch in _store_sample(store, 10_000, "last") for i in batch["example_id"].tolist()]
+    assert sorted(everything) == list(range(store.num_examples))
