@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from huggingface_hub import try_to_load_from_cache
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 from safetensors import SafetensorError
@@ -123,8 +124,8 @@ def _first_line(exc: BaseException) -> str:
 def check_model_source(name: str, role: str = "teacher") -> None:
     """Refuse at once a local path that does not exist or is not a model folder, instead of
     asking the hub for it (offline: five retries, then a message about the network).
-    A name is a path when it cannot be a hub id (./x, /x, ~/x, a/b/c, x/), or its first
-    component exists here."""
+    A name is a path when it cannot be a hub id (./x, /x, ~/x, a/b/c, x/), or when it is not
+    in the hub cache and its first component is a folder here (runs/teacher with runs/)."""
     local = Path(name).expanduser()
     if local.exists():
         if not (local / "config.json").is_file():
@@ -133,17 +134,15 @@ def check_model_source(name: str, role: str = "teacher") -> None:
         return
     try:
         validate_repo_id(name)
-        looks_local = "/" in name and Path(name.split("/")[0]).expanduser().is_dir()
     except HFValidationError:
-        looks_local = True
-    if looks_local:
-        raise UserError(f"{role} {name} does not exist; check the path (it is not a hub id either)")
-    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
-        from huggingface_hub import try_to_load_from_cache
-
-        if not isinstance(try_to_load_from_cache(name, "config.json"), str):
-            raise UserError(f"{role} {name} is neither a local folder nor in the hub cache, and HF_HUB_OFFLINE "
-                            "is set; pass a local model folder, or fetch it once with network access")
+        raise UserError(f"{role} {name} does not exist; check the path (it cannot be a hub id)") from None
+    cached = isinstance(try_to_load_from_cache(name, "config.json"), str)
+    if not cached and "/" in name and Path(name.split("/")[0]).expanduser().is_dir():
+        raise UserError(f"{role} {name} does not exist (but {name.split('/')[0]}/ does, so it is a path); "
+                        "check the path")
+    if not cached and os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        raise UserError(f"{role} {name} is neither a local folder nor in the hub cache, and HF_HUB_OFFLINE "
+                        "is set; pass a local model folder, or fetch it once with network access")
 
 
 def load_config(name: str, role: str = "teacher") -> PretrainedConfig:
