@@ -374,12 +374,18 @@ def add_eval_parser(sub) -> None:
 def run_eval(args: argparse.Namespace) -> int:
     from hskcache.device import pick_device
     from students.evaluate import evaluate, open_for_eval
+    from students.serving import exported_location
 
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.max_length is not None and args.max_length < 2:
         raise UserError(f"--max-length must be at least 2 ([CLS] and [SEP]), got {args.max_length}")
     device = pick_device(args.device)
+    if exported_location(args.model) is not None:
+        if args.device == "cuda" or args.dtype == "bf16":
+            raise UserError(f"--model {args.model} is an exported model: onnxruntime runs it on the CPU at its "
+                            "own precision; drop --device cuda and --dtype bf16")
+        device = pick_device("cpu")
     model, eval_set = open_for_eval(args.model, args.data, args.max_length, device, args.split,
                                     columns(args.text_cols), args.label_col)
     metrics = evaluate(model, eval_set, args.batch_size, device, args.dtype)

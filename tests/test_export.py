@@ -152,6 +152,9 @@ def test_eval_and_compare_measure_the_exported_model(task, tmp_path, capsys):
         metrics[name] = json.loads(capsys.readouterr().out)
     assert metrics["onnx"] == pytest.approx(metrics["torch"], abs=1e-6)
     assert set(metrics["int8"]) == set(metrics["torch"])
+    assert students_cli.main(["eval", "--model", str(out), "--data", str(task.dev), "--dtype", "bf16"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "drop --device cuda and --dtype bf16" in err[0], err
 
     spec = importlib.util.spec_from_file_location("compare", Path(__file__).parents[1] / "tools" / "compare.py")
     compare = importlib.util.module_from_spec(spec)
