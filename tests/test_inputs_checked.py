@@ -188,3 +188,16 @@ def test_labels_outside_the_head_refused_by_extract_build_train_and_eval(capsys,
 
     assert students_cli.main(["eval", "--model", str(student), "--data", str(seven)]) == 2
     assert needle in one_line(capsys, "students")
+
+
+def test_truncated_weights_are_one_line_in_build_and_eval(capsys, teacher_dir, single_csv, tmp_path):
+    """Was a SafetensorError traceback."""
+    folder = tmp_path / "truncated"
+    shutil.copytree(teacher_dir, folder)
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    assert students_cli.main(["build", "tinybert", "--teacher", str(folder), "--init", "etd-rand", "--layers", "2",
+                              "--hidden", "16", "--ffn", "32", "--out", str(tmp_path / "student")]) == 2
+    assert "cannot load the weights" in one_line(capsys, "students") and not (tmp_path / "student").exists()
+    assert students_cli.main(["eval", "--model", str(folder), "--data", str(single_csv)]) == 2
+    assert "cannot load the weights" in one_line(capsys, "students")
