@@ -1,4 +1,4 @@
-"""`hskcache extract | inspect | budget | augment`."""
+"""`hskcache extract | inspect | verify | budget | augment`."""
 from __future__ import annotations
 
 import argparse
@@ -102,6 +102,45 @@ def run_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_verify_parser(sub) -> None:
+    from .options import add_store_argument
+
+    p = sub.add_parser("verify", help="read and check every chunk of a store (checksums, missing or truncated chunks)",
+                       description="Exit 0 when every committed chunk reads as written, 1 when some do not. --repair "
+                                   "clears the bad chunks' commit markers; rerunning the store's `hskcache extract` "
+                                   "command then rewrites exactly those chunks.")
+    add_store_argument(p, "the store to check: a directory or an fsspec URL")
+    p.add_argument("--repair", action="store_true", help="clear the commit markers of the bad chunks")
+    p.add_argument("--threads", type=int, default=None, help="chunks checked at once (default: every core)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def run_verify(args: argparse.Namespace) -> int:
+    from .options import store_argument
+    from .reader import default_threads
+    from .verify import repair, verify
+
+    store = store_argument(args)
+    if store is None:
+        raise UserError("hskcache verify needs a store: --store STORE")
+    if args.threads is not None and args.threads < 1:
+        raise UserError(f"--threads {args.threads}: give at least 1")
+    report = verify(store, args.threads or default_threads(), progress=not args.quiet)
+    state = "" if report.committed == report.chunks else f" ({report.committed}/{report.chunks} chunks of rows committed)"
+    print(f"{store}: checked {report.checked:,} chunk files{state}: {len(report.damage)} bad")
+    for damage in report.damage:
+        print(f"  {damage}")
+    if not report.damage:
+        return 0
+    if not args.repair:
+        print(f"repair: hskcache verify --store {store} --repair, then rerun the store's `hskcache extract` command")
+        return 1
+    chunks = repair(report)
+    print(f"cleared the commit markers of chunks {', '.join(map(str, chunks)) or '(none)'}; rerun the store's "
+          "`hskcache extract` command (same flags, no --overwrite) to rewrite them")
+    return 0
+
+
 def add_augment_parser(sub) -> None:
     p = sub.add_parser("augment", help="write a transfer set augmented by word replacement (TinyBERT), once",
                        description="Original rows first, then --per-example augmented copies of each, marked in "
@@ -139,6 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     add_extract_parser(sub)
     add_inspect_parser(sub)
+    add_verify_parser(sub)
     add_budget_parser(sub)
     add_augment_parser(sub)
     return parser
@@ -152,6 +192,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_extract(args)
         if args.command == "inspect":
             return run_inspect(args)
+        if args.command == "verify":
+            return run_verify(args)
         if args.command == "augment":
             return run_augment(args)
         from .budget_cli import run_budget

@@ -11,9 +11,11 @@ credential chain (`AWS_ENDPOINT_URL`, `AWS_PROFILE`, ... for s3fs;
 """
 from __future__ import annotations
 
+import errno
 import json
 import posixpath
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +33,67 @@ def _local_store(location: Location, read_only: bool) -> Store:
 
 def _fsspec_store(location: Location, read_only: bool) -> Store:
     return FsspecStore.from_url(location.url, read_only=read_only)
+
+
+def _named(exc: BaseException, *names: str) -> bool:
+    """Whether the exception's class (e.g. botocore's, without importing it) has one of these names."""
+    return type(exc).__name__ in names
+
+
+@dataclass(frozen=True)
+class Fault:
+    """A storage failure a user can fix: how to recognise one exception of its chain, what to say."""
+
+    match: Callable[[BaseException], bool]
+    say: Callable[[BaseException], str]
+
+
+# The storage failures said in one line; the next backend's go here. s3fs raises FileNotFoundError
+# or PermissionError over botocore's errors, and botocore raises over aiohttp's connection errors.
+FAULTS: dict[str, Fault] = {
+    "disk full": Fault(lambda e: isinstance(e, OSError) and e.errno == errno.ENOSPC,
+                       lambda e: "no space left on device"),
+    "no bucket": Fault(lambda e: _named(e, "NoSuchBucket") or "bucket does not exist" in str(e).lower(),
+                       lambda e: "its bucket does not exist; create the bucket or fix the URL"),
+    "unreachable": Fault(lambda e: isinstance(e, ConnectionError)
+                         or _named(e, "EndpointConnectionError", "ConnectTimeoutError", "ClientConnectorError"),
+                         lambda e: f"cannot reach the storage endpoint ({e}); is the server up, and is its address "
+                                   "right (AWS_ENDPOINT_URL or fsspec's configuration)?"),
+    "refused": Fault(lambda e: isinstance(e, PermissionError) or _named(e, "NoCredentialsError", "PartialCredentialsError"),
+                     lambda e: f"access refused ({e}); check the credentials (AWS_ACCESS_KEY_ID, AWS_PROFILE, ...) "
+                               "and their permissions"),
+}
+
+
+def fault(exc: BaseException | None) -> tuple[str, str] | None:
+    """(name, message) of a storage failure (`FAULTS`), found in the exception or what caused it."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        for name, known in FAULTS.items():
+            if known.match(exc):
+                return name, known.say(exc)
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+@contextmanager
+def faults(url: str, space: Callable[[], str] | None = None) -> Iterator[None]:
+    """Storage failures inside as one line naming the store (`FAULTS`); others pass through.
+    `space`: how much more the store needs, said when the disk is full."""
+    try:
+        yield
+    except UserError:
+        raise
+    except Exception as exc:
+        found = fault(exc)
+        if found is None:
+            raise
+        name, message = found
+        if name == "disk full":
+            message += f"{f' ({space()})' if space else ''}; free space, then rerun the same command to resume " \
+                       "(committed chunks are kept)"
+        raise UserError(f"store {url}: {message}") from None
 
 
 # How each kind of filesystem becomes a zarr store; the next backend goes here.
@@ -71,6 +134,11 @@ class Location:
     def exists(self, name: str = "") -> bool:
         return self.fs.exists(self._join(name))
 
+    def missing_bucket(self) -> str | None:
+        """An object store's bucket (the path's first part), when it does not exist."""
+        top = self.path.split("/", 1)[0]
+        return top if self.kind != "local" and top != self.path and not self.fs.exists(top) else None
+
     def is_file(self) -> bool:
         return self.fs.isfile(self.path)
 
@@ -105,6 +173,14 @@ class Location:
         paths = {name: self._join(name) for name in names}
         fetched = self.fs.cat(list(paths.values()), on_error="return") if names else {}
         return {name: fetched.get(self.fs._strip_protocol(path), FileNotFoundError(path)) for name, path in paths.items()}
+
+    def delete(self, names: list[str]) -> None:
+        """Files under the root; those already gone are skipped."""
+        for name in names:
+            try:
+                self.fs.rm_file(self._join(name))
+            except FileNotFoundError:
+                pass
 
     def remove(self) -> None:
         if self.fs.exists(self.path):

@@ -28,7 +28,7 @@ from .chunks import BadChunk, ChunkDecoder, ChunkProblem
 from .errors import UserError
 from .layout import StoreShape
 from .meta import StoreMeta
-from .storage import Location
+from .storage import Location, faults
 
 SCHEMA_VERSION = 4  # 2: settings `store` and `width_seed`; 3: codecs, width_code/values/compress settings;
 # 4: a crc32c checksum on every chunk (hskcache.chunks)
@@ -84,9 +84,21 @@ def open_arrays(location: Location, read_only: bool = True) -> tuple[zarr.Group,
         except (ValueError, KeyError, TypeError):  # zarr: no zarr.json, JSON that does not parse, or lacks a field
             bad.append(f"{name}/zarr.json")
     if bad:
-        raise corrupt_metadata(location.url, ", ".join(bad),
-                               "re-extract it: rerun its `hskcache extract` command with --overwrite")
+        raise corrupt_metadata(location.url, ", ".join(bad), "rerun its `hskcache extract` command, which writes "
+                               "an array's metadata again from the store's settings")
     return group, arrays
+
+
+def existing_store(url: str) -> Location:
+    """The location of an existing hskcache store; one line saying why not otherwise."""
+    location = Location.parse(url)
+    if not location.exists():
+        bucket = location.missing_bucket()
+        raise UserError(f"store {url} does not exist" + (f": its bucket {bucket} does not exist; create the bucket "
+                                                          "or fix the URL" if bucket else ""))
+    if not _is_store(location):
+        raise UserError(f"{url} is not an hskcache store (no hskcache zarr.json); run `hskcache extract` first")
+    return location
 
 
 def read_meta(attrs: dict[str, Any], url: str) -> StoreMeta:
@@ -216,27 +228,29 @@ class StoreWriter:
 
         Every creator writes the same metadata, and nothing is deleted unless
         replacing, so writers that start together may all call this."""
-        state = cls.check(url, meta, overwrite)
-        location = Location.parse(url)
-        if state == "replace":
-            location.remove()
-        group = _group(location, {**meta.to_attrs(), "format": FORMAT, "schema_version": SCHEMA_VERSION,
-                                  "rows_committed": 0, "complete": False})
-        rows = shape.rows_per_chunk(num_examples)
-        arrays = [dict(name=spec.name, shape=(num_examples, *spec.row_shape), chunks=(rows, *spec.row_shape),
-                       dtype=spec.dtype, fill_value=spec.fill, compressors=compressors(spec.codec))
-                  for spec in shape.arrays()]
-        arrays.append(dict(name=COMMITS, shape=(-(-num_examples // rows),), chunks=(1,), dtype=np.uint8,
-                           fill_value=0, compressors=compressors("none")))
-        for spec in arrays:
-            _created(lambda: group.create_array(**spec, config={"write_empty_chunks": True}))
-        for spec in shape.static_arrays():  # `static`: their data, by name; written where a chunk is missing
-            data = np.asarray(static[spec.name], dtype=spec.dtype)
-            _created(lambda: group.create_array(spec.name, shape=data.shape, dtype=data.dtype,
-                                                compressors=compressors(spec.codec)))
-            arr = group[spec.name]
-            if any(not location.exists(chunk_key(arr, spec.name, c)) for c in range(num_chunks(arr))):
-                arr[:] = data
+        with faults(url):
+            state = cls.check(url, meta, overwrite)
+            location = Location.parse(url)
+            if state == "replace":
+                location.remove()
+            group = _group(location, {**meta.to_attrs(), "format": FORMAT, "schema_version": SCHEMA_VERSION,
+                                      "rows_committed": 0, "complete": False})
+            rows = shape.rows_per_chunk(num_examples)
+            arrays = [dict(name=spec.name, shape=(num_examples, *spec.row_shape), chunks=(rows, *spec.row_shape),
+                           dtype=spec.dtype, fill_value=spec.fill, compressors=compressors(spec.codec))
+                      for spec in shape.arrays()]
+            arrays.append(dict(name=COMMITS, shape=(-(-num_examples // rows),), chunks=(1,), dtype=np.uint8,
+                               fill_value=0, compressors=compressors("none")))
+            for spec in arrays:
+                _created(lambda: group.create_array(**spec, config={"write_empty_chunks": True}))
+            for spec in shape.static_arrays():  # `static`: their data, by name; written where a chunk is missing
+                data = np.asarray(static[spec.name], dtype=spec.dtype)
+                _created(lambda: group.create_array(spec.name, shape=data.shape, dtype=data.dtype,
+                                                    compressors=compressors(spec.codec)))
+                arr = group[spec.name]
+                if any(not location.exists(chunk_key(arr, spec.name, c)) for c in range(num_chunks(arr))):
+                    arr[:] = data
+            open_arrays(location, read_only=False)  # a resumed store's array metadata must read back
 
     @classmethod
     def open(cls, url: str, shape: StoreShape, num_examples: int, meta: StoreMeta,
@@ -248,30 +262,40 @@ class StoreWriter:
     @classmethod
     def attach(cls, url: str, shape: StoreShape, num_examples: int, chunks: Iterable[int] | None = None) -> StoreWriter:
         """Open a store that `create` made, to write `chunks` of it."""
-        location = Location.parse(url)
-        return cls(location, zarr.open_group(location.zarr_store(read_only=False), mode="r+"), shape,
-                   num_examples, chunks)
+        with faults(url):
+            location = Location.parse(url)
+            return cls(location, zarr.open_group(location.zarr_store(read_only=False), mode="r+"), shape,
+                       num_examples, chunks)
 
     def write(self, start: int, rows: dict[str, np.ndarray]) -> None:
         """Rows start..start+n (in the store's dtypes); those of this writer's pending
         chunks are kept, and every chunk that is now whole is committed."""
-        n = len(next(iter(rows.values())))
-        todo = set(self.todo)
-        for c in range(start // self.chunk_rows, -(-(start + n) // self.chunk_rows)):
-            if c not in todo:
-                continue
-            held, parts = self._pending.get(c, (0, {}))
-            lo = max(start, c * self.chunk_rows + held)  # rows already held are not taken twice
-            hi = min(start + n, c * self.chunk_rows + self._chunk_len(c))
-            if lo >= hi:
-                continue
-            if lo != c * self.chunk_rows + held:
-                raise ValueError(f"rows of chunk {c} must arrive in order: expected row {c * self.chunk_rows + held}")
-            for name, value in rows.items():
-                parts.setdefault(name, []).append(value[lo - start:hi - start])
-            self._pending[c] = (held + hi - lo, parts)
-            if held + hi - lo == self._chunk_len(c):
-                self._commit(c, {name: np.concatenate(p) for name, p in parts.items()})
+        with faults(self.location.url, self._space_left):
+            n = len(next(iter(rows.values())))
+            todo = set(self.todo)
+            for c in range(start // self.chunk_rows, -(-(start + n) // self.chunk_rows)):
+                if c not in todo:
+                    continue
+                held, parts = self._pending.get(c, (0, {}))
+                lo = max(start, c * self.chunk_rows + held)  # rows already held are not taken twice
+                hi = min(start + n, c * self.chunk_rows + self._chunk_len(c))
+                if lo >= hi:
+                    continue
+                if lo != c * self.chunk_rows + held:
+                    raise ValueError(f"rows of chunk {c} must arrive in order: expected row {c * self.chunk_rows + held}")
+                for name, value in rows.items():
+                    parts.setdefault(name, []).append(value[lo - start:hi - start])
+                self._pending[c] = (held + hi - lo, parts)
+                if held + hi - lo == self._chunk_len(c):
+                    self._commit(c, {name: np.concatenate(p) for name, p in parts.items()})
+
+    def _space_left(self) -> str:
+        """About how much more the chunks still to write take on disk (said when the disk is full)."""
+        from .budget import estimated_disk, human
+
+        raw = {a.name: len(self.todo) * self.chunk_rows * a.row_bytes for a in self.shape.arrays()}
+        return (f"about {human(sum(estimated_disk(self.shape, raw).values()))} more is needed for the "
+                f"{len(self.todo)} chunks of rows left, at the measured compression ratios")
 
     def append(self, rows: dict[str, np.ndarray]) -> None:
         """Rows in order from the first row (one writer of a whole store)."""
@@ -288,10 +312,11 @@ class StoreWriter:
 
     def finish(self) -> bool:
         """Mark the store complete if every chunk is committed (by any writer); whether it is."""
-        if len(committed_chunks(self.location)) < self.num_chunks:
-            return False
-        self.group.attrs.update({"rows_committed": self.num_examples, "complete": True})
-        return True
+        with faults(self.location.url):
+            if len(committed_chunks(self.location)) < self.num_chunks:
+                return False
+            self.group.attrs.update({"rows_committed": self.num_examples, "complete": True})
+            return True
 
 
 class StoreData:
@@ -299,15 +324,12 @@ class StoreData:
     a complete store, or with `complete=False` (`hskcache verify`) a partial one."""
 
     def __init__(self, url: str, complete: bool = True):
-        location = Location.parse(url)
-        if not location.exists():
-            raise UserError(f"store {url} does not exist")
-        if not _is_store(location):
-            raise UserError(f"{url} is not an hskcache store (no hskcache zarr.json); run `hskcache extract` first")
+        with faults(url):
+            location = existing_store(url)
+            self.group, arrays = open_arrays(location)
+            attrs = dict(self.group.attrs)
         self.url = url
         self.location = location
-        self.group, arrays = open_arrays(location)
-        attrs = dict(self.group.attrs)
         self.meta = read_meta(attrs, url)
         self.complete = _progress(attrs)[0]
         if complete and not self.complete:
@@ -356,20 +378,19 @@ class StoreData:
         requests are in flight together), checked and decoded by their `ChunkDecoder`
         in the caller's thread (an array without one is read through zarr). A chunk
         that is missing, truncated or corrupt raises `BadChunk`, never fill values."""
-        result, problems = self._load(names, chunk, out or {})
+        result, problems = self.load_chunk(names, chunk, out or {})
         for name, problem in problems.items():
             raise BadChunk(self.url, name, chunk, problem)
         return result
 
-    def check_chunk(self, names: list[str], chunk: int) -> dict[str, str]:
-        """What is wrong with chunk `chunk` of the named arrays (commits included), by array."""
-        return self._load(names, chunk, {})[1]
-
-    def _load(self, names: list[str], chunk: int, out: dict[str, np.ndarray]
-              ) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-        """(decoded rows, problems) of chunk `chunk` of the named arrays."""
+    def load_chunk(self, names: list[str], chunk: int, out: dict[str, np.ndarray] | None = None
+                   ) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+        """(decoded rows, what is wrong with the others) of chunk `chunk` of the named
+        arrays (`commits` included): `read_chunk` without raising, for `hskcache verify`."""
+        out = out or {}
         keys = {name: chunk_key(self._array(name), name, chunk) for name in names}
-        fetched = self.location.cat(list(keys.values()))
+        with faults(self.url):
+            fetched = self.location.cat(list(keys.values()))
         result, problems = {}, {}
         for name in names:
             arr, data = self._array(name), fetched[keys[name]]
@@ -378,8 +399,9 @@ class StoreData:
             if isinstance(data, FileNotFoundError):
                 problems[name] = "missing"
                 continue
-            if isinstance(data, Exception):  # not a missing file: the storage failed (storage.faults)
-                raise data
+            if isinstance(data, Exception):  # not a missing file: the storage failed
+                with faults(self.url):
+                    raise data
             target = out[name] if name in out else np.empty(arr.chunks, dtype=np.dtype(arr.dtype).newbyteorder("<"))
             try:
                 if self._decoders[name] is not None:
@@ -424,16 +446,16 @@ def _rows_committed(location: Location, attrs: dict[str, Any], meta: StoreMeta) 
 
 def describe(url: str) -> dict[str, Any]:
     """What `hskcache inspect` prints; works on incomplete stores too."""
-    location = Location.parse(url)
-    if not _is_store(location):
-        raise UserError(f"{url} is not an hskcache store; run `hskcache extract` first")
-    attrs = dict(zarr.open_group(location.zarr_store(read_only=True), mode="r").attrs)
-    meta = read_meta(attrs, url)
-    sizes = location.sizes()
+    with faults(url):
+        location = existing_store(url)
+        attrs = dict(open_arrays(location)[0].attrs)
+        meta = read_meta(attrs, url)
+        sizes = location.sizes()
+        committed = _rows_committed(location, attrs, meta)
     return {
         "path": str(url),
         "complete": _progress(attrs)[0],
-        "rows_committed": _rows_committed(location, attrs, meta),
+        "rows_committed": committed,
         "num_examples": meta.num_examples,
         "teacher": meta.teacher,
         "teacher_layers": list(meta.teacher_layers),

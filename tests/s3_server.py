@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -35,20 +36,24 @@ def _wait_until_up(url: str, process: subprocess.Popen, log, seconds: float) -> 
         try:
             urllib.request.urlopen(url, timeout=1).close()
             return
+        except urllib.error.HTTPError:  # it answered (e.g. 403 when it checks credentials)
+            return
         except OSError:
             time.sleep(0.1)
     raise RuntimeError(f"moto server did not answer on {url} within {seconds} s")
 
 
 @contextmanager
-def moto_server(seconds: float = 60) -> Iterator[str]:
-    """Start the server, yield its endpoint URL, stop it."""
+def moto_server(seconds: float = 60, check_credentials: bool = False) -> Iterator[str]:
+    """Start the server, yield its endpoint URL, stop it. `check_credentials`: it refuses
+    every request whose credentials its IAM does not know (s3_environment's fake ones)."""
+    env = {**os.environ, **({"INITIAL_NO_AUTH_ACTION_COUNT": "0"} if check_credentials else {})}
     for _ in range(3):  # the port may be taken between choosing and binding it
         url = f"http://{HOST}:{free_port()}"
         # Its request log goes to a file: a pipe nobody reads would fill and stall the server.
         log = tempfile.TemporaryFile(mode="w+")
         process = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", HOST, "-p", url.rsplit(":", 1)[1]],
-                                   stdout=log, stderr=subprocess.STDOUT, text=True)
+                                   stdout=log, stderr=subprocess.STDOUT, text=True, env=env)
         try:
             _wait_until_up(url, process, log, seconds)
         except RuntimeError:
