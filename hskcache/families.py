@@ -19,7 +19,7 @@ from __future__ import annotations
 import copy
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from torch import Tensor, nn
 from transformers import PretrainedConfig
@@ -45,6 +45,11 @@ class Projection:
         return output[..., self.block * width:(self.block + 1) * width]
 
 
+def _segments(config: PretrainedConfig) -> bool:
+    """A type embedding with two or more rows (RoBERTa's single row takes none)."""
+    return getattr(config, "type_vocab_size", 0) >= 2
+
+
 @dataclass(frozen=True)
 class Family:
     """One encoder family's layout. Paths are dotted module paths; `layer_axes` keys are
@@ -62,12 +67,11 @@ class Family:
     layer_axes: Callable[[PretrainedConfig], dict[str, Axes]]
     model_axes: Callable[[PretrainedConfig], dict[str, Axes]]
     rotary: bool = False  # keep the head size, drop whole heads
-    token_types: Callable[[PretrainedConfig], bool] = lambda c: getattr(c, "type_vocab_size", 0) >= 2
+    token_types: Callable[[PretrainedConfig], bool] = lambda c: _segments(c)
     ffn_size: str = "intermediate_size"  # the config attribute of the FFN width
     extra_config: Callable[[PretrainedConfig, PretrainedConfig, list[int]], None] = lambda t, s, layers: None
     student_drops: tuple[str, ...] = ()  # student parameter keys (regex) a teacher layer has and the student lacks
     rosita: bool = False  # ROSITA students (students/rosita.py) share this layout
-    aliases: dict[str, str] = field(default_factory=dict)
 
     def encoder(self, model: nn.Module) -> nn.Module:
         """The encoder inside a sequence classifier (a bare encoder is its own)."""
@@ -276,8 +280,10 @@ def family_of(config: PretrainedConfig | str, role: str = "teacher") -> Family:
 
 
 def takes_token_types(config: PretrainedConfig) -> bool:
-    """Whether the family has segment (token type) embeddings worth feeding (RoBERTa's single type: no)."""
-    return family_of(config).token_types(config)
+    """Whether the family has segment (token type) embeddings to feed (RoBERTa's single type: no).
+    A model outside the registry (evaluated, never extracted) is judged by its type embedding."""
+    model_type = STUDENT_LAYOUTS.get(config.model_type, config.model_type)
+    return BY_TYPE[model_type].token_types(config) if model_type in BY_TYPE else _segments(config)
 
 
 def parameter_axes(family: Family, config: PretrainedConfig, names: list[str]) -> dict[str, tuple[int | None, Axes]]:

@@ -16,6 +16,7 @@ from torch import nn
 from hskcache.data import check_labels, load_texts, tokenize_batch
 from hskcache.device import autocast, pick_dtype
 from hskcache.errors import UserError
+from hskcache.families import takes_token_types
 from hskcache.teacher import check_max_length, is_regression
 from students.metrics import compute_metrics
 
@@ -62,6 +63,8 @@ def load_eval_set(
     labels = texts.labels.astype(np.float32) if regression else texts.labels
     enc = tokenize_batch(tokenizer, texts.texts_a, texts.texts_b, max_length)
     inputs = {k: torch.from_numpy(enc[k]) for k in MODEL_INPUTS}
+    if not takes_token_types(config):  # as the store holds them: none (zeros)
+        inputs["token_type_ids"].zero_()
     return EvalSet(inputs, labels, task or texts.task, regression, data)
 
 

@@ -393,7 +393,7 @@ def test_importance_does_not_depend_on_the_batch_shape(family_store):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6 * float(a.abs().max()))
 
 
-def test_default_build_writes_a_same_family_student_that_trains(family_store, tmp_path):
+def test_default_build_writes_a_same_family_student_that_trains(family_store, tmp_path, pair_csv):
     """`students build tinybert --teacher T --store S` (no --init: etd-impt on the store) writes a
     student of the teacher's family, opened by the Auto classes, that trains with every objective."""
     family, teacher, store = family_store
@@ -406,7 +406,8 @@ def test_default_build_writes_a_same_family_student_that_trains(family_store, tm
     assert type(model) is type(teacher_model(teacher)) and model.config.hidden_size == 16
     assert AutoTokenizer.from_pretrained(out).get_vocab() == AutoTokenizer.from_pretrained(teacher).get_vocab()
     assert students_cli.main(["train", "--store", str(store), "--student", str(out), "--out", str(tmp_path / "run"),
-                              "--objective", "hsk,att,val", "--max-steps", "2", "--threads", "1", "--quiet"]) == 0
+                              "--objective", "hsk,att,val", "--max-steps", "2", "--threads", "1", "--quiet",
+                              "--eval-data", str(pair_csv), "--max-length", str(MAX_LEN)]) == 0
     trained = AutoModelForSequenceClassification.from_pretrained(tmp_path / "run" / "student")
     assert type(trained) is type(model)
 
