@@ -24,6 +24,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any, Callable
 from xml.etree import ElementTree
 
 import torch
@@ -39,8 +40,9 @@ def cuda_tests(timeout: int) -> tuple[list[Row], bool]:
         report = Path(tmp) / "cuda.xml"
         start = time.perf_counter()
         try:
-            done = subprocess.run([sys.executable, "-m", "pytest", "tests", "-m", "cuda", "-q", "-p", "no:cacheprovider",
-                                   f"--junitxml={report}"], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+            command = [sys.executable, "-m", "pytest", "tests", "-m", "cuda", "-q", "-p", "no:cacheprovider",
+                       f"--junitxml={report}"]
+            done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
         except subprocess.TimeoutExpired:
             return [("CUDA test cases", "pytest -m cuda", f"timed out after {timeout} s")], False
         seconds = time.perf_counter() - start
@@ -105,55 +107,83 @@ def train_rate(source: list[str], student: Path, out: Path, device: str, dtype: 
     else:
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
         subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
-                        "-m", "students.cli", *flags], check=True, env=env, capture_output=True)
+                        "-m", "students.cli", *flags], check=True, env=env, capture_output=True, text=True)
     stats = json.loads((out / "metrics.json").read_text())["stages"]["hsk"]
     return 1000 * stats["seconds"] / stats["steps"], stats["examples_per_second"]
 
 
-def benchmarks(device: str, examples: int, steps: int) -> list[Row]:
+class Table:
+    """The rows so far; a benchmark that fails becomes its row's result, so the table is still printed."""
+
+    def __init__(self, rows: list[Row]) -> None:
+        self.rows, self.ok = rows, True
+
+    def add(self, check: str, setting: str, measure: Callable[[], tuple[str, Any]]) -> Any:
+        """Run `measure` (-> result text, value); the value, or None when it failed."""
+        try:
+            text, value = measure()
+        except Exception as exc:  # reported in the table, with the rest of the check still run
+            detail = getattr(exc, "stderr", None) or str(exc)
+            last = detail.strip().splitlines()[-1] if detail and detail.strip() else ""
+            text, value, self.ok = f"failed: {type(exc).__name__}: {last[:100]}", None, False
+        self.rows.append((check, setting, text))
+        return value
+
+
+def benchmarks(table: Table, device: str, examples: int, steps: int) -> None:
     from common import movie_csv, packaged_teacher
     from hskcache.cli import quiet_libraries
     from students import cli
 
     quiet_libraries()
-    rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="hsk-gpu-") as tmp:
         work = Path(tmp)
         teacher, data = packaged_teacher(work / "teacher"), movie_csv(work / "movies.csv", examples)
         source = f"MiniLM-L6 teacher, {examples} reviews, length 128"
-        extraction(teacher, data, work / "warm", examples, device, "bf16" if device == "cuda" else "fp32", (1, 9, 0.1))
+        def extracted(name: str, dtype: str, hsk: tuple[int, int, float]) -> Callable[[], tuple[str, None]]:
+            return lambda: (f"{extraction(teacher, data, work / name, examples, device, dtype, hsk):,.0f} rows/s", None)
+
+        table.add("extract, warm-up", f"{source}, (1,9,0.1), fp32, start-up included",
+                  extracted("warm", "fp32", (1, 9, 0.1)))
         for hsk in ((1, 9, 0.1), (4, 50, 0.2)):
-            for dtype in ("bf16", "fp32"):
-                name = ",".join(map(str, hsk))
-                rate = extraction(teacher, data, work / name, examples, device, dtype, hsk)
-                rows.append(("extract (selection on device)", f"{source}, ({name}), {dtype}", f"{rate:,.0f} rows/s"))
+            name = ",".join(map(str, hsk))
+            for dtype in ("fp32", "bf16"):  # the bf16 stores are the ones read and trained on below
+                table.add("extract (selection on device)", f"{source}, ({name}), {dtype}", extracted(name, dtype, hsk))
         for pinned in ((True, False) if device == "cuda" else (False,)):
-            rate = reader_to_device(work / "4,50,0.2", device, pinned)
-            rows.append(("reader -> device", f"(4,50,0.2) packed, batch 64, {'pinned' if pinned else 'pageable'}",
-                         f"{rate:,.0f} rows/s"))
+            table.add("reader -> device", f"(4,50,0.2) packed, batch 64, {'pinned' if pinned else 'pageable'}",
+                      lambda pinned=pinned: (f"{reader_to_device(work / '4,50,0.2', device, pinned):,.0f} rows/s",
+                                             None))
         student = work / "student"
         with contextlib.redirect_stdout(io.StringIO()):
-            assert cli.main(["build", "tinybert", "--init", "random", "--teacher", str(teacher), "--preset",
-                             "tinybert-3s", "--out", str(student), "--device", device]) == 0
+            built = cli.main(["build", "tinybert", "--init", "random", "--teacher", str(teacher), "--preset",
+                              "tinybert-3s", "--out", str(student), "--device", device]) == 0
+        if not built:
+            table.rows.append(("students build", "tinybert-3s", "failed"))
+            table.ok = False
+            return
         store = ["--store", str(work / "1,9,0.1")]
         setting = f"TinyBERT-3s, HSK (1,9,0.1), batch 32, {steps} steps"
-        one = {}
-        for dtype in ("bf16", "fp32"):
-            ms, rate = one[dtype] = train_rate(store, student, work / f"run-{dtype}", device, dtype, steps)
-            rows.append(("train step (store)", f"{setting}, {dtype}", f"{ms:.1f} ms/step, {rate:,.0f} rows/s"))
+
+        def timed(source: list[str], out: str, dtype: str, nproc: int = 1, against: tuple | None = None):
+            def measure() -> tuple[str, tuple[float, float]]:
+                ms, rate = train_rate(source, student, work / out, device, dtype, steps, nproc)
+                ratio = "" if against is None else (f" ({ms / against[0]:.2f}x the store's ms/step)" if nproc == 1
+                                                     else f" ({rate / against[1]:.2f}x one GPU's rows/s)")
+                return f"{ms:.1f} ms/step, {rate:,.0f} rows/s{ratio}", (ms, rate)
+            return measure
+
+        one = {dtype: table.add("train step (store)", f"{setting}, {dtype}", timed(store, f"run-{dtype}", dtype))
+               for dtype in ("fp32", "bf16")}
         online = ["--teacher", str(teacher), "--data", str(data), "--student-layers", "3", "--depth", "1",
                   "--tokens", "9", "--width", "0.1", "--max-length", "128"]
-        ms, rate = train_rate(online, student, work / "run-online", device, "bf16", steps)
-        rows.append(("train step (online teacher)", f"{setting}, bf16",
-                     f"{ms:.1f} ms/step ({ms / one['bf16'][0]:.2f}x the store's)"))
+        table.add("train step (online teacher)", f"{setting}, bf16", timed(online, "run-online", "bf16",
+                                                                            against=one["bf16"]))
         gpus = torch.cuda.device_count() if device == "cuda" else 0
         if gpus >= 2:
-            ms, rate = train_rate(store, student, work / "run-ddp", device, "bf16", steps, nproc=2)
-            rows.append(("DDP, nccl, 2 ranks", f"{setting} (global), bf16",
-                         f"{ms:.1f} ms/step, {rate:,.0f} rows/s ({rate / one['bf16'][1]:.2f}x one GPU)"))
+            table.add("DDP, nccl, 2 ranks", f"{setting} (global), bf16", timed(store, "run-ddp", "bf16", nproc=2,
+                                                                              against=one["bf16"]))
         else:
-            rows.append(("DDP, nccl, 2 ranks", "needs 2 GPUs", f"not run: {gpus} GPU(s)"))
-    return rows
+            table.rows.append(("DDP, nccl, 2 ranks", "needs 2 GPUs", f"not run: {gpus} GPU(s)"))
 
 
 def print_table(title: str, rows: list[Row]) -> None:
@@ -181,10 +211,11 @@ def main() -> int:
         print_table(f"GPU check on {platform.machine()}: no CUDA device, so the CUDA cases were collected and "
                     f"skipped and the GPU benchmarks not run (torch {torch.__version__})", rows)
         return 0
-    rows += benchmarks(args.device, args.examples, args.steps)
+    table = Table(rows)
+    benchmarks(table, args.device, args.examples, args.steps)
     print_table(f"GPU check on {platform.machine()}, {where}, benchmarks on {args.device}, torch {torch.__version__}, "
-                f"{time.perf_counter() - start:.0f} s in all", rows)
-    return 0 if ok else 1
+                f"{time.perf_counter() - start:.0f} s in all", table.rows)
+    return 0 if ok and table.ok else 1
 
 
 if __name__ == "__main__":
