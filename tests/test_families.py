@@ -80,6 +80,12 @@ LAYOUTS = {
                          "deberta.encoder.layer", ("attention.self.query_proj", 0),
                          ("attention.self.key_proj", 0), "attention.output.dense", "output.dense",
                          ("attention.self.value_proj", 0)),
+    "deberta-v2-unshared": Layout(DebertaV2Config(**SHAPE, relative_attention=True, pos_att_type=["p2c", "c2p"],
+                                                  position_buckets=8, max_relative_positions=64,
+                                                  share_att_key=False, type_vocab_size=2),
+                                  "deberta.encoder.layer", ("attention.self.query_proj", 0),
+                                  ("attention.self.key_proj", 0), "attention.output.dense", "output.dense",
+                                  ("attention.self.value_proj", 0)),  # v2: own position projections, token types
     "modernbert": Layout(ModernBertConfig(**SHAPE, global_attn_every_n_layers=3, local_attention=6,
                                           pad_token_id=0, cls_token_id=2, sep_token_id=3, bos_token_id=2,
                                           eos_token_id=3),
@@ -210,7 +216,7 @@ def _axis_roles(family: str, name: str, shape: tuple[int, ...], layout: Layout) 
     attention output's columns is the heads' one."""
     head_modules = {layout.query[0], layout.key[0], layout.value[0]}
     out_modules = {layout.attn_out}
-    if family == "deberta-v2":
+    if family.startswith("deberta-v2"):
         head_modules |= {"attention.self.pos_key_proj", "attention.self.pos_query_proj"}
     local = re.sub(r"^.*\.\d+\.", "", name)
     module = local.rsplit(".", 1)[0]
