@@ -15,18 +15,20 @@ import hskcache
 import hskcache.storage
 from hskcache import store as store_mod
 from hskcache.cli import main
+from conftest import require_gpus
 from tiny_task import CHUNK_BYTES, MAX_LEN, STORE_FLAGS, extract
 
 TESTS = Path(__file__).resolve().parent
 FLAGS = ["--batch-size", "32", "--quiet", *map(str, STORE_FLAGS)]
 
 
-def torchrun(nproc: int, *args: str, **env: str) -> subprocess.CompletedProcess:
+def torchrun(nproc: int, *args: str, gpus: bool = False, **env: str) -> subprocess.CompletedProcess:
+    """Ranks on the CPU (they see no GPU, like the single-process store's extraction), or with `gpus` one GPU each."""
     path = os.pathsep.join([str(TESTS.parent), str(TESTS), os.environ.get("PYTHONPATH", "")])
     return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
                            str(nproc), "-m", "hooked_cli", *args],
                           env={**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1",
-                               "CUDA_VISIBLE_DEVICES": "",  # CPU ranks, like the single-process store's extraction
+                               **({} if gpus else {"CUDA_VISIBLE_DEVICES": ""}),
                                "TEST_CHUNK_BYTES": str(CHUNK_BYTES), **env},
                           capture_output=True, text=True, timeout=300)
 
@@ -65,10 +67,14 @@ def single(task, tmp_path_factory) -> str:
     return str(out)
 
 
-def test_two_ranks_write_the_single_process_store(task, single, tmp_path):
+def test_two_ranks_write_the_single_process_store(task, single, tmp_path, device):
+    """Two ranks (gloo on the CPU; nccl and a GPU each on CUDA) write the store one process writes on that device."""
+    require_gpus(device, 2)
+    if device == "cuda":
+        single = str(extract(task.teacher, task.train, tmp_path / "one", "--device", "cuda"))
     out = tmp_path / "two"
     done = torchrun(2, "extract", "--teacher", str(task.teacher), "--data", str(task.train), "--store", str(out),
-                    *FLAGS)
+                    *FLAGS, "--device", device, gpus=device == "cuda")
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("wrote") == 1
     assert arrays(single)["commits"].size >= 4  # several chunks, so both ranks write some
