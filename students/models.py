@@ -25,6 +25,7 @@ from transformers import (
 )
 
 from hskcache.errors import UserError
+from hskcache.families import family_of
 from hskcache.teacher import load_model, tokenizer_hash
 
 STUDENT_FILE = "student.json"
@@ -81,6 +82,7 @@ def build_tinybert(
         raise UserError(f"bad TinyBERT shape layers={layers} hidden={hidden} ffn={ffn} heads={heads}; "
                         "use positive sizes with hidden divisible by heads")
     teacher = teacher_config(teacher_dir)
+    family_of(teacher)  # its vocabulary and store come from a supported encoder only
     config = BertConfig(
         vocab_size=teacher.vocab_size,
         hidden_size=hidden,

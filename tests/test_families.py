@@ -433,9 +433,11 @@ def test_unregistered_and_causal_models_are_refused(tmp_path, pair_csv, capsys):
     err = capsys.readouterr().err
     assert code == 2 and "'gpt2' is not a supported encoder family" in err and "modernbert" in err
     assert len(err.strip().splitlines()) == 1 and not (tmp_path / "s").exists()
-    code = students_cli.main(["build", "tinybert", "--teacher", str(folder), "--init", "etd-rand", "--layers", "1",
-                              "--hidden", "16", "--ffn", "16", "--out", str(tmp_path / "st")])
-    assert code == 2 and "not a supported encoder family" in capsys.readouterr().err
+    for init in ("etd-rand", "random"):
+        code = students_cli.main(["build", "tinybert", "--teacher", str(folder), "--init", init, "--layers", "1",
+                                  "--hidden", "16", "--ffn", "16", "--heads", "2", "--out", str(tmp_path / "st")])
+        assert code == 2 and "not a supported encoder family" in capsys.readouterr().err
+        assert not (tmp_path / "st").exists()
     with pytest.raises(UserError, match="supported encoder family"):
         family_of("gpt2")
 
