@@ -219,17 +219,17 @@ def length_counts(teacher: str, data: str, split: str, text_cols: str | None, se
 
 def store_setting(path: str) -> tuple[budget.Setting, budget.Config, dict[str, int]]:
     """A store's setting (with its real token lengths), its own configuration and its bytes on disk."""
-    import zarr
-
-    from .storage import Location
-    from .store import describe, read_meta
+    from .store import StoreData, committed_chunks, describe, num_chunks
 
     info = describe(path)  # raises UserError for anything but an hskcache store
-    group = zarr.open_group(Location.parse(path).zarr_store(read_only=True), mode="r")
-    meta = read_meta(dict(group.attrs), path)
+    data = StoreData(path, complete=False)
+    meta = data.meta
     cfg = meta.config
     examples = int(info["rows_committed"])
-    lengths = group["length"][:examples].astype(np.int64)
+    # the committed chunks' lengths (whichever writers committed them), each chunk checked
+    chunks = range(num_chunks(data.commits)) if data.complete else sorted(committed_chunks(data.location))
+    lengths = np.concatenate([data.read_chunk(["length"], c)["length"] for c in chunks] or [np.zeros(0)])
+    lengths = lengths.astype(np.int64)
     setting = budget.Setting(
         examples=examples, seq_len=cfg.max_length, student_layers=cfg.student_layers,
         hidden=meta.hidden_size, vocab_size=meta.tokenizer.vocab_size,

@@ -76,15 +76,21 @@ class ChunkDecoder:
         make = DECODERS.get(type(codecs[0]))
         return cls(make(), checksum) if make else None
 
+    @staticmethod
+    def checked(data: np.ndarray) -> np.ndarray:
+        """A stored chunk's bytes without their checksum, once it matches them."""
+        if len(data) < CHECKSUM_BYTES:
+            raise ChunkProblem(f"truncated ({len(data)} bytes, shorter than its checksum)")
+        body, stored = data[:-CHECKSUM_BYTES], data[-CHECKSUM_BYTES:]
+        if google_crc32c.value(body) != int.from_bytes(stored.tobytes(), "little"):
+            raise ChunkProblem("corrupt or truncated (its crc32c checksum does not match)")
+        return body
+
     def decode(self, data: bytes, out: np.ndarray) -> np.ndarray:
         """`data` (a whole chunk as stored) decoded into `out` (C-contiguous, the chunk's shape)."""
         body = np.frombuffer(data, dtype=np.uint8)
         if self.checksum:
-            if len(body) < CHECKSUM_BYTES:
-                raise ChunkProblem(f"truncated ({len(body)} bytes, shorter than its checksum)")
-            body, stored = body[:-CHECKSUM_BYTES], body[-CHECKSUM_BYTES:]
-            if google_crc32c.value(body) != int.from_bytes(stored.tobytes(), "little"):
-                raise ChunkProblem("corrupt or truncated (its crc32c checksum does not match)")
+            body = self.checked(body)
         flat = out.reshape(-1).view(np.uint8)
         if self.decompressor is None:
             if len(body) != flat.size:

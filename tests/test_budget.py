@@ -16,7 +16,7 @@ from hskcache.budget_cli import build_parser, run_budget
 from hskcache.errors import UserError
 from hskcache.layout import CHECKSUM_BYTES, StoreShape
 from hskcache.meta import synthetic_meta
-from hskcache.store import FORMAT, SCHEMA_VERSION, compressors
+from hskcache.store import COMMITS, FORMAT, SCHEMA_VERSION, compressors
 
 MNLI = budget.Setting(examples=392702, seq_len=128, student_layers=6, hidden=768)
 PLAN = ["budget", "--plan", "--examples", "392702", "--seq-len", "128", "--student-layers", "6",
@@ -107,6 +107,9 @@ def write_store(path: Path, shape: StoreShape, examples: int, student_layers: in
                                   chunks=(rows, *spec.row_shape), dtype=spec.dtype, compressors=compressors("none"),
                                   config={"write_empty_chunks": True})
         array[:] = np.arange(examples) % shape.seq_len + 1 if spec.name == "length" else 0
+    commits = zarr.create_array(store=str(path), name=COMMITS, shape=(-(-examples // rows),), chunks=(1,),
+                                dtype=np.uint8, compressors=compressors("none"))
+    commits[:] = 1  # every chunk committed
     if shape.static_bytes():
         zarr.create_array(store=str(path), name="static_dims", data=np.arange(shape.kept, dtype=np.int32),
                           compressors=compressors("none"))

@@ -33,7 +33,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import torch
-from transformers import AutoTokenizer
+from transformers import AutoTokenizer, BertConfig
 
 from hskcache.data import tokenize_batch
 from hskcache.embedded import minilm_encoder, movie_corpus
@@ -60,6 +60,7 @@ class RecordedTeacher:
         outliers = torch.randperm(HIDDEN, generator=gen)[:8]
         self.device = torch.device("cpu")
         self.model = torch.nn.Module()  # no relation knowledge here, so no hooks are attached to it
+        self.model.config = BertConfig()  # BERT-base's: the family decides what the store keeps (token types)
         self.outputs = []
         for _ in range(distinct):
             states = {}

@@ -14,12 +14,14 @@ the expansion included. Targets: 150,000 rows/s at (1,9,0.1) and 10,000 at
 
     python tools/bench/pipeline.py --keep STORES      # writes STORES/1,9,0.1 and STORES/4,50,0.2
     python tools/bench/reader.py STORES [--batch-size 64]
+    python tools/bench/reader.py STORES --checksum-only   # the crc32c check's cost, as a ratio
 """
 from __future__ import annotations
 
 import argparse
 import itertools
 import platform
+import statistics
 import time
 from pathlib import Path
 
@@ -49,6 +51,24 @@ def reader_rate(store, batch_size: int, threads: int, seconds: float, **read) ->
         epoch += 1
     wall = time.perf_counter() - start
     return rows / wall, (time.process_time() - cpu) / wall
+
+
+def checksum_cost(store, batch_size: int, seconds: float, repeats: int) -> tuple[float, float]:
+    """One thread's rows/s (medians) with every chunk's crc32c checked, as the reader runs, and
+    with the check skipped (the checksum only cut off): runs interleaved, so the machine's drift
+    falls on both alike."""
+    from hskcache.chunks import CHECKSUM_BYTES, ChunkDecoder
+
+    checked, rates = ChunkDecoder.__dict__["checked"], {True: [], False: []}  # the staticmethod itself
+    for _ in range(repeats):
+        for check in (True, False):
+            if not check:
+                ChunkDecoder.checked = staticmethod(lambda data: data[:-CHECKSUM_BYTES])
+            try:
+                rates[check].append(reader_rate(store, batch_size, 1, seconds)[0])
+            finally:
+                ChunkDecoder.checked = checked
+    return statistics.median(rates[True]), statistics.median(rates[False])
 
 
 def expand_rate(store, batch_size: int, batches: int) -> float:
@@ -90,11 +110,22 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--seconds", type=float, default=5.0, help="least time each reader rate is measured over")
     p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--checksum-only", action="store_true",
+                   help="only the cost of checking the chunks' crc32c: one thread, checked against unchecked")
+    p.add_argument("--repeats", type=int, default=5, help="interleaved runs of each, with --checksum-only")
     args = p.parse_args()
     torch.set_num_threads(1)
     cores = default_threads()
     print(f"machine: {platform.machine()}, {cores} cores, torch {torch.__version__}, CPU; batch {args.batch_size}, "
           "packed batches; student and expansion: one thread")
+    if args.checksum_only:
+        print(f"{'store':<10}{'checked rows/s':>16}{'unchecked rows/s':>18}{'ratio':>8}")
+        for name in CONFIGS:
+            checked, unchecked = checksum_cost(hskcache.open_store(args.stores / name), args.batch_size, args.seconds,
+                                               args.repeats)
+            print(f"{name:<10}{checked:>16.0f}{unchecked:>18.0f}{checked / unchecked:>8.3f}")
+        print(f"one thread, medians of {args.repeats} interleaved runs each; ratio = checked / unchecked rows/s")
+        return
     print(f"{'store':<10}{'rows':>7}{'MiB':>7}{'1 thread':>10}{'CPU':>6}{f'{cores} threads':>11}{'CPU':>6}{'target':>9}"
           f"{'expand rows/s':>15}{'student rows/s':>16}")
     for name in CONFIGS:
