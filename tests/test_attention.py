@@ -65,12 +65,12 @@ def test_attention_and_value_relation_match_loops(teacher_dir, strategy, device)
     assert checked_rest > 0  # the rest mass was really exercised
 
 
-def test_smaller_reads_are_exact(teacher_dir):
+def test_smaller_reads_are_exact(teacher_dir, device):
     texts = SENTENCES[:8]
     big = AttentionPlan((2,), (2,), rows=6, keys=8, token_strategy="att-nosep")
     small = AttentionPlan((2,), (2,), rows=3, keys=2, token_strategy="att-nosep")
-    got_big, val_big = _select(teacher_dir, big, texts, None)
-    got_small, val_small = _select(teacher_dir, small, texts, None)
+    got_big, val_big = _select(teacher_dir, big, texts, None, device)
+    got_small, val_small = _select(teacher_dir, small, texts, None, device)
     assert torch.equal(got_big["positions"][..., :3], got_small["positions"])
     for b_sel, s_sel in ((got_big, got_small), (val_big, val_small)):
         keys, probs, rest = shrink(b_sel["keys"], b_sel["probs"], b_sel["rest"], rows=3, k=2)
@@ -79,17 +79,17 @@ def test_smaller_reads_are_exact(teacher_dir):
         assert torch.allclose(rest, s_sel["rest"], atol=1e-6)
 
 
-def test_relation_from_queries_and_keys_is_the_attention(teacher_dir):
-    """The student-side attention (from captured Q and K) equals HF's eager attention on BERT."""
-    teacher = load_teacher(str(teacher_dir), "cpu")
+def test_relation_from_queries_and_keys_is_the_attention(teacher_dir, device):
+    """The student-side attention (from captured Q and K) equals HF's eager attention on BERT (on `device`, fp32)."""
+    teacher = load_teacher(str(teacher_dir), device, "fp32")
     tokens = {k: torch.from_numpy(v) for k, v in tokenize_batch(teacher.tokenizer, SENTENCES[:5], None, MAX_LEN).items()}
     with hooks.capture(teacher.model, [1, 2]) as captured:
         out = teacher.forward(tokens)
     heads = teacher.model.config.num_attention_heads
-    positions = torch.tensor([[0, 2, 1]] * 5)
+    positions = torch.tensor([[0, 2, 1]] * 5, device=teacher.device)
     for l in (1, 2):
         q, k = split_heads(captured[l]["query"], heads), split_heads(captured[l]["key"], heads)
-        got = relation(gather_rows(q, positions), k, tokens["attention_mask"])
+        got = relation(gather_rows(q, positions), k, tokens["attention_mask"].to(teacher.device))
         assert torch.allclose(got, gather_rows(out.attentions[l - 1], positions), atol=1e-6)
 
 
@@ -101,10 +101,10 @@ SHAPE = dict(vocab_size=40, hidden_size=32, num_hidden_layers=2, num_attention_h
     lambda: ElectraForSequenceClassification(ElectraConfig(embedding_size=16, **SHAPE)),
     lambda: MPNetForSequenceClassification(MPNetConfig(**SHAPE)),
 ], ids=["roberta", "electra", "mpnet"])
-def test_hooks_capture_values_of_every_family(model):
+def test_hooks_capture_values_of_every_family(model, device):
     torch.manual_seed(0)
-    net = model().eval()
-    ids = torch.randint(5, 40, (2, 7))
+    net = model().eval().to(device)
+    ids = torch.randint(5, 40, (2, 7)).to(device)
     with torch.no_grad(), hooks.capture(net, [1, 2], ["value"]) as captured:
         out = net(input_ids=ids, output_hidden_states=True)
     for l in (1, 2):
