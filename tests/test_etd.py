@@ -107,14 +107,15 @@ def _scaled_loss(model, examples, patch, eps):
         saved()
 
 
-def test_importance_is_the_first_order_taylor_term(teacher4):
+def test_importance_is_the_first_order_taylor_term(teacher4, device):
     """|∂L/∂x · x| summed over tokens equals the derivative of the loss with respect to scaling x
-    by (1 + ε) at ε = 0; checked by central differences, one example at a time (abs per example)."""
-    model = _teacher(teacher4).double()
+    by (1 + ε) at ε = 0; checked by central differences, one example at a time (abs per example), on `device`."""
+    model = _teacher(teacher4).double().to(device)
     examples = []
     inputs = _inputs(4, batch=3)
     for i in range(3):
-        examples.append({**{k: v[i:i + 1] for k, v in inputs.items()}, "labels": torch.tensor([i % 2])})
+        examples.append({**{k: v[i:i + 1].to(device) for k, v in inputs.items()},
+                         "labels": torch.tensor([i % 2], device=device)})
     importance = taylor_neuron_importance(model, examples)
     layer = model.bert.encoder.layer[1]
 
