@@ -27,13 +27,13 @@ INITS: dict[str, tuple[str, ...]] = {
 # `as-is` leaves a regression student's output bias as extracted (what `students train` did before
 # --regression-head); `+recentre` shifts it to the teacher's mean output before the prediction stage.
 AS_IS = ("--regression-head", "as-is")
-LABEL = ("--pred-objective", "pred,label:0.5")
+SOFT, LABEL = ("--pred-objective", "pred"), ("--pred-objective", "pred,label:0.5")
 RECIPES: dict[str, tuple[str, tuple[str, ...]]] = {
-    "soft": ("impt", ("--hsk", "1,9,0.1", *AS_IS)),
+    "soft": ("impt", ("--hsk", "1,9,0.1", *SOFT, *AS_IS)),
     "soft+label": ("impt", ("--hsk", "1,9,0.1", *LABEL, *AS_IS)),
     "pred-only+label": ("impt", ("--hsk", "none", *LABEL, *AS_IS)),
     "rand:soft+label": ("rand", ("--hsk", "1,9,0.1", *LABEL, *AS_IS)),
-    "soft+recentre": ("impt", ("--hsk", "1,9,0.1")),
+    "soft+recentre": ("impt", ("--hsk", "1,9,0.1", *SOFT)),
     "soft+label+recentre": ("impt", ("--hsk", "1,9,0.1", *LABEL)),
     "pred-only+label+recentre": ("impt", ("--hsk", "none", *LABEL)),
     "stored+label+recentre": ("impt", ("--hsk", "stored", *LABEL)),
@@ -101,18 +101,20 @@ def mean_std(values: list[float]) -> str:
 
 
 def report(summary: dict) -> str:
-    """One row per recipe: dev and test Pearson (mean ± std), test Pearson over the teacher's, seeds."""
+    """One row per recipe (in RECIPES order): dev and test Pearson (mean ± std), their means over the teacher's."""
     t = summary["teacher"]
-    lines = ["| recipe | rates (HSK, pred) | dev Pearson | test Pearson | test Spearman | test Pearson / teacher "
-             "| seeds |", "|---|---|---|---|---|---|---|",
-             f"| teacher | – | {t['dev']['pearson']:.4f} | {t['test']['pearson']:.4f} | {t['test']['spearman']:.4f} "
-             "| 1 | – |"]
-    for name, runs in summary["runs"].items():
+    lines = ["| recipe | dev Pearson | test Pearson | test Spearman | dev / teacher | test / teacher | seeds |",
+             "|---|---|---|---|---|---|---|",
+             f"| teacher | {t['dev']['pearson']:.4f} | {t['test']['pearson']:.4f} | {t['test']['spearman']:.4f} "
+             "| – | – | – |"]
+    order = list(RECIPES)
+    for name, runs in sorted(summary["runs"].items(), key=lambda item: (order.index(item[0]) if item[0] in order
+                                                                         else len(order), item[0])):
         dev = [r["dev"]["pearson"] for r in runs]
         test = [r["test"]["pearson"] for r in runs]
-        rates = ", ".join(f"{x:g}" for x in runs[0]["rates"])
-        lines.append(f"| {name} | {rates} | {mean_std(dev)} | {mean_std(test)} | "
+        lines.append(f"| {name} | {mean_std(dev)} | {mean_std(test)} | "
                      f"{mean_std([r['test']['spearman'] for r in runs])} | "
+                     f"{100 * statistics.mean(dev) / t['dev']['pearson']:.1f}% | "
                      f"{100 * statistics.mean(test) / t['test']['pearson']:.1f}% | {len(runs)} |")
     return "\n".join(lines) + "\n"
 
