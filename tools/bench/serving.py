@@ -130,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--threads", default="1,2", help="comma-separated thread counts")
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--measure", choices=("both", "speed", "accuracy"), default="both",
+                   help="speed: timings and disk only; accuracy: dev/test accuracy and int8 agreement only")
     p.add_argument("--json", help="write the results here")
     p.add_argument("--plot", help="write the ratio plot (png) here")
     args = p.parse_args(argv)
@@ -144,11 +146,12 @@ def main(argv: list[str] | None = None) -> int:
         tok = AutoTokenizer.from_pretrained(folder)
         inputs[variant.name] = (requests(tok, sample, args.max_length),
                                 batches(tok, texts, args.max_length, args.batch_size))
-    models = {(v.name, t): open_model(v, t) for v in kinds for t in threads}
+    repeats = 0 if args.measure == "accuracy" else args.repeats
+    models = {(v.name, t): open_model(v, t) for v in kinds for t in threads} if repeats else {}
     latency = {key: [] for key in models}
     throughput = {key: [] for key in models}  # examples/s of each repeat
     load = [os.getloadavg()[0]]
-    for repeat in range(args.repeats):
+    for repeat in range(repeats):
         for t in threads:
             torch.set_num_threads(t)
             for v in kinds:
@@ -156,18 +159,20 @@ def main(argv: list[str] | None = None) -> int:
                 latency[v.name, t] += timed(models[v.name, t], single)
                 seconds = timed(models[v.name, t], batched)
                 throughput[v.name, t].append(sum(len(b["input_ids"]) for b in batched) / sum(seconds))
-                print(f"repeat {repeat + 1}/{args.repeats}, {t} threads, {v.name}: "
+                print(f"repeat {repeat + 1}/{repeats}, {t} threads, {v.name}: "
                       f"p50 {1e3 * np.median(latency[v.name, t]):.1f} ms", flush=True)
     load.append(os.getloadavg()[0])
     results = {"machine": f"{platform.machine()} {os.cpu_count()} cores", "torch": torch.__version__,
                "load": load, "dev": args.dev, "requests": len(sample), "dev_texts": len(texts),
-               "batch_size": args.batch_size, "max_length": args.max_length, "repeats": args.repeats, "variants": {}}
+               "batch_size": args.batch_size, "max_length": args.max_length, "repeats": repeats, "variants": {}}
     teacher = kinds[0].name
+    scored = args.measure != "speed"
     for v in kinds:
         row = {"path": str(v.path), "disk_mb": weights_bytes(v.path) / 1e6,
-               "dev_accuracy": accuracy(v, args.dev, args.max_length),
-               "test_accuracy": accuracy(v, args.test, args.max_length) if args.test else None, "threads": {}}
-        for t in threads:
+               "dev_accuracy": accuracy(v, args.dev, args.max_length) if scored else None,
+               "test_accuracy": accuracy(v, args.test, args.max_length) if scored and args.test else None,
+               "threads": {}}
+        for t in threads if repeats else ():
             ms = 1e3 * np.asarray(latency[v.name, t])
             base_ms = 1e3 * np.asarray(latency[teacher, t])
             ex_s, base_ex_s = float(np.median(throughput[v.name, t])), float(np.median(throughput[teacher, t]))
@@ -176,11 +181,11 @@ def main(argv: list[str] | None = None) -> int:
                                       "latency_ratio": float(np.median(base_ms) / np.median(ms)),
                                       "throughput_ratio": ex_s / base_ex_s}
         results["variants"][v.name] = row
-    results["int8_vs_fp32_on_dev"] = int8_agreement(args, kinds[2], kinds[3])
-    report(results, threads)
+    results["int8_vs_fp32_on_dev"] = int8_agreement(args, kinds[2], kinds[3]) if scored else None
+    report(results, threads if repeats else [])
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
-    if args.plot:
+    if args.plot and repeats:
         plot(results, threads, args.plot)
     return 0
 
@@ -190,18 +195,23 @@ def report(results: dict, threads: list[int]) -> None:
           f"at start, {results['load'][1]:.1f} at end")
     print(f"{results['requests']} batch-1 requests and {results['dev_texts']} dev texts in batches of "
           f"{results['batch_size']} per repeat, max length {results['max_length']}, {results['repeats']} repeats")
+    def score(value: float | None) -> str:
+        return f"{'-':>8}" if value is None else f"{value:>8.4f}"
+
     print(f"{'variant':<20}{'thr':>4}{'p50 ms':>9}{'p99 ms':>9}{'b1 ×':>7}{'ex/s':>9}{'b32 ×':>7}"
           f"{'MB':>7}{'dev':>8}{'test':>8}")
     for name, row in results["variants"].items():
+        accuracies = f"{row['disk_mb']:>7.1f}{score(row['dev_accuracy'])}{score(row['test_accuracy'])}"
         for t in threads:
             r = row["threads"][str(t)]
-            test = f"{row['test_accuracy']:>8.4f}" if row["test_accuracy"] is not None else f"{'-':>8}"
             print(f"{name:<20}{t:>4}{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}{r['latency_ratio']:>6.1f}x"
-                  f"{r['examples_per_s']:>9.0f}{r['throughput_ratio']:>6.1f}x{row['disk_mb']:>7.1f}"
-                  f"{row['dev_accuracy']:>8.4f}{test}")
+                  f"{r['examples_per_s']:>9.0f}{r['throughput_ratio']:>6.1f}x{accuracies}")
+        if not threads:
+            print(f"{name:<20}{'-':>4}{'':>41}{accuracies}")
     agreement = results["int8_vs_fp32_on_dev"]
-    print(f"int8 against fp32 on dev: argmax agreement {agreement['argmax_agreement']:.4f}, "
-          f"max logit error {agreement['max_logit_error']:.3f}")
+    if agreement is not None:
+        print(f"int8 against fp32 on dev: argmax agreement {agreement['argmax_agreement']:.4f}, "
+              f"max logit error {agreement['max_logit_error']:.3f}")
 
 
 if __name__ == "__main__":
