@@ -41,8 +41,9 @@ $PY tools/experiments/movie_results.py --teacher "$RUN/teacher" --data "$RUN/dat
     --importance-examples "$IMPORTANCE" --hsk-lr "$LR" --pred-lr "$LR" --seeds $SEEDS --threads 1 --teacher-splits test
 
 step "5/5 teacher against the seed-0 students, one run: accuracy on the first 320 test reviews, size, speed"
+if [ -f "$RUN/compare.json" ]; then cat "$RUN/compare.txt"; exit 0; fi  # measured once; rerunning resumes
 head -n 321 "$RUN/data/test.csv" > "$RUN/data/test-320.csv"
 RUNS="$RUN/results/runs/tinybert-4-$INIT"
 $PY tools/compare.py --model "teacher=$RUN/teacher" --model "pred-only=$RUNS/${CONFIGS[0]}/seed0/student" \
     --model "hsk-1,9,0.1=$RUNS/${CONFIGS[1]}/seed0/student" --model "full-hsk=$RUNS/${CONFIGS[2]}/seed0/student" \
-    --data "$RUN/data/test-320.csv" --max-length 64 --json "$RUN/compare.json"
+    --data "$RUN/data/test-320.csv" --max-length 64 --json "$RUN/compare.json" | tee "$RUN/compare.txt"
