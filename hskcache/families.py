@@ -67,7 +67,7 @@ class Family:
     layer_axes: Callable[[PretrainedConfig], dict[str, Axes]]
     model_axes: Callable[[PretrainedConfig], dict[str, Axes]]
     rotary: bool = False  # keep the head size, drop whole heads
-    token_types: Callable[[PretrainedConfig], bool] = lambda c: _segments(c)
+    token_types: Callable[[PretrainedConfig], bool] = _segments
     ffn_size: str = "intermediate_size"  # the config attribute of the FFN width
     extra_config: Callable[[PretrainedConfig, PretrainedConfig, list[int]], None] = lambda t, s, layers: None
     student_drops: tuple[str, ...] = ()  # student parameter keys (regex) a teacher layer has and the student lacks

@@ -313,6 +313,7 @@ def build_extracted(teacher_dir: str | Path, spec: StudentSpec, init: str, out_d
     family = family_of(config)
     check_shape(config, init, spec)
     layers = [i - 1 for i in layer_selection(config.num_hidden_layers, spec.layers, selection)]
+    student_config = family.smaller_config(config, layers, spec.hidden, spec.ffn, spec.heads)  # refusals first
     teacher = load_model(str(teacher_dir), attn_implementation="eager")
     teacher_hash = weights_hash(teacher)
     teacher.float()
@@ -328,7 +329,6 @@ def build_extracted(teacher_dir: str | Path, spec: StudentSpec, init: str, out_d
     else:
         raise UserError(f"--init {init} is not an extraction; use one of {', '.join(EXTRACTING_INITS)}")
     plan = plan_from_scores(importance, layers, spec.hidden, spec.ffn, family.rotary)
-    student_config = family.smaller_config(config, layers, spec.hidden, spec.ffn, spec.heads)
     model = AutoModelForSequenceClassification.from_config(student_config)
     state = extract_state(family, config, dict(teacher.named_parameters()), plan)
     _load_all(model, state, family)

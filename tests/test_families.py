@@ -487,3 +487,14 @@ def test_a_teacher_without_post_softmax_attention_extracts_with_left_only(tmp_pa
                                           4, "left", 1.0, "mag")
     np.testing.assert_array_equal(got["positions"].numpy(), exp_pos)
     np.testing.assert_allclose(got["hsk"].numpy(), exp_hsk, atol=2e-3, rtol=2e-3)
+
+
+def test_electra_keeps_its_embedding_projection(tmp_path, capsys):
+    """A factorised ELECTRA embedding (size 8) keeps its projection only while the width differs from it."""
+    teacher = make_family_teacher(tmp_path / "teacher", "electra")
+    argv = ["build", "tinybert", "--teacher", str(teacher), "--init", "etd-rand", "--layers", "1", "--ffn", "16"]
+    assert students_cli.main([*argv, "--hidden", "8", "--out", str(tmp_path / "s8")]) == 2
+    assert "equals the teacher's embedding size" in capsys.readouterr().err and not (tmp_path / "s8").exists()
+    assert students_cli.main([*argv, "--hidden", "12", "--out", str(tmp_path / "s12")]) == 0
+    config = AutoConfig.from_pretrained(tmp_path / "s12")
+    assert (config.hidden_size, config.embedding_size) == (12, 8)
