@@ -110,7 +110,8 @@ def plot(results: dict, threads: list[int], out: str) -> None:
         panel.set_xticks(np.arange(len(names)) + width * (len(threads) - 1) / 2,
                          [n.replace(" (", "\n(") for n in names], fontsize=8)
         panel.set_title(title, fontsize=10)
-        panel.set_ylabel("× the PyTorch teacher")
+        panel.set_ylabel("× the PyTorch teacher (log scale)")
+        panel.set_yscale("log")
         panel.legend(fontsize=8)
     fig.suptitle(f"Serving the default job's student ({results['machine']}, load {results['load'][0]:.1f}"
                  f"–{results['load'][1]:.1f})", fontsize=10)
@@ -128,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-length", type=int, default=64, help="truncation (the default job's 64)")
     p.add_argument("--requests", type=int, default=256, help="batch-1 requests per repeat (dev texts, evenly spaced)")
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batched", type=int, help="dev texts in the batch-32 pass (default: all, in file order)")
     p.add_argument("--threads", default="1,2", help="comma-separated thread counts")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--measure", choices=("both", "speed", "accuracy"), default="both",
@@ -145,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         folder = exported_location(variant.path)[0] if exported_location(variant.path) else variant.path
         tok = AutoTokenizer.from_pretrained(folder)
         inputs[variant.name] = (requests(tok, sample, args.max_length),
-                                batches(tok, texts, args.max_length, args.batch_size))
+                                batches(tok, texts[:args.batched], args.max_length, args.batch_size))
     repeats = 0 if args.measure == "accuracy" else args.repeats
     models = {(v.name, t): open_model(v, t) for v in kinds for t in threads} if repeats else {}
     latency = {key: [] for key in models}
@@ -163,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"p50 {1e3 * np.median(latency[v.name, t]):.1f} ms", flush=True)
     load.append(os.getloadavg()[0])
     results = {"machine": f"{platform.machine()} {os.cpu_count()} cores", "torch": torch.__version__,
-               "load": load, "dev": args.dev, "requests": len(sample), "dev_texts": len(texts),
+               "load": load, "dev": args.dev, "requests": len(sample), "dev_texts": len(texts[:args.batched]),
                "batch_size": args.batch_size, "max_length": args.max_length, "repeats": repeats, "variants": {}}
     teacher = kinds[0].name
     scored = args.measure != "speed"
