@@ -143,13 +143,24 @@ class Location:
         return self.fs.isfile(self.path)
 
     def is_empty(self) -> bool:
-        """True when nothing is there, or an empty folder (or prefix)."""
-        return not self.fs.exists(self.path) or not self.fs.ls(self.path, detail=False)
+        """True when nothing is there, or an empty folder (or prefix). A zarr write in flight (the
+        `*.partial` file zarr's LocalStore renames into place) is nothing yet: it is another
+        writer creating the same store at this instant."""
+        if not self.fs.exists(self.path):
+            return True
+        return all(name.endswith(".partial") for name in self.fs.ls(self.path, detail=False))
 
     def folders(self) -> list[str]:
         """Names of the folders (prefixes) directly under the root, from a fresh listing."""
         entries = self.fs.ls(self.path, detail=True, refresh=True)
         return sorted(e["name"].rstrip("/").rsplit("/", 1)[-1] for e in entries if e.get("type") == "directory")
+
+    def read_bytes(self, name: str) -> bytes | None:
+        """A file under the root, or None when there is none (other failures raise)."""
+        try:
+            return self.fs.cat_file(self._join(name))
+        except (FileNotFoundError, IsADirectoryError):
+            return None
 
     def read_json(self, name: str) -> Any | None:
         """A JSON file under the root, or None when it is missing or not JSON."""

@@ -16,6 +16,7 @@ Each array's codec is named by its `layout.ArraySpec` and built from
 """
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -66,10 +67,14 @@ def corrupt_metadata(url: str, name: str, fix: str) -> UserError:
 
 def _is_store(location: Location) -> bool:
     """Whether the root's zarr.json is an hskcache group's; one that is there but unreadable is corrupt."""
-    meta = location.read_json("zarr.json")
-    if meta is None and location.exists("zarr.json"):
+    raw = location.read_bytes("zarr.json")
+    if raw is None:
+        return False
+    try:
+        meta = json.loads(raw)
+    except ValueError:
         raise corrupt_metadata(location.url, "zarr.json", f"remove {location.url} and rerun its `hskcache extract` "
-                               "command (the store cannot be resumed without it)")
+                               "command (the store cannot be resumed without it)") from None
     return isinstance(meta, dict) and meta.get("attributes", {}).get("format") == FORMAT
 
 
@@ -210,9 +215,10 @@ class StoreWriter:
         if location.is_file():
             raise UserError(f"--store {url} is a file; pass a directory path or URL for the store")
         if not _is_store(location):
-            if not location.is_empty():
+            if location.is_empty():
+                return "new"
+            if not _is_store(location):  # a second look: another writer may have created it meanwhile
                 raise UserError(f"--store {url} exists and is not an hskcache store; choose a new path")
-            return "new"
         if overwrite:
             return "replace"
         stored = read_meta(location.read_json("zarr.json")["attributes"], url)
@@ -337,6 +343,13 @@ class StoreData:
                 f"store {url} is incomplete ({_rows_committed(location, attrs, self.meta)}/{self.meta.num_examples} "
                 "rows); rerun the same `hskcache extract` command to finish it"
             )
+        shape = StoreShape.of_store(self.meta)  # a reader needs every array; `hskcache verify` reports them
+        gone = [n for n in [COMMITS, *([a.name for a in shape.arrays() + shape.static_arrays()] if complete else [])]
+                if n not in arrays]
+        if gone:
+            raise UserError(f"store {url}: the array{'s' if len(gone) > 1 else ''} {', '.join(gone)} "
+                            f"(its folder) is missing; run `hskcache verify --store {url} --repair`, then rerun its "
+                            "`hskcache extract` command")
         self.commits = arrays.pop(COMMITS)
         self.arrays = arrays
         self._decoders = {name: ChunkDecoder.of(arr) for name, arr in {**arrays, COMMITS: self.commits}.items()}

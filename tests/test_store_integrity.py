@@ -193,6 +193,20 @@ def test_verify_repair_on_s3(task, s3_bucket, capsys):
     assert_same_store(url, str(task.store))
 
 
+def test_a_deleted_array_folder_is_refused_then_repaired(task, tmp_path, capsys):
+    path = tmp_path / "s"
+    shutil.copytree(task.store, path)
+    shutil.rmtree(path / "logits")
+    with pytest.raises(UserError, match="array logits .* is missing.*--repair"):
+        hskcache.open_store(path)
+    capsys.readouterr()
+    assert main(["verify", str(path), "--quiet"]) == 1
+    assert main(["verify", str(path), "--quiet", "--repair"]) == 0
+    with mock.patch.object(layout, "CHUNK_TARGET_BYTES", CHUNK_BYTES):
+        assert main(extract_args(task, path)) == 0
+    assert_same_store(str(path), str(task.store))
+
+
 def test_schema_3_store_without_checksums_is_refused_with_the_fix(task, tmp_path):
     old = tmp_path / "old"
     shutil.copytree(task.store, old)
