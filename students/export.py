@@ -196,6 +196,9 @@ def export_student(model_dir: str, out_dir: str, fmt: str, quantize: str | None,
         raise UserError(f"unknown --quantize {quantize!r}; use one of {', '.join(QUANTIZERS)}")
     require_onnx()
     check_out_folder(out_dir, "--out", overwrite)
+    if Path(out_dir).resolve() in (Path(model_dir).resolve(), *Path(model_dir).resolve().parents):
+        raise UserError(f"--out {out_dir} holds --model {model_dir}; replacing it would delete the student, "
+                        "so choose another folder")
     if (Path(model_dir) / EXPORT_FILE).is_file():
         raise UserError(f"--model {model_dir} is already an exported folder; pass the PyTorch student folder")
     model = load_student(model_dir)

@@ -174,9 +174,11 @@ def test_refusals_are_one_line(teacher, tmp_path, capsys, monkeypatch):
     taken = tmp_path / "taken"
     taken.mkdir()
     (taken / "keep.txt").write_text("mine")
+    capsys.readouterr()  # the build's own progress output
     cases = [
         (["--out", str(taken)], "already holds files; pass --overwrite"),
         (["--out", str(tmp_path / "x"), "--model", str(tmp_path)], "is not a model folder"),
+        (["--out", str(tmp_path), "--overwrite"], "replacing it would delete the student"),
     ]
     for extra, message in cases:
         args = ["export", "--model", str(student), *extra]
@@ -184,6 +186,7 @@ def test_refusals_are_one_line(teacher, tmp_path, capsys, monkeypatch):
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and message in err[0], err
     assert (taken / "keep.txt").read_text() == "mine" and len(list(taken.iterdir())) == 1
+    assert (student / "config.json").is_file()
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import onnxruntime now raises ImportError
     assert students_cli.main(["export", "--model", str(student), "--out", str(tmp_path / "y")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
