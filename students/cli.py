@@ -1,4 +1,4 @@
-"""`students build tinybert|rosita`, `students train`, `students eval`."""
+"""`students build tinybert|rosita`, `students train`, `students eval`, `students export`."""
 
 from __future__ import annotations
 
