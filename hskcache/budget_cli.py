@@ -178,16 +178,10 @@ def plan_relations(args: argparse.Namespace) -> RelationSpec | None:
 
 def teacher_numbers(teacher: str) -> tuple[int, int, int, bool]:
     """(hidden, vocabulary, labels, regression) from the model config and tokenizer, no weights."""
-    from transformers import AutoConfig, AutoTokenizer
+    from .teacher import id_bound, is_regression, load_config, load_tokenizer
 
-    try:
-        config = AutoConfig.from_pretrained(teacher)
-        tokenizer = AutoTokenizer.from_pretrained(teacher)
-    except (OSError, ValueError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise UserError(f"cannot load teacher {teacher!r} ({first}); pass a local model folder or a reachable hub id") from None
-    from .teacher import id_bound, is_regression
-
+    config = load_config(teacher)
+    tokenizer = load_tokenizer(teacher, config)
     regression = is_regression(config)
     return config.hidden_size, id_bound(tokenizer), config.num_labels, regression
 
@@ -195,15 +189,14 @@ def teacher_numbers(teacher: str) -> tuple[int, int, int, bool]:
 def length_counts(teacher: str, data: str, split: str, text_cols: str | None, seq_len: int,
                   token_strategy: str) -> list[int]:
     """Examples per eligible token count (0..seq_len) after tokenization like the extractor's."""
-    from transformers import AutoTokenizer
-
     from .data import load_texts, tokenize_batch
     from .selection import TOKEN_STRATEGIES
+    from .teacher import load_config, load_tokenizer
 
     if token_strategy not in TOKEN_STRATEGIES:
         raise UserError(f"--token-strategy {token_strategy!r} is unknown; use one of {', '.join(TOKEN_STRATEGIES)}")
     texts = load_texts(data, split=split, text_cols=columns(text_cols))
-    tokenizer = AutoTokenizer.from_pretrained(teacher)
+    tokenizer = load_tokenizer(teacher, load_config(teacher))
     counts = np.zeros(seq_len + 1, dtype=np.int64)
     for start in range(0, len(texts), TOKENIZE_BATCH):
         end = start + TOKENIZE_BATCH

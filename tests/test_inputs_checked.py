@@ -137,6 +137,9 @@ def test_no_tokenizer_files_refused_everywhere(capsys, no_tokenizer, single_csv,
     assert "no tokenizer files" in one_line(capsys, "students")
     assert students_cli.main(["eval", "--model", str(no_tokenizer), "--data", str(single_csv)]) == 2
     assert "no tokenizer files" in one_line(capsys, "students")
+    assert hskcache_main(["budget", "--plan", "--teacher", str(no_tokenizer), "--data", str(single_csv),
+                          "--seq-len", "16", "--student-layers", "2", "--configs", "1,4,0.5"]) == 2
+    assert "no tokenizer files" in one_line(capsys, "hskcache")
     for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json"):
         (tiny_bert / name).unlink(missing_ok=True)
     data = _movie_csv(tmp_path / "t.csv", 16)
