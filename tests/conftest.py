@@ -1,8 +1,10 @@
 """Shared fixtures: a tiny random BERT teacher and a small labeled dataset."""
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -81,14 +83,25 @@ def cpu_unless_a_cuda_case():
         yield
 
 
-@pytest.fixture(params=["cpu", pytest.param("cuda", marks=(pytest.mark.cuda,
-                                                          pytest.mark.skipif(not CUDA, reason="no CUDA device")))])
-def device(request, monkeypatch) -> str:
+DEVICES = ["cpu", pytest.param("cuda", marks=(pytest.mark.cuda, pytest.mark.skipif(not CUDA, reason="no CUDA device")))]
+
+
+@contextlib.contextmanager
+def on_device(device: str) -> Iterator[str]:
+    """Within it a cuda case sees the real `torch.cuda.is_available` (patched False elsewhere)."""
+    with pytest.MonkeyPatch.context() as patch:
+        if device == "cuda":
+            patch.setattr(torch.cuda, "is_available", IS_AVAILABLE)
+        yield device
+
+
+@pytest.fixture(params=DEVICES)
+def device(request) -> Iterator[str]:
     """Every test that runs a model takes `device` (a torch device name): its cpu case runs everywhere, its cuda case
-    is collected always and skipped without a GPU, so a CPU run costs what it did and `-m cuda` selects the GPU cases."""
-    if request.param == "cuda":
-        monkeypatch.setattr(torch.cuda, "is_available", IS_AVAILABLE)
-    return request.param
+    is collected always and skipped without a GPU, so a CPU run costs what it did and `-m cuda` selects the GPU cases.
+    A module-scoped fixture that runs a model takes `params=DEVICES` and builds under `on_device(request.param)`."""
+    with on_device(request.param) as name:
+        yield name
 
 
 def require_gpus(device: str, count: int) -> None:

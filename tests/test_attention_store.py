@@ -31,7 +31,12 @@ def att_store(teacher_dir, pair_csv, tmp_path_factory):
 
 
 @pytest.mark.parametrize("rows,keys", [(None, None), (3, 2)])
-def test_store_round_trip_matches_loops(att_store, teacher_dir, pair_csv, rows, keys):
+def test_store_round_trip_matches_loops(att_store, teacher_dir, pair_csv, rows, keys, device, tmp_path):
+    """The store extracted on `device` (the cpu case reads the module's store; the cuda case extracts in the loops'
+    fp32) against loops over a CPU forward."""
+    if device == "cuda":
+        att_store = tmp_path / "store"
+        run_extract(teacher_dir, pair_csv, att_store, *ATT_FLAGS, "--device", device, "--dtype", "fp32")
     store = hskcache.open_store(att_store)
     spec = store.relations
     assert spec.kinds == ("att", "val") and spec.layers == (1, 2) and spec.student_layers == (1, 2)

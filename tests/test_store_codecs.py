@@ -9,6 +9,7 @@ import torch
 import zarr
 
 import hskcache
+from conftest import DEVICES, on_device
 from hskcache.cli import main
 from hskcache.errors import UserError
 from hskcache.packed import PackedBatch, expand
@@ -29,14 +30,16 @@ def assert_same(a: dict, b: dict) -> None:
         assert torch.equal(a[key], b[key]), key
 
 
-@pytest.fixture(scope="module")
-def stores(tmp_path_factory, teacher_dir, single_csv):
+@pytest.fixture(scope="module", params=DEVICES)
+def stores(request, tmp_path_factory, teacher_dir, single_csv):
+    """One store per codec, extracted on the device (where selection, int8 scaling and bit packing run)."""
     root = tmp_path_factory.mktemp("codecs")
     variants = {"bitmask": [], "rank": ["--width-code", "rank"], "indices": ["--width-code", "indices"],
                 "none": ["--compress", "none"], "int8": ["--values", "int8"]}
-    with pytest.MonkeyPatch.context() as patch:  # small chunks: several per store, batches across windows
-        patch.setattr(hskcache.layout, "CHUNK_TARGET_BYTES", 1000)
-        out = {name: extract(teacher_dir, single_csv, root / name, *flags) for name, flags in variants.items()}
+    with pytest.MonkeyPatch.context() as patch, on_device(request.param) as device:
+        patch.setattr(hskcache.layout, "CHUNK_TARGET_BYTES", 1000)  # small chunks: several per store
+        out = {name: extract(teacher_dir, single_csv, root / name, *flags, "--device", device)
+               for name, flags in variants.items()}
     assert all(s.chunk_rows < s.num_examples / 3 for s in out.values())
     return out
 
