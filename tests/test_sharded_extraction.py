@@ -67,11 +67,15 @@ def single(task, tmp_path_factory) -> str:
     return str(out)
 
 
+def single_on(device: str, single: str, task, tmp_path: Path) -> str:
+    """The single-process store on `device`: the module's (one CPU thread), else extracted there."""
+    return single if device == "cpu" else str(extract(task.teacher, task.train, tmp_path / "one", "--device", device))
+
+
 def test_two_ranks_write_the_single_process_store(task, single, tmp_path, device):
     """Two ranks (gloo on the CPU; nccl and a GPU each on CUDA) write the store one process writes on that device."""
     require_gpus(device, 2)
-    if device == "cuda":
-        single = str(extract(task.teacher, task.train, tmp_path / "one", "--device", "cuda"))
+    single = single_on(device, single, task, tmp_path)
     out = tmp_path / "two"
     done = torchrun(2, "extract", "--teacher", str(task.teacher), "--data", str(task.train), "--store", str(out),
                     *FLAGS, "--device", device, gpus=device == "cuda")
@@ -81,10 +85,12 @@ def test_two_ranks_write_the_single_process_store(task, single, tmp_path, device
     assert_same_store(str(out), single)
 
 
-def test_sigkilled_rank_resumes_with_another_count_keeping_finished_chunks(task, single, tmp_path):
+def test_sigkilled_rank_resumes_with_another_count_keeping_finished_chunks(task, single, tmp_path, device):
+    require_gpus(device, 2)
+    single = single_on(device, single, task, tmp_path)
     out = tmp_path / "killed"
     done = torchrun(2, "extract", "--teacher", str(task.teacher), "--data", str(task.train), "--store", str(out),
-                    *FLAGS, TEST_KILL_RANK="1", TEST_KILL_AFTER="2")
+                    *FLAGS, "--device", device, gpus=device == "cuda", TEST_KILL_RANK="1", TEST_KILL_AFTER="2")
     assert done.returncode != 0
     partial = store_mod.describe(str(out))
     assert not partial["complete"] and 0 < partial["rows_committed"] < partial["num_examples"]
@@ -92,20 +98,21 @@ def test_sigkilled_rank_resumes_with_another_count_keeping_finished_chunks(task,
     assert len(committed) >= 2
     kept = {p: p.stat().st_mtime_ns for p in (out / "values" / "c").iterdir() if int(p.name) in committed}
     with one_thread():
-        extract(task.teacher, task.train, out)  # one process finishes what two started
+        extract(task.teacher, task.train, out, "--device", device)  # one process finishes what two started
     assert {p: p.stat().st_mtime_ns for p in kept} == kept  # finished chunks were not rewritten
     assert_same_store(str(out), single)
 
 
-def test_shards_without_torchrun_complete_in_any_order(task, single, tmp_path, capsys):
+def test_shards_without_torchrun_complete_in_any_order(task, single, tmp_path, capsys, device):
+    single = single_on(device, single, task, tmp_path)
     out = tmp_path / "shards"
     with one_thread():
-        extract(task.teacher, task.train, out, "--shard", "2/3")
+        extract(task.teacher, task.train, out, "--shard", "2/3", "--device", device)
         assert "complete once every shard is" in capsys.readouterr().out
         with pytest.raises(hskcache.errors.UserError, match="incomplete"):
             hskcache.open_store(out)
-        extract(task.teacher, task.train, out, "--shard", "0/3")
-        extract(task.teacher, task.train, out, "--shard", "1/3")
+        extract(task.teacher, task.train, out, "--shard", "0/3", "--device", device)
+        extract(task.teacher, task.train, out, "--shard", "1/3", "--device", device)
     assert "wrote" in capsys.readouterr().out
     assert_same_store(str(out), single)
 
