@@ -73,11 +73,12 @@ def _batch(teacher_dir, seed=0):
             "labels": torch.zeros(4, dtype=torch.int64), "logits": logits}
 
 
-def _inputs(batch):
-    return {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
+def _inputs(batch, device="cpu"):
+    return {k: batch[k].to(device) for k in ("input_ids", "attention_mask", "token_type_ids")}
 
 
-def test_tinybert_build_and_load(teacher_dir, tmp_path):
+def test_tinybert_build_and_load(teacher_dir, tmp_path, device):
+    """Built and saved on the CPU; the loaded student runs on `device`."""
     build_tinybert(teacher_dir, layers=2, hidden=16, ffn=24, heads=2, out_dir=tmp_path / "s", seed=3)
     model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "s")
     teacher = _teacher(teacher_dir)
@@ -92,9 +93,10 @@ def test_tinybert_build_and_load(teacher_dir, tmp_path):
     assert info["teacher_vocab_size"] == _vocab_size(teacher_dir)
     assert info["tokenizer_hash"] == tokenizer_hash(AutoTokenizer.from_pretrained(teacher_dir))
 
-    out = model.eval()(**_inputs(_batch(teacher_dir)), output_hidden_states=True)
-    assert out.logits.shape == (4, 3)
+    out = model.eval().to(device)(**_inputs(_batch(teacher_dir), device), output_hidden_states=True)
+    assert out.logits.shape == (4, 3) and out.logits.device.type == device
     assert [tuple(h.shape) for h in out.hidden_states] == [(4, 12, 16)] * 3
+    model.cpu()
 
     again = build_tinybert(teacher_dir, 2, 16, 24, 2, tmp_path / "t", seed=3)
     other = build_tinybert(teacher_dir, 2, 16, 24, 2, tmp_path / "u", seed=4)
@@ -268,13 +270,13 @@ def test_small_presets_share_one_store():
 
 
 
-def test_rosita_is_a_hugging_face_classifier(teacher_dir, tmp_path):
-    """HF's `labels` loss, and a folder in the previous format is refused with a rebuild hint."""
+def test_rosita_is_a_hugging_face_classifier(teacher_dir, tmp_path, device):
+    """HF's `labels` loss on `device`, and a folder in the previous format is refused with a rebuild hint."""
     batch = _batch(teacher_dir)
-    build_rosita(teacher_dir, [batch], 1, 2, 16, 8, tmp_path / "r")
-    model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "r").eval()
-    labels = torch.tensor([0, 2, 1, 1])
-    out = model(**_inputs(batch), labels=labels)
+    build_rosita(teacher_dir, [batch], 1, 2, 16, 8, tmp_path / "r", device=device)
+    model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "r").eval().to(device)
+    labels = torch.tensor([0, 2, 1, 1], device=device)
+    out = model(**_inputs(batch, device), labels=labels)
     assert torch.allclose(out.loss, torch.nn.functional.cross_entropy(out.logits, labels))
     config = json.loads((tmp_path / "r" / "config.json").read_text())
     assert config["model_type"] == "rosita" and config["architectures"] == ["RositaForSequenceClassification"]
