@@ -123,11 +123,14 @@ def test_hooks_refuse_unknown_family_and_layers(teacher_dir):
         hooks.attention_modules(teacher.model)
 
 
-def test_sep_share_matches_loop(teacher_dir):
+def test_sep_share_matches_loop(teacher_dir, device):
+    """sep_share on `device` (where attention_stats runs it) against a loop on the CPU."""
     texts_a, texts_b = [a for a, _ in PAIRS[:4]], [b for _, b in PAIRS[:4]]
     enc, out, tok = teacher_outputs(teacher_dir, texts_a, texts_b, MAX_LEN)
     sep = enc["input_ids"] == tok.sep_token_id
-    to_sep, to_cls = sep_share(out.attentions, sep, enc["attention_mask"])
+    to_sep, to_cls = sep_share([a.to(device) for a in out.attentions], sep.to(device),
+                               enc["attention_mask"].to(device))
+    assert to_sep.device.type == device
     for l, att in enumerate(out.attentions):
         expected_sep = sum(float(att[b, h, 0, p]) for b in range(4) for h in range(att.shape[1])
                            for p in range(MAX_LEN) if sep[b, p]) / att.shape[1]
@@ -136,8 +139,9 @@ def test_sep_share_matches_loop(teacher_dir):
         assert to_cls[l].item() == pytest.approx(expected_cls, rel=1e-5)
 
 
-def test_attention_stats_tool(teacher_dir, pair_csv, tmp_path):
-    """tools/attention_stats.py: [SEP] in the `att` top tokens, counted by a loop over a plain forward."""
+def test_attention_stats_tool(teacher_dir, pair_csv, tmp_path, device):
+    """tools/attention_stats.py on `device` (in fp32): [SEP] in the `att` top tokens, counted by a loop over a plain
+    CPU forward."""
     import csv
     import json
     import sys
@@ -146,7 +150,8 @@ def test_attention_stats_tool(teacher_dir, pair_csv, tmp_path):
     sys.path.insert(0, str(Path(__file__).parents[1] / "tools"))
     import attention_stats
 
-    stats = attention_stats.attention_stats(str(teacher_dir), str(pair_csv), 10, 3, MAX_LEN, 4, progress=False)
+    stats = attention_stats.attention_stats(str(teacher_dir), str(pair_csv), 10, 3, MAX_LEN, 4, progress=False,
+                                            device=device, dtype="fp32")
     with open(pair_csv) as f:
         rows = list(csv.DictReader(f))[:10]
     enc, out, tok = teacher_outputs(teacher_dir, [r["sentence1"] for r in rows], [r["sentence2"] for r in rows], MAX_LEN)

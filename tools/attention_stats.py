@@ -23,15 +23,17 @@ from tqdm.auto import tqdm
 
 from hskcache.attention import sep_share
 from hskcache.data import load_texts, tokenize_batch
+from hskcache.device import DEVICES, DTYPES
 from hskcache.errors import UserError
 from hskcache.selection import rank_positions
 from hskcache.teacher import load_teacher
 
 
 def attention_stats(teacher_dir: str, data: str, limit: int, tokens: int, max_length: int, batch_size: int,
-                    progress: bool = True) -> dict:
-    """Per-layer means over the first `limit` examples of `data`."""
-    teacher = load_teacher(teacher_dir, "cpu")
+                    progress: bool = True, device: str = "auto", dtype: str | None = None) -> dict:
+    """Per-layer means over the first `limit` examples of `data`, the teacher on `device` in `dtype`
+    (`hskcache.device`'s rules: auto is CUDA when present; bf16 on CUDA, fp32 on CPU unless given)."""
+    teacher = load_teacher(teacher_dir, device, dtype)
     texts = load_texts(data, "train", None, None)
     n = min(limit, len(texts))
     layers = teacher.num_layers
@@ -40,14 +42,14 @@ def attention_stats(teacher_dir: str, data: str, limit: int, tokens: int, max_le
         end = min(start + batch_size, n)
         enc = tokenize_batch(teacher.tokenizer, texts.texts_a[start:end],
                              texts.texts_b[start:end] if texts.texts_b else None, max_length)
-        batch = {k: torch.from_numpy(v) for k, v in enc.items()}
+        batch = {k: torch.from_numpy(v).to(teacher.device) for k, v in enc.items()}
         out = teacher.forward(batch)
         sep, cls = sep_share(out.attentions, batch["sep_mask"], batch["attention_mask"])
-        to_sep, to_cls = to_sep + sep, to_cls + cls
+        to_sep, to_cls = to_sep + sep.cpu(), to_cls + cls.cpu()
         ranked = rank_positions("att", range(1, layers + 1), tokens, out.attentions, batch["attention_mask"],
                                 batch["sep_mask"])  # (B, L, tokens)
         is_sep = torch.gather(batch["sep_mask"].bool()[:, None, :].expand(-1, layers, -1), 2, ranked.clamp(min=0))
-        sep_ranked += (is_sep & (ranked >= 0)).any(-1).float().sum(0)
+        sep_ranked += (is_sep & (ranked >= 0)).any(-1).float().sum(0).cpu()
     return {"teacher": teacher_dir, "data": data, "examples": n, "tokens": tokens,
             "layers": list(range(1, layers + 1)), "cls_to_sep": (to_sep / n).tolist(),
             "cls_to_cls": (to_cls / n).tolist(), "sep_in_top_tokens": (sep_ranked / n).tolist()}
@@ -83,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-length", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default="auto", choices=DEVICES, help="auto (default: CUDA when present) | cpu | cuda")
+    p.add_argument("--dtype", choices=DTYPES, help="fp32 | bf16 (default: bf16 on CUDA, fp32 on CPU)")
     p.add_argument("--plot", type=Path, help="write the figure here")
     p.add_argument("--json", action="store_true", help="print the numbers as JSON")
     p.add_argument("--quiet", action="store_true")
@@ -92,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError("--limit and --tokens must be at least 1")
         torch.set_num_threads(args.threads)
         stats = attention_stats(args.teacher, args.data, args.limit, args.tokens, args.max_length, args.batch_size,
-                                not args.quiet)
+                                not args.quiet, args.device, args.dtype)
     except UserError as exc:
         print(f"attention_stats: error: {exc}", file=sys.stderr)
         return 2
