@@ -41,12 +41,12 @@ def _movie_csv(path: Path, n: int) -> str:
     return str(path)
 
 
-def test_finetune_learns_and_saves_loadable_teacher(tmp_path, tiny_bert):
+def test_finetune_learns_and_saves_loadable_teacher(tmp_path, tiny_bert, device):
     out = tmp_path / "teacher"
     argv = [
         "--model", str(tiny_bert), "--train", _movie_csv(tmp_path / "train.csv", 64),
         "--dev", _movie_csv(tmp_path / "dev.csv", 16), "--out", str(out), "--epochs", "4",
-        "--batch-size", "8", "--lr", "1e-2", "--max-length", "8", "--threads", "1",
+        "--batch-size", "8", "--lr", "1e-2", "--max-length", "8", "--threads", "1", "--device", device,
     ]
     assert finetune_teacher.main(argv) == 0
     meta = json.loads((out / finetune_teacher.META_FILE).read_text())
@@ -60,13 +60,14 @@ def test_finetune_learns_and_saves_loadable_teacher(tmp_path, tiny_bert):
     assert model.config.num_labels == 2 and model.config.id2label == {0: "fresh", 1: "rotten"}
 
 
-def test_max_steps_and_regression(tmp_path, tiny_bert):
+def test_max_steps_and_regression(tmp_path, tiny_bert, device):
     frame = pd.DataFrame({"text": ["good film", "bad film"] * 8, "score": [0.9, 0.1] * 8})
     frame.to_csv(tmp_path / "r.csv", index=False)
     out = tmp_path / "reg"
     argv = [
         "--model", str(tiny_bert), "--train", str(tmp_path / "r.csv"), "--dev", str(tmp_path / "r.csv"),
         "--out", str(out), "--label-col", "score", "--batch-size", "4", "--max-steps", "3",
+        "--device", device,
     ]
     assert finetune_teacher.main(argv) == 0
     meta = json.loads((out / finetune_teacher.META_FILE).read_text())
@@ -83,11 +84,11 @@ def test_unlabeled_train_is_a_user_error(tmp_path, tiny_bert, capsys):
     assert "has no labels" in capsys.readouterr().err
 
 
-def test_selection_never_looks_at_dev(tmp_path, tiny_bert):
+def test_selection_never_looks_at_dev(tmp_path, tiny_bert, device):
     """The saved epoch is the last one, or the best on held-out training rows; dev only reported."""
     train, dev = _movie_csv(tmp_path / "train.csv", 40), _movie_csv(tmp_path / "dev.csv", 8)
     common = ["--model", str(tiny_bert), "--train", train, "--dev", dev, "--epochs", "3", "--batch-size", "8",
-              "--lr", "1e-2", "--max-length", "8", "--threads", "1"]
+              "--lr", "1e-2", "--max-length", "8", "--threads", "1", "--device", device]
     assert finetune_teacher.main([*common, "--out", str(tmp_path / "last")]) == 0
     meta = json.loads((tmp_path / "last" / finetune_teacher.META_FILE).read_text())
     assert meta["best_epoch"] == 3 and meta["selected_on"] == "last epoch"
@@ -118,17 +119,20 @@ def test_length_and_label_names_are_checked_before_training(tmp_path, tiny_bert,
     assert "--max-length 100 is above the model's 32 positions" in capsys.readouterr().err
     assert finetune_teacher.main([*common, "--max-length", "8", "--label-names", "rotten,fresh,meh"]) == 2
     assert "--label-names gives 3 names but the training data has 2 classes" in capsys.readouterr().err
+    assert finetune_teacher.main([*common, "--max-length", "8", "--device", "cuda"]) == 2  # this case sees no GPU
+    assert "--device cuda was asked for but no CUDA device is available" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
 
 
-def test_label_names_for_integer_labels(tmp_path, tiny_bert):
+def test_label_names_for_integer_labels(tmp_path, tiny_bert, device):
     """The movie data's labels are 0/1; --label-names puts rotten/fresh into the teacher's config."""
     rows = [("the good film", 1), ("the bad film", 0)] * 4
     pd.DataFrame(rows, columns=["sentence", "label"]).to_csv(tmp_path / "t.csv", index=False)
     out = tmp_path / "teacher"
     assert finetune_teacher.main(["--model", str(tiny_bert), "--train", str(tmp_path / "t.csv"), "--dev",
                                   str(tmp_path / "t.csv"), "--out", str(out), "--label-names", "rotten,fresh",
-                                  "--epochs", "1", "--max-length", "8", "--threads", "1"]) == 0
+                                  "--epochs", "1", "--max-length", "8", "--threads", "1",
+                                  "--device", device]) == 0
     config = AutoModelForSequenceClassification.from_pretrained(out).config
     assert config.id2label == {0: "rotten", 1: "fresh"} and config.label2id == {"rotten": 0, "fresh": 1}
     assert json.loads((out / finetune_teacher.META_FILE).read_text())["label_names"] == ["rotten", "fresh"]

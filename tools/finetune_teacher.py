@@ -2,8 +2,9 @@
 
 Any encoder folder works (a plain ``BertModel`` or a sentence-transformers
 layout gets a fresh classification head); the data is anything
-:func:`hskcache.data.load_texts` accepts. Runs on CPU: batches are trimmed to
-their longest real sequence, so short texts cost less than ``--max-length``.
+:func:`hskcache.data.load_texts` accepts. Runs on ``--device`` (auto: CUDA when
+present, else the CPU) in fp32; batches are trimmed to their longest real
+sequence, so short texts cost less than ``--max-length``.
 The saved epoch is chosen without looking at dev (``--select-on``): the last
 epoch, or the best on a held-out slice of the training data. Dev is only
 reported, every epoch. Saved with ``save_pretrained``, the tokenizer, and
@@ -30,6 +31,7 @@ from tqdm import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from hskcache.data import TextData, fingerprint, load_texts, tokenize_batch
+from hskcache.device import DEVICES, pick_device
 from hskcache.errors import UserError
 from students.selection import holdout_split, parse_select_on
 from hskcache.options import OneLineParser, columns
@@ -50,10 +52,10 @@ class Encoded:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def batch(self, rows: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        """Rows of a batch, trimmed to its longest sequence (padding is right-aligned)."""
+    def batch(self, rows: torch.Tensor, device: torch.device) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """Rows of a batch on `device`, trimmed to its longest sequence (padding is right-aligned)."""
         width = int(self.inputs["attention_mask"][rows].sum(1).max())
-        return {k: v[rows, :width] for k, v in self.inputs.items()}, self.labels[rows]
+        return {k: v[rows, :width].to(device) for k, v in self.inputs.items()}, self.labels[rows].to(device)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -83,6 +85,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "slice of --train, which is then not trained on); dev is never used to select")
     p.add_argument("--max-steps", type=int, default=None, help="stop early (smoke runs)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--device", default="auto", choices=DEVICES, help="auto (default: CUDA when present) | cpu | cuda")
     args = p.parse_args(argv)
     for name in ("epochs", "batch_size", "max_length", "max_steps", "threads"):
         value = getattr(args, name)
@@ -109,6 +112,7 @@ def train_teacher(args: argparse.Namespace) -> dict:
     """Train, keep the epoch `--select-on` picks (never by dev) in ``args.out``; returns the saved metadata."""
     if args.threads:
         torch.set_num_threads(args.threads)
+    device = pick_device(args.device)
     torch.manual_seed(args.seed)
     check_out_folder(args.out, "--out", args.overwrite)
     config = load_config(args.model, "--model")
@@ -136,7 +140,7 @@ def train_teacher(args: argparse.Namespace) -> dict:
         problem_type="regression" if train.is_regression else "single_label_classification",
         id2label=dict(enumerate(names)),
         label2id={n: i for i, n in enumerate(names)},
-    )
+    ).to(device)
     train_enc = _encode(tokenizer, train, args.max_length)
     dev_enc = _encode(tokenizer, dev, args.max_length)
     holdout_enc = _encode(tokenizer, holdout, args.max_length) if holdout is not None else None
@@ -171,7 +175,7 @@ def train_teacher(args: argparse.Namespace) -> dict:
         model.train()
         losses, started = [], time.perf_counter()
         for rows in torch.randperm(len(train_enc), generator=generator).split(args.batch_size):
-            inputs, labels = train_enc.batch(rows)
+            inputs, labels = train_enc.batch(rows, device)
             loss = model(**inputs, labels=labels).loss
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -250,10 +254,10 @@ def evaluate(model, data: Encoded, is_regression: bool, batch_size: int) -> dict
     """Dev accuracy (classification) or Pearson and MSE (regression)."""
     model.eval()
     outputs = [
-        model(**data.batch(rows)[0]).logits
+        model(**data.batch(rows, model.device)[0]).logits
         for rows in torch.arange(len(data)).split(batch_size)
     ]
-    logits = torch.cat(outputs).float().numpy()
+    logits = torch.cat(outputs).float().cpu().numpy()
     gold = data.labels.numpy()
     if is_regression:
         pred = logits[:, 0]
