@@ -88,10 +88,10 @@ DEVICES = ["cpu", pytest.param("cuda", marks=(pytest.mark.cuda, pytest.mark.skip
 
 @contextlib.contextmanager
 def on_device(device: str) -> Iterator[str]:
-    """Within it a cuda case sees the real `torch.cuda.is_available` (patched False elsewhere)."""
+    """Within it a cuda case sees the real `torch.cuda.is_available`, a cpu case (or a session fixture built while a
+    cuda case runs) sees False, as everything outside the cuda cases does."""
     with pytest.MonkeyPatch.context() as patch:
-        if device == "cuda":
-            patch.setattr(torch.cuda, "is_available", IS_AVAILABLE)
+        patch.setattr(torch.cuda, "is_available", IS_AVAILABLE if device == "cuda" else lambda: False)
         yield device
 
 
@@ -132,7 +132,8 @@ def task(tmp_path_factory):
     """The learnable synthetic task, its fine-tuned tiny teacher and store (tests/tiny_task.py)."""
     from tiny_task import tiny_task
 
-    return tiny_task(tmp_path_factory)
+    with on_device("cpu"):  # its store is the CPU's even when a cuda case asks for it first (`-m cuda`)
+        return tiny_task(tmp_path_factory)
 
 
 @pytest.fixture(scope="session")

@@ -25,12 +25,12 @@ def tiny_regressor(seed: int = 0) -> BertForSequenceClassification:
     return BertForSequenceClassification(config)
 
 
-def test_recentre_moves_the_mean_output_to_the_teachers_and_nothing_else():
-    model = tiny_regressor()
+def test_recentre_moves_the_mean_output_to_the_teachers_and_nothing_else(device):
+    model = tiny_regressor().to(device)
     generator = torch.Generator().manual_seed(1)
-    batches = [{"input_ids": torch.randint(5, 40, (8, 6), generator=generator),
-                "attention_mask": torch.ones(8, 6, dtype=torch.long),
-                "logits": 4.0 + torch.randn(8, 1, generator=generator)} for _ in range(3)]
+    batches = [{"input_ids": torch.randint(5, 40, (8, 6), generator=generator).to(device),
+                "attention_mask": torch.ones(8, 6, dtype=torch.long, device=device),
+                "logits": (4.0 + torch.randn(8, 1, generator=generator)).to(device)} for _ in range(3)]
 
     def outputs(batch):
         return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
@@ -71,17 +71,18 @@ def regression_store(root):
     with torch.no_grad():
         model.classifier.bias.fill_(5.0)  # far from an extracted or random student's mean output
     model.save_pretrained(teacher)
-    return teacher, extract(teacher, data, root / "store")
+    return teacher, extract(teacher, data, root / "store", "--device", "cpu")
 
 
-def test_training_recentres_a_regression_student_on_the_training_rows(tmp_path):
+def test_training_recentres_a_regression_student_on_the_training_rows(tmp_path, device):
+    """The student trains on `device` in fp32; the expected shift is computed on the CPU."""
     teacher, store_path = regression_store(tmp_path)
     store = hskcache.open_store(store_path)
     assert store.regression
     student = tmp_path / "student"
     build_tinybert(teacher, layers=2, hidden=16, ffn=32, heads=2, out_dir=student)
     settings = dict(student=str(student), hsk=None, max_steps=1, threads=1, quiet=True, pred_batch_size=16,
-                    select_on="train-holdout:0.25")
+                    select_on="train-holdout:0.25", device=device, dtype="fp32")
 
     # The independent computation: the untrained student on every store row but the held-out ones.
     model = AutoModelForSequenceClassification.from_pretrained(student).eval()
