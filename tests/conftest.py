@@ -83,7 +83,8 @@ def cpu_unless_a_cuda_case():
         yield
 
 
-DEVICES = ["cpu", pytest.param("cuda", marks=(pytest.mark.cuda, pytest.mark.skipif(not CUDA, reason="no CUDA device")))]
+DEVICES = ["cpu", pytest.param("cuda", marks=(pytest.mark.cuda,
+                                              pytest.mark.skipif(not CUDA, reason="no CUDA device")))]
 
 
 @contextlib.contextmanager

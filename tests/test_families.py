@@ -8,6 +8,7 @@ registry in hskcache/families.py is checked against an independent statement of 
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import re
 from dataclasses import dataclass
@@ -141,10 +142,15 @@ def encode(folder: Path, texts_a, texts_b):
     return enc, tok
 
 
-def test_store_matches_a_plain_forward(family_store, pair_csv):
+def test_store_matches_a_plain_forward(family_store, pair_csv, device, tmp_path):
     """HSK at the stored positions equal output_hidden_states; att rows equal output_attentions;
-    val rows equal a loop over the value vectors (captured by the test's own hook)."""
+    val rows equal a loop over the value vectors (captured by the test's own hook). The store is
+    extracted on `device` (the cpu case reads the module's; the cuda case extracts in fp32), the
+    reference is a CPU forward."""
     family, teacher, store_path = family_store
+    if device == "cuda":
+        store_path = tmp_path / "store"
+        run_extract(teacher, pair_csv, store_path, *STORE_FLAGS, "--device", device, "--dtype", "fp32")
     texts_a, texts_b = read_csv(pair_csv)
     n = 12
     enc, tok = encode(teacher, texts_a[:n], texts_b[:n])
@@ -196,11 +202,12 @@ def _inputs(folder: Path, seed: int = 0, batch: int = 3, length: int = 10) -> di
 
 
 @pytest.mark.parametrize("init", ["teacher-layers", "etd-rand", "etd-impt"])
-def test_keeping_every_dimension_reproduces_the_teacher(family_store, tmp_path, init):
+def test_keeping_every_dimension_reproduces_the_teacher(family_store, tmp_path, init, device):
+    """Importance scored on `device`; the student (saved from the CPU) against the teacher on the CPU."""
     family, teacher, _ = family_store
     batches = [{**_inputs(teacher, 1), "labels": torch.tensor([0, 1, -1])}]
     spec = StudentSpec("tinybert", layers=LAYERS, heads=HEADS, ffn=FFN, hidden=HIDDEN)
-    build_extracted(teacher, spec, init, tmp_path / "s", batches)
+    build_extracted(teacher, spec, init, tmp_path / "s", batches, device=device)
     student = load_student(tmp_path / "s").eval()
     assert type(student) is type(teacher_model(teacher))
     inputs = _inputs(teacher, 2)
@@ -343,19 +350,20 @@ def all_float64():
         yield
 
 
-def test_importance_matches_finite_differences(family_store):
-    """Task-loss rows (labels 0, 1) and a Fisher row (label -1), scored in one padded batch,
-    equal central differences on each row alone; the scores are not degenerate."""
+def test_importance_matches_finite_differences(family_store, device):
+    """Task-loss rows (labels 0, 1) and a Fisher row (label -1), scored in one padded batch on
+    `device`, equal central differences on each row alone on the CPU; the scores are not degenerate."""
     with all_float64():
-        _check_importance_against_finite_differences(*family_store[:2])
+        _check_importance_against_finite_differences(*family_store[:2], device)
 
 
-def _check_importance_against_finite_differences(family: str, teacher: Path) -> None:
+def _check_importance_against_finite_differences(family: str, teacher: Path, device: str) -> None:
     layout = LAYOUTS[family]
     model = teacher_model(teacher).double()
     inputs = _inputs(teacher, 4)
     labels = [0, 1, -1]
-    importance = taylor_neuron_importance(model, [{**inputs, "labels": torch.tensor(labels)}])
+    scored = model if device == "cpu" else copy.deepcopy(model).to(device)
+    importance = taylor_neuron_importance(scored, [{**inputs, "labels": torch.tensor(labels)}])
     rows = []
     for b in range(3):
         width = int(inputs["attention_mask"][b].sum())
@@ -385,9 +393,9 @@ def _check_importance_against_finite_differences(family: str, teacher: Path) -> 
         assert (scores > 1e-3 * scores.max()).double().mean() > 0.5  # not all near zero: a real ranking
 
 
-def test_importance_does_not_depend_on_the_batch_shape(family_store):
+def test_importance_does_not_depend_on_the_batch_shape(family_store, device):
     family, teacher, _ = family_store
-    model = teacher_model(teacher)
+    model = teacher_model(teacher).to(device)
     inputs, labels = _inputs(teacher, 6, batch=4), torch.tensor([1, -1, 0, -1])
     together = taylor_neuron_importance(model, [{**inputs, "labels": labels}])
     apart = []
@@ -399,13 +407,15 @@ def test_importance_does_not_depend_on_the_batch_shape(family_store):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6 * float(a.abs().max()))
 
 
-def test_default_build_writes_a_same_family_student_that_trains(family_store, tmp_path, pair_csv):
+def test_default_build_writes_a_same_family_student_that_trains(family_store, tmp_path, pair_csv, device):
     """`students build tinybert --teacher T --store S` (no --init: etd-impt on the store) writes a
-    student of the teacher's family, opened by the Auto classes, that trains with every objective."""
+    student of the teacher's family, opened by the Auto classes, that trains with every objective
+    (scored and trained on `device`)."""
     family, teacher, store = family_store
     out = tmp_path / "student"
     assert students_cli.main(["build", "tinybert", "--teacher", str(teacher), "--store", str(store),
-                              "--layers", "2", "--hidden", "16", "--ffn", "24", "--out", str(out)]) == 0
+                              "--layers", "2", "--hidden", "16", "--ffn", "24", "--out", str(out),
+                              "--device", device]) == 0
     info = json.loads((out / "student.json").read_text())
     assert info["init"] == "etd-impt" and info["family"] == family_of(AutoConfig.from_pretrained(teacher)).name
     model = AutoModelForSequenceClassification.from_pretrained(out)
@@ -413,7 +423,7 @@ def test_default_build_writes_a_same_family_student_that_trains(family_store, tm
     assert AutoTokenizer.from_pretrained(out).get_vocab() == AutoTokenizer.from_pretrained(teacher).get_vocab()
     assert students_cli.main(["train", "--store", str(store), "--student", str(out), "--out", str(tmp_path / "run"),
                               "--objective", "hsk,att,val", "--max-steps", "2", "--threads", "1", "--quiet",
-                              "--eval-data", str(pair_csv), "--max-length", str(MAX_LEN)]) == 0
+                              "--eval-data", str(pair_csv), "--max-length", str(MAX_LEN), "--device", device]) == 0
     trained = AutoModelForSequenceClassification.from_pretrained(tmp_path / "run" / "student")
     assert type(trained) is type(model)
 
@@ -442,10 +452,11 @@ def test_unregistered_and_causal_models_are_refused(tmp_path, pair_csv, capsys):
         family_of("gpt2")
 
 
-def test_rosita_serves_the_bert_layout_and_refuses_the_others_in_one_line(family_store, tmp_path, capsys):
+def test_rosita_serves_the_bert_layout_and_refuses_the_others_in_one_line(family_store, tmp_path, capsys, device):
     family, teacher, store = family_store
     code = students_cli.main(["build", "rosita", "--teacher", str(teacher), "--store", str(store), "--layers", "1",
-                              "--heads", "2", "--ffn", "16", "--emb-rank", "8", "--out", str(tmp_path / "r")])
+                              "--heads", "2", "--ffn", "16", "--emb-rank", "8", "--out", str(tmp_path / "r"),
+                              "--device", device])
     err = capsys.readouterr().err.strip()
     if family == "bert":
         assert code == 0 and type(load_student(tmp_path / "r")).__name__ == "RositaForSequenceClassification"
@@ -454,10 +465,12 @@ def test_rosita_serves_the_bert_layout_and_refuses_the_others_in_one_line(family
         assert not (tmp_path / "r").exists()
 
 
-def test_a_teacher_without_post_softmax_attention_extracts_with_left_only(tmp_path, teacher_dir, pair_csv, capsys):
+def test_a_teacher_without_post_softmax_attention_extracts_with_left_only(tmp_path, teacher_dir, pair_csv, capsys,
+                                                                           device):
     """An attention implementation with no post-softmax probabilities (SDPA stands in for a family
     without an eager path): the strategies that rank by [CLS] attention are refused in one line
-    naming `left`, and `left` stores the HSK of a plain forward."""
+    naming `left`, and `left` stores the HSK of a plain forward (extracted on `device` in fp32,
+    the reference on the CPU)."""
     from hskcache import teacher as teacher_module
 
     load = teacher_module.load_model
@@ -467,7 +480,8 @@ def test_a_teacher_without_post_softmax_attention_extracts_with_left_only(tmp_pa
         model.set_attn_implementation("sdpa")
         return model
 
-    flags = ("--student-layers", 2, "--tokens", 4, "--width", 1.0, "--max-length", MAX_LEN)
+    flags = ("--student-layers", 2, "--tokens", 4, "--width", 1.0, "--max-length", MAX_LEN, "--device", device,
+             "--dtype", "fp32")
     with mock.patch.object(teacher_module, "load_model", without_attention):
         capsys.readouterr()
         for refused in (("--token-strategy", "att-nosep"), ("--token-strategy", "left", "--knowledge", "hsk,att")):
