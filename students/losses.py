@@ -17,6 +17,7 @@ from hskcache.errors import UserError
 from hskcache.knowledge import gather_projected
 
 HSK_MODES = ("zero-fill", "masked")
+HSK_PROJECTIONS = ("random", "kept")  # the init of W (`HSKProjection`)
 Denominator = Callable[[Tensor], Tensor]
 
 
@@ -40,6 +41,24 @@ class HSKProjection(nn.Module):
     def __init__(self, d_student: int, d_teacher: int) -> None:
         super().__init__()
         self.linear = nn.Linear(d_student, d_teacher, bias=False) if d_student != d_teacher else None
+
+    def select(self, kept: list[int]) -> None:
+        """W as the selection matrix of the teacher dimensions an extracted student kept:
+        student dimension i maps to teacher dimension kept[i], every other teacher dimension to 0.
+
+        An ETD student's residual dimension i *is* the teacher's dimension kept[i], and its
+        classifier reads them in that basis; a random W asks the HSK stage to re-encode the
+        residual stream in a random basis instead (docs/results.md, "A 12-layer teacher").
+        """
+        if self.linear is None:
+            return
+        d_teacher, d_student = self.linear.weight.shape
+        if len(kept) != d_student or len(set(kept)) != d_student or not all(0 <= k < d_teacher for k in kept):
+            raise UserError(f"the student's kept teacher dimensions ({len(kept)}) are not {d_student} distinct "
+                            f"indices below the store's width {d_teacher}; use --hsk-projection random")
+        with torch.no_grad():
+            self.linear.weight.zero_()
+            self.linear.weight[torch.tensor(kept), torch.arange(d_student)] = 1.0
 
     def forward(self, states: Tensor) -> Tensor:
         return states if self.linear is None else self.linear(states)

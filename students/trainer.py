@@ -18,7 +18,7 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -47,7 +47,7 @@ from students.data_parallel import Parallel, cores_per_rank, placeholder, rank_s
 from students.objectives import (OBJECTIVES, STAGE1, STAGE2, Weighted, format_objective, parse_att_read,
                                  parse_objective)
 from students.objectives import kinds as objective_kinds
-from students.losses import HSK_MODES, LOSSES, HSKProjection, LossSettings
+from students.losses import HSK_MODES, HSK_PROJECTIONS, LOSSES, HSKProjection, LossSettings
 from students.calibration import REGRESSION_HEADS, recentre
 from students.defaults import learning_rates, prediction_objective
 from students.metrics import primary_metric
@@ -141,6 +141,8 @@ class TrainConfig:
     att_read: RelationRead = setting((None, None), "query rows,keys of the att/val read ('stored': as stored)",
                                      parse=parse_att_read, show_default="stored")
     width_loss: str = setting("zero-fill", " | ".join(HSK_MODES) + "; zero-fill is the paper's")
+    hsk_projection: str = setting("random", " | ".join(HSK_PROJECTIONS) + ": W's init; random is the paper's, kept "
+                                  "maps an extracted (ETD) student's dimensions to the teacher dimensions they came from")
     regression_head: str = setting("recentre", " | ".join(REGRESSION_HEADS) + ": a regression student's output "
                                    "bias, shifted before the prediction stage so its mean output on the training "
                                    "rows is the teacher's (students/calibration.py), or left as it is")
@@ -194,6 +196,8 @@ class TrainConfig:
             raise UserError(f"--weight-decay must be at least 0, got {self.weight_decay}")
         if self.width_loss not in HSK_MODES:
             raise UserError(f"--width-loss {self.width_loss!r} is unknown; use one of {', '.join(HSK_MODES)}")
+        if self.hsk_projection not in HSK_PROJECTIONS:
+            raise UserError(f"--hsk-projection {self.hsk_projection!r} is unknown; use one of {', '.join(HSK_PROJECTIONS)}")
         if self.regression_head not in REGRESSION_HEADS:
             raise UserError(f"--regression-head {self.regression_head!r} is unknown; "
                             f"use one of {', '.join(REGRESSION_HEADS)}")
@@ -232,7 +236,9 @@ class TrainConfig:
 
     def changed_since(self, saved: dict[str, Any]) -> list[str]:
         """The settings that differ from a checkpoint's identity (its run folder resolved too, as
-        checkpoints written before the folder was stored resolved hold it as spelled)."""
+        checkpoints written before the folder was stored resolved hold it as spelled; a setting added
+        since they were written counts at its default, which they ran with)."""
+        saved = {f.name: f.default for f in fields(self) if f.default is not MISSING} | saved
         saved = saved | {"out": resolved_run(saved["out"])}
         return sorted(k for k, v in self.identity().items() if saved.get(k) != v)
 
@@ -340,6 +346,8 @@ class Trainer:
                                       source.regression)
         torch.manual_seed(cfg.seed)
         self.projection = HSKProjection(self.model.config.hidden_size, source.hidden)
+        if cfg.hsk_projection == "kept":
+            self.projection.select(kept_dimensions(self.info))
         self.model.to(self.device)
         self.projection.to(self.device)
         self.dtype = pick_dtype(cfg.dtype, self.device)
@@ -691,6 +699,15 @@ class Trainer:
         }
         (self.run_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2, allow_nan=False) + "\n")
         return metrics
+
+
+def kept_dimensions(info: dict[str, Any]) -> list[int]:
+    """The teacher's residual dimensions an extracted student kept (student.json's `extraction`)."""
+    hidden = (info.get("extraction") or {}).get("hidden")
+    if hidden is None:
+        raise UserError(f"--hsk-projection kept needs a student extracted from the teacher (students build --init "
+                        f"etd-impt or etd-rand); this one is --init {info.get('init')}; use --hsk-projection random")
+    return list(hidden)
 
 
 def kept_checkpoint(run: Path) -> str:

@@ -207,3 +207,38 @@ def test_learning_rates_default_to_the_students_init(task, student, tmp_path, de
     run = tmp_path / "given"
     train(TrainConfig(student=str(student), out=str(run), **(settings | dict(hsk_lr=1e-3))), hskcache.open_store(task.store))
     assert records(run, "hsk")[0]["lr"] == 1e-3
+
+
+def test_kept_projection_maps_each_student_dimension_to_its_teacher_dimension(task, student, tmp_path, device):
+    """--hsk-projection kept: W sends student dimension i to the teacher dimension ETD kept as i,
+    and every other teacher dimension to 0 (checked element by element); a student that records
+    no kept dimensions is refused in one line; a checkpoint written before the setting existed
+    resumes as the default (random)."""
+    import shutil
+
+    from hskcache.errors import UserError
+    from students.models import STUDENT_FILE
+    from students.trainer import Trainer
+
+    source = hskcache.open_store(task.store)
+    d_student = load_student(student).config.hidden_size
+    kept = sorted(np.random.default_rng(0).choice(source.hidden, d_student, replace=False).tolist())
+    etd = tmp_path / "etd"
+    shutil.copytree(student, etd)
+    info = json.loads((etd / STUDENT_FILE).read_text())
+    (etd / STUDENT_FILE).write_text(json.dumps(info | {"init": "etd-impt", "extraction": {"hidden": kept}}))
+    cfg = TrainConfig(student=str(etd), out=str(tmp_path / "run"), hsk_projection="kept", **(FAST | dict(device=device)))
+    trainer = Trainer(cfg, source)
+    states = torch.randn(3, d_student)
+    with torch.no_grad():
+        got = trainer.projection(states.to(trainer.device)).cpu()
+    expected = torch.zeros(3, source.hidden)
+    for i, k in enumerate(kept):
+        for row in range(3):
+            expected[row, k] = states[row, i]
+    torch.testing.assert_close(got, expected)
+    with pytest.raises(UserError, match="--hsk-projection kept needs a student extracted"):
+        Trainer(replace(cfg, student=str(student), out=str(tmp_path / "run2")), source)
+    old = {k: v for k, v in replace(cfg, hsk_projection="random").identity().items() if k != "hsk_projection"}
+    assert replace(cfg, hsk_projection="random").changed_since(old) == []
+    assert cfg.changed_since(old) == ["hsk_projection"]
