@@ -4,7 +4,8 @@ Recomputes, from plain HF forwards on the first N training reviews: the teacher'
 scale at the stored layers (0, 3, 6, 9, 12) and how much of the zero-fill HSK MSE its largest
 dimensions carry; whether ETD kept those dimensions; and the full-HSK MSE of the untrained
 ETD student through (a) a random W (the trainer's init, same seed) and (b) the selection
-matrix of the dimensions ETD kept.
+matrix of the dimensions ETD kept; then, on the first 300 dev reviews, the logit spread and the final
+[CLS] state's spread across reviews (what the classifier reads) of the teacher and the students.
     .venv/bin/python tools/experiments/mpnet_hsk_diagnosis.py [RUN_DIR] [N]
 """
 
@@ -64,3 +65,25 @@ with torch.no_grad():
         print(f"full-HSK zero-fill MSE per layer through {name}: {[round(x, 4) for x in losses]}, sum {sum(losses):.4f}")
     zero = [float((th[l][mask] ** 2).mean()) for l in t_layers]
     print(f"MSE of predicting 0 everywhere: {[round(x, 4) for x in zero]}, sum {sum(zero):.4f}")
+
+# What the classifier reads, on the first 300 dev reviews: the teacher, the untrained ETD student and the
+# finished seed-0 students (random W from mpnet_results.sh; W kept from mpnet_hsk_kept.sh, where run).
+with open(f"{run}/data/dev.csv") as f:
+    dev = [row["sentence"] for _, row in zip(range(300), csv.DictReader(f))]
+dev_enc = tok(dev, max_length=64, truncation=True, padding=True, return_tensors="pt")
+runs = f"{run}/results/runs/tinybert-4-etd-impt"
+models = {"teacher": f"{run}/teacher", "ETD student, untrained": student_dir,
+          "pred-only seed 0": f"{runs}/pred-only+label:0.5/seed0/student",
+          "full HSK seed 0, W random": f"{runs}/full+label:0.5/seed0/student",
+          "full HSK seed 0, W kept": f"{run}/hsk-kept/full+label:0.5/seed0/student"}
+for name, path in models.items():
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(path).eval()
+    except OSError:
+        continue  # not run yet
+    with torch.no_grad():
+        out = model(**dev_enc, output_hidden_states=True)
+    diff = out.logits[:, 1] - out.logits[:, 0]
+    p = torch.sigmoid(diff)
+    print(f"{name}: logit difference mean {float(diff.mean()):.4f} std {float(diff.std()):.4f}; final [CLS] spread "
+          f"{float(out.hidden_states[-1][:, 0].std(0).mean()):.4f}; p(class 1) {float(p.min()):.3f}-{float(p.max()):.3f}")

@@ -34,11 +34,18 @@ done
 $PY - "$RUN" <<'PY'
 import json, statistics, sys
 from pathlib import Path
+summary = {}
 for recipe in sorted((Path(sys.argv[1]) / "hsk-kept").glob("*+label:0.5")):
     runs = sorted(p for p in recipe.glob("seed*") if (p / "test.json").is_file())
     dev = [json.loads((p / "metrics.json").read_text())["eval"]["accuracy"] for p in runs]
     test = [json.loads((p / "test.json").read_text())["accuracy"] for p in runs]
-    sd = statistics.stdev(test) if len(test) > 1 else float("nan")
-    print(f"{recipe.name} (W kept) seeds {[p.name for p in runs]}: dev {[round(100 * d, 2) for d in dev]} "
-          f"test {[round(100 * t, 2) for t in test]} mean {100 * statistics.mean(test):.2f} ± {100 * sd:.2f}")
+    after_hsk = [[r["eval"]["accuracy"] for r in map(json.loads, (p / "log.jsonl").read_text().splitlines())
+                  if r["stage"] == "hsk" and "eval" in r] for p in runs]
+    summary[recipe.name] = {p.name: {"dev": d, "test": t, "dev_after_each_hsk_epoch": a}
+                            for p, d, t, a in zip(runs, dev, test, after_hsk)}
+    sd = (lambda xs: statistics.stdev(xs) if len(xs) > 1 else float("nan"))
+    print(f"{recipe.name} (W kept) seeds {[p.name for p in runs]}: dev {[round(100 * d, 2) for d in dev]} mean "
+          f"{100 * statistics.mean(dev):.2f} ± {100 * sd(dev):.2f}; test {[round(100 * t, 2) for t in test]} mean "
+          f"{100 * statistics.mean(test):.2f} ± {100 * sd(test):.2f}")
+(Path(sys.argv[1]) / "hsk-kept" / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
 PY
