@@ -51,7 +51,7 @@ def add_build_parser(sub) -> None:
     add_store_flag(tiny, help="etd-impt: HSK store whose rows score the neurons (task loss on its gold labels, "
                               "the teacher's expected Fisher score on unlabeled rows)", aliases=("--cache",))
     tiny.add_argument("--data", help="etd-impt: labeled training data scoring the task loss (instead of --store)")
-    tiny.add_argument("--select-on", default=_train_default("select_on"),
+    tiny.add_argument("--select-on", default=TrainConfig.select_on,
                       help="etd-impt: the `students train --select-on` the student will be trained with; its "
                            "held-out rows are not scored (default %(default)s)")
     tiny.add_argument("--split", default="train", help="split of a glue/<task> --data (default train)")
@@ -121,12 +121,6 @@ def run_build(args: argparse.Namespace) -> int:
         model = _build_rosita(args, spec)
     print(f"wrote {args.out}: {spec.kind} student, {spec.layers} layers, {count_parameters(model):,} parameters")
     return 0
-
-
-def _train_default(name: str):
-    import dataclasses
-
-    return next(f.default for f in dataclasses.fields(TrainConfig) if f.name == name)
 
 
 def _teacher_shape(args: argparse.Namespace) -> dict:
