@@ -111,8 +111,8 @@ def plan_from_scores(importance: Importance, layers: list[int], hidden: int, ffn
 
 def _sizes(config: PretrainedConfig) -> tuple[int, int, int, int]:
     family = family_of(config)
-    heads = config.num_attention_heads
-    return config.num_hidden_layers, heads, config.hidden_size // heads, getattr(config, family.ffn_size)
+    heads, ffn = config.num_attention_heads, getattr(config, family.ffn_size)
+    return config.num_hidden_layers, heads, family.head_dim(config), ffn
 
 
 def random_importance(config: PretrainedConfig, seed: int) -> Importance:
@@ -273,8 +273,7 @@ def student_heads(config: PretrainedConfig, hidden: int) -> int:
 def check_shape(teacher: PretrainedConfig, init: str, spec: StudentSpec) -> None:
     """Refuse, in one line, a shape the teacher's weights cannot give."""
     family = family_of(teacher)
-    heads, head_dim = teacher.num_attention_heads, family.head_dim(teacher)
-    ffn = getattr(teacher, family.ffn_size)
+    _, heads, head_dim, ffn = _sizes(teacher)
     limits = {"layers": (spec.layers, teacher.num_hidden_layers), "hidden": (spec.hidden, teacher.hidden_size),
               "ffn": (spec.ffn, ffn)}
     for name, (value, most) in limits.items():
