@@ -140,13 +140,12 @@ def _pruned_state(teacher: nn.Module, config: RositaConfig, kept_heads: Tensor,
                   kept_neurons: Tensor) -> dict[str, Tensor]:
     """The student's state dict: the teacher's parameters with the kept heads' / neurons' slices
     along their head / FFN axes, and the word embeddings as SVD factors."""
-    state = {key: value for key, value in teacher.state_dict().items()}
-    offsets = torch.arange(config.head_dim)
+    state = teacher.state_dict()
+    head_index = (kept_heads[:, :, None] * config.head_dim + torch.arange(config.head_dim)).flatten(1)
     for layer, name, parameter, labels in _layer_parameters(teacher):
         value = parameter.detach()
-        head_index = (kept_heads[layer, :, None] * config.head_dim + offsets).flatten()
         for axis, label in enumerate(labels):
-            index = {HEADS: head_index, FFN: kept_neurons[layer]}.get(label)
+            index = {HEADS: head_index[layer], FFN: kept_neurons[layer]}.get(label)
             if index is not None:
                 value = value.index_select(axis, index)
         state[name] = value.contiguous()
