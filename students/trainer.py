@@ -551,10 +551,14 @@ class Trainer:
             if self.holdout is not None:
                 batch = drop_rows(batch, self.holdout.rows)
             rows = len(batch) if isinstance(batch, PackedBatch) else len(batch["input_ids"])
-            loss, rows, stop = self.parallel.step_totals(self._step(stage, batch), rows,
-                                                         interrupt.requested)
-            if not math.isfinite(loss):  # the global batch loss: the same on every rank
+            share, norm = self._step(stage, batch)
+            loss, rows, stop = self.parallel.step_totals(share, rows, interrupt.requested)
+            # Both the same on every rank (DDP averaged the gradients), read after step_totals' sync so
+            # the step costs no second one; the diverged update is in memory only, never saved.
+            if not math.isfinite(loss):
                 raise self._diverged(stage, "loss", loss)
+            if not torch.isfinite(norm):
+                raise self._diverged(stage, "gradient norm", norm.item())
             pos.batch, pos.step = pos.batch + 1, pos.step + 1
             pos.loss_sum, pos.loss_count = pos.loss_sum + loss, pos.loss_count + 1
             stats["steps"] += 1
@@ -570,8 +574,9 @@ class Trainer:
                 break
         stats["seconds"] += time.perf_counter() - started
 
-    def _step(self, stage: Stage, batch: dict[str, Tensor] | PackedBatch) -> Tensor:
-        """One optimizer step; returns this rank's share of the global batch loss. A packed
+    def _step(self, stage: Stage, batch: dict[str, Tensor] | PackedBatch) -> tuple[Tensor, Tensor]:
+        """One optimizer step; returns this rank's share of the global batch loss and the gradient
+        norm before clipping (tensors: read by the caller, not here, to sync once per step). A packed
         batch is expanded on the trainer's device (from pinned memory without blocking on CUDA)."""
         batch = expand(batch, self.device, non_blocking=True)
         counted = len(batch["input_ids"]) > 0  # a rank's share of a global batch may be empty
@@ -585,14 +590,11 @@ class Trainer:
             loss = loss * 0.0
         loss.backward()
         norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.max_grad_norm)
-        if not torch.isfinite(norm):  # the same on every rank (DDP averaged the gradients); before the update
-            bad_loss = not torch.isfinite(loss)
-            raise self._diverged(stage, "loss" if bad_loss else "gradient norm", (loss if bad_loss else norm).item())
         self._lr = self.optimizer.param_groups[0]["lr"]
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return loss.detach()
+        return loss.detach(), norm
 
     def _diverged(self, stage: Stage, what: str, value: float) -> UserError:
         """Training stops at the first non-finite loss or gradient norm: nothing after it is
