@@ -352,8 +352,9 @@ class StoreData:
                             "`hskcache extract` command")
         self.commits = arrays.pop(COMMITS)
         self.arrays = arrays
-        self._decoders = {name: ChunkDecoder.of(arr) for name, arr in {**arrays, COMMITS: self.commits}.items()}
-        self._dtypes = {name: np.dtype(arr.dtype).newbyteorder("<") for name, arr in arrays.items()}
+        every = {**arrays, COMMITS: self.commits}
+        self._decoders = {name: ChunkDecoder.of(arr) for name, arr in every.items()}
+        self._dtypes = {name: np.dtype(arr.dtype).newbyteorder("<") for name, arr in every.items()}
 
     @property
     def num_examples(self) -> int:
@@ -372,8 +373,9 @@ class StoreData:
         idx = np.arange(self.num_examples)[rows] if isinstance(rows, slice) else np.asarray(rows, dtype=np.int64)
         out = {name: np.empty((len(idx), *self.arrays[name].shape[1:]), dtype=self._dtypes[name]) for name in names}
         chunk_of = idx // self.chunk_rows
-        for chunk in np.unique(chunk_of).tolist():
-            at = np.nonzero(chunk_of == chunk)[0]
+        order = np.argsort(chunk_of, kind="stable")  # positions grouped by chunk: one pass, not one scan per chunk
+        chunks, starts = np.unique(chunk_of[order], return_index=True)
+        for chunk, at in zip(chunks.tolist(), np.split(order, starts[1:])):
             block = self.read_chunk(names, chunk)
             for name in names:
                 out[name][at] = block[name][idx[at] - chunk * self.chunk_rows]
@@ -415,7 +417,7 @@ class StoreData:
             if isinstance(data, Exception):  # not a missing file: the storage failed
                 with faults(self.url):
                     raise data
-            target = out[name] if name in out else np.empty(arr.chunks, dtype=np.dtype(arr.dtype).newbyteorder("<"))
+            target = out[name] if name in out else np.empty(arr.chunks, dtype=self._dtypes[name])
             try:
                 if self._decoders[name] is not None:
                     self._decoders[name].decode(data, target)
