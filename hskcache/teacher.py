@@ -179,8 +179,9 @@ def load_tokenizer(name: str, config: PretrainedConfig, role: str = "teacher"):
         raise UserError(f"{role} {name} has no tokenizer files (only {len(vocab)} special tokens: every word would "
                         "be [UNK]); save the tokenizer into the folder (tokenizer.save_pretrained)")
     rows = getattr(config, "vocab_size", None)
-    if rows is not None and id_bound(tokenizer) > rows:
-        raise UserError(f"{role} {name}'s tokenizer has ids up to {id_bound(tokenizer) - 1} but the model embeds "
+    bound = id_bound(tokenizer)
+    if rows is not None and bound > rows:
+        raise UserError(f"{role} {name}'s tokenizer has ids up to {bound - 1} but the model embeds "
                         f"only {rows} tokens; pass the tokenizer the model was trained with")
     return tokenizer
 
