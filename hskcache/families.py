@@ -286,6 +286,14 @@ def takes_token_types(config: PretrainedConfig) -> bool:
     return BY_TYPE[model_type].token_types(config) if model_type in BY_TYPE else _segments(config)
 
 
+def select_axes(value: Tensor, axes: Axes, index: Callable[[str], Tensor | None]) -> Tensor:
+    """`value` cut along each labelled axis to `index(label)` (an unlabelled axis, or a None index, is kept whole)."""
+    for axis, label in enumerate(axes):
+        if label is not None and (kept := index(label)) is not None:
+            value = value.index_select(axis, kept)
+    return value
+
+
 def parameter_axes(family: Family, config: PretrainedConfig, names: list[str]) -> dict[str, tuple[int | None, Axes]]:
     """Each parameter name -> (its layer index or None, its axis labels). A name the family's
     table does not cover is an error here, so no parameter is ever copied unsliced by omission."""

@@ -28,7 +28,7 @@ from transformers import AutoModelForSequenceClassification, PretrainedConfig
 
 from hskcache.errors import UserError
 from hskcache.families import BLOCKS, FFN, GLU, HEADS, HIDDEN, QKV, Family, family_of, parameter_axes, \
-    takes_token_types
+    select_axes, takes_token_types
 from hskcache.teacher import is_regression, load_model, weights_hash
 from students.models import StudentSpec, save_new, teacher_config
 
@@ -255,10 +255,7 @@ def extract_state(family: Family, config: PretrainedConfig, teacher: dict[str, T
         if layer is not None and layer not in source:
             continue
         student = None if layer is None else source[layer]
-        value = teacher[name]
-        for axis, label in enumerate(axes):
-            if label is not None:
-                value = value.index_select(axis, plan.index(label, student, heads * head_dim, ffn_width))
+        value = select_axes(teacher[name], axes, lambda label: plan.index(label, student, heads * head_dim, ffn_width))
         key = name if layer is None else name.replace(family.layer_prefix(layer), family.layer_prefix(student), 1)
         state[key] = value.contiguous().clone()
     return state

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from transformers import PretrainedConfig
 
 from hskcache.errors import UserError
-from hskcache.families import FFN, HEADS, Axes, family_of, parameter_axes
+from hskcache.families import FFN, HEADS, Axes, family_of, parameter_axes, select_axes
 from hskcache.teacher import is_regression, load_model, weights_hash
 from students.losses import prediction_loss
 from students.models import StudentSpec, save_new, teacher_config
@@ -143,12 +143,8 @@ def _pruned_state(teacher: nn.Module, config: RositaConfig, kept_heads: Tensor,
     state = teacher.state_dict()
     head_index = (kept_heads[:, :, None] * config.head_dim + torch.arange(config.head_dim)).flatten(1)
     for layer, name, parameter, labels in _layer_parameters(teacher):
-        value = parameter.detach()
-        for axis, label in enumerate(labels):
-            index = {HEADS: head_index[layer], FFN: kept_neurons[layer]}.get(label)
-            if index is not None:
-                value = value.index_select(axis, index)
-        state[name] = value.contiguous()
+        kept = {HEADS: head_index[layer], FFN: kept_neurons[layer]}
+        state[name] = select_axes(parameter.detach(), labels, kept.get).contiguous()
     words = next(n for n, p in teacher.named_parameters() if p is teacher.get_input_embeddings().weight)
     state[words], state[WORD_PROJECTION] = factorize_embedding(state[words], config.embedding_rank)
     return state
