@@ -136,6 +136,8 @@ def export_onnx(model: nn.Module, tokenizer, out: Path, source: str) -> ExportIn
     batches of other shapes than the traced one. Raises UserError when the architecture cannot export."""
     import onnxruntime
 
+    from students.models import count_parameters
+
     model = model.eval()
     inputs = model_inputs(model, tokenizer)
     limit = usable_positions(model.config)
@@ -162,7 +164,7 @@ def export_onnx(model: nn.Module, tokenizer, out: Path, source: str) -> ExportIn
     opset = next(o.version for o in onnx.load(out / FP32_FILE, load_external_data=False).opset_import
                  if o.domain in ("", "ai.onnx"))
     return ExportInfo(source=source, format="onnx", inputs=list(inputs), files={"fp32": FP32_FILE},
-                      parameters=sum(p.numel() for p in model.parameters()), opset=opset,
+                      parameters=count_parameters(model), opset=opset,
                       fp32_max_abs_error=error, torch=torch.__version__, onnxruntime=onnxruntime.__version__)
 
 
@@ -188,7 +190,7 @@ def export_student(model_dir: str, out_dir: str, fmt: str, quantize: str | None,
     (an interrupted or refused export leaves `out_dir` as it was)."""
     from hskcache.outputs import check_out_folder
     from hskcache.teacher import load_tokenizer
-    from students.models import load_student
+    from students.models import STUDENT_FILE, load_student
 
     if fmt not in FORMATS:
         raise UserError(f"unknown --format {fmt!r}; use one of {', '.join(FORMATS)}")
@@ -215,9 +217,8 @@ def export_student(model_dir: str, out_dir: str, fmt: str, quantize: str | None,
             info = ExportInfo(**{**asdict(info), "files": {**info.files, quantize: quantizer.file}})
         model.config.save_pretrained(work)
         tokenizer.save_pretrained(work)
-        for extra in ("student.json",):  # the task it was distilled for picks `students eval`'s metrics
-            if (Path(model_dir) / extra).is_file():
-                shutil.copy(Path(model_dir) / extra, work / extra)
+        if (Path(model_dir) / STUDENT_FILE).is_file():  # the task it was distilled for picks `students eval`'s metrics
+            shutil.copy(Path(model_dir) / STUDENT_FILE, work / STUDENT_FILE)
         (work / EXPORT_FILE).write_text(json.dumps(asdict(info), indent=1) + "\n")
         if out.exists():
             shutil.rmtree(out)
