@@ -62,10 +62,10 @@ class OnnxClassifier(nn.Module):
         return self.info.parameters
 
 
-def open_exported(path: str | Path) -> OnnxClassifier | None:
+def open_exported(path: str | Path, threads: int | None = None) -> OnnxClassifier | None:
     """The exported model at `path` (a folder from `students export` or an .onnx file in one), else None."""
     location = exported_location(path)
-    return None if location is None else OnnxClassifier(*location)
+    return None if location is None else OnnxClassifier(*location, threads=threads)
 
 
 def weights_bytes(path: str | Path) -> int:

@@ -30,7 +30,7 @@ from hskcache.data import load_texts
 from students.evaluate import evaluate, open_for_eval, predict
 from students.export import QUANTIZERS
 from students.models import load_student
-from students.serving import OnnxClassifier, exported_location, weights_bytes
+from students.serving import exported_location, open_exported, weights_bytes
 
 CPU = torch.device("cpu")
 
@@ -48,10 +48,8 @@ def variants(args: argparse.Namespace) -> list[Variant]:
 
 
 def open_model(variant: Variant, threads: int):
-    location = exported_location(variant.path)
-    if location is None:
-        return load_student(variant.path).eval()
-    return OnnxClassifier(*location, threads=threads)
+    model = open_exported(variant.path, threads)
+    return load_student(variant.path).eval() if model is None else model
 
 
 def requests(tokenizer, texts: list[str], max_length: int) -> list[dict[str, torch.Tensor]]:
