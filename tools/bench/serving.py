@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     sample = [texts[i] for i in np.linspace(0, len(texts) - 1, min(args.requests, len(texts))).astype(int)]
     inputs = {}
     for variant in kinds:  # each model's own tokenizer (all share the teacher's vocabulary here)
-        folder = exported_location(variant.path)[0] if exported_location(variant.path) else variant.path
+        folder = (exported_location(variant.path) or (variant.path,))[0]
         tok = AutoTokenizer.from_pretrained(folder)
         inputs[variant.name] = (requests(tok, sample, args.max_length),
                                 batches(tok, texts[:args.batched], args.max_length, args.batch_size))
