@@ -6,20 +6,78 @@ and the online baseline applies the very same functions to a live teacher.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
 
-from .layout import kept_width, round_half_up
-
 TOKEN_STRATEGIES = ("left", "att", "att-nosep", "att-nosep-top")
+
+
+def round_half_up(x: float) -> int:
+    """Python's round() is banker's rounding; SPEC.md rounds half up."""
+    return int(math.floor(x + 0.5))
+
+
+def kept_width(width: float, hidden: int) -> int:
+    """K = round(N^W × d_T), at least one activation."""
+    return max(1, min(hidden, round_half_up(width * hidden)))
+
+
+def _rand_dims(hidden: int, kept: int, seed: int) -> torch.Tensor:
+    """A seeded permutation's prefix, so a smaller width is a prefix of a larger one."""
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randperm(hidden, generator=gen)[:kept]
+
+
+def _uniform_dims(hidden: int, kept: int, seed: int) -> torch.Tensor:
+    """round(i × d / k) − 1 for i = 1..k: evenly spaced, the seed unused."""
+    return torch.tensor([round_half_up(i * hidden / kept) - 1 for i in range(1, kept + 1)])
+
+
+@dataclass(frozen=True)
+class WidthStrategy:
+    """How `--width-strategy NAME` chooses the K kept activations of a vector (SPEC.md, N^W).
+
+    A static strategy keeps the same dimensions in every vector (`dims`, in priority
+    order), so a store holds them once (the HSK's `static_dims`) and nothing per vector;
+    a per-vector one (`mag`) keeps each vector's own, coded per vector (a width code)."""
+
+    name: str
+    static: bool
+    dims: Callable[[int, int, int], torch.Tensor] | None = None  # static: (hidden, kept, seed) -> kept dims
+
+    def static_dims(self, hidden: int, kept: int, seed: int) -> torch.Tensor:
+        """The shared kept dimensions, in priority order (static strategies only)."""
+        if self.dims is None:
+            raise ValueError(f"{self.name!r} has no static dimensions")
+        return self.dims(hidden, kept, seed)
+
+
+# The one registry of width strategies: add the next one here.
+WIDTH_STRATEGIES: dict[str, WidthStrategy] = {s.name: s for s in (
+    WidthStrategy("mag", static=False),  # each vector's K largest magnitudes (`top_magnitude`)
+    WidthStrategy("rand", static=True, dims=_rand_dims),
+    WidthStrategy("uniform", static=True, dims=_uniform_dims),
+)}
 
 
 def layer_map(student_layers: int, ltop: int) -> list[int]:
     """g(l, L_top) = round_half_up(l × L_top / L') for l = 0..L'."""
     return [round_half_up(l * ltop / student_layers) for l in range(student_layers + 1)]
+
+
+def rank_layers(token_strategy: str, num_student_layers: int, num_teacher_layers: int,
+                student_layers: Sequence[int], stored: Sequence[int]) -> tuple[int, ...]:
+    """The hidden-state index whose [CLS] attention ranks what is stored for each student
+    layer (the HSK's tokens, a relation's query rows): with `att-nosep-top`, the top-layer
+    map g(l, L_top) of that student layer (`layer_map`); otherwise the stored teacher layer itself."""
+    if token_strategy != "att-nosep-top":
+        return tuple(stored)
+    top_map = layer_map(num_student_layers, num_teacher_layers)
+    return tuple(top_map[s] for s in student_layers)
 
 
 @dataclass(frozen=True)
@@ -48,21 +106,18 @@ class SelectionPlan:
         hidden: int,
         seed: int = 0,
     ) -> "SelectionPlan":
-        student_layers = len(teacher_layers) - 1
-        top_map = layer_map(student_layers, num_teacher_layers)
         stored = tuple(teacher_layers[-depth:])
-        rank = tuple(top_map[-depth:]) if token_strategy == "att-nosep-top" else stored
+        students = range(len(teacher_layers))[-depth:]  # the student layer (0 = embeddings) of each stored pair
+        rank = rank_layers(token_strategy, len(teacher_layers) - 1, num_teacher_layers, students, stored)
         return cls(stored, rank, tokens, token_strategy, kept_width(width, hidden), width_strategy, hidden, seed)
 
     def static_dims(self) -> torch.Tensor | None:
-        """The shared kept dimensions of rand/uniform, in priority order."""
-        if self.width_strategy == "mag":
-            return None
+        """The shared kept dimensions of a static width strategy, in priority order (None: per vector)."""
         return static_dims(self.width_strategy, self.hidden, self.kept, self.seed)
 
     def static_arrays(self) -> dict[str, np.ndarray]:
         """This plan's data for the store's once-per-store arrays, by name; the store writes those
-        its shape lists (`knowledge.HSK.static_arrays`)."""
+        its shape lists (`kinds.hsk.HSK.static_arrays`)."""
         dims = self.static_dims()
         return {} if dims is None else {"static_dims": dims.numpy()}
 
@@ -136,15 +191,11 @@ def gather_states(hidden_states: Sequence[torch.Tensor], layers: Sequence[int], 
     return states.masked_fill((positions < 0).unsqueeze(-1), 0.0)
 
 
-def static_dims(strategy: str, hidden: int, kept: int, seed: int) -> torch.Tensor:
-    """rand: a seeded permutation's prefix (so a smaller width is a prefix);
-    uniform: round(i × d / k) − 1 for i = 1..k."""
-    if strategy == "rand":
-        gen = torch.Generator().manual_seed(seed)
-        return torch.randperm(hidden, generator=gen)[:kept]
-    if strategy == "uniform":
-        return torch.tensor([round_half_up(i * hidden / kept) - 1 for i in range(1, kept + 1)])
-    raise ValueError(f"{strategy!r} has no static dimensions")
+def static_dims(strategy: str, hidden: int, kept: int, seed: int) -> torch.Tensor | None:
+    """The kept dimensions that `strategy` shares by every vector, in priority order;
+    None for a per-vector strategy (`WIDTH_STRATEGIES`)."""
+    chosen = WIDTH_STRATEGIES[strategy]
+    return chosen.static_dims(hidden, kept, seed) if chosen.static else None
 
 
 def top_magnitude(values: torch.Tensor, dims: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -172,8 +223,9 @@ def select_width(plan: SelectionPlan, states: torch.Tensor, positions: torch.Ten
     Vectors at empty positions keep dims 0..K-1 so their codes are defined.
     """
     d = states.shape[-1]
-    if plan.width_strategy != "mag":
-        dims = plan.static_dims().to(states.device).sort().values
+    static = plan.static_dims()
+    if static is not None:
+        dims = static.to(states.device).sort().values
         return states[..., dims], dims.expand(*states.shape[:-1], -1)
     values, dims = top_magnitude(states, torch.arange(d, device=states.device), plan.kept)
     empty = (positions < 0).unsqueeze(-1)
