@@ -30,7 +30,7 @@ import numpy as np
 from . import widthcode
 from .errors import UserError
 from .hskread import parse_triple
-from .knowledge import RelationSpec
+from .kinds.relation import RelationSpec
 from .layout import StoreShape, kept_width
 
 # Raw / on-disk bytes of each array with the store's codec (`store.CODECS`: fp16 values
@@ -177,7 +177,7 @@ class Row:
     hskcache_values_bytes: int
     hskcache_mask_bytes: int
     hskcache_other_bytes: int
-    hskcache_relation_bytes: int  # attention and value relations (hskcache.knowledge)
+    hskcache_relation_bytes: int  # attention and value relations (hskcache.kinds)
     hskcache_total_bytes: int
     ratio: float
     disk_values_bytes: int

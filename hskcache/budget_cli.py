@@ -12,7 +12,8 @@ import numpy as np
 
 from . import budget, widthcode
 from .errors import UserError
-from .knowledge import RelationSpec, parse_knowledge, relation_kinds
+from .kinds import parse_knowledge
+from .kinds.relation import RelationSpec, relation_kinds
 from .options import add_store_argument, columns, store_argument
 from .layout import COMPRESSIONS, VALUE_FORMATS, WIDTH_STRATEGIES
 
@@ -48,7 +49,7 @@ def add_budget_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--width-code", choices=list(widthcode.WIDTH_CODES), help="width code of the store (default bitmask)")
     p.add_argument("--values", choices=VALUE_FORMATS, help="value format of the store (default fp16)")
     p.add_argument("--compress", choices=COMPRESSIONS, help="compression of the store (default zstd)")
-    p.add_argument("--knowledge", help="hsk,att,val: also count attention / value relations (hskcache.knowledge)")
+    p.add_argument("--knowledge", help="hsk,att,val: also count attention / value relations (hskcache.kinds)")
     p.add_argument("--att-layers", help="with --knowledge: last (default) | pairs | i,j: how many relation layers")
     p.add_argument("--att-rows", type=int, help="with --knowledge: query rows per layer (default N^L of each config)")
     p.add_argument("--att-keys", type=int, help="with --knowledge: keys kept per row (default all, --seq-len)")

@@ -7,7 +7,7 @@ from typing import Any
 from . import widthcode
 from .errors import UserError
 from .options import columns, integers, make, merged, setting
-from .knowledge import parse_knowledge
+from .kinds import parse_knowledge
 from .layout import COMPRESSIONS, MAX_LENGTH, VALUE_FORMATS, WIDTH_STRATEGIES
 from .selection import TOKEN_STRATEGIES, layer_map
 from .storage import Location

@@ -24,7 +24,8 @@ from .distributed import Ranks, broadcast, rank_device
 from .data import TextData, check_labels, fingerprint, load_texts, tokenize_batch
 from .errors import UserError
 from .families import takes_token_types
-from .knowledge import RelationSpec, TeacherForward, relation_kinds, stored_kinds
+from .kinds import TeacherForward, stored_kinds
+from .kinds.relation import RelationSpec, relation_kinds
 from .layout import StoreShape
 from .meta import DataInfo, Settings, StoreMeta, TokenizerInfo
 from .selection import SelectionPlan
@@ -87,7 +88,7 @@ def store_meta(cfg: ExtractConfig, data: TextData, teacher: Teacher, plan: Selec
 
 def batch_rows(teacher: Teacher, plan: SelectionPlan, shape: StoreShape, tokens: dict[str, np.ndarray],
                labels: np.ndarray, example_ids: np.ndarray) -> dict[str, np.ndarray]:
-    """One batch of store rows, in the store's dtypes: every stored kind's (`knowledge.KINDS`).
+    """One batch of store rows, in the store's dtypes: every stored kind's (`kinds.KINDS`).
 
     Selection, the value format and bit packing run on the teacher's device;
     only the kept bytes are copied to the host. A family without token types stores none (zeros)."""

@@ -6,7 +6,7 @@ bytes and `hskcache budget --plan` predicts them before anything is
 extracted. Each array names its codec (a key of `store.CODECS`); by default
 every array is zstd-compressed (`--compress none` turns that off, and then
 the bytes on disk are the plan, plus a 4-byte checksum per chunk). The arrays are the knowledge kinds'
-(`hskcache.knowledge.KINDS`, each listing its `ArraySpec`s).
+(`hskcache.kinds.KINDS`, each listing its `ArraySpec`s).
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ CHUNK_TARGET_BYTES = 8 * 1024 * 1024
 CHECKSUM_BYTES = 4
 
 if TYPE_CHECKING:
-    from .knowledge import RelationSpec
+    from .kinds.relation import RelationSpec
     from .meta import StoreMeta
 
 WIDTH_STRATEGIES = ("mag", "rand", "uniform")
@@ -97,7 +97,7 @@ class StoreShape:
     width_code: str = widthcode.DEFAULT
     values: str = "fp16"
     compress: str = "zstd"
-    relations: RelationSpec | None = None  # attention / value-relation arrays (hskcache.knowledge)
+    relations: RelationSpec | None = None  # attention / value-relation arrays (hskcache.kinds.relation)
 
     @classmethod
     def of_store(cls, meta: StoreMeta) -> "StoreShape":
@@ -120,8 +120,8 @@ class StoreShape:
 
     def arrays(self) -> list[ArraySpec]:
         """Per-row arrays (first axis: examples) in writing order: every stored kind's
-        (`knowledge.KINDS`), an array shared by kinds once."""
-        from .knowledge import KINDS  # the kinds build on this module's ArraySpec
+        (`kinds.KINDS`), an array shared by kinds once."""
+        from .kinds import KINDS  # the kinds build on this module's ArraySpec
 
         specs = list({a.name: a for kind in KINDS.values() for a in kind.arrays(self)}.values())
         if self.compress == "none":
@@ -130,7 +130,7 @@ class StoreShape:
 
     def static_arrays(self) -> list[ArraySpec]:
         """Arrays stored once per store, not per row (e.g. the HSK's static rand/uniform dimensions)."""
-        from .knowledge import KINDS
+        from .kinds import KINDS
 
         return [a for kind in KINDS.values() for a in kind.static_arrays(self)]
 
@@ -160,7 +160,7 @@ class StoreShape:
 
     def bytes_by_group(self, num_examples: int) -> dict[str, int]:
         """Uncompressed bytes per budget group: every kind's groups (the report's columns), stored or not."""
-        from .knowledge import KINDS
+        from .kinds import KINDS
 
         groups = self.groups()
         out = dict.fromkeys((g for kind in KINDS.values() for g in kind.groups), 0)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from .errors import UserError
-from .knowledge import RelationSpec
+from .kinds.relation import RelationSpec
 
 if TYPE_CHECKING:
     from .layout import StoreShape
@@ -98,7 +98,7 @@ class StoreMeta:
     tokenizer: TokenizerInfo
     data: DataInfo
     versions: dict[str, str]
-    relations: RelationSpec | None  # attention / value-relation knowledge (hskcache.knowledge)
+    relations: RelationSpec | None  # attention / value-relation knowledge (hskcache.kinds.relation)
 
     @property
     def identity(self) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from .errors import UserError
 from .layout import INT8_MAX
 
 if TYPE_CHECKING:
-    from .knowledge import Kind
+    from .kinds import Kind
 
 FP16_MAX = 65504.0
 
@@ -92,7 +92,7 @@ class PackedBatch:
     kept: int  # K' of the read
     columns: Tensor | None = None  # rand/uniform: stored value columns the read keeps
     dims: Tensor | None = None  # rand/uniform: their dimensions, ascending
-    kinds: tuple[Kind, ...] = ()  # hskcache.knowledge kinds, each expanding its own tensors
+    kinds: tuple[Kind, ...] = ()  # hskcache.kinds, each expanding its own tensors
 
     def __len__(self) -> int:
         return len(self.tensors["length"])

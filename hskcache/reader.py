@@ -26,7 +26,8 @@ import numpy as np
 import torch
 
 from .errors import UserError
-from .knowledge import Read, RelationSpec, stored_kinds
+from .kinds import Read, stored_kinds
+from .kinds.relation import RelationSpec
 from .layout import StoreShape, kept_width
 from .packed import PackedBatch, expand
 from .selection import static_dims
@@ -121,7 +122,7 @@ class RowDecoder:
         self.seed: int = meta.config.width_seed
         self.relations: RelationSpec | None = meta.relations
         self.shape = StoreShape.of_store(meta)
-        self.kinds = stored_kinds(self.shape)  # hskcache.knowledge: each decodes its own arrays
+        self.kinds = stored_kinds(self.shape)  # hskcache.kinds: each decodes its own arrays
         self._arrays = {kind.name: [a.name for a in kind.arrays(self.shape)] for kind in self.kinds}
         self.static = static
         self.where = where

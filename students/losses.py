@@ -1,6 +1,6 @@
 """Distillation losses: HSK MSE (SPEC "Losses and schedule"), prediction losses, and the
 attention / value-relation losses; `LOSSES` names them for the knowledge kinds' objectives
-(`hskcache.knowledge`)."""
+(`hskcache.kinds`)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from hskcache.attention import coarsen, densify_keys, group_heads
 from hskcache.errors import UserError
-from hskcache.knowledge import gather_projected
+from hskcache.kinds.hsk import gather_projected
 
 HSK_MODES = ("zero-fill", "masked")
 HSK_PROJECTIONS = ("random", "kept")  # the init of W (`HSKProjection`)
@@ -213,7 +213,7 @@ def _relation_loss(kind: str) -> Callable[[str, list[Tensor], dict[str, Tensor],
     return loss
 
 
-# Loss name (hskcache.knowledge.Objective.loss) -> (knowledge kind's name, what the kind's `student`
+# Loss name (hskcache.kinds.Objective.loss) -> (knowledge kind's name, what the kind's `student`
 # gave, the batch dictionary, settings) -> the loss.
 LOSSES: dict[str, Callable[[str, Any, dict[str, Tensor], LossSettings], Tensor]] = {
     "hsk-mse": lambda name, student, batch, s: projected_hsk_loss(student, batch["hsk"], batch["positions"],

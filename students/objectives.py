@@ -1,6 +1,6 @@
 """Objectives by name (like TextBrewer's loss names): `--objective hsk,att,val:0.5`.
 
-Each objective belongs to a knowledge kind (`hskcache.knowledge.KINDS`, where
+Each objective belongs to a knowledge kind (`hskcache.kinds.KINDS`, where
 it is registered) and names its loss (`students.losses.LOSSES`): `hsk` is the
 HSK MSE; the relation objectives compare the student's attention (or value
 relation) rows at the stored query rows with the teacher's top-k-plus-rest
@@ -12,14 +12,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from hskcache.errors import UserError
-from hskcache.knowledge import KINDS
+from hskcache.kinds import KINDS
 
 Weighted = tuple[tuple[str, float], ...]
 
 
 @dataclass(frozen=True)
 class Objective:
-    kind: str  # a key of hskcache.knowledge.KINDS
+    kind: str  # a key of hskcache.kinds.KINDS
     loss: str  # a key of students.losses.LOSSES
     paper: str
     stage: str  # "hsk" (stage 1, chosen by --objective) or "pred"

@@ -18,7 +18,7 @@ import torch
 from hskcache.config import ExtractConfig
 from hskcache.data import tokenize_batch
 from hskcache.extract import batch_rows, prepare, store_meta
-from hskcache.knowledge import RelationSpec
+from hskcache.kinds.relation import RelationSpec
 from hskcache.packed import PackedBatch, expand
 from hskcache.reader import RelationRead, RowDecoder, default_window_chunks, epoch_batches
 

@@ -34,7 +34,8 @@ from hskcache.errors import UserError
 from hskcache.device import DEVICES, DTYPES, autocast, check_dtype, pick_dtype
 from hskcache import hooks
 from hskcache.hskread import parse_triple
-from hskcache.knowledge import KINDS, StudentForward, relation_kinds
+from hskcache.kinds import KINDS, StudentForward
+from hskcache.kinds.relation import relation_kinds
 from hskcache.meta import StoreMeta, to_json
 from hskcache.reader import RelationRead
 from hskcache.options import columns, setting

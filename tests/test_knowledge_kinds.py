@@ -1,4 +1,4 @@
-"""The knowledge-kind registry: a new kind is one entry in `hskcache.knowledge.KINDS`, and the
+"""The knowledge-kind registry: a new kind is one entry in `hskcache.kinds.KINDS`, and the
 store, its byte arithmetic and the reader's batches follow from it, with the other kinds'
 batches unchanged."""
 from __future__ import annotations
@@ -10,8 +10,8 @@ import pytest
 import torch
 
 import hskcache
-from hskcache import knowledge
-from hskcache.knowledge import KINDS, Kind
+from hskcache.kinds import KINDS, Kind
+from hskcache.kinds.relation import RelationSpec
 from hskcache.layout import ArraySpec, StoreShape
 from reference import teacher_outputs
 from test_extract import MAX_LEN, run_extract
@@ -65,7 +65,7 @@ def test_registering_one_kind_stores_counts_and_reads_it(teacher_dir, single_csv
 def test_every_kind_names_its_arrays_once():
     """The store's arrays are the kinds' arrays, each owned by one kind (the relation kinds share
     their query rows); the registry's objectives have unique names."""
-    spec = knowledge.RelationSpec(("att", "val"), (1,), (1,), (1,), 2, 3, 4, 8, "att")
+    spec = RelationSpec(("att", "val"), (1,), (1,), (1,), 2, 3, 4, 8, "att")
     shape = StoreShape(8, 100, 2, False, 2, 3, 16, 0.5, "mag", values="int8", relations=spec)
     owners: dict[str, set[str]] = {}
     for kind in KINDS.values():

@@ -1,0 +1,22 @@
+"""Kinds of knowledge: one module per kind, one registry, `KINDS`, of everything a store holds per example.
+
+`base` holds the interface (`Kind`) and the registry; every other module of
+this package is imported here and registers its kind(s) (`base.register`), so
+adding a kind is adding one module. `inputs` (the examples themselves),
+`logits` and `hsk` are always stored; `att` and `val` (MiniLM's attention and
+value relation, `relation.RelationKind`) are stored with `--knowledge
+hsk,att,val` and share their query rows (`rel_positions`, `RelationSpec`).
+"""
+from __future__ import annotations
+
+import importlib
+import pkgutil
+
+from .base import (KINDS, KNOWLEDGE, WHOLE, Cut, Kind, Objective, Read, StudentForward, TeacherForward,
+                   parse_knowledge, register, stored_kinds)
+
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
+
+__all__ = ["KINDS", "KNOWLEDGE", "WHOLE", "Cut", "Kind", "Objective", "Read", "StudentForward", "TeacherForward",
+           "parse_knowledge", "register", "stored_kinds"]

@@ -1,0 +1,168 @@
+"""The kind interface and its registry: `Kind`, `KINDS`, `register`, and what kinds share.
+
+A kind names, in one place:
+
+- its arrays (`arrays`: names, row shapes, dtypes, budget groups; so the
+  writer's chunking and `hskcache budget` count its bytes);
+- its selection and encoding at extraction (`encode`: one teacher forward,
+  `TeacherForward`, to rows in the store's dtypes), and the attention
+  projections the teacher forward must record (`teacher_captures`);
+- its decoding at read time: `cuts` (the stored arrays a read needs, cut to
+  it, where rows are gathered), `pack` (gathered numpy rows to tensors, on the
+  reader's threads) and `expand` (packed tensors to the batch dictionary's
+  entries, on the trainer's device; docs/design.md lists them);
+- what a student forward must give to be compared with it (`student`, from a
+  `StudentForward`) and its objectives (`objectives`: `--objective` names,
+  each naming a loss of `students.losses.LOSSES` and the training stage).
+
+Each kind lives in its own module of this package and registers itself
+(`register`); the package imports every module it holds (`hskcache.kinds`),
+so adding a kind is adding one module.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..errors import UserError
+
+if TYPE_CHECKING:
+    from ..layout import ArraySpec, StoreShape
+    from ..packed import PackedBatch
+    from ..selection import SelectionPlan
+
+KNOWLEDGE = ("hsk", "att", "val")  # what `--knowledge` chooses among
+Cut = tuple[slice, ...]  # of a row block, example axis first
+WHOLE: Cut = (slice(None),)
+
+
+@dataclass(frozen=True)
+class Read:
+    """What one read asks of the store: the HSK at (depth, tokens, kept), and the
+    relations at (rows, keys), None when they are not read. Resolved against the store."""
+
+    depth: int
+    tokens: int
+    kept: int
+    relations: tuple[int, int] | None = None
+
+
+@dataclass
+class TeacherForward:
+    """One extraction batch after the teacher's forward: what every kind's `encode` reads."""
+
+    out: Any  # the teacher's output: logits, hidden_states, attentions (on its device)
+    captured: dict[int, dict[str, Tensor]]  # recorded projections per attention layer (hooks.capture)
+    tokens: dict[str, np.ndarray]  # the tokenized batch (input_ids, attention_mask, token_type_ids, sep_mask)
+    masks: dict[str, Tensor]  # attention_mask and sep_mask on the teacher's device
+    labels: np.ndarray
+    example_ids: np.ndarray
+    plan: SelectionPlan
+    shape: StoreShape
+    cache: dict[str, Any] = field(default_factory=dict)  # computed once, shared by kinds (relation rows)
+
+
+@dataclass
+class StudentForward:
+    """One student forward, what every kind's `student` reads."""
+
+    out: Any  # the student's output: logits, and hidden_states when a kind asks for them
+    captured: dict[int, dict[str, Tensor]]  # recorded projections per student attention layer
+    heads: int
+    attention_mask: Tensor
+    projection: Callable[[Tensor], Tensor]  # W: student width -> teacher width
+    relation_layers: tuple[int, ...]  # the student layer matched to each stored relation layer
+
+
+@dataclass(frozen=True)
+class Objective:
+    """One `--objective`: the loss (`students.losses.LOSSES`) that compares a kind with the student."""
+
+    loss: str
+    paper: str
+    stage: str = "hsk"  # the training stage it belongs to: "hsk" (stage 1) or "pred"
+
+
+class Kind:
+    """One kind of knowledge. Subclasses set the class attributes and override what they store."""
+
+    name: str = ""
+    order: int = 100  # place in the registry: the store's array order and the budget's columns follow it
+    groups: tuple[str, ...] = ()  # the budget groups of its arrays (`hskcache budget`'s columns)
+    objectives: Mapping[str, Objective] = {}
+    teacher_captures: tuple[str, ...] = ()  # attention projections the teacher forward must record
+    student_captures: tuple[str, ...] = ()  # and the student forward
+    student_hidden_states: bool = False  # whether the student forward must return its hidden states
+
+    def arrays(self, shape: StoreShape) -> list[ArraySpec]:
+        """The kind's per-row arrays in a store of this shape (none: not stored)."""
+        raise NotImplementedError
+
+    def static_arrays(self, shape: StoreShape) -> list[ArraySpec]:
+        """Its arrays stored once per store (`row_shape`: the whole shape), written at creation."""
+        return []
+
+    def encode(self, forward: TeacherForward) -> dict[str, np.ndarray]:
+        """One batch's rows of the kind's arrays, in the store's dtypes."""
+        raise NotImplementedError
+
+    def read(self, read: Read) -> bool:
+        """Whether a read includes this kind."""
+        return True
+
+    def cuts(self, shape: StoreShape, read: Read) -> dict[str, Cut]:
+        """Its arrays a read needs, each with the cut of a row block (the rows a read keeps)."""
+        return {a.name: WHOLE for a in self.arrays(shape)}
+
+    def pack(self, shape: StoreShape, rows: dict[str, np.ndarray], names: Sequence[str],
+             read: Read) -> dict[str, Tensor]:
+        """Its gathered, cut rows (`names`: its arrays among `rows`) as the tensors of a
+        `PackedBatch`, on the reader's threads (once per batch: kept lean)."""
+        return {name: torch.from_numpy(np.ascontiguousarray(rows[name])) for name in names}
+
+    def expand(self, tensors: dict[str, Tensor], batch: PackedBatch) -> dict[str, Tensor]:
+        """Its entries of the batch dictionary, from a packed batch's tensors (on the trainer's device)."""
+        raise NotImplementedError
+
+    def student(self, forward: StudentForward, batch: dict[str, Tensor]) -> Any:
+        """What its losses compare with the batch's entries, from the student's forward."""
+        raise NotImplementedError
+
+    def __reduce__(self):  # a packed batch names its kinds; they unpickle to the registry's entries
+        return _kind, (self.name,)
+
+
+KINDS: dict[str, Kind] = {}  # every registered kind by name, in `order`
+
+
+def register(kind: Kind) -> Kind:
+    """Add a kind to the registry (its module calls this when imported); a name is registered once."""
+    if kind.name in KINDS:
+        raise ValueError(f"knowledge kind {kind.name!r} is registered twice")
+    entries = sorted([*KINDS.values(), kind], key=lambda k: k.order)
+    KINDS.clear()
+    KINDS.update((k.name, k) for k in entries)
+    return kind
+
+
+def _kind(name: str) -> Kind:
+    return KINDS[name]
+
+
+def stored_kinds(shape: StoreShape) -> tuple[Kind, ...]:
+    """The kinds a store of this shape holds, in registry order."""
+    return tuple(kind for kind in KINDS.values() if kind.arrays(shape))
+
+
+def parse_knowledge(text: str | Sequence[str]) -> tuple[str, ...]:
+    """`--knowledge hsk,att,val`: which kinds a store holds (hsk always: it carries the inputs)."""
+    names = tuple(text.split(",")) if isinstance(text, str) else tuple(text)
+    bad = [n for n in names if n not in KNOWLEDGE]
+    if bad or not names:
+        raise UserError(f"--knowledge {','.join(names)!s}: unknown kind(s) {', '.join(bad)}; "
+                        f"use a comma list of {', '.join(KNOWLEDGE)}")
+    return tuple(k for k in KNOWLEDGE if k in names)

@@ -1,0 +1,104 @@
+"""Hidden-state knowledge: the selected layers × tokens × activations (`hskcache.selection`),
+coded by `hskcache.packed` (values fp16 or int8, kept dimensions as a width code)."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .. import widthcode
+from ..layout import ArraySpec
+from ..packed import encode_hsk, expand_hsk
+from ..selection import select_hsk
+from .base import Cut, Kind, Objective, Read, StudentForward, TeacherForward, register
+
+if TYPE_CHECKING:
+    from ..layout import StoreShape
+    from ..packed import PackedBatch
+
+
+def gather_projected(states: Tensor, positions: Tensor, projection: Callable[[Tensor], Tensor]) -> Tensor:
+    """Student states (B, S, d_S) at the stored positions (B, N_L; -1 empty reads
+    token 0), projected to the teacher's width: (B, N_L, d_T). Only those tokens are projected."""
+    index = positions.clamp(min=0).unsqueeze(-1).expand(-1, -1, states.shape[-1])
+    return projection(states.gather(1, index))
+
+
+class HSK(Kind):
+    """Hidden-state knowledge: the selected layers × tokens × activations (`hskcache.selection`),
+    coded by `hskcache.packed` (values fp16 or int8, kept dimensions as a width code)."""
+
+    name = "hsk"
+    order = 20
+    groups = ("positions", "values", "mask")
+    objectives = {"hsk": Objective("hsk-mse", "HSK MSE (Hid-Seq on the selected tokens and activations)")}
+    student_hidden_states = True
+
+    def arrays(self, shape: StoreShape) -> list[ArraySpec]:
+        vectors = (shape.depth, shape.tokens)
+        specs = [
+            ArraySpec("positions", vectors, np.dtype(np.int16), "positions", fill=-1),
+            ArraySpec("values", (*vectors, shape.kept), np.dtype(np.float16 if shape.values == "fp16" else np.int8),
+                      "values", "blosc-lz4-bitshuffle" if shape.values == "fp16" else "zstd",
+                      content=f"values/{shape.values}"),
+        ]
+        if shape.values == "int8":
+            specs.append(ArraySpec("value_scale", vectors, np.dtype(np.float16), "values"))
+        if shape.width_encoding is not None:
+            nbytes = widthcode.code_bytes(shape.width_encoding, shape.hidden, shape.kept)
+            specs.append(ArraySpec("width_code", (*vectors, nbytes), np.dtype(np.uint8), "mask",
+                                   content=f"width_code/{shape.width_encoding}"))
+        return specs
+
+    def static_arrays(self, shape: StoreShape) -> list[ArraySpec]:
+        """rand/uniform keep the same dimensions in every vector: stored once (`selection.static_dims`)."""
+        if shape.width_strategy in ("rand", "uniform") and shape.kept < shape.hidden:
+            return [ArraySpec("static_dims", (shape.kept,), np.dtype(np.int32), "mask", codec="none")]
+        return []
+
+    def encode(self, forward: TeacherForward) -> dict[str, np.ndarray]:
+        """Selection, the value format and bit packing on the teacher's device; other width
+        codes are made from the bitmask on the host."""
+        shape, out = forward.shape, forward.out
+        sel = select_hsk(forward.plan, out.hidden_states, out.attentions, forward.masks["attention_mask"],
+                         forward.masks["sep_mask"])
+        stored = encode_hsk(sel, shape.hidden, shape.values, shape.width_encoding is not None)
+        rows = {name: value.cpu().numpy() for name, value in stored.items()}
+        if shape.width_encoding is not None and shape.width_encoding != "bitmask":
+            bits = rows["width_code"]
+            codes = widthcode.from_bitmask(bits.reshape(-1, bits.shape[-1]), shape.hidden, shape.kept,
+                                           shape.width_encoding)
+            rows["width_code"] = codes.reshape(*bits.shape[:-1], -1)
+        return rows
+
+    def cuts(self, shape: StoreShape, read: Read) -> dict[str, Cut]:
+        """The top `depth` stored layers and the first `tokens` positions (rows are importance-ordered)."""
+        cut = (slice(None), slice(shape.depth - read.depth, None), slice(None, read.tokens))
+        return {a.name: cut for a in self.arrays(shape)}
+
+    def pack(self, shape: StoreShape, rows: dict[str, np.ndarray], names: Sequence[str],
+             read: Read) -> dict[str, Tensor]:
+        """Rank and index width codes become bitmasks, what a `PackedBatch` carries."""
+        out = super().pack(shape, rows, names, read)
+        if shape.width_code != "bitmask" and "width_code" in out:  # the store's width encoding is its width code
+            codes = rows["width_code"]
+            bits = widthcode.to_bitmask(codes.reshape(-1, codes.shape[-1]), shape.hidden, shape.kept, shape.width_code)
+            out["width_code"] = torch.from_numpy(np.ascontiguousarray(bits.reshape(*codes.shape[:-1], -1)))
+        return out
+
+    def expand(self, tensors: dict[str, Tensor], batch: PackedBatch) -> dict[str, Tensor]:
+        return expand_hsk(tensors, batch)
+
+    def student(self, forward: StudentForward, batch: dict[str, Tensor]) -> list[Tensor]:
+        """The projected student vectors at the stored positions, one (B, N_L, d_T) per stored
+        layer: stored layer j of a depth-n read belongs to student layer L' - n + 1 + j."""
+        positions = batch["positions"]
+        hidden = forward.out.hidden_states
+        n, top = positions.shape[1], len(hidden) - 1
+        return [gather_projected(hidden[top - n + 1 + j].float(), positions[:, j], forward.projection)
+                for j in range(n)]
+
+
+register(HSK())

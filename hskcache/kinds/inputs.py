@@ -1,0 +1,58 @@
+"""The examples themselves: token ids, lengths (the attention mask), segments, labels, ids."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..layout import ArraySpec, narrow
+from .base import Kind, TeacherForward, register
+
+if TYPE_CHECKING:
+    from ..layout import StoreShape
+    from ..packed import PackedBatch
+
+
+class Inputs(Kind):
+    """The examples themselves: token ids, lengths (the attention mask), segments, labels, ids."""
+
+    name = "inputs"
+    order = 0
+    groups = ("inputs",)
+
+    def arrays(self, shape: StoreShape) -> list[ArraySpec]:
+        ids = np.uint16 if shape.vocab_size <= 1 << 16 else np.int32  # ids 0..vocab_size-1
+        return [
+            ArraySpec("input_ids", (shape.seq_len,), np.dtype(ids), "inputs"),
+            ArraySpec("length", (), np.dtype(np.int16), "inputs"),
+            ArraySpec("token_type_ids", (shape.seq_len,), np.dtype(np.uint8), "inputs"),
+            ArraySpec("labels", (), np.dtype(np.float32 if shape.regression else np.int64), "inputs"),
+            ArraySpec("example_id", (), np.dtype(np.int64), "inputs"),
+        ]
+
+    def encode(self, forward: TeacherForward) -> dict[str, np.ndarray]:
+        specs = {a.name: a.dtype for a in self.arrays(forward.shape)}
+        tokens = forward.tokens
+        return {
+            "input_ids": narrow(tokens["input_ids"], specs["input_ids"], "token id"),
+            "length": narrow(tokens["attention_mask"].sum(axis=1), specs["length"], "length"),
+            "token_type_ids": narrow(tokens["token_type_ids"], specs["token_type_ids"], "token type id"),
+            "labels": forward.labels.astype(specs["labels"]),
+            "example_id": forward.example_ids.astype(np.int64),
+        }
+
+    def expand(self, tensors: dict[str, Tensor], batch: PackedBatch) -> dict[str, Tensor]:
+        seq = tensors["input_ids"].shape[1]
+        return {
+            "input_ids": tensors["input_ids"].long(),
+            "attention_mask": (torch.arange(seq, device=tensors["length"].device)
+                               < tensors["length"].unsqueeze(1)).long(),
+            "token_type_ids": tensors["token_type_ids"].long(),
+            "labels": tensors["labels"],
+            "example_id": tensors["example_id"],
+        }
+
+
+register(Inputs())

@@ -1,0 +1,41 @@
+"""The teacher's logits: the prediction stage's soft targets."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+from torch import Tensor
+
+from ..layout import ArraySpec
+from .base import Kind, Objective, StudentForward, TeacherForward, register
+
+if TYPE_CHECKING:
+    from ..layout import StoreShape
+    from ..packed import PackedBatch
+
+
+class Logits(Kind):
+    """The teacher's logits: the prediction stage's soft targets."""
+
+    name = "logits"
+    order = 10
+    groups = ("logits",)
+    objectives = {"pred": Objective("prediction", "soft cross-entropy to the teacher's logits (MSE for "
+                                    "regression)", stage="pred"),
+                  "label": Objective("label", "the task loss to the gold labels (cross-entropy, MSE for regression; "
+                                     "rows without a label, e.g. augmented ones, are left out)", stage="pred")}
+
+    def arrays(self, shape: StoreShape) -> list[ArraySpec]:
+        return [ArraySpec("logits", (shape.num_logits,), np.dtype(np.float32), "logits")]
+
+    def encode(self, forward: TeacherForward) -> dict[str, np.ndarray]:
+        return {"logits": forward.out.logits.float().cpu().numpy()}
+
+    def expand(self, tensors: dict[str, Tensor], batch: PackedBatch) -> dict[str, Tensor]:
+        return {"logits": tensors["logits"]}
+
+    def student(self, forward: StudentForward, batch: dict[str, Tensor]) -> Tensor:
+        return forward.out.logits.float()
+
+
+register(Logits())
