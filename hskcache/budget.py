@@ -31,7 +31,8 @@ from . import widthcode
 from .errors import UserError
 from .hskread import parse_triple
 from .kinds.relation import RelationSpec
-from .layout import StoreShape, kept_width
+from .layout import StoreShape
+from .selection import kept_width
 
 # Raw / on-disk bytes of each array with the store's codec (`store.CODECS`: fp16 values
 # blosc-lz4 with bit-shuffle, every other array zstd level 1), measured by

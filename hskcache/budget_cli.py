@@ -1,12 +1,12 @@
-"""`hskcache budget`: storage-budget reports, before (--plan) and after extraction (STORE).
+"""`hskcache budget`: storage-budget reports, before (--plan) and after extraction (--store).
 
 The reports themselves are in ``budget``; this module only gathers the
 setting (from flags, a teacher and its data, or a store) and prints.
 """
 from __future__ import annotations
 
-import argparse
 import sys
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -14,8 +14,9 @@ from . import budget, widthcode
 from .errors import UserError
 from .kinds import parse_knowledge
 from .kinds.relation import RelationSpec, relation_kinds
-from .options import add_store_argument, columns, store_argument
-from .layout import COMPRESSIONS, VALUE_FORMATS, WIDTH_STRATEGIES
+from .options import STORE_ARGUMENT, columns, setting
+from .layout import COMPRESSIONS, VALUE_FORMATS
+from .selection import WIDTH_STRATEGIES
 
 TOKENIZE_BATCH = 4096
 # Flags that describe a planned extraction; a store already records all of them.
@@ -25,64 +26,73 @@ PLAN_FLAGS = ("examples", "seq_len", "student_layers", "teacher_width", "vocab_s
 DATA_FLAGS = ("split", "text_cols", "token_strategy")
 
 
-def add_budget_parser(subparsers) -> argparse.ArgumentParser:
-    p = subparsers.add_parser(
-        "budget", help="bytes each (N^D, N^L, N^W) costs, in the paper's layout and in this store's",
-        description="Plan (--plan) or measure (STORE) what HSK configurations cost on disk.",
-    )
-    add_store_argument(p, "an hskcache store to measure (omit with --plan)")
-    p.add_argument("--plan", action="store_true", help="plan before extraction, from numbers or a teacher and data")
-    p.add_argument("--configs", nargs="+", metavar="CONFIG", help="configurations: " + budget.CONFIG_HELP.replace("%", "%%") + " "
-                   "(default: full with --plan, only the store's own with STORE)")
-    p.add_argument("--examples", type=int, help="number of training examples")
-    p.add_argument("--seq-len", type=int, help="|x|: tokenizer max length")
-    p.add_argument("--student-layers", type=int, help="L': student depth (N^D goes up to L'+1)")
-    p.add_argument("--teacher-width", type=int, help="d_T: teacher hidden size")
-    p.add_argument("--vocab-size", type=int, help="tokenizer vocabulary size (default 30522)")
-    p.add_argument("--num-labels", type=int, help="teacher outputs; 1 means regression (default 3)")
-    p.add_argument("--teacher", help="model folder or hub id: widths and labels from its config instead of numbers")
-    p.add_argument("--data", help="glue/<task> or a local file: example count and real token lengths (needs --teacher)")
-    p.add_argument("--split", help="dataset split with --data (default train)")
-    p.add_argument("--text-cols", help="text column(s) with --data, a or a,b")
-    p.add_argument("--token-strategy", help="with --data: att-nosep* never keep [SEP], so fewer tokens are eligible (default left)")
-    p.add_argument("--width-strategy", choices=WIDTH_STRATEGIES, help="width strategy of the store (default mag)")
-    p.add_argument("--width-code", choices=list(widthcode.WIDTH_CODES), help="width code of the store (default bitmask)")
-    p.add_argument("--values", choices=VALUE_FORMATS, help="value format of the store (default fp16)")
-    p.add_argument("--compress", choices=COMPRESSIONS, help="compression of the store (default zstd)")
-    p.add_argument("--knowledge", help="hsk,att,val: also count attention / value relations (hskcache.kinds)")
-    p.add_argument("--att-layers", help="with --knowledge: last (default) | pairs | i,j: how many relation layers")
-    p.add_argument("--att-rows", type=int, help="with --knowledge: query rows per layer (default N^L of each config)")
-    p.add_argument("--att-keys", type=int, help="with --knowledge: keys kept per row (default all, --seq-len)")
-    p.add_argument("--att-heads", type=int, help="with --knowledge: teacher heads (default from --teacher)")
-    out = p.add_mutually_exclusive_group()
-    out.add_argument("--json", action="store_true", help="print a JSON list, one object per configuration")
-    out.add_argument("--csv", action="store_true", help="print CSV, one line per configuration")
-    p.add_argument("--plot", metavar="FILE.png", help="draw bytes (log) against A^HSK for both layouts")
-    p.set_defaults(func=run_budget)
-    return p
+@dataclass(frozen=True)
+class BudgetConfig:
+    """Every setting of `hskcache budget`: each field is a flag and a TOML key."""
 
+    store: str | None = setting(None, "an hskcache store to measure (omit with --plan)", **STORE_ARGUMENT)
+    plan: bool = setting(False, "plan before extraction, from numbers or a teacher and data")
+    configs: tuple[str, ...] | None = setting(
+        None, "configurations: " + budget.CONFIG_HELP, nargs="+", metavar="CONFIG",
+        show_default="full with --plan, only the store's own with --store")
+    examples: int | None = setting(None, "number of training examples")
+    seq_len: int | None = setting(None, "|x|: tokenizer max length")
+    student_layers: int | None = setting(None, "L': student depth (N^D goes up to L'+1)")
+    teacher_width: int | None = setting(None, "d_T: teacher hidden size")
+    vocab_size: int | None = setting(None, "tokenizer vocabulary size", show_default=30522)
+    num_labels: int | None = setting(None, "teacher outputs; 1 means regression", show_default=3)
+    teacher: str | None = setting(None, "model folder or hub id: widths and labels from its config instead of numbers")
+    data: str | None = setting(None, "glue/<task> or a local file: example count and real token lengths (needs --teacher)")
+    split: str | None = setting(None, "dataset split with --data", show_default="train")
+    text_cols: str | None = setting(None, "text column(s) with --data, a or a,b")
+    token_strategy: str | None = setting(None, "with --data: att-nosep* never keep [SEP], so fewer tokens are "
+                                               "eligible", show_default="left")
+    width_strategy: str | None = setting(None, "width strategy of the store", choices=list(WIDTH_STRATEGIES),
+                                         show_default="mag")
+    width_code: str | None = setting(None, "width code of the store", choices=list(widthcode.WIDTH_CODES),
+                                     show_default=widthcode.DEFAULT)
+    values: str | None = setting(None, "value format of the store", choices=VALUE_FORMATS, show_default="fp16")
+    compress: str | None = setting(None, "compression of the store", choices=COMPRESSIONS, show_default="zstd")
+    knowledge: str | None = setting(None, "hsk,att,val: also count attention / value relations (hskcache.kinds)")
+    att_layers: str | None = setting(None, "with --knowledge: last | pairs | i,j: how many relation layers",
+                                     show_default="last")
+    att_rows: int | None = setting(None, "with --knowledge: query rows per layer", show_default="N^L of each config")
+    att_keys: int | None = setting(None, "with --knowledge: keys kept per row", show_default="all, --seq-len")
+    att_heads: int | None = setting(None, "with --knowledge: teacher heads", show_default="from --teacher")
+    json: bool = setting(False, "print a JSON list, one object per configuration")
+    csv: bool = setting(False, "print CSV, one line per configuration")
+    plot: str | None = setting(None, "draw bytes (log) against A^HSK for both layouts", metavar="FILE.png")
 
-def build_parser() -> argparse.ArgumentParser:
-    """A parser with only `budget`, for tests until the main CLI is used."""
-    parser = argparse.ArgumentParser(prog="hskcache")
-    add_budget_parser(parser.add_subparsers(dest="command", required=True))
-    return parser
-
-
-def run_budget(args: argparse.Namespace) -> int:
-    args.store = store_argument(args)
-    given = [name for name in PLAN_FLAGS if getattr(args, name) is not None]
-    if args.plan == bool(args.store):
-        raise UserError("give either a STORE to measure or --plan with the numbers of a planned extraction")
-    if args.store:
-        if given:
+    def __post_init__(self) -> None:
+        if self.json and self.csv:
+            raise UserError("--json and --csv are two output formats; pass one")
+        if self.plan == bool(self.store):
+            raise UserError("give either --store STORE to measure or --plan with the numbers of a planned extraction")
+        given = self.given()
+        if self.store and given:
             raise UserError(f"{_flags(given)} describe a planned extraction; a store records them, so drop them or use --plan")
+        missing = [n for n in ("seq_len", "student_layers") if self.plan and n not in given]
+        if missing:
+            raise UserError(f"--plan needs {_flags(missing)}")
+        for name in ("examples", "seq_len", "student_layers", "teacher_width", "vocab_size", "num_labels",
+                     "att_rows", "att_keys", "att_heads"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise UserError(f"{_flags([name])} must be at least 1, got {value}")
+
+    def given(self) -> list[str]:
+        """The planned-extraction flags that were given."""
+        return [name for name in PLAN_FLAGS if getattr(self, name) is not None]
+
+
+def run_budget(args: BudgetConfig) -> int:
+    if args.store:
         setting, own, disk = store_setting(args.store)
-        extra = budget.parse_configs(args.configs or [], setting.student_layers, setting.seq_len)
+        extra = budget.parse_configs(list(args.configs or []), setting.student_layers, setting.seq_len)
         configs = [own] + [c for c in extra if (c.n_d, c.n_l, c.n_w) != (own.n_d, own.n_l, own.n_w)]
     else:
-        setting = plan_setting(args, given)
-        configs = budget.parse_configs(args.configs or ["full"], setting.student_layers, setting.seq_len)
+        setting = plan_setting(args, args.given())
+        configs = budget.parse_configs(list(args.configs or ["full"]), setting.student_layers, setting.seq_len)
     rows = [budget.report(c, setting, disk if args.store and i == 0 else None) for i, c in enumerate(configs)]
     if args.plot:
         budget.plot(rows, setting, args.plot)
@@ -105,19 +115,8 @@ def _flags(names: list[str]) -> str:
     return ", ".join("--" + n.replace("_", "-") for n in names)
 
 
-def _positive(args: argparse.Namespace, names: tuple[str, ...]) -> None:
-    for name in names:
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            raise UserError(f"{_flags([name])} must be at least 1, got {value}")
-
-
-def plan_setting(args: argparse.Namespace, given: list[str]) -> budget.Setting:
+def plan_setting(args: BudgetConfig, given: list[str]) -> budget.Setting:
     """The setting of a planned extraction: from numbers, or from a teacher (and its data)."""
-    missing = [n for n in ("seq_len", "student_layers") if n not in given]
-    if missing:
-        raise UserError(f"--plan needs {_flags(missing)}")
-    _positive(args, ("examples", "seq_len", "student_layers", "teacher_width", "vocab_size", "num_labels"))
     if args.teacher:
         clash = [n for n in ("teacher_width", "vocab_size", "num_labels") if n in given]
         if clash:
@@ -153,7 +152,7 @@ def plan_setting(args: argparse.Namespace, given: list[str]) -> budget.Setting:
     )
 
 
-def plan_relations(args: argparse.Namespace) -> RelationSpec | None:
+def plan_relations(args: BudgetConfig) -> RelationSpec | None:
     """The relation knowledge a planned extraction stores; only counts matter for bytes."""
     kinds = relation_kinds(parse_knowledge(args.knowledge or "hsk"))
     att_flags = [n for n in ("att_layers", "att_rows", "att_keys", "att_heads") if getattr(args, n) is not None]
@@ -169,7 +168,6 @@ def plan_relations(args: argparse.Namespace) -> RelationSpec | None:
         raise UserError("--knowledge att/val needs the teacher's heads: --att-heads H (or --teacher PATH)")
     if args.att_rows is None:
         raise UserError("--knowledge att/val needs --att-rows R (query rows per layer)")
-    _positive(args, ("att_rows", "att_keys", "att_heads"))
     spec = args.att_layers or "last"
     depth = 1 if spec == "last" else args.student_layers if spec == "pairs" else len(spec.split(","))
     layers = tuple(range(1, depth + 1))

@@ -8,8 +8,8 @@ from . import widthcode
 from .errors import UserError
 from .options import columns, integers, make, merged, setting
 from .kinds import parse_knowledge
-from .layout import COMPRESSIONS, MAX_LENGTH, VALUE_FORMATS, WIDTH_STRATEGIES
-from .selection import TOKEN_STRATEGIES, layer_map
+from .layout import COMPRESSIONS, MAX_LENGTH, VALUE_FORMATS
+from .selection import TOKEN_STRATEGIES, WIDTH_STRATEGIES, layer_map
 from .storage import Location
 from .device import DEVICES, DTYPES, check_dtype
 
@@ -23,7 +23,9 @@ class ExtractConfig:
 
     teacher: str = field(metadata={"help": "fine-tuned sequence classifier: local folder or hub id"})
     data: str = field(metadata={"help": "glue/<task> or a .csv/.tsv/.json/.jsonl/.parquet file"})
-    store: str = field(metadata={"help": "store to write: a directory or an fsspec URL (s3://bucket/store, gs://...)", "aliases": ("--out",)})
+    store: str | None = field(default=None, metadata={
+        "help": "store to write: a directory or an fsspec URL (s3://bucket/store, gs://...); none for the online baseline",
+        "metavar": "STORE", "aliases": ("--out",)})
     split: str = setting("train", "dataset split")
     text_cols: tuple[str, ...] | None = setting(None, "text column(s), a or a,b", parse=columns)
     label_col: str | None = setting(None, "label column")

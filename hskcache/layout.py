@@ -18,6 +18,7 @@ import numpy as np
 
 from . import widthcode
 from .errors import UserError
+from .selection import WIDTH_STRATEGIES, kept_width
 
 # Raw bytes of one chunk of the largest array. Large chunks amortise the
 # per-chunk cost of reading (about 0.5 ms per array and chunk in zarr) at
@@ -31,7 +32,6 @@ if TYPE_CHECKING:
     from .kinds.relation import RelationSpec
     from .meta import StoreMeta
 
-WIDTH_STRATEGIES = ("mag", "rand", "uniform")
 VALUE_FORMATS = ("fp16", "int8")  # int8: per-vector absmax scale, stored as fp16
 COMPRESSIONS = ("zstd", "none")
 INT8_MAX = 127
@@ -46,16 +46,6 @@ def narrow(values: np.ndarray, dtype: np.dtype, what: str) -> np.ndarray:
         raise UserError(f"{what} {bad} does not fit the store's {np.dtype(dtype).name}; "
                         "this is a bug in sizing the store, please report it")
     return values.astype(dtype)
-
-
-def round_half_up(x: float) -> int:
-    """Python's round() is banker's rounding; SPEC.md rounds half up."""
-    return int(math.floor(x + 0.5))
-
-
-def kept_width(width: float, hidden: int) -> int:
-    """K = round(N^W × d_T), at least one activation."""
-    return max(1, min(hidden, round_half_up(width * hidden)))
 
 
 @dataclass(frozen=True)
@@ -114,7 +104,7 @@ class StoreShape:
     @property
     def width_encoding(self) -> str | None:
         """How per-vector kept dimensions are coded (None: nothing per vector)."""
-        if self.width_strategy != "mag" or self.kept == self.hidden:
+        if WIDTH_STRATEGIES[self.width_strategy].static or self.kept == self.hidden:
             return None
         return self.width_code
 

@@ -28,9 +28,9 @@ import torch
 from .errors import UserError
 from .kinds import Read, stored_kinds
 from .kinds.relation import RelationSpec
-from .layout import StoreShape, kept_width
+from .layout import StoreShape
 from .packed import PackedBatch, expand
-from .selection import static_dims
+from .selection import WIDTH_STRATEGIES, kept_width, static_dims
 from .meta import Settings, StoreMeta
 from .store import StoreData
 
@@ -119,6 +119,7 @@ class RowDecoder:
         self.tokens: int = meta.config.tokens
         self.width: float = meta.config.width
         self.width_strategy: str = meta.config.width_strategy
+        self.static_width: bool = WIDTH_STRATEGIES[self.width_strategy].static  # same kept dims in every vector
         self.seed: int = meta.config.width_seed
         self.relations: RelationSpec | None = meta.relations
         self.shape = StoreShape.of_store(meta)
@@ -154,7 +155,7 @@ class RowDecoder:
             raise UserError(f"tokens {tokens} is not available: {stored}")
         if (width is not None and not 0 < width <= 1) or kept > self.kept:
             raise UserError(f"width {width} is not available: {stored}")
-        if kept < self.kept and self.width_strategy != "mag":
+        if kept < self.kept and self.static_width:
             self._width_dims(kept)  # a static strategy's smaller width must be a subset of the stored one
         return depth, tokens, kept
 
@@ -178,7 +179,7 @@ class RowDecoder:
         kinds = tuple(kind for kind in self.kinds if kind.read(read))
         cuts = {name: cut for kind in kinds for name, cut in kind.cuts(self.shape, read).items()}
         columns = dims = None
-        if self.width_strategy != "mag":
+        if self.static_width:
             base = np.sort(self.static) if self.static is not None else np.arange(self.hidden)
             cols = self._width_dims(kept)
             columns, dims = torch.from_numpy(cols.astype(np.int64)), torch.from_numpy(base[cols].astype(np.int64))

@@ -11,7 +11,7 @@ from torch import Tensor
 from .. import widthcode
 from ..layout import ArraySpec
 from ..packed import encode_hsk, expand_hsk
-from ..selection import select_hsk
+from ..selection import WIDTH_STRATEGIES, select_hsk
 from .base import Cut, Kind, Objective, Read, StudentForward, TeacherForward, register
 
 if TYPE_CHECKING:
@@ -53,8 +53,9 @@ class HSK(Kind):
         return specs
 
     def static_arrays(self, shape: StoreShape) -> list[ArraySpec]:
-        """rand/uniform keep the same dimensions in every vector: stored once (`selection.static_dims`)."""
-        if shape.width_strategy in ("rand", "uniform") and shape.kept < shape.hidden:
+        """A static width strategy keeps the same dimensions in every vector: stored once
+        (`selection.WIDTH_STRATEGIES`)."""
+        if WIDTH_STRATEGIES[shape.width_strategy].static and shape.kept < shape.hidden:
             return [ArraySpec("static_dims", (shape.kept,), np.dtype(np.int32), "mask", codec="none")]
         return []
 

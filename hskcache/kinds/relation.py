@@ -23,7 +23,7 @@ from torch import Tensor
 from ..attention import AttentionPlan, gather_rows, relation, shrink, split_heads
 from ..errors import UserError
 from ..layout import ArraySpec, narrow
-from ..selection import layer_map, rank_positions
+from ..selection import rank_layers, rank_positions
 from .base import KINDS, Cut, Kind, Objective, Read, StudentForward, TeacherForward
 
 if TYPE_CHECKING:
@@ -54,8 +54,7 @@ class RelationSpec:
         if rows < 1 or (keys is not None and keys < 1):
             raise UserError("--att-rows and --att-keys must be at least 1")
         keys = seq_len if keys is None else min(keys, seq_len)
-        top_map = layer_map(len(teacher_layers) - 1, num_layers)
-        rank = tuple(top_map[s] for s in student_layers) if token_strategy == "att-nosep-top" else layers
+        rank = rank_layers(token_strategy, len(teacher_layers) - 1, num_layers, student_layers, layers)
         return cls(relation_kinds(kinds), layers, student_layers, rank, heads, min(rows, seq_len), keys, seq_len,
                    token_strategy)
 
