@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from hskcache.data import check_labels, load_texts, tokenize_batch
+from hskcache.data import TextData, check_labels, load_texts, tokenize_batch
 from hskcache.device import autocast, pick_dtype
 from hskcache.errors import UserError
 from hskcache.families import takes_token_types
@@ -57,15 +57,28 @@ def load_eval_set(
     texts = load_texts(data, split, text_cols, label_col, label_names)
     if texts.labels is None:
         raise UserError(f"eval data {data} has no labels; pass --label-col naming its label column")
+    return encode_eval_set(texts, config, tokenizer, max_length, f"eval data {data}", task)
+
+
+def encode_eval_set(texts: TextData, config, tokenizer, max_length: int, where: str,
+                    task: str | None = None) -> EvalSet:
+    """Labeled `texts` tokenized for the model `config`, labels checked against its head
+    (`where` names the data in a refusal): one encoding for every eval set."""
     regression = is_regression(config)
-    check_labels(texts.labels, config.num_labels, regression, f"eval data {data}", "model",
-                 named=texts.label_names is not None)
+    check_labels(texts.labels, config.num_labels, regression, where, "model", named=texts.label_names is not None)
     labels = texts.labels.astype(np.float32) if regression else texts.labels
     enc = tokenize_batch(tokenizer, texts.texts_a, texts.texts_b, max_length)
     inputs = {k: torch.from_numpy(enc[k]) for k in MODEL_INPUTS}
     if not takes_token_types(config):  # as the store holds them: none (zeros)
         inputs["token_type_ids"].zero_()
-    return EvalSet(inputs, labels, task or texts.task, regression, data)
+    return EvalSet(inputs, labels, task or texts.task, regression, texts.source)
+
+
+def trimmed(inputs: dict[str, torch.Tensor], rows: torch.Tensor, device: torch.device) -> dict[str, torch.Tensor]:
+    """`rows` of `inputs` on `device`, cut to their longest real sequence (padding is
+    right-aligned and masked, so a model's outputs are unchanged)."""
+    width = int(inputs["attention_mask"][rows].sum(1).max())
+    return {k: v[rows, :width].to(device) for k, v in inputs.items()}
 
 
 @torch.no_grad()
@@ -79,10 +92,8 @@ def predict(model: nn.Module, inputs: dict[str, torch.Tensor], batch_size: int, 
     precision = autocast(device, pick_dtype(dtype, device))
     outputs = []
     for rows in torch.arange(len(inputs["input_ids"])).split(batch_size):
-        width = int(inputs["attention_mask"][rows].sum(1).max())
-        batch = {k: v[rows, :width].to(device) for k, v in inputs.items()}
         with precision:
-            outputs.append(model(**batch).logits.float().cpu())
+            outputs.append(model(**trimmed(inputs, rows, device)).logits.float().cpu())
     model.train(was_training)
     return torch.cat(outputs).numpy()
 
