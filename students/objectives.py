@@ -13,8 +13,7 @@ from dataclasses import dataclass
 
 from hskcache.errors import UserError
 from hskcache.kinds import KINDS
-
-Weighted = tuple[tuple[str, float], ...]
+from students.stages import HSK, STAGES, StageSpec, Weighted
 
 
 @dataclass(frozen=True)
@@ -22,21 +21,21 @@ class Objective:
     kind: str  # a key of hskcache.kinds.KINDS
     loss: str  # a key of students.losses.LOSSES
     paper: str
-    stage: str  # "hsk" (stage 1, chosen by --objective) or "pred"
+    stage: StageSpec  # the training stage it belongs to (students.stages.STAGES)
 
 
-OBJECTIVES: dict[str, Objective] = {name: Objective(kind.name, o.loss, o.paper, o.stage)
+OBJECTIVES: dict[str, Objective] = {name: Objective(kind.name, o.loss, o.paper, STAGES[o.stage])
                                     for kind in KINDS.values() for name, o in kind.objectives.items()}
-STAGE1 = tuple(name for name, o in OBJECTIVES.items() if o.stage == "hsk")  # what --objective chooses among
-STAGE2 = tuple(name for name, o in OBJECTIVES.items() if o.stage == "pred")  # and --pred-objective
-# stage -> (its flag, the objectives it chooses among, an example)
-STAGES = {"hsk": ("--objective", STAGE1, "hsk or hsk,att,val"),
-          "pred": ("--pred-objective", STAGE2, "pred or pred,label:0.5")}
 
 
-def parse_objective(text: str, stage: str = "hsk") -> Weighted:
+def choices(stage: StageSpec) -> tuple[str, ...]:
+    """The objectives a stage's flag chooses among."""
+    return tuple(name for name, o in OBJECTIVES.items() if o.stage is stage)
+
+
+def parse_objective(text: str, stage: StageSpec = HSK) -> Weighted:
     """`hsk,att,val` or with weights `hsk:1,att:0.5` -> (("hsk", 1.0), ("att", 0.5)): one stage's objectives."""
-    flag, names, example = STAGES[stage]
+    flag, names, example = stage.flag, choices(stage), stage.example
     out = []
     for part in (p.strip() for p in str(text).split(",") if p.strip()):
         name, _, weight = part.partition(":")

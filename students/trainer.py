@@ -1,7 +1,8 @@
 """Two-stage task-specific distillation (SPEC "Losses and schedule"), resumable.
 
-Stage `hsk` matches projected student hidden states to the teacher's HSK;
-stage `pred` matches the teacher's logits. The trainer sees the teacher only
+The stages are `students.stages.STAGES` (stage 1 matches the stored knowledge
+its objectives name, stage 2 the teacher's logits), each asked for what it
+trains, reads and schedules. The trainer sees the teacher only
 through a `BatchSource` (the store's streaming iterator, or the online
 teacher), so where the knowledge comes from is the source's business and the
 loop, losses and checkpoints are shared.
@@ -26,7 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
-from transformers import AutoTokenizer, get_constant_schedule, get_linear_schedule_with_warmup
+from transformers import AutoTokenizer
 
 from hskcache.data import check_labels
 from hskcache.distributed import Ranks, rank_device
@@ -45,7 +46,7 @@ from students.checkpoint import STATE_FILE, read_state, replaced_dir, rng_state,
 from students.evaluate import MODEL_INPUTS, EvalSet, evaluate, load_eval_set
 from students.selection import drop_rows, holdout_eval_set, parse_select_on
 from students.data_parallel import Parallel, cores_per_rank, placeholder, rank_seed
-from students.objectives import (OBJECTIVES, STAGE1, STAGE2, Weighted, format_objective, parse_att_read,
+from students.objectives import (OBJECTIVES, Weighted, choices, format_objective, parse_att_read,
                                  parse_objective)
 from students.objectives import kinds as objective_kinds
 from students.losses import HSK_MODES, HSK_PROJECTIONS, LOSSES, HSKProjection, LossSettings
@@ -53,12 +54,10 @@ from students.calibration import REGRESSION_HEADS, recentre
 from students.defaults import learning_rates, prediction_objective
 from students.metrics import primary_metric
 from students.models import STUDENT_FILE, count_parameters, load_student, save_student
+from students.stages import HSK, PRED, Stage
 
 LOG_FILE = "log.jsonl"
 METRICS_FILE = "metrics.json"
-# Per stage: added to the data epoch and to the dropout seed, so the stages see
-# different orders, and a pred stage sees the same orders with or without stage 1.
-STAGE_BASE = {"hsk": 0, "pred": 1_000_000}
 RECENTRE_ROWS = 4096  # training rows whose mean output difference recentres a regression head
 
 HSKRead = tuple[int | None, int | None, float | None]  # (N_D, N_L, N_W); None: as stored
@@ -114,14 +113,6 @@ def format_hsk(hsk: HSKRead | None) -> str:
 
 
 @dataclass(frozen=True)
-class Stage:
-    name: str  # "hsk" | "pred"
-    epochs: int
-    lr: float
-    batch_size: int
-
-
-@dataclass(frozen=True)
 class TrainConfig:
     """Every setting of one run: each field is a `students train` flag and a TOML key;
     validated once here. Defaults are the paper's (SPEC Table 4)."""
@@ -131,12 +122,12 @@ class TrainConfig:
     hsk: HSKRead | None = setting(STORED, "N_D,N_L,N_W (N_W a fraction), 'stored' or 'none'", parse=parse_hsk,
                                    show_default="stored")
     objective: Weighted = setting((("hsk", 1.0),), "stage-1 objectives, name[:weight] comma list of "
-                                  + " | ".join(STAGE1) + " (att, val: MiniLM's Att-KL, Val-KL)",
+                                  + " | ".join(choices(HSK)) + " (att, val: MiniLM's Att-KL, Val-KL)",
                                   parse=parse_objective, show_default="hsk")
     pred_objective: Weighted | None = setting(None, "stage-2 objectives, name[:weight] comma list of "
-                                              + " | ".join(STAGE2) + " (pred: soft CE to the teacher's logits; "
+                                              + " | ".join(choices(PRED)) + " (pred: soft CE to the teacher's logits; "
                                               "label: the task loss to the gold labels, rows without one left out)",
-                                              parse=lambda text: parse_objective(text, "pred"),
+                                              parse=lambda text: parse_objective(text, PRED),
                                               show_default="pred,label:0.5 when the source has gold labels, "
                                                            "else pred (students/defaults.py)")
     att_read: RelationRead = setting((None, None), "query rows,keys of the att/val read ('stored': as stored)",
@@ -224,10 +215,26 @@ class TrainConfig:
         return replace(self, pred_objective=prediction_objective(source.labels(), source.regression))
 
     def stages(self) -> list[Stage]:
-        if self.hsk_lr is None or self.pred_lr is None:
-            raise ValueError("learning rates unresolved: call with_learning_rates first")
-        pred = Stage("pred", self.pred_epochs, self.pred_lr, self.pred_batch_size)
-        return [pred] if self.hsk is None else [Stage("hsk", self.hsk_epochs, self.hsk_lr, self.hsk_batch_size), pred]
+        """The run's stages in training order (a checkpoint's position indexes them): stage 1 unless
+        --hsk none, then the prediction stage."""
+        if self.hsk_lr is None or self.pred_lr is None or self.pred_objective is None:
+            raise ValueError("rates or --pred-objective unresolved: call with_learning_rates and "
+                             "with_pred_objective first")
+        pred = Stage(PRED, self.pred_epochs, self.pred_lr, self.pred_batch_size, self.pred_objective,
+                     self.read(self.pred_objective))
+        if self.hsk is None:
+            return [pred]
+        return [Stage(HSK, self.hsk_epochs, self.hsk_lr, self.hsk_batch_size, self.objective,
+                      self.read(self.objective)), pred]
+
+    def read(self, objective: Weighted) -> dict[str, Any]:
+        """What a stage with these objectives reads (`BatchSource.batches`' read arguments): the HSK at
+        --hsk when an objective compares it, else the least the source decodes; the relations at
+        --att-read when one compares them (only the store reads them)."""
+        kinds = objective_kinds(objective)
+        depth, tokens, width = self.hsk if "hsk" in kinds and self.hsk is not None else (1, 1, None)
+        relations = {"relations": self.att_read} if relation_kinds(kinds) else {}
+        return {"depth": depth, "tokens": tokens, "width": width, **relations}
 
     def identity(self) -> dict[str, Any]:
         """The settings a checkpoint must have been written with to be resumed; the run folder
@@ -447,27 +454,25 @@ class Trainer:
 
     def _begin_stage(self, stage: Stage, total: int) -> None:
         """Fresh optimizer and schedule (and dropout seed), or the checkpoint's when resuming mid-stage."""
-        params = self.params = [*self.model.parameters(),
-                                *(self.projection.parameters() if stage.name == "hsk" else [])]
+        params = self.params = stage.spec.parameters(self.model, self.projection)
         groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": self.cfg.weight_decay},
                   {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]  # biases, LayerNorm
         self.optimizer = torch.optim.AdamW(groups, lr=stage.lr)
-        self.scheduler = (get_constant_schedule(self.optimizer) if stage.name == "hsk"
-                          else get_linear_schedule_with_warmup(self.optimizer, 0, total))
+        self.scheduler = stage.spec.schedule(self.optimizer, total)
         if self.saved is not None and self.saved["optimizer"] is not None:
             self.optimizer.load_state_dict(self.saved["optimizer"])
             self.scheduler.load_state_dict(self.saved["scheduler"])
         else:  # each rank its own dropout stream; rank 0's is the one-process stream
-            if stage.name == "pred" and self.source.regression and self.cfg.regression_head == "recentre":
+            if stage.spec.recentres and self.source.regression and self.cfg.regression_head == "recentre":
                 self._recentre(stage)
-            torch.manual_seed(self.cfg.seed + STAGE_BASE[stage.name] + self.ranks.rank)
+            torch.manual_seed(self.cfg.seed + stage.spec.seed_base + self.ranks.rank)
         self.saved = None
         self.engine = self.parallel.wrap(self.distiller)
 
     def _recentre(self, stage: Stage) -> None:
         """The regression head's bias shifted by the mean teacher-minus-student output on up to
         RECENTRE_ROWS training rows (unshuffled, held-out rows left out), before DDP copies rank 0's weights."""
-        batches = self.source.batches(stage.batch_size, shuffle=False, depth=1, tokens=1, packed=True)
+        batches = self.source.batches(stage.batch_size, shuffle=False, packed=True, **stage.read)
 
         def rows():
             seen = 0
@@ -536,15 +541,10 @@ class Trainer:
         cfg, pos = self.cfg, self.pos
         if pos.step >= total:  # resumed right after the stage's last step
             return
-        # The pred stage needs no HSK: read the least the source can decode.
-        depth, tokens, width = cfg.hsk if stage.name == "hsk" else (1, 1, None)
-        relations = ({"relations": cfg.att_read}  # only the store reads them
-                     if stage.name == "hsk" and relation_kinds(objective_kinds(cfg.objective)) else {})
         batches = self.source.batches(stage.batch_size, shuffle=True, seed=cfg.seed,
-                                      epoch=STAGE_BASE[stage.name] + pos.epoch, depth=depth, tokens=tokens,
-                                      width=width, start_batch=pos.batch, rank=self.ranks.rank,
-                                      world_size=self.ranks.world_size, packed=True,
-                                      pin_memory=self.device.type == "cuda", **relations)
+                                      epoch=stage.spec.seed_base + pos.epoch, start_batch=pos.batch,
+                                      rank=self.ranks.rank, world_size=self.ranks.world_size, packed=True,
+                                      pin_memory=self.device.type == "cuda", **stage.read)
         stats = self._stats(stage)
         self.model.train()
         started = time.perf_counter()
@@ -585,8 +585,7 @@ class Trainer:
             batch = placeholder(batch)
         width = int(batch["attention_mask"].sum(1).max())  # padding is masked: trim it
         inputs = {k: batch[k][:, :width].to(self.device) for k in MODEL_INPUTS}
-        loss = self._loss(self.cfg.objective if stage.name == "hsk" else self.cfg.pred_objective, batch, inputs,
-                          self.parallel.denominator(counted))
+        loss = self._loss(stage.objective, batch, inputs, self.parallel.denominator(counted))
         if not counted:
             loss = loss * 0.0
         loss.backward()
@@ -649,7 +648,7 @@ class Trainer:
                 bar.write(f"{stage.name} epoch {pos.epoch + 1}: " + "; ".join(
                     f"{name} " + ", ".join(f"{k} {v:.4f}" for k, v in values.items())
                     for name, values in record.items() if values is not None))
-        if stage.name != "pred":
+        if not stage.spec.selects:
             return
         score = {"train-holdout": held, "eval": metrics, "last": None}[self.select_on]
         score = None if score is None else score[self.primary]

@@ -13,7 +13,8 @@ import hskcache
 from students.defaults import prediction_objective
 from students.losses import HSKProjection, hsk_loss, prediction_loss
 from students.models import build_tinybert, load_student
-from students.trainer import STAGE_BASE, TrainConfig, train
+from students.stages import PRED
+from students.trainer import TrainConfig, train
 from tiny_task import Interrupting
 
 FAST = dict(threads=1, quiet=True, hsk_lr=3e-3, pred_lr=3e-3, hsk_batch_size=16, pred_batch_size=16,
@@ -59,7 +60,7 @@ def test_first_losses_match_a_hand_computation(task, tmp_path, device):
 
     # Prediction-only with the soft labels alone: the same student on the first batch of the pred stage's order.
     train(replace(cfg, out=str(tmp_path / "pred"), hsk=None, pred_objective=(("pred", 1.0),)), store)
-    batch = next(iter(store.batches(16, seed=0, epoch=STAGE_BASE["pred"], depth=1, tokens=1)))
+    batch = next(iter(store.batches(16, seed=0, epoch=PRED.seed_base, depth=1, tokens=1)))
     with torch.no_grad():
         expected = prediction_loss(model(**{k: batch[k] for k in inputs}).logits, batch["logits"], 1.0, False)
     [pred] = records(tmp_path / "pred")
