@@ -1,4 +1,4 @@
-"""Where a command may write its output (`students build`, `hskcache augment`, the fine-tuning tool).
+"""Where a command may write its output (`students build`, `hskcache augment`, `hskcache finetune`).
 
 One rule for every `--out` that is not a store: an existing file or non-empty folder is
 replaced only with `--overwrite`, and nothing is ever written into an HSK store (or any

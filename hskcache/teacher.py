@@ -194,7 +194,7 @@ def load_teacher(name: str, device: str | torch.device = "auto", dtype: str | No
     if not any(a.endswith("ForSequenceClassification") for a in archs):
         raise UserError(
             f"teacher {name} is not a fine-tuned sequence classifier (architectures: {', '.join(archs) or 'none'}); "
-            "fine-tune it first, e.g. with tools/finetune_teacher.py"
+            "fine-tune it first: hskcache finetune --teacher ENCODER --data DATA --eval-data DEV --out TEACHER"
         )
     family_of(config)  # a causal or unregistered model type is refused before its weights load
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -38,7 +38,6 @@ from hskcache.teacher import check_max_length, load_config, load_model, load_tok
 from students.evaluate import EvalSet, encode_eval_set, evaluate, trimmed
 from students.metrics import primary_metric
 from students.selection import holdout_split, parse_select_on
-from students.trainer import set_cpu_threads
 
 META_FILE = "hskcache_teacher.json"
 DEFAULT_MAX_LENGTH = 64  # when --max-length is not given (capped at the model's positions)
@@ -120,6 +119,8 @@ class Splits:
 def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     """Train, keep the epoch `cfg.select_on` picks (never by the eval data) in `cfg.out`;
     returns the saved metadata. Every input is checked before anything is written."""
+    from students.trainer import set_cpu_threads  # here: `hskcache --help` need not import the trainer
+
     device = pick_device(cfg.device)
     dtype = pick_dtype(cfg.dtype, device)
     set_cpu_threads(device, cfg.threads)

@@ -66,6 +66,35 @@ def write_csv(path: Path, rows: list[dict]) -> Path:
     return path
 
 
+ENCODER_VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "good", "bad", "great", "awful", "film", "the"]
+
+
+@pytest.fixture
+def tiny_encoder(tmp_path) -> Path:
+    """A tiny random BERT encoder without a classification head (32 positions): what
+    `hskcache finetune --teacher` starts from."""
+    (tmp_path / "vocab.txt").write_text("\n".join(ENCODER_VOCAB) + "\n")
+    tokenizer = BertTokenizerFast(vocab=str(tmp_path / "vocab.txt"))
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=len(ENCODER_VOCAB), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=32)
+    out = tmp_path / "tiny-encoder"
+    BertForSequenceClassification(config).bert.save_pretrained(out)  # encoder only, no head
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def movie_csv(path: Path, n: int, flipped: int = 0) -> str:
+    """`n` reviews whose label says whether they hold a positive word (trivially learnable),
+    as fresh/rotten; the first `flipped` rows carry the wrong label (a dev set no model gets all right)."""
+    positive, negative = ["the good film", "great film", "good"], ["the bad film", "awful film", "bad"]
+    rows = [{"sentence": positive[i % 3], "label": "fresh"} if i % 2 else {"sentence": negative[i % 3], "label": "rotten"}
+            for i in range(n)]
+    for row in rows[:flipped]:
+        row["label"] = "rotten" if row["label"] == "fresh" else "fresh"
+    return str(write_csv(path, rows))
+
+
 CUDA = torch.cuda.is_available()
 IS_AVAILABLE = torch.cuda.is_available  # the real check, for the cuda cases
 

@@ -1,6 +1,6 @@
 """Inputs checked before anything is written, alike in every command (issue 18):
 
-- every `--out` that is not a store (`students build`, `hskcache augment`, the fine-tuning tool)
+- every `--out` that is not a store (`students build`, `hskcache augment`, `hskcache finetune`)
   refuses a file, and an existing non-empty folder unless `--overwrite`, and never writes into a store;
 - a teacher folder without tokenizer files is refused wherever a teacher (or model) is read;
 - one rule (`hskcache.data.check_labels`) refuses class labels outside the head in extract,
@@ -12,11 +12,10 @@ import shutil
 
 import pytest
 
-from conftest import write_csv
+from conftest import movie_csv, write_csv
 from hskcache import extract as extract_mod
 from hskcache.cli import main as hskcache_main
 from students import cli as students_cli
-from test_finetune_teacher import _movie_csv, finetune_teacher, tiny_bert  # noqa: F401 (a fixture)
 
 MAX_LEN = 24
 TINY = ["--init", "random", "--layers", "2", "--hidden", "16", "--ffn", "32", "--heads", "2"]
@@ -107,28 +106,28 @@ def test_augment_out_refuses_an_existing_file_unless_overwrite(capsys, teacher_d
     assert out.read_text().startswith("sentence,label,augmented")
 
 
-def test_finetune_out_refuses_an_existing_folder_and_a_store(capsys, tiny_bert, store, tmp_path):  # noqa: F811
-    data = _movie_csv(tmp_path / "t.csv", 16)
-    common = ["--model", str(tiny_bert), "--train", data, "--dev", data, "--max-steps", "1", "--max-length", "8",
-              "--threads", "1"]
+def test_finetune_out_refuses_an_existing_folder_and_a_store(capsys, tiny_encoder, store, tmp_path):
+    data = movie_csv(tmp_path / "t.csv", 16)
+    common = ["finetune", "--teacher", str(tiny_encoder), "--data", data, "--eval-data", data, "--max-steps", "1",
+              "--max-length", "8", "--threads", "1", "--quiet"]
     out = tmp_path / "teacher"
     out.mkdir()
     (out / "config.json").write_text("{}")
-    assert finetune_teacher.main([*common, "--out", str(out)]) == 2
-    assert "already holds files; pass --overwrite" in capsys.readouterr().err
+    assert hskcache_main([*common, "--out", str(out)]) == 2
+    assert "already holds files; pass --overwrite" in one_line(capsys, "hskcache")
     assert (out / "config.json").read_text() == "{}"
     before = snapshot(store)
-    assert finetune_teacher.main([*common, "--out", str(store), "--overwrite"]) == 2
-    assert "even --overwrite is refused" in capsys.readouterr().err
+    assert hskcache_main([*common, "--out", str(store), "--overwrite"]) == 2
+    assert "even --overwrite is refused" in one_line(capsys, "hskcache")
     assert snapshot(store) == before
-    assert finetune_teacher.main([*common, "--out", str(out), "--overwrite"]) == 0
+    assert hskcache_main([*common, "--out", str(out), "--overwrite"]) == 0
     assert (out / "config.json").read_text() != "{}"
 
 
 # ----------------------------------------------------------------- a teacher without tokenizer files
 
 
-def test_no_tokenizer_files_refused_everywhere(capsys, no_tokenizer, single_csv, tiny_bert, tmp_path):  # noqa: F811
+def test_no_tokenizer_files_refused_everywhere(capsys, no_tokenizer, single_csv, tiny_encoder, tmp_path):
     """Transformers builds a tokenizer of only the special tokens: every word [UNK], exit 0."""
     assert hskcache_main(["augment", "--teacher", str(no_tokenizer), "--data", str(single_csv),
                           "--out", str(tmp_path / "aug.csv"), "--quiet"]) == 2
@@ -141,11 +140,11 @@ def test_no_tokenizer_files_refused_everywhere(capsys, no_tokenizer, single_csv,
                           "--seq-len", "16", "--student-layers", "2", "--configs", "1,4,0.5"]) == 2
     assert "no tokenizer files" in one_line(capsys, "hskcache")
     for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json"):
-        (tiny_bert / name).unlink(missing_ok=True)
-    data = _movie_csv(tmp_path / "t.csv", 16)
-    assert finetune_teacher.main(["--model", str(tiny_bert), "--train", data, "--dev", data,
-                                  "--out", str(tmp_path / "teacher"), "--max-length", "8"]) == 2
-    assert "no tokenizer files" in capsys.readouterr().err
+        (tiny_encoder / name).unlink(missing_ok=True)
+    data = movie_csv(tmp_path / "t.csv", 16)
+    assert hskcache_main(["finetune", "--teacher", str(tiny_encoder), "--data", data, "--eval-data", data,
+                          "--out", str(tmp_path / "teacher"), "--max-length", "8"]) == 2
+    assert "no tokenizer files" in one_line(capsys, "hskcache")
     assert not any((tmp_path / name).exists() for name in ("aug.csv", "student", "teacher"))
 
 

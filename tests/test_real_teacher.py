@@ -40,7 +40,7 @@ def test_packaged_encoder_is_refused_as_teacher(tmp_path, real_reviews, capsys):
     code = main(["extract", "--teacher", str(encoder), "--data", str(real_reviews), "--store", str(tmp_path / "s"),
                  "--student-layers", "3", "--quiet"])
     err = capsys.readouterr().err.strip()
-    assert code == 2 and "not a fine-tuned sequence classifier" in err and "finetune_teacher" in err
+    assert code == 2 and "not a fine-tuned sequence classifier" in err and "hskcache finetune" in err
     assert not (tmp_path / "s").exists()
 
 

@@ -30,7 +30,7 @@ import pandas as pd
 from hskcache.embedded import movie_corpus
 from hskcache.errors import UserError
 
-# Class ids in the CSVs; pass the names to tools/finetune_teacher.py as
+# Class ids in the CSVs; pass the names to `hskcache finetune` as
 # `--label-names rotten,fresh` so the teacher and its students say them.
 LABELS = {"rotten": 0, "fresh": 1}
 SEED = 0

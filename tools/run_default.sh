@@ -37,7 +37,7 @@ $PY tools/build_movie_data.py --out "$DATA" "${CAP[@]}"
 
 step "2/7 fine-tune the packaged MiniLM teacher (6 layers, hidden 384)"
 if [ ! -f "$RUN/teacher/config.json" ]; then
-  $PY tools/finetune_teacher.py --model "$ENCODER" --train "$DATA/train.csv" --dev "$DATA/dev.csv" \
+  $BIN/hskcache finetune --teacher "$ENCODER" --data "$DATA/train.csv" --eval-data "$DATA/dev.csv" \
       --out "$RUN/teacher" --epochs "$TEACHER_EPOCHS" --max-length 64 --batch-size 32 --lr 5e-5 \
       --label-names rotten,fresh
 fi

@@ -30,7 +30,7 @@ $PY tools/build_movie_data.py --out "$RUN/data" --max-train "$TRAIN"
 
 step "3/5 fine-tune the MPNet teacher (1 epoch, batch 32, length 64, one thread)"
 if [ ! -f "$RUN/teacher/config.json" ]; then
-  $PY tools/finetune_teacher.py --model "$ENCODER" --train "$RUN/data/train.csv" --dev "$RUN/data/dev.csv" \
+  .venv/bin/hskcache finetune --teacher "$ENCODER" --data "$RUN/data/train.csv" --eval-data "$RUN/data/dev.csv" \
       --out "$RUN/teacher" --epochs 1 --max-length 64 --batch-size 32 --lr 5e-5 --label-names rotten,fresh --threads 1
 fi
 
