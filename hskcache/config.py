@@ -83,9 +83,12 @@ class ExtractConfig:
         if self.device not in DEVICES:
             raise UserError(f"--device {self.device!r} is unknown; use one of {', '.join(DEVICES)}")
         check_dtype(self.dtype)
-        if not 2 <= self.max_length <= MAX_LENGTH:
-            raise UserError(f"--max-length {self.max_length} is outside 2..{MAX_LENGTH}: at least [CLS] and [SEP], "
-                            "at most what the store's int16 lengths and positions hold")
+        from .teacher import check_min_length  # transformers loads only when a config is checked
+
+        check_min_length(self.max_length)
+        if self.max_length > MAX_LENGTH:
+            raise UserError(f"--max-length {self.max_length} is above {MAX_LENGTH}, what the store's int16 lengths "
+                            f"and positions hold; pass --max-length {MAX_LENGTH} or less")
         if self.tokens > self.max_length:
             raise UserError(f"--tokens {self.tokens} is above --max-length {self.max_length}: a row has at most "
                             f"{self.max_length} tokens to keep; pass --tokens {self.max_length} or less")

@@ -40,6 +40,16 @@ def usable_positions(config) -> int:
     return config.max_position_embeddings - offset
 
 
+MIN_LENGTH = 2  # [CLS] and [SEP]: the shortest input a sequence classifier is given
+
+
+def check_min_length(max_length: int | None) -> None:
+    """Refuse a --max-length with no room for [CLS] and [SEP] (None: not given). Every
+    command that tokenizes checks it here, before anything runs."""
+    if max_length is not None and max_length < MIN_LENGTH:
+        raise UserError(f"--max-length must be at least {MIN_LENGTH} ([CLS] and [SEP]), got {max_length}")
+
+
 def check_max_length(max_length: int, config, role: str) -> None:
     """Refuse, before anything runs, a --max-length the model has no positions for
     (it would fail mid-run on a tensor-size mismatch)."""
@@ -121,6 +131,14 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+MODEL_CONFIG = "config.json"  # what makes a folder a Hugging Face model folder
+
+
+def is_model_folder(path: str | os.PathLike) -> bool:
+    """Whether `path` is a saved model folder (it has its config)."""
+    return (Path(path).expanduser() / MODEL_CONFIG).is_file()
+
+
 def check_model_source(name: str, role: str = "teacher") -> None:
     """Refuse at once a local path that does not exist or is not a model folder, instead of
     asking the hub for it (offline: five retries, then a message about the network).
@@ -128,15 +146,15 @@ def check_model_source(name: str, role: str = "teacher") -> None:
     in the hub cache and its first component is a folder here (runs/teacher with runs/)."""
     local = Path(name).expanduser()
     if local.exists():
-        if not (local / "config.json").is_file():
-            raise UserError(f"{role} {name} is not a model folder (no config.json); "
+        if not is_model_folder(local):
+            raise UserError(f"{role} {name} is not a model folder (no {MODEL_CONFIG}); "
                             "pass a saved Hugging Face model folder")
         return
     try:
         validate_repo_id(name)
     except HFValidationError:
         raise UserError(f"{role} {name} does not exist; check the path (it cannot be a hub id)") from None
-    cached = isinstance(try_to_load_from_cache(name, "config.json"), str)
+    cached = isinstance(try_to_load_from_cache(name, MODEL_CONFIG), str)
     if not cached and "/" in name and Path(name.split("/")[0]).expanduser().is_dir():
         raise UserError(f"{role} {name} does not exist (but {name.split('/')[0]}/ does, so it is a path); "
                         "check the path")

@@ -191,8 +191,8 @@ def _data_sample(args: argparse.Namespace):
     import torch
 
     from hskcache.data import check_labels, load_texts, tokenize_batch
-    from hskcache.teacher import (check_max_length, is_regression, load_config, load_tokenizer, named_labels,
-                                  usable_positions)
+    from hskcache.teacher import (check_max_length, check_min_length, is_regression, load_config, load_tokenizer,
+                                  named_labels, usable_positions)
     from students.selection import HOLDOUT_SEED, holdout_rows, parse_select_on
 
     if args.importance_examples < 1:
@@ -204,8 +204,7 @@ def _data_sample(args: argparse.Namespace):
                         "or score on the teacher's logits with --store STORE")
     check_labels(texts.labels, config.num_labels, is_regression(config), f"--data {args.data}", "teacher",
                  named=texts.label_names is not None)
-    if args.max_length is not None and args.max_length < 2:
-        raise UserError(f"--max-length must be at least 2 ([CLS] and [SEP]), got {args.max_length}")
+    check_min_length(args.max_length)
     max_length = args.max_length or min(128, usable_positions(config))
     check_max_length(max_length, config, "teacher")
     rows = np.arange(len(texts))
@@ -367,13 +366,13 @@ def add_eval_parser(sub) -> None:
 
 def run_eval(args: argparse.Namespace) -> int:
     from hskcache.device import pick_device
+    from hskcache.teacher import check_min_length
     from students.evaluate import evaluate, open_for_eval
     from students.serving import exported_location
 
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
-    if args.max_length is not None and args.max_length < 2:
-        raise UserError(f"--max-length must be at least 2 ([CLS] and [SEP]), got {args.max_length}")
+    check_min_length(args.max_length)
     device = pick_device(args.device)
     if exported_location(args.model) is not None:
         if args.device == "cuda" or args.dtype == "bf16":

@@ -34,7 +34,8 @@ from hskcache.device import DEVICES, DTYPES, autocast, check_dtype, pick_device,
 from hskcache.errors import UserError
 from hskcache.options import columns, setting
 from hskcache.outputs import check_out_folder
-from hskcache.teacher import check_max_length, load_config, load_model, load_tokenizer, usable_positions
+from hskcache.teacher import (check_max_length, check_min_length, load_config, load_model, load_tokenizer,
+                              usable_positions)
 from students.evaluate import EvalSet, encode_eval_set, evaluate, trimmed
 from students.metrics import primary_metric
 from students.selection import holdout_split, parse_select_on
@@ -87,8 +88,7 @@ class FinetuneConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
-        if self.max_length is not None and self.max_length < 2:
-            raise UserError(f"--max-length must be at least 2 ([CLS] and [SEP]), got {self.max_length}")
+        check_min_length(self.max_length)
         for name in ("lr", "max_grad_norm"):
             if not getattr(self, name) > 0:
                 raise UserError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")

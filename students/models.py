@@ -16,7 +16,6 @@ from pathlib import Path
 import torch
 from torch import nn
 from transformers import (
-    AutoConfig,
     AutoTokenizer,
     BertConfig,
     BertForSequenceClassification,
@@ -26,7 +25,7 @@ from transformers import (
 
 from hskcache.errors import UserError
 from hskcache.families import family_of
-from hskcache.teacher import load_model, tokenizer_hash
+from hskcache.teacher import check_model_source, load_config, load_model, tokenizer_hash
 
 STUDENT_FILE = "student.json"
 
@@ -108,7 +107,7 @@ def build_tinybert(
 
 
 def _load_general_encoder(model: BertForSequenceClassification, init_dir: Path) -> None:
-    _require_model_dir(init_dir, "--init")
+    check_model_source(str(init_dir), "--init")
     init, info = BertModel.from_pretrained(init_dir, output_loading_info=True)
     missing = [key for key in info["missing_keys"] if not key.startswith("pooler.")]
     if missing:
@@ -130,9 +129,8 @@ def _load_general_encoder(model: BertForSequenceClassification, init_dir: Path) 
 def load_student(student_dir: str | Path) -> nn.Module:
     """Either kind of student (or a trainer checkpoint of one, or a teacher) through the Auto classes."""
     path = Path(student_dir)
-    _require_model_dir(path, "student")
-    config = json.loads((path / "config.json").read_text())
-    if config.get("model_type") != "rosita" and "RositaForSequenceClassification" in (config.get("architectures") or []):
+    config = load_config(str(path), "student")
+    if config.model_type != "rosita" and "RositaForSequenceClassification" in (config.architectures or []):
         raise UserError(f"{path} is a ROSITA student written by an older version of this tool; "
                         "rebuild it with `students build rosita` and train it again")
     return load_model(path, "model")
@@ -156,15 +154,8 @@ def student_task(student_dir: str | Path) -> str | None:
     return json.loads(info.read_text()).get("task") if info.is_file() else None
 
 
-def _require_model_dir(folder: str | Path, role: str) -> None:
-    if not (Path(folder) / "config.json").is_file():
-        raise UserError(f"{role} {folder} is not a model folder (no config.json); "
-                        "pass a saved Hugging Face model folder")
-
-
 def teacher_config(teacher_dir: str | Path) -> PretrainedConfig:
-    _require_model_dir(teacher_dir, "teacher")
-    return AutoConfig.from_pretrained(teacher_dir)
+    return load_config(str(teacher_dir), "teacher")
 
 
 def save_new(model: nn.Module, teacher_dir: str | Path, out_dir: str | Path, spec: StudentSpec, extra: dict) -> None:

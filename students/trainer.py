@@ -41,7 +41,7 @@ from hskcache.meta import StoreMeta, to_json
 from hskcache.reader import RelationRead
 from hskcache.options import columns, setting
 from hskcache.packed import PackedBatch, expand
-from hskcache.teacher import tokenizer_hash
+from hskcache.teacher import check_min_length, tokenizer_hash
 from students.checkpoint import STATE_FILE, read_state, replaced_dir, rng_state, set_rng_state, write_state
 from students.evaluate import MODEL_INPUTS, EvalSet, evaluate, load_eval_set
 from students.selection import drop_rows, holdout_eval_set, parse_select_on
@@ -196,8 +196,7 @@ class TrainConfig:
         if self.device not in DEVICES:
             raise UserError(f"--device {self.device!r} is unknown; use one of {', '.join(DEVICES)}")
         check_dtype(self.dtype)
-        if self.max_length is not None and self.max_length < 2:
-            raise UserError(f"--max-length must be at least 2 ([CLS] and [SEP]), got {self.max_length}")
+        check_min_length(self.max_length)
         if Path(self.out).is_file():
             raise UserError(f"--out {self.out} is a file; pass a directory for the run")
         if parse_select_on(self.select_on)[0] == "eval" and self.eval_data is None:

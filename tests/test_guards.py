@@ -25,7 +25,8 @@ def _extract(capsys, teacher, data, store, *extra) -> tuple[int, str]:
 
 @pytest.mark.parametrize(("length", "message"), [
     (100, "--max-length 100 is above the teacher's 64 positions; pass --max-length 64 or less"),
-    (40000, "--max-length 40000 is outside 2..32767"),
+    (40000, "--max-length 40000 is above 32767, what the store's int16 lengths and positions hold"),
+    (1, "--max-length must be at least 2 ([CLS] and [SEP]), got 1"),
 ])
 def test_max_length_beyond_positions_or_int16(capsys, tmp_path, teacher_dir, single_csv, length, message):
     code, err = _extract(capsys, teacher_dir, single_csv, tmp_path / "store", "--max-length", length)
@@ -73,3 +74,14 @@ def test_narrowing_casts_are_checked():
         narrow(np.array([3, 65536]), np.uint16, "token id")
     with pytest.raises(UserError, match="position -32769"):
         narrow(np.array([-32769]), np.int16, "position")
+
+
+def test_min_length_is_one_rule():
+    """Every command's --max-length floor is `check_min_length`: [CLS] and [SEP] need two positions."""
+    from hskcache.teacher import check_min_length
+
+    for ok in (None, 2, 512):
+        check_min_length(ok)
+    for bad in (1, 0, -3):
+        with pytest.raises(UserError, match=rf"^--max-length must be at least 2 \(\[CLS\] and \[SEP\]\), got {bad}$"):
+            check_min_length(bad)

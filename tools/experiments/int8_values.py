@@ -21,7 +21,9 @@ from pathlib import Path
 
 from movie_results import BIN, LR, evaluate, mean_std, run, run_parser
 
+from hskcache.errors import UserError
 from hskcache.store import on_disk_bytes
+from hskcache.teacher import check_model_source, is_model_folder
 
 HSK = (1, 9, 0.1)
 STUDENT = "tinybert-3s"
@@ -35,8 +37,11 @@ def main() -> None:
     p.add_argument("--pred-lr", type=float, default=LR)
     p.add_argument("--select-on", default="train-holdout:0.1", help="students train --select-on")
     args = p.parse_args()
-    if args.student and not (args.student / "config.json").is_file():
-        raise SystemExit(f"--student {args.student} is not a student folder (no config.json); build it first")
+    if args.student:
+        try:
+            check_model_source(str(args.student), "--student")
+        except UserError as exc:
+            raise SystemExit(str(exc)) from None
     out, data, ml = args.out, args.data, args.max_length
     out.mkdir(parents=True, exist_ok=True)
     stores = {fmt: out / f"store-{fmt}" for fmt in ("fp16", "int8")}
@@ -51,7 +56,7 @@ def main() -> None:
         results["stores"][fmt] = {"total_bytes": sum(disk.values()), "hsk_bytes": sum(disk[n] for n in hsk_arrays)}
     for seed in args.seeds:
         init = args.student or out / "students" / f"{STUDENT}-seed{seed}"
-        if not (init / "config.json").exists():
+        if not is_model_folder(init):
             run(BIN / "students", "build", "tinybert", "--init", "random", "--teacher", args.teacher,
                 "--preset", STUDENT, "--seed", seed, "--out", init)
         for fmt, store in stores.items():

@@ -24,6 +24,8 @@ import sys
 import time
 from pathlib import Path
 
+from hskcache.teacher import is_model_folder
+
 BIN = Path(sys.executable).parent
 # name -> (store, --hsk, further `students train` flags); "full" is every layer, every token ([CLS] and [SEP]
 # too), full width. `att-val:R,K` is MiniLM's Att-KL + Val-KL on the teacher's last layer, R query rows and the
@@ -176,7 +178,7 @@ def main() -> None:
             seeded = init in ("random", "etd-rand")
             label = preset if init is None else f"{preset}-{init}"
             init_dir = out / "students" / (f"{label}-seed{seed}" if seeded else label)
-            if not (init_dir / "config.json").exists():
+            if not is_model_folder(init_dir):
                 if init is None:
                     run(BIN / "students", "build", "rosita", "--teacher", args.teacher, "--store",
                         store("compressed", 0), "--preset", preset, "--out", init_dir)

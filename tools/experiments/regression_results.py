@@ -17,6 +17,8 @@ from pathlib import Path
 
 from movie_results import BIN, evaluate, run, run_parser
 
+from hskcache.teacher import is_model_folder
+
 PRESET, STUDENT_LAYERS = "tinybert-3s", 3  # the preset and its depth, which the store is extracted for
 # student init -> `students build tinybert` flags ({store}, {train} are filled in)
 INITS: dict[str, tuple[str, ...]] = {
@@ -70,7 +72,7 @@ def main() -> None:
         for seed in args.seeds:
             seeded = init == "rand"
             init_dir = out / "students" / (f"{init}-seed{seed}" if seeded else init)
-            if not (init_dir / "config.json").exists():
+            if not is_model_folder(init_dir):
                 build = [f.format(store=store, train=data / "train.csv") for f in INITS[init]]
                 run(BIN / "students", "build", "tinybert", "--teacher", args.teacher, "--preset", PRESET,
                     "--seed", seed, "--threads", args.threads, "--out", init_dir, *build)
