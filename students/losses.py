@@ -1,12 +1,10 @@
 """Distillation losses: HSK MSE (SPEC "Losses and schedule"), prediction losses, and the
-attention / value-relation losses; `LOSSES` names them for the knowledge kinds' objectives
-(`hskcache.kinds`)."""
+attention / value-relation losses; the student kinds' objectives bind them (`students.kinds`)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -14,7 +12,6 @@ from torch import Tensor, nn
 
 from hskcache.attention import coarsen, densify_keys, group_heads
 from hskcache.errors import UserError
-from hskcache.kinds.hsk import gather_projected
 
 HSK_MODES = ("zero-fill", "masked")
 HSK_PROJECTIONS = ("random", "kept")  # the init of W (`HSKProjection`)
@@ -64,27 +61,6 @@ class HSKProjection(nn.Module):
         return states if self.linear is None else self.linear(states)
 
 
-def hsk_loss(
-    student_states: list[Tensor],
-    hsk: Tensor,
-    positions: Tensor,
-    hsk_mask: Tensor,
-    projection: nn.Module,
-    mode: str,
-    denominator: Denominator = batch_count,
-) -> Tensor:
-    """Σ over stored layers j of MSE(gathered student states of layer j · W, stored teacher HSK).
-
-    `student_states[j]` (B, S, d_S) is the student layer matched to stored layer j;
-    `hsk`/`hsk_mask` (B, N_D, N_L, d_T) and `positions` (B, N_D, N_L, -1 empty) come
-    from the store. See `projected_hsk_loss` for the averaging.
-    """
-    if len(student_states) != hsk.shape[1]:
-        raise ValueError(f"{len(student_states)} student layers for {hsk.shape[1]} stored layers")
-    predicted = [gather_projected(states, positions[:, j], projection) for j, states in enumerate(student_states)]
-    return projected_hsk_loss(predicted, hsk, positions, hsk_mask, mode, denominator)
-
-
 def projected_hsk_loss(
     predicted: list[Tensor],
     hsk: Tensor,
@@ -93,7 +69,8 @@ def projected_hsk_loss(
     mode: str,
     denominator: Denominator = batch_count,
 ) -> Tensor:
-    """The HSK MSE from already projected student vectors (`gather_projected`, one per stored layer).
+    """The HSK MSE from already projected student vectors (`students.kinds.hsk.gather_projected`, one
+    per stored layer).
 
     Each layer's MSE is a mean over the whole batch: `zero-fill` averages every
     activation of every non-empty token against the zero-filled teacher vector
@@ -202,25 +179,3 @@ class LossSettings:
     temperature: float
     regression: bool
     denominator: Denominator = batch_count
-
-
-def _relation_loss(kind: str) -> Callable[[str, list[Tensor], dict[str, Tensor], LossSettings], Tensor]:
-    """`distribution_loss` summed over the stored relation layers (the student's rows, one per layer)."""
-    def loss(name: str, student: list[Tensor], batch: dict[str, Tensor], s: LossSettings) -> Tensor:
-        return sum(distribution_loss(kind, batch[f"{name}_keys"][:, j], batch[f"{name}_probs"][:, j],
-                                     batch[f"{name}_rest"][:, j], batch["rel_positions"][:, j], rows, s.denominator)
-                   for j, rows in enumerate(student))
-    return loss
-
-
-# Loss name (hskcache.kinds.Objective.loss) -> (knowledge kind's name, what the kind's `student`
-# gave, the batch dictionary, settings) -> the loss.
-LOSSES: dict[str, Callable[[str, Any, dict[str, Tensor], LossSettings], Tensor]] = {
-    "hsk-mse": lambda name, student, batch, s: projected_hsk_loss(student, batch["hsk"], batch["positions"],
-                                                                  batch["hsk_mask"], s.width_loss, s.denominator),
-    "kl": _relation_loss("kl"),
-    "mse": _relation_loss("mse"),
-    "prediction": lambda name, student, batch, s: prediction_loss(student, batch["logits"], s.temperature,
-                                                                  s.regression, s.denominator),
-    "label": lambda name, student, batch, s: label_loss(student, batch["labels"], s.regression, s.denominator),
-}

@@ -1,36 +1,47 @@
 """Objectives by name (like TextBrewer's loss names): `--objective hsk,att,val:0.5`.
 
-Each objective belongs to a knowledge kind (`hskcache.kinds.KINDS`, where
-it is registered) and names its loss (`students.losses.LOSSES`): `hsk` is the
-HSK MSE; the relation objectives compare the student's attention (or value
+The table (`table()`) is built from the student kinds (`students.kinds.STUDENT_KINDS`),
+each declaring its objectives with their losses bound and their stage: `hsk` is
+the HSK MSE; the relation objectives compare the student's attention (or value
 relation) rows at the stored query rows with the teacher's top-k-plus-rest
 rows, summed over the stored relation layers, each matched to the student
-layer the store records; `pred` (the logits') is the prediction stage's.
+layer the store records; `pred` and `label` (the logits') are the prediction stage's.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from hskcache.errors import UserError
-from hskcache.kinds import KINDS
-from students.stages import HSK, STAGES, StageSpec, Weighted
+from students.kinds import STUDENT_KINDS
+from students.kinds.base import Loss
+from students.stages import HSK, StageSpec, Weighted
 
 
 @dataclass(frozen=True)
-class Objective:
-    kind: str  # a key of hskcache.kinds.KINDS
-    loss: str  # a key of students.losses.LOSSES
+class KindObjective:
+    """One entry of the table: an objective with the kind it compares."""
+
+    kind: str  # a key of students.kinds.STUDENT_KINDS
+    loss: Loss
     paper: str
-    stage: StageSpec  # the training stage it belongs to (students.stages.STAGES)
+    stage: StageSpec
 
 
-OBJECTIVES: dict[str, Objective] = {name: Objective(kind.name, o.loss, o.paper, STAGES[o.stage])
-                                    for kind in KINDS.values() for name, o in kind.objectives.items()}
+def table() -> dict[str, KindObjective]:
+    """Every objective by name, from the student kinds registered now (a kind registered later, e.g. a
+    test's toy kind, is in the next call's table); a name declared twice is refused."""
+    table: dict[str, KindObjective] = {}
+    for kind in STUDENT_KINDS.values():
+        for name, o in kind.objectives.items():
+            if name in table:
+                raise ValueError(f"objective {name!r} is declared by kinds {table[name].kind} and {kind.name}")
+            table[name] = KindObjective(kind.name, o.loss, o.paper, o.stage)
+    return table
 
 
 def choices(stage: StageSpec) -> tuple[str, ...]:
     """The objectives a stage's flag chooses among."""
-    return tuple(name for name, o in OBJECTIVES.items() if o.stage is stage)
+    return tuple(name for name, o in table().items() if o.stage is stage)
 
 
 def parse_objective(text: str, stage: StageSpec = HSK) -> Weighted:
@@ -60,8 +71,9 @@ def format_objective(objective: Weighted) -> str:
 
 def kinds(objective: Weighted) -> tuple[str, ...]:
     """The knowledge kinds an objective compares with the student, in registry order."""
-    names = {OBJECTIVES[name].kind for name, _ in objective}
-    return tuple(k for k in KINDS if k in names)
+    entries = table()
+    names = {entries[name].kind for name, _ in objective}
+    return tuple(k for k in STUDENT_KINDS if k in names)
 
 
 def parse_att_read(text: str) -> tuple[int | None, int | None]:

@@ -35,7 +35,6 @@ from hskcache.errors import UserError
 from hskcache.device import DEVICES, DTYPES, autocast, check_dtype, pick_dtype
 from hskcache import hooks
 from hskcache.hskread import parse_triple
-from hskcache.kinds import KINDS, StudentForward
 from hskcache.kinds.relation import relation_kinds
 from hskcache.meta import StoreMeta, to_json
 from hskcache.reader import RelationRead
@@ -46,10 +45,12 @@ from students.checkpoint import STATE_FILE, read_state, replaced_dir, rng_state,
 from students.evaluate import MODEL_INPUTS, EvalSet, evaluate, load_eval_set
 from students.selection import drop_rows, holdout_eval_set, parse_select_on
 from students.data_parallel import Parallel, cores_per_rank, placeholder, rank_seed
-from students.objectives import (OBJECTIVES, Weighted, choices, format_objective, parse_att_read,
+from students.kinds import STUDENT_KINDS, StudentForward
+from students.objectives import (Weighted, choices, format_objective, parse_att_read,
                                  parse_objective)
 from students.objectives import kinds as objective_kinds
-from students.losses import HSK_MODES, HSK_PROJECTIONS, LOSSES, HSKProjection, LossSettings
+from students.objectives import table as objective_table
+from students.losses import HSK_MODES, HSK_PROJECTIONS, HSKProjection, LossSettings
 from students.calibration import REGRESSION_HEADS, recentre
 from students.defaults import learning_rates, prediction_objective
 from students.metrics import primary_metric
@@ -309,22 +310,23 @@ class Distiller(nn.Module):
     """The trainable parts of a step as one module (the student and the projection W),
     so that DistributedDataParallel sees every parameter a loss uses in its forward."""
 
-    def __init__(self, student: nn.Module, projection: nn.Module, precision) -> None:
+    def __init__(self, student: nn.Module, projection: nn.Module, precision, meta: StoreMeta) -> None:
         super().__init__()
-        self.student, self.projection, self.precision = student, projection, precision
+        self.student, self.projection, self.precision, self.meta = student, projection, precision, meta
 
-    def forward(self, inputs: dict[str, Tensor], batch: dict[str, Tensor], kinds: tuple[str, ...],
-                relation_layers: tuple[int, ...] = ()) -> dict[str, Any]:
+    def forward(self, inputs: dict[str, Tensor], batch: dict[str, Tensor], kinds: tuple[str, ...]) -> dict[str, Any]:
         """One student forward, and what each knowledge kind's losses compare with the batch
-        (`Kind.student`: e.g. the projected student vectors at the stored positions, or the
-        student's attention rows at the stored query rows of the student layers `relation_layers`)."""
-        captures = tuple(sorted({c for k in kinds for c in KINDS[k].student_captures}))
-        hidden = any(KINDS[k].student_hidden_states for k in kinds)
-        with self.precision, hooks.capture(self.student, relation_layers if captures else (), captures) as captured:
+        (`StudentKind.student`: e.g. the projected student vectors at the stored positions, or the
+        student's attention rows at the stored query rows), recording what the kinds ask for."""
+        student_kinds = [STUDENT_KINDS[k] for k in kinds]
+        captures = tuple(sorted({c for k in student_kinds for c in k.captures}))
+        layers = tuple(sorted({l for k in student_kinds if k.captures for l in k.capture_layers(self.meta)}))
+        hidden = any(k.hidden_states for k in student_kinds)
+        with self.precision, hooks.capture(self.student, layers, captures) as captured:
             out = self.student(**inputs, output_hidden_states=hidden)
         forward = StudentForward(out, captured, self.student.config.num_attention_heads, inputs["attention_mask"],
-                                 self.projection, relation_layers)
-        return {k: KINDS[k].student(forward, batch) for k in kinds}
+                                 self.projection, self.meta)
+        return {k.name: k.student(forward, batch) for k in student_kinds}
 
 
 class Trainer:
@@ -358,7 +360,7 @@ class Trainer:
         self.model.to(self.device)
         self.projection.to(self.device)
         self.dtype = pick_dtype(cfg.dtype, self.device)
-        self.distiller = Distiller(self.model, self.projection, autocast(self.device, self.dtype))
+        self.distiller = Distiller(self.model, self.projection, autocast(self.device, self.dtype), source.meta)
         self.engine: nn.Module = self.distiller  # DDP-wrapped per stage when distributed
         self.pos = Position()
         self.saved = self._open_run()
@@ -385,18 +387,17 @@ class Trainer:
         # the label loss and held-out selection read them: a class the head lacks fails mid-run or scores wrong
         check_labels(source.labels(), source.num_labels, source.regression,
                      f"the source's data {source.meta.data.source}", "teacher")
-        kinds = relation_kinds(objective_kinds(self.cfg.objective))
-        if kinds and self.cfg.hsk is not None:
-            spec = source.meta.relations
-            if spec is None or set(kinds) - set(spec.kinds):
-                raise UserError(f"--objective {format_objective(self.cfg.objective)} needs {', '.join(kinds)} "
+        for stage in self.stages:
+            kinds = [STUDENT_KINDS[k] for k in objective_kinds(stage.objective)]
+            missing = [k.name for k in kinds if not k.held(source.meta)]
+            if missing:
+                raise UserError(f"{stage.spec.flag} {format_objective(stage.objective)} needs {', '.join(missing)} "
                                 "knowledge, which this source does not hold; extract a store (or run the online "
-                                f"baseline) with --knowledge hsk,{','.join(kinds)}")
-            spec.resolve(*self.cfg.att_read, "--att-read")
-            heads = self.model.config.num_attention_heads
-            if spec.heads % heads:
-                raise UserError(f"student {student} has {heads} attention heads, which do not divide the "
-                                f"teacher's {spec.heads}; build a student whose head count divides {spec.heads}")
+                                f"baseline) whose --knowledge includes {','.join(missing)}")
+            for kind in kinds:
+                kind.check(source.meta, self.model.config, student)
+        if relation_kinds(objective_kinds(self.cfg.objective)) and self.cfg.hsk is not None:
+            source.meta.relations.resolve(*self.cfg.att_read, "--att-read")
         if self.cfg.hsk is not None:
             try:
                 source.resolve(*self.cfg.hsk)
@@ -604,16 +605,15 @@ class Trainer:
 
     def _loss(self, objective: Weighted, batch: dict[str, Tensor], inputs: dict[str, Tensor],
               denominator) -> Tensor:
-        """Σ weight × objective (students.objectives): each objective's loss (students.losses.LOSSES)
-        compares its knowledge kind's batch entries with what the student's forward gave for that kind."""
-        kinds = objective_kinds(objective)
-        layers = self.source.meta.relations.student_layers if relation_kinds(kinds) else ()
-        student = self.engine(inputs, batch, kinds, layers)
+        """Σ weight × objective (students.objectives): each objective's bound loss compares its knowledge
+        kind's batch entries with what the student's forward gave for that kind."""
+        student = self.engine(inputs, batch, objective_kinds(objective))
         settings = LossSettings(self.cfg.width_loss, self.cfg.temperature, self.source.regression, denominator)
+        entries = objective_table()
         total = torch.zeros((), device=self.device)
         for name, weight in objective:
-            spec = OBJECTIVES[name]
-            total = total + weight * LOSSES[spec.loss](spec.kind, student[spec.kind], batch, settings)
+            entry = entries[name]
+            total = total + weight * entry.loss(student[entry.kind], batch, settings)
         return total
 
     # ------------------------------------------------------------------ records

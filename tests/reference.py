@@ -85,3 +85,25 @@ def value_relation_row(values, q, length, heads):
         exps = [math.exp(s - top) for s in scores]
         out.append([e / sum(exps) for e in exps])
     return out
+
+
+def hsk_mse(states, positions, mask, hsk, weight, mode):
+    """SPEC's HSK loss by loops: Σ over stored layers j of the mean squared error of the student's
+    states at the stored positions times `weight` (d_S, d_T) against the stored vectors; `zero-fill`
+    counts every activation of a non-empty token, `masked` only the kept ones. `states[j]` (B, S, d_S)
+    is the student layer matched to stored layer j; the rest are the batch's arrays (numpy)."""
+    total = 0.0
+    for j in range(positions.shape[1]):
+        squared, count = 0.0, 0
+        for b in range(positions.shape[0]):
+            for n in range(positions.shape[2]):
+                p = positions[b, j, n]
+                if p < 0:
+                    continue
+                predicted = states[j][b, p] @ weight
+                for k in range(hsk.shape[-1]):
+                    if mode == "zero-fill" or mask[b, j, n, k]:
+                        squared += (float(predicted[k]) - float(hsk[b, j, n, k])) ** 2
+                        count += 1
+        total += squared / count if count else 0.0
+    return total

@@ -106,7 +106,9 @@ def test_first_relation_loss_matches_an_hf_forward(att_store, teacher_dir, tmp_p
     from transformers import AutoModelForSequenceClassification
 
     from hskcache.attention import gather_rows, relation, split_heads
-    from students.losses import HSKProjection, distribution_loss, hsk_loss
+    import numpy as np
+    from reference import hsk_mse
+    from students.losses import distribution_loss
     from students.models import build_tinybert
     from students.objectives import parse_objective
     from students.trainer import TrainConfig, train
@@ -127,8 +129,8 @@ def test_first_relation_loss_matches_an_hf_forward(att_store, teacher_dir, tmp_p
     with torch.no_grad():
         out = model(**{k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")},
                     output_hidden_states=True, output_attentions=True)
-        expected = hsk_loss([out.hidden_states[0], out.hidden_states[1], out.hidden_states[2]], batch["hsk"],
-                            batch["positions"], batch["hsk_mask"], HSKProjection(32, 32), "zero-fill")
+        expected = hsk_mse([h.numpy() for h in out.hidden_states[:3]], batch["positions"].numpy(),
+                           batch["hsk_mask"].numpy(), batch["hsk"].numpy(), np.eye(32), "zero-fill")
         for j, l in enumerate((1, 2)):
             rows = batch["rel_positions"][:, j]
             att = gather_rows(out.attentions[l - 1], rows)

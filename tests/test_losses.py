@@ -1,12 +1,17 @@
 """Losses against explicit-loop numpy computations."""
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
 
 from hskcache.errors import UserError
-from students.losses import (HSKProjection, hsk_loss, label_loss, prediction_loss, regression_mse,
+from reference import hsk_mse
+from students.kinds import STUDENT_KINDS, StudentForward
+from students.losses import (HSKProjection, LossSettings, label_loss, prediction_loss, regression_mse,
                             soft_cross_entropy)
+from students.objectives import table
 
 
 def _hsk_case(seed: int = 0, d_student: int = 3, d_teacher: int = 4):
@@ -20,25 +25,6 @@ def _hsk_case(seed: int = 0, d_student: int = 3, d_teacher: int = 4):
     return states, positions, mask, hsk
 
 
-def _expected(states, positions, mask, hsk, weight, mode):
-    """weight: (d_S, d_T) so that prediction = h @ weight."""
-    total = 0.0
-    for j in range(positions.shape[1]):
-        squared, count = 0.0, 0
-        for b in range(positions.shape[0]):
-            for n in range(positions.shape[2]):
-                p = positions[b, j, n]
-                if p < 0:
-                    continue
-                predicted = states[j][b, p] @ weight
-                for k in range(hsk.shape[-1]):
-                    if mode == "zero-fill" or mask[b, j, n, k]:
-                        squared += (float(predicted[k]) - float(hsk[b, j, n, k])) ** 2
-                        count += 1
-        total += squared / count if count else 0.0
-    return total
-
-
 def _projection(d_student, d_teacher, weight):
     projection = HSKProjection(d_student, d_teacher)
     with torch.no_grad():
@@ -46,9 +32,18 @@ def _projection(d_student, d_teacher, weight):
     return projection
 
 
+def hsk_objective(states, hsk, positions, mask, projection, mode):
+    """The `hsk` objective as the trainer runs it: the HSK student kind's projected vectors at the
+    stored positions (stored layer j from `states[j]`), then the objective's bound loss."""
+    out = SimpleNamespace(hidden_states=(states[0], *states))  # the embeddings, then one state per stored layer
+    forward = StudentForward(out, {}, 1, None, projection, None)
+    batch = {"hsk": hsk, "positions": positions, "hsk_mask": mask}
+    return table()["hsk"].loss(STUDENT_KINDS["hsk"].student(forward, batch), batch, LossSettings(mode, 1.0, False))
+
+
 def _call(states, positions, mask, hsk, projection, mode):
-    return hsk_loss([torch.from_numpy(s) for s in states], torch.from_numpy(hsk), torch.from_numpy(positions),
-                    torch.from_numpy(mask), projection, mode)
+    return hsk_objective([torch.from_numpy(s) for s in states], torch.from_numpy(hsk), torch.from_numpy(positions),
+                         torch.from_numpy(mask), projection, mode)
 
 
 def test_projection_identity_when_widths_match():
@@ -69,7 +64,7 @@ def test_hsk_loss_matches_loops(mode):
     states, positions, mask, hsk = _hsk_case()
     weight = np.random.default_rng(1).normal(size=(3, 4)).astype(np.float32)
     got = _call(states, positions, mask, hsk, _projection(3, 4, weight), mode)
-    assert got.item() == pytest.approx(_expected(states, positions, mask, hsk, weight, mode), rel=1e-5)
+    assert got.item() == pytest.approx(hsk_mse(states, positions, mask, hsk, weight, mode), rel=1e-5)
 
 
 def test_zero_fill_and_masked_differ():
@@ -84,7 +79,7 @@ def test_zero_fill_and_masked_differ():
 def test_hsk_loss_identity_projection():
     states, positions, mask, hsk = _hsk_case(d_student=4)
     got = _call(states, positions, mask, hsk, HSKProjection(4, 4), "zero-fill")
-    assert got.item() == pytest.approx(_expected(states, positions, mask, hsk, np.eye(4), "zero-fill"), rel=1e-5)
+    assert got.item() == pytest.approx(hsk_mse(states, positions, mask, hsk, np.eye(4), "zero-fill"), rel=1e-5)
 
 
 def test_empty_layer_contributes_zero_and_gradients_are_finite():
@@ -96,9 +91,9 @@ def test_empty_layer_contributes_zero_and_gradients_are_finite():
     projection = _projection(3, 4, weight)
     tensors = [torch.from_numpy(s).requires_grad_() for s in states]
     for mode in ("zero-fill", "masked"):
-        loss = hsk_loss(tensors, torch.from_numpy(hsk), torch.from_numpy(positions), torch.from_numpy(mask),
-                        projection, mode)
-        assert loss.item() == pytest.approx(_expected(states, positions, mask, hsk, weight, mode), rel=1e-5)
+        loss = hsk_objective(tensors, torch.from_numpy(hsk), torch.from_numpy(positions), torch.from_numpy(mask),
+                             projection, mode)
+        assert loss.item() == pytest.approx(hsk_mse(states, positions, mask, hsk, weight, mode), rel=1e-5)
         loss.backward()
         assert torch.isfinite(tensors[0].grad).all() and torch.equal(tensors[1].grad, torch.zeros_like(tensors[1]))
         assert torch.isfinite(projection.linear.weight.grad).all()

@@ -32,7 +32,8 @@ from transformers import BertConfig, BertModel
 import hskcache
 from hskcache.packed import expand
 from hskcache.reader import default_threads
-from students.losses import HSKProjection, hsk_loss
+from students.kinds.hsk import gather_projected
+from students.losses import HSKProjection, projected_hsk_loss
 
 CONFIGS = ("1,9,0.1", "4,50,0.2")
 TARGETS = {"1,9,0.1": 150_000, "4,50,0.2": 10_000}
@@ -123,8 +124,9 @@ def student_rate(store, batch_size: int, steps: int) -> float:
         out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                     token_type_ids=batch["token_type_ids"], output_hidden_states=True)
         n = batch["positions"].shape[1]
-        loss = hsk_loss(list(out.hidden_states[-n:]), batch["hsk"], batch["positions"], batch["hsk_mask"], proj,
-                        "zero-fill")
+        predicted = [gather_projected(states, batch["positions"][:, j], proj)
+                     for j, states in enumerate(out.hidden_states[-n:])]
+        loss = projected_hsk_loss(predicted, batch["hsk"], batch["positions"], batch["hsk_mask"], "zero-fill")
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -1,0 +1,67 @@
+"""What the relation kinds' student sides share (MiniLM's att and val): the student's rows at the
+stored query rows, compared with the teacher's top-k-plus-rest rows (`students.losses.distribution_loss`)."""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+from torch import Tensor
+
+from hskcache.attention import gather_rows, relation, split_heads
+from hskcache.errors import UserError
+from students.losses import distribution_loss
+
+from .base import Loss, Objective, StudentForward, StudentKind
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
+
+    from hskcache.attention import RelationSpec
+    from hskcache.meta import StoreMeta
+
+
+def relation_loss(kind: str, name: str) -> Loss:
+    """`distribution_loss` `kind` (kl, mse) of relation kind `name`, summed over the stored relation layers
+    (the student's rows, one per layer)."""
+    def loss(student: list[Tensor], batch: dict[str, Tensor], s) -> Tensor:
+        return sum(distribution_loss(kind, batch[f"{name}_keys"][:, j], batch[f"{name}_probs"][:, j],
+                                     batch[f"{name}_rest"][:, j], batch["rel_positions"][:, j], rows, s.denominator)
+                   for j, rows in enumerate(student))
+    return loss
+
+
+class RelationStudent(StudentKind):
+    """Per head, softmax(left_q · right_k / √d_h) of two recorded projections (`pair`) at the stored
+    query rows, in the student layer the store matches to each stored relation layer."""
+
+    def __init__(self, name: str, objectives: Mapping[str, Objective], pair: tuple[str, str]) -> None:
+        self.name, self.objectives, self.pair = name, objectives, pair
+        self.captures = tuple(sorted(set(pair)))
+
+    def spec(self, meta: StoreMeta) -> RelationSpec | None:
+        """What the source records of this relation kind (None: it does not hold it)."""
+        return meta.kinds.get(self.name)
+
+    def held(self, meta: StoreMeta) -> bool:
+        return self.name in meta.kinds
+
+    def capture_layers(self, meta: StoreMeta) -> tuple[int, ...]:
+        return self.spec(meta).student_layers
+
+    def check(self, meta: StoreMeta, config: PretrainedConfig, student: str) -> None:
+        """Fewer student heads average groups of teacher heads: their count must divide the teacher's."""
+        heads, teacher = config.num_attention_heads, self.spec(meta).heads
+        if teacher % heads:
+            raise UserError(f"student {student} has {heads} attention heads, which do not divide the teacher's "
+                            f"{teacher}; build a student whose head count divides {teacher}")
+
+    def student(self, forward: StudentForward, batch: dict[str, Tensor]) -> list[Tensor]:
+        """The student's rows at the stored query rows of each relation layer, (B, H_S, R, S) each."""
+        left, right = self.pair
+        rows = batch["rel_positions"]
+        out = []
+        for j, layer in enumerate(self.capture_layers(forward.meta)):
+            captured = forward.captured[layer]
+            a, b = split_heads(captured[left], forward.heads), split_heads(captured[right], forward.heads)
+            out.append(relation(gather_rows(a, rows[:, j]), b, forward.attention_mask))
+        return out
