@@ -18,7 +18,7 @@ skip them.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +29,7 @@ from transformers import AutoModelForMaskedLM
 
 from .data import load_texts
 from .errors import UserError
+from .options import columns, setting
 from .outputs import check_out_file
 from .teacher import LOAD_ERRORS, check_model_source, load_config, load_model, load_tokenizer
 
@@ -41,17 +42,19 @@ _WORD = re.compile(r"[a-z]+")
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    teacher: str
-    data: str
-    out: str
-    per_example: int = 10
-    seed: int = 0
-    replace_prob: float = 0.4  # TinyBERT's p_t
-    candidates: int = 15  # TinyBERT's K
-    split: str = "train"
-    text_cols: tuple[str, ...] | None = None
-    label_col: str | None = None
-    overwrite: bool = False  # replace an existing --out file
+    """Every setting of `hskcache augment`: each field is a flag and a TOML key."""
+
+    teacher: str = setting(MISSING, "the fine-tuned teacher (its embeddings or MLM head give candidates)")
+    data: str = setting(MISSING, "glue/<task> or a .csv/.tsv/.json/.jsonl/.parquet file")
+    out: str = setting(MISSING, "data file to write: .csv, .jsonl or .parquet")
+    per_example: int = setting(10, "augmented rows per example")
+    seed: int = setting(0, "seed of the replacements")
+    replace_prob: float = setting(0.4, "chance a word is replaced (TinyBERT's p_t)")
+    candidates: int = setting(15, "K most similar words to draw from (TinyBERT's K)")
+    split: str = setting("train", "split of a glue/<task> --data")
+    text_cols: tuple[str, ...] | None = setting(None, "text column(s), a or a,b", parse=columns)
+    label_col: str | None = setting(None, "label column")
+    overwrite: bool = setting(False, "replace an existing --out file (never one in a store)")
 
     def __post_init__(self) -> None:
         if self.per_example < 1:

@@ -180,6 +180,8 @@ def extract(cfg: ExtractConfig, progress: bool = True) -> str | None:
     """Write (or finish) this process's share of the store at cfg.store: all of it
     for one process, a rank's chunks under torchrun, `cfg.shard`'s with --shard.
     Returns the store's URL once it is complete, else None (other writers remain)."""
+    if cfg.store is None:  # ExtractConfig without a store is the online baseline's
+        raise UserError("--store is required (as a flag or in the --config file)")
     ranks = Ranks.current()
     together = ranks.world_size > 1  # torchrun: collectives order creation and completion
     if cfg.shard is not None and together:

@@ -1,21 +1,26 @@
-"""Command-line options shared by `hskcache`, `students` and the tools.
+"""The one command-line convention of `hskcache`, `students` and the tools.
 
 A settings dataclass is the one description of a command's settings: each
 field becomes one flag (`--field-name`, help from `field(metadata={"help": ...})`),
-and a `--config FILE.toml` holds the same keys. Values are merged
+a field whose type is another settings dataclass (`nested`) brings its flags as
+a group, and `--config FILE.toml` holds the same keys. Values are merged
 dataclass defaults < TOML < flags, then validated once by the dataclass.
-The spellings every command shares live here too: `--text-cols a,b`,
-`--store` for an HSK store, and the aliases kept for older scripts.
+A program is a table of `Command`s (name, help, settings dataclass, run
+function); `program` builds its parser and `main` dispatches, turning bad input
+into one line (`run_guarded`). The spellings every command shares live here
+too: `--text-cols a,b`, `--store` for an HSK store, and the deprecated
+spellings, each of which warns in one format (`deprecated`).
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tomllib
 import types
 import typing
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import MISSING, Field, field, fields
+from dataclasses import MISSING, Field, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -45,8 +50,20 @@ def integers(value: str | Sequence[int], flag: str) -> tuple[int, ...]:
 
 
 def setting(default: Any, help: str, **more: Any) -> Any:
-    """A settings-dataclass field with its flag's help (and `parse`, `aliases`, `show_default`)."""
+    """A settings-dataclass field with its flag's help (and `parse`, `aliases`, `show_default`,
+    `metavar`, `nargs`, `positional`: a deprecated positional spelling such as STORE)."""
     return field(default=default, metadata={"help": help, **more})
+
+
+def nested(group: str | None = None) -> Any:
+    """A field holding another settings dataclass: its fields are flags too (in an argument
+    group titled `group`), and TOML keys of the same flat file."""
+    return field(metadata={"nested": True, "group": group})
+
+
+def deprecated(prog: str, old: str, new: str) -> None:
+    """The one warning every deprecated spelling prints (flags, positional STORE, TOML keys)."""
+    print(f"{prog}: warning: {old} is deprecated; use {new}", file=sys.stderr)
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -71,32 +88,12 @@ class DeprecatedAlias(argparse.Action):
         super().__init__(option_strings, dest, help=argparse.SUPPRESS, **kwargs)
 
     def __call__(self, parser, namespace, values, option_string=None) -> None:
-        print(f"{parser.prog}: warning: {option_string} is deprecated; use {self.new}", file=sys.stderr)
+        deprecated(parser.prog, option_string, self.new)
         setattr(namespace, self.dest, values)
 
 
 def add_alias(p: argparse._ActionsContainer, old: str, new: str, dest: str, **kwargs) -> None:
     p.add_argument(old, dest=dest, action=DeprecatedAlias, new=new, default=None, **kwargs)
-
-
-def add_store_flag(p: argparse._ActionsContainer, help: str = STORE_HELP, required: bool = False,
-                   aliases: Iterable[str] = ()) -> None:
-    """`--store STORE`, the one spelling of an HSK store argument; `aliases` are older ones."""
-    p.add_argument("--store", required=required, help=help)
-    for old in aliases:
-        add_alias(p, old, "--store", "store")
-
-
-def add_store_argument(p: argparse.ArgumentParser, help: str) -> None:
-    """A store as `--store STORE` or, as older scripts write it, a positional STORE."""
-    p.add_argument("store_path", nargs="?", metavar="STORE", help=f"{help} (or --store STORE)")
-    p.add_argument("--store", help=argparse.SUPPRESS)
-
-
-def store_argument(args: argparse.Namespace) -> str | None:
-    if args.store is not None and args.store_path is not None:
-        raise UserError("give the store once: as --store STORE or as STORE, not both")
-    return args.store if args.store is not None else args.store_path
 
 
 def _field_type(hint: Any) -> Any:
@@ -107,36 +104,74 @@ def _field_type(hint: Any) -> Any:
 
 
 def _default_text(f: Field) -> str:
+    if "show_default" in f.metadata:
+        return "" if f.metadata["show_default"] is None else f" (default {f.metadata['show_default']})"
     if f.default is MISSING or f.default is None or f.default is False:
         return ""
-    shown = f.metadata.get("show_default", f.default)
-    return "" if shown is None else f" (default {shown})"
+    return f" (default {f.default})"
+
+
+def _is_nested(f: Field) -> bool:
+    return bool(f.metadata.get("nested"))
+
+
+POSITIONAL = "positional_"  # dest prefix of a deprecated positional spelling
 
 
 def add_fields(p: argparse._ActionsContainer, cls: type, names: Iterable[str] | None = None,
                skip: Iterable[str] = (), with_aliases: bool = True) -> None:
     """One flag per field of `cls` (all of them, or `names`), default None so that
-    a flag that was not given leaves the TOML value or the field's default; older
-    spellings too unless `with_aliases` is off (where they would mean something else)."""
+    a flag that was not given leaves the TOML value or the field's default; a nested
+    settings dataclass's flags in their group; older spellings too unless `with_aliases`
+    is off (where they would mean something else)."""
     hints = typing.get_type_hints(cls)
     wanted, skipped = (None if names is None else set(names)), set(skip)
     for f in fields(cls):
+        if _is_nested(f):
+            title = f.metadata.get("group")
+            top = getattr(p, "_top", p)
+            group = top.add_argument_group(title) if title else p
+            group._top = top
+            add_fields(group, hints[f.name], names, skip, with_aliases)
+            continue
         if (wanted is not None and f.name not in wanted) or f.name in skipped or "help" not in f.metadata:
             continue
         kind = _field_type(hints[f.name])
-        help_text = f.metadata["help"] + _default_text(f)
+        help_text = f.metadata["help"].replace("%", "%%") + _default_text(f)
         if kind is bool:
             p.add_argument(flag_name(f.name), action="store_true", default=None, help=help_text)
             continue
         numeric = kind in (int, float) and "parse" not in f.metadata
         p.add_argument(flag_name(f.name), type=kind if numeric else str, default=None, help=help_text,
-                       metavar=f.metadata.get("metavar"))
+                       metavar=f.metadata.get("metavar"), nargs=f.metadata.get("nargs"),
+                       choices=f.metadata.get("choices"))
         for old in f.metadata.get("aliases", ()) if with_aliases else ():
             add_alias(p, old, flag_name(f.name), f.name, type=kind if numeric else str)
+        if "positional" in f.metadata:  # an older spelling: `inspect STORE`
+            p.add_argument(POSITIONAL + f.name, nargs="?", metavar=f.metadata["positional"], help=argparse.SUPPRESS)
 
 
-def load_toml(path: str, known: Iterable[str], aliases: dict[str, str] | None = None) -> dict[str, Any]:
-    """Settings from a TOML file; keys are flag names with - or _ (older spellings in `aliases`)."""
+def leaves(cls: type) -> list[Field]:
+    """The fields that are flags: `cls`'s own and those of its nested settings, in order."""
+    hints = typing.get_type_hints(cls)
+    return [leaf for f in fields(cls)
+            for leaf in (leaves(hints[f.name]) if _is_nested(f) else [f])]
+
+
+def aliases(cls: type) -> dict[str, str]:
+    """Older spellings of `cls`'s fields ("out" → "store"), from their `aliases` metadata."""
+    return {old.lstrip("-").replace("-", "_"): f.name for f in leaves(cls) for old in f.metadata.get("aliases", ())}
+
+
+def field_names(cls: type) -> set[str]:
+    """Every key `cls`'s settings take, nested ones included."""
+    return {f.name for f in leaves(cls)}
+
+
+def load_toml(path: str, known: Iterable[str], renames: dict[str, str] | None = None,
+              prog: str = "hskcache") -> dict[str, Any]:
+    """Settings from a TOML file; keys are flag names with - or _ (a deprecated key in
+    `renames` warns and reads as its new name)."""
     try:
         raw = tomllib.loads(Path(path).read_text())
     except FileNotFoundError:
@@ -147,24 +182,21 @@ def load_toml(path: str, known: Iterable[str], aliases: dict[str, str] | None = 
     out = {}
     for key, value in raw.items():
         name = key.replace("-", "_")
-        name = (aliases or {}).get(name, name)
+        if name in (renames or {}):
+            deprecated(prog, f"config key {key!r} in {path}", repr(renames[name]))
+            name = renames[name]
         if name not in known:
             raise UserError(f"config file {path}: unknown setting {key!r}; known: {', '.join(sorted(known))}")
         out[name] = value
     return out
 
 
-def aliases(cls: type) -> dict[str, str]:
-    """Older spellings of `cls`'s fields ("out" → "store"), from their `aliases` metadata."""
-    return {old.lstrip("-").replace("-", "_"): f.name for f in fields(cls) for old in f.metadata.get("aliases", ())}
-
-
 def merged(cls: type, flags: dict[str, Any], toml_path: str | None = None,
-           extra: Iterable[str] = ()) -> dict[str, Any]:
+           extra: Iterable[str] = (), prog: str = "hskcache") -> dict[str, Any]:
     """TOML < flags (a flag that was not given is None); `extra`: keys that are not
-    fields of `cls` but that the command's TOML may hold too (e.g. the store)."""
+    fields of `cls` but that the command's TOML may hold too."""
     renames = aliases(cls)
-    out = load_toml(toml_path, field_names(cls) | set(extra), renames) if toml_path else {}
+    out = load_toml(toml_path, field_names(cls) | set(extra), renames, prog) if toml_path else {}
     out.update({renames.get(k, k): v for k, v in flags.items() if v is not None})
     return out
 
@@ -175,6 +207,8 @@ _KIND_NAMES = {bool: "true or false", int: "an integer", float: "a number", str:
 def _typed(name: str, value: Any, kind: Any) -> Any:
     """`value` as the field's plain type (a TOML string of digits as argparse would read the flag);
     the wrong type is a one-line error naming the setting and the type it takes."""
+    if kind is tuple and isinstance(value, list):  # a TOML list, or a flag with nargs
+        return tuple(value)
     if kind not in _KIND_NAMES or value is None:
         return value
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
@@ -191,29 +225,142 @@ def _typed(name: str, value: Any, kind: Any) -> Any:
 
 def make(cls: type[T], values: dict[str, Any]) -> T:
     """`cls(**values)` with strings (and TOML lists) parsed by each field's `parse`, plain
-    values checked against the field's type; a missing required field is a one-line error."""
+    values checked against the field's type, nested settings made from their own keys;
+    a missing required field is a one-line error."""
     known = {f.name: f for f in fields(cls)}
     hints = typing.get_type_hints(cls)
-    values = dict(values)
-    for name, value in values.items():
-        if name not in known:
-            raise UserError(f"unknown setting {name!r}; known: {', '.join(sorted(known))}")
-        parse: Callable | None = known[name].metadata.get("parse")
+    unknown = set(values) - field_names(cls)
+    if unknown:
+        name = sorted(unknown)[0]
+        raise UserError(f"unknown setting {name!r}; known: {', '.join(sorted(field_names(cls)))}")
+    out: dict[str, Any] = {}
+    for name, f in known.items():
+        if _is_nested(f):
+            sub = hints[name]
+            out[name] = make(sub, {k: v for k, v in values.items() if k in field_names(sub)})
+            continue
+        if name not in values:
+            continue
+        value = values[name]
+        parse: Callable | None = f.metadata.get("parse")
         if parse is None:
-            values[name] = _typed(name, value, _field_type(hints[name]))
+            out[name] = _typed(name, value, _field_type(hints[name]))
             continue
         if isinstance(value, list):  # from TOML: the flag's own spelling
             value = ",".join(map(str, value))
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            values[name] = parse(str(value))
-    missing = [n for n, f in known.items() if f.default is MISSING and f.default_factory is MISSING and n not in values]
+        out[name] = parse(str(value)) if isinstance(value, (str, int, float)) and not isinstance(value, bool) else value
+    missing = [n for n, f in known.items() if f.default is MISSING and f.default_factory is MISSING and n not in out]
     if missing:
         raise UserError(f"{flag_name(missing[0])} is required (as a flag or in the --config file)")
     try:
-        return cls(**values)
+        return cls(**out)
     except TypeError as exc:
         raise UserError(f"bad setting: {exc}") from None
 
 
-def field_names(cls: type) -> set[str]:
-    return {f.name for f in fields(cls)}
+def settings_from(cls: type[T], args: argparse.Namespace, prog: str) -> T:
+    """A command's settings from its parsed flags: defaults < --config < flags, a deprecated
+    positional spelling (`inspect STORE`) warned about and read as its flag."""
+    flags = {}
+    for f in leaves(cls):
+        value = getattr(args, f.name, None)
+        old = getattr(args, POSITIONAL + f.name, None)
+        if old is not None:
+            if value is not None:
+                raise UserError(f"give {flag_name(f.name)} once: as {flag_name(f.name)} {f.metadata['positional']} "
+                                f"or as {f.metadata['positional']}, not both")
+            deprecated(prog, f"{f.metadata['positional']} as a positional argument", f"{flag_name(f.name)} "
+                       f"{f.metadata['positional']}")
+            value = old
+        flags[f.name] = value
+    return make(cls, merged(cls, flags, getattr(args, "config", None), prog=prog))
+
+
+# --------------------------------------------------------------------------- programs
+
+
+STORE_ARGUMENT = {"metavar": "STORE", "positional": "STORE"}  # `--store STORE`; older scripts: a positional STORE
+
+
+def quiet_libraries() -> None:
+    """Our own progress bars say what is happening; the libraries' would interleave."""
+    import datasets
+    import huggingface_hub
+    import transformers
+
+    huggingface_hub.utils.logging.set_verbosity_error()  # the hub's retry warnings: the error says it once
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity_error()
+
+
+def run_guarded(fn: Callable[[], int], prog: str) -> int:
+    """Bad input and interrupts become one line on stderr and a non-zero exit."""
+    from .distributed import Ranks
+
+    quiet_libraries()
+    try:
+        return fn()
+    except UserError as exc:
+        if Ranks.from_env().is_main:  # under torchrun every rank refuses alike; one says so
+            print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # `... --json | head`: the reader left, nothing to report
+        sys.stdout = open(os.devnull, "w")
+        return 0
+
+
+@dataclass(frozen=True)
+class Command:
+    """One subcommand: its settings dataclass is its parser (plus `--config`), and `run` takes
+    the validated settings and returns the exit code."""
+
+    name: str
+    help: str
+    settings: type
+    run: Callable[[Any], int]
+    description: str = "Flags left out fall back to --config, then to the defaults shown."
+
+
+SUBCOMMAND = "subcommand_"
+
+
+@dataclass(frozen=True)
+class Group:
+    """Subcommands under one name (`students build tinybert|rosita`)."""
+
+    name: str
+    help: str
+    commands: tuple[Command | "Group", ...]
+
+
+def add_commands(sub: argparse._SubParsersAction, commands: Iterable[Command | Group]) -> None:
+    """Register each command (or group of them) as a subparser."""
+    for command in commands:
+        if isinstance(command, Group):
+            p = sub.add_parser(command.name, help=command.help)
+            add_commands(p.add_subparsers(dest=SUBCOMMAND, required=True), command.commands)
+            continue
+        p = sub.add_parser(command.name, help=command.help, description=command.description)
+        p.add_argument("--config", metavar="FILE.toml", help="TOML file with the same settings (flags override it)")
+        add_fields(p, command.settings)
+        p.set_defaults(command_=command)
+
+
+def program(prog: str, description: str, commands: Iterable[Command | Group]) -> OneLineParser:
+    """The parser of a program whose subcommands are `commands`."""
+    parser = OneLineParser(prog=prog, description=description)
+    add_commands(parser.add_subparsers(dest="command", required=True), commands)
+    return parser
+
+
+def main(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> int:
+    """Parse, build the command's settings, run it: one dispatch for every program."""
+    args = parser.parse_args(argv)
+    command: Command = args.command_
+    prog = " ".join(filter(None, (parser.prog, args.command, getattr(args, SUBCOMMAND, None))))
+    return run_guarded(lambda: command.run(settings_from(command.settings, args, prog)), parser.prog)

@@ -480,3 +480,16 @@ def describe(url: str) -> dict[str, Any]:
         "bytes": _array_bytes(sizes),
         "total_bytes": sum(sizes.values()),
     }
+
+
+def description_lines(info: dict[str, Any]) -> list[str]:
+    """`describe`'s dictionary as the lines `hskcache inspect` prints."""
+    lines = [f"store       {info['path']}",
+             f"complete    {info['complete']} ({info['rows_committed']}/{info['num_examples']} rows committed)",
+             f"teacher     {info['teacher']}  layers {info['teacher_layers']}",
+             f"schema      {info['schema_version']}",
+             f"width code  {info['width_encoding'] or 'none'}",
+             "config      " + ", ".join(f"{k}={v}" for k, v in (info["config"] or {}).items()),
+             "bytes per array:"]
+    lines += [f"  {name:<16}{nbytes:>16,}" for name, nbytes in info["bytes"].items()]
+    return lines + [f"  {'total':<16}{info['total_bytes']:>16,}"]

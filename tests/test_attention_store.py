@@ -200,7 +200,7 @@ def test_budget_plan_and_store_count_relations(att_store, capsys):
 
     from hskcache.cli import main
 
-    assert main(["budget", str(att_store), "--json"]) == 0
+    assert main(["budget", "--store", str(att_store), "--json"]) == 0
     [own] = json.loads(capsys.readouterr().out)
     store = hskcache.open_store(att_store)
     rows = store.num_examples

@@ -12,8 +12,10 @@ import pytest
 import zarr
 
 from hskcache import budget
-from hskcache.budget_cli import build_parser, run_budget
+from hskcache.budget_cli import run_budget
+from hskcache.cli import build_parser
 from hskcache.errors import UserError
+from hskcache.options import settings_from
 from hskcache.layout import CHECKSUM_BYTES, StoreShape
 from hskcache.meta import synthetic_meta
 from hskcache.store import COMMITS, FORMAT, SCHEMA_VERSION, compressors
@@ -24,14 +26,19 @@ PLAN = ["budget", "--plan", "--examples", "392702", "--seq-len", "128", "--stude
 GIB = 2**30
 
 
+def settings(argv: list[str]):
+    args = build_parser().parse_args(argv)
+    return settings_from(args.command_.settings, args, "hskcache budget")
+
+
 def run(argv: list[str], capsys) -> str:
-    assert run_budget(build_parser().parse_args(argv)) == 0
+    assert run_budget(settings(argv)) == 0
     return capsys.readouterr().out
 
 
 def fails(argv: list[str]) -> str:
     with pytest.raises(UserError) as exc:
-        run_budget(build_parser().parse_args(argv))
+        run_budget(settings(argv))
     message = str(exc.value)
     assert message and "\n" not in message
     return message
@@ -128,7 +135,7 @@ def test_plan_bytes_equal_a_real_store(tmp_path, capsys, width, strategy):
     plan = ["budget", "--plan", "--examples", str(examples), "--seq-len", "32", "--student-layers", "4",
             "--teacher-width", "768", "--width-strategy", strategy, "--compress", "none", "--json", "--configs", config]
     planned = json.loads(run(plan, capsys))[0]
-    measured = json.loads(run(["budget", str(tmp_path / "s"), "--json"], capsys))[0]
+    measured = json.loads(run(["budget", "--store", str(tmp_path / "s"), "--json"], capsys))[0]
     assert measured["config"] == planned["config"] == config
     disk = measured["disk_bytes"]
     expected = shape.bytes_by_array(examples)
@@ -145,17 +152,17 @@ def test_plan_bytes_equal_a_real_store(tmp_path, capsys, width, strategy):
 def test_store_mode_table_and_smaller_configs(tmp_path, capsys):
     shape = StoreShape(32, 30522, 2, False, 3, 16, 64, 0.5, "mag")
     write_store(tmp_path / "s", shape, 10, student_layers=2)
-    out = run(["budget", str(tmp_path / "s"), "--configs", "1,4,0.25", "3,16,0.5"], capsys)
+    out = run(["budget", "--store", str(tmp_path / "s"), "--configs", "1,4,0.25", "3,16,0.5"], capsys)
     assert "on disk" in out and "width_code" in out
-    rows = json.loads(run(["budget", str(tmp_path / "s"), "--json", "--configs", "1,4,0.25", "3,16,0.5"], capsys))
+    rows = json.loads(run(["budget", "--store", str(tmp_path / "s"), "--json", "--configs", "1,4,0.25", "3,16,0.5"], capsys))
     assert [r["config"] for r in rows] == ["3,16,0.5", "1,4,0.25"]  # own row first, not repeated
     assert rows[1]["disk_bytes"] is None
     assert rows[1]["hskcache_total_bytes"] < rows[0]["hskcache_total_bytes"]
 
 
 def test_store_mode_refuses_plan_flags_and_non_stores(tmp_path):
-    assert "--seq-len" in fails(["budget", str(tmp_path), "--seq-len", "12"])
-    assert "not an hskcache store" in fails(["budget", str(tmp_path)])
+    assert "--seq-len" in fails(["budget", "--store", str(tmp_path), "--seq-len", "12"])
+    assert "not an hskcache store" in fails(["budget", "--store", str(tmp_path)])
 
 
 # --- configuration sets ------------------------------------------------------

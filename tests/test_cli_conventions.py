@@ -1,34 +1,99 @@
-"""One spelling per concept across `hskcache`, `students` and tools/finetune_teacher.py."""
+"""One command-line convention across `hskcache` and `students` (hskcache.options)."""
 from __future__ import annotations
 
 from dataclasses import fields
+from pathlib import Path
 
 import pytest
 
 from hskcache import cli as hskcache_cli
 from hskcache.config import ExtractConfig, build_config
 from hskcache.errors import UserError
-from hskcache.options import columns
+from hskcache.options import Group, columns, flag_name, leaves, settings_from
 from students import cli as students_cli
 from students.trainer import STORED, TrainConfig
 
+README = Path(__file__).resolve().parents[1] / "README.md"
+PROGRAMS = ((hskcache_cli, "hskcache"), (students_cli, "students"))
+
+
+def _commands(table, path=()):
+    for command in table:
+        if isinstance(command, Group):
+            yield from _commands(command.commands, (*path, command.name))
+        else:
+            yield (*path, command.name), command
+
+
+EVERY_COMMAND = [(module, (*path,), command) for module, _ in PROGRAMS for path, command in _commands(module.COMMANDS)]
+
+
+def _subparser(module, path):
+    parser = module.build_parser()
+    for name in path:
+        parser = parser._subparsers._group_actions[0].choices[name]
+    return parser
+
+
+def _parse(module, argv):
+    args = module.build_parser().parse_args(argv)
+    return settings_from(args.command_.settings, args, "test")
+
 
 def _train(argv):
-    args = students_cli.build_parser().parse_args(["train", *argv])
-    settings = students_cli.train_settings(args)
-    return settings, students_cli.train_config(settings)
+    run = _parse(students_cli, ["train", *argv])
+    return run.source, run.train
+
+
+@pytest.mark.parametrize(("module", "path", "command"), EVERY_COMMAND,
+                         ids=[" ".join(path) for _, path, _ in EVERY_COMMAND])
+def test_every_parser_is_its_settings_dataclass_with_config(module, path, command):
+    """Each flag is one field of the command's settings (nested ones included), none written by hand,
+    and each command takes --config."""
+    parser = _subparser(module, path)
+    visible = {o for a in parser._actions for o in a.option_strings if a.help != "==SUPPRESS=="}
+    wanted = {flag_name(f.name) for f in leaves(command.settings) if "help" in f.metadata}
+    assert visible == wanted | {"-h", "--help", "--config"}
+    hidden = {o for a in parser._actions for o in a.option_strings if a.help == "==SUPPRESS=="}
+    assert hidden == {old for f in leaves(command.settings) for old in f.metadata.get("aliases", ())}
+
+
+@pytest.mark.parametrize(("module", "path", "command"), EVERY_COMMAND,
+                         ids=[" ".join(path) for _, path, _ in EVERY_COMMAND])
+def test_every_command_reads_a_config_file(tmp_path, module, path, command):
+    """A TOML key is a flag name; an unknown key names the known ones (before any work)."""
+    toml = tmp_path / "c.toml"
+    toml.write_text("bogus_key = 1\n")
+    with pytest.raises(UserError, match="unknown setting 'bogus_key'"):
+        _parse(module, [*path, "--config", str(toml)])
+
+
+@pytest.mark.parametrize(("argv", "key", "value"), [
+    (["inspect"], "store", "S"), (["verify"], "threads", 3), (["budget"], "store", "S"),
+    (["build", "rosita"], "importance_examples", 7), (["eval"], "batch_size", 5), (["export"], "quantize", "int8"),
+])
+def test_config_file_values_and_flags_win(tmp_path, argv, key, value):
+    module = students_cli if argv[0] in ("build", "eval", "export") else hskcache_cli
+    required = {"inspect": {"store": "S"}, "verify": {"store": "S"}, "budget": {"store": "S"},
+                "build": {"teacher": "T", "store": "S", "out": "O"}, "eval": {"model": "M", "data": "D"},
+                "export": {"model": "M", "out": "O"}}[argv[0]]
+    toml = tmp_path / "c.toml"
+    toml.write_text("".join(f"{k} = {v!r}\n".replace("'", '"') for k, v in {**required, key: value}.items()))
+    assert getattr(_parse(module, [*argv, "--config", str(toml)]), key) == value
+    flag_value = {"S": "S2", 3: "4", 7: "8", 5: "6", "int8": "int8"}[value]
+    got = getattr(_parse(module, [*argv, "--config", str(toml), flag_name(key), flag_value]), key)
+    assert str(got) == flag_value
 
 
 def test_every_train_setting_is_a_flag_and_a_toml_key(tmp_path):
     """The parser is built from TrainConfig: no field lacks its flag, none is copied by hand."""
-    flags = {o for a in students_cli.build_parser()._subparsers._group_actions[0].choices["train"]._actions
-             for o in a.option_strings}
+    flags = {o for a in _subparser(students_cli, ["train"])._actions for o in a.option_strings}
     assert {"--" + f.name.replace("_", "-") for f in fields(TrainConfig)} <= flags
     toml = tmp_path / "train.toml"
     toml.write_text('store = "S"\nstudent = "STUDENT"\nout = "RUN"\nhsk = "1,9,0.1"\nhsk-epochs = 3\n'
                     'text_cols = ["a", "b"]\nseed = 4\nquiet = true\n')
-    settings, cfg = _train(["--config", str(toml), "--seed", "7"])
-    assert settings["store"] == "S"
+    source, cfg = _train(["--config", str(toml), "--seed", "7"])
+    assert source.store == "S"
     assert (cfg.student, cfg.out, cfg.hsk, cfg.hsk_epochs, cfg.text_cols, cfg.quiet) == \
         ("STUDENT", "RUN", (1, 9, 0.1), 3, ("a", "b"), True)
     assert cfg.seed == 7  # flags win over the file
@@ -43,48 +108,93 @@ def test_train_config_file_errors(tmp_path):
     with pytest.raises(UserError, match="unknown setting 'epochs'"):
         _train(["--config", str(toml)])
     with pytest.raises(UserError, match="--student is required"):
-        _train(["--out", "R"])
+        _train(["--out", "R", "--store", "S"])
+    with pytest.raises(UserError, match="pass exactly one knowledge source"):
+        _train(["--student", "X", "--out", "R"])
+    with pytest.raises(UserError, match="--width is an online-baseline setting"):
+        _train(["--student", "X", "--out", "R", "--store", "S", "--width", "0.5"])
 
 
-def test_old_spellings_still_work_with_a_warning(capsys):
-    _settings, _ = _train(["--cache", "S", "--student", "X", "--out", "R"])
-    assert _settings["store"] == "S"
-    assert "--cache is deprecated; use --store" in capsys.readouterr().err
-    args = hskcache_cli.build_parser().parse_args(
-        ["extract", "--teacher", "T", "--data", "D", "--out", "S", "--seed", "3", "--student-layers", "2"])
-    cfg = build_config({k: v for k, v in vars(args).items() if k not in ("command", "config", "quiet")})
-    assert (cfg.store, cfg.width_seed) == ("S", 3)
+def test_the_online_baseline_has_its_own_settings_and_no_store():
+    """Was: a fake `"store": cfg.out` handed to ExtractConfig."""
+    source, cfg = _train(["--teacher", "T", "--data", "D", "--student", "X", "--out", "R", "--student-layers", "2",
+                          "--width", "0.5", "--seed", "9", "--max-length", "32"])
+    extraction = source.extraction(cfg)
+    assert extraction.store is None and (extraction.teacher, extraction.data) == ("T", "D")
+    assert (extraction.width, extraction.max_length, extraction.width_seed, cfg.seed) == (0.5, 32, 0, 9)
+    with pytest.raises(UserError, match="--teacher needs --data"):
+        _train(["--teacher", "T", "--student", "X", "--out", "R"])
+
+
+def _deprecated(prog, old, new):
+    return f"{prog}: warning: {old} is deprecated; use {new}"
+
+
+def test_old_spellings_still_work_with_one_warning(capsys):
+    source, _ = _train(["--cache", "S", "--student", "X", "--out", "R"])
+    assert source.store == "S"
+    assert _deprecated("students train", "--cache", "--store") in capsys.readouterr().err
+    run = _parse(hskcache_cli, ["extract", "--teacher", "T", "--data", "D", "--out", "S", "--seed", "3",
+                                "--student-layers", "2"])
+    assert (run.extraction.store, run.extraction.width_seed) == ("S", 3)
     err = capsys.readouterr().err
-    assert "--out is deprecated; use --store" in err and "--seed is deprecated; use --width-seed" in err
+    assert _deprecated("hskcache extract", "--out", "--store") in err
+    assert _deprecated("hskcache extract", "--seed", "--width-seed") in err
     # The two seeds are different flags: extraction's width seed, training's seed.
-    assert "--width-seed" in hskcache_cli.build_parser()._subparsers._group_actions[0].choices["extract"].format_help()
+    assert "--width-seed" in _subparser(hskcache_cli, ["extract"]).format_help()
+    for argv in (["inspect", "S"], ["verify", "S"], ["budget", "S"]):
+        assert _parse(hskcache_cli, argv).store == "S"
+        assert capsys.readouterr().err.strip() == _deprecated(
+            "test", "STORE as a positional argument", "--store STORE")
+    with pytest.raises(UserError, match="give --store once"):
+        _parse(hskcache_cli, ["inspect", "S", "--store", "S"])
+    build = _parse(students_cli, ["build", "rosita", "--teacher", "T", "--cache", "S", "--out", "O"])
+    assert build.store == "S"
+    assert _deprecated("students build rosita", "--cache", "--store") in capsys.readouterr().err
 
 
-def test_extract_toml_accepts_the_old_keys(tmp_path):
+def test_extract_toml_accepts_the_old_keys_with_a_warning(tmp_path, capsys):
     toml = tmp_path / "extract.toml"
     toml.write_text('teacher = "T"\ndata = "D"\nout = "S"\nseed = 2\nstudent-layers = 2\nteacher_layers = [0, 1, 2]\n')
     with pytest.raises(UserError, match="either --student-layers or --teacher-layers"):
         build_config({}, str(toml))
     toml.write_text('teacher = "T"\ndata = "D"\nout = "S"\nseed = 2\nteacher_layers = [0, 1, 2]\n')
+    capsys.readouterr()
     cfg = build_config({}, str(toml))
     assert (cfg.store, cfg.width_seed, cfg.teacher_layers) == ("S", 2, (0, 1, 2))
+    err = capsys.readouterr().err
+    assert _deprecated("hskcache", f"config key 'out' in {toml}", "'store'") in err
+    assert _deprecated("hskcache", f"config key 'seed' in {toml}", "'width_seed'") in err
+
+
+def test_readme_lists_every_deprecated_spelling():
+    """One list, in the README's "Deprecated spellings" note, of every alias the parsers accept."""
+    note = README.read_text().split("### Deprecated spellings", 1)[1].split("\n#", 1)[0]
+    for _, path, command in EVERY_COMMAND:
+        for f in leaves(command.settings):
+            for old in f.metadata.get("aliases", ()):
+                assert f"`{old}`" in note and flag_name(f.name) in note, (path, old)
+            if "positional" in f.metadata:
+                assert f"{' '.join(path)} {f.metadata['positional']}`" in note, path
 
 
 def test_text_cols_is_a_comma_list_everywhere():
     assert columns("a,b") == ("a", "b") and columns(["a", "b"]) == ("a", "b") and columns(None) is None
-    args = hskcache_cli.build_parser().parse_args(["extract", "--text-cols", "a,b"])
-    assert build_config({"teacher": "T", "data": "D", "store": "S", "student_layers": 2,
-                         "text_cols": args.text_cols}).text_cols == ("a", "b")
+    run = _parse(hskcache_cli, ["extract", "--text-cols", "a,b", "--teacher", "T", "--data", "D", "--store", "S",
+                                "--student-layers", "2"])
+    assert run.extraction.text_cols == ("a", "b")
+    for argv in (["eval", "--model", "M", "--data", "D"],
+                 ["build", "tinybert", "--teacher", "T", "--out", "O", "--init", "random"]):
+        assert _parse(students_cli, [*argv, "--text-cols", "a,b"]).text_cols == ("a", "b")
 
 
 def test_every_store_argument_is_spelled_store():
-    parser = hskcache_cli.build_parser()
-    for argv in (["inspect", "--store", "S"], ["budget", "--store", "S"], ["extract", "--store", "S"]):
-        assert parser.parse_args(argv).store == "S"
-    assert parser.parse_args(["inspect", "S"]).store_path == "S"  # the older positional form
-    build = students_cli.build_parser().parse_args(
-        ["build", "rosita", "--teacher", "T", "--store", "S", "--out", "O"])
-    assert build.store == "S"
+    for module, path in ((hskcache_cli, ["inspect"]), (hskcache_cli, ["budget"]), (hskcache_cli, ["verify"]),
+                         (students_cli, ["build", "rosita"]), (students_cli, ["train"]),
+                         (students_cli, ["build", "tinybert"])):
+        assert "--store STORE" in _subparser(module, path).format_help()
+    assert _parse(hskcache_cli, ["extract", "--store", "S", "--teacher", "T", "--data", "D",
+                                 "--student-layers", "2"]).extraction.store == "S"
     assert all(f.name != "out" for f in fields(ExtractConfig))
 
 

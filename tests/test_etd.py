@@ -211,12 +211,12 @@ def test_store_sample_leaves_out_the_held_out_rows(task):
     import numpy as np
 
     from hskcache.reader import open_store
-    from students.cli import _store_sample
+    from students.importance import store_sample
     from students.selection import HOLDOUT_SEED, holdout_rows
 
     store = open_store(task.store)
     held = set(holdout_rows(np.arange(store.num_examples), 0.1, HOLDOUT_SEED).tolist())
-    ids = [i for batch in _store_sample(store, 100, "train-holdout:0.1") for i in batch["example_id"].tolist()]
+    ids = [i for batch in store_sample(store, 100, "train-holdout:0.1") for i in batch["example_id"].tolist()]
     assert len(ids) == 100 and len(set(ids)) == 100 and not held & set(ids)
-    everything = [i for batch in _store_sample(store, 10_000, "last") for i in batch["example_id"].tolist()]
+    everything = [i for batch in store_sample(store, 10_000, "last") for i in batch["example_id"].tolist()]
     assert sorted(everything) == list(range(store.num_examples))

@@ -193,7 +193,7 @@ def test_inspect_json(tmp_path, teacher_dir, single_csv, capsys, device):
     import json
     run_extract(teacher_dir, single_csv, tmp_path / "s", "--student-layers", 2, "--device", device)
     capsys.readouterr()
-    assert main(["inspect", str(tmp_path / "s"), "--json"]) == 0
+    assert main(["inspect", "--store", str(tmp_path / "s"), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["complete"] and info["rows_committed"] == info["num_examples"] == 36
     assert set(info["bytes"]) >= {"values", "positions", "logits", "input_ids"}

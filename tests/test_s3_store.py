@@ -55,7 +55,7 @@ def test_extract_to_s3_resume_read_and_bytes(task, s3_bucket, monkeypatch, capsy
             by_array[name] = by_array.get(name, 0) + item["Size"]
     assert store_mod.on_disk_bytes(url) == by_array == store_mod.on_disk_bytes(str(local_store))
     capsys.readouterr()
-    assert main(["inspect", url, "--json"]) == 0
+    assert main(["inspect", "--store", url, "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["complete"] and info["total_bytes"] == sum(item["Size"] for item in listing)
     assert main(["budget", url]) == 0 and "bytes on disk per array" in capsys.readouterr().out

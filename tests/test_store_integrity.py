@@ -159,7 +159,7 @@ def test_verify_repair_and_rerun_restore_the_clean_store(task, damaged, capsys):
     assert "chunks 1, 2, 3" in capsys.readouterr().out
     with pytest.raises(UserError, match="incomplete"):
         hskcache.open_store(damaged)
-    assert main(["verify", str(damaged), "--quiet"]) == 0  # the uncommitted chunks are not damage
+    assert main(["verify", "--store", str(damaged), "--quiet"]) == 0  # the uncommitted chunks are not damage
     assert "0 bad" in capsys.readouterr().out
 
     with mock.patch.object(layout, "CHUNK_TARGET_BYTES", CHUNK_BYTES):
@@ -200,8 +200,8 @@ def test_a_deleted_array_folder_is_refused_then_repaired(task, tmp_path, capsys)
     with pytest.raises(UserError, match="array logits .* is missing.*--repair"):
         hskcache.open_store(path)
     capsys.readouterr()
-    assert main(["verify", str(path), "--quiet"]) == 1
-    assert main(["verify", str(path), "--quiet", "--repair"]) == 0
+    assert main(["verify", "--store", str(path), "--quiet"]) == 1
+    assert main(["verify", "--store", str(path), "--quiet", "--repair"]) == 0
     with mock.patch.object(layout, "CHUNK_TARGET_BYTES", CHUNK_BYTES):
         assert main(extract_args(task, path)) == 0
     assert_same_store(str(path), str(task.store))
@@ -227,7 +227,7 @@ def test_corrupt_metadata_is_one_line_on_open_inspect_verify_and_resume(task, tm
     before = {p: p.read_bytes() for p in path.rglob("*") if p.is_file()}
     with pytest.raises(UserError, match=f"{where} is corrupt"):
         hskcache.open_store(path)
-    for argv in (["inspect", str(path)], ["verify", "--store", str(path)]):
+    for argv in (["inspect", "--store", str(path)], ["verify", "--store", str(path)]):
         capsys.readouterr()
         assert where in one_line_error(capsys, main(argv))
     capsys.readouterr()
@@ -258,7 +258,7 @@ def test_full_disk_during_extraction_is_one_line_and_resumable(task, tmp_path, c
     partial = store_mod.describe(str(out))
     assert not partial["complete"] and 0 < partial["rows_committed"] < partial["num_examples"]
     capsys.readouterr()
-    assert main(["verify", str(out), "--quiet"]) == 0  # committed chunks are whole
+    assert main(["verify", "--store", str(out), "--quiet"]) == 0  # committed chunks are whole
     with mock.patch.object(layout, "CHUNK_TARGET_BYTES", CHUNK_BYTES):
         assert main(extract_args(task, out)) == 0
     assert_same_store(str(out), str(task.store))
@@ -327,7 +327,7 @@ def fast_failing_s3(monkeypatch):
 
 def test_missing_bucket_is_one_line(task, s3_endpoint, fast_failing_s3, capsys):
     url = "s3://no-such-bucket/store"
-    for argv in (["inspect", url], ["verify", "--store", url], extract_args(task, url)):
+    for argv in (["inspect", "--store", url], ["verify", "--store", url], extract_args(task, url)):
         capsys.readouterr()
         message = one_line_error(capsys, main(argv))
         assert "bucket does not exist" in message or "bucket no-such-bucket does not exist" in message
@@ -337,7 +337,7 @@ def test_endpoint_down_is_one_line(task, s3_endpoint, fast_failing_s3, monkeypat
     from s3_server import free_port
 
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")  # nothing listens there
-    for argv in (["inspect", "s3://bucket/store"], extract_args(task, "s3://bucket/store")):
+    for argv in (["inspect", "--store", "s3://bucket/store"], extract_args(task, "s3://bucket/store")):
         capsys.readouterr()
         assert "cannot reach the storage endpoint" in one_line_error(capsys, main(argv))
 
@@ -347,6 +347,6 @@ def test_refused_credentials_are_one_line(task, s3_endpoint, fast_failing_s3, mo
 
     with moto_server(check_credentials=True) as strict:
         monkeypatch.setenv("AWS_ENDPOINT_URL", strict)
-        for argv in (["inspect", "s3://bucket/store"], extract_args(task, "s3://bucket/store")):
+        for argv in (["inspect", "--store", "s3://bucket/store"], extract_args(task, "s3://bucket/store")):
             capsys.readouterr()
             assert "access refused" in one_line_error(capsys, main(argv))

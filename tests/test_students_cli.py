@@ -17,6 +17,7 @@ from students.models import load_student
 from students.rosita import RositaForSequenceClassification
 from students.online import OnlineSource
 from tiny_task import CHUNK_BYTES, LABEL_NAMES, STORE_FLAGS, Interrupting, extract
+from students.sources import SourceSettings
 
 TRAIN = ("--hsk-epochs", "2", "--pred-epochs", "3", "--hsk-lr", "3e-3", "--pred-lr", "3e-3", "--hsk-batch-size", "16",
          "--pred-batch-size", "16", "--threads", "1", "--quiet", "--select-on", "last")  # every row trained on
@@ -74,7 +75,7 @@ def test_ctrl_c_then_resume(task, student, tmp_path, monkeypatch, capsys, device
     args = ["train", "--store", str(task.store), "--student", str(student), "--out", str(tmp_path / "run"),
             "--max-steps", "6", "--hsk-epochs", "1", "--pred-epochs", "1", "--threads", "1", "--quiet",
             "--device", device]
-    monkeypatch.setattr(cli, "open_source", lambda settings, cfg: Interrupting(store, 3))
+    monkeypatch.setattr(SourceSettings, "open", lambda self, cfg: Interrupting(store, 3))
     assert cli.main(args) == 130
     assert capsys.readouterr().err.strip().splitlines() == ["students: interrupted; rerun with --resume"]
     monkeypatch.undo()

@@ -14,6 +14,7 @@ import hskcache
 from students import checkpoint, cli, trainer
 from students.checkpoint import read_state
 from tiny_task import Interrupting
+from students.sources import SourceSettings
 
 QUICK = ("--hsk-epochs", "1", "--pred-epochs", "1", "--hsk-batch-size", "16", "--pred-batch-size", "16",
          "--hsk-lr", "3e-3", "--pred-lr", "3e-3", "--threads", "1", "--quiet", "--select-on", "last",
@@ -51,7 +52,7 @@ def interrupted_run(task, student, out, device, monkeypatch) -> list[str]:
     store = hskcache.open_store(task.store)
     args = train_args(task, student, out, device, "--max-steps", "6")
     with monkeypatch.context() as patch:
-        patch.setattr(cli, "open_source", lambda settings, cfg: Interrupting(store, 3))
+        patch.setattr(SourceSettings, "open", lambda self, cfg: Interrupting(store, 3))
         assert cli.main(args) == 130
     return args
 

@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from hskcache.cli import quiet_libraries
+from hskcache.options import quiet_libraries
 from hskcache.device import pick_device
 from students.evaluate import evaluate, open_for_eval, predict
 from students.serving import weights_bytes

@@ -132,7 +132,7 @@ class Table:
 
 def benchmarks(table: Table, device: str, examples: int, steps: int) -> None:
     from common import movie_csv, packaged_teacher
-    from hskcache.cli import quiet_libraries
+    from hskcache.options import quiet_libraries
     from students import cli
 
     quiet_libraries()

@@ -12,7 +12,7 @@ import torch
 import zarr
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from hskcache.cli import quiet_libraries
+from hskcache.options import quiet_libraries
 from hskcache.embedded import minilm_encoder, movie_corpus
 from hskcache.layout import StoreShape
 from hskcache.store import StoreData, StoreWriter

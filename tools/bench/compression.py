@@ -16,7 +16,7 @@ import numpy as np
 from numcodecs import Blosc, Zstd
 
 from hskcache.layout import StoreShape
-from hskcache.options import add_store_argument, store_argument
+from hskcache.options import STORE_HELP
 from hskcache.store import StoreData
 
 CODECS = {
@@ -37,12 +37,9 @@ def best_seconds(fn, repeats: int = 3) -> float:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_store_argument(p, "the store to measure")
+    p.add_argument("--store", required=True, help=STORE_HELP)
     p.add_argument("--rows", type=int, default=4096, help="rows read from the start of the store")
     args = p.parse_args()
-    args.store = store_argument(args)
-    if args.store is None:
-        p.error("pass --store STORE")
     data = StoreData(args.store)
     rows = slice(0, min(args.rows, data.num_examples))
     print(f"{args.store}: first {rows.stop} rows, one thread; ratio = raw / compressed; "

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from transformers import AutoTokenizer
 
-from hskcache.cli import quiet_libraries
+from hskcache.options import quiet_libraries
 from hskcache.data import load_texts
 from students.evaluate import evaluate, open_for_eval, predict
 from students.export import QUANTIZERS
