@@ -20,7 +20,7 @@ import tomllib
 import types
 import typing
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import MISSING, Field, dataclass, field, fields, is_dataclass
+from dataclasses import MISSING, Field, dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -118,23 +118,20 @@ def _is_nested(f: Field) -> bool:
 POSITIONAL = "positional_"  # dest prefix of a deprecated positional spelling
 
 
-def add_fields(p: argparse._ActionsContainer, cls: type, names: Iterable[str] | None = None,
-               skip: Iterable[str] = (), with_aliases: bool = True) -> None:
-    """One flag per field of `cls` (all of them, or `names`), default None so that
-    a flag that was not given leaves the TOML value or the field's default; a nested
-    settings dataclass's flags in their group; older spellings too unless `with_aliases`
-    is off (where they would mean something else)."""
+def add_fields(p: argparse._ActionsContainer, cls: type) -> None:
+    """One flag per field of `cls`, default None so that a flag that was not given leaves
+    the TOML value or the field's default; a nested settings dataclass's flags in their
+    group; each older spelling as a hidden flag that warns."""
     hints = typing.get_type_hints(cls)
-    wanted, skipped = (None if names is None else set(names)), set(skip)
     for f in fields(cls):
         if _is_nested(f):
             title = f.metadata.get("group")
             top = getattr(p, "_top", p)
             group = top.add_argument_group(title) if title else p
             group._top = top
-            add_fields(group, hints[f.name], names, skip, with_aliases)
+            add_fields(group, hints[f.name])
             continue
-        if (wanted is not None and f.name not in wanted) or f.name in skipped or "help" not in f.metadata:
+        if "help" not in f.metadata:
             continue
         kind = _field_type(hints[f.name])
         help_text = f.metadata["help"].replace("%", "%%") + _default_text(f)
@@ -145,7 +142,7 @@ def add_fields(p: argparse._ActionsContainer, cls: type, names: Iterable[str] | 
         p.add_argument(flag_name(f.name), type=kind if numeric else str, default=None, help=help_text,
                        metavar=f.metadata.get("metavar"), nargs=f.metadata.get("nargs"),
                        choices=f.metadata.get("choices"))
-        for old in f.metadata.get("aliases", ()) if with_aliases else ():
+        for old in f.metadata.get("aliases", ()):
             add_alias(p, old, flag_name(f.name), f.name, type=kind if numeric else str)
         if "positional" in f.metadata:  # an older spelling: `inspect STORE`
             p.add_argument(POSITIONAL + f.name, nargs="?", metavar=f.metadata["positional"], help=argparse.SUPPRESS)
@@ -191,12 +188,10 @@ def load_toml(path: str, known: Iterable[str], renames: dict[str, str] | None = 
     return out
 
 
-def merged(cls: type, flags: dict[str, Any], toml_path: str | None = None,
-           extra: Iterable[str] = (), prog: str = "hskcache") -> dict[str, Any]:
-    """TOML < flags (a flag that was not given is None); `extra`: keys that are not
-    fields of `cls` but that the command's TOML may hold too."""
+def merged(cls: type, flags: dict[str, Any], toml_path: str | None = None, prog: str = "hskcache") -> dict[str, Any]:
+    """TOML < flags (a flag that was not given is None)."""
     renames = aliases(cls)
-    out = load_toml(toml_path, field_names(cls) | set(extra), renames, prog) if toml_path else {}
+    out = load_toml(toml_path, field_names(cls), renames, prog) if toml_path else {}
     out.update({renames.get(k, k): v for k, v in flags.items() if v is not None})
     return out
 

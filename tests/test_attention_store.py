@@ -154,7 +154,7 @@ def test_online_baseline_computes_the_stores_relations(att_store, teacher_dir, p
     from students.online import OnlineSource
 
     flags = dict(zip((str(f)[2:].replace("-", "_") for f in ATT_FLAGS[::2]), ATT_FLAGS[1::2]))
-    online = OnlineSource(build_config({**flags, "teacher": str(teacher_dir), "data": str(pair_csv), "store": "-",
+    online = OnlineSource(build_config({**flags, "teacher": str(teacher_dir), "data": str(pair_csv),
                                         "batch_size": 8, "device": device, "dtype": "fp32"}))
     store = hskcache.open_store(att_store)
     assert online.relations == store.relations

@@ -74,7 +74,7 @@ def hskcache_teacher_embeddings(folder):
 
 
 def test_augmented_rows_get_teacher_logits_and_unknown_labels(augmented, teacher_dir, tmp_path, device):
-    assert hskcache_main(["extract", "--teacher", str(teacher_dir), "--data", str(augmented), "--out",
+    assert hskcache_main(["extract", "--teacher", str(teacher_dir), "--data", str(augmented), "--store",
                           str(tmp_path / "store"), "--student-layers", "1", "--tokens", "4", "--max-length", "32",
                           "--quiet", "--device", device]) == 0
     store = hskcache.open_store(tmp_path / "store")
@@ -87,7 +87,7 @@ def test_augmented_rows_get_teacher_logits_and_unknown_labels(augmented, teacher
 
 def test_unlabeled_text_is_a_transfer_set(teacher_dir, tmp_path, device):
     data = write_csv(tmp_path / "unlabeled.csv", [{"text": s} for s in SENTENCES[:12]])
-    assert hskcache_main(["extract", "--teacher", str(teacher_dir), "--data", str(data), "--out",
+    assert hskcache_main(["extract", "--teacher", str(teacher_dir), "--data", str(data), "--store",
                           str(tmp_path / "store"), "--student-layers", "1", "--max-length", "32", "--quiet",
                           "--device", device]) == 0
     batch = hskcache.open_store(tmp_path / "store").get(np.arange(12), depth=1, tokens=1)

@@ -20,7 +20,7 @@ ARGS = ["--student-layers", "2", "--depth", "2", "--tokens", "6", "--width", "0.
 
 
 def extract(teacher_dir, data, out, *extra) -> hskcache.reader.HSKStore:
-    assert main(["extract", "--teacher", str(teacher_dir), "--data", str(data), "--out", str(out), *ARGS, *extra]) == 0
+    assert main(["extract", "--teacher", str(teacher_dir), "--data", str(data), "--store", str(out), *ARGS, *extra]) == 0
     return hskcache.open_store(out)
 
 
@@ -106,7 +106,7 @@ def test_old_schema_store_is_refused_with_the_fix(stores, tmp_path, teacher_dir,
     assert "schema 1" in message and "--overwrite" in message and "\n" not in message
     # rerunning the same extraction on it says the same, and leaves it untouched
     before = {p.name: p.stat().st_mtime_ns for p in old.rglob("*")}
-    assert main(["extract", "--teacher", str(teacher_dir), "--data", str(single_csv), "--out", str(old), *ARGS,
+    assert main(["extract", "--teacher", str(teacher_dir), "--data", str(single_csv), "--store", str(old), *ARGS,
                  "--compress", "none"]) == 2
     assert {p.name: p.stat().st_mtime_ns for p in old.rglob("*")} == before
 

@@ -174,7 +174,7 @@ def test_online_baseline_trains_on_the_same_numbers(task, student, tmp_path, mon
     store = hskcache.open_store(task.store)
     flags = dict(zip((f[2:].replace("-", "_") for f in STORE_FLAGS[::2]), STORE_FLAGS[1::2]))
     online = OnlineSource(build_config(
-        {**flags, "teacher": str(task.teacher), "data": str(task.train), "store": "-", "batch_size": 32,
+        {**flags, "teacher": str(task.teacher), "data": str(task.train), "batch_size": 32,
          "device": device, "dtype": "fp32"}))
     assert online.meta.identity == store.meta.identity and online.chunk_rows == store.chunk_rows
     read = dict(shuffle=True, seed=3, epoch=2, depth=2, tokens=5, width=0.25, start_batch=3)

@@ -20,7 +20,7 @@ def test_trained_student_is_a_teacher(task, tmp_path, device):
     # 1. the assistant: the teacher's store (2 student layers) distilled into a narrower 2-layer BERT
     assert students_cli.main(["build", "tinybert", "--teacher", str(task.teacher), "--init", "random", "--layers", "2", "--hidden", "24",
                               "--ffn", "48", "--heads", "4", "--out", str(tmp_path / "a0"), *on]) == 0
-    assert students_cli.main(["train", "--cache", str(task.store), "--student", str(tmp_path / "a0"),
+    assert students_cli.main(["train", "--store", str(task.store), "--student", str(tmp_path / "a0"),
                               "--out", str(assistant), "--max-steps", "3", "--threads", "1", "--quiet", *on]) == 0
     # 2. the assistant's own store, extracted from the trained student folder as is
     store_dir = extract(assistant / "student", task.train, tmp_path / "assistant-store", "--student-layers", 1, *on,
@@ -28,7 +28,7 @@ def test_trained_student_is_a_teacher(task, tmp_path, device):
     # 3. the final student distils from the assistant's store
     assert students_cli.main(["build", "tinybert", "--teacher", str(assistant / "student"), "--init", "random", "--layers", "1",
                               "--hidden", "16", "--ffn", "32", "--heads", "2", "--out", str(tmp_path / "s0"), *on]) == 0
-    assert students_cli.main(["train", "--cache", str(store_dir), "--student", str(tmp_path / "s0"),
+    assert students_cli.main(["train", "--store", str(store_dir), "--student", str(tmp_path / "s0"),
                               "--out", str(student), "--max-steps", "3", "--threads", "1", "--quiet", *on]) == 0
     assert (student / "student" / "config.json").is_file()
 
