@@ -297,7 +297,7 @@ def _labels(
         return np.asarray(values, dtype=np.int64), tuple(feature.names), False
     if _is_string(kind):
         names = tuple(label_names) if label_names is not None else tuple(sorted(set(values) - {None}))
-        index = {name: i for i, name in enumerate(names)} | {None: -1}
+        index = {name: i for i, name in enumerate(names)} | {None: UNKNOWN_CLASS}
         unknown = sorted(set(values) - index.keys())
         if unknown:
             raise UserError(
@@ -316,13 +316,27 @@ def _labels(
         regression = bool(np.any(known != np.round(known)))
     if regression:
         return array.astype(np.float32), None, True
-    array[missing] = -1
+    array[missing] = UNKNOWN_CLASS
     if known.min() < 0:
         raise UserError(
             f"label column {col!r} of {source} has negative class {known.min():g}; "
             "classes must be 0..C-1 (or strings)"
         )
     return array.astype(np.int64), None, False
+
+
+UNKNOWN_CLASS = -1  # a classifier's row without a gold label (augmented, unlabeled); a regression's is NaN
+
+
+def no_labels(n: int, regression: bool) -> np.ndarray:
+    """Labels of `n` rows that have none, as a store holds them: class -1, or NaN for a regression."""
+    return np.full(n, np.nan if regression else UNKNOWN_CLASS)
+
+
+def known_labels(labels, regression: bool):
+    """Which rows carry a gold label (numpy or torch, elementwise): a class >= 0, or a regression
+    target that is not NaN (NaN is the one value not equal to itself)."""
+    return labels == labels if regression else labels >= 0
 
 
 def check_labels(labels: np.ndarray | None, num_labels: int, regression: bool, where: str, role: str,

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from . import hooks
 from .config import ExtractConfig
 from .distributed import Ranks, broadcast, rank_device
-from .data import TextData, check_labels, fingerprint, load_texts, tokenize_batch
+from .data import TextData, check_labels, fingerprint, load_texts, no_labels, tokenize_batch
 from .errors import UserError
 from .families import takes_token_types
 from .kinds import TeacherForward, stored_kinds
@@ -205,7 +205,7 @@ def extract(cfg: ExtractConfig, progress: bool = True) -> str | None:
         StoreWriter.create(*create)
     chunks = chunk_span(-(-n // shape.rows_per_chunk(n)), part, parts)
     writer = StoreWriter.attach(cfg.store, shape, n, chunks)
-    labels = data.labels if data.labels is not None else np.full(n, np.nan if teacher.regression else -1)
+    labels = data.labels if data.labels is not None else no_labels(n, teacher.regression)
     bs = cfg.batch_size
     todo = writer.todo_rows()
     bar = tqdm(total=sum(hi - lo for lo, hi in todo), unit="ex", desc="extract" if parts == 1 else f"extract {part}/{parts}",

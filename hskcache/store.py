@@ -187,7 +187,6 @@ class StoreWriter:
         owned = range(self.num_chunks) if chunks is None else chunks
         self.todo = [c for c in owned if c not in done]
         self._pending: dict[int, tuple[int, dict[str, list[np.ndarray]]]] = {}  # chunk -> (rows held, parts)
-        self._cursor = 0
 
     @property
     def rows_committed(self) -> int:
@@ -259,13 +258,6 @@ class StoreWriter:
             open_arrays(location, read_only=False)  # a resumed store's array metadata must read back
 
     @classmethod
-    def open(cls, url: str, shape: StoreShape, num_examples: int, meta: StoreMeta,
-             static: Mapping[str, np.ndarray], overwrite: bool, chunks: Iterable[int] | None = None) -> StoreWriter:
-        """Resume a store with identical settings, else create one (refusing to clobber): one writer alone."""
-        cls.create(url, shape, num_examples, meta, static, overwrite)
-        return cls.attach(url, shape, num_examples, chunks)
-
-    @classmethod
     def attach(cls, url: str, shape: StoreShape, num_examples: int, chunks: Iterable[int] | None = None) -> StoreWriter:
         """Open a store that `create` made, to write `chunks` of it."""
         with faults(url):
@@ -302,11 +294,6 @@ class StoreWriter:
         raw = {a.name: len(self.todo) * self.chunk_rows * a.row_bytes for a in self.shape.arrays()}
         return (f"about {human(sum(estimated_disk(self.shape, raw).values()))} more is needed for the "
                 f"{len(self.todo)} chunks of rows left, at the measured compression ratios")
-
-    def append(self, rows: dict[str, np.ndarray]) -> None:
-        """Rows in order from the first row (one writer of a whole store)."""
-        self.write(self._cursor, rows)
-        self._cursor += len(next(iter(rows.values())))
 
     def _commit(self, chunk: int, block: dict[str, np.ndarray]) -> None:
         lo = chunk * self.chunk_rows

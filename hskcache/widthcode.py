@@ -82,23 +82,9 @@ def code_bytes(name: str, d: int, k: int) -> int:
     return get(name).nbytes(d, k)
 
 
-def encode(dims: np.ndarray, d: int, name: str) -> np.ndarray:
-    """(V, K) kept dimensions -> (V, code_bytes) uint8."""
-    dims = np.asarray(dims)
-    mask = np.zeros((dims.shape[0], d), dtype=bool)
-    np.put_along_axis(mask, dims.astype(np.int64), True, axis=1)
-    return get(name).from_mask(mask, d, dims.shape[1])
-
-
 def decode_mask(codes: np.ndarray, d: int, k: int, name: str) -> np.ndarray:
     """(V, code_bytes) uint8 -> (V, d) bool, K True per row."""
     return get(name).to_mask(np.ascontiguousarray(codes, dtype=np.uint8), d, k)
-
-
-def decode(codes: np.ndarray, d: int, k: int, name: str) -> np.ndarray:
-    """(V, code_bytes) uint8 -> (V, K) sorted kept dimensions (int64)."""
-    mask = decode_mask(codes, d, k, name)
-    return np.nonzero(mask)[1].reshape(len(mask), k).astype(np.int64)
 
 
 def from_bitmask(bits: np.ndarray, d: int, k: int, name: str) -> np.ndarray:

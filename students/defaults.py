@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from hskcache.data import known_labels
 from students.etd import EXTRACTING_INITS
 from students.objectives import Weighted
 
@@ -53,5 +54,4 @@ SOFT_ONLY: Weighted = (("pred", 1.0),)
 
 def prediction_objective(labels: np.ndarray, regression: bool) -> Weighted:
     """WITH_LABELS if any row has a gold label (class >= 0, or a number for regression), else SOFT_ONLY."""
-    known = ~np.isnan(labels) if regression else labels >= 0
-    return WITH_LABELS if bool(np.any(known)) else SOFT_ONLY
+    return WITH_LABELS if bool(np.any(known_labels(labels, regression))) else SOFT_ONLY

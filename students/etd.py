@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers import AutoModelForSequenceClassification, PretrainedConfig
 
+from hskcache.data import known_labels
 from hskcache.errors import UserError
 from hskcache.families import BLOCKS, FFN, GLU, HEADS, HIDDEN, QKV, Family, family_of, parameter_axes, \
     select_axes, takes_token_types
@@ -134,11 +135,6 @@ def model_inputs(config: PretrainedConfig, batch: dict[str, Tensor], device: tor
     names = ("input_ids", "attention_mask", "token_type_ids") if takes_token_types(config) else \
         ("input_ids", "attention_mask")
     return {k: batch[k].to(device) for k in names if k in batch}
-
-
-def known_labels(labels: Tensor, regression: bool) -> Tensor:
-    """Which rows have a gold label (a store marks the others -1, or NaN for regression)."""
-    return ~torch.isnan(labels.float()) if regression else labels >= 0
 
 
 def taylor_neuron_importance(model: nn.Module, batches: Iterable[dict[str, Tensor]]) -> Importance:

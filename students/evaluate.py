@@ -6,8 +6,9 @@ Eval data is tokenized with the *student's* tokenizer (saved in its folder), so
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -21,6 +22,7 @@ from hskcache.teacher import check_max_length, is_regression
 from students.metrics import compute_metrics
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+Batch = TypeVar("Batch", torch.Tensor, np.ndarray)
 
 
 @dataclass(frozen=True, eq=False)
@@ -74,11 +76,17 @@ def encode_eval_set(texts: TextData, config, tokenizer, max_length: int, where: 
     return EvalSet(inputs, labels, task or texts.task, regression, texts.source)
 
 
+def trim_padding(inputs: Mapping[str, Batch]) -> dict[str, Batch]:
+    """A batch's model inputs (torch or numpy, (B, S) each) cut to its longest real sequence:
+    padding is right-aligned and masked, so a model's outputs are unchanged and short
+    texts cost less. The one home of that cut (training, prediction, importance scoring)."""
+    width = int(inputs["attention_mask"].sum(1).max())
+    return {k: v[:, :width] for k, v in inputs.items()}
+
+
 def trimmed(inputs: dict[str, torch.Tensor], rows: torch.Tensor, device: torch.device) -> dict[str, torch.Tensor]:
-    """`rows` of `inputs` on `device`, cut to their longest real sequence (padding is
-    right-aligned and masked, so a model's outputs are unchanged)."""
-    width = int(inputs["attention_mask"][rows].sum(1).max())
-    return {k: v[rows, :width].to(device) for k, v in inputs.items()}
+    """`rows` of `inputs` on `device`, cut to their longest real sequence (`trim_padding`)."""
+    return {k: v.to(device) for k, v in trim_padding({k: v[rows] for k, v in inputs.items()}).items()}
 
 
 @torch.no_grad()

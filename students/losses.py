@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hskcache.attention import coarsen, densify_keys, group_heads
+from hskcache.data import known_labels
 from hskcache.errors import UserError
 
 HSK_MODES = ("zero-fill", "masked")
@@ -122,11 +123,10 @@ def prediction_loss(
 def label_loss(student_logits: Tensor, labels: Tensor, is_regression: bool,
                 denominator: Denominator = batch_count) -> Tensor:
     """The task loss to the gold labels, over the rows that have one (class -1 or NaN: unknown)."""
+    known = known_labels(labels, is_regression)
     if is_regression:
-        known = ~torch.isnan(labels)
         per_row = (student_logits.reshape(labels.shape) - torch.nan_to_num(labels)) ** 2
     else:
-        known = labels >= 0
         per_row = F.cross_entropy(student_logits, labels.long().clamp(min=0), reduction="none")
     return torch.where(known, per_row, 0.0).sum() / denominator(known.sum().to(per_row.dtype))
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from hskcache.config import ExtractConfig
-from hskcache.data import tokenize_batch
+from hskcache.data import no_labels, tokenize_batch
 from hskcache.extract import batch_rows, prepare, store_meta
 from hskcache.kinds.relation import RelationSpec
 from hskcache.packed import PackedBatch, expand
@@ -38,8 +38,7 @@ class OnlineSource:
         static = self.plan.static_dims()
         self._decoder = RowDecoder(self.meta, None if static is None else static.numpy(), f"online {cfg.teacher}")
         self._data = data
-        self._labels = (data.labels if data.labels is not None
-                        else np.full(len(data), np.nan if self.regression else -1))
+        self._labels = data.labels if data.labels is not None else no_labels(len(data), self.regression)
         self._max_length = cfg.max_length
 
     def resolve(self, depth: int | None = None, tokens: int | None = None,

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from hskcache.data import TextData
+from hskcache.data import TextData, known_labels
 from hskcache.errors import UserError
 from hskcache.packed import PackedBatch
 from hskcache.teacher import is_regression
@@ -84,7 +84,7 @@ def holdout_eval_set(source, fraction: float, config) -> Holdout:
     rows = holdout_rows(np.arange(source.num_examples), fraction, HOLDOUT_SEED)
     batch = source.get(rows, depth=1, tokens=1)
     labels = batch["labels"].numpy()
-    known = ~np.isnan(labels) if source.regression else labels >= 0
+    known = known_labels(labels, source.regression)
     if not known.any():
         raise UserError(f"the {len(rows)} held-out rows have no gold labels (unlabeled or augmented data); "
                         "use --select-on last or eval")

@@ -42,7 +42,7 @@ from hskcache.options import columns, setting
 from hskcache.packed import PackedBatch, expand
 from hskcache.teacher import check_min_length, tokenizer_hash
 from students.checkpoint import STATE_FILE, read_state, replaced_dir, rng_state, set_rng_state, write_state
-from students.evaluate import MODEL_INPUTS, EvalSet, evaluate, load_eval_set
+from students.evaluate import MODEL_INPUTS, EvalSet, evaluate, load_eval_set, trim_padding
 from students.selection import drop_rows, holdout_eval_set, parse_select_on
 from students.data_parallel import Parallel, cores_per_rank, placeholder, rank_seed
 from students.kinds import STUDENT_KINDS, StudentForward
@@ -489,9 +489,8 @@ class Trainer:
                 batches.close()
 
         def outputs(batch: dict[str, Tensor]) -> Tensor:
-            width = int(batch["attention_mask"].sum(1).max())
             with self.distiller.precision:
-                return self.model(**{k: batch[k][:, :width] for k in MODEL_INPUTS}).logits
+                return self.model(**trim_padding({k: batch[k] for k in MODEL_INPUTS})).logits
 
         self._stats(stage)["recentred_output_bias"] = recentre(self.model, rows(), outputs)
 
@@ -583,8 +582,7 @@ class Trainer:
         counted = len(batch["input_ids"]) > 0  # a rank's share of a global batch may be empty
         if not counted:
             batch = placeholder(batch)
-        width = int(batch["attention_mask"].sum(1).max())  # padding is masked: trim it
-        inputs = {k: batch[k][:, :width].to(self.device) for k in MODEL_INPUTS}
+        inputs = {k: v.to(self.device) for k, v in trim_padding({k: batch[k] for k in MODEL_INPUTS}).items()}
         loss = self._loss(stage.objective, batch, inputs, self.parallel.denominator(counted))
         if not counted:
             loss = loss * 0.0

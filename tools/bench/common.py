@@ -48,13 +48,14 @@ def tiled_store(source: Path, dest: Path, rows: int) -> Path:
     names = [a.name for a in shape.arrays()]
     block = src.read(names, slice(0, src.num_examples))
     static = {a.name: src.arrays[a.name][:] for a in shape.static_arrays()}
-    writer = StoreWriter.open(dest, shape, rows, replace(src.meta, num_examples=rows), static, overwrite=True)
+    StoreWriter.create(dest, shape, rows, replace(src.meta, num_examples=rows), static, overwrite=True)
+    writer = StoreWriter.attach(dest, shape, rows)  # as `hskcache extract` writes: create, attach, write
     done = 0
     while done < rows:
         n = min(src.num_examples, rows - done)
         part = {k: v[:n] for k, v in block.items()}
         part["example_id"] = np.arange(done, done + n, dtype=np.int64)
-        writer.append(part)
+        writer.write(done, part)
         done += n
     writer.finish()
     assert zarr.open_group(str(dest), mode="r").attrs["complete"]

@@ -103,7 +103,8 @@ def run(config: tuple[int, int, float], rows: int, tokens: list[dict[str, np.nda
 
     def write_all(make) -> float:
         shutil.rmtree(store, ignore_errors=True)
-        writer = StoreWriter.open(str(store), shape, rows, meta, {}, overwrite=False)
+        StoreWriter.create(str(store), shape, rows, meta, {}, overwrite=False)
+        writer = StoreWriter.attach(str(store), shape, rows)
         start = time.perf_counter()
         background = BackgroundWriter(writer)
         for i, lo in enumerate(range(0, rows, bs)):
