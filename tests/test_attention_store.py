@@ -10,7 +10,7 @@ from transformers import AutoModelForSequenceClassification
 import hskcache
 from hskcache.errors import UserError
 from reference import coarsened_row, ranked_rows, teacher_outputs, value_relation_row
-from test_extract import run_extract
+from helpers import run_extract
 
 MAX_LEN = 20
 ATT_FLAGS = ("--student-layers", 2, "--tokens", 4, "--width", 0.25, "--max-length", MAX_LEN, "--knowledge", "hsk,att,val",

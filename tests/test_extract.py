@@ -1,8 +1,6 @@
 """Extraction against an independent recomputation, smaller reads, resume."""
 from __future__ import annotations
 
-import csv
-
 import numpy as np
 import pytest
 import torch
@@ -11,44 +9,7 @@ import zarr
 import hskcache
 from hskcache import layout, selection, store as store_mod
 from hskcache.cli import main
-from reference import expected_selection, teacher_outputs
-
-MAX_LEN = 24  # also the reference tokenization length
-
-
-def read_csv(path):
-    with open(path) as f:
-        rows = list(csv.DictReader(f))
-    if "sentence" in rows[0]:
-        return [r["sentence"] for r in rows], None
-    return [r["sentence1"] for r in rows], [r["sentence2"] for r in rows]
-
-
-def run_extract(teacher_dir, data, out, *extra):
-    args = ["extract", "--teacher", str(teacher_dir), "--data", str(data), "--store", str(out),
-            "--max-length", str(MAX_LEN), "--batch-size", "8", "--quiet", *map(str, extra)]
-    assert main(args) == 0
-
-
-def check_against_reference(teacher_dir, data, store_path, teacher_layers, depth, tokens, strategy, width, width_strategy,
-                            read=None, seed=0):
-    texts_a, texts_b = read_csv(data)
-    enc, out, tok = teacher_outputs(teacher_dir, texts_a, texts_b, MAX_LEN)
-    store = hskcache.open_store(store_path)
-    read = read or {}
-    got = store.get(np.arange(len(texts_a)), **read)
-    exp_pos, exp_hsk = expected_selection(
-        enc, out, tok.sep_token_id, teacher_layers, len(out.hidden_states) - 1,
-        read.get("depth", depth), read.get("tokens", tokens), strategy, read.get("width", width), width_strategy, seed)
-    np.testing.assert_array_equal(got["positions"].numpy(), exp_pos)
-    np.testing.assert_allclose(got["hsk"].numpy(), exp_hsk, atol=2e-3, rtol=2e-3)
-    assert torch.equal(got["hsk_mask"], torch.from_numpy(exp_hsk != 0) | (got["hsk_mask"] & (got["hsk"] == 0)))
-    np.testing.assert_array_equal(got["input_ids"].numpy(), enc["input_ids"].numpy())
-    np.testing.assert_array_equal(got["attention_mask"].numpy(), enc["attention_mask"].numpy())
-    types = enc["token_type_ids"].numpy() if "token_type_ids" in enc else np.zeros_like(enc["input_ids"].numpy())
-    np.testing.assert_array_equal(got["token_type_ids"].numpy(), types)
-    np.testing.assert_allclose(got["logits"].numpy(), out.logits.numpy(), atol=1e-5)
-    return got, store
+from helpers import MAX_LEN, arrays, check_against_reference, run_extract
 
 
 @pytest.mark.parametrize("strategy", ["left", "att", "att-nosep", "att-nosep-top"])
@@ -126,11 +87,6 @@ def test_batches_cover_every_row_once_and_are_seeded(tmp_path, teacher_dir, sing
         assert torch.equal(first[key], direct[key]), key
 
 
-def all_arrays(path):
-    group = zarr.open_group(str(path), mode="r")
-    return {name: group[name][:] for name in group.array_keys()}  # the commit markers too
-
-
 def test_resume_after_crash_equals_uninterrupted(tmp_path, teacher_dir, pair_csv, monkeypatch, device):
     monkeypatch.setattr(layout, "CHUNK_TARGET_BYTES", 700)
     common = ("--student-layers", 2, "--tokens", 5, "--width", 0.2, "--batch-size", 8, "--device", device)
@@ -157,7 +113,7 @@ def test_resume_after_crash_equals_uninterrupted(tmp_path, teacher_dir, pair_csv
         hskcache.open_store(tmp_path / "cut")
     monkeypatch.setattr(store_mod.StoreWriter, "_commit", real_commit)
     run_extract(teacher_dir, pair_csv, tmp_path / "cut", *common)
-    full, cut = all_arrays(tmp_path / "full"), all_arrays(tmp_path / "cut")
+    full, cut = arrays(str(tmp_path / "full")), arrays(str(tmp_path / "cut"))  # the commit markers too
     assert full.keys() == cut.keys()
     for name in full:
         np.testing.assert_array_equal(full[name], cut[name], err_msg=name)
@@ -167,13 +123,13 @@ def test_resume_after_crash_equals_uninterrupted(tmp_path, teacher_dir, pair_csv
 
 def test_rerun_with_other_settings_refuses_unless_overwrite(tmp_path, teacher_dir, single_csv, capsys, device):
     run_extract(teacher_dir, single_csv, tmp_path / "s", "--student-layers", 2, "--tokens", 4, "--device", device)
-    before = all_arrays(tmp_path / "s")
+    before = arrays(str(tmp_path / "s"))
     args = ["extract", "--teacher", str(teacher_dir), "--data", str(single_csv), "--store", str(tmp_path / "s"),
             "--max-length", str(MAX_LEN), "--quiet", "--student-layers", "2", "--tokens", "5", "--device", device]
     assert main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--overwrite" in err[0]
-    after = all_arrays(tmp_path / "s")
+    after = arrays(str(tmp_path / "s"))
     assert all(np.array_equal(before[k], after[k]) for k in before)
     assert main(args + ["--overwrite"]) == 0
     assert hskcache.open_store(tmp_path / "s").tokens == 5

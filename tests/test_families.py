@@ -32,7 +32,7 @@ from reference import coarsened_row, expected_selection, ranked_rows, value_rela
 from students import cli as students_cli
 from students.etd import build_extracted, taylor_neuron_importance
 from students.models import StudentSpec, load_student
-from test_extract import read_csv, run_extract
+from helpers import read_csv, run_extract
 
 MAX_LEN = 24  # test_extract.run_extract's
 HIDDEN, HEADS, FFN, LAYERS = 32, 4, 48, 3

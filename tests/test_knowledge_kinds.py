@@ -14,7 +14,7 @@ from hskcache.kinds import KINDS, Kind
 from hskcache.kinds.relation import RelationSpec
 from hskcache.layout import ArraySpec, StoreShape
 from reference import teacher_outputs
-from test_extract import MAX_LEN, run_extract
+from helpers import MAX_LEN, run_extract
 
 
 class LastCLS(Kind):

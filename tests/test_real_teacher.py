@@ -12,7 +12,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from conftest import write_csv
 from hskcache.cli import main
 from hskcache.embedded import minilm_encoder, movie_corpus
-from test_extract import check_against_reference
+from helpers import check_against_reference
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import hskcache
 from hskcache import layout
 from hskcache import store as store_mod
 from hskcache.cli import main
-from test_sharded_extraction import assert_same_store
+from helpers import assert_same_store
 from tiny_task import CHUNK_BYTES, STORE_FLAGS, extract
 
 

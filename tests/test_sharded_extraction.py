@@ -9,13 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import zarr
 
 import hskcache
 import hskcache.storage
 from hskcache import store as store_mod
 from hskcache.cli import main
 from conftest import require_gpus
+from helpers import arrays, assert_same_store
 from tiny_task import CHUNK_BYTES, MAX_LEN, STORE_FLAGS, extract
 
 TESTS = Path(__file__).resolve().parent
@@ -42,21 +42,6 @@ class one_thread:
 
     def __exit__(self, *exc):
         torch.set_num_threads(self.threads)
-
-
-def arrays(url: str) -> dict[str, np.ndarray]:
-    group = zarr.open_group(hskcache.storage.Location.parse(url).zarr_store(read_only=True), mode="r")
-    return {name: group[name][:] for name in group.array_keys()}
-
-
-def assert_same_store(got: str, want: str) -> None:
-    a, b = arrays(got), arrays(want)
-    assert a.keys() == b.keys()
-    for name in a:
-        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
-    attrs = [dict(zarr.open_group(hskcache.storage.Location.parse(u).zarr_store(read_only=True), mode="r").attrs)
-             for u in (got, want)]
-    assert attrs[0] == attrs[1] and attrs[0]["complete"]
 
 
 @pytest.fixture(scope="module")

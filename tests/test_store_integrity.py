@@ -29,7 +29,7 @@ from hskcache.chunks import BadChunk
 from hskcache.cli import main
 from hskcache.errors import UserError
 from students import cli as students_cli
-from test_sharded_extraction import assert_same_store
+from helpers import assert_same_store
 from tiny_task import CHUNK_BYTES, STORE_FLAGS, extract
 
 TESTS = Path(__file__).resolve().parent

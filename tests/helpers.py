@@ -1,0 +1,76 @@
+"""Helpers that several test modules share: running an extraction, checking a store against the
+independent recomputation in `reference.py`, and comparing two stores array by array.
+
+Test modules import these from here, never from one another (a `test_*.py` module is pytest's to
+collect, and importing one runs its module-level fixtures and parametrisations twice).
+"""
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import torch
+import zarr
+
+import hskcache
+import hskcache.storage
+from hskcache.cli import main
+from reference import expected_selection, teacher_outputs
+
+MAX_LEN = 24  # also the reference tokenization length
+
+
+def read_csv(path):
+    """(first texts, second texts or None) of a tests' CSV file."""
+    with open(path) as f:
+        rows = list(csv.DictReader(f))
+    if "sentence" in rows[0]:
+        return [r["sentence"] for r in rows], None
+    return [r["sentence1"] for r in rows], [r["sentence2"] for r in rows]
+
+
+def run_extract(teacher_dir, data, out, *extra):
+    """`hskcache extract` at MAX_LEN, quietly; it must succeed."""
+    args = ["extract", "--teacher", str(teacher_dir), "--data", str(data), "--store", str(out),
+            "--max-length", str(MAX_LEN), "--batch-size", "8", "--quiet", *map(str, extra)]
+    assert main(args) == 0
+
+
+def check_against_reference(teacher_dir, data, store_path, teacher_layers, depth, tokens, strategy, width, width_strategy,
+                            read=None, seed=0):
+    """The store's rows (at `read`, default as stored) equal `reference.expected_selection` over a
+    plain HF forward of the same texts; returns (the rows read, the opened store)."""
+    texts_a, texts_b = read_csv(data)
+    enc, out, tok = teacher_outputs(teacher_dir, texts_a, texts_b, MAX_LEN)
+    store = hskcache.open_store(store_path)
+    read = read or {}
+    got = store.get(np.arange(len(texts_a)), **read)
+    exp_pos, exp_hsk = expected_selection(
+        enc, out, tok.sep_token_id, teacher_layers, len(out.hidden_states) - 1,
+        read.get("depth", depth), read.get("tokens", tokens), strategy, read.get("width", width), width_strategy, seed)
+    np.testing.assert_array_equal(got["positions"].numpy(), exp_pos)
+    np.testing.assert_allclose(got["hsk"].numpy(), exp_hsk, atol=2e-3, rtol=2e-3)
+    assert torch.equal(got["hsk_mask"], torch.from_numpy(exp_hsk != 0) | (got["hsk_mask"] & (got["hsk"] == 0)))
+    np.testing.assert_array_equal(got["input_ids"].numpy(), enc["input_ids"].numpy())
+    np.testing.assert_array_equal(got["attention_mask"].numpy(), enc["attention_mask"].numpy())
+    types = enc["token_type_ids"].numpy() if "token_type_ids" in enc else np.zeros_like(enc["input_ids"].numpy())
+    np.testing.assert_array_equal(got["token_type_ids"].numpy(), types)
+    np.testing.assert_allclose(got["logits"].numpy(), out.logits.numpy(), atol=1e-5)
+    return got, store
+
+
+def arrays(url: str) -> dict[str, np.ndarray]:
+    """Every array of a store (local path or fsspec URL), whole."""
+    group = zarr.open_group(hskcache.storage.Location.parse(url).zarr_store(read_only=True), mode="r")
+    return {name: group[name][:] for name in group.array_keys()}
+
+
+def assert_same_store(got: str, want: str) -> None:
+    """Two complete stores hold the same arrays, bit for bit, and the same attributes."""
+    a, b = arrays(got), arrays(want)
+    assert a.keys() == b.keys()
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+    attrs = [dict(zarr.open_group(hskcache.storage.Location.parse(u).zarr_store(read_only=True), mode="r").attrs)
+             for u in (got, want)]
+    assert attrs[0] == attrs[1] and attrs[0]["complete"]
