@@ -60,6 +60,7 @@ def data_sample(teacher: str, data: str, split: str, text_cols: tuple[str, ...] 
     from hskcache.data import check_labels, load_texts, tokenize_batch
     from hskcache.teacher import (check_max_length, is_regression, load_config, load_tokenizer, named_labels,
                                   usable_positions)
+    from students.evaluate import MODEL_INPUTS, trim_padding
     from students.selection import HOLDOUT_SEED, holdout_rows, parse_select_on
 
     config = load_config(teacher)
@@ -81,9 +82,8 @@ def data_sample(teacher: str, data: str, split: str, text_cols: tuple[str, ...] 
     labels = np.asarray(texts.labels)[rows]
     batches = []
     for lo in range(0, len(rows), IMPORTANCE_BATCH):
-        width = int(enc["attention_mask"][lo:lo + IMPORTANCE_BATCH].sum(1).max())  # padding is masked: trim it
-        batch = {k: torch.from_numpy(enc[k][lo:lo + IMPORTANCE_BATCH, :width])
-                 for k in ("input_ids", "attention_mask", "token_type_ids")}
+        part = {k: enc[k][lo:lo + IMPORTANCE_BATCH] for k in MODEL_INPUTS}
+        batch = {k: torch.from_numpy(v) for k, v in trim_padding(part).items()}
         batch["labels"] = torch.from_numpy(labels[lo:lo + IMPORTANCE_BATCH])
         batches.append(batch)
     return batches
