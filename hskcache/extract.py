@@ -24,11 +24,10 @@ from .distributed import Ranks, broadcast, rank_device
 from .data import TextData, check_labels, fingerprint, load_texts, no_labels, tokenize_batch
 from .errors import UserError
 from .families import takes_token_types
-from .kinds import TeacherForward, stored_kinds
-from .kinds.relation import RelationSpec, relation_kinds
-from .layout import StoreShape
+from .kinds import TeacherForward, TeacherInfo, chosen, stored_kinds
 from .meta import DataInfo, Settings, StoreMeta, TokenizerInfo
 from .selection import SelectionPlan
+from .shape import StoreShape
 from .store import StoreWriter, chunk_span
 from .teacher import Teacher, check_max_length, id_bound, load_teacher, named_labels, tokenizer_hash
 
@@ -49,6 +48,7 @@ def store_meta(cfg: ExtractConfig, data: TextData, teacher: Teacher, plan: Selec
     """Everything a student needs to know about the store, with no teacher at hand."""
     stored = {k: v for k, v in cfg.stored_settings().items() if k != "store"}
     settings = Settings(**stored | {
+        "kinds": {name: cfg.kinds[name] for name in shape.kinds if name in cfg.kinds},  # the stored kinds' settings
         "depth": len(plan.stored_layers),
         "teacher_layers": tuple(teacher_layers),
         "student_layers": len(teacher_layers) - 1,
@@ -82,7 +82,7 @@ def store_meta(cfg: ExtractConfig, data: TextData, teacher: Teacher, plan: Selec
                                 sep_token_id=tok.sep_token_id, pad_token_id=tok.pad_token_id),
         data=DataInfo(source=data.source, split=data.split, fingerprint=data_fp),
         versions=library_versions(),
-        relations=shape.relations,
+        kinds=dict(shape.kinds),
     )
 
 
@@ -97,7 +97,8 @@ def batch_rows(teacher: Teacher, plan: SelectionPlan, shape: StoreShape, tokens:
     batch = {k: torch.from_numpy(v) for k, v in tokens.items()}
     kinds = stored_kinds(shape)
     captures = tuple(sorted({c for kind in kinds for c in kind.teacher_captures}))
-    with hooks.capture(teacher.model, shape.relations.layers if captures else (), captures) as captured:
+    layers = sorted({layer for kind in kinds for layer in kind.capture_layers(shape)})
+    with hooks.capture(teacher.model, layers, captures) as captured:
         out = teacher.forward(batch)
     masks = {k: batch[k].to(teacher.device) for k in ("attention_mask", "sep_mask")}
     forward = TeacherForward(out, captured, tokens, masks, labels, example_ids, plan, shape)
@@ -154,25 +155,27 @@ def prepare(cfg: ExtractConfig, device: torch.device | None = None
         n = cfg.limit
         data = replace(data, texts_a=data.texts_a[:n], texts_b=data.texts_b[:n] if data.texts_b else None,
                        labels=None if data.labels is None else data.labels[:n])
-    if not teacher.attentions and (cfg.token_strategy != "left" or "att" in cfg.knowledge):
-        need = f"--token-strategy {cfg.token_strategy}" if cfg.token_strategy != "left" else "--knowledge att"
+    opted = chosen(cfg.knowledge)
+    readers = [kind.name for kind in opted if kind.needs_attentions]
+    if not teacher.attentions and (cfg.token_strategy != "left" or readers):
+        need = f"--token-strategy {cfg.token_strategy}" if cfg.token_strategy != "left" else f"--knowledge {readers[0]}"
         raise UserError(f"teacher {cfg.teacher} gives no post-softmax attention (no eager attention path), which "
-                        f"{need} needs; pass --token-strategy left (and leave att out of --knowledge)")
+                        f"{need} needs; pass --token-strategy left (and leave {','.join(readers) or 'those kinds'} "
+                        "out of --knowledge)")
     teacher_layers = cfg.resolve_layers(teacher.num_layers)
     depth = cfg.depth if cfg.depth is not None else len(teacher_layers)
     check_labels(data.labels, teacher.num_labels, teacher.regression, f"data {cfg.data}", "teacher",
                  named=data.label_names is not None)
     plan = SelectionPlan.build(teacher_layers, teacher.num_layers, depth, cfg.tokens, cfg.token_strategy,
                                cfg.width, cfg.width_strategy, teacher.hidden, cfg.width_seed)
-    relations = None
-    if relation_kinds(cfg.knowledge):
-        relations = RelationSpec.build(cfg.knowledge, cfg.att_layers, teacher_layers, teacher.num_layers,
-                                       teacher.model.config.num_attention_heads, cfg.att_rows or cfg.tokens,
-                                       cfg.att_keys, cfg.max_length, cfg.token_strategy)
+    info = TeacherInfo(tuple(teacher_layers), teacher.num_layers, teacher.model.config.num_attention_heads,
+                       teacher.hidden, cfg.max_length, cfg.tokens, cfg.token_strategy)
+    records = {kind.name: kind.resolve(cfg.kinds.get(kind.name), info) for kind in opted}
+    if any(kind.teacher_captures for kind in opted):
         hooks.attention_modules(teacher.model)  # a family without known projections fails here, before writing
     shape = StoreShape(cfg.max_length, id_bound(teacher.tokenizer), teacher.num_labels, teacher.regression,
                        depth, cfg.tokens, teacher.hidden, cfg.width, cfg.width_strategy, cfg.width_code,
-                       cfg.values, cfg.compress, relations)
+                       cfg.values, cfg.compress, records)
     return data, teacher, plan, shape, teacher_layers
 
 

@@ -218,6 +218,13 @@ def _typed(name: str, value: Any, kind: Any) -> Any:
     raise UserError(f"setting {name!r} ({flag_name(name)}) must be {_KIND_NAMES[kind]}, got {value!r}")
 
 
+def _check_choice(f: Field, value: Any) -> None:
+    """A TOML value outside the field's `choices` (argparse checks the flag's)."""
+    choices = f.metadata.get("choices")
+    if choices is not None and value is not None and value not in choices:
+        raise UserError(f"{flag_name(f.name)} {value!r} is unknown; use one of {', '.join(map(str, choices))}")
+
+
 def make(cls: type[T], values: dict[str, Any]) -> T:
     """`cls(**values)` with strings (and TOML lists) parsed by each field's `parse`, plain
     values checked against the field's type, nested settings made from their own keys;
@@ -240,6 +247,7 @@ def make(cls: type[T], values: dict[str, Any]) -> T:
         parse: Callable | None = f.metadata.get("parse")
         if parse is None:
             out[name] = _typed(name, value, _field_type(hints[name]))
+            _check_choice(f, out[name])
             continue
         if isinstance(value, list):  # from TOML: the flag's own spelling
             value = ",".join(map(str, value))

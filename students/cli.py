@@ -75,7 +75,7 @@ class EvalConfig:
     label_col: str | None = setting(None, "label column")
     batch_size: int = setting(128, "eval batch size")
     max_length: int | None = setting(None, "tokenizer max length", show_default="128, or the student's positions if fewer")
-    device: str = setting("auto", " | ".join(DEVICES), choices=DEVICES)
+    device: str = setting("auto", "where the student runs", choices=DEVICES)
     dtype: str | None = setting(None, "forward precision", choices=DTYPES, show_default="bf16 on CUDA, fp32 on CPU")
     json: bool = setting(False, "print the metrics as JSON")
 

@@ -68,6 +68,16 @@ def test_every_command_reads_a_config_file(tmp_path, module, path, command):
         _parse(module, [*path, "--config", str(toml)])
 
 
+def test_a_config_value_outside_the_choices_is_one_line(tmp_path):
+    """argparse checks a flag's choices; the same rule holds for the file's value."""
+    toml = tmp_path / "c.toml"
+    toml.write_text('model = "M"\ndata = "D"\ndevice = "tpu"\n')
+    with pytest.raises(UserError, match="--device 'tpu' is unknown; use one of auto, cpu, cuda"):
+        _parse(students_cli, ["eval", "--config", str(toml)])
+    with pytest.raises(SystemExit):
+        _parse(students_cli, ["eval", "--model", "M", "--data", "D", "--device", "tpu"])
+
+
 @pytest.mark.parametrize(("argv", "key", "value"), [
     (["inspect"], "store", "S"), (["verify"], "threads", 3), (["budget"], "store", "S"),
     (["build", "rosita"], "importance_examples", 7), (["eval"], "batch_size", 5), (["export"], "quantize", "int8"),
