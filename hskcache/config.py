@@ -24,7 +24,7 @@ class ExtractConfig:
     teacher: str = field(metadata={"help": "fine-tuned sequence classifier: local folder or hub id"})
     data: str = field(metadata={"help": "glue/<task> or a .csv/.tsv/.json/.jsonl/.parquet file"})
     store: str | None = field(default=None, metadata={
-        "help": "store to write: a directory or an fsspec URL (s3://bucket/store, gs://...); none for the online baseline",
+        "help": "store to write: a directory or an fsspec URL (s3://bucket/store, gs://...)",  # None: the online baseline
         "metavar": "STORE", "aliases": ("--out",)})
     split: str = setting("train", "dataset split")
     text_cols: tuple[str, ...] | None = setting(None, "text column(s), a or a,b", parse=columns)
