@@ -19,10 +19,13 @@ import math
 from dataclasses import dataclass
 from typing import Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
-from .selection import rank_positions, rank_tokens
+from .selection import rank_tokens
+
+UINT8_EMPTY = 255  # an empty key slot in a uint8 key array (-1 in int16 ones)
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,29 @@ class AttentionPlan:
     rows: int  # query rows per layer and head (N^L of the attention)
     keys: int  # kept keys per row
     token_strategy: str
+
+
+@dataclass(frozen=True)
+class RelationSpec:
+    """What a store holds of one relation kind (`StoreMeta.kinds`), resolved against the teacher:
+    the relation kinds of one store share it (and their query rows)."""
+
+    layers: tuple[int, ...]  # teacher attention layers (1-based)
+    student_layers: tuple[int, ...]  # the student attention layer matched to each
+    rank_layers: tuple[int, ...]  # hidden-state index whose [CLS] attention ranks each layer's rows
+    heads: int
+    rows: int
+    keys: int
+    seq_len: int
+    token_strategy: str
+
+    @property
+    def plan(self) -> AttentionPlan:
+        return AttentionPlan(self.layers, self.rank_layers, self.rows, self.keys, self.token_strategy)
+
+    @property
+    def key_dtype(self) -> np.dtype:
+        return np.dtype(np.uint8 if self.seq_len <= UINT8_EMPTY else np.int16)
 
 
 def split_heads(x: Tensor, heads: int) -> Tensor:
@@ -119,16 +145,6 @@ def coarsen(probs: Tensor, kept: Tensor) -> tuple[Tensor, Tensor]:
     """A full distribution (..., S) on the teacher's coarsening: kept probabilities
     (0 elsewhere) and the mass of every other key (...,)."""
     return probs.masked_fill(~kept, 0.0), probs.masked_fill(kept, 0.0).sum(-1)
-
-
-def select_attention(plan: AttentionPlan, attentions: Sequence[Tensor], attention_mask: Tensor,
-                     sep_mask: Tensor) -> dict[str, Tensor]:
-    """positions (B, N_A, rows); keys/probs (B, N_A, H, rows, k); rest (B, N_A, H, rows).
-
-    `attentions[l - 1]` is the post-softmax attention (B, H, S, S) of layer l."""
-    positions = rank_positions(plan.token_strategy, plan.rank_layers, plan.rows, attentions, attention_mask,
-                               sep_mask)
-    return {"positions": positions} | attention_rows(plan, attentions, positions, attention_mask)
 
 
 def attention_rows(plan: AttentionPlan, attentions: Sequence[Tensor], positions: Tensor,

@@ -7,7 +7,7 @@ what this project writes:
   of the full width for the magnitude mask (none at full width): the layout
   behind Table 3 of the paper. It stores only existing tokens, so examples
   shorter than N^L cost less when real lengths are known.
-- ``hskcache``: the store's own arrays, from ``layout.StoreShape`` (the
+- ``hskcache``: the store's own arrays, from ``shape.StoreShape`` (the
   writer's arithmetic): fp16 (or int8) values, a width code, int16 positions,
   inputs and logits, with N^L slots per layer whatever the example's length.
   Its uncompressed bytes are exact; its bytes on disk are estimated from
@@ -22,16 +22,17 @@ import csv
 import io
 import json
 import re
-from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
 
 import numpy as np
 
 from . import widthcode
 from .errors import UserError
 from .hskread import parse_triple
-from .kinds.relation import RelationSpec
-from .layout import StoreShape
+from .kinds import KINDS
+from .shape import StoreShape
 from .selection import kept_width
 
 # Raw / on-disk bytes of each array with the store's codec (`store.CODECS`: fp16 values
@@ -131,7 +132,13 @@ class Setting:
     width_code: str = widthcode.DEFAULT
     values: str = "fp16"
     compress: str = "zstd"
-    relations: RelationSpec | None = None  # attention / value-relation knowledge stored with every configuration
+    kinds: Mapping[str, Any] = field(default_factory=dict)  # each opt-in kind stored with every configuration:
+    # what the store records of it (`Kind.record`), by kind name
+
+    @property
+    def extra_groups(self) -> tuple[str, ...]:
+        """The budget groups of its opt-in kinds: one more report column each."""
+        return tuple(dict.fromkeys(g for name in self.kinds for g in KINDS[name].groups))
 
     @property
     def full_amount(self) -> int:
@@ -151,7 +158,7 @@ class Setting:
             regression=self.regression, depth=config.n_d, tokens=config.n_l, hidden=self.hidden,
             width=config.n_w, width_strategy=self.width_strategy, width_code=self.width_code,
             values=self.values, compress=self.compress,
-            relations=self.relations,
+            kinds=self.kinds,
         )
 
 
@@ -178,7 +185,7 @@ class Row:
     hskcache_values_bytes: int
     hskcache_mask_bytes: int
     hskcache_other_bytes: int
-    hskcache_relation_bytes: int  # attention and value relations (hskcache.kinds)
+    hskcache_group_bytes: dict[str, int]  # the opt-in kinds' budget groups (`Setting.extra_groups`), e.g. relations
     hskcache_total_bytes: int
     ratio: float
     disk_values_bytes: int
@@ -293,7 +300,7 @@ def report(config: Config, setting: Setting, measured: dict[str, int] | None = N
         paper_values_bytes=paper_values, paper_mask_bytes=paper_mask,
         paper_total_bytes=paper_values + paper_mask, width_encoding=encoding,
         hskcache_values_bytes=values, hskcache_mask_bytes=mask,
-        hskcache_other_bytes=groups["inputs"] + groups["logits"], hskcache_relation_bytes=groups["relations"],
+        hskcache_other_bytes=groups["inputs"] + groups["logits"], hskcache_group_bytes={g: groups[g] for g in setting.extra_groups},
         hskcache_total_bytes=sum(groups.values()),
         ratio=(paper_values + paper_mask) / (values + mask),
         disk_values_bytes=disk_values, disk_mask_bytes=disk_mask, disk_total_bytes=disk_total,
@@ -325,13 +332,15 @@ def describe_setting(setting: Setting) -> str:
         f"d_T={setting.hidden}, vocab {setting.vocab_size}, {setting.num_logits} logits, "
         f"width strategy {setting.width_strategy}, {setting.values} values, compression {setting.compress}; "
         f"full amount (L'+1)×|x| = {setting.full_amount} units"
-        + ("" if setting.relations is None else describe_relations(setting.relations))
+        + "".join(f"; {name}: {KINDS[name].describe(record)}" for name, record in setting.kinds.items())
+        + "".join(f"; {group} {nbytes:,} B per example" for group, nbytes in group_row_bytes(setting).items())
     )
 
 
-def describe_relations(spec: RelationSpec) -> str:
-    return (f"; relations {'+'.join(spec.kinds)}: {len(spec.layers)} layer(s) × {spec.heads} heads × "
-            f"{spec.rows} rows × {spec.keys} keys + rest = {spec.row_bytes():,} B per example")
+def group_row_bytes(setting: Setting) -> dict[str, int]:
+    """Bytes per example of each opt-in kinds' budget group (the same for every configuration)."""
+    shape = setting.store_shape(full_config(setting.student_layers, setting.seq_len))
+    return {g: sum(a.row_bytes for a in shape.arrays() if a.group == g) for g in setting.extra_groups}
 
 
 NOTES = (
@@ -355,10 +364,10 @@ def format_table(rows: Sequence[Row], setting: Setting) -> str:
          human(r.disk_total_bytes) + ("*" if r.disk_measured else ""), f"{r.disk_ratio:.2f}×")
         for r in rows
     ]
-    if setting.relations is not None:  # one more column, before the total
+    for group in setting.extra_groups:  # one more column per opt-in kinds' group, before the total
         at = header.index("hsk total")
-        header = (*header[:at], "relations", *header[at:])
-        body = [(*line[:at], human(r.hskcache_relation_bytes), *line[at:]) for line, r in zip(body, rows)]
+        header = (*header[:at], group, *header[at:])
+        body = [(*line[:at], human(r.hskcache_group_bytes[group]), *line[at:]) for line, r in zip(body, rows)]
     widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
 
     def fmt(line: Sequence[str]) -> str:
@@ -385,13 +394,18 @@ def to_json(rows: Sequence[Row]) -> str:
 
 
 def to_csv(rows: Sequence[Row]) -> str:
-    """One line per configuration; the per-array disk bytes collapse to their total."""
-    names = [f.name for f in fields(Row) if f.name != "disk_bytes"] + ["disk_total_bytes"]
+    """One line per configuration; the per-array disk bytes collapse to their total, the opt-in
+    kinds' groups are a column each (`hskcache_<group>_bytes`)."""
+    groups = list(rows[0].hskcache_group_bytes) if rows else []
+    flat = ("disk_bytes", "hskcache_group_bytes")
+    names = ([f.name for f in fields(Row) if f.name not in flat] + [f"hskcache_{g}_bytes" for g in groups]
+             + ["disk_total_bytes"])
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=names, lineterminator="\n")
     writer.writeheader()
     for r in rows:
-        record = {k: v for k, v in asdict(r).items() if k != "disk_bytes"}
+        record = {k: v for k, v in asdict(r).items() if k not in flat}
+        record |= {f"hskcache_{g}_bytes": n for g, n in r.hskcache_group_bytes.items()}
         writer.writerow(record | {"disk_total_bytes": "" if r.disk_bytes is None else sum(r.disk_bytes.values())})
     return out.getvalue()
 

@@ -6,15 +6,15 @@ setting (from flags, a teacher and its data, or a store) and prints.
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import Any, Mapping
 
 import numpy as np
 
 from . import budget, widthcode
 from .errors import UserError
-from .kinds import parse_knowledge
-from .kinds.relation import RelationSpec, relation_kinds
-from .options import STORE_ARGUMENT, columns, setting
+from .kinds import TeacherInfo, chosen, kind_settings, parse_knowledge
+from .options import STORE_ARGUMENT, columns, field_names, per_name, setting
 from .layout import COMPRESSIONS, VALUE_FORMATS
 from .selection import WIDTH_STRATEGIES
 
@@ -22,7 +22,7 @@ TOKENIZE_BATCH = 4096
 # Flags that describe a planned extraction; a store already records all of them.
 PLAN_FLAGS = ("examples", "seq_len", "student_layers", "teacher_width", "vocab_size", "num_labels",
               "teacher", "data", "split", "text_cols", "token_strategy", "width_strategy", "width_code", "values",
-              "compress", "knowledge", "att_layers", "att_rows", "att_keys", "att_heads")
+              "compress", "knowledge", "att_heads")  # and each kind's settings that differ from their default
 DATA_FLAGS = ("split", "text_cols", "token_strategy")
 
 
@@ -53,12 +53,10 @@ class BudgetConfig:
                                      show_default=widthcode.DEFAULT)
     values: str | None = setting(None, "value format of the store", choices=VALUE_FORMATS, show_default="fp16")
     compress: str | None = setting(None, "compression of the store", choices=COMPRESSIONS, show_default="zstd")
-    knowledge: str | None = setting(None, "hsk,att,val: also count attention / value relations (hskcache.kinds)")
-    att_layers: str | None = setting(None, "with --knowledge: last | pairs | i,j: how many relation layers",
-                                     show_default="last")
-    att_rows: int | None = setting(None, "with --knowledge: query rows per layer", show_default="N^L of each config")
-    att_keys: int | None = setting(None, "with --knowledge: keys kept per row", show_default="all, --seq-len")
-    att_heads: int | None = setting(None, "with --knowledge: teacher heads", show_default="from --teacher")
+    knowledge: str | None = setting(None, "hsk,att,val: also count the opt-in kinds, e.g. attention / value "
+                                    "relations (hskcache.kinds), with their settings below (rows default to --seq-len)")
+    kinds: Mapping[str, Any] = per_name(kind_settings, "knowledge kinds' settings (with --knowledge)")
+    att_heads: int | None = setting(None, "with --knowledge: teacher attention heads", show_default="from --teacher")
     json: bool = setting(False, "print a JSON list, one object per configuration")
     csv: bool = setting(False, "print CSV, one line per configuration")
     plot: str | None = setting(None, "draw bytes (log) against A^HSK for both layouts", metavar="FILE.png")
@@ -75,14 +73,18 @@ class BudgetConfig:
         if missing:
             raise UserError(f"--plan needs {_flags(missing)}")
         for name in ("examples", "seq_len", "student_layers", "teacher_width", "vocab_size", "num_labels",
-                     "att_rows", "att_keys", "att_heads"):
+                     "att_heads"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise UserError(f"{_flags([name])} must be at least 1, got {value}")
 
     def given(self) -> list[str]:
         """The planned-extraction flags that were given."""
-        return [name for name in PLAN_FLAGS if getattr(self, name) is not None]
+        return [name for name in PLAN_FLAGS if getattr(self, name) is not None] + self.kind_flags()
+
+    def kind_flags(self) -> list[str]:
+        """The kinds' settings given (different from their default)."""
+        return [f.name for s in dict.fromkeys(self.kinds.values()) for f in fields(s) if getattr(s, f.name) != f.default]
 
 
 def run_budget(args: BudgetConfig) -> int:
@@ -147,32 +149,34 @@ def plan_setting(args: BudgetConfig, given: list[str]) -> budget.Setting:
     return budget.Setting(
         examples=examples, seq_len=args.seq_len, student_layers=args.student_layers, hidden=hidden,
         vocab_size=vocab, num_logits=num_labels, regression=regression,
-        width_strategy=args.width_strategy or "mag", length_counts=counts, relations=plan_relations(args),
+        width_strategy=args.width_strategy or "mag", length_counts=counts, kinds=plan_kinds(args, hidden),
         width_code=args.width_code or widthcode.DEFAULT, values=args.values or "fp16", compress=args.compress or "zstd",
     )
 
 
-def plan_relations(args: BudgetConfig) -> RelationSpec | None:
-    """The relation knowledge a planned extraction stores; only counts matter for bytes."""
-    kinds = relation_kinds(parse_knowledge(args.knowledge or "hsk"))
-    att_flags = [n for n in ("att_layers", "att_rows", "att_keys", "att_heads") if getattr(args, n) is not None]
-    if not kinds:
-        if att_flags:
-            raise UserError(f"{_flags(att_flags)} only apply with --knowledge hsk,att[,val]")
-        return None
-    heads = args.att_heads
-    if heads is None and args.teacher:
-        from transformers import AutoConfig
-        heads = AutoConfig.from_pretrained(args.teacher).num_attention_heads
+def plan_kinds(args: BudgetConfig, hidden: int) -> dict[str, Any]:
+    """What a planned extraction records of each opt-in kind it stores (`Kind.resolve` against the
+    plan's numbers: the student's layer pairs stand in for the teacher's layers, --seq-len for N^L);
+    only counts matter for bytes."""
+    opted = chosen(parse_knowledge(args.knowledge or "hsk"))
+    own = {name for kind in opted if kind.settings for name in field_names(kind.settings)}
+    stray = [n for n in args.kind_flags() if n not in own] + (["att_heads"] if args.att_heads and not opted else [])
+    if stray:
+        raise UserError(f"{_flags(stray)} only apply with --knowledge naming their kind (hskcache.kinds)")
+    if not opted:
+        return {}
+    heads, layers = args.att_heads, args.student_layers
+    if args.teacher:
+        from .teacher import load_config
+
+        config = load_config(args.teacher)
+        heads, layers = heads or config.num_attention_heads, config.num_hidden_layers
     if heads is None:
-        raise UserError("--knowledge att/val needs the teacher's heads: --att-heads H (or --teacher PATH)")
-    if args.att_rows is None:
-        raise UserError("--knowledge att/val needs --att-rows R (query rows per layer)")
-    spec = args.att_layers or "last"
-    depth = 1 if spec == "last" else args.student_layers if spec == "pairs" else len(spec.split(","))
-    layers = tuple(range(1, depth + 1))
-    return RelationSpec(tuple(kinds), layers, layers, layers, heads, min(args.att_rows, args.seq_len),
-                        min(args.att_keys or args.seq_len, args.seq_len), args.seq_len, "att-nosep-top")
+        raise UserError(f"--knowledge {','.join(k.name for k in opted)} needs the teacher's attention heads: "
+                        "--att-heads H (or --teacher PATH)")
+    info = TeacherInfo(tuple(range(args.student_layers + 1)), layers, heads, hidden, args.seq_len, args.seq_len,
+                       "att-nosep-top")
+    return {kind.name: kind.resolve(args.kinds.get(kind.name), info) for kind in opted}
 
 
 def teacher_numbers(teacher: str) -> tuple[int, int, int, bool]:
@@ -229,6 +233,6 @@ def store_setting(path: str) -> tuple[budget.Setting, budget.Config, dict[str, i
         width_strategy=cfg.width_strategy,
         length_counts=tuple(np.bincount(lengths, minlength=cfg.max_length + 1).tolist()),
         width_code=cfg.width_code, values=cfg.values, compress=cfg.compress,
-        relations=meta.relations,
+        kinds=meta.kinds,
     )
     return setting, budget.Config.of(cfg.depth, cfg.tokens, cfg.width), info["bytes"]

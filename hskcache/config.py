@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Mapping
 
 from . import widthcode
 from .errors import UserError
-from .options import columns, integers, make, merged, setting
-from .kinds import parse_knowledge
+from .options import columns, integers, make, merged, per_name, setting
+from .kinds import kind_settings, parse_knowledge
 from .layout import COMPRESSIONS, MAX_LENGTH, VALUE_FORMATS
 from .selection import TOKEN_STRATEGIES, WIDTH_STRATEGIES, layer_map
 from .storage import Location
@@ -46,9 +46,7 @@ class ExtractConfig:
     compress: str = setting("zstd", "zstd | none, for every array")
     knowledge: tuple[str, ...] = setting(("hsk",), "kinds of knowledge to store: hsk,att,val (attention, value relation)",
                                          parse=parse_knowledge)
-    att_layers: str = setting("last", "att/val layers: last (MiniLM) | pairs (the HSK's layer pairs) | i,j (teacher layers)")
-    att_rows: int | None = setting(None, "query rows per att/val layer, ranked like the HSK's tokens (default: --tokens)")
-    att_keys: int | None = setting(None, "top keys kept per att/val row, plus the rest mass (default: every key)")
+    kinds: Mapping[str, Any] = per_name(kind_settings, "knowledge kinds' settings")  # each kind's `Kind.settings`
     max_length: int = setting(128, "tokenizer max length, at most the teacher's positions")
     batch_size: int = setting(64, "teacher batch size")
     limit: int | None = setting(None, "only the first N examples")
@@ -102,9 +100,6 @@ class ExtractConfig:
             raise UserError("pass either --student-layers or --teacher-layers, not both")
         if self.student_layers is not None and self.student_layers < 1:
             raise UserError(f"--student-layers must be at least 1, got {self.student_layers}")
-        for name in ("att_rows", "att_keys"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if self.store and Location.parse(self.store).is_file():
             raise UserError(f"--store {self.store} is a file; pass a directory path or URL for the store")
         if self.shard is not None:

@@ -25,9 +25,9 @@ from .data import TextData, check_labels, fingerprint, load_texts, no_labels, to
 from .errors import UserError
 from .families import takes_token_types
 from .kinds import TeacherForward, TeacherInfo, chosen, stored_kinds
+from .shape import StoreShape
 from .meta import DataInfo, Settings, StoreMeta, TokenizerInfo
 from .selection import SelectionPlan
-from .shape import StoreShape
 from .store import StoreWriter, chunk_span
 from .teacher import Teacher, check_max_length, id_bound, load_teacher, named_labels, tokenizer_hash
 

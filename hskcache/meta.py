@@ -4,8 +4,10 @@ The extractor builds a `StoreMeta` and the store writes it as its Zarr
 attributes (`to_attrs`); every reader gets it back with `from_attrs`, which
 checks every field's type once, when the store is opened, so a store with a
 missing or malformed field is refused there with one line, and the rest of
-the code reads typed fields instead of dictionary keys. The on-disk layout is
-store schema 3's; the store's own bookkeeping (`format`, `schema_version`,
+the code reads typed fields instead of dictionary keys. Each knowledge kind's
+settings (`Settings.kinds`) and record (`StoreMeta.kinds`) are parsed with
+that kind's own types (`Kind.settings`, `Kind.record`). The on-disk layout is
+store schema 5's; the store's own bookkeeping (`format`, `schema_version`,
 `rows_committed`, `complete`) stays with `hskcache.store`.
 """
 from __future__ import annotations
@@ -13,14 +15,14 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from .errors import UserError
-from .kinds.relation import RelationSpec
+from .kinds import KINDS
 
 if TYPE_CHECKING:
-    from .layout import StoreShape
+    from .shape import StoreShape
 
 
 @dataclass(frozen=True)
@@ -46,9 +48,7 @@ class Settings:
     values: str  # fp16 | int8
     compress: str
     knowledge: tuple[str, ...]
-    att_layers: str
-    att_rows: int | None
-    att_keys: int | None
+    kinds: dict[str, Any] = field(metadata={"per_kind": "settings"})  # each stored kind's `Kind.settings`
     max_length: int
     batch_size: int
     limit: int | None
@@ -98,7 +98,7 @@ class StoreMeta:
     tokenizer: TokenizerInfo
     data: DataInfo
     versions: dict[str, str]
-    relations: RelationSpec | None  # attention / value-relation knowledge (hskcache.kinds.relation)
+    kinds: dict[str, Any] = field(metadata={"per_kind": "record"})  # each stored opt-in kind's `Kind.record`
 
     @property
     def identity(self) -> dict[str, Any]:
@@ -157,8 +157,22 @@ def _parse(cls: type, attrs: Any, prefix: str) -> Any:
         key = _ATTR_NAMES.get((cls, f.name), f.name)
         if key not in attrs:
             raise _Bad(prefix + key)
-        values[f.name] = _value(hints[f.name], attrs[key], prefix + key)
+        values[f.name] = (_per_kind(f.metadata["per_kind"], attrs[key], prefix + key) if "per_kind" in f.metadata
+                          else _value(hints[f.name], attrs[key], prefix + key))
     return cls(**values)
+
+
+def _per_kind(what: str, attrs: Any, name: str) -> dict[str, Any]:
+    """{kind name: its `what` ("settings" or "record"), parsed with that kind's own type}."""
+    if not isinstance(attrs, Mapping):
+        raise _Bad(name)
+    out = {}
+    for kind, value in attrs.items():
+        cls = getattr(KINDS[kind], what) if kind in KINDS else None
+        if cls is None:
+            raise _Bad(f"{name}.{kind}")
+        out[kind] = _parse(cls, value, f"{name}.{kind}.")
+    return out
 
 
 def _value(kind: Any, value: Any, name: str) -> Any:
@@ -169,7 +183,7 @@ def _value(kind: Any, value: Any, name: str) -> Any:
             return None
         (inner,) = [a for a in args if a is not type(None)]
         return _value(inner, value, name)
-    if dataclasses.is_dataclass(kind):  # nested: TokenizerInfo, DataInfo, RelationSpec
+    if dataclasses.is_dataclass(kind):  # nested: TokenizerInfo, DataInfo
         return _parse(kind, value, name + ".")
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
@@ -195,8 +209,8 @@ def synthetic_meta(shape: StoreShape, num_examples: int, teacher_layers: Sequenc
         student_layers=len(layers) - 1, ltop=None, teacher_layers=layers, depth=shape.depth, tokens=shape.tokens,
         token_strategy="att-nosep-top", width=shape.width, width_strategy=shape.width_strategy, width_seed=0,
         width_code=shape.width_code, values=shape.values, compress=shape.compress,
-        knowledge=("hsk",) + (shape.relations.kinds if shape.relations else ()), att_layers="last", att_rows=None,
-        att_keys=None, max_length=shape.seq_len, batch_size=64, limit=None, dtype="fp32")
+        knowledge=("hsk", *shape.kinds), kinds={k: KINDS[k].settings() for k in shape.kinds if KINDS[k].settings},
+        max_length=shape.seq_len, batch_size=64, limit=None, dtype="fp32")
     return StoreMeta(
         config=settings, num_examples=num_examples, teacher=name, teacher_hash=name, teacher_num_layers=layers[-1],
         teacher_layers=layers, stored_layers=layers[-shape.depth:], rank_layers=layers[-shape.depth:],
@@ -204,4 +218,4 @@ def synthetic_meta(shape: StoreShape, num_examples: int, teacher_layers: Sequenc
         num_labels=shape.num_logits, regression=shape.regression,
         id2label={str(i): f"LABEL_{i}" for i in range(shape.num_logits)}, task=None, label_names=None,
         tokenizer=TokenizerInfo(name, name, shape.vocab_size, name, None, None, None),
-        data=DataInfo(name, "train", name), versions={}, relations=shape.relations)
+        data=DataInfo(name, "train", name), versions={}, kinds=dict(shape.kinds))

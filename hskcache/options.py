@@ -61,6 +61,20 @@ def nested(group: str | None = None) -> Any:
     return field(metadata={"nested": True, "group": group})
 
 
+def per_name(classes: Callable[[], dict[str, type]], group: str | None = None) -> Any:
+    """A field holding one settings dataclass per name of a registry (`classes()`: name -> class,
+    asked whenever flags or values are made, so an entry registered later counts): {name: settings}.
+    Each class's fields are flags and TOML keys like nested ones; names that share a class share
+    its flags and its one instance."""
+    return field(default_factory=dict, metadata={"nested": True, "classes": classes, "group": group})
+
+
+def _nested_classes(f: Field, hints: dict[str, Any]) -> list[type]:
+    """The settings dataclass(es) whose fields a nested field's flags are."""
+    classes = f.metadata.get("classes")
+    return list(dict.fromkeys(classes().values())) if classes else [hints[f.name]]
+
+
 def deprecated(prog: str, old: str, new: str) -> None:
     """The one warning every deprecated spelling prints (flags, positional STORE, TOML keys)."""
     print(f"{prog}: warning: {old} is deprecated; use {new}", file=sys.stderr)
@@ -129,7 +143,8 @@ def add_fields(p: argparse._ActionsContainer, cls: type) -> None:
             top = getattr(p, "_top", p)
             group = top.add_argument_group(title) if title else p
             group._top = top
-            add_fields(group, hints[f.name])
+            for sub in _nested_classes(f, hints):
+                add_fields(group, sub)
             continue
         if "help" not in f.metadata:
             continue
@@ -152,7 +167,7 @@ def leaves(cls: type) -> list[Field]:
     """The fields that are flags: `cls`'s own and those of its nested settings, in order."""
     hints = typing.get_type_hints(cls)
     return [leaf for f in fields(cls)
-            for leaf in (leaves(hints[f.name]) if _is_nested(f) else [f])]
+            for leaf in ([x for sub in _nested_classes(f, hints) for x in leaves(sub)] if _is_nested(f) else [f])]
 
 
 def aliases(cls: type) -> dict[str, str]:
@@ -238,8 +253,10 @@ def make(cls: type[T], values: dict[str, Any]) -> T:
     out: dict[str, Any] = {}
     for name, f in known.items():
         if _is_nested(f):
-            sub = hints[name]
-            out[name] = make(sub, {k: v for k, v in values.items() if k in field_names(sub)})
+            made = {sub: make(sub, {k: v for k, v in values.items() if k in field_names(sub)})
+                    for sub in _nested_classes(f, hints)}
+            out[name] = ({n: made[sub] for n, sub in f.metadata["classes"]().items()} if "classes" in f.metadata
+                         else made[hints[name]])
             continue
         if name not in values:
             continue

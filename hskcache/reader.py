@@ -20,21 +20,20 @@ import threading
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 import torch
 
 from .errors import UserError
-from .kinds import Read, stored_kinds
-from .kinds.relation import RelationSpec
-from .layout import StoreShape
+from .kinds import Read, resolve_reads, stored_kinds
+from .shape import StoreShape
 from .packed import PackedBatch, expand
 from .selection import WIDTH_STRATEGIES, kept_width, static_dims
 from .meta import Settings, StoreMeta
 from .store import StoreData
 
-RelationRead = tuple[int | None, int | None]  # (query rows, keys) of an attention / value-relation read
+KindReads = Mapping[str, Any]  # kind name -> its read settings (`Kind.read_settings`): the opt-in kinds a read includes
 
 
 def _chunk_order(num_chunks: int, shuffle: bool, seed: int, epoch: int) -> tuple[np.random.Generator, np.ndarray]:
@@ -121,26 +120,21 @@ class RowDecoder:
         self.width_strategy: str = meta.config.width_strategy
         self.static_width: bool = WIDTH_STRATEGIES[self.width_strategy].static  # same kept dims in every vector
         self.seed: int = meta.config.width_seed
-        self.relations: RelationSpec | None = meta.relations
+        self.records: dict[str, Any] = meta.kinds  # what the store records of each opt-in kind it holds
         self.shape = StoreShape.of_store(meta)
         self.kinds = stored_kinds(self.shape)  # hskcache.kinds: each decodes its own arrays
         self._arrays = {kind.name: [a.name for a in kind.arrays(self.shape)] for kind in self.kinds}
         self.static = static
         self.where = where
 
-    def arrays(self, relations: RelationRead | None = None) -> list[str]:
-        """The stored arrays a batch is made of (relations only when read)."""
-        read = Read(self.depth, self.tokens, self.kept, relations)
+    def arrays(self, reads: KindReads | None = None) -> list[str]:
+        """The stored arrays a batch is made of (an opt-in kind's only when read; `reads`: resolved)."""
+        read = Read(self.depth, self.tokens, self.kept, reads or {})
         return list(dict.fromkeys(name for kind in self.kinds if kind.read(read) for name in self._arrays[kind.name]))
 
-    def resolve_relations(self, read: RelationRead | None) -> RelationRead | None:
-        """(rows, keys) of a relation read (None: no relations), checked against what is stored."""
-        if read is None:
-            return None
-        if self.relations is None:
-            raise UserError(f"the store holds no attention or value relations ({self.where}); extract with "
-                            "--knowledge hsk,att,val")
-        return self.relations.resolve(*read, self.where)
+    def resolve_kinds(self, asked: KindReads | None) -> dict[str, Any]:
+        """Each asked opt-in kind's read (`Kind.resolve_read`), checked against what is stored."""
+        return resolve_reads(self.records, asked or {}, self.where)
 
     def resolve(self, depth: int | None, tokens: int | None, width: float | None) -> tuple[int, int, int]:
         """(depth, tokens, kept) of a read; None means as stored. The one check of
@@ -172,10 +166,10 @@ class RowDecoder:
         return columns
 
     def slicer(self, depth: int, tokens: int, kept: int,
-               relations: RelationRead | None = None) -> tuple[dict[str, tuple], Read, PackedBatch]:
+               reads: KindReads | None = None) -> tuple[dict[str, tuple], Read, PackedBatch]:
         """(per-array slice of a row block, the read, PackedBatch template) of a read: the
         slices (each kind's `cuts`) run where rows are gathered, so a smaller read copies fewer bytes."""
-        read = Read(depth, tokens, kept, relations)
+        read = Read(depth, tokens, kept, reads or {})
         kinds = tuple(kind for kind in self.kinds if kind.read(read))
         cuts = {name: cut for kind in kinds for name, cut in kind.cuts(self.shape, read).items()}
         columns = dims = None
@@ -186,8 +180,8 @@ class RowDecoder:
         return cuts, read, PackedBatch({}, self.hidden, kept, columns, dims, kinds)
 
     def pack(self, raw: dict[str, np.ndarray], depth: int, tokens: int, kept: int,
-             relations: RelationRead | None = None) -> PackedBatch:
-        cuts, read, template = self.slicer(depth, tokens, kept, relations)
+             reads: KindReads | None = None) -> PackedBatch:
+        cuts, read, template = self.slicer(depth, tokens, kept, reads)
         return self.pack_sliced({n: raw[n][cuts[n]] for n in cuts}, read, template)
 
     def pack_sliced(self, rows: dict[str, np.ndarray], read: Read, template: PackedBatch) -> PackedBatch:
@@ -199,9 +193,9 @@ class RowDecoder:
         return PackedBatch(tensors, template.hidden, template.kept, template.columns, template.dims, template.kinds)
 
     def to_torch(self, raw: dict[str, np.ndarray], depth: int, tokens: int, kept: int,
-                 relations: RelationRead | None = None) -> dict[str, torch.Tensor]:
+                 reads: KindReads | None = None) -> dict[str, torch.Tensor]:
         """The dense batch dictionary, on the CPU."""
-        return expand(self.pack(raw, depth, tokens, kept, relations))
+        return expand(self.pack(raw, depth, tokens, kept, reads))
 
 
 def default_threads() -> int:
@@ -270,21 +264,21 @@ class HSKStore:
         return self._decoder.resolve(depth, tokens, width)
 
     @property
-    def relations(self) -> RelationSpec | None:
-        """The attention / value-relation knowledge the store holds (None: none)."""
-        return self._decoder.relations
+    def kinds(self) -> dict[str, Any]:
+        """What the store records of each opt-in kind it holds (`Kind.record`), by kind name."""
+        return self._decoder.records
 
     def get(self, indices, depth: int | None = None, tokens: int | None = None, width: float | None = None,
-            relations: RelationRead | None = None) -> dict[str, torch.Tensor]:
+            kinds: KindReads | None = None) -> dict[str, torch.Tensor]:
         """Rows `indices` at (depth, tokens, width) at or below what was stored (the dense batch);
-        `relations=(rows, keys)` adds the attention / value relations (None inside: as stored)."""
+        `kinds` adds opt-in kinds, each with its read settings (e.g. {"att": RelationRead((rows, keys))})."""
         depth, tokens, kept = self._decoder.resolve(depth, tokens, width)
-        relations = self._decoder.resolve_relations(relations)
+        reads = self._decoder.resolve_kinds(kinds)
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
         if len(idx) and (idx.min() < 0 or idx.max() >= self.num_examples):
             raise UserError(f"row index out of range: the store has {self.num_examples} rows")
-        raw = self._data.read(self._decoder.arrays(relations), idx)
-        return self._decoder.to_torch(raw, depth, tokens, kept, relations)
+        raw = self._data.read(self._decoder.arrays(reads), idx)
+        return self._decoder.to_torch(raw, depth, tokens, kept, reads)
 
     def labels(self) -> np.ndarray:
         """Every row's gold label (-1, or NaN for regression: none), the labels array alone."""
@@ -299,7 +293,7 @@ class HSKStore:
                 prefetch: int = 4, rank: int = 0, world_size: int = 1, packed: bool = False,
                 threads: int | None = None, pin_memory: bool = False,
                 shard: tuple[int, int] = (0, 1),
-                relations: RelationRead | None = None) -> Iterator[dict[str, torch.Tensor] | PackedBatch]:
+                kinds: KindReads | None = None) -> Iterator[dict[str, torch.Tensor] | PackedBatch]:
         """Stream batches: whole chunks in seeded random order, rows shuffled across
         a window of chunks. Chunks are decompressed and batches gathered on a pool
         of `threads` (default: every core this process may use), `prefetch` batches
@@ -311,10 +305,10 @@ class HSKStore:
         `rank` of `world_size` (data-parallel training) yields its share of every
         batch and reads only its own chunks (`epoch_batches`)."""
         depth, tokens, kept = self._decoder.resolve(depth, tokens, width)
-        relations = self._decoder.resolve_relations(relations)
+        reads = self._decoder.resolve_kinds(kinds)
         if window_chunks is None:
             window_chunks = default_window_chunks(batch_size, self.chunk_rows)
-        cuts, asked, template = self._decoder.slicer(depth, tokens, kept, relations)
+        cuts, asked, template = self._decoder.slicer(depth, tokens, kept, reads)
         plan = epoch_batches(self.num_examples, self.chunk_rows, window_chunks, batch_size, shuffle, seed, epoch,
                              start_batch, drop_last, rank, world_size)
         pool = ThreadPoolExecutor(max(1, threads or default_threads()), thread_name_prefix="hskcache-reader")

@@ -16,6 +16,8 @@ Each array's codec is named by its `layout.ArraySpec` and built from
 """
 from __future__ import annotations
 
+import functools
+
 import json
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -27,12 +29,14 @@ from zarr.errors import ContainsArrayAndGroupError, ContainsArrayError, Contains
 
 from .chunks import BadChunk, ChunkDecoder, ChunkProblem
 from .errors import UserError
-from .layout import StoreShape
+from .kinds import KINDS
+from .shape import StoreShape
 from .meta import StoreMeta
 from .storage import Location, faults
 
-SCHEMA_VERSION = 4  # 2: settings `store` and `width_seed`; 3: codecs, width_code/values/compress settings;
-# 4: a crc32c checksum on every chunk (hskcache.chunks)
+SCHEMA_VERSION = 5  # 2: settings `store` and `width_seed`; 3: codecs, width_code/values/compress settings;
+# 4: a crc32c checksum on every chunk (hskcache.chunks); 5: each knowledge kind's settings and record under
+# its name (`config.kinds`, `kinds`; were the flat att_* settings and `relations`)
 FORMAT = "hskcache"
 COMMITS = "commits"  # per-chunk commit markers (uint8, one chunk per store chunk)
 # docs/design.md ("Codecs"): level 1 keeps 93-100% of level 3's ratio and writes about twice as fast;
@@ -347,9 +351,10 @@ class StoreData:
     def num_examples(self) -> int:
         return self.meta.num_examples
 
-    @property
+    @functools.cached_property
     def chunk_rows(self) -> int:
-        return int(self.arrays["values"].chunks[0])
+        """Rows per chunk, shared by every per-row array: the first one the store's shape lists."""
+        return int(self.arrays[StoreShape.of_store(self.meta).arrays()[0].name].chunks[0])
 
     def _array(self, name: str) -> zarr.Array:
         return self.commits if name == COMMITS else self.arrays[name]
@@ -442,7 +447,7 @@ def _rows_committed(location: Location, attrs: dict[str, Any], meta: StoreMeta) 
     complete, recorded = _progress(attrs)
     if complete or COMMITS not in group:
         return recorded
-    rows = int(group["values"].chunks[0])
+    rows = int(group[StoreShape.of_store(meta).arrays()[0].name].chunks[0])  # shared by every per-row array
     return sum(min(rows, n - c * rows) for c in committed_chunks(location))
 
 
@@ -464,6 +469,7 @@ def describe(url: str) -> dict[str, Any]:
         "schema_version": SCHEMA_VERSION,
         "width_encoding": meta.width_encoding,
         "config": meta.to_attrs()["config"],
+        "kinds": {name: KINDS[name].describe(record) for name, record in meta.kinds.items()},
         "bytes": _array_bytes(sizes),
         "total_bytes": sum(sizes.values()),
     }
@@ -476,7 +482,8 @@ def description_lines(info: dict[str, Any]) -> list[str]:
              f"teacher     {info['teacher']}  layers {info['teacher_layers']}",
              f"schema      {info['schema_version']}",
              f"width code  {info['width_encoding'] or 'none'}",
-             "config      " + ", ".join(f"{k}={v}" for k, v in (info["config"] or {}).items()),
-             "bytes per array:"]
+             "config      " + ", ".join(f"{k}={v}" for k, v in (info["config"] or {}).items())]
+    lines += [f"{name:<12}{text}" for name, text in info["kinds"].items()]  # each opt-in kind's record
+    lines += ["bytes per array:"]
     lines += [f"  {name:<16}{nbytes:>16,}" for name, nbytes in info["bytes"].items()]
     return lines + [f"  {'total':<16}{info['total_bytes']:>16,}"]

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from tqdm.auto import tqdm
 
-from .layout import StoreShape
+from .shape import StoreShape
 from .store import COMMITS, StoreData, chunk_key, committed_chunks, num_chunks, open_arrays
 
 

@@ -74,16 +74,3 @@ def kinds(objective: Weighted) -> tuple[str, ...]:
     entries = table()
     names = {entries[name].kind for name, _ in objective}
     return tuple(k for k in STUDENT_KINDS if k in names)
-
-
-def parse_att_read(text: str) -> tuple[int | None, int | None]:
-    """`--att-read R,K` (query rows, keys per row) or `stored`."""
-    if text == "stored":
-        return None, None
-    try:
-        rows, keys = (int(x) for x in str(text).split(","))
-    except ValueError:
-        raise UserError(f"--att-read {text!r} is not ROWS,KEYS (e.g. 9,16) or 'stored'") from None
-    if rows < 1 or keys < 1:
-        raise UserError(f"--att-read {text}: rows and keys must be at least 1")
-    return rows, keys

@@ -18,9 +18,8 @@ import torch
 from hskcache.config import ExtractConfig
 from hskcache.data import no_labels, tokenize_batch
 from hskcache.extract import batch_rows, prepare, store_meta
-from hskcache.kinds.relation import RelationSpec
 from hskcache.packed import PackedBatch, expand
-from hskcache.reader import RelationRead, RowDecoder, default_window_chunks, epoch_batches
+from hskcache.reader import KindReads, RowDecoder, default_window_chunks, epoch_batches
 
 
 class OnlineSource:
@@ -50,8 +49,9 @@ class OnlineSource:
         return self._labels
 
     @property
-    def relations(self) -> RelationSpec | None:
-        return self._decoder.relations
+    def kinds(self) -> dict:
+        """What the store would record of each opt-in kind (`HSKStore.kinds`)."""
+        return self._decoder.records
 
     def num_batches(self, batch_size: int, drop_last: bool = False) -> int:
         return self.num_examples // batch_size if drop_last else -(-self.num_examples // batch_size)
@@ -60,25 +60,25 @@ class OnlineSource:
                 depth: int | None = None, tokens: int | None = None, width: float | None = None,
                 start_batch: int = 0, drop_last: bool = False, rank: int = 0,
                 world_size: int = 1, packed: bool = False, pin_memory: bool = False,
-                relations: RelationRead | None = None) -> Iterator[dict[str, torch.Tensor] | PackedBatch]:
+                kinds: KindReads | None = None) -> Iterator[dict[str, torch.Tensor] | PackedBatch]:
         """The batches `HSKStore.batches` would yield with the same arguments."""
         depth, tokens, kept = self._decoder.resolve(depth, tokens, width)
-        relations = self._decoder.resolve_relations(relations)
+        reads = self._decoder.resolve_kinds(kinds)
         window = default_window_chunks(batch_size, self.chunk_rows)
         plan = epoch_batches(self.num_examples, self.chunk_rows, window, batch_size, shuffle, seed, epoch, start_batch,
                              drop_last, rank, world_size)
         for batches in plan:
             for rows in batches:
-                batch = self._decoder.pack(self._raw(rows), depth, tokens, kept, relations)
+                batch = self._decoder.pack(self._raw(rows), depth, tokens, kept, reads)
                 batch = batch.pin_memory() if pin_memory and torch.cuda.is_available() else batch
                 yield batch if packed else expand(batch)
 
     def get(self, indices, depth: int | None = None, tokens: int | None = None,
-            width: float | None = None, relations: RelationRead | None = None) -> dict[str, torch.Tensor]:
+            width: float | None = None, kinds: KindReads | None = None) -> dict[str, torch.Tensor]:
         """The rows `HSKStore.get` would return (the teacher runs on them now)."""
         rows = np.asarray(indices, dtype=np.int64).reshape(-1)
         return self._decoder.to_torch(self._raw(rows), *self._decoder.resolve(depth, tokens, width),
-                                      self._decoder.resolve_relations(relations))
+                                      self._decoder.resolve_kinds(kinds))
 
     def _raw(self, rows: np.ndarray) -> dict[str, np.ndarray]:
         """The teacher's stored rows for data rows `rows`, computed now."""

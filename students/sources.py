@@ -14,25 +14,27 @@ from typing import Any
 
 from hskcache.config import ExtractConfig
 from hskcache.errors import UserError
+from hskcache.kinds import kind_settings
 from hskcache.options import STORE_HELP, flag_name, nested, setting
 
 ONLINE_FIELDS = ("data", "split", "student_layers", "ltop", "teacher_layers", "depth", "tokens", "token_strategy",
-                 "width", "width_strategy", "width_seed", "knowledge", "att_layers", "att_rows", "att_keys", "limit")
+                 "width", "width_strategy", "width_seed", "knowledge", "limit")  # and every kind's settings
 # `ExtractConfig` fields the online baseline takes from the run's own settings (`TrainConfig`).
 FROM_TRAINING = ("text_cols", "label_col", "max_length", "device", "dtype")
 
 
-def _online_field(f) -> tuple[str, Any, Any]:
-    """`ExtractConfig`'s field as an online setting: None unless given (so a store run can refuse it),
-    its default shown; no deprecated spellings (`--seed` is training's seed here)."""
-    hint = typing.get_type_hints(ExtractConfig)[f.name]
+def _online_field(f, cls: type = ExtractConfig) -> tuple[str, Any, Any]:
+    """`ExtractConfig`'s field (or a kind's settings field, `cls`) as an online setting: None unless given
+    (so a store run can refuse it), its default shown; no deprecated spellings (`--seed` is training's seed here)."""
+    hint = typing.get_type_hints(cls)[f.name]
     shown = f.metadata.get("show_default", None if f.default is MISSING else f.default)
     metadata = {k: v for k, v in f.metadata.items() if k != "aliases"} | {"show_default": shown}
     return f.name, hint | None, field(default=None, metadata=metadata)
 
 
 OnlineSettings = make_dataclass(
-    "OnlineSettings", [_online_field(f) for f in fields(ExtractConfig) if f.name in ONLINE_FIELDS], frozen=True,
+    "OnlineSettings", [_online_field(f) for f in fields(ExtractConfig) if f.name in ONLINE_FIELDS]
+    + [_online_field(f, cls) for cls in dict.fromkeys(kind_settings().values()) for f in fields(cls)], frozen=True,
     namespace={"__doc__": "The online baseline's `hskcache extract` settings (None: not given)."})
 OnlineSettings.__module__ = __name__
 

@@ -18,7 +18,7 @@ import shutil
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -35,10 +35,9 @@ from hskcache.errors import UserError
 from hskcache.device import DEVICES, DTYPES, autocast, check_dtype, pick_dtype
 from hskcache import hooks
 from hskcache.hskread import parse_triple
-from hskcache.kinds.relation import relation_kinds
+from hskcache.kinds import KINDS, read_settings, resolve_reads
 from hskcache.meta import StoreMeta, to_json
-from hskcache.reader import RelationRead
-from hskcache.options import columns, setting
+from hskcache.options import columns, per_name, setting
 from hskcache.packed import PackedBatch, expand
 from hskcache.teacher import check_min_length, tokenizer_hash
 from students.checkpoint import STATE_FILE, read_state, replaced_dir, rng_state, set_rng_state, write_state
@@ -46,8 +45,7 @@ from students.evaluate import MODEL_INPUTS, EvalSet, evaluate, load_eval_set, tr
 from students.selection import drop_rows, holdout_eval_set, parse_select_on
 from students.data_parallel import Parallel, cores_per_rank, placeholder, rank_seed
 from students.kinds import STUDENT_KINDS, StudentForward
-from students.objectives import (Weighted, choices, format_objective, parse_att_read,
-                                 parse_objective)
+from students.objectives import Weighted, choices, format_objective, parse_objective
 from students.objectives import kinds as objective_kinds
 from students.objectives import table as objective_table
 from students.losses import HSK_MODES, HSK_PROJECTIONS, HSKProjection, LossSettings
@@ -131,8 +129,7 @@ class TrainConfig:
                                               parse=lambda text: parse_objective(text, PRED),
                                               show_default="pred,label:0.5 when the source has gold labels, "
                                                            "else pred (students/defaults.py)")
-    att_read: RelationRead = setting((None, None), "query rows,keys of the att/val read ('stored': as stored)",
-                                     parse=parse_att_read, show_default="stored")
+    reads: Mapping[str, Any] = per_name(read_settings, "knowledge kinds' reads")  # each kind's `Kind.read_settings`
     width_loss: str = setting("zero-fill", " | ".join(HSK_MODES) + "; zero-fill is the paper's")
     hsk_projection: str = setting("random", " | ".join(HSK_PROJECTIONS) + ": W's init; random is the paper's, kept "
                                   "maps an extracted (ETD) student's dimensions to the teacher dimensions they came from")
@@ -229,12 +226,12 @@ class TrainConfig:
 
     def read(self, objective: Weighted) -> dict[str, Any]:
         """What a stage with these objectives reads (`BatchSource.batches`' read arguments): the HSK at
-        --hsk when an objective compares it, else the least the source decodes; the relations at
-        --att-read when one compares them (only the store reads them)."""
+        --hsk when an objective compares it, else the least the source decodes; each opt-in kind an
+        objective compares at its read settings (e.g. the relations at --att-read)."""
         kinds = objective_kinds(objective)
         depth, tokens, width = self.hsk if "hsk" in kinds and self.hsk is not None else (1, 1, None)
-        relations = {"relations": self.att_read} if relation_kinds(kinds) else {}
-        return {"depth": depth, "tokens": tokens, "width": width, **relations}
+        reads = {k: self.reads.get(k) for k in kinds if KINDS[k].opt_in}
+        return {"depth": depth, "tokens": tokens, "width": width, **({"kinds": reads} if reads else {})}
 
     def identity(self) -> dict[str, Any]:
         """The settings a checkpoint must have been written with to be resumed; the run folder
@@ -253,7 +250,7 @@ class TrainConfig:
     def to_json(self) -> dict[str, Any]:
         return asdict(self) | {"hsk": format_hsk(self.hsk), "objective": format_objective(self.objective),
                                "pred_objective": format_objective(self.pred_objective),
-                               "att_read": "stored" if self.att_read == (None, None) else ",".join(map(str, self.att_read))}
+                               "reads": to_json(self.reads)}
 
 
 @dataclass
@@ -396,8 +393,8 @@ class Trainer:
                                 f"baseline) whose --knowledge includes {','.join(missing)}")
             for kind in kinds:
                 kind.check(source.meta, self.model.config, student)
-        if relation_kinds(objective_kinds(self.cfg.objective)) and self.cfg.hsk is not None:
-            source.meta.relations.resolve(*self.cfg.att_read, "--att-read")
+        if self.cfg.hsk is not None:  # each opt-in kind's read, checked against what the source records
+            resolve_reads(source.meta.kinds, self.cfg.read(self.cfg.objective).get("kinds", {}), "the source")
         if self.cfg.hsk is not None:
             try:
                 source.resolve(*self.cfg.hsk)

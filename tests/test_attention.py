@@ -9,10 +9,11 @@ from transformers import (AutoModelForSequenceClassification, ElectraConfig, Ele
 
 from conftest import PAIRS, SENTENCES
 from hskcache import hooks
-from hskcache.attention import (AttentionPlan, gather_rows, relation, select_attention, select_value_relation,
+from hskcache.attention import (AttentionPlan, attention_rows, gather_rows, relation, select_value_relation,
                                 sep_share, shrink, split_heads)
 from hskcache.data import tokenize_batch
 from hskcache.errors import UserError
+from hskcache.selection import rank_positions
 from hskcache.teacher import load_teacher
 from reference import coarsened_row, ranked_rows, teacher_outputs, value_relation_row
 
@@ -26,7 +27,9 @@ def _select(teacher_dir, plan, texts_a, texts_b, device="cpu"):
     with hooks.capture(teacher.model, plan.layers, ["value"]) as captured:
         out = teacher.forward(tokens)
     masks = {k: tokens[k].to(teacher.device) for k in ("attention_mask", "sep_mask")}
-    att = select_attention(plan, out.attentions, masks["attention_mask"], masks["sep_mask"])
+    positions = rank_positions(plan.token_strategy, plan.rank_layers, plan.rows, out.attentions,
+                               masks["attention_mask"], masks["sep_mask"])  # the query rows, as the relation kinds rank them
+    att = {"positions": positions} | attention_rows(plan, out.attentions, positions, masks["attention_mask"])
     values = {l: captured[l]["value"] for l in plan.layers}
     val = select_value_relation(plan, values, teacher.model.config.num_attention_heads, att["positions"],
                                 masks["attention_mask"])

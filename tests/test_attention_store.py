@@ -9,12 +9,24 @@ from transformers import AutoModelForSequenceClassification
 
 import hskcache
 from hskcache.errors import UserError
+from hskcache.kinds.relation import RelationRead
 from reference import coarsened_row, ranked_rows, teacher_outputs, value_relation_row
 from helpers import run_extract
 
 MAX_LEN = 20
 ATT_FLAGS = ("--student-layers", 2, "--tokens", 4, "--width", 0.25, "--max-length", MAX_LEN, "--knowledge", "hsk,att,val",
              "--att-layers", "pairs", "--att-rows", 5, "--att-keys", 6, "--token-strategy", "att-nosep")
+
+
+def reads(rows, keys):
+    """Both relation kinds at (rows, keys), None as stored (what `--att-read` gives the trainer)."""
+    return {kind: RelationRead((rows, keys)) for kind in ("att", "val")}
+
+
+def relation_row_bytes(store) -> int:
+    """Bytes per example of the store's relation arrays (budget group `relations`)."""
+    from hskcache.shape import StoreShape
+    return sum(a.row_bytes for a in StoreShape.of_store(store.meta).arrays() if a.group == "relations")
 
 
 def _texts(pair_csv):
@@ -38,10 +50,11 @@ def test_store_round_trip_matches_loops(att_store, teacher_dir, pair_csv, rows, 
         att_store = tmp_path / "store"
         run_extract(teacher_dir, pair_csv, att_store, *ATT_FLAGS, "--device", device, "--dtype", "fp32")
     store = hskcache.open_store(att_store)
-    spec = store.relations
-    assert spec.kinds == ("att", "val") and spec.layers == (1, 2) and spec.student_layers == (1, 2)
+    spec = store.kinds["att"]
+    assert list(store.kinds) == ["att", "val"] and store.kinds["val"] == spec
+    assert spec.layers == (1, 2) and spec.student_layers == (1, 2)
     n = 8
-    got = store.get(list(range(n)), relations=(rows, keys))
+    got = store.get(list(range(n)), kinds=reads(rows, keys))
     rows, keys = rows or spec.rows, keys or spec.keys
     texts_a, texts_b = _texts(pair_csv)
     enc, out, tok = teacher_outputs(teacher_dir, texts_a[:n], texts_b[:n], MAX_LEN)
@@ -69,20 +82,19 @@ def test_store_round_trip_matches_loops(att_store, teacher_dir, pair_csv, rows, 
 def test_relation_reads_are_checked(att_store, task):
     store = hskcache.open_store(att_store)
     with pytest.raises(UserError, match="more than the store holds"):
-        store.get([0], relations=(6, None))
-    with pytest.raises(UserError, match="no attention or value relations"):
-        hskcache.open_store(task.store).get([0], relations=(None, None))
+        store.get([0], kinds=reads(6, None))
+    with pytest.raises(UserError, match="holds no att knowledge"):
+        hskcache.open_store(task.store).get([0], kinds=reads(None, None))
     assert "att_keys" not in store.get([0])  # relations are read only when asked for
 
 
 def test_budget_counts_relation_bytes(att_store):
-    from hskcache.layout import StoreShape
+    from hskcache.shape import StoreShape
     store = hskcache.open_store(att_store)
-    spec = store.relations
     # per example: positions int16 (N_A, R), and per kind uint8 keys + fp16 probs (N_A, H, R, k), fp16 rest (N_A, H, R)
     expected = 2 * 5 * 2 + 2 * (2 * 4 * 5 * 6 * (1 + 2) + 2 * 4 * 5 * 2)
-    assert spec.row_bytes() == expected
-    shape = StoreShape(MAX_LEN, 40, 2, False, 3, 4, 32, 0.25, "mag", relations=spec)
+    assert relation_row_bytes(store) == expected
+    shape = StoreShape(MAX_LEN, 40, 2, False, 3, 4, 32, 0.25, "mag", kinds=store.kinds)
     assert shape.bytes_by_group(10)["relations"] == expected * shape.rows_per_chunk(10) * -(-10 // shape.rows_per_chunk(10))
     # on disk (estimated): keys, probabilities and rest mass each by their measured ratio, att and val alike
     from hskcache.budget import DISK_RATIOS, estimated_disk
@@ -119,13 +131,13 @@ def test_first_relation_loss_matches_an_hf_forward(att_store, teacher_dir, tmp_p
     config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     (folder / "config.json").write_text(json.dumps(config))
     cfg = TrainConfig(student=str(folder), out=str(tmp_path / "run"), objective=parse_objective("hsk,att:0.5,val"),
-                      att_read=(4, 3), max_steps=1, log_every=1, threads=1, quiet=True, hsk_batch_size=8, select_on="last",
+                      reads=reads(4, 3), max_steps=1, log_every=1, threads=1, quiet=True, hsk_batch_size=8, select_on="last",
                       pred_batch_size=8, device=device, dtype="fp32")
     train(cfg, hskcache.open_store(att_store))
 
     store = hskcache.open_store(att_store)
     model = AutoModelForSequenceClassification.from_pretrained(folder, attn_implementation="eager").train()
-    batch = next(iter(store.batches(8, seed=0, epoch=0, relations=(4, 3))))
+    batch = next(iter(store.batches(8, seed=0, epoch=0, kinds=reads(4, 3))))
     with torch.no_grad():
         out = model(**{k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")},
                     output_hidden_states=True, output_attentions=True)
@@ -157,8 +169,8 @@ def test_online_baseline_computes_the_stores_relations(att_store, teacher_dir, p
     online = OnlineSource(build_config({**flags, "teacher": str(teacher_dir), "data": str(pair_csv),
                                         "batch_size": 8, "device": device, "dtype": "fp32"}))
     store = hskcache.open_store(att_store)
-    assert online.relations == store.relations
-    live, stored = online.get(range(6), relations=(3, 2)), store.get(range(6), relations=(3, 2))
+    assert online.kinds == store.kinds
+    live, stored = online.get(range(6), kinds=reads(3, 2)), store.get(range(6), kinds=reads(3, 2))
     for name in ("rel_positions", "att_keys", "val_keys"):
         assert torch.equal(live[name], stored[name]), name
     for name in ("att_probs", "att_rest", "val_probs", "val_rest"):
@@ -206,14 +218,14 @@ def test_budget_plan_and_store_count_relations(att_store, capsys):
     rows = store.num_examples
     chunk = store.chunk_rows
     padded = -(-rows // chunk) * chunk
-    assert own["hskcache_relation_bytes"] == padded * store.relations.row_bytes()
+    assert own["hskcache_group_bytes"] == {"relations": padded * relation_row_bytes(store)}
     # plan mode: 2 kinds × 12 heads × 9 rows × (16 keys × 3 B + 2 B) + 9 int16 positions per example
     assert main(["budget", "--plan", "--examples", "1000", "--seq-len", "128", "--student-layers", "6",
                  "--teacher-width", "768", "--configs", "1,9,0.1", "--knowledge", "hsk,att,val", "--att-heads", "12",
                  "--att-rows", "9", "--att-keys", "16", "--json"]) == 0
     [plan] = json.loads(capsys.readouterr().out)
-    assert plan["hskcache_relation_bytes"] % (2 * 12 * 9 * (16 * 3 + 2) + 2 * 9) == 0
-    assert plan["hskcache_relation_bytes"] >= 1000 * (2 * 12 * 9 * (16 * 3 + 2) + 2 * 9)
+    assert plan["hskcache_group_bytes"]["relations"] % (2 * 12 * 9 * (16 * 3 + 2) + 2 * 9) == 0
+    assert plan["hskcache_group_bytes"]["relations"] >= 1000 * (2 * 12 * 9 * (16 * 3 + 2) + 2 * 9)
     assert main(["budget", "--plan", "--examples", "10", "--seq-len", "16", "--student-layers", "2",
                  "--teacher-width", "32", "--att-rows", "4"]) == 2
     assert "only apply with --knowledge" in capsys.readouterr().err

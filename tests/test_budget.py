@@ -16,7 +16,8 @@ from hskcache.budget_cli import run_budget
 from hskcache.cli import build_parser
 from hskcache.errors import UserError
 from hskcache.options import settings_from
-from hskcache.layout import CHECKSUM_BYTES, StoreShape
+from hskcache.layout import CHECKSUM_BYTES
+from hskcache.shape import StoreShape
 from hskcache.meta import synthetic_meta
 from hskcache.store import COMMITS, FORMAT, SCHEMA_VERSION, compressors
 

@@ -24,6 +24,7 @@ from transformers import (AutoConfig, AutoModelForSequenceClassification, AutoTo
                           MPNetConfig, MPNetTokenizer, RobertaConfig, XLMRobertaConfig)
 
 import hskcache
+from hskcache.kinds.relation import RelationRead
 from conftest import WORDS
 from hskcache.cli import main as hskcache_main
 from hskcache.errors import UserError
@@ -167,14 +168,14 @@ def test_store_matches_a_plain_forward(family_store, pair_csv, device, tmp_path)
     for handle in handles:
         handle.remove()
     store = hskcache.open_store(store_path)
-    got = store.get(np.arange(n), relations=(None, None))
+    got = store.get(np.arange(n), kinds={k: RelationRead() for k in store.kinds})
     exp_pos, exp_hsk = expected_selection(enc, out, tok.sep_token_id, store.teacher_layers, LAYERS,
                                           store.config.depth, 4, "att-nosep", 1.0, "mag")
     np.testing.assert_array_equal(got["positions"].numpy(), exp_pos)
     np.testing.assert_allclose(got["hsk"].numpy(), exp_hsk, atol=2e-3, rtol=2e-3)
     np.testing.assert_allclose(got["logits"].numpy(), out.logits.numpy(), atol=1e-5)
     np.testing.assert_array_equal(got["token_type_ids"].numpy(), enc["token_type_ids"].numpy())
-    spec = store.relations
+    spec = store.kinds["att"]
     for b in range(n):
         length = int(enc["attention_mask"][b].sum())
         for j, l in enumerate(spec.layers):

@@ -45,7 +45,8 @@ def test_settings_are_the_stored_extract_flags():
     (lambda a: a["config"].update(tokens="8"), "config.tokens"),
     (lambda a: a["tokenizer"].update(vocab_size=None), "tokenizer.vocab_size"),
     (lambda a: a.update(regression=0), "regression"),
-    (lambda a: a.update(relations={"kinds": ["att"]}), "relations.layers"),
+    (lambda a: a.update(kinds={"att": {"heads": 2}}), "kinds.att.layers"),
+    (lambda a: a.update(kinds={"toy": {}}), "kinds.toy"),
 ])
 def test_bad_attributes_are_one_line_at_open(task, tmp_path, capsys, change, name):
     bad = tmp_path / "bad"

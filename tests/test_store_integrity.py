@@ -28,6 +28,7 @@ from hskcache import store as store_mod
 from hskcache.chunks import BadChunk
 from hskcache.cli import main
 from hskcache.errors import UserError
+from hskcache.shape import StoreShape
 from students import cli as students_cli
 from helpers import assert_same_store
 from tiny_task import CHUNK_BYTES, STORE_FLAGS, extract
@@ -266,7 +267,7 @@ def test_full_disk_during_extraction_is_one_line_and_resumable(task, tmp_path, c
 
 def _create_at(url: str, at: float, results) -> None:
     data = store_mod.StoreData(url.rsplit("/", 1)[0] + "/clean")
-    shape = layout.StoreShape.of_store(data.meta)
+    shape = StoreShape.of_store(data.meta)
     while time.time() < at:
         pass
     try:

@@ -10,4 +10,4 @@ register(RelationKind(
     {"att": Objective("kl", "Att-KL (MiniLM L_AT), exact on the top-k-plus-rest coarsening"),
      "att-mse": Objective("mse", "Att-MSE on the kept attention probabilities")},
     (), lambda plan, out, values, heads, positions, mask: attention_rows(plan, out.attentions, positions, mask),
-    ("query", "key")))
+    ("query", "key"), needs_attentions=True))

@@ -21,7 +21,7 @@ so adding a kind is adding one module.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, is_dataclass
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -31,24 +31,38 @@ from torch import Tensor
 from ..errors import UserError
 
 if TYPE_CHECKING:
-    from ..layout import ArraySpec, StoreShape
+    from ..layout import ArraySpec
+    from ..shape import StoreShape
     from ..packed import PackedBatch
     from ..selection import SelectionPlan
 
-KNOWLEDGE = ("hsk", "att", "val")  # what `--knowledge` chooses among
 Cut = tuple[slice, ...]  # of a row block, example axis first
 WHOLE: Cut = (slice(None),)
 
 
 @dataclass(frozen=True)
 class Read:
-    """What one read asks of the store: the HSK at (depth, tokens, kept), and the
-    relations at (rows, keys), None when they are not read. Resolved against the store."""
+    """What one read asks of the store: the HSK at (depth, tokens, kept), and each opt-in kind
+    it includes with that kind's resolved read (`Kind.resolve_read`). Resolved against the store."""
 
     depth: int
     tokens: int
     kept: int
-    relations: tuple[int, int] | None = None
+    kinds: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TeacherInfo:
+    """What a kind's settings are resolved against at extraction (`Kind.resolve`): the teacher and
+    the settings every kind shares."""
+
+    teacher_layers: tuple[int, ...]  # teacher layer of each student layer 0..L'
+    num_layers: int
+    heads: int
+    hidden: int
+    seq_len: int  # --max-length
+    tokens: int  # N^L of the HSK
+    token_strategy: str
 
 
 @dataclass
@@ -97,10 +111,38 @@ class Kind:
     teacher_captures: tuple[str, ...] = ()  # attention projections the teacher forward must record
     student_captures: tuple[str, ...] = ()  # and the student forward
     student_hidden_states: bool = False  # whether the student forward must return its hidden states
+    listed: bool = False  # a name `--knowledge` takes
+    opt_in: bool = False  # stored only when `--knowledge` names it (else: always, when it has arrays)
+    needs_attentions: bool = False  # its encoding reads the teacher's post-softmax attentions
+    settings: type | None = None  # its extraction parameters: a frozen dataclass of `options.setting` fields,
+    # each an `extract` flag and TOML key (kinds that share the class share the flags), recorded in the store
+    read_settings: type | None = None  # its read parameters, the same way: `students train` flags
+    record: type | None = None  # what a store records of it (`StoreMeta.kinds`), `resolve`'s result
+
+    def resolve(self, settings: Any, teacher: TeacherInfo) -> Any:
+        """Its settings resolved against the teacher: what a store holding it records (a `record`)."""
+        return settings
+
+    def resolve_read(self, record: Any, read: Any, where: str) -> Any:
+        """A read's settings (`read_settings`) checked against what the store records: the read
+        its `cuts` and `pack` get (`Read.kinds`). Refuses, in one line, what the store cannot serve."""
+        return read
+
+    def describe(self, record: Any) -> str:
+        """What a store records of it in one line (`hskcache inspect`, `hskcache budget`)."""
+        return ", ".join(f"{k} {v}" for k, v in asdict(record).items()) if is_dataclass(record) else str(record)
+
+    def capture_layers(self, shape: StoreShape) -> tuple[int, ...]:
+        """The teacher attention layers whose projections (`teacher_captures`) its encoding reads."""
+        return ()
 
     def arrays(self, shape: StoreShape) -> list[ArraySpec]:
-        """The kind's per-row arrays in a store of this shape (none: not stored)."""
+        """The kind's per-row arrays in a store of this shape (an opt-in kind: when `shape.kinds` holds it)."""
         raise NotImplementedError
+
+    def stored(self, shape: StoreShape) -> bool:
+        """Whether a store of this shape holds the kind."""
+        return (not self.opt_in or self.name in shape.kinds) and bool(self.arrays(shape))
 
     def static_arrays(self, shape: StoreShape) -> list[ArraySpec]:
         """Its arrays stored once per store (`row_shape`: the whole shape), written at creation."""
@@ -111,8 +153,8 @@ class Kind:
         raise NotImplementedError
 
     def read(self, read: Read) -> bool:
-        """Whether a read includes this kind."""
-        return True
+        """Whether a read includes this kind: an opt-in kind when the read names it."""
+        return not self.opt_in or self.name in read.kinds
 
     def cuts(self, shape: StoreShape, read: Read) -> dict[str, Cut]:
         """Its arrays a read needs, each with the cut of a row block (the rows a read keeps)."""
@@ -155,14 +197,46 @@ def _kind(name: str) -> Kind:
 
 def stored_kinds(shape: StoreShape) -> tuple[Kind, ...]:
     """The kinds a store of this shape holds, in registry order."""
-    return tuple(kind for kind in KINDS.values() if kind.arrays(shape))
+    return tuple(kind for kind in KINDS.values() if kind.stored(shape))
+
+
+def knowledge_names() -> tuple[str, ...]:
+    """What `--knowledge` chooses among (the `listed` kinds), in registry order."""
+    return tuple(name for name, kind in KINDS.items() if kind.listed)
 
 
 def parse_knowledge(text: str | Sequence[str]) -> tuple[str, ...]:
     """`--knowledge hsk,att,val`: which kinds a store holds (hsk always: it carries the inputs)."""
     names = tuple(text.split(",")) if isinstance(text, str) else tuple(text)
-    bad = [n for n in names if n not in KNOWLEDGE]
+    listed = knowledge_names()
+    bad = [n for n in names if n not in listed]
     if bad or not names:
         raise UserError(f"--knowledge {','.join(names)!s}: unknown kind(s) {', '.join(bad)}; "
-                        f"use a comma list of {', '.join(KNOWLEDGE)}")
-    return tuple(k for k in KNOWLEDGE if k in names)
+                        f"use a comma list of {', '.join(listed)}")
+    return tuple(k for k in listed if k in names)
+
+
+def chosen(knowledge: Sequence[str]) -> tuple[Kind, ...]:
+    """The opt-in kinds `--knowledge` names, in registry order."""
+    return tuple(kind for kind in KINDS.values() if kind.opt_in and kind.name in knowledge)
+
+
+def kind_settings() -> dict[str, type]:
+    """Every kind's extraction settings class, by kind name (`ExtractConfig.kinds`)."""
+    return {name: kind.settings for name, kind in KINDS.items() if kind.settings is not None}
+
+
+def read_settings() -> dict[str, type]:
+    """Every kind's read settings class, by kind name."""
+    return {name: kind.read_settings for name, kind in KINDS.items() if kind.read_settings is not None}
+
+
+def resolve_reads(records: Mapping[str, Any], asked: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """Each asked kind's read (`asked`: kind name -> its read settings) checked against what a
+    store records (`records`, `StoreMeta.kinds`): the `Read.kinds` of a read."""
+    out = {}
+    for name, read in asked.items():
+        if name not in records:
+            raise UserError(f"the store holds no {name} knowledge ({where}); extract with --knowledge hsk,{name}")
+        out[name] = KINDS[name].resolve_read(records[name], read, where)
+    return out

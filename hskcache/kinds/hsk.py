@@ -15,7 +15,7 @@ from ..selection import WIDTH_STRATEGIES, select_hsk
 from .base import Cut, Kind, Objective, Read, StudentForward, TeacherForward, register
 
 if TYPE_CHECKING:
-    from ..layout import StoreShape
+    from ..shape import StoreShape
     from ..packed import PackedBatch
 
 
@@ -33,6 +33,7 @@ class HSK(Kind):
     name = "hsk"
     order = 20
     groups = ("positions", "values", "mask")
+    listed = True  # `--knowledge hsk` (always stored: a store is an HSK store)
     objectives = {"hsk": Objective("hsk-mse", "HSK MSE (Hid-Seq on the selected tokens and activations)")}
     student_hidden_states = True
 

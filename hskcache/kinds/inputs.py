@@ -11,7 +11,7 @@ from ..layout import ArraySpec, narrow
 from .base import Kind, TeacherForward, register
 
 if TYPE_CHECKING:
-    from ..layout import StoreShape
+    from ..shape import StoreShape
     from ..packed import PackedBatch
 
 

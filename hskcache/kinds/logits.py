@@ -10,7 +10,7 @@ from ..layout import ArraySpec
 from .base import Kind, Objective, StudentForward, TeacherForward, register
 
 if TYPE_CHECKING:
-    from ..layout import StoreShape
+    from ..shape import StoreShape
     from ..packed import PackedBatch
 
 

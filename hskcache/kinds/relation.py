@@ -20,67 +20,55 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..attention import AttentionPlan, gather_rows, relation, shrink, split_heads
+from ..attention import UINT8_EMPTY, RelationSpec, gather_rows, relation, shrink, split_heads
 from ..errors import UserError
 from ..layout import ArraySpec, narrow
+from ..options import setting
 from ..selection import rank_layers, rank_positions
-from .base import KINDS, Cut, Kind, Objective, Read, StudentForward, TeacherForward
+from .base import Cut, Kind, Objective, Read, StudentForward, TeacherForward, TeacherInfo
 
 if TYPE_CHECKING:
-    from ..layout import StoreShape
+    from ..shape import StoreShape
     from ..packed import PackedBatch
 
-UINT8_EMPTY = 255
+def parse_read(text: str | tuple) -> tuple[int | None, int | None]:
+    """`--att-read R,K` (query rows, keys per row) or `stored`."""
+    if isinstance(text, tuple):
+        return text
+    if text == "stored":
+        return None, None
+    try:
+        rows, keys = (int(x) for x in str(text).split(","))
+    except ValueError:
+        raise UserError(f"--att-read {text!r} is not ROWS,KEYS (e.g. 9,16) or 'stored'") from None
+    if rows < 1 or keys < 1:
+        raise UserError(f"--att-read {text}: rows and keys must be at least 1")
+    return rows, keys
 
 
 @dataclass(frozen=True)
-class RelationSpec:
-    """What a store holds of relation knowledge (`meta.StoreMeta.relations`): shared by its kinds."""
+class RelationSettings:
+    """The extraction parameters every relation kind shares (one flag each, for all of them)."""
 
-    kinds: tuple[str, ...]  # relation kinds of KINDS, in registry order
-    layers: tuple[int, ...]  # teacher attention layers (1-based)
-    student_layers: tuple[int, ...]  # the student attention layer matched to each
-    rank_layers: tuple[int, ...]  # hidden-state index whose [CLS] attention ranks each layer's rows
-    heads: int
-    rows: int
-    keys: int
-    seq_len: int
-    token_strategy: str
+    att_layers: str = setting("last", "att/val layers: last (MiniLM) | pairs (the HSK's layer pairs) | i,j "
+                              "(teacher layers)")
+    att_rows: int | None = setting(None, "query rows per att/val layer, ranked like the HSK's tokens "
+                                   "(default: --tokens)")
+    att_keys: int | None = setting(None, "top keys kept per att/val row, plus the rest mass (default: every key)")
 
-    @classmethod
-    def build(cls, kinds: Sequence[str], att_layers: str, teacher_layers: Sequence[int], num_layers: int,
-              heads: int, rows: int, keys: int | None, seq_len: int, token_strategy: str) -> "RelationSpec":
-        layers, student_layers = resolve_att_layers(att_layers, teacher_layers, num_layers)
-        if rows < 1 or (keys is not None and keys < 1):
-            raise UserError("--att-rows and --att-keys must be at least 1")
-        keys = seq_len if keys is None else min(keys, seq_len)
-        rank = rank_layers(token_strategy, len(teacher_layers) - 1, num_layers, student_layers, layers)
-        return cls(relation_kinds(kinds), layers, student_layers, rank, heads, min(rows, seq_len), keys, seq_len,
-                   token_strategy)
+    def __post_init__(self) -> None:
+        for name in ("att_rows", "att_keys"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
 
-    @property
-    def plan(self) -> AttentionPlan:
-        return AttentionPlan(self.layers, self.rank_layers, self.rows, self.keys, self.token_strategy)
 
-    @property
-    def key_dtype(self) -> np.dtype:
-        return np.dtype(np.uint8 if self.seq_len <= UINT8_EMPTY else np.int16)
+@dataclass(frozen=True)
+class RelationRead:
+    """The read parameters every relation kind shares: (query rows, keys) at or below the stored."""
 
-    def arrays(self) -> list[ArraySpec]:
-        """Every relation array (the query rows once)."""
-        specs = {a.name: a for kind in self.kinds for a in KINDS[kind].arrays_of(self)}
-        return list(specs.values())
-
-    def row_bytes(self) -> int:
-        return sum(a.row_bytes for a in self.arrays())
-
-    def resolve(self, rows: int | None, keys: int | None, where: str) -> tuple[int, int]:
-        rows = self.rows if rows is None else rows
-        keys = self.keys if keys is None else keys
-        if not 1 <= rows <= self.rows or not 1 <= keys <= self.keys:
-            raise UserError(f"--att-read {rows},{keys} is more than the store holds ({self.rows} rows, "
-                            f"{self.keys} keys; {where}); read at or below it")
-        return rows, keys
+    att_read: tuple[int | None, int | None] = setting((None, None), "query rows,keys of the att/val read "
+                                                      "('stored': as stored)", parse=parse_read,
+                                                      show_default="stored")
 
 
 class RelationKind(Kind):
@@ -89,10 +77,16 @@ class RelationKind(Kind):
     rows come out of a teacher forward (`teacher_rows`) and a student forward (`student_rows`)."""
 
     groups = ("relations",)
+    listed = opt_in = True
+    settings = RelationSettings
+    read_settings = RelationRead
+    record = RelationSpec
 
     def __init__(self, name: str, order: int, objectives: Mapping[str, Objective], teacher_captures: tuple[str, ...],
-                 teacher_rows: Callable[..., dict[str, Tensor]], student_pair: tuple[str, str]) -> None:
+                 teacher_rows: Callable[..., dict[str, Tensor]], student_pair: tuple[str, str],
+                 needs_attentions: bool = False) -> None:
         self.name, self.order, self.objectives, self.teacher_captures = name, order, objectives, teacher_captures
+        self.needs_attentions = needs_attentions
         self.teacher_rows = teacher_rows  # (plan, out, values, heads, positions, mask) -> keys/probs/rest
         self.student_pair = student_pair  # softmax(left_q · right_k / √d_h) of these projections
         self.student_captures = tuple(sorted(set(student_pair)))
@@ -108,13 +102,41 @@ class RelationKind(Kind):
                 ArraySpec(f"{self.name}_rest", grid, np.dtype(np.float16), "relations", fp16,
                           content="relation_rest")]
 
+    def resolve(self, settings: RelationSettings, teacher: TeacherInfo) -> RelationSpec:
+        """The layers, rows and keys a store of this teacher holds (rows default to the HSK's tokens)."""
+        layers, student_layers = resolve_att_layers(settings.att_layers, teacher.teacher_layers, teacher.num_layers)
+        rows = settings.att_rows or teacher.tokens
+        keys = teacher.seq_len if settings.att_keys is None else min(settings.att_keys, teacher.seq_len)
+        rank = rank_layers(teacher.token_strategy, len(teacher.teacher_layers) - 1, teacher.num_layers,
+                           student_layers, layers)
+        return RelationSpec(layers, student_layers, rank, teacher.heads, min(rows, teacher.seq_len), keys,
+                            teacher.seq_len, teacher.token_strategy)
+
+    def resolve_read(self, spec: RelationSpec, read: RelationRead, where: str) -> tuple[int, int]:
+        """(rows, keys) of a read, None as stored; more than the store holds is refused."""
+        rows, keys = read.att_read
+        rows = spec.rows if rows is None else rows
+        keys = spec.keys if keys is None else keys
+        if not 1 <= rows <= spec.rows or not 1 <= keys <= spec.keys:
+            raise UserError(f"--att-read {rows},{keys} is more than the store holds ({spec.rows} rows, "
+                            f"{spec.keys} keys; {where}); read at or below it")
+        return rows, keys
+
+    def describe(self, spec: RelationSpec) -> str:
+        return (f"teacher layers {','.join(map(str, spec.layers))} (student {','.join(map(str, spec.student_layers))})"
+                f" × {spec.heads} heads × {spec.rows} rows × {spec.keys} keys + rest")
+
+    def capture_layers(self, shape: StoreShape) -> tuple[int, ...]:
+        spec = shape.kinds.get(self.name)
+        return spec.layers if spec is not None and self.teacher_captures else ()
+
     def arrays(self, shape: StoreShape) -> list[ArraySpec]:
-        spec = shape.relations
-        return self.arrays_of(spec) if spec is not None and self.name in spec.kinds else []
+        spec = shape.kinds.get(self.name)
+        return self.arrays_of(spec) if spec is not None else []
 
     def encode(self, forward: TeacherForward) -> dict[str, np.ndarray]:
         """Rows ranked like the HSK's tokens (computed once for every relation kind of the batch)."""
-        spec, out, mask = forward.shape.relations, forward.out, forward.masks["attention_mask"]
+        spec, out, mask = forward.shape.kinds[self.name], forward.out, forward.masks["attention_mask"]
         plan = spec.plan
         if "rel_positions" not in forward.cache:
             forward.cache["rel_positions"] = rank_positions(plan.token_strategy, plan.rank_layers, plan.rows,
@@ -130,19 +152,17 @@ class RelationKind(Kind):
                 f"{self.name}_probs": sel["probs"].to(torch.float16).cpu().numpy(),
                 f"{self.name}_rest": sel["rest"].to(torch.float16).cpu().numpy()}
 
-    def read(self, read: Read) -> bool:
-        return read.relations is not None
-
     def cuts(self, shape: StoreShape, read: Read) -> dict[str, Cut]:
         """The first `rows` query rows (keys are cut when decoded)."""
-        cut = (slice(None), slice(None), slice(None), slice(None, read.relations[0]))
+        cut = (slice(None), slice(None), slice(None), slice(None, read.kinds[self.name][0]))
         return {a.name: cut[:1] + cut[2:] if a.name == "rel_positions" else cut for a in self.arrays(shape)}
 
     def pack(self, shape: StoreShape, rows: dict[str, np.ndarray], names: Sequence[str],
              read: Read) -> dict[str, Tensor]:
         """Decoded at the read's keys (exactly: the rest gains the dropped probabilities): keys
         int64 with -1 empty, float32 probabilities and rest."""
-        return self.decode(shape.relations, super().pack(shape, rows, names, read), None, read.relations[1])
+        return self.decode(shape.kinds[self.name], super().pack(shape, rows, names, read), None,
+                           read.kinds[self.name][1])
 
     def decode(self, spec: RelationSpec, tensors: dict[str, Tensor], rows: int | None,
                keys: int) -> dict[str, Tensor]:
@@ -168,11 +188,6 @@ class RelationKind(Kind):
             a, b = split_heads(captured[left], forward.heads), split_heads(captured[right], forward.heads)
             out.append(relation(gather_rows(a, rows[:, j]), b, forward.attention_mask))
         return out
-
-
-def relation_kinds(names: Sequence[str]) -> tuple[str, ...]:
-    """The relation kinds (`RelationKind`: stored with a `RelationSpec`) among `names`, in registry order."""
-    return tuple(k for k, kind in KINDS.items() if k in names and isinstance(kind, RelationKind))
 
 
 def resolve_att_layers(spec: str, teacher_layers: Sequence[int], num_layers: int) -> tuple[tuple[int, ...], tuple[int, ...]]:

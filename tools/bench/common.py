@@ -14,7 +14,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from hskcache.options import quiet_libraries
 from hskcache.embedded import minilm_encoder, movie_corpus
-from hskcache.layout import StoreShape
+from hskcache.shape import StoreShape
 from hskcache.store import StoreData, StoreWriter
 
 

@@ -15,7 +15,7 @@ import time
 import numpy as np
 from numcodecs import Blosc, Zstd
 
-from hskcache.layout import StoreShape
+from hskcache.shape import StoreShape
 from hskcache.options import STORE_HELP
 from hskcache.store import StoreData
 

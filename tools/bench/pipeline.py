@@ -39,7 +39,7 @@ from hskcache.data import tokenize_batch
 from hskcache.embedded import minilm_encoder, movie_corpus
 from hskcache.extract import BackgroundWriter, batch_rows
 from hskcache.meta import synthetic_meta
-from hskcache.layout import StoreShape
+from hskcache.shape import StoreShape
 from hskcache.selection import SelectionPlan, layer_map
 from hskcache.store import StoreWriter
 

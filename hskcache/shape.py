@@ -1,0 +1,106 @@
+"""`StoreShape`: everything that fixes a store's arrays, and the arrays it lists from the kinds' registry.
+
+The arrays are the knowledge kinds' (`hskcache.kinds.KINDS`, each listing its
+`layout.ArraySpec`s for a shape); the chunking and byte arithmetic follow
+(`hskcache.layout`'s rules), shared by the writer, the reader and `budget`.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields, replace
+from typing import TYPE_CHECKING, Any, Mapping
+
+from . import layout, widthcode
+from .kinds import KINDS, stored_kinds
+from .layout import ArraySpec
+from .selection import WIDTH_STRATEGIES, kept_width
+
+if TYPE_CHECKING:
+    from .meta import StoreMeta
+
+
+@dataclass(frozen=True)
+class StoreShape:
+    """Everything that fixes the store's array shapes and codecs."""
+
+    seq_len: int
+    vocab_size: int
+    num_logits: int
+    regression: bool
+    depth: int
+    tokens: int
+    hidden: int
+    width: float
+    width_strategy: str
+    width_code: str = widthcode.DEFAULT
+    values: str = "fp16"
+    compress: str = "zstd"
+    kinds: Mapping[str, Any] = field(default_factory=dict)  # what the store records of each opt-in kind it
+    # holds (`Kind.record`, e.g. `attention.RelationSpec`), by kind name
+
+    def __hash__(self) -> int:  # `kinds` is a dict; a shape is hashed by its fields' values
+        return hash((*(getattr(self, f.name) for f in fields(self) if f.name != "kinds"),
+                     tuple(self.kinds.items())))
+
+    @classmethod
+    def of_store(cls, meta: StoreMeta) -> "StoreShape":
+        """The shape a store's metadata records."""
+        cfg = meta.config
+        return cls(cfg.max_length, meta.tokenizer.vocab_size, meta.num_labels, meta.regression, cfg.depth,
+                   cfg.tokens, meta.hidden_size, cfg.width, cfg.width_strategy, cfg.width_code, cfg.values,
+                   cfg.compress, meta.kinds)
+
+    @property
+    def kept(self) -> int:
+        return kept_width(self.width, self.hidden)
+
+    @property
+    def width_encoding(self) -> str | None:
+        """How per-vector kept dimensions are coded (None: nothing per vector)."""
+        if WIDTH_STRATEGIES[self.width_strategy].static or self.kept == self.hidden:
+            return None
+        return self.width_code
+
+    def arrays(self) -> list[ArraySpec]:
+        """Per-row arrays (first axis: examples) in writing order: every stored kind's
+        (`kinds.KINDS`), an array shared by kinds once."""
+        specs = list({a.name: a for kind in stored_kinds(self) for a in kind.arrays(self)}.values())
+        if self.compress == "none":
+            specs = [replace(s, codec="none") for s in specs]
+        return specs
+
+    def static_arrays(self) -> list[ArraySpec]:
+        """Arrays stored once per store, not per row (e.g. the HSK's static rand/uniform dimensions)."""
+        return [a for kind in stored_kinds(self) for a in kind.static_arrays(self)]
+
+    def static_bytes(self) -> int:
+        return sum(a.row_bytes for a in self.static_arrays())
+
+    def rows_per_chunk(self, num_examples: int | None = None) -> int:
+        """About CHUNK_TARGET_BYTES for the largest array; no more rows than the store has."""
+        largest = max(a.row_bytes for a in self.arrays())
+        rows = max(1, layout.CHUNK_TARGET_BYTES // largest)  # read at call time: tests shrink chunks
+        return rows if num_examples is None else max(1, min(rows, num_examples))
+
+    def bytes_by_array(self, num_examples: int) -> dict[str, int]:
+        """Exact uncompressed bytes of chunk data (edge chunks are written whole); each chunk
+        file adds its CHECKSUM_BYTES."""
+        rows = self.rows_per_chunk(num_examples)
+        padded = math.ceil(num_examples / rows) * rows
+        return {a.name: padded * a.row_bytes for a in self.arrays()} | {a.name: a.row_bytes for a in self.static_arrays()}
+
+    def specs(self) -> dict[str, ArraySpec]:
+        """Every stored array by name, per row and per store."""
+        return {a.name: a for a in self.arrays() + self.static_arrays()}
+
+    def groups(self) -> dict[str, str]:
+        """Array name -> budget group."""
+        return {name: a.group for name, a in self.specs().items()}
+
+    def bytes_by_group(self, num_examples: int) -> dict[str, int]:
+        """Uncompressed bytes per budget group: every kind's groups (the report's columns), stored or not."""
+        groups = self.groups()
+        out = dict.fromkeys((g for kind in KINDS.values() for g in kind.groups), 0)
+        for name, nbytes in self.bytes_by_array(num_examples).items():
+            out[groups[name]] = out.get(groups[name], 0) + nbytes
+        return out
