@@ -1,8 +1,8 @@
 """Helpers that several test modules share: running an extraction, checking a store against the
 independent recomputation in `reference.py`, and comparing two stores array by array.
 
-Test modules import these from here, never from one another (a `test_*.py` module is pytest's to
-collect, and importing one runs its module-level fixtures and parametrisations twice).
+Test modules import these from here, never from one another: a `test_*.py` module holds tests, and
+one that imported another's helpers would load that module (and its imports) to run.
 """
 from __future__ import annotations
 
