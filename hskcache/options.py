@@ -118,11 +118,11 @@ def _field_type(hint: Any) -> Any:
 
 
 def _default_text(f: Field) -> str:
-    if "show_default" in f.metadata:
-        return "" if f.metadata["show_default"] is None else f" (default {f.metadata['show_default']})"
-    if f.default is MISSING or f.default is None or f.default is False:
+    """` (default X)` as the flag would be written (a tuple as a,b), or nothing when there is none."""
+    shown = f.metadata.get("show_default", None if f.default is MISSING or f.default is False else f.default)
+    if shown is None:
         return ""
-    return f" (default {f.default})"
+    return f" (default {','.join(map(str, shown)) if isinstance(shown, tuple) else shown})"
 
 
 def _is_nested(f: Field) -> bool:
