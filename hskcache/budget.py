@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from . import widthcode
+from .config import ExtractConfig
 from .errors import UserError
 from .hskread import parse_triple
 from .kinds import KINDS
@@ -123,15 +123,15 @@ class Setting:
     seq_len: int
     student_layers: int
     hidden: int
-    vocab_size: int = 30522
+    vocab_size: int = 30522  # BERT's; these defaults are also `hskcache budget --plan`'s
     num_logits: int = 3
     regression: bool = False
-    width_strategy: str = "mag"
+    width_strategy: str = ExtractConfig.width_strategy  # a planned store is extract's default store
     # Examples per eligible token count 0..seq_len; None: every example fills seq_len.
     length_counts: tuple[int, ...] | None = None
-    width_code: str = widthcode.DEFAULT
-    values: str = "fp16"
-    compress: str = "zstd"
+    width_code: str = ExtractConfig.width_code
+    values: str = ExtractConfig.values
+    compress: str = ExtractConfig.compress
     kinds: Mapping[str, Any] = field(default_factory=dict)  # each opt-in kind stored with every configuration:
     # what the store records of it (`Kind.record`), by kind name
 

@@ -24,6 +24,7 @@ PLAN_FLAGS = ("examples", "seq_len", "student_layers", "teacher_width", "vocab_s
               "teacher", "data", "split", "text_cols", "token_strategy", "width_strategy", "width_code", "values",
               "compress", "knowledge", "att_heads")  # and each kind's settings that differ from their default
 DATA_FLAGS = ("split", "text_cols", "token_strategy")
+STORE_FLAGS = ("width_strategy", "width_code", "values", "compress")  # the planned store's, default budget.Setting's
 
 
 @dataclass(frozen=True)
@@ -39,8 +40,9 @@ class BudgetConfig:
     seq_len: int | None = setting(None, "|x|: tokenizer max length")
     student_layers: int | None = setting(None, "L': student depth (N^D goes up to L'+1)")
     teacher_width: int | None = setting(None, "d_T: teacher hidden size")
-    vocab_size: int | None = setting(None, "tokenizer vocabulary size", show_default=30522)
-    num_labels: int | None = setting(None, "teacher outputs; 1 means regression", show_default=3)
+    vocab_size: int | None = setting(None, "tokenizer vocabulary size", show_default=budget.Setting.vocab_size)
+    num_labels: int | None = setting(None, "teacher outputs; 1 means regression",
+                                    show_default=budget.Setting.num_logits)
     teacher: str | None = setting(None, "model folder or hub id: widths and labels from its config instead of numbers")
     data: str | None = setting(None, "glue/<task> or a local file: example count and real token lengths (needs --teacher)")
     split: str | None = setting(None, "dataset split with --data", show_default="train")
@@ -48,11 +50,13 @@ class BudgetConfig:
     token_strategy: str | None = setting(None, "with --data: att-nosep* never keep [SEP], so fewer tokens are "
                                                "eligible", show_default="left")
     width_strategy: str | None = setting(None, "width strategy of the store", choices=list(WIDTH_STRATEGIES),
-                                         show_default="mag")
+                                         show_default=budget.Setting.width_strategy)
     width_code: str | None = setting(None, "width code of the store", choices=list(widthcode.WIDTH_CODES),
-                                     show_default=widthcode.DEFAULT)
-    values: str | None = setting(None, "value format of the store", choices=VALUE_FORMATS, show_default="fp16")
-    compress: str | None = setting(None, "compression of the store", choices=COMPRESSIONS, show_default="zstd")
+                                     show_default=budget.Setting.width_code)
+    values: str | None = setting(None, "value format of the store", choices=VALUE_FORMATS,
+                                 show_default=budget.Setting.values)
+    compress: str | None = setting(None, "compression of the store", choices=COMPRESSIONS,
+                                   show_default=budget.Setting.compress)
     knowledge: str | None = setting(None, "hsk,att,val: also count the opt-in kinds, e.g. attention / value "
                                     "relations (hskcache.kinds), with their settings below (rows default to --seq-len)")
     kinds: Mapping[str, Any] = per_name(kind_settings, "knowledge kinds' settings (with --knowledge)")
@@ -127,10 +131,11 @@ def plan_setting(args: BudgetConfig, given: list[str]) -> budget.Setting:
     elif args.teacher_width is None:
         raise UserError("--plan needs the teacher: --teacher-width D (or --teacher PATH)")
     else:
-        hidden, vocab, num_labels = args.teacher_width, args.vocab_size or 30522, args.num_labels or 3
+        hidden = args.teacher_width
+        vocab, num_labels = args.vocab_size or budget.Setting.vocab_size, args.num_labels or budget.Setting.num_logits
         regression = num_labels == 1
-    if hidden > 65535:
-        raise UserError(f"--teacher-width {hidden} is above 65535, the widest the width codes support")
+    if hidden > widthcode.MAX_WIDTH:
+        raise UserError(f"--teacher-width {hidden} is above {widthcode.MAX_WIDTH}, the widest the width codes support")
     if args.data:
         if not args.teacher:
             raise UserError("--data needs --teacher PATH: its tokenizer gives the real token lengths")
@@ -149,8 +154,8 @@ def plan_setting(args: BudgetConfig, given: list[str]) -> budget.Setting:
     return budget.Setting(
         examples=examples, seq_len=args.seq_len, student_layers=args.student_layers, hidden=hidden,
         vocab_size=vocab, num_logits=num_labels, regression=regression,
-        width_strategy=args.width_strategy or "mag", length_counts=counts, kinds=plan_kinds(args, hidden),
-        width_code=args.width_code or widthcode.DEFAULT, values=args.values or "fp16", compress=args.compress or "zstd",
+        length_counts=counts, kinds=plan_kinds(args, hidden),
+        **{name: getattr(args, name) for name in STORE_FLAGS if getattr(args, name) is not None},  # else Setting's
     )
 
 
