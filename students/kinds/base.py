@@ -55,8 +55,8 @@ class StudentKind:
         return ()
 
     def held(self, meta: StoreMeta) -> bool:
-        """Whether the source holds this kind (an opt-in kind says when it does not)."""
-        return True
+        """Whether the source holds this kind: an opt-in kind (`--knowledge`) only when it records it."""
+        return not KINDS[self.name].opt_in or self.name in meta.kinds
 
     def check(self, meta: StoreMeta, config: PretrainedConfig, student: str) -> None:
         """Refuse, in one line, a student (`config`, from folder `student`) its objectives cannot train."""

@@ -42,9 +42,6 @@ class RelationStudent(StudentKind):
         """What the source records of this relation kind (None: it does not hold it)."""
         return meta.kinds.get(self.name)
 
-    def held(self, meta: StoreMeta) -> bool:
-        return self.name in meta.kinds
-
     def capture_layers(self, meta: StoreMeta) -> tuple[int, ...]:
         return self.spec(meta).student_layers
 
