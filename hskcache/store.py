@@ -192,10 +192,6 @@ class StoreWriter:
         self.todo = [c for c in owned if c not in done]
         self._pending: dict[int, tuple[int, dict[str, list[np.ndarray]]]] = {}  # chunk -> (rows held, parts)
 
-    @property
-    def rows_committed(self) -> int:
-        return sum(self._chunk_len(c) for c in committed_chunks(self.location))
-
     def _chunk_len(self, chunk: int) -> int:
         return min(self.chunk_rows, self.num_examples - chunk * self.chunk_rows)
 

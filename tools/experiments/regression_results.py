@@ -43,7 +43,6 @@ RECIPES: dict[str, tuple[str, tuple[str, ...]]] = {
     # the soft and gold MSE both ×10: the loss's scale alone (AdamW normalises each parameter's step)
     "soft+label+recentre x10": ("impt", ("--hsk", "1,9,0.1", "--pred-objective", "pred:10,label:5")),
 }
-METRICS = ("pearson", "spearman")
 
 
 def main() -> None:
