@@ -46,6 +46,21 @@ def test_width_strategies_match_reference(tmp_path, teacher_dir, pair_csv, width
                                 read={"width": 0.125}, seed=3)
 
 
+@pytest.mark.parametrize("name", list(selection.WIDTH_STRATEGIES))
+def test_width_strategy_registry(name):
+    """Each registered strategy says whether its kept dimensions are shared (stored once) and gives them."""
+    strategy, dims = selection.WIDTH_STRATEGIES[name], selection.static_dims(name, 32, 8, seed=3)
+    if not strategy.static:  # mag: each vector's own largest magnitudes, nothing shared
+        assert dims is None
+        return
+    assert len(set(dims.tolist())) == len(dims) == 8 and 0 <= int(dims.min()) <= int(dims.max()) < 32
+    assert torch.equal(dims, selection.static_dims(name, 32, 8, seed=3))  # the same in every vector and every call
+    if name == "uniform":  # round(i × 32 / 8) − 1 = 4i − 1 for i = 1..8
+        assert dims.tolist() == [3, 7, 11, 15, 19, 23, 27, 31]
+    if name == "rand":  # a smaller width keeps a prefix of the seeded order
+        assert torch.equal(selection.static_dims(name, 32, 4, seed=3), dims[:4])
+
+
 def test_width_code_is_bitmask_unless_asked(tmp_path, teacher_dir, single_csv, device):
     run_extract(teacher_dir, single_csv, tmp_path / "s", "--student-layers", 1, "--tokens", 3, "--width", 0.5,
                 "--device", device)
