@@ -12,13 +12,11 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-from .base import (KINDS, WHOLE, Cut, Kind, Objective, Read, StudentForward, TeacherForward, TeacherInfo, chosen,
-                   kind_settings, knowledge_names, parse_knowledge, read_settings, register, resolve_reads,
-                   stored_kinds)
+from .base import (KINDS, WHOLE, Cut, Kind, Read, TeacherForward, TeacherInfo, chosen, kind_settings,
+                   knowledge_names, parse_knowledge, read_settings, register, resolve_reads, stored_kinds)
 
 for _module in pkgutil.iter_modules(__path__):
     importlib.import_module(f"{__name__}.{_module.name}")
 
-__all__ = ["KINDS", "WHOLE", "Cut", "Kind", "Objective", "Read", "StudentForward", "TeacherForward", "TeacherInfo",
-           "chosen", "kind_settings", "knowledge_names", "parse_knowledge", "read_settings", "register",
-           "resolve_reads", "stored_kinds"]
+__all__ = ["KINDS", "WHOLE", "Cut", "Kind", "Read", "TeacherForward", "TeacherInfo", "chosen", "kind_settings",
+           "knowledge_names", "parse_knowledge", "read_settings", "register", "resolve_reads", "stored_kinds"]

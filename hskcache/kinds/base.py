@@ -11,9 +11,14 @@ A kind names, in one place:
   it, where rows are gathered), `pack` (gathered numpy rows to tensors, on the
   reader's threads) and `expand` (packed tensors to the batch dictionary's
   entries, on the trainer's device; docs/design.md lists them);
-- what a student forward must give to be compared with it (`student`, from a
-  `StudentForward`) and its objectives (`objectives`: `--objective` names,
-  each naming a loss of `students.losses.LOSSES` and the training stage).
+- its parameters: `settings` (extraction: `extract` flags and TOML keys,
+  recorded in the store), `resolve` (the settings against the teacher: its
+  `record` in the store's metadata), `read_settings` and `resolve_read`
+  (reads: `students train` flags). An opt-in kind (`opt_in`: stored only
+  when `--knowledge` names it) has a `settings` class, if an empty one.
+
+Its student side (what a student forward gives to be compared with it, its
+objectives and their losses) is its module in `students/kinds/`.
 
 Each kind lives in its own module of this package and registers itself
 (`register`); the package imports every module it holds (`hskcache.kinds`),
@@ -22,7 +27,7 @@ so adding a kind is adding one module.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, is_dataclass
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -80,37 +85,13 @@ class TeacherForward:
     cache: dict[str, Any] = field(default_factory=dict)  # computed once, shared by kinds (relation rows)
 
 
-@dataclass
-class StudentForward:
-    """One student forward, what every kind's `student` reads."""
-
-    out: Any  # the student's output: logits, and hidden_states when a kind asks for them
-    captured: dict[int, dict[str, Tensor]]  # recorded projections per student attention layer
-    heads: int
-    attention_mask: Tensor
-    projection: Callable[[Tensor], Tensor]  # W: student width -> teacher width
-    relation_layers: tuple[int, ...]  # the student layer matched to each stored relation layer
-
-
-@dataclass(frozen=True)
-class Objective:
-    """One `--objective`: the loss (`students.losses.LOSSES`) that compares a kind with the student."""
-
-    loss: str
-    paper: str
-    stage: str = "hsk"  # the training stage it belongs to: "hsk" (stage 1) or "pred"
-
-
 class Kind:
     """One kind of knowledge. Subclasses set the class attributes and override what they store."""
 
     name: str = ""
     order: int = 100  # place in the registry: the store's array order and the budget's columns follow it
     groups: tuple[str, ...] = ()  # the budget groups of its arrays (`hskcache budget`'s columns)
-    objectives: Mapping[str, Objective] = {}
     teacher_captures: tuple[str, ...] = ()  # attention projections the teacher forward must record
-    student_captures: tuple[str, ...] = ()  # and the student forward
-    student_hidden_states: bool = False  # whether the student forward must return its hidden states
     listed: bool = False  # a name `--knowledge` takes
     opt_in: bool = False  # stored only when `--knowledge` names it (else: always, when it has arrays)
     needs_attentions: bool = False  # its encoding reads the teacher's post-softmax attentions
@@ -168,10 +149,6 @@ class Kind:
 
     def expand(self, tensors: dict[str, Tensor], batch: PackedBatch) -> dict[str, Tensor]:
         """Its entries of the batch dictionary, from a packed batch's tensors (on the trainer's device)."""
-        raise NotImplementedError
-
-    def student(self, forward: StudentForward, batch: dict[str, Tensor]) -> Any:
-        """What its losses compare with the batch's entries, from the student's forward."""
         raise NotImplementedError
 
     def __reduce__(self):  # a packed batch names its kinds; they unpickle to the registry's entries

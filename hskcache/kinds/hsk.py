@@ -2,7 +2,7 @@
 coded by `hskcache.packed` (values fp16 or int8, kept dimensions as a width code)."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import torch
@@ -12,18 +12,11 @@ from .. import widthcode
 from ..layout import ArraySpec
 from ..packed import encode_hsk, expand_hsk
 from ..selection import WIDTH_STRATEGIES, select_hsk
-from .base import Cut, Kind, Objective, Read, StudentForward, TeacherForward, register
+from .base import Cut, Kind, Read, TeacherForward, register
 
 if TYPE_CHECKING:
     from ..shape import StoreShape
     from ..packed import PackedBatch
-
-
-def gather_projected(states: Tensor, positions: Tensor, projection: Callable[[Tensor], Tensor]) -> Tensor:
-    """Student states (B, S, d_S) at the stored positions (B, N_L; -1 empty reads
-    token 0), projected to the teacher's width: (B, N_L, d_T). Only those tokens are projected."""
-    index = positions.clamp(min=0).unsqueeze(-1).expand(-1, -1, states.shape[-1])
-    return projection(states.gather(1, index))
 
 
 class HSK(Kind):
@@ -34,8 +27,6 @@ class HSK(Kind):
     order = 20
     groups = ("positions", "values", "mask")
     listed = True  # `--knowledge hsk` (always stored: a store is an HSK store)
-    objectives = {"hsk": Objective("hsk-mse", "HSK MSE (Hid-Seq on the selected tokens and activations)")}
-    student_hidden_states = True
 
     def arrays(self, shape: StoreShape) -> list[ArraySpec]:
         vectors = (shape.depth, shape.tokens)
@@ -92,15 +83,5 @@ class HSK(Kind):
 
     def expand(self, tensors: dict[str, Tensor], batch: PackedBatch) -> dict[str, Tensor]:
         return expand_hsk(tensors, batch)
-
-    def student(self, forward: StudentForward, batch: dict[str, Tensor]) -> list[Tensor]:
-        """The projected student vectors at the stored positions, one (B, N_L, d_T) per stored
-        layer: stored layer j of a depth-n read belongs to student layer L' - n + 1 + j."""
-        positions = batch["positions"]
-        hidden = forward.out.hidden_states
-        n, top = positions.shape[1], len(hidden) - 1
-        return [gather_projected(hidden[top - n + 1 + j].float(), positions[:, j], forward.projection)
-                for j in range(n)]
-
 
 register(HSK())

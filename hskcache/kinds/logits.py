@@ -7,7 +7,7 @@ import numpy as np
 from torch import Tensor
 
 from ..layout import ArraySpec
-from .base import Kind, Objective, StudentForward, TeacherForward, register
+from .base import Kind, TeacherForward, register
 
 if TYPE_CHECKING:
     from ..shape import StoreShape
@@ -20,10 +20,6 @@ class Logits(Kind):
     name = "logits"
     order = 10
     groups = ("logits",)
-    objectives = {"pred": Objective("prediction", "soft cross-entropy to the teacher's logits (MSE for "
-                                    "regression)", stage="pred"),
-                  "label": Objective("label", "the task loss to the gold labels (cross-entropy, MSE for regression; "
-                                     "rows without a label, e.g. augmented ones, are left out)", stage="pred")}
 
     def arrays(self, shape: StoreShape) -> list[ArraySpec]:
         return [ArraySpec("logits", (shape.num_logits,), np.dtype(np.float32), "logits")]
@@ -33,9 +29,5 @@ class Logits(Kind):
 
     def expand(self, tensors: dict[str, Tensor], batch: PackedBatch) -> dict[str, Tensor]:
         return {"logits": tensors["logits"]}
-
-    def student(self, forward: StudentForward, batch: dict[str, Tensor]) -> Tensor:
-        return forward.out.logits.float()
-
 
 register(Logits())

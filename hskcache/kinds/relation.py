@@ -14,18 +14,18 @@ Relation arrays (first axis: examples), for N_A layers, H heads, R rows, k keys:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from ..attention import UINT8_EMPTY, RelationSpec, gather_rows, relation, shrink, split_heads
+from ..attention import UINT8_EMPTY, RelationSpec, shrink
 from ..errors import UserError
 from ..layout import ArraySpec, narrow
 from ..options import setting
 from ..selection import rank_layers, rank_positions
-from .base import Cut, Kind, Objective, Read, StudentForward, TeacherForward, TeacherInfo
+from .base import Cut, Kind, Read, TeacherForward, TeacherInfo
 
 if TYPE_CHECKING:
     from ..shape import StoreShape
@@ -74,7 +74,8 @@ class RelationRead:
 class RelationKind(Kind):
     """Relation knowledge (MiniLM): per head, a distribution over keys for each stored query row,
     kept as its top-k keys plus the rest mass (`hskcache.attention`). A kind names how its
-    rows come out of a teacher forward (`teacher_rows`) and a student forward (`student_rows`)."""
+    rows come out of a teacher forward (`teacher_rows`); its student side is
+    `students.kinds.relations`."""
 
     groups = ("relations",)
     listed = opt_in = True
@@ -82,14 +83,11 @@ class RelationKind(Kind):
     read_settings = RelationRead
     record = RelationSpec
 
-    def __init__(self, name: str, order: int, objectives: Mapping[str, Objective], teacher_captures: tuple[str, ...],
-                 teacher_rows: Callable[..., dict[str, Tensor]], student_pair: tuple[str, str],
-                 needs_attentions: bool = False) -> None:
-        self.name, self.order, self.objectives, self.teacher_captures = name, order, objectives, teacher_captures
+    def __init__(self, name: str, order: int, teacher_captures: tuple[str, ...],
+                 teacher_rows: Callable[..., dict[str, Tensor]], needs_attentions: bool = False) -> None:
+        self.name, self.order, self.teacher_captures = name, order, teacher_captures
         self.needs_attentions = needs_attentions
         self.teacher_rows = teacher_rows  # (plan, out, values, heads, positions, mask) -> keys/probs/rest
-        self.student_pair = student_pair  # softmax(left_q · right_k / √d_h) of these projections
-        self.student_captures = tuple(sorted(set(student_pair)))
 
     def arrays_of(self, spec: RelationSpec) -> list[ArraySpec]:
         n_a, grid = len(spec.layers), (len(spec.layers), spec.heads, spec.rows)
@@ -177,18 +175,6 @@ class RelationKind(Kind):
     def expand(self, tensors: dict[str, Tensor], batch: PackedBatch) -> dict[str, Tensor]:
         return {name: tensors[name] for name in ("rel_positions", *(f"{self.name}_{part}"
                                                                      for part in ("keys", "probs", "rest")))}
-
-    def student(self, forward: StudentForward, batch: dict[str, Tensor]) -> list[Tensor]:
-        """The student's rows at the stored query rows of each relation layer, (B, H_S, R, S) each."""
-        left, right = self.student_pair
-        rows = batch["rel_positions"]
-        out = []
-        for j, layer in enumerate(forward.relation_layers):
-            captured = forward.captured[layer]
-            a, b = split_heads(captured[left], forward.heads), split_heads(captured[right], forward.heads)
-            out.append(relation(gather_rows(a, rows[:, j]), b, forward.attention_mask))
-        return out
-
 
 def resolve_att_layers(spec: str, teacher_layers: Sequence[int], num_layers: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """`--att-layers` -> (teacher attention layers, the student layer matched to each).

@@ -2,11 +2,9 @@
 from __future__ import annotations
 
 from ..attention import select_value_relation
-from .base import Objective, register
+from .base import register
 from .relation import RelationKind
 
 register(RelationKind(
-    "val", 40,
-    {"val": Objective("kl", "Val-KL (MiniLM L_VR), exact on the top-k-plus-rest coarsening")},
-    ("value",), lambda plan, out, values, heads, positions, mask: select_value_relation(
-        plan, values, heads, positions, mask), ("value", "value")))
+    "val", 40, ("value",),
+    lambda plan, out, values, heads, positions, mask: select_value_relation(plan, values, heads, positions, mask)))
