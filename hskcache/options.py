@@ -65,7 +65,7 @@ def per_name(classes: Callable[[], dict[str, type]], group: str | None = None) -
     """A field holding one settings dataclass per name of a registry (`classes()`: name -> class,
     asked whenever flags or values are made, so an entry registered later counts): {name: settings}.
     Each class's fields are flags and TOML keys like nested ones; names that share a class share
-    its flags and its one instance."""
+    its flags and its one instance, and a class that inherits another's fields shares those flags."""
     return field(default_factory=dict, metadata={"nested": True, "classes": classes, "group": group})
 
 
@@ -148,6 +148,10 @@ def add_fields(p: argparse._ActionsContainer, cls: type) -> None:
             continue
         if "help" not in f.metadata:
             continue
+        added = getattr(p, "_top", p).__dict__.setdefault("_fields_added", set())
+        if f in added:  # a field two settings classes share (one inherits it): one flag
+            continue
+        added.add(f)
         kind = _field_type(hints[f.name])
         help_text = f.metadata["help"].replace("%", "%%") + _default_text(f)
         if kind is bool:

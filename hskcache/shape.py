@@ -7,7 +7,7 @@ The arrays are the knowledge kinds' (`hskcache.kinds.KINDS`, each listing its
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Mapping
 
 from . import layout, widthcode
@@ -37,10 +37,6 @@ class StoreShape:
     compress: str = "zstd"
     kinds: Mapping[str, Any] = field(default_factory=dict)  # what the store records of each opt-in kind it
     # holds (`Kind.record`, e.g. `attention.RelationSpec`), by kind name
-
-    def __hash__(self) -> int:  # `kinds` is a dict; a shape is hashed by its fields' values
-        return hash((*(getattr(self, f.name) for f in fields(self) if f.name != "kinds"),
-                     tuple(self.kinds.items())))
 
     @classmethod
     def of_store(cls, meta: StoreMeta) -> "StoreShape":

@@ -154,12 +154,28 @@ def test_an_opt_in_kind_with_its_own_flag_extracts_reads_and_trains(toy_kind, te
     assert logged["stage"] == "hsk" and logged["loss"] == pytest.approx(expected.item(), rel=1e-4)
 
 
+@dataclass(frozen=True)
+class ClsScaleSettings(ClsSettings):
+    """A second toy kind's settings: the first's field (inherited, so the same flag) and one more."""
+
+    cls_scale: float = setting(1.0, "a scale the second toy kind would apply")
+
+
 def test_a_registered_kinds_settings_are_extract_flags(toy_kind, capsys):
     from hskcache.cli import main
+    from hskcache.config import build_config
 
+    class Scaled(LastCLS):
+        name, order, settings, record = "cls2", 91, ClsScaleSettings, ClsScaleSettings
+
+    register(Scaled())
     with pytest.raises(SystemExit):
         main(["extract", "--help"])
-    assert "--cls-layer" in capsys.readouterr().out  # the registry's settings are the command's flags
+    text = capsys.readouterr().out  # the registry's settings are the command's flags, a shared field's once
+    assert text.count("\n  --cls-layer") == 1 and text.count("\n  --cls-scale") == 1
+    cfg = build_config({"teacher": "T", "data": "D", "store": "S", "student_layers": 2, "cls_layer": 1,
+                        "cls_scale": 2.0})
+    assert cfg.kinds["cls"] == ClsSettings(1) and cfg.kinds["cls2"] == ClsScaleSettings(1, 2.0)
 
 
 def test_every_kind_names_its_arrays_once():
