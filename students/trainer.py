@@ -199,6 +199,14 @@ class TrainConfig:
             raise UserError(f"--out {self.out} is a file; pass a directory for the run")
         if parse_select_on(self.select_on)[0] == "eval" and self.eval_data is None:
             raise UserError("--select-on eval selects on the eval split; pass --eval-data or another --select-on")
+        # every kind's read settings, at their defaults where not given: one run has one identity,
+        # however it was configured (flags give every kind's, a TrainConfig written in code none)
+        classes = read_settings()
+        unknown = sorted(set(self.reads) - set(classes))
+        if unknown:
+            raise UserError(f"reads of {', '.join(unknown)}: no such knowledge kind takes read settings; "
+                            f"use {', '.join(classes) or 'none'}")
+        object.__setattr__(self, "reads", {name: self.reads.get(name) or cls() for name, cls in classes.items()})
 
     def with_learning_rates(self, info: dict[str, Any]) -> TrainConfig:
         """Unset rates filled in from the student's init (students.defaults), before anything uses them."""
