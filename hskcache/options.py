@@ -32,7 +32,7 @@ STORE_HELP = "HSK store written by `hskcache extract`: a directory or an fsspec 
 
 
 def columns(value: str | Sequence[str] | None) -> tuple[str, ...] | None:
-    """`--text-cols a,b` (also a TOML list, or the older space-separated form) → ("a", "b")."""
+    """`--text-cols a,b` (also a TOML list) → ("a", "b")."""
     if value is None:
         return None
     parts = [value] if isinstance(value, str) else list(value)

@@ -229,6 +229,12 @@ def test_a_toml_string_of_digits_reads_like_the_flag(tmp_path):
     assert (cfg.student_layers, cfg.tokens, cfg.width) == (2, 8, 1.0)
 
 
+def test_extract_without_a_store_is_one_line(capsys):
+    """ExtractConfig has no store only for the online baseline; extract refuses it before any work."""
+    assert hskcache_cli.main(["extract", "--teacher", "T", "--data", "D", "--student-layers", "2"]) == 2
+    assert capsys.readouterr().err.strip() == "hskcache: error: --store is required (as a flag or in the --config file)"
+
+
 def test_tokens_default_to_at_most_the_length():
     flags = {"teacher": "T", "data": "D", "store": "S", "student_layers": 2}
     assert build_config(flags | {"max_length": 24}).tokens == 24
