@@ -1,7 +1,8 @@
 """`hskcache budget`: storage-budget reports, before (--plan) and after extraction (--store).
 
-The reports themselves are in ``budget``; this module only gathers the
-setting (from flags, a teacher and its data, or a store) and prints.
+The reports themselves are in ``budget`` and what is measured (a teacher's
+numbers, data's token lengths, a store's setting) in ``budget_inputs``; this
+module holds the command's settings, turns them into a setting and prints.
 """
 from __future__ import annotations
 
@@ -9,16 +10,14 @@ import sys
 from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
-import numpy as np
-
 from . import budget, widthcode
+from .budget_inputs import length_counts, store_setting, teacher_numbers
 from .errors import UserError
 from .kinds import TeacherInfo, chosen, kind_settings, parse_knowledge
-from .options import STORE_ARGUMENT, columns, field_names, per_name, setting
+from .options import STORE_ARGUMENT, field_names, per_name, setting
 from .layout import COMPRESSIONS, VALUE_FORMATS
 from .selection import WIDTH_STRATEGIES
 
-TOKENIZE_BATCH = 4096
 # Flags that describe a planned extraction; a store already records all of them.
 PLAN_FLAGS = ("examples", "seq_len", "student_layers", "teacher_width", "vocab_size", "num_labels",
               "teacher", "data", "split", "text_cols", "token_strategy", "width_strategy", "width_code", "values",
@@ -182,62 +181,3 @@ def plan_kinds(args: BudgetConfig, hidden: int) -> dict[str, Any]:
     info = TeacherInfo(tuple(range(args.student_layers + 1)), layers, heads, hidden, args.seq_len, args.seq_len,
                        "att-nosep-top")
     return {kind.name: kind.resolve(args.kinds.get(kind.name), info) for kind in opted}
-
-
-def teacher_numbers(teacher: str) -> tuple[int, int, int, bool]:
-    """(hidden, vocabulary, labels, regression) from the model config and tokenizer, no weights."""
-    from .teacher import id_bound, is_regression, load_config, load_tokenizer
-
-    config = load_config(teacher)
-    tokenizer = load_tokenizer(teacher, config)
-    regression = is_regression(config)
-    return config.hidden_size, id_bound(tokenizer), config.num_labels, regression
-
-
-def length_counts(teacher: str, data: str, split: str, text_cols: str | None, seq_len: int,
-                  token_strategy: str) -> list[int]:
-    """Examples per eligible token count (0..seq_len) after tokenization like the extractor's."""
-    from .data import load_texts, tokenize_batch
-    from .selection import TOKEN_STRATEGIES
-    from .teacher import load_config, load_tokenizer
-
-    if token_strategy not in TOKEN_STRATEGIES:
-        raise UserError(f"--token-strategy {token_strategy!r} is unknown; use one of {', '.join(TOKEN_STRATEGIES)}")
-    texts = load_texts(data, split=split, text_cols=columns(text_cols))
-    tokenizer = load_tokenizer(teacher, load_config(teacher))
-    counts = np.zeros(seq_len + 1, dtype=np.int64)
-    for start in range(0, len(texts), TOKENIZE_BATCH):
-        end = start + TOKENIZE_BATCH
-        enc = tokenize_batch(tokenizer, texts.texts_a[start:end],
-                             texts.texts_b[start:end] if texts.texts_b else None, seq_len)
-        real = enc["attention_mask"].astype(bool)
-        eligible = real.sum(axis=1)
-        if "nosep" in token_strategy:
-            eligible -= (enc["sep_mask"] & real).sum(axis=1)
-        counts += np.bincount(eligible, minlength=seq_len + 1)
-    return counts.tolist()
-
-
-def store_setting(path: str) -> tuple[budget.Setting, budget.Config, dict[str, int]]:
-    """A store's setting (with its real token lengths), its own configuration and its bytes on disk."""
-    from .store import StoreData, committed_chunks, describe, num_chunks
-
-    info = describe(path)  # raises UserError for anything but an hskcache store
-    data = StoreData(path, complete=False)
-    meta = data.meta
-    cfg = meta.config
-    examples = int(info["rows_committed"])
-    # the committed chunks' lengths (whichever writers committed them), each chunk checked
-    chunks = range(num_chunks(data.commits)) if data.complete else sorted(committed_chunks(data.location))
-    lengths = np.concatenate([data.read_chunk(["length"], c)["length"] for c in chunks] or [np.zeros(0)])
-    lengths = lengths.astype(np.int64)
-    setting = budget.Setting(
-        examples=examples, seq_len=cfg.max_length, student_layers=cfg.student_layers,
-        hidden=meta.hidden_size, vocab_size=meta.tokenizer.vocab_size,
-        num_logits=meta.num_labels, regression=meta.regression,
-        width_strategy=cfg.width_strategy,
-        length_counts=tuple(np.bincount(lengths, minlength=cfg.max_length + 1).tolist()),
-        width_code=cfg.width_code, values=cfg.values, compress=cfg.compress,
-        kinds=meta.kinds,
-    )
-    return setting, budget.Config.of(cfg.depth, cfg.tokens, cfg.width), info["bytes"]
