@@ -87,7 +87,8 @@ class BudgetConfig:
 
     def kind_flags(self) -> list[str]:
         """The kinds' settings given (different from their default)."""
-        return [f.name for s in dict.fromkeys(self.kinds.values()) for f in fields(s) if getattr(s, f.name) != f.default]
+        return list(dict.fromkeys(f.name for s in dict.fromkeys(self.kinds.values()) for f in fields(s)
+                                  if getattr(s, f.name) != f.default))  # a field two classes share: once
 
 
 def run_budget(args: BudgetConfig) -> int:

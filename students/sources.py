@@ -32,9 +32,11 @@ def _online_field(f, cls: type = ExtractConfig) -> tuple[str, Any, Any]:
     return f.name, hint | None, field(default=None, metadata=metadata)
 
 
+# every kind's settings field once: classes that share a field (one inherits the other's) share its online setting
+KIND_FIELDS = {f.name: (f, cls) for cls in reversed(list(dict.fromkeys(kind_settings().values()))) for f in fields(cls)}
 OnlineSettings = make_dataclass(
     "OnlineSettings", [_online_field(f) for f in fields(ExtractConfig) if f.name in ONLINE_FIELDS]
-    + [_online_field(f, cls) for cls in dict.fromkeys(kind_settings().values()) for f in fields(cls)], frozen=True,
+    + [_online_field(f, cls) for f, cls in KIND_FIELDS.values()], frozen=True,
     namespace={"__doc__": "The online baseline's `hskcache extract` settings (None: not given)."})
 OnlineSettings.__module__ = __name__
 

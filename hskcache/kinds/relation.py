@@ -50,11 +50,11 @@ def parse_read(text: str | tuple) -> tuple[int | None, int | None]:
 class RelationSettings:
     """The extraction parameters every relation kind shares (one flag each, for all of them)."""
 
-    att_layers: str = setting("last", "att/val layers: last (MiniLM) | pairs (the HSK's layer pairs) | i,j "
-                              "(teacher layers)")
-    att_rows: int | None = setting(None, "query rows per att/val layer, ranked like the HSK's tokens "
+    att_layers: str = setting("last", "relation layers (every relation kind): last (MiniLM) | pairs (the HSK's "
+                              "layer pairs) | i,j (teacher layers)")
+    att_rows: int | None = setting(None, "query rows per relation layer, ranked like the HSK's tokens "
                                    "(default: --tokens)")
-    att_keys: int | None = setting(None, "top keys kept per att/val row, plus the rest mass (default: every key)")
+    att_keys: int | None = setting(None, "top keys kept per relation row, plus the rest mass (default: every key)")
 
     def __post_init__(self) -> None:
         for name in ("att_rows", "att_keys"):
@@ -66,7 +66,7 @@ class RelationSettings:
 class RelationRead:
     """The read parameters every relation kind shares: (query rows, keys) at or below the stored."""
 
-    att_read: tuple[int | None, int | None] = setting((None, None), "query rows,keys of the att/val read "
+    att_read: tuple[int | None, int | None] = setting((None, None), "query rows,keys of the relation read "
                                                       "('stored': as stored)", parse=parse_read,
                                                       show_default="stored")
 
@@ -87,7 +87,8 @@ class RelationKind(Kind):
                  teacher_rows: Callable[..., dict[str, Tensor]], needs_attentions: bool = False) -> None:
         self.name, self.order, self.teacher_captures = name, order, teacher_captures
         self.needs_attentions = needs_attentions
-        self.teacher_rows = teacher_rows  # (plan, out, values, heads, positions, mask) -> keys/probs/rest
+        self.teacher_rows = teacher_rows  # (plan, out, projections, heads, positions, mask) -> keys/probs/rest;
+        # projections: each relation layer's captured `teacher_captures[0]` (val's values), {} without captures
 
     def arrays_of(self, spec: RelationSpec) -> list[ArraySpec]:
         n_a, grid = len(spec.layers), (len(spec.layers), spec.heads, spec.rows)
@@ -140,8 +141,8 @@ class RelationKind(Kind):
             forward.cache["rel_positions"] = rank_positions(plan.token_strategy, plan.rank_layers, plan.rows,
                                                             out.attentions, mask, forward.masks["sep_mask"])
         positions = forward.cache["rel_positions"]
-        values = {l: forward.captured[l].get("value") for l in spec.layers}
-        sel = self.teacher_rows(plan, out, values, spec.heads, positions, mask)
+        own = {l: forward.captured[l][self.teacher_captures[0]] for l in spec.layers} if self.teacher_captures else {}
+        sel = self.teacher_rows(plan, out, own, spec.heads, positions, mask)
         keys = sel["keys"]
         if spec.key_dtype == np.uint8:  # positions < 255 by the dtype's choice; 255 marks an empty slot
             keys = keys.masked_fill(keys < 0, UINT8_EMPTY)
