@@ -14,7 +14,7 @@ from . import budget, widthcode
 from .budget_inputs import length_counts, store_setting, teacher_numbers
 from .errors import UserError
 from .kinds import TeacherInfo, chosen, kind_settings, parse_knowledge
-from .options import STORE_ARGUMENT, field_names, per_name, setting
+from .options import STORE_ARGUMENT, complete_per_name, field_names, per_name, setting
 from .layout import COMPRESSIONS, VALUE_FORMATS
 from .selection import WIDTH_STRATEGIES
 
@@ -65,6 +65,7 @@ class BudgetConfig:
     plot: str | None = setting(None, "draw bytes (log) against A^HSK for both layouts", metavar="FILE.png")
 
     def __post_init__(self) -> None:
+        complete_per_name(self)
         if self.json and self.csv:
             raise UserError("--json and --csv are two output formats; pass one")
         if self.plan == bool(self.store):

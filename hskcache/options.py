@@ -69,6 +69,20 @@ def per_name(classes: Callable[[], dict[str, type]], group: str | None = None) -
     return field(default_factory=dict, metadata={"nested": True, "classes": classes, "group": group})
 
 
+def complete_per_name(settings: Any) -> None:
+    """Fill each `per_name` field of a settings dataclass: every registry name's settings, the class's
+    defaults where none were given, so one run has one value however it was configured (flags give
+    every name's, a value built in code may give none); a name the registry lacks is one line."""
+    for f in fields(settings):
+        if "classes" not in f.metadata:
+            continue
+        given, known = getattr(settings, f.name), f.metadata["classes"]()
+        unknown = sorted(set(given) - set(known))
+        if unknown:
+            raise UserError(f"{f.name}: {', '.join(unknown)} takes no settings here; use {', '.join(known) or 'none'}")
+        object.__setattr__(settings, f.name, {name: given.get(name) or cls() for name, cls in known.items()})
+
+
 def _nested_classes(f: Field, hints: dict[str, Any]) -> list[type]:
     """The settings dataclass(es) whose fields a nested field's flags are."""
     classes = f.metadata.get("classes")

@@ -37,7 +37,7 @@ from hskcache import hooks
 from hskcache.hskread import parse_triple
 from hskcache.kinds import KINDS, read_settings, resolve_reads
 from hskcache.meta import StoreMeta, to_json
-from hskcache.options import columns, per_name, setting
+from hskcache.options import columns, complete_per_name, per_name, setting
 from hskcache.packed import PackedBatch, expand
 from hskcache.teacher import check_min_length, tokenizer_hash
 from students.checkpoint import STATE_FILE, read_state, replaced_dir, rng_state, set_rng_state, write_state
@@ -199,14 +199,7 @@ class TrainConfig:
             raise UserError(f"--out {self.out} is a file; pass a directory for the run")
         if parse_select_on(self.select_on)[0] == "eval" and self.eval_data is None:
             raise UserError("--select-on eval selects on the eval split; pass --eval-data or another --select-on")
-        # every kind's read settings, at their defaults where not given: one run has one identity,
-        # however it was configured (flags give every kind's, a TrainConfig written in code none)
-        classes = read_settings()
-        unknown = sorted(set(self.reads) - set(classes))
-        if unknown:
-            raise UserError(f"reads of {', '.join(unknown)}: no such knowledge kind takes read settings; "
-                            f"use {', '.join(classes) or 'none'}")
-        object.__setattr__(self, "reads", {name: self.reads.get(name) or cls() for name, cls in classes.items()})
+        complete_per_name(self)  # every kind's read settings: one run has one identity, however configured
 
     def with_learning_rates(self, info: dict[str, Any]) -> TrainConfig:
         """Unset rates filled in from the student's init (students.defaults), before anything uses them."""
