@@ -98,6 +98,11 @@ def epoch_batches(num_rows: int, chunk_rows: int, window_chunks: int, batch_size
         yield share([carry])
 
 
+def batch_count(num_rows: int, batch_size: int, drop_last: bool = False) -> int:
+    """Batches in one epoch of `epoch_batches`: a short last one counts unless dropped."""
+    return num_rows // batch_size if drop_last else -(-num_rows // batch_size)
+
+
 def default_window_chunks(batch_size: int, chunk_rows: int) -> int:
     """Chunks shuffled together: enough rows to mix well, memory bounded by the window."""
     return max(4, -(-8 * batch_size // chunk_rows))
@@ -285,7 +290,7 @@ class HSKStore:
         return self._data.read(["labels"], slice(None))["labels"]
 
     def num_batches(self, batch_size: int, drop_last: bool = False) -> int:
-        return self.num_examples // batch_size if drop_last else -(-self.num_examples // batch_size)
+        return batch_count(self.num_examples, batch_size, drop_last)
 
     def batches(self, batch_size: int, shuffle: bool = True, seed: int = 0, epoch: int = 0,
                 depth: int | None = None, tokens: int | None = None, width: float | None = None,
