@@ -67,9 +67,6 @@ def cls_student_kind():
         objectives = {"cls": Objective(loss, "toy: squared difference of the [CLS] vectors' norms")}
         hidden_states = True
 
-        def held(self, meta):
-            return self.name in meta.kinds
-
         def student(self, forward, batch):
             return forward.out.hidden_states[-1][:, 0].float().norm(dim=-1)
 
