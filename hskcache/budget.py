@@ -11,7 +11,7 @@ what this project writes:
   writer's arithmetic): fp16 (or int8) values, a width code, int16 positions,
   inputs and logits, with N^L slots per layer whatever the example's length.
   Its uncompressed bytes are exact; its bytes on disk are estimated from
-  compression ratios measured on real stores (`DISK_RATIOS`), or measured
+  compression ratios measured on real stores (each kind's `ArraySpec.disk_ratio`), or measured
   (a store's own row).
 
 Pure computation and formatting; the command line lives in ``budget_cli``.
@@ -35,25 +35,7 @@ from .kinds import KINDS
 from .shape import StoreShape
 from .selection import kept_width
 
-# Raw / on-disk bytes of each array with the store's codec (`store.CODECS`: fp16 values
-# blosc-lz4 with bit-shuffle, every other array zstd level 1), measured by
-# `python tools/bench/compression.py --store STORE` (blosc-lz4-5-bitshuffle column for fp16
-# values, zstd-1 for the rest) on stores of the packaged MiniLM (d_T = 384) over 3000
-# movie reviews, max length 64 (docs/benchmarks.md, "Compression"): fp16 values,
-# bitmasks, positions and the inputs at (1,9,0.1), the most conservative for values
-# (1.25 at (4,16,0.2)); bitmasks compress less as N^W grows (1.59 at N^W = 0.2). int8
-# values, their scales and rank codes at (4,16,0.2) (`--values int8 --width-code rank`).
-# Relation arrays (att and val alike; probabilities and rest mass blosc-lz4 with bit-shuffle,
-# keys and query rows zstd-1): a store of the same teacher and reviews with
-# `--knowledge hsk,att,val --att-layers last --att-rows 16 --att-keys 16` (12 heads), the
-# lower of att's and val's ratio. Not listed (indices): 1.0.
-DISK_RATIOS: dict[str, float] = {
-    "values/fp16": 1.21, "values/int8": 1.25, "value_scale": 1.25,
-    "width_code/bitmask": 2.05, "width_code/rank": 1.16, "positions": 2.45,
-    "input_ids": 2.93, "token_type_ids": 7384.62, "length": 2.14, "labels": 29.06, "example_id": 6.72, "logits": 1.08,
-    "relation_probs": 1.29, "relation_rest": 1.38, "relation_keys": 1.66, "rel_positions": 2.43,
-}
-DISK_SOURCE = "the codecs' ratios measured on movie-review stores (budget.DISK_RATIOS)"
+DISK_SOURCE = "the codecs' ratios measured on movie-review stores (each array's ArraySpec.disk_ratio)"
 
 # The paper's Table 5 (appendix C), exactly as printed, by A^HSK group. Its
 # 5±5% column also holds a lone "/" cell, which names no configuration.
@@ -168,7 +150,7 @@ class Row:
     ``hskcache_mask_bytes`` is everything that says where the kept values sit (positions,
     width code, static dimensions); ``hskcache_other_bytes`` is inputs, labels and logits.
     ``ratio`` = paper total / hskcache (values + mask), uncompressed. ``disk_*`` are bytes on
-    disk, estimated from `DISK_RATIOS` or, with ``disk_measured``, measured on the store;
+    disk, estimated from the arrays' `disk_ratio` or, with ``disk_measured``, measured on the store;
     ``disk_ratio`` = paper total / on-disk (values + mask)."""
 
     config: str
@@ -272,7 +254,7 @@ def paper_bytes(config: Config, setting: Setting) -> tuple[int, int]:
 def estimated_disk(shape: StoreShape, raw: dict[str, int]) -> dict[str, int]:
     """Bytes on disk per array: raw / the measured ratio of its codec and content."""
     specs = shape.specs()
-    return {name: nbytes if specs[name].codec == "none" else round(nbytes / DISK_RATIOS.get(specs[name].ratio_key, 1.0))
+    return {name: nbytes if specs[name].codec == "none" else round(nbytes / specs[name].disk_ratio)
             for name, nbytes in raw.items()}
 
 

@@ -51,13 +51,10 @@ class ArraySpec:
     group: str  # budget group (a kind's `groups`: "inputs", "logits", "positions", "values", "mask", ...)
     codec: str = "zstd"  # key of store.CODECS
     fill: int = 0
-    content: str = ""  # what its bytes hold, when the name alone does not say (e.g. "values/int8"): the
-    # key of its measured compression ratio in `budget.DISK_RATIOS`
+    disk_ratio: float = 1.0  # raw / on-disk bytes with its codec, measured on real stores by
+    # `python tools/bench/compression.py --store STORE` (docs/benchmarks.md, "Compression"): what
+    # `hskcache budget` estimates a planned store's disk bytes with; 1.0 where none was measured
 
     @property
     def row_bytes(self) -> int:
         return int(np.prod(self.row_shape, dtype=np.int64)) * np.dtype(self.dtype).itemsize
-
-    @property
-    def ratio_key(self) -> str:
-        return self.content or self.name

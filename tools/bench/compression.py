@@ -3,7 +3,8 @@ and read (decode) speed per array, zstd levels 1-9 and blosc-zstd with bit-shuff
 
 Measures raw chunks of a real store (whatever codec it was written with), so
 the numbers are what `store.CODECS` would get; docs/design.md ("Codecs")
-records the choice they support, and `budget.DISK_RATIOS` the ratios.
+records the choice they support, and each kind's arrays (`ArraySpec.disk_ratio`,
+hskcache/kinds/) the ratios.
 
     python tools/bench/compression.py --store STORE [--rows 4096]
 """
