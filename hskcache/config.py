@@ -7,7 +7,7 @@ from typing import Any, Mapping
 from . import widthcode
 from .errors import UserError
 from .options import columns, complete_per_name, integers, make, merged, per_name, setting
-from .kinds import kind_settings, parse_knowledge
+from .kinds import kind_settings, parse_knowledge, refuse_unstored
 from .layout import COMPRESSIONS, MAX_LENGTH, VALUE_FORMATS
 from .selection import TOKEN_STRATEGIES, WIDTH_STRATEGIES, layer_map
 from .storage import Location
@@ -63,6 +63,7 @@ class ExtractConfig:
 
     def __post_init__(self) -> None:
         complete_per_name(self)  # every kind's settings (defaults where not given): one store, one identity
+        refuse_unstored(self.kinds, self.knowledge)  # e.g. --att-rows without --knowledge ...att: not ignored
         if not 0 < self.width <= 1:
             raise UserError(f"--width must be in (0, 1], got {self.width}: it is the fraction of activations kept")
         if self.tokens is None:  # resolved once here, so the store records what it holds

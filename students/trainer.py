@@ -35,7 +35,7 @@ from hskcache.errors import UserError
 from hskcache.device import DEVICES, DTYPES, autocast, check_dtype, pick_dtype
 from hskcache import hooks
 from hskcache.hskread import parse_triple
-from hskcache.kinds import KINDS, read_settings, resolve_reads
+from hskcache.kinds import KINDS, read_settings, refuse_unused, resolve_reads
 from hskcache.meta import StoreMeta, to_json
 from hskcache.options import columns, complete_per_name, per_name, setting
 from hskcache.packed import PackedBatch, expand
@@ -200,6 +200,9 @@ class TrainConfig:
         if parse_select_on(self.select_on)[0] == "eval" and self.eval_data is None:
             raise UserError("--select-on eval selects on the eval split; pass --eval-data or another --select-on")
         complete_per_name(self)  # every kind's read settings: one run has one identity, however configured
+        used = objective_kinds(self.objective if self.hsk is not None else ()) + objective_kinds(
+            self.pred_objective or ())  # e.g. --att-read without a relation objective: refused, not ignored
+        refuse_unused(self.reads, used, lambda owners: f"compare it with an --objective of {' or '.join(owners)}")
 
     def with_learning_rates(self, info: dict[str, Any]) -> TrainConfig:
         """Unset rates filled in from the student's init (students.defaults), before anything uses them."""

@@ -243,6 +243,32 @@ def test_tokens_default_to_at_most_the_length():
         build_config(flags | {"max_length": 24, "tokens": 30})
 
 
+@pytest.mark.parametrize(("main", "argv", "line"), [
+    (hskcache_cli.main, ["extract", "--teacher", "T", "--data", "D", "--store", "S", "--student-layers", "2",
+                         "--att-rows", "9"],
+     "hskcache: error: --att-rows is a setting of the att, val, qq, kk knowledge, which this run does not use; "
+     "store it with --knowledge hsk,att, or drop --att-rows"),
+    (hskcache_cli.main, ["extract", "--teacher", "T", "--data", "D", "--store", "S", "--student-layers", "2",
+                         "--knowledge", "hsk,att", "--relation-heads", "4"],
+     "hskcache: error: --relation-heads is a setting of the qq, kk knowledge, which this run does not use; "
+     "store it with --knowledge hsk,att,qq, or drop --relation-heads"),
+    (students_cli.main, ["train", "--store", "S", "--student", "X", "--out", "R", "--att-read", "3,2"],
+     "students: error: --att-read is a setting of the att, val, qq, kk knowledge, which this run does not use; "
+     "compare it with an --objective of att or val or qq or kk, or drop --att-read"),
+])
+def test_a_kind_flag_without_its_kind_is_refused(capsys, main, argv, line):
+    """A kind's setting given for a kind the run does not store (read) would be ignored silently: one line."""
+    assert main(argv) == 2
+    assert capsys.readouterr().err.strip() == line
+
+
+def test_a_kind_flag_at_its_default_or_with_its_kind_is_taken():
+    flags = {"teacher": "T", "data": "D", "store": "S", "student_layers": 2}
+    assert build_config(flags | {"att_layers": "last"}).knowledge == ("hsk",)  # the default: nothing ignored
+    assert build_config(flags | {"knowledge": "hsk,val", "att_rows": 9}).kinds["val"].att_rows == 9
+    assert build_config(flags | {"knowledge": "hsk,kk", "relation_heads": 4}).kinds["kk"].relation_heads == 4
+
+
 @pytest.mark.parametrize(("main", "argv", "needle"), [
     (students_cli.main, ["train", "--store", "S", "--student", "X", "--out", "R", "--hsk", "-1,3,0.5"],
      "--hsk: expected one argument (write a value that starts with '-' as --flag=VALUE)"),

@@ -171,7 +171,7 @@ def test_a_registered_kinds_settings_are_extract_flags(toy_kind, capsys):
     text = capsys.readouterr().out  # the registry's settings are the command's flags, a shared field's once
     assert text.count("\n  --cls-layer") == 1 and text.count("\n  --cls-scale") == 1
     cfg = build_config({"teacher": "T", "data": "D", "store": "S", "student_layers": 2, "cls_layer": 1,
-                        "cls_scale": 2.0})
+                        "cls_scale": 2.0, "knowledge": "hsk,cls,cls2"})
     assert cfg.kinds["cls"] == ClsSettings(1) and cfg.kinds["cls2"] == ClsScaleSettings(1, 2.0)
 
 

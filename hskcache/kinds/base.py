@@ -26,14 +26,15 @@ so adding a kind is adding one module.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, is_dataclass
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from ..errors import UserError
+from ..options import flag_name
 
 if TYPE_CHECKING:
     from ..layout import ArraySpec
@@ -198,6 +199,12 @@ def chosen(knowledge: Sequence[str]) -> tuple[Kind, ...]:
     return tuple(kind for kind in KINDS.values() if kind.opt_in and kind.name in knowledge)
 
 
+def refuse_unstored(settings: Mapping[str, Any], knowledge: Sequence[str]) -> None:
+    """`extract` (and the online baseline): a kind's setting given for a kind `--knowledge` does not store."""
+    used = [k.name for k in KINDS.values() if not k.opt_in] + [k.name for k in chosen(knowledge)]
+    refuse_unused(settings, used, lambda owners: f"store it with --knowledge {','.join([*knowledge, owners[0]])}")
+
+
 def kind_settings() -> dict[str, type]:
     """Every kind's extraction settings class, by kind name (`ExtractConfig.kinds`)."""
     return {name: kind.settings for name, kind in KINDS.items() if kind.settings is not None}
@@ -217,3 +224,18 @@ def resolve_reads(records: Mapping[str, Any], asked: Mapping[str, Any], where: s
             raise UserError(f"the store holds no {name} knowledge ({where}); extract with --knowledge hsk,{name}")
         out[name] = KINDS[name].resolve_read(records[name], read, where)
     return out
+
+
+def refuse_unused(settings: Mapping[str, Any], used: Sequence[str], fix: Callable[[Sequence[str]], str]) -> None:
+    """Refuse, in one line, a kind's setting given (not its default) that only kinds outside `used` take
+    (e.g. `--att-rows` without `--knowledge ...att`): it would be ignored silently. `settings`: kind name ->
+    its settings (`per_name`); `fix(owners)` says how to use them (owners: the kinds that take the setting)."""
+    taken = {f.name for name in used if name in settings for f in fields(settings[name])}
+    for name, value in settings.items():
+        for f in fields(value):
+            default = f.default_factory() if f.default is MISSING and f.default_factory is not MISSING else f.default
+            if f.name in taken or getattr(value, f.name) == default:
+                continue
+            owners = [n for n, v in settings.items() if f.name in {g.name for g in fields(v)}]
+            raise UserError(f"{flag_name(f.name)} is a setting of the {', '.join(owners)} knowledge, which this run "
+                            f"does not use; {fix(owners)}, or drop {flag_name(f.name)}")
