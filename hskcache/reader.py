@@ -98,7 +98,7 @@ def epoch_batches(num_rows: int, chunk_rows: int, window_chunks: int, batch_size
         yield share([carry])
 
 
-def batch_count(num_rows: int, batch_size: int, drop_last: bool = False) -> int:
+def batches_per_epoch(num_rows: int, batch_size: int, drop_last: bool = False) -> int:
     """Batches in one epoch of `epoch_batches`: a short last one counts unless dropped."""
     return num_rows // batch_size if drop_last else -(-num_rows // batch_size)
 
@@ -290,7 +290,7 @@ class HSKStore:
         return self._data.read(["labels"], slice(None))["labels"]
 
     def num_batches(self, batch_size: int, drop_last: bool = False) -> int:
-        return batch_count(self.num_examples, batch_size, drop_last)
+        return batches_per_epoch(self.num_examples, batch_size, drop_last)
 
     def batches(self, batch_size: int, shuffle: bool = True, seed: int = 0, epoch: int = 0,
                 depth: int | None = None, tokens: int | None = None, width: float | None = None,

@@ -19,7 +19,7 @@ from hskcache.config import ExtractConfig
 from hskcache.data import no_labels, tokenize_batch
 from hskcache.extract import batch_rows, prepare, store_meta
 from hskcache.packed import PackedBatch, expand
-from hskcache.reader import KindReads, RowDecoder, batch_count, default_window_chunks, epoch_batches
+from hskcache.reader import KindReads, RowDecoder, batches_per_epoch, default_window_chunks, epoch_batches
 
 
 class OnlineSource:
@@ -54,7 +54,7 @@ class OnlineSource:
         return self._decoder.records
 
     def num_batches(self, batch_size: int, drop_last: bool = False) -> int:
-        return batch_count(self.num_examples, batch_size, drop_last)
+        return batches_per_epoch(self.num_examples, batch_size, drop_last)
 
     def batches(self, batch_size: int, shuffle: bool = True, seed: int = 0, epoch: int = 0,
                 depth: int | None = None, tokens: int | None = None, width: float | None = None,
