@@ -32,6 +32,7 @@ from .config import ExtractConfig
 from .errors import UserError
 from .hskread import parse_triple
 from .kinds import KINDS
+from .kinds.hsk import HSKRecord, HSKSettings
 from .shape import StoreShape
 from .selection import kept_width
 
@@ -108,11 +109,11 @@ class Setting:
     vocab_size: int = 30522  # BERT's; these defaults are also `hskcache budget --plan`'s
     num_logits: int = 3
     regression: bool = False
-    width_strategy: str = ExtractConfig.width_strategy  # a planned store is extract's default store
+    width_strategy: str = HSKSettings.width_strategy  # a planned store is extract's default store
     # Examples per eligible token count 0..seq_len; None: every example fills seq_len.
     length_counts: tuple[int, ...] | None = None
-    width_code: str = ExtractConfig.width_code
-    values: str = ExtractConfig.values
+    width_code: str = HSKSettings.width_code
+    values: str = HSKSettings.values
     compress: str = ExtractConfig.compress
     kinds: Mapping[str, Any] = field(default_factory=dict)  # each opt-in kind stored with every configuration:
     # what the store records of it (`Kind.record`), by kind name
@@ -135,13 +136,14 @@ class Setting:
         return int((counts * np.minimum(np.arange(len(counts)), n_l)).sum())
 
     def store_shape(self, config: Config) -> StoreShape:
-        return StoreShape(
-            seq_len=self.seq_len, vocab_size=self.vocab_size, num_logits=self.num_logits,
-            regression=self.regression, depth=config.n_d, tokens=config.n_l, hidden=self.hidden,
-            width=config.n_w, width_strategy=self.width_strategy, width_code=self.width_code,
-            values=self.values, compress=self.compress,
-            kinds=self.kinds,
-        )
+        """The shape of the store extracted at `config` with these settings (the HSK's record: `config`'s
+        amount with this setting's width strategy, code and value format)."""
+        hsk = HSKRecord.of(HSKSettings(config.n_d, config.n_l, config.n_w, self.width_strategy,
+                                       width_code=self.width_code, values=self.values),
+                           config.n_d, config.n_l, self.hidden)
+        return StoreShape(seq_len=self.seq_len, vocab_size=self.vocab_size, num_logits=self.num_logits,
+                          regression=self.regression, hidden=self.hidden, compress=self.compress,
+                          kinds={"hsk": hsk, **self.kinds})
 
 
 @dataclass(frozen=True)
@@ -269,15 +271,16 @@ def grouped(shape: StoreShape, by_array: dict[str, int]) -> tuple[int, int, int]
 def report(config: Config, setting: Setting, measured: dict[str, int] | None = None) -> Row:
     """One configuration; `measured`: the store's own bytes on disk per array."""
     shape = setting.store_shape(config)
+    hsk = shape.kinds["hsk"]
     groups = shape.bytes_by_group(setting.examples)
     paper_values, paper_mask = paper_bytes(config, setting)
     values = groups["values"]
     mask = groups["mask"] + groups["positions"]
-    encoding = shape.width_encoding or ("static" if shape.static_bytes() else "none")
+    encoding = hsk.width_encoding or ("static" if shape.static_bytes() else "none")
     disk = measured if measured is not None else estimated_disk(shape, shape.bytes_by_array(setting.examples))
     disk_values, disk_mask, disk_total = grouped(shape, disk)
     return Row(
-        config=config.name, n_d=config.n_d, n_l=config.n_l, n_w=config.n_w, kept_width=shape.kept,
+        config=config.name, n_d=config.n_d, n_l=config.n_l, n_w=config.n_w, kept_width=hsk.kept,
         a_hsk=config.a_hsk, fraction=config.a_hsk / setting.full_amount,
         paper_values_bytes=paper_values, paper_mask_bytes=paper_mask,
         paper_total_bytes=paper_values + paper_mask, width_encoding=encoding,

@@ -13,7 +13,7 @@ from typing import Any, Mapping
 from . import budget, widthcode
 from .budget_inputs import length_counts, store_setting, teacher_numbers
 from .errors import UserError
-from .kinds import TeacherInfo, chosen, kind_settings, parse_knowledge
+from .kinds import TeacherInfo, chosen, opt_in_settings, parse_knowledge
 from .options import STORE_ARGUMENT, complete_per_name, field_names, per_name, setting
 from .layout import COMPRESSIONS, VALUE_FORMATS
 from .selection import WIDTH_STRATEGIES
@@ -58,7 +58,7 @@ class BudgetConfig:
                                    show_default=budget.Setting.compress)
     knowledge: str | None = setting(None, "hsk,att,val: also count the opt-in kinds, e.g. attention / value "
                                     "relations (hskcache.kinds), with their settings below (rows default to --seq-len)")
-    kinds: Mapping[str, Any] = per_name(kind_settings, "knowledge kinds' settings (with --knowledge)")
+    kinds: Mapping[str, Any] = per_name(opt_in_settings, "knowledge kinds' settings (with --knowledge)")
     att_heads: int | None = setting(None, "with --knowledge: teacher attention heads", show_default="from --teacher")
     json: bool = setting(False, "print a JSON list, one object per configuration")
     csv: bool = setting(False, "print CSV, one line per configuration")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import budget
+from .kinds import KINDS
 from .errors import UserError
 from .options import columns
 
@@ -53,7 +54,7 @@ def store_setting(path: str) -> tuple[budget.Setting, budget.Config, dict[str, i
     info = describe(path)  # raises UserError for anything but an hskcache store
     data = StoreData(path, complete=False)
     meta = data.meta
-    cfg = meta.config
+    cfg, hsk = meta.config, meta.kinds["hsk"]
     examples = int(info["rows_committed"])
     # the committed chunks' lengths (whichever writers committed them), each chunk checked
     chunks = range(num_chunks(data.commits)) if data.complete else sorted(committed_chunks(data.location))
@@ -63,9 +64,9 @@ def store_setting(path: str) -> tuple[budget.Setting, budget.Config, dict[str, i
         examples=examples, seq_len=cfg.max_length, student_layers=cfg.student_layers,
         hidden=meta.hidden_size, vocab_size=meta.tokenizer.vocab_size,
         num_logits=meta.num_labels, regression=meta.regression,
-        width_strategy=cfg.width_strategy,
+        width_strategy=hsk.width_strategy,
         length_counts=tuple(np.bincount(lengths, minlength=cfg.max_length + 1).tolist()),
-        width_code=cfg.width_code, values=cfg.values, compress=cfg.compress,
-        kinds=meta.kinds,
+        width_code=hsk.width_code, values=hsk.values, compress=cfg.compress,
+        kinds={name: record for name, record in meta.kinds.items() if KINDS[name].opt_in},
     )
-    return setting, budget.Config.of(cfg.depth, cfg.tokens, cfg.width), info["bytes"]
+    return setting, budget.Config.of(hsk.depth, hsk.tokens, hsk.width), info["bytes"]

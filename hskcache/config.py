@@ -4,17 +4,13 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping
 
-from . import widthcode
 from .errors import UserError
 from .options import columns, complete_per_name, integers, make, merged, per_name, setting
-from .kinds import kind_settings, parse_knowledge, refuse_unstored
-from .layout import COMPRESSIONS, MAX_LENGTH, VALUE_FORMATS
-from .selection import TOKEN_STRATEGIES, WIDTH_STRATEGIES, layer_map
+from .kinds import KINDS, kind_settings, parse_knowledge, refuse_unstored
+from .layout import COMPRESSIONS, MAX_LENGTH
+from .selection import TOKEN_STRATEGIES, layer_map
 from .storage import Location
 from .device import DEVICES, DTYPES, check_dtype
-
-
-DEFAULT_TOKENS = 50  # N^L when --tokens is not given (capped at --max-length)
 
 
 @dataclass(frozen=True)
@@ -34,19 +30,12 @@ class ExtractConfig:
     teacher_layers: tuple[int, ...] | None = setting(
         None, "explicit teacher layers for student layers 0..L', e.g. 0,3,5,8,10",
         parse=lambda value: integers(value, "--teacher-layers"))
-    depth: int | None = setting(None, "N^D: the top N^D pairs (default all L'+1)")
-    tokens: int | None = setting(None, "N^L: most tokens per layer, at most --max-length",
-                                 show_default=f"{DEFAULT_TOKENS}, or --max-length if smaller")
     token_strategy: str = setting("att-nosep-top", " | ".join(TOKEN_STRATEGIES))
-    width: float = setting(1.0, "N^W: fraction of activations kept, (0, 1]")
-    width_strategy: str = setting("mag", " | ".join(WIDTH_STRATEGIES))
-    width_seed: int = setting(0, "seed of the rand width mask", aliases=("--seed",))
-    width_code: str = setting(widthcode.DEFAULT, "how mag's kept dimensions are stored: " + " | ".join(widthcode.WIDTH_CODES))
-    values: str = setting("fp16", "fp16 | int8 (lossy: int8 with a per-vector absmax scale)")
     compress: str = setting("zstd", "zstd | none, for every array")
     knowledge: tuple[str, ...] = setting(("hsk",), "kinds of knowledge to store: hsk,att,val (attention, value relation)",
                                          parse=parse_knowledge)
     kinds: Mapping[str, Any] = per_name(kind_settings, "knowledge kinds' settings")  # each kind's `Kind.settings`
+    # (the HSK's: N^D, N^L, N^W, width strategy, seed and code, value format; `kinds.hsk.HSKSettings`)
     max_length: int = setting(128, "tokenizer max length, at most the teacher's positions")
     batch_size: int = setting(64, "teacher batch size")
     limit: int | None = setting(None, "only the first N examples")
@@ -64,20 +53,8 @@ class ExtractConfig:
     def __post_init__(self) -> None:
         complete_per_name(self)  # every kind's settings (defaults where not given): one store, one identity
         refuse_unstored(self.kinds, self.knowledge)  # e.g. --att-rows without --knowledge ...att: not ignored
-        if not 0 < self.width <= 1:
-            raise UserError(f"--width must be in (0, 1], got {self.width}: it is the fraction of activations kept")
-        if self.tokens is None:  # resolved once here, so the store records what it holds
-            object.__setattr__(self, "tokens", min(DEFAULT_TOKENS, self.max_length))
-        if self.tokens < 1:
-            raise UserError(f"--tokens must be at least 1, got {self.tokens}")
         if self.token_strategy not in TOKEN_STRATEGIES:
             raise UserError(f"--token-strategy {self.token_strategy!r} is unknown; use one of {', '.join(TOKEN_STRATEGIES)}")
-        if self.width_strategy not in WIDTH_STRATEGIES:
-            raise UserError(f"--width-strategy {self.width_strategy!r} is unknown; use one of {', '.join(WIDTH_STRATEGIES)}")
-        if self.width_code not in widthcode.WIDTH_CODES:
-            raise UserError(f"--width-code {self.width_code!r} is unknown; use one of {', '.join(widthcode.WIDTH_CODES)}")
-        if self.values not in VALUE_FORMATS:
-            raise UserError(f"--values {self.values!r} is unknown; use one of {', '.join(VALUE_FORMATS)}")
         if self.compress not in COMPRESSIONS:
             raise UserError(f"--compress {self.compress!r} is unknown; use one of {', '.join(COMPRESSIONS)}")
         if self.device not in DEVICES:
@@ -89,9 +66,9 @@ class ExtractConfig:
         if self.max_length > MAX_LENGTH:
             raise UserError(f"--max-length {self.max_length} is above {MAX_LENGTH}, what the store's int16 lengths "
                             f"and positions hold; pass --max-length {MAX_LENGTH} or less")
-        if self.tokens > self.max_length:
-            raise UserError(f"--tokens {self.tokens} is above --max-length {self.max_length}: a row has at most "
-                            f"{self.max_length} tokens to keep; pass --tokens {self.max_length} or less")
+        # each kind's settings completed against the rest (the HSK's N^L: at most --max-length)
+        object.__setattr__(self, "kinds", {name: KINDS[name].complete(value, self.max_length)
+                                           for name, value in self.kinds.items()})
         if self.batch_size < 1:
             raise UserError(f"--batch-size must be at least 1, got {self.batch_size}")
         if self.limit is not None and self.limit < 1:
@@ -125,8 +102,6 @@ class ExtractConfig:
             if not 1 <= ltop <= num_teacher_layers:
                 raise UserError(f"--ltop {ltop} is above the teacher's depth {num_teacher_layers}; use 1..{num_teacher_layers}")
             layers = tuple(layer_map(self.student_layers, ltop))
-        if self.depth is not None and not 1 <= self.depth <= len(layers):
-            raise UserError(f"--depth {self.depth} is out of range: there are {len(layers)} student/teacher layer pairs (L'+1)")
         return tuple(layers)
 
     def stored_settings(self) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from .distributed import Ranks, broadcast, rank_device
 from .data import TextData, check_labels, fingerprint, load_texts, no_labels, tokenize_batch
 from .errors import UserError
 from .families import takes_token_types
-from .kinds import TeacherForward, TeacherInfo, chosen, stored_kinds
+from .kinds import KINDS, TeacherForward, TeacherInfo, chosen, stored_kinds
 from .shape import StoreShape
 from .meta import DataInfo, Settings, StoreMeta, TokenizerInfo
 from .selection import SelectionPlan
@@ -49,7 +49,6 @@ def store_meta(cfg: ExtractConfig, data: TextData, teacher: Teacher, plan: Selec
     stored = {k: v for k, v in cfg.stored_settings().items() if k != "store"}
     settings = Settings(**stored | {
         "kinds": {name: cfg.kinds[name] for name in shape.kinds if name in cfg.kinds},  # the stored kinds' settings
-        "depth": len(plan.stored_layers),
         "teacher_layers": tuple(teacher_layers),
         "student_layers": len(teacher_layers) - 1,
         "text_cols": tuple(data.text_cols),
@@ -70,8 +69,6 @@ def store_meta(cfg: ExtractConfig, data: TextData, teacher: Teacher, plan: Selec
         stored_layers=tuple(plan.stored_layers),
         rank_layers=tuple(plan.rank_layers),
         hidden_size=teacher.hidden,
-        kept=plan.kept,
-        width_encoding=shape.width_encoding,
         num_labels=teacher.num_labels,
         regression=teacher.regression,
         id2label={str(k): v for k, v in teacher.model.config.id2label.items()},
@@ -163,19 +160,20 @@ def prepare(cfg: ExtractConfig, device: torch.device | None = None
                         f"{need} needs; pass --token-strategy left (and leave {','.join(readers) or 'those kinds'} "
                         "out of --knowledge)")
     teacher_layers = cfg.resolve_layers(teacher.num_layers)
-    depth = cfg.depth if cfg.depth is not None else len(teacher_layers)
     check_labels(data.labels, teacher.num_labels, teacher.regression, f"data {cfg.data}", "teacher",
                  named=data.label_names is not None)
-    plan = SelectionPlan.build(teacher_layers, teacher.num_layers, depth, cfg.tokens, cfg.token_strategy,
-                               cfg.width, cfg.width_strategy, teacher.hidden, cfg.width_seed)
+    hsk_settings = cfg.kinds["hsk"]
     info = TeacherInfo(tuple(teacher_layers), teacher.num_layers, teacher.model.config.num_attention_heads,
-                       teacher.hidden, cfg.max_length, cfg.tokens, cfg.token_strategy)
-    records = {kind.name: kind.resolve(cfg.kinds.get(kind.name), info) for kind in opted}
+                       teacher.hidden, cfg.max_length, hsk_settings.tokens, cfg.token_strategy)
+    recorded = [kind for kind in KINDS.values() if kind in opted or not kind.opt_in and kind.settings is not None]
+    records = {kind.name: kind.resolve(cfg.kinds.get(kind.name), info) for kind in recorded}
+    hsk = records["hsk"]  # the selection plan is the HSK's
+    plan = SelectionPlan.build(teacher_layers, teacher.num_layers, hsk.depth, hsk.tokens, cfg.token_strategy,
+                               hsk.width, hsk.width_strategy, teacher.hidden, hsk.width_seed)
     if any(kind.teacher_captures for kind in opted):
         hooks.attention_modules(teacher.model)  # a family without known projections fails here, before writing
     shape = StoreShape(cfg.max_length, id_bound(teacher.tokenizer), teacher.num_labels, teacher.regression,
-                       depth, cfg.tokens, teacher.hidden, cfg.width, cfg.width_strategy, cfg.width_code,
-                       cfg.values, cfg.compress, records)
+                       teacher.hidden, cfg.compress, records)
     return data, teacher, plan, shape, teacher_layers
 
 

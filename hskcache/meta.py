@@ -38,17 +38,11 @@ class Settings:
     student_layers: int
     ltop: int | None
     teacher_layers: tuple[int, ...]  # teacher layer of each student layer 0..L'
-    depth: int  # N^D
-    tokens: int  # N^L
     token_strategy: str
-    width: float  # N^W
-    width_strategy: str
-    width_seed: int
-    width_code: str
-    values: str  # fp16 | int8
     compress: str
     knowledge: tuple[str, ...]
     kinds: dict[str, Any] = field(metadata={"per_kind": "settings"})  # each stored kind's `Kind.settings`
+    # (the HSK's N^D, N^L, N^W, width strategy, seed and code, value format: `kinds.hsk.HSKSettings`)
     max_length: int
     batch_size: int
     limit: int | None
@@ -88,8 +82,6 @@ class StoreMeta:
     stored_layers: tuple[int, ...]  # the top `depth` of teacher_layers
     rank_layers: tuple[int, ...]  # hidden-state index whose [CLS] attention ranks each stored layer's tokens
     hidden_size: int  # d_T
-    kept: int  # K = round(N^W × d_T)
-    width_encoding: str | None  # width code of per-vector masks; None: nothing per vector
     num_labels: int
     regression: bool
     id2label: dict[str, str]
@@ -98,7 +90,8 @@ class StoreMeta:
     tokenizer: TokenizerInfo
     data: DataInfo
     versions: dict[str, str]
-    kinds: dict[str, Any] = field(metadata={"per_kind": "record"})  # each stored opt-in kind's `Kind.record`
+    kinds: dict[str, Any] = field(metadata={"per_kind": "record"})  # each stored kind's `Kind.record` (the
+    # HSK's resolved N^D, N^L, K and width code, `kinds.hsk.HSKRecord`; the relations' `RelationSpec`)
 
     @property
     def identity(self) -> dict[str, Any]:
@@ -203,19 +196,25 @@ def _value(kind: Any, value: Any, name: str) -> Any:
 def synthetic_meta(shape: StoreShape, num_examples: int, teacher_layers: Sequence[int], name: str) -> StoreMeta:
     """The metadata of a store laid out by `shape` with no teacher or data behind it (benchmarks and
     tests that write arrays directly): every name, hash and id is `name`."""
-    layers = tuple(teacher_layers)
+    layers, depth = tuple(teacher_layers), shape.kinds["hsk"].depth
     settings = Settings(
         teacher=name, data=name, split="train", text_cols=("sentence",), label_col=None,
-        student_layers=len(layers) - 1, ltop=None, teacher_layers=layers, depth=shape.depth, tokens=shape.tokens,
-        token_strategy="att-nosep-top", width=shape.width, width_strategy=shape.width_strategy, width_seed=0,
-        width_code=shape.width_code, values=shape.values, compress=shape.compress,
-        knowledge=("hsk", *shape.kinds), kinds={k: KINDS[k].settings() for k in shape.kinds if KINDS[k].settings},
+        student_layers=len(layers) - 1, ltop=None, teacher_layers=layers, token_strategy="att-nosep-top",
+        compress=shape.compress, knowledge=tuple(k for k in shape.kinds if KINDS[k].listed),
+        kinds={k: _settings_of(k, r) for k, r in shape.kinds.items() if KINDS[k].settings},
         max_length=shape.seq_len, batch_size=64, limit=None, dtype="fp32")
     return StoreMeta(
         config=settings, num_examples=num_examples, teacher=name, teacher_hash=name, teacher_num_layers=layers[-1],
-        teacher_layers=layers, stored_layers=layers[-shape.depth:], rank_layers=layers[-shape.depth:],
-        hidden_size=shape.hidden, kept=shape.kept, width_encoding=shape.width_encoding,
-        num_labels=shape.num_logits, regression=shape.regression,
+        teacher_layers=layers, stored_layers=layers[-depth:], rank_layers=layers[-depth:],
+        hidden_size=shape.hidden, num_labels=shape.num_logits, regression=shape.regression,
         id2label={str(i): f"LABEL_{i}" for i in range(shape.num_logits)}, task=None, label_names=None,
         tokenizer=TokenizerInfo(name, name, shape.vocab_size, name, None, None, None),
         data=DataInfo(name, "train", name), versions={}, kinds=dict(shape.kinds))
+
+
+def _settings_of(kind: str, record: Any) -> Any:
+    """The settings a synthetic store records for a kind: the record's fields its settings class has."""
+    cls = KINDS[kind].settings
+    names = {f.name for f in fields(cls)}
+    return cls(**{k: v for k, v in dataclasses.asdict(record).items() if k in names}) \
+        if dataclasses.is_dataclass(record) else cls()

@@ -23,7 +23,8 @@ from .errors import UserError
 from .layout import INT8_MAX
 
 if TYPE_CHECKING:
-    from .kinds import Kind
+    from .kinds import Kind, Read
+    from .kinds.hsk import HSKCut
 
 FP16_MAX = 65504.0
 
@@ -84,14 +85,12 @@ class PackedBatch:
     """One batch as stored: `tensors` in the store's dtypes (input_ids, length,
     token_type_ids, labels, example_id, logits, positions, values, and
     value_scale / width_code where the store has them; width_code always as a
-    bitmask; relations already decoded), the knowledge kinds it holds, plus what
-    `expand` needs to know about the read."""
+    bitmask; relations already decoded), the knowledge kinds it holds, plus the
+    read (each kind's resolved read, e.g. the HSK's `kinds.hsk.HSKCut`) that `expand` follows."""
 
     tensors: dict[str, Tensor]
-    hidden: int
-    kept: int  # K' of the read
-    columns: Tensor | None = None  # rand/uniform: stored value columns the read keeps
-    dims: Tensor | None = None  # rand/uniform: their dimensions, ascending
+    hidden: int  # d_T
+    read: Read  # each kind's resolved read (`Kind.resolve_read`)
     kinds: tuple[Kind, ...] = ()  # hskcache.kinds, each expanding its own tensors
 
     def __len__(self) -> int:
@@ -114,26 +113,27 @@ def expand(batch: PackedBatch | dict[str, Tensor], device: torch.device | str | 
     return out
 
 
-def expand_hsk(t: dict[str, Tensor], batch: PackedBatch) -> dict[str, Tensor]:
-    """The HSK's entries (positions, hsk, hsk_mask) from its stored tensors, where they are."""
+def expand_hsk(t: dict[str, Tensor], hidden: int, cut: HSKCut) -> dict[str, Tensor]:
+    """The HSK's entries (positions, hsk, hsk_mask) from its stored tensors, where they are, at the
+    read `cut` (a teacher of width `hidden`)."""
     dev = t["values"].device
     out = {"positions": t["positions"].long()}
     values = t["values"].float()
     if "value_scale" in t:
         values = values * t["value_scale"].float().unsqueeze(-1)
-    shape = (*values.shape[:-1], batch.hidden)
-    if batch.dims is None:  # magnitude: a stored mask per vector (all True at full width)
-        stored = (unpack_bits(t["width_code"], batch.hidden) if "width_code" in t
+    shape = (*values.shape[:-1], hidden)
+    if cut.dims is None:  # magnitude: a stored mask per vector (all True at full width)
+        stored = (unpack_bits(t["width_code"], hidden) if "width_code" in t
                   else torch.ones(shape, dtype=torch.bool, device=dev))
         mask = stored
-        if batch.kept < values.shape[-1]:  # the top K' of the stored K, by magnitude
-            top = values.abs().topk(batch.kept, dim=-1).indices
+        if cut.kept < values.shape[-1]:  # the top K' of the stored K, by magnitude
+            top = values.abs().topk(cut.kept, dim=-1).indices
             keep = torch.zeros_like(values, dtype=torch.bool).scatter_(-1, top, True)
             values = values.masked_fill(~keep, 0.0)
             mask = torch.zeros(shape, dtype=torch.bool, device=dev).masked_scatter_(stored, keep)
         hsk = torch.zeros(shape, dtype=torch.float32, device=dev).masked_scatter_(stored, values)
     else:
-        columns, dims = batch.columns.to(dev), batch.dims.to(dev)
+        columns, dims = cut.columns.to(dev), cut.dims.to(dev)
         hsk = torch.zeros(shape, dtype=torch.float32, device=dev)
         hsk[..., dims] = values[..., columns]
         mask = torch.zeros(shape, dtype=torch.bool, device=dev)

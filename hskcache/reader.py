@@ -19,6 +19,7 @@ import os
 import threading
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
@@ -27,9 +28,9 @@ import torch
 
 from .errors import UserError
 from .kinds import Read, resolve_reads, stored_kinds
+from .kinds.hsk import HSKRead
 from .shape import StoreShape
 from .packed import PackedBatch, expand
-from .selection import WIDTH_STRATEGIES, kept_width, static_dims
 from .meta import Settings, StoreMeta
 from .store import StoreData
 
@@ -110,7 +111,8 @@ def default_window_chunks(batch_size: int, chunk_rows: int) -> int:
 
 class RowDecoder:
     """Rows in the store's dtypes (numpy) → a `PackedBatch` (or the dense batch
-    dictionary), at any (depth, tokens, width) at or below what the rows hold.
+    dictionary), at any read at or below what the rows hold: every stored kind decodes its own
+    arrays (`Kind.cuts`, `pack`, `expand`) at its read (`Kind.resolve_read`).
 
     Shared by `HSKStore` and the online baseline, which builds the very rows the
     writer would write and decodes them here, so both feed the trainer the same values.
@@ -118,89 +120,48 @@ class RowDecoder:
 
     def __init__(self, meta: StoreMeta, static: np.ndarray | None, where: str):
         self.hidden: int = meta.hidden_size
-        self.kept: int = meta.kept
-        self.depth: int = len(meta.stored_layers)
-        self.tokens: int = meta.config.tokens
-        self.width: float = meta.config.width
-        self.width_strategy: str = meta.config.width_strategy
-        self.static_width: bool = WIDTH_STRATEGIES[self.width_strategy].static  # same kept dims in every vector
-        self.seed: int = meta.config.width_seed
-        self.records: dict[str, Any] = meta.kinds  # what the store records of each opt-in kind it holds
+        self.records: dict[str, Any] = meta.kinds  # what the store records of each kind with settings it holds
         self.shape = StoreShape.of_store(meta)
         self.kinds = stored_kinds(self.shape)  # hskcache.kinds: each decodes its own arrays
         self._arrays = {kind.name: [a.name for a in kind.arrays(self.shape)] for kind in self.kinds}
-        self.static = static
+        self.static = {} if static is None else {"static_dims": static}  # the once-per-store arrays
         self.where = where
 
-    def arrays(self, reads: KindReads | None = None) -> list[str]:
-        """The stored arrays a batch is made of (an opt-in kind's only when read; `reads`: resolved)."""
-        read = Read(self.depth, self.tokens, self.kept, reads or {})
+    def arrays(self, read: Read) -> list[str]:
+        """The stored arrays a batch of this read is made of (an opt-in kind's only when read)."""
         return list(dict.fromkeys(name for kind in self.kinds if kind.read(read) for name in self._arrays[kind.name]))
 
-    def resolve_kinds(self, asked: KindReads | None) -> dict[str, Any]:
-        """Each asked opt-in kind's read (`Kind.resolve_read`), checked against what is stored."""
-        return resolve_reads(self.records, asked or {}, self.where)
+    def resolve(self, depth: int | None = None, tokens: int | None = None, width: float | None = None,
+                kinds: KindReads | None = None) -> Read:
+        """The read of the HSK at (depth, tokens, width) (None: as stored; the documented keywords of
+        `get`/`batches`, which build the HSK's read, `kinds.hsk.HSKRead`) and of each opt-in kind in
+        `kinds`, checked against what is stored: the one check of whether a read can be served
+        (every reader and the trainer's `--hsk` use it; each kind's `resolve_read`)."""
+        asked = {"hsk": HSKRead(depth, tokens, width), **(kinds or {})}
+        return Read(resolve_reads(self.records, asked, self.where, self.shape, self.static))
 
-    def resolve(self, depth: int | None, tokens: int | None, width: float | None) -> tuple[int, int, int]:
-        """(depth, tokens, kept) of a read; None means as stored. The one check of
-        whether a read can be served: every reader and the trainer's `--hsk` use it."""
-        depth = self.depth if depth is None else depth
-        tokens = self.tokens if tokens is None else tokens
-        kept = self.kept if width is None else kept_width(width, self.hidden)
-        stored = f"the store holds depth {self.depth}, tokens {self.tokens}, width {self.width} ({self.where})"
-        if not 1 <= depth <= self.depth:
-            raise UserError(f"depth {depth} is not available: {stored}")
-        if not 1 <= tokens <= self.tokens:
-            raise UserError(f"tokens {tokens} is not available: {stored}")
-        if (width is not None and not 0 < width <= 1) or kept > self.kept:
-            raise UserError(f"width {width} is not available: {stored}")
-        if kept < self.kept and self.static_width:
-            self._width_dims(kept)  # a static strategy's smaller width must be a subset of the stored one
-        return depth, tokens, kept
-
-    def _width_dims(self, kept: int) -> np.ndarray:
-        """Static strategies: the stored columns that a smaller width keeps."""
-        stored = np.sort(self.static) if self.static is not None else np.arange(self.hidden)
-        if kept == self.kept:
-            return np.arange(len(stored))
-        wanted = np.sort(static_dims(self.width_strategy, self.hidden, kept, self.seed).numpy())
-        columns = np.searchsorted(stored, wanted)
-        if not np.array_equal(stored[np.minimum(columns, len(stored) - 1)], wanted):
-            raise UserError(f"{self.width_strategy} width {kept}/{self.hidden} is not a subset of the stored "
-                            f"dimensions; extract at that width")
-        return columns
-
-    def slicer(self, depth: int, tokens: int, kept: int,
-               reads: KindReads | None = None) -> tuple[dict[str, tuple], Read, PackedBatch]:
-        """(per-array slice of a row block, the read, PackedBatch template) of a read: the
-        slices (each kind's `cuts`) run where rows are gathered, so a smaller read copies fewer bytes."""
-        read = Read(depth, tokens, kept, reads or {})
+    def slicer(self, read: Read) -> tuple[dict[str, tuple], PackedBatch]:
+        """(per-array slice of a row block, PackedBatch template) of a read: the slices (each kind's
+        `cuts`) run where rows are gathered, so a smaller read copies fewer bytes."""
         kinds = tuple(kind for kind in self.kinds if kind.read(read))
         cuts = {name: cut for kind in kinds for name, cut in kind.cuts(self.shape, read).items()}
-        columns = dims = None
-        if self.static_width:
-            base = np.sort(self.static) if self.static is not None else np.arange(self.hidden)
-            cols = self._width_dims(kept)
-            columns, dims = torch.from_numpy(cols.astype(np.int64)), torch.from_numpy(base[cols].astype(np.int64))
-        return cuts, read, PackedBatch({}, self.hidden, kept, columns, dims, kinds)
+        return cuts, PackedBatch({}, self.hidden, read, kinds)
 
-    def pack(self, raw: dict[str, np.ndarray], depth: int, tokens: int, kept: int,
-             reads: KindReads | None = None) -> PackedBatch:
-        cuts, read, template = self.slicer(depth, tokens, kept, reads)
-        return self.pack_sliced({n: raw[n][cuts[n]] for n in cuts}, read, template)
+    def pack(self, raw: dict[str, np.ndarray], read: Read) -> PackedBatch:
+        cuts, template = self.slicer(read)
+        return self.pack_sliced({n: raw[n][cuts[n]] for n in cuts}, template)
 
-    def pack_sliced(self, rows: dict[str, np.ndarray], read: Read, template: PackedBatch) -> PackedBatch:
+    def pack_sliced(self, rows: dict[str, np.ndarray], template: PackedBatch) -> PackedBatch:
         """Gathered rows (already sliced) → the tensors of each kind of the read (`Kind.pack`:
         e.g. rank and index codes become bitmasks, relations are decoded to the read's keys)."""
         tensors: dict[str, torch.Tensor] = {}
         for kind in template.kinds:
-            tensors.update(kind.pack(self.shape, rows, self._arrays[kind.name], read))
-        return PackedBatch(tensors, template.hidden, template.kept, template.columns, template.dims, template.kinds)
+            tensors.update(kind.pack(self.shape, rows, self._arrays[kind.name], template.read))
+        return replace(template, tensors=tensors)
 
-    def to_torch(self, raw: dict[str, np.ndarray], depth: int, tokens: int, kept: int,
-                 reads: KindReads | None = None) -> dict[str, torch.Tensor]:
+    def to_torch(self, raw: dict[str, np.ndarray], read: Read) -> dict[str, torch.Tensor]:
         """The dense batch dictionary, on the CPU."""
-        return expand(self.pack(raw, depth, tokens, kept, reads))
+        return expand(self.pack(raw, read))
 
 
 def default_threads() -> int:
@@ -219,8 +180,6 @@ class HSKStore:
         self.student_layers: int = meta.student_layers
         self.stored_layers: list[int] = list(meta.stored_layers)
         self.hidden: int = meta.hidden_size
-        self.kept: int = meta.kept
-        self.width_encoding: str | None = meta.width_encoding
         self.regression: bool = meta.regression
         self.num_labels: int = meta.num_labels
         self._decoder = RowDecoder(meta, self._data.static_dims(), str(self.path))
@@ -235,11 +194,19 @@ class HSKStore:
 
     @property
     def tokens(self) -> int:
-        return self.config.tokens
+        return self.meta.kinds["hsk"].tokens
 
     @property
     def width(self) -> float:
-        return self.config.width
+        return self.meta.kinds["hsk"].width
+
+    @property
+    def kept(self) -> int:
+        return self.meta.kinds["hsk"].kept
+
+    @property
+    def width_encoding(self) -> str | None:
+        return self.meta.kinds["hsk"].width_encoding
 
     @property
     def chunk_rows(self) -> int:
@@ -263,27 +230,27 @@ class HSKStore:
                 part = raw[n][cut]
                 out[n][:len(part)] = part
 
-    def resolve(self, depth: int | None = None, tokens: int | None = None,
-                width: float | None = None) -> tuple[int, int, int]:
-        """(depth, tokens, kept) of a read, or a UserError if this store cannot serve it."""
-        return self._decoder.resolve(depth, tokens, width)
+    def resolve(self, depth: int | None = None, tokens: int | None = None, width: float | None = None,
+                kinds: KindReads | None = None) -> Read:
+        """The read (`kinds.Read`: each kind's resolved read), or a UserError if this store cannot serve it."""
+        return self._decoder.resolve(depth, tokens, width, kinds)
 
     @property
     def kinds(self) -> dict[str, Any]:
-        """What the store records of each opt-in kind it holds (`Kind.record`), by kind name."""
+        """What the store records of each kind with settings it holds (`Kind.record`), by kind name."""
         return self._decoder.records
 
     def get(self, indices, depth: int | None = None, tokens: int | None = None, width: float | None = None,
             kinds: KindReads | None = None) -> dict[str, torch.Tensor]:
-        """Rows `indices` at (depth, tokens, width) at or below what was stored (the dense batch);
-        `kinds` adds opt-in kinds, each with its read settings (e.g. {"att": RelationRead((rows, keys))})."""
-        depth, tokens, kept = self._decoder.resolve(depth, tokens, width)
-        reads = self._decoder.resolve_kinds(kinds)
+        """Rows `indices` at (depth, tokens, width) at or below what was stored (the dense batch):
+        keywords that build the HSK's read (`kinds.hsk.HSKRead`); `kinds` adds opt-in kinds, each with
+        its read settings (e.g. {"att": RelationRead((rows, keys))})."""
+        read = self._decoder.resolve(depth, tokens, width, kinds)
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
         if len(idx) and (idx.min() < 0 or idx.max() >= self.num_examples):
             raise UserError(f"row index out of range: the store has {self.num_examples} rows")
-        raw = self._data.read(self._decoder.arrays(reads), idx)
-        return self._decoder.to_torch(raw, depth, tokens, kept, reads)
+        raw = self._data.read(self._decoder.arrays(read), idx)
+        return self._decoder.to_torch(raw, read)
 
     def labels(self) -> np.ndarray:
         """Every row's gold label (-1, or NaN for regression: none), the labels array alone."""
@@ -303,17 +270,17 @@ class HSKStore:
         a window of chunks. Chunks are decompressed and batches gathered on a pool
         of `threads` (default: every core this process may use), `prefetch` batches
         and one window of chunks ahead of the consumer; the order is the same for
-        any thread count. `packed`: yield `PackedBatch`es for `packed.expand` on the
+        any thread count. `depth`, `tokens`, `width`: the HSK's read (`kinds.hsk.HSKRead`), None
+        as stored; `kinds`: each opt-in kind's. `packed`: yield `PackedBatch`es for `packed.expand` on the
         trainer's device, else dense batches. `shard=(i, n)`: only batches i, i+n, ...
         (a DataLoader worker's share, see `dataset`).
 
         `rank` of `world_size` (data-parallel training) yields its share of every
         batch and reads only its own chunks (`epoch_batches`)."""
-        depth, tokens, kept = self._decoder.resolve(depth, tokens, width)
-        reads = self._decoder.resolve_kinds(kinds)
+        read = self._decoder.resolve(depth, tokens, width, kinds)
         if window_chunks is None:
             window_chunks = default_window_chunks(batch_size, self.chunk_rows)
-        cuts, asked, template = self._decoder.slicer(depth, tokens, kept, reads)
+        cuts, template = self._decoder.slicer(read)
         plan = epoch_batches(self.num_examples, self.chunk_rows, window_chunks, batch_size, shuffle, seed, epoch,
                              start_batch, drop_last, rank, world_size)
         pool = ThreadPoolExecutor(max(1, threads or default_threads()), thread_name_prefix="hskcache-reader")
@@ -338,7 +305,7 @@ class HSKStore:
                 for window, _, where, index in pieces:
                     for n in cuts:
                         rows[n][where] = window[n][index]
-            batch = self._decoder.pack_sliced(rows, asked, template)
+            batch = self._decoder.pack_sliced(rows, template)
             batch = batch.pin_memory() if pin else batch
             return batch if packed else expand(batch)
 

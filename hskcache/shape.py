@@ -10,10 +10,9 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Mapping
 
-from . import layout, widthcode
+from . import layout
 from .kinds import KINDS, stored_kinds
 from .layout import ArraySpec
-from .selection import WIDTH_STRATEGIES, kept_width
 
 if TYPE_CHECKING:
     from .meta import StoreMeta
@@ -21,41 +20,23 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class StoreShape:
-    """Everything that fixes the store's array shapes and codecs."""
+    """Everything that fixes the store's array shapes and codecs: the examples' and the teacher's
+    sizes, the compression, and what the store records of each kind it holds."""
 
     seq_len: int
     vocab_size: int
     num_logits: int
     regression: bool
-    depth: int
-    tokens: int
-    hidden: int
-    width: float
-    width_strategy: str
-    width_code: str = widthcode.DEFAULT
-    values: str = "fp16"
+    hidden: int  # d_T
     compress: str = "zstd"
-    kinds: Mapping[str, Any] = field(default_factory=dict)  # what the store records of each opt-in kind it
-    # holds (`Kind.record`, e.g. `attention.RelationSpec`), by kind name
+    kinds: Mapping[str, Any] = field(default_factory=dict)  # what the store records of each kind with
+    # settings it holds (`Kind.record`: the HSK's `kinds.hsk.HSKRecord`, `attention.RelationSpec`), by kind name
 
     @classmethod
     def of_store(cls, meta: StoreMeta) -> "StoreShape":
         """The shape a store's metadata records."""
-        cfg = meta.config
-        return cls(cfg.max_length, meta.tokenizer.vocab_size, meta.num_labels, meta.regression, cfg.depth,
-                   cfg.tokens, meta.hidden_size, cfg.width, cfg.width_strategy, cfg.width_code, cfg.values,
-                   cfg.compress, meta.kinds)
-
-    @property
-    def kept(self) -> int:
-        return kept_width(self.width, self.hidden)
-
-    @property
-    def width_encoding(self) -> str | None:
-        """How per-vector kept dimensions are coded (None: nothing per vector)."""
-        if WIDTH_STRATEGIES[self.width_strategy].static or self.kept == self.hidden:
-            return None
-        return self.width_code
+        return cls(meta.config.max_length, meta.tokenizer.vocab_size, meta.num_labels, meta.regression,
+                   meta.hidden_size, meta.config.compress, meta.kinds)
 
     def arrays(self) -> list[ArraySpec]:
         """Per-row arrays (first axis: examples) in writing order: every stored kind's

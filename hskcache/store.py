@@ -463,7 +463,6 @@ def describe(url: str) -> dict[str, Any]:
         "teacher": meta.teacher,
         "teacher_layers": list(meta.teacher_layers),
         "schema_version": SCHEMA_VERSION,
-        "width_encoding": meta.width_encoding,
         "config": meta.to_attrs()["config"],
         "kinds": {name: KINDS[name].describe(record) for name, record in meta.kinds.items()},
         "bytes": _array_bytes(sizes),
@@ -477,9 +476,8 @@ def description_lines(info: dict[str, Any]) -> list[str]:
              f"complete    {info['complete']} ({info['rows_committed']}/{info['num_examples']} rows committed)",
              f"teacher     {info['teacher']}  layers {info['teacher_layers']}",
              f"schema      {info['schema_version']}",
-             f"width code  {info['width_encoding'] or 'none'}",
              "config      " + ", ".join(f"{k}={v}" for k, v in (info["config"] or {}).items())]
-    lines += [f"{name:<12}{text}" for name, text in info["kinds"].items()]  # each opt-in kind's record
+    lines += [f"{name:<12}{text}" for name, text in info["kinds"].items()]  # each kind's record
     lines += ["bytes per array:"]
     lines += [f"  {name:<16}{nbytes:>16,}" for name, nbytes in info["bytes"].items()]
     return lines + [f"  {'total':<16}{info['total_bytes']:>16,}"]

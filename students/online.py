@@ -18,6 +18,7 @@ import torch
 from hskcache.config import ExtractConfig
 from hskcache.data import no_labels, tokenize_batch
 from hskcache.extract import batch_rows, prepare, store_meta
+from hskcache.kinds import Read
 from hskcache.packed import PackedBatch, expand
 from hskcache.reader import KindReads, RowDecoder, batches_per_epoch, default_window_chunks, epoch_batches
 
@@ -40,9 +41,9 @@ class OnlineSource:
         self._labels = data.labels if data.labels is not None else no_labels(len(data), self.regression)
         self._max_length = cfg.max_length
 
-    def resolve(self, depth: int | None = None, tokens: int | None = None,
-                width: float | None = None) -> tuple[int, int, int]:
-        return self._decoder.resolve(depth, tokens, width)
+    def resolve(self, depth: int | None = None, tokens: int | None = None, width: float | None = None,
+                kinds: KindReads | None = None) -> Read:
+        return self._decoder.resolve(depth, tokens, width, kinds)
 
     def labels(self) -> np.ndarray:
         """Every row's gold label, as `HSKStore.labels`."""
@@ -62,14 +63,13 @@ class OnlineSource:
                 world_size: int = 1, packed: bool = False, pin_memory: bool = False,
                 kinds: KindReads | None = None) -> Iterator[dict[str, torch.Tensor] | PackedBatch]:
         """The batches `HSKStore.batches` would yield with the same arguments."""
-        depth, tokens, kept = self._decoder.resolve(depth, tokens, width)
-        reads = self._decoder.resolve_kinds(kinds)
+        read = self._decoder.resolve(depth, tokens, width, kinds)
         window = default_window_chunks(batch_size, self.chunk_rows)
         plan = epoch_batches(self.num_examples, self.chunk_rows, window, batch_size, shuffle, seed, epoch, start_batch,
                              drop_last, rank, world_size)
         for batches in plan:
             for rows in batches:
-                batch = self._decoder.pack(self._raw(rows), depth, tokens, kept, reads)
+                batch = self._decoder.pack(self._raw(rows), read)
                 batch = batch.pin_memory() if pin_memory and torch.cuda.is_available() else batch
                 yield batch if packed else expand(batch)
 
@@ -77,8 +77,7 @@ class OnlineSource:
             width: float | None = None, kinds: KindReads | None = None) -> dict[str, torch.Tensor]:
         """The rows `HSKStore.get` would return (the teacher runs on them now)."""
         rows = np.asarray(indices, dtype=np.int64).reshape(-1)
-        return self._decoder.to_torch(self._raw(rows), *self._decoder.resolve(depth, tokens, width),
-                                      self._decoder.resolve_kinds(kinds))
+        return self._decoder.to_torch(self._raw(rows), self._decoder.resolve(depth, tokens, width, kinds))
 
     def _raw(self, rows: np.ndarray) -> dict[str, np.ndarray]:
         """The teacher's stored rows for data rows `rows`, computed now."""

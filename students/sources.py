@@ -17,8 +17,8 @@ from hskcache.errors import UserError
 from hskcache.kinds import kind_settings
 from hskcache.options import STORE_HELP, flag_name, nested, setting
 
-ONLINE_FIELDS = ("data", "split", "student_layers", "ltop", "teacher_layers", "depth", "tokens", "token_strategy",
-                 "width", "width_strategy", "width_seed", "knowledge", "limit")  # and every kind's settings
+ONLINE_FIELDS = ("data", "split", "student_layers", "ltop", "teacher_layers", "token_strategy", "knowledge",
+                 "limit")  # and every kind's settings (the HSK's --depth/--tokens/--width/...)
 # `ExtractConfig` fields the online baseline takes from the run's own settings (`TrainConfig`).
 FROM_TRAINING = ("text_cols", "label_col", "max_length", "device", "dtype")
 

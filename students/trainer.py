@@ -35,7 +35,7 @@ from hskcache.errors import UserError
 from hskcache.device import DEVICES, DTYPES, autocast, check_dtype, pick_dtype
 from hskcache import hooks
 from hskcache.hskread import parse_triple
-from hskcache.kinds import KINDS, read_settings, refuse_unused, resolve_reads
+from hskcache.kinds import Read, read_settings, refuse_unused, resolve_reads
 from hskcache.meta import StoreMeta, to_json
 from hskcache.options import columns, complete_per_name, per_name, setting
 from hskcache.packed import PackedBatch, expand
@@ -81,7 +81,7 @@ class BatchSource(Protocol):
 
     def labels(self) -> np.ndarray: ...
 
-    def resolve(self, depth: int | None, tokens: int | None, width: float | None) -> tuple[int, int, int]: ...
+    def resolve(self, depth: int | None, tokens: int | None, width: float | None) -> Read: ...
 
     def batches(self, batch_size: int, shuffle: bool = True, seed: int = 0, epoch: int = 0,
                 depth: int | None = None, tokens: int | None = None, width: float | None = None,
@@ -232,10 +232,12 @@ class TrainConfig:
         """What a stage with these objectives reads (`BatchSource.batches`' read arguments): the HSK at
         --hsk when an objective compares it, else the least the source decodes; each opt-in kind an
         objective compares at its read settings (e.g. the relations at --att-read)."""
-        kinds = objective_kinds(objective)
-        depth, tokens, width = self.hsk if "hsk" in kinds and self.hsk is not None else (1, 1, None)
-        reads = {k: self.reads.get(k) for k in kinds if KINDS[k].opt_in}
-        return {"depth": depth, "tokens": tokens, "width": width, **({"kinds": reads} if reads else {})}
+        compared, out = objective_kinds(objective), {}
+        for kind in STUDENT_KINDS.values():  # each kind's part (`StudentKind.read`)
+            part = kind.read(self, kind.name in compared)
+            out |= {k: v for k, v in part.items() if k != "kinds"} | (
+                {"kinds": out.get("kinds", {}) | part["kinds"]} if "kinds" in part else {})
+        return out
 
     def identity(self) -> dict[str, Any]:
         """The settings a checkpoint must have been written with to be resumed; the run folder

@@ -74,3 +74,15 @@ def assert_same_store(got: str, want: str) -> None:
     attrs = [dict(zarr.open_group(hskcache.storage.Location.parse(u).zarr_store(read_only=True), mode="r").attrs)
              for u in (got, want)]
     assert attrs[0] == attrs[1] and attrs[0]["complete"]
+
+
+def store_shape(seq_len: int, vocab_size: int, num_logits: int, regression: bool, depth: int, tokens: int,
+                hidden: int, width: float, width_strategy: str = "mag", width_code: str = "bitmask",
+                values: str = "fp16", compress: str = "zstd", kinds=None):
+    """A `StoreShape` holding the HSK at (depth, tokens, width) with these settings (and `kinds`' records)."""
+    from hskcache.kinds.hsk import HSKRecord, HSKSettings
+    from hskcache.shape import StoreShape
+
+    hsk = HSKRecord.of(HSKSettings(depth, tokens, width, width_strategy, width_code=width_code, values=values),
+                       depth, tokens, hidden)
+    return StoreShape(seq_len, vocab_size, num_logits, regression, hidden, compress, {"hsk": hsk, **(kinds or {})})

@@ -51,7 +51,7 @@ def test_store_round_trip_matches_loops(att_store, teacher_dir, pair_csv, rows, 
         run_extract(teacher_dir, pair_csv, att_store, *ATT_FLAGS, "--device", device, "--dtype", "fp32")
     store = hskcache.open_store(att_store)
     spec = store.kinds["att"]
-    assert list(store.kinds) == ["att", "val"] and store.kinds["val"] == spec
+    assert list(store.kinds) == ["hsk", "att", "val"] and store.kinds["val"] == spec
     assert spec.layers == (1, 2) and spec.student_layers == (1, 2)
     n = 8
     got = store.get(list(range(n)), kinds=reads(rows, keys))
@@ -94,7 +94,7 @@ def test_budget_counts_relation_bytes(att_store):
     # per example: positions int16 (N_A, R), and per kind uint8 keys + fp16 probs (N_A, H, R, k), fp16 rest (N_A, H, R)
     expected = 2 * 5 * 2 + 2 * (2 * 4 * 5 * 6 * (1 + 2) + 2 * 4 * 5 * 2)
     assert relation_row_bytes(store) == expected
-    shape = StoreShape(MAX_LEN, 40, 2, False, 3, 4, 32, 0.25, "mag", kinds=store.kinds)
+    shape = StoreShape.of_store(store.meta)
     assert shape.bytes_by_group(10)["relations"] == expected * shape.rows_per_chunk(10) * -(-10 // shape.rows_per_chunk(10))
     # on disk (estimated): keys, probabilities and rest mass each by their measured ratio, att and val alike
     from hskcache.budget import estimated_disk

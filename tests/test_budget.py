@@ -20,6 +20,7 @@ from hskcache.layout import CHECKSUM_BYTES
 from hskcache.shape import StoreShape
 from hskcache.meta import synthetic_meta
 from hskcache.store import COMMITS, FORMAT, SCHEMA_VERSION, compressors
+from helpers import store_shape
 
 MNLI = budget.Setting(examples=392702, seq_len=128, student_layers=6, hidden=768)
 PLAN = ["budget", "--plan", "--examples", "392702", "--seq-len", "128", "--student-layers", "6",
@@ -120,7 +121,7 @@ def write_store(path: Path, shape: StoreShape, examples: int, student_layers: in
                                 dtype=np.uint8, compressors=compressors("none"))
     commits[:] = 1  # every chunk committed
     if shape.static_bytes():
-        zarr.create_array(store=str(path), name="static_dims", data=np.arange(shape.kept, dtype=np.int32),
+        zarr.create_array(store=str(path), name="static_dims", data=np.arange(shape.kinds["hsk"].kept, dtype=np.int32),
                           compressors=compressors("none"))
     meta = synthetic_meta(shape, examples, range(student_layers + 1), "test")
     group.attrs.update(meta.to_attrs() | {"format": FORMAT, "schema_version": SCHEMA_VERSION,
@@ -129,8 +130,8 @@ def write_store(path: Path, shape: StoreShape, examples: int, student_layers: in
 
 @pytest.mark.parametrize("width, strategy", [(0.1, "mag"), (0.5, "rand"), (1.0, "mag")])
 def test_plan_bytes_equal_a_real_store(tmp_path, capsys, width, strategy):
-    shape = StoreShape(seq_len=32, vocab_size=30522, num_logits=3, regression=False, depth=3, tokens=16,
-                       hidden=768, width=width, width_strategy=strategy, compress="none")
+    shape = store_shape(seq_len=32, vocab_size=30522, num_logits=3, regression=False, depth=3, tokens=16,
+                        hidden=768, width=width, width_strategy=strategy, compress="none")
     examples = 2 * shape.rows_per_chunk() + 3  # a padded edge chunk
     write_store(tmp_path / "s", shape, examples, student_layers=4)
     config = f"3,16,{width}"
@@ -152,7 +153,7 @@ def test_plan_bytes_equal_a_real_store(tmp_path, capsys, width, strategy):
 
 
 def test_store_mode_table_and_smaller_configs(tmp_path, capsys):
-    shape = StoreShape(32, 30522, 2, False, 3, 16, 64, 0.5, "mag")
+    shape = store_shape(32, 30522, 2, False, 3, 16, 64, 0.5, "mag")
     write_store(tmp_path / "s", shape, 10, student_layers=2)
     out = run(["budget", "--store", str(tmp_path / "s"), "--configs", "1,4,0.25", "3,16,0.5"], capsys)
     assert "on disk" in out and "width_code" in out

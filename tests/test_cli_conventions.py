@@ -131,7 +131,8 @@ def test_the_online_baseline_has_its_own_settings_and_no_store():
                           "--width", "0.5", "--seed", "9", "--max-length", "32"])
     extraction = source.extraction(cfg)
     assert extraction.store is None and (extraction.teacher, extraction.data) == ("T", "D")
-    assert (extraction.width, extraction.max_length, extraction.width_seed, cfg.seed) == (0.5, 32, 0, 9)
+    hsk = extraction.kinds["hsk"]
+    assert (hsk.width, extraction.max_length, hsk.width_seed, cfg.seed) == (0.5, 32, 0, 9)
     with pytest.raises(UserError, match="--teacher needs --data"):
         _train(["--teacher", "T", "--student", "X", "--out", "R"])
 
@@ -146,7 +147,7 @@ def test_old_spellings_still_work_with_one_warning(capsys):
     assert _deprecated("students train", "--cache", "--store") in capsys.readouterr().err
     run = _parse(hskcache_cli, ["extract", "--teacher", "T", "--data", "D", "--out", "S", "--seed", "3",
                                 "--student-layers", "2"])
-    assert (run.extraction.store, run.extraction.width_seed) == ("S", 3)
+    assert (run.extraction.store, run.extraction.kinds["hsk"].width_seed) == ("S", 3)
     err = capsys.readouterr().err
     assert _deprecated("hskcache extract", "--out", "--store") in err
     assert _deprecated("hskcache extract", "--seed", "--width-seed") in err
@@ -171,7 +172,7 @@ def test_extract_toml_accepts_the_old_keys_with_a_warning(tmp_path, capsys):
     toml.write_text('teacher = "T"\ndata = "D"\nout = "S"\nseed = 2\nteacher_layers = [0, 1, 2]\n')
     capsys.readouterr()
     cfg = build_config({}, str(toml))
-    assert (cfg.store, cfg.width_seed, cfg.teacher_layers) == ("S", 2, (0, 1, 2))
+    assert (cfg.store, cfg.kinds["hsk"].width_seed, cfg.teacher_layers) == ("S", 2, (0, 1, 2))
     err = capsys.readouterr().err
     assert _deprecated("hskcache", f"config key 'out' in {toml}", "'store'") in err
     assert _deprecated("hskcache", f"config key 'seed' in {toml}", "'width_seed'") in err
@@ -226,7 +227,7 @@ def test_a_toml_string_of_digits_reads_like_the_flag(tmp_path):
     path = tmp_path / "extract.toml"
     path.write_text('teacher = "T"\ndata = "D"\nstore = "S"\nstudent_layers = "2"\ntokens = "8"\nwidth = 1\n')
     cfg = build_config({}, str(path))
-    assert (cfg.student_layers, cfg.tokens, cfg.width) == (2, 8, 1.0)
+    assert (cfg.student_layers, cfg.kinds["hsk"].tokens, cfg.kinds["hsk"].width) == (2, 8, 1.0)
 
 
 def test_extract_without_a_store_is_one_line(capsys):
@@ -237,8 +238,8 @@ def test_extract_without_a_store_is_one_line(capsys):
 
 def test_tokens_default_to_at_most_the_length():
     flags = {"teacher": "T", "data": "D", "store": "S", "student_layers": 2}
-    assert build_config(flags | {"max_length": 24}).tokens == 24
-    assert build_config(flags).tokens == 50
+    assert build_config(flags | {"max_length": 24}).kinds["hsk"].tokens == 24
+    assert build_config(flags).kinds["hsk"].tokens == 50
     with pytest.raises(UserError, match="--tokens 30 is above --max-length 24"):
         build_config(flags | {"max_length": 24, "tokens": 30})
 

@@ -168,9 +168,9 @@ def test_store_matches_a_plain_forward(family_store, pair_csv, device, tmp_path)
     for handle in handles:
         handle.remove()
     store = hskcache.open_store(store_path)
-    got = store.get(np.arange(n), kinds={k: RelationRead() for k in store.kinds})
+    got = store.get(np.arange(n), kinds={k: RelationRead() for k in store.kinds if k != "hsk"})
     exp_pos, exp_hsk = expected_selection(enc, out, tok.sep_token_id, store.teacher_layers, LAYERS,
-                                          store.config.depth, 4, "att-nosep", 1.0, "mag")
+                                          store.depth, 4, "att-nosep", 1.0, "mag")
     np.testing.assert_array_equal(got["positions"].numpy(), exp_pos)
     np.testing.assert_allclose(got["hsk"].numpy(), exp_hsk, atol=2e-3, rtol=2e-3)
     np.testing.assert_allclose(got["logits"].numpy(), out.logits.numpy(), atol=1e-5)
@@ -498,7 +498,7 @@ def test_a_teacher_without_post_softmax_attention_extracts_with_left_only(tmp_pa
         out = teacher_model(teacher_dir)(**enc, output_hidden_states=True, output_attentions=True)
     store = hskcache.open_store(tmp_path / "s")
     got = store.get(np.arange(len(texts_a)))
-    exp_pos, exp_hsk = expected_selection(enc, out, tok.sep_token_id, store.teacher_layers, 2, store.config.depth,
+    exp_pos, exp_hsk = expected_selection(enc, out, tok.sep_token_id, store.teacher_layers, 2, store.depth,
                                           4, "left", 1.0, "mag")
     np.testing.assert_array_equal(got["positions"].numpy(), exp_pos)
     np.testing.assert_allclose(got["hsk"].numpy(), exp_hsk, atol=2e-3, rtol=2e-3)

@@ -20,7 +20,7 @@ from hskcache.layout import ArraySpec
 from hskcache.options import setting
 from hskcache.shape import StoreShape
 from reference import teacher_outputs
-from helpers import MAX_LEN, run_extract
+from helpers import MAX_LEN, run_extract, store_shape
 
 
 @dataclass(frozen=True)
@@ -99,8 +99,9 @@ def test_an_opt_in_kind_with_its_own_flag_extracts_reads_and_trains(toy_kind, te
     run_extract(teacher_dir, single_csv, tmp_path / "plain", *common)
     run_extract(teacher_dir, single_csv, tmp_path / "cls", *common, "--knowledge", "hsk,cls", "--cls-layer", 1)
     plain, store = hskcache.open_store(tmp_path / "plain"), hskcache.open_store(tmp_path / "cls")
-    assert "cls" not in plain.kinds and plain.meta.config.kinds == {}  # opt-in: only stored when asked for
-    assert store.kinds == {"cls": ClsSettings(1)} and store.meta.config.kinds == {"cls": ClsSettings(1)}
+    assert "cls" not in plain.kinds and set(plain.meta.config.kinds) == {"hsk"}  # opt-in: only stored when asked for
+    assert store.kinds == plain.kinds | {"cls": ClsSettings(1)}
+    assert store.meta.config.kinds == plain.meta.config.kinds | {"cls": ClsSettings(1)}
     rows = list(range(store.num_examples))
     before = plain.get(rows)
     batch = store.get(rows, kinds={"cls": None})
@@ -179,7 +180,7 @@ def test_every_kind_names_its_arrays_once():
     """The store's arrays are the kinds' arrays, each owned by one kind (the relation kinds share
     their query rows)."""
     spec = RelationSpec((1,), (1,), (1,), 2, 3, 4, 8, "att")
-    shape = StoreShape(8, 100, 2, False, 2, 3, 16, 0.5, "mag", values="int8", kinds={"att": spec, "val": spec})
+    shape = store_shape(8, 100, 2, False, 2, 3, 16, 0.5, "mag", values="int8", kinds={"att": spec, "val": spec})
     owners: dict[str, set[str]] = {}
     for kind in KINDS.values():
         if kind.stored(shape):
@@ -187,7 +188,7 @@ def test_every_kind_names_its_arrays_once():
                 owners.setdefault(a.name, set()).add(kind.name)
     assert [a.name for a in shape.arrays()] == list(owners)
     assert {n: o for n, o in owners.items() if len(o) > 1} == {"rel_positions": {"att", "val"}}
-    assert not KINDS["att"].stored(StoreShape(8, 100, 2, False, 2, 3, 16, 0.5, "mag"))  # opt-in
+    assert not KINDS["att"].stored(store_shape(8, 100, 2, False, 2, 3, 16, 0.5, "mag"))  # opt-in
 
 
 @pytest.mark.parametrize("name", list(KINDS))

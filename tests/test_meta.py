@@ -30,7 +30,7 @@ def test_attributes_round_trip_exactly(task):
     assert meta.to_attrs() == {k: v for k, v in attrs.items() if k not in BOOKKEEPING}
     assert meta.identity == attrs["identity"]  # derived from the fields: one home for what identifies a store
     store = hskcache.open_store(task.store)
-    assert store.meta == meta and store.config.tokens == attrs["config"]["tokens"]
+    assert store.meta == meta and store.tokens == attrs["kinds"]["hsk"]["tokens"] == store.config.kinds["hsk"].tokens
     assert store.config.teacher_layers == tuple(attrs["teacher_layers"])
 
 
@@ -40,13 +40,13 @@ def test_settings_are_the_stored_extract_flags():
 
 
 @pytest.mark.parametrize("change, name", [
-    (lambda a: a.pop("kept"), "kept"),
-    (lambda a: a["config"].pop("width_seed"), "config.width_seed"),
-    (lambda a: a["config"].update(tokens="8"), "config.tokens"),
+    (lambda a: a["kinds"]["hsk"].pop("kept"), "kinds.hsk.kept"),
+    (lambda a: a["config"]["kinds"]["hsk"].pop("width_seed"), "config.kinds.hsk.width_seed"),
+    (lambda a: a["config"]["kinds"]["hsk"].update(tokens="8"), "config.kinds.hsk.tokens"),
     (lambda a: a["tokenizer"].update(vocab_size=None), "tokenizer.vocab_size"),
     (lambda a: a.update(regression=0), "regression"),
-    (lambda a: a.update(kinds={"att": {"heads": 2}}), "kinds.att.layers"),
-    (lambda a: a.update(kinds={"toy": {}}), "kinds.toy"),
+    (lambda a: a["kinds"].update(att={"heads": 2}), "kinds.att.layers"),
+    (lambda a: a["kinds"].update(toy={}), "kinds.toy"),
 ])
 def test_bad_attributes_are_one_line_at_open(task, tmp_path, capsys, change, name):
     bad = tmp_path / "bad"

@@ -55,7 +55,7 @@ def test_codes_and_compression_decode_to_identical_batches(stores):
         return [type(c).__name__ for c in zarr.open_group(str(stores[name].path), mode="r")["values"].compressors]
 
     assert codecs("bitmask") == ["BloscCodec", "Crc32cCodec"] and codecs("none") == ["Crc32cCodec"]  # always checksummed
-    assert stores["rank"].meta.width_encoding == "rank"
+    assert stores["rank"].width_encoding == "rank"
 
 
 @pytest.mark.parametrize("through_zarr", [False, True])

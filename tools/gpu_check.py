@@ -66,12 +66,13 @@ def cuda_tests(timeout: int) -> tuple[list[Row], bool]:
 def extraction(teacher: Path, data: Path, store: Path, examples: int, device: str, dtype: str,
                hsk: tuple[int, int, float]) -> float:
     """Rows/s of a whole `hskcache extract` (teacher load included) on `device`."""
-    from hskcache.config import ExtractConfig
+    from hskcache.config import build_config
     from hskcache.extract import extract
 
     depth, tokens, width = hsk
-    cfg = ExtractConfig(str(teacher), str(data), str(store), student_layers=3, depth=depth, tokens=tokens, width=width,
-                        max_length=128, batch_size=128, device=device, dtype=dtype, overwrite=True)
+    cfg = build_config(dict(teacher=str(teacher), data=str(data), store=str(store), student_layers=3, depth=depth,
+                            tokens=tokens, width=width, max_length=128, batch_size=128, device=device, dtype=dtype,
+                            overwrite=True))
     start = time.perf_counter()
     extract(cfg, progress=False)
     return examples / (time.perf_counter() - start)

@@ -48,12 +48,9 @@ WHOLE: Cut = (slice(None),)
 
 @dataclass(frozen=True)
 class Read:
-    """What one read asks of the store: the HSK at (depth, tokens, kept), and each opt-in kind
-    it includes with that kind's resolved read (`Kind.resolve_read`). Resolved against the store."""
+    """What one read asks of the store: each kind it includes with that kind's resolved read
+    (`Kind.resolve_read`; the HSK's always, an opt-in kind's when asked). Resolved against the store."""
 
-    depth: int
-    tokens: int
-    kept: int
     kinds: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -67,7 +64,7 @@ class TeacherInfo:
     heads: int
     hidden: int
     seq_len: int  # --max-length
-    tokens: int  # N^L of the HSK
+    tokens: int  # N^L of the HSK (relation rows default to it)
     token_strategy: str
 
 
@@ -101,13 +98,20 @@ class Kind:
     read_settings: type | None = None  # its read parameters, the same way: `students train` flags
     record: type | None = None  # what a store records of it (`StoreMeta.kinds`), `resolve`'s result
 
+    def complete(self, settings: Any, max_length: int) -> Any:
+        """Its settings with what depends on the run's other settings filled in (the HSK's N^L: at most
+        --max-length), before anything is recorded; a combination it cannot store is refused."""
+        return settings
+
     def resolve(self, settings: Any, teacher: TeacherInfo) -> Any:
         """Its settings resolved against the teacher: what a store holding it records (a `record`)."""
         return settings
 
-    def resolve_read(self, record: Any, read: Any, where: str) -> Any:
-        """A read's settings (`read_settings`) checked against what the store records: the read
-        its `cuts` and `pack` get (`Read.kinds`). Refuses, in one line, what the store cannot serve."""
+    def resolve_read(self, record: Any, read: Any, where: str, shape: StoreShape | None = None,
+                     static: Mapping[str, np.ndarray] | None = None) -> Any:
+        """A read's settings (`read_settings`) checked against what the store records (and, where a
+        kind needs them, the store's shape and once-per-store arrays): the read its `cuts`, `pack` and
+        `expand` get (`Read.kinds`). Refuses, in one line, what the store cannot serve."""
         return read
 
     def describe(self, record: Any) -> str:
@@ -210,19 +214,26 @@ def kind_settings() -> dict[str, type]:
     return {name: kind.settings for name, kind in KINDS.items() if kind.settings is not None}
 
 
+def opt_in_settings() -> dict[str, type]:
+    """The opt-in kinds' extraction settings classes (`hskcache budget --plan`, whose configurations
+    give the HSK's amount and whose own flags its width strategy, code and value format)."""
+    return {name: cls for name, cls in kind_settings().items() if KINDS[name].opt_in}
+
+
 def read_settings() -> dict[str, type]:
     """Every kind's read settings class, by kind name."""
     return {name: kind.read_settings for name, kind in KINDS.items() if kind.read_settings is not None}
 
 
-def resolve_reads(records: Mapping[str, Any], asked: Mapping[str, Any], where: str) -> dict[str, Any]:
+def resolve_reads(records: Mapping[str, Any], asked: Mapping[str, Any], where: str,
+                  shape: StoreShape | None = None, static: Mapping[str, np.ndarray] | None = None) -> dict[str, Any]:
     """Each asked kind's read (`asked`: kind name -> its read settings) checked against what a
     store records (`records`, `StoreMeta.kinds`): the `Read.kinds` of a read."""
     out = {}
     for name, read in asked.items():
         if name not in records:
             raise UserError(f"the store holds no {name} knowledge ({where}); extract with --knowledge hsk,{name}")
-        out[name] = KINDS[name].resolve_read(records[name], read, where)
+        out[name] = KINDS[name].resolve_read(records[name], read, where, shape, static)
     return out
 
 

@@ -1,23 +1,34 @@
 """Hidden-state knowledge: the selected layers × tokens × activations (`hskcache.selection`),
-coded by `hskcache.packed` (values fp16 or int8, kept dimensions as a width code)."""
+coded by `hskcache.packed` (values fp16 or int8, kept dimensions as a width code).
+
+Its settings (`HSKSettings`: N^D, N^L, N^W, the width strategy, seed and code, the value
+format) are `extract` flags like any kind's; what a store records of it (`HSKRecord`) is
+them resolved against the teacher (N^D, N^L and K filled in); a read (`HSKRead`: the
+`depth`, `tokens`, `width` of `HSKStore.get`/`batches`, the trainer's `--hsk`) is checked
+against the record here, in one place (`HSK.resolve_read`)."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from .. import widthcode
-from ..layout import ArraySpec
+from ..errors import UserError
+from ..layout import VALUE_FORMATS, ArraySpec
+from ..options import setting
 from ..packed import encode_hsk, expand_hsk
-from ..selection import WIDTH_STRATEGIES, select_hsk
-from .base import Cut, Kind, Read, TeacherForward, register
+from ..selection import WIDTH_STRATEGIES, kept_width, select_hsk, static_dims
+from .base import Cut, Kind, Read, TeacherForward, TeacherInfo, register
 
 if TYPE_CHECKING:
     from ..shape import StoreShape
     from ..packed import PackedBatch
 
+
+DEFAULT_TOKENS = 50  # N^L when --tokens is not given (capped at --max-length)
 
 # Measured disk ratios (`ArraySpec.disk_ratio`) on stores of the packaged MiniLM (d_T = 384) over 3000
 # movie reviews, max length 64: fp16 values (blosc-lz4, bit-shuffled), bitmasks and positions at
@@ -25,6 +36,81 @@ if TYPE_CHECKING:
 # grows (1.59 at N^W = 0.2); int8 values, their scales and rank codes at (4,16,0.2). Indices: none.
 VALUE_RATIOS = {"fp16": 1.21, "int8": 1.25}
 WIDTH_CODE_RATIOS = {"bitmask": 2.05, "rank": 1.16}
+
+
+@dataclass(frozen=True)
+class HSKSettings:
+    """The HSK's extraction parameters (each an `extract` flag and TOML key, recorded in the store)."""
+
+    depth: int | None = setting(None, "N^D: the top N^D pairs (default all L'+1)")
+    tokens: int | None = setting(None, "N^L: most tokens per layer, at most --max-length",
+                                 show_default=f"{DEFAULT_TOKENS}, or --max-length if smaller")
+    width: float = setting(1.0, "N^W: fraction of activations kept, (0, 1]")
+    width_strategy: str = setting("mag", " | ".join(WIDTH_STRATEGIES))
+    width_seed: int = setting(0, "seed of the rand width mask", aliases=("--seed",))
+    width_code: str = setting(widthcode.DEFAULT, "how mag's kept dimensions are stored: "
+                              + " | ".join(widthcode.WIDTH_CODES))
+    values: str = setting("fp16", "fp16 | int8 (lossy: int8 with a per-vector absmax scale)")
+
+    def __post_init__(self) -> None:
+        if not 0 < self.width <= 1:
+            raise UserError(f"--width must be in (0, 1], got {self.width}: it is the fraction of activations kept")
+        if self.tokens is not None and self.tokens < 1:
+            raise UserError(f"--tokens must be at least 1, got {self.tokens}")
+        if self.width_strategy not in WIDTH_STRATEGIES:
+            raise UserError(f"--width-strategy {self.width_strategy!r} is unknown; use one of {', '.join(WIDTH_STRATEGIES)}")
+        if self.width_code not in widthcode.WIDTH_CODES:
+            raise UserError(f"--width-code {self.width_code!r} is unknown; use one of {', '.join(widthcode.WIDTH_CODES)}")
+        if self.values not in VALUE_FORMATS:
+            raise UserError(f"--values {self.values!r} is unknown; use one of {', '.join(VALUE_FORMATS)}")
+
+
+@dataclass(frozen=True)
+class HSKRecord:
+    """What a store records of its HSK: the settings resolved against the teacher."""
+
+    depth: int  # N^D: stored layer pairs
+    tokens: int  # N^L
+    width: float  # N^W
+    kept: int  # K = round(N^W × d_T)
+    width_strategy: str
+    width_seed: int
+    width_code: str
+    width_encoding: str | None  # width code of per-vector masks; None: nothing per vector
+    values: str  # fp16 | int8
+
+    @classmethod
+    def of(cls, settings: HSKSettings, depth: int, tokens: int, hidden: int) -> "HSKRecord":
+        """The record of `settings` at (depth, tokens) for a teacher of width `hidden`."""
+        kept = kept_width(settings.width, hidden)
+        per_vector = not WIDTH_STRATEGIES[settings.width_strategy].static and kept < hidden
+        return cls(depth, tokens, settings.width, kept, settings.width_strategy, settings.width_seed,
+                   settings.width_code, settings.width_code if per_vector else None, settings.values)
+
+    @property
+    def static(self) -> bool:
+        """A static width strategy: the same kept dimensions in every vector."""
+        return WIDTH_STRATEGIES[self.width_strategy].static
+
+
+@dataclass(frozen=True)
+class HSKRead:
+    """A read of the HSK: (N^D, N^L, N^W) at or below the stored, None as stored."""
+
+    depth: int | None = None
+    tokens: int | None = None
+    width: float | None = None
+
+
+@dataclass(frozen=True)
+class HSKCut:
+    """An HSK read resolved against a store (`HSK.resolve_read`): what its `cuts` and `expand` use."""
+
+    depth: int
+    tokens: int
+    kept: int  # K' of the read
+    columns: Tensor | None = None  # rand/uniform: stored value columns the read keeps
+    dims: Tensor | None = None  # rand/uniform: their dimensions, ascending
 
 
 class HSK(Kind):
@@ -35,61 +121,123 @@ class HSK(Kind):
     order = 20
     groups = ("positions", "values", "mask")
     listed = True  # `--knowledge hsk` (always stored: a store is an HSK store)
+    settings = HSKSettings
+    record = HSKRecord  # its reads are `HSKRead`s, built from `get`/`batches`' depth, tokens, width keywords
+    # (`students train --hsk`), not `read_settings` flags
+
+    def complete(self, settings: HSKSettings, max_length: int) -> HSKSettings:
+        """N^L defaults to DEFAULT_TOKENS (at most --max-length), resolved before anything is recorded;
+        more tokens than a row has are refused."""
+        if settings.tokens is None:
+            return replace(settings, tokens=min(DEFAULT_TOKENS, max_length))
+        if settings.tokens > max_length:
+            raise UserError(f"--tokens {settings.tokens} is above --max-length {max_length}: a row has at most "
+                            f"{max_length} tokens to keep; pass --tokens {max_length} or less")
+        return settings
+
+    def resolve(self, settings: HSKSettings, teacher: TeacherInfo) -> HSKRecord:
+        """N^D defaults to every layer pair (L'+1); K from N^W and the teacher's width."""
+        pairs = len(teacher.teacher_layers)
+        if settings.depth is not None and not 1 <= settings.depth <= pairs:
+            raise UserError(f"--depth {settings.depth} is out of range: there are {pairs} student/teacher "
+                            "layer pairs (L'+1)")
+        return HSKRecord.of(settings, settings.depth or pairs, settings.tokens or teacher.seq_len, teacher.hidden)
+
+    def describe(self, record: HSKRecord) -> str:
+        return (f"(N^D, N^L, N^W) = ({record.depth}, {record.tokens}, {record.width}), {record.kept} dims kept "
+                f"({record.width_strategy}), width code {record.width_encoding or 'none'}, {record.values} values")
+
+    def resolve_read(self, record: HSKRecord, read: HSKRead, where: str, shape: StoreShape | None = None,
+                     static: Mapping[str, np.ndarray] | None = None) -> HSKCut:
+        """(depth, tokens, kept) of a read, None as stored, and a static strategy's columns: the one check
+        of whether a read can be served (every reader and the trainer's `--hsk` use it)."""
+        hidden, static = shape.hidden, (static or {}).get("static_dims")
+        depth = record.depth if read.depth is None else read.depth
+        tokens = record.tokens if read.tokens is None else read.tokens
+        kept = record.kept if read.width is None else kept_width(read.width, hidden)
+        stored = f"the store holds depth {record.depth}, tokens {record.tokens}, width {record.width} ({where})"
+        if not 1 <= depth <= record.depth:
+            raise UserError(f"depth {depth} is not available: {stored}")
+        if not 1 <= tokens <= record.tokens:
+            raise UserError(f"tokens {tokens} is not available: {stored}")
+        if (read.width is not None and not 0 < read.width <= 1) or kept > record.kept:
+            raise UserError(f"width {read.width} is not available: {stored}")
+        if not record.static:
+            return HSKCut(depth, tokens, kept)
+        base = np.sort(static) if static is not None else np.arange(hidden)
+        cols = self._width_columns(record, kept, hidden, base)
+        return HSKCut(depth, tokens, kept, torch.from_numpy(cols.astype(np.int64)),
+                      torch.from_numpy(base[cols].astype(np.int64)))
+
+    @staticmethod
+    def _width_columns(record: HSKRecord, kept: int, hidden: int, stored: np.ndarray) -> np.ndarray:
+        """Static strategies: the stored columns that a smaller width keeps (a subset of the stored ones)."""
+        if kept == record.kept:
+            return np.arange(len(stored))
+        wanted = np.sort(static_dims(record.width_strategy, hidden, kept, record.width_seed).numpy())
+        columns = np.searchsorted(stored, wanted)
+        if not np.array_equal(stored[np.minimum(columns, len(stored) - 1)], wanted):
+            raise UserError(f"{record.width_strategy} width {kept}/{hidden} is not a subset of the stored "
+                            f"dimensions; extract at that width")
+        return columns
 
     def arrays(self, shape: StoreShape) -> list[ArraySpec]:
-        vectors = (shape.depth, shape.tokens)
+        hsk: HSKRecord = shape.kinds["hsk"]
+        vectors = (hsk.depth, hsk.tokens)
         specs = [
             ArraySpec("positions", vectors, np.dtype(np.int16), "positions", fill=-1, disk_ratio=2.45),
-            ArraySpec("values", (*vectors, shape.kept), np.dtype(np.float16 if shape.values == "fp16" else np.int8),
-                      "values", "blosc-lz4-bitshuffle" if shape.values == "fp16" else "zstd",
-                      disk_ratio=VALUE_RATIOS[shape.values]),
+            ArraySpec("values", (*vectors, hsk.kept), np.dtype(np.float16 if hsk.values == "fp16" else np.int8),
+                      "values", "blosc-lz4-bitshuffle" if hsk.values == "fp16" else "zstd",
+                      disk_ratio=VALUE_RATIOS[hsk.values]),
         ]
-        if shape.values == "int8":
+        if hsk.values == "int8":
             specs.append(ArraySpec("value_scale", vectors, np.dtype(np.float16), "values", disk_ratio=1.25))
-        if shape.width_encoding is not None:
-            nbytes = widthcode.code_bytes(shape.width_encoding, shape.hidden, shape.kept)
+        if hsk.width_encoding is not None:
+            nbytes = widthcode.code_bytes(hsk.width_encoding, shape.hidden, hsk.kept)
             specs.append(ArraySpec("width_code", (*vectors, nbytes), np.dtype(np.uint8), "mask",
-                                   disk_ratio=WIDTH_CODE_RATIOS.get(shape.width_encoding, 1.0)))
+                                   disk_ratio=WIDTH_CODE_RATIOS.get(hsk.width_encoding, 1.0)))
         return specs
 
     def static_arrays(self, shape: StoreShape) -> list[ArraySpec]:
         """A static width strategy keeps the same dimensions in every vector: stored once
         (`selection.WIDTH_STRATEGIES`)."""
-        if WIDTH_STRATEGIES[shape.width_strategy].static and shape.kept < shape.hidden:
-            return [ArraySpec("static_dims", (shape.kept,), np.dtype(np.int32), "mask", codec="none")]
+        hsk: HSKRecord = shape.kinds["hsk"]
+        if hsk.static and hsk.kept < shape.hidden:
+            return [ArraySpec("static_dims", (hsk.kept,), np.dtype(np.int32), "mask", codec="none")]
         return []
 
     def encode(self, forward: TeacherForward) -> dict[str, np.ndarray]:
         """Selection, the value format and bit packing on the teacher's device; other width
         codes are made from the bitmask on the host."""
-        shape, out = forward.shape, forward.out
+        shape, out, hsk = forward.shape, forward.out, forward.shape.kinds["hsk"]
         sel = select_hsk(forward.plan, out.hidden_states, out.attentions, forward.masks["attention_mask"],
                          forward.masks["sep_mask"])
-        stored = encode_hsk(sel, shape.hidden, shape.values, shape.width_encoding is not None)
+        stored = encode_hsk(sel, shape.hidden, hsk.values, hsk.width_encoding is not None)
         rows = {name: value.cpu().numpy() for name, value in stored.items()}
-        if shape.width_encoding is not None and shape.width_encoding != "bitmask":
+        if hsk.width_encoding is not None and hsk.width_encoding != "bitmask":
             bits = rows["width_code"]
-            codes = widthcode.from_bitmask(bits.reshape(-1, bits.shape[-1]), shape.hidden, shape.kept,
-                                           shape.width_encoding)
+            codes = widthcode.from_bitmask(bits.reshape(-1, bits.shape[-1]), shape.hidden, hsk.kept,
+                                           hsk.width_encoding)
             rows["width_code"] = codes.reshape(*bits.shape[:-1], -1)
         return rows
 
     def cuts(self, shape: StoreShape, read: Read) -> dict[str, Cut]:
         """The top `depth` stored layers and the first `tokens` positions (rows are importance-ordered)."""
-        cut = (slice(None), slice(shape.depth - read.depth, None), slice(None, read.tokens))
+        own: HSKCut = read.kinds["hsk"]
+        cut = (slice(None), slice(shape.kinds["hsk"].depth - own.depth, None), slice(None, own.tokens))
         return {a.name: cut for a in self.arrays(shape)}
 
     def pack(self, shape: StoreShape, rows: dict[str, np.ndarray], names: Sequence[str],
              read: Read) -> dict[str, Tensor]:
         """Rank and index width codes become bitmasks, what a `PackedBatch` carries."""
-        out = super().pack(shape, rows, names, read)
-        if shape.width_code != "bitmask" and "width_code" in out:  # the store's width encoding is its width code
+        out, hsk = super().pack(shape, rows, names, read), shape.kinds["hsk"]
+        if hsk.width_code != "bitmask" and "width_code" in out:  # the store's width encoding is its width code
             codes = rows["width_code"]
-            bits = widthcode.to_bitmask(codes.reshape(-1, codes.shape[-1]), shape.hidden, shape.kept, shape.width_code)
+            bits = widthcode.to_bitmask(codes.reshape(-1, codes.shape[-1]), shape.hidden, hsk.kept, hsk.width_code)
             out["width_code"] = torch.from_numpy(np.ascontiguousarray(bits.reshape(*codes.shape[:-1], -1)))
         return out
 
     def expand(self, tensors: dict[str, Tensor], batch: PackedBatch) -> dict[str, Tensor]:
-        return expand_hsk(tensors, batch)
+        return expand_hsk(tensors, batch.hidden, batch.read.kinds["hsk"])
 
 register(HSK())

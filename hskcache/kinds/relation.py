@@ -14,7 +14,7 @@ Relation arrays (first axis: examples), for N_A layers, H heads, R rows, k keys:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -111,7 +111,8 @@ class RelationKind(Kind):
         return RelationSpec(layers, student_layers, rank, teacher.heads, min(rows, teacher.seq_len), keys,
                             teacher.seq_len, teacher.token_strategy)
 
-    def resolve_read(self, spec: RelationSpec, read: RelationRead, where: str) -> tuple[int, int]:
+    def resolve_read(self, spec: RelationSpec, read: RelationRead, where: str, shape: StoreShape | None = None,
+                     static: Mapping[str, np.ndarray] | None = None) -> tuple[int, int]:
         """(rows, keys) of a read, None as stored; more than the store holds is refused."""
         rows, keys = read.att_read
         rows = spec.rows if rows is None else rows

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
 
     from hskcache.meta import StoreMeta
     from students.losses import LossSettings
+    from students.trainer import TrainConfig
 
 # (what the kind's `student` gave, the batch dictionary, the run's loss settings) -> the loss
 Loss = Callable[[Any, dict[str, Tensor], "LossSettings"], Tensor]
@@ -57,6 +58,11 @@ class StudentKind:
     def held(self, meta: StoreMeta) -> bool:
         """Whether the source holds this kind: an opt-in kind (`--knowledge`) only when it records it."""
         return not KINDS[self.name].opt_in or self.name in meta.kinds
+
+    def read(self, run: TrainConfig, compared: bool) -> dict[str, Any]:
+        """This kind's part of what a stage reads (`BatchSource.batches`' read keywords; `compared`: whether
+        one of the stage's objectives compares it): an opt-in kind's read settings when compared."""
+        return {"kinds": {self.name: run.reads.get(self.name)}} if compared and KINDS[self.name].opt_in else {}
 
     def check(self, meta: StoreMeta, config: PretrainedConfig, student: str) -> None:
         """Refuse, in one line, a student (`config`, from folder `student`) its objectives cannot train."""

@@ -2,12 +2,16 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from torch import Tensor
 
 from students.losses import projected_hsk_loss
 
 from .base import Objective, StudentForward, StudentKind, register
+
+if TYPE_CHECKING:
+    from students.trainer import TrainConfig
 
 
 def gather_projected(states: Tensor, positions: Tensor, projection: Callable[[Tensor], Tensor]) -> Tensor:
@@ -24,6 +28,12 @@ class HSK(StudentKind):
                                                      s.width_loss, s.denominator),
         "HSK MSE (Hid-Seq on the selected tokens and activations)")}
     hidden_states = True
+
+    def read(self, run: TrainConfig, compared: bool) -> dict[str, Any]:
+        """The HSK at --hsk when an objective compares it, else the least the source decodes (one token of
+        the top stored layer): `batches`' depth, tokens, width keywords."""
+        depth, tokens, width = run.hsk if compared and run.hsk is not None else (1, 1, None)
+        return {"depth": depth, "tokens": tokens, "width": width}
 
     def student(self, forward: StudentForward, batch: dict[str, Tensor]) -> list[Tensor]:
         """The projected student vectors at the stored positions, one (B, N_L, d_T) per stored

@@ -29,7 +29,7 @@ from unittest import mock
 
 import torch
 
-from hskcache.config import ExtractConfig
+from hskcache.config import ExtractConfig, build_config
 from hskcache.data import load_texts, tokenize_batch
 from hskcache.extract import extract
 from hskcache.teacher import Teacher, load_teacher
@@ -92,8 +92,8 @@ def main() -> None:
     }
     bare_cfg = ExtractConfig(teacher, data, "", student_layers=3, max_length=args.max_length,
                              batch_size=args.batch_size, device=args.device)
-    runs = {name: ExtractConfig(teacher, data, str(work / "store"), max_length=args.max_length,
-                                batch_size=args.batch_size, device=args.device, **settings)
+    runs = {name: build_config(dict(teacher=teacher, data=data, store=str(work / "store"), max_length=args.max_length,
+                                    batch_size=args.batch_size, device=args.device, **settings))
             for name, settings in configs.items()}
     bare_forward(bare_cfg)  # warm-up: allocator, thread pools, file cache
     # Each extraction is paired with a teacher-only run just before it.

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import psutil
 
-from hskcache.config import ExtractConfig
+from hskcache.config import build_config
 from hskcache.extract import extract
 from hskcache.store import on_disk_bytes
 
@@ -52,8 +52,9 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
     work, teacher, data = workspace(args.examples)
-    extract(ExtractConfig(str(teacher), str(data), str(work / "small"), student_layers=3, depth=4, tokens=16, width=0.2,
-                          max_length=args.max_length, batch_size=64), progress=False)
+    extract(build_config(dict(teacher=str(teacher), data=str(data), store=str(work / "small"), student_layers=3,
+                              depth=4, tokens=16, width=0.2, max_length=args.max_length, batch_size=64)),
+            progress=False)
     subprocess.run([str(STUDENTS), "build", "tinybert", "--init", "random", "--teacher", str(teacher), "--preset", "tinybert-3s",
                     "--out", str(work / "student")], check=True, capture_output=True)
     print(f"machine: {platform.machine()}, {args.threads} thread(s), CPU; tinybert-3s, HSK (4,16,0.2) then predictions, "

@@ -39,6 +39,7 @@ from hskcache.data import tokenize_batch
 from hskcache.embedded import minilm_encoder, movie_corpus
 from hskcache.extract import BackgroundWriter, batch_rows
 from hskcache.meta import synthetic_meta
+from hskcache.kinds.hsk import HSKRecord, HSKSettings
 from hskcache.shape import StoreShape
 from hskcache.selection import SelectionPlan, layer_map
 from hskcache.store import StoreWriter
@@ -94,7 +95,8 @@ def run(config: tuple[int, int, float], rows: int, tokens: list[dict[str, np.nda
     teacher_layers = layer_map(STUDENT_LAYERS, LAYERS)
     plan = SelectionPlan.build(teacher_layers, LAYERS, depth, n_tokens, "att-nosep-top", width, "mag", HIDDEN)
     seq = tokens[0]["input_ids"].shape[1]
-    shape = StoreShape(seq, vocab, 2, False, depth, n_tokens, HIDDEN, width, "mag")
+    hsk = HSKRecord.of(HSKSettings(depth, n_tokens, width), depth, n_tokens, HIDDEN)
+    shape = StoreShape(seq, vocab, 2, False, HIDDEN, kinds={"hsk": hsk})
     meta = synthetic_meta(shape, rows, teacher_layers, "bench")
     bs = len(tokens[0]["input_ids"])
 

@@ -24,7 +24,7 @@ import boto3
 import torch
 
 import hskcache
-from hskcache.config import ExtractConfig
+from hskcache.config import build_config
 from hskcache.extract import extract
 from hskcache.storage import Location
 
@@ -64,8 +64,8 @@ def main() -> None:
         print(f"{'store':<10}{'rows':>8}{'local open':>12}{'S3 open':>9}{'local rows/s':>14}{'S3 rows/s':>12}"
               f"{'local / S3':>12}")
         for (name, settings), rows in zip(CONFIGS.items(), args.rows):
-            cfg = ExtractConfig(str(teacher), str(data), str(work / f"small-{name}"), student_layers=3,
-                                max_length=128, batch_size=64, **settings)
+            cfg = build_config(dict(teacher=str(teacher), data=str(data), store=str(work / f"small-{name}"),
+                                    student_layers=3, max_length=128, batch_size=64, **settings))
             extract(cfg, progress=False)
             local = str(tiled_store(work / f"small-{name}", work / f"big-{name}", rows))
             remote = f"s3://bench/{name}"

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from hskcache.config import ExtractConfig
+from hskcache.config import build_config
 from hskcache.data import load_texts, tokenize_batch
 from hskcache.extract import extract
 from hskcache.teacher import load_teacher
@@ -65,8 +65,8 @@ def main() -> None:
     args = p.parse_args()
     work, teacher, data = workspace(args.examples)
     hsk = dict(depth=1, tokens=9, width=0.1)
-    extract(ExtractConfig(str(teacher), str(data), str(work / "store"), student_layers=3, max_length=args.max_length,
-                          batch_size=64, **hsk), progress=False)
+    extract(build_config(dict(teacher=str(teacher), data=str(data), store=str(work / "store"), student_layers=3,
+                              max_length=args.max_length, batch_size=64, **hsk)), progress=False)
     subprocess.run([str(STUDENTS), "build", "tinybert", "--init", "random", "--teacher", str(teacher), "--preset", "tinybert-3s",
                     "--out", str(work / "tinybert-3s")], check=True, capture_output=True)
     subprocess.run([str(STUDENTS), "build", "rosita", "--teacher", str(teacher), "--store", str(work / "store"),
