@@ -1,4 +1,4 @@
 """hskcache: run a teacher once, store its compressed hidden-state knowledge, distill students offline."""
-from .reader import HSKStore, open_store
+from hskcache.store.reader import HSKStore, open_store
 
 __all__ = ["HSKStore", "open_store"]

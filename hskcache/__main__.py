@@ -1,6 +1,6 @@
 """`python -m hskcache ...`, e.g. under `torchrun --nproc_per_node N -m hskcache extract ...`."""
 import sys
 
-from .cli import main
+from hskcache.cli.main import main
 
 sys.exit(main())

@@ -5,7 +5,7 @@ import contextlib
 
 import torch
 
-from .errors import UserError
+from hskcache.errors import UserError
 
 DEVICES = ("auto", "cpu", "cuda")
 

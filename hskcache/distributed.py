@@ -18,8 +18,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from .errors import UserError
-from .device import pick_device
+from hskcache.errors import UserError
+from hskcache.device import pick_device
 
 
 @dataclass(frozen=True)

@@ -1,11 +1,11 @@
 """An amount of HSK, (N^D, N^L, N^W): the one parser of its `1,9,0.1` spelling.
 
 Whether a store (or the online teacher) can serve a read is decided by one
-check too: `RowDecoder.resolve` in hskcache/reader.py.
+check too: `RowDecoder.resolve` in hskcache/store/reader.py.
 """
 from __future__ import annotations
 
-from .errors import UserError
+from hskcache.errors import UserError
 
 SYNTAX = "N^D,N^L,N^W with N^W a fraction, e.g. 1,9,0.1"
 

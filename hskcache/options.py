@@ -24,7 +24,7 @@ from dataclasses import MISSING, Field, dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .errors import UserError
+from hskcache.errors import UserError
 
 T = TypeVar("T")
 
@@ -335,7 +335,7 @@ def quiet_libraries() -> None:
 
 def run_guarded(fn: Callable[[], int], prog: str) -> int:
     """Bad input and interrupts become one line on stderr and a non-zero exit."""
-    from .distributed import Ranks
+    from hskcache.distributed import Ranks
 
     quiet_libraries()
     try:

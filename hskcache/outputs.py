@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .errors import UserError
+from hskcache.errors import UserError
 
 
 def inside_store(path: Path) -> Path | None:

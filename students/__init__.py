@@ -1,3 +1,3 @@
 """Students distilled from an HSK store: models, losses, metrics, training."""
 
-from students import rosita  # noqa: F401  (registers ROSITA with the Auto classes)
+from students.models import rosita

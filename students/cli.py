@@ -16,18 +16,18 @@ from hskcache import options
 from hskcache.device import DEVICES, DTYPES
 from hskcache.errors import UserError
 from hskcache.options import Command, Group, columns, nested, setting
-from students.build import RositaConfig, TinyBertConfig
-from students.export import FORMATS, QUANTIZERS
-from students.models import PRESETS
-from students.sources import SourceSettings
-from students.trainer import TrainConfig
+from students.build.builder import RositaConfig, TinyBertConfig
+from students.deploy.export import FORMATS, QUANTIZERS
+from students.models.student import PRESETS
+from students.training.sources import SourceSettings
+from students.training.trainer import TrainConfig
 
 PROG = "students"
 
 
 def run_build(cfg: TinyBertConfig | RositaConfig) -> int:
-    from students.build import build_student
-    from students.models import count_parameters
+    from students.build.builder import build_student
+    from students.models.student import count_parameters
 
     spec, model = build_student(cfg)
     print(f"wrote {cfg.out}: {spec.kind} student, {spec.layers} layers, {count_parameters(model):,} parameters")
@@ -45,7 +45,7 @@ class TrainRun:
 def run_train(run: TrainRun) -> int:
     """One process, or one rank of `torchrun --nproc_per_node N students train ...` (DDP)."""
     from hskcache.distributed import process_group
-    from students.trainer import train
+    from students.training.trainer import train
 
     cfg = run.train
     with process_group(cfg.device) as (ranks, _):
@@ -82,15 +82,15 @@ class EvalConfig:
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise UserError(f"--batch-size must be at least 1, got {self.batch_size}")
-        from hskcache.teacher import check_min_length
+        from hskcache.teacher.loading import check_min_length
 
         check_min_length(self.max_length)
 
 
 def run_eval(cfg: EvalConfig) -> int:
     from hskcache.device import pick_device
-    from students.evaluate import evaluate, open_for_eval
-    from students.serving import exported_location
+    from students.evaluation.evaluate import evaluate, open_for_eval
+    from students.deploy.serving import exported_location
 
     device = pick_device(cfg.device)
     if exported_location(cfg.model) is not None:
@@ -121,7 +121,7 @@ class ExportConfig:
 
 
 def run_export(cfg: ExportConfig) -> int:
-    from students.export import export_student
+    from students.deploy.export import export_student
 
     info = export_student(cfg.model, cfg.out, cfg.format, cfg.quantize, cfg.overwrite)
     files = ", ".join(f"{name} ({precision})" for precision, name in info.files.items())

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hskcache.attention import coarsen, densify_keys, group_heads
+from hskcache.selection.attention import coarsen, densify_keys, group_heads
 from hskcache.data import known_labels
 from hskcache.errors import UserError
 
@@ -146,7 +146,7 @@ def distribution_loss(kind: str, keys: Tensor, probs: Tensor, rest: Tensor, posi
     of the coarsened distributions (MiniLM's L_AT / L_VR when k = S).
     `mse`: mean squared error of the kept probabilities (Att-MSE on
     probabilities). With fewer student heads, consecutive groups of
-    H_T / H_S teacher heads are averaged first (`hskcache.attention.group_heads`).
+    H_T / H_S teacher heads are averaged first (`hskcache.selection.attention.group_heads`).
     Means divide by `denominator` of their count (`batch_count`).
     """
     if kind not in DISTRIBUTION_LOSSES:

@@ -27,14 +27,14 @@ class StageSpec:
     of its flags: --hsk-lr), the flag that chooses its objectives, and how it trains."""
 
     name: str
-    flag: str  # the flag choosing its objectives (students.objectives.parse_objective)
+    flag: str  # the flag choosing its objectives (students.training.objectives.parse_objective)
     example: str  # of that flag's value, for its errors
     seed_base: int  # added to the data epoch and the dropout seed: the stages see different orders,
     # and a pred stage sees the same orders with or without stage 1
     schedule: Callable[[Optimizer, int], LambdaLR]  # (optimizer, the stage's steps) -> its rate schedule
     trains_projection: bool  # whether W (student width -> teacher width) trains with the student
     selects: bool  # whether its epochs compete for RUN/best (after stage 1 alone the head is untrained)
-    recentres: bool  # whether a regression head is recentred before it (students.calibration)
+    recentres: bool  # whether a regression head is recentred before it (students.training.calibration)
 
     def parameters(self, student: nn.Module, projection: nn.Module) -> list[nn.Parameter]:
         """The parameters it trains, student first (the optimizer's order, which a checkpoint records)."""

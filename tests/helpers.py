@@ -13,8 +13,8 @@ import torch
 import zarr
 
 import hskcache
-import hskcache.storage
-from hskcache.cli import main
+import hskcache.storage.backends
+from hskcache.cli.main import main
 from reference import expected_selection, teacher_outputs
 
 MAX_LEN = 24  # also the reference tokenization length
@@ -61,7 +61,7 @@ def check_against_reference(teacher_dir, data, store_path, teacher_layers, depth
 
 def arrays(url: str) -> dict[str, np.ndarray]:
     """Every array of a store (local path or fsspec URL), whole."""
-    group = zarr.open_group(hskcache.storage.Location.parse(url).zarr_store(read_only=True), mode="r")
+    group = zarr.open_group(hskcache.storage.backends.Location.parse(url).zarr_store(read_only=True), mode="r")
     return {name: group[name][:] for name in group.array_keys()}
 
 
@@ -71,7 +71,7 @@ def assert_same_store(got: str, want: str) -> None:
     assert a.keys() == b.keys()
     for name in a:
         np.testing.assert_array_equal(a[name], b[name], err_msg=name)
-    attrs = [dict(zarr.open_group(hskcache.storage.Location.parse(u).zarr_store(read_only=True), mode="r").attrs)
+    attrs = [dict(zarr.open_group(hskcache.storage.backends.Location.parse(u).zarr_store(read_only=True), mode="r").attrs)
              for u in (got, want)]
     assert attrs[0] == attrs[1] and attrs[0]["complete"]
 
@@ -81,7 +81,7 @@ def store_shape(seq_len: int, vocab_size: int, num_logits: int, regression: bool
                 values: str = "fp16", compress: str = "zstd", kinds=None):
     """A `StoreShape` holding the HSK at (depth, tokens, width) with these settings (and `kinds`' records)."""
     from hskcache.kinds.hsk import HSKRecord, HSKSettings
-    from hskcache.shape import StoreShape
+    from hskcache.store.shape import StoreShape
 
     hsk = HSKRecord.of(HSKSettings(depth, tokens, width, width_strategy, width_code=width_code, values=values),
                        depth, tokens, hidden)

@@ -10,8 +10,10 @@ import sys
 import time
 from pathlib import Path
 
-from hskcache import layout, store
-from hskcache.cli import main
+from hskcache.storage import layout
+
+from hskcache.store import group as store
+from hskcache.cli.main import main
 
 layout.CHUNK_TARGET_BYTES = int(os.environ.get("TEST_CHUNK_BYTES", layout.CHUNK_TARGET_BYTES))
 if os.environ.get("TEST_KILL_RANK") == os.environ.get("RANK", "0"):

@@ -1,6 +1,6 @@
 """An independent, loop-based recomputation of SPEC.md's selection, for tests.
 
-Deliberately written without hskcache.selection: plain Python over a plain
+Deliberately written without hskcache.selection.hsk: plain Python over a plain
 forward pass, so that a bug in the vectorised code cannot hide in both.
 """
 from __future__ import annotations

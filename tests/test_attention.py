@@ -8,13 +8,13 @@ from transformers import (AutoModelForSequenceClassification, ElectraConfig, Ele
                           RobertaForSequenceClassification)
 
 from conftest import PAIRS, SENTENCES
-from hskcache import hooks
-from hskcache.attention import (AttentionPlan, attention_rows, gather_rows, relation, select_value_relation,
+from hskcache.teacher import hooks
+from hskcache.selection.attention import (AttentionPlan, attention_rows, gather_rows, relation, select_value_relation,
                                 sep_share, shrink, split_heads)
 from hskcache.data import tokenize_batch
 from hskcache.errors import UserError
-from hskcache.selection import rank_positions
-from hskcache.teacher import load_teacher
+from hskcache.selection.hsk import rank_positions
+from hskcache.teacher.loading import load_teacher
 from reference import coarsened_row, ranked_rows, teacher_outputs, value_relation_row
 
 MAX_LEN = 24

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from hskcache.attention import top_keys
+from hskcache.selection.attention import top_keys
 from hskcache.errors import UserError
 from reference import coarsened_row
 from students.losses import distribution_loss

@@ -25,7 +25,7 @@ def reads(rows, keys):
 
 def relation_row_bytes(store) -> int:
     """Bytes per example of the store's relation arrays (budget group `relations`)."""
-    from hskcache.shape import StoreShape
+    from hskcache.store.shape import StoreShape
     return sum(a.row_bytes for a in StoreShape.of_store(store.meta).arrays() if a.group == "relations")
 
 
@@ -89,7 +89,7 @@ def test_relation_reads_are_checked(att_store, task):
 
 
 def test_budget_counts_relation_bytes(att_store):
-    from hskcache.shape import StoreShape
+    from hskcache.store.shape import StoreShape
     store = hskcache.open_store(att_store)
     # per example: positions int16 (N_A, R), and per kind uint8 keys + fp16 probs (N_A, H, R, k), fp16 rest (N_A, H, R)
     expected = 2 * 5 * 2 + 2 * (2 * 4 * 5 * 6 * (1 + 2) + 2 * 4 * 5 * 2)
@@ -97,7 +97,7 @@ def test_budget_counts_relation_bytes(att_store):
     shape = StoreShape.of_store(store.meta)
     assert shape.bytes_by_group(10)["relations"] == expected * shape.rows_per_chunk(10) * -(-10 // shape.rows_per_chunk(10))
     # on disk (estimated): keys, probabilities and rest mass each by their measured ratio, att and val alike
-    from hskcache.budget import estimated_disk
+    from hskcache.store.shape import estimated_disk
     measured = {"keys": 1.66, "probs": 1.29, "rest": 1.38}  # docs/benchmarks.md, the relation arrays
     padded = shape.rows_per_chunk(10) * -(-10 // shape.rows_per_chunk(10))
     raw = shape.bytes_by_array(10)
@@ -118,13 +118,13 @@ def test_first_relation_loss_matches_an_hf_forward(att_store, teacher_dir, tmp_p
     import json
     from transformers import AutoModelForSequenceClassification
 
-    from hskcache.attention import gather_rows, relation, split_heads
+    from hskcache.selection.attention import gather_rows, relation, split_heads
     import numpy as np
     from reference import hsk_mse
     from students.losses import distribution_loss
-    from students.models import build_tinybert
-    from students.objectives import parse_objective
-    from students.trainer import TrainConfig, train
+    from students.models.student import build_tinybert
+    from students.training.objectives import parse_objective
+    from students.training.trainer import TrainConfig, train
 
     folder = tmp_path / "student"
     build_tinybert(teacher_dir, layers=2, hidden=32, ffn=32, heads=2, out_dir=folder)
@@ -161,10 +161,10 @@ def test_online_baseline_computes_the_stores_relations(att_store, teacher_dir, p
     store's fp32), so the same losses."""
     import json
 
-    from hskcache.config import build_config
+    from hskcache.teacher.config import build_config
     from students import cli
-    from students.models import build_tinybert
-    from students.online import OnlineSource
+    from students.models.student import build_tinybert
+    from students.training.online import OnlineSource
 
     flags = dict(zip((str(f)[2:].replace("-", "_") for f in ATT_FLAGS[::2]), ATT_FLAGS[1::2]))
     online = OnlineSource(build_config({**flags, "teacher": str(teacher_dir), "data": str(pair_csv),
@@ -191,9 +191,9 @@ def test_online_baseline_computes_the_stores_relations(att_store, teacher_dir, p
 
 
 def test_relation_objective_needs_relations(att_store, task, teacher_dir, tmp_path):
-    from students.models import build_tinybert
-    from students.objectives import parse_objective
-    from students.trainer import TrainConfig, train
+    from students.models.student import build_tinybert
+    from students.training.objectives import parse_objective
+    from students.training.trainer import TrainConfig, train
 
     build_tinybert(task.teacher, layers=2, hidden=16, ffn=32, heads=2, out_dir=tmp_path / "s")
     cfg = TrainConfig(student=str(tmp_path / "s"), out=str(tmp_path / "run"), objective=parse_objective("att"),
@@ -211,7 +211,7 @@ def test_relation_objective_needs_relations(att_store, task, teacher_dir, tmp_pa
 def test_budget_plan_and_store_count_relations(att_store, capsys):
     import json
 
-    from hskcache.cli import main
+    from hskcache.cli.main import main
 
     assert main(["budget", "--store", str(att_store), "--json"]) == 0
     [own] = json.loads(capsys.readouterr().out)

@@ -9,8 +9,8 @@ from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
 
 import hskcache
 from conftest import SENTENCES, label_of, write_csv
-from hskcache.augment import embedding_neighbours, has_mlm_head, split_words, whole_words
-from hskcache.cli import main as hskcache_main
+from hskcache.teacher.augment import embedding_neighbours, has_mlm_head, split_words, whole_words
+from hskcache.cli.main import main as hskcache_main
 
 PER_EXAMPLE = 3
 

@@ -11,15 +11,15 @@ import numpy as np
 import pytest
 import zarr
 
-from hskcache import budget
-from hskcache.budget_cli import run_budget
-from hskcache.cli import build_parser
+from hskcache.budget import plan as budget
+from hskcache.cli.budget import run_budget
+from hskcache.cli.main import build_parser
 from hskcache.errors import UserError
 from hskcache.options import settings_from
-from hskcache.layout import CHECKSUM_BYTES
-from hskcache.shape import StoreShape
-from hskcache.meta import synthetic_meta
-from hskcache.store import COMMITS, FORMAT, SCHEMA_VERSION, compressors
+from hskcache.storage.layout import CHECKSUM_BYTES
+from hskcache.store.shape import StoreShape
+from hskcache.store.meta import synthetic_meta
+from hskcache.store.group import COMMITS, FORMAT, SCHEMA_VERSION, compressors
 from helpers import store_shape
 
 MNLI = budget.Setting(examples=392702, seq_len=128, student_layers=6, hidden=768)

@@ -1,4 +1,4 @@
-"""A regression student's output bias recentred before the prediction stage (students/calibration.py)."""
+"""A regression student's output bias recentred before the prediction stage (students/training/calibration.py)."""
 from __future__ import annotations
 
 import json
@@ -11,10 +11,10 @@ from transformers import AutoModelForSequenceClassification, BertConfig, BertFor
 import hskcache
 from conftest import make_teacher, write_csv
 from hskcache.errors import UserError
-from students.calibration import output_layer, recentre
-from students.models import build_tinybert
-from students.selection import HOLDOUT_SEED, holdout_rows
-from students.trainer import TrainConfig, train
+from students.training.calibration import output_layer, recentre
+from students.models.student import build_tinybert
+from students.training.selection import HOLDOUT_SEED, holdout_rows
+from students.training.trainer import TrainConfig, train
 from tiny_task import extract, task_rows
 
 

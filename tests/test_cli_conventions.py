@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from hskcache import cli as hskcache_cli
-from hskcache.config import ExtractConfig, build_config
+from hskcache.cli import main as hskcache_cli
+from hskcache.teacher.config import ExtractConfig, build_config
 from hskcache.errors import UserError
 from hskcache.options import Group, columns, flag_name, leaves, settings_from
 from students import cli as students_cli
-from students.trainer import STORED, TrainConfig
+from students.training.trainer import STORED, TrainConfig
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 PROGRAMS = ((hskcache_cli, "hskcache"), (students_cli, "students"))

@@ -14,7 +14,7 @@ import torch
 from transformers import AutoModelForSequenceClassification
 
 from conftest import write_csv
-from students.models import build_tinybert
+from students.models.student import build_tinybert
 
 _spec = importlib.util.spec_from_file_location("compare", Path(__file__).resolve().parents[1] / "tools" / "compare.py")
 compare = importlib.util.module_from_spec(_spec)

@@ -15,9 +15,9 @@ from safetensors.torch import load_file
 import hskcache
 from hskcache.distributed import Ranks, backend_for, rank_device
 from hskcache.errors import UserError
-from hskcache.reader import epoch_batches
-from students.models import build_tinybert
-from students.trainer import TrainConfig, train
+from hskcache.store.reader import epoch_batches
+from students.models.student import build_tinybert
+from students.training.trainer import TrainConfig, train
 
 from conftest import require_gpus
 from tiny_task import Interrupting

@@ -11,8 +11,8 @@ from transformers import AutoModelForSequenceClassification
 from conftest import make_teacher
 from hskcache.errors import UserError
 from students import cli
-from students.etd import build_extracted, layer_selection, taylor_neuron_importance
-from students.models import StudentSpec, load_student
+from students.models.etd import build_extracted, layer_selection, taylor_neuron_importance
+from students.models.student import StudentSpec, load_student
 
 LAYERS, HIDDEN, HEADS, FFN = 4, 32, 4, 64  # make_teacher(layers=4)
 
@@ -210,9 +210,9 @@ def test_store_sample_leaves_out_the_held_out_rows(task):
     """The rows scored are the first N the trainer does not hold out for model selection."""
     import numpy as np
 
-    from hskcache.reader import open_store
-    from students.importance import store_sample
-    from students.selection import HOLDOUT_SEED, holdout_rows
+    from hskcache.store.reader import open_store
+    from students.build.importance import store_sample
+    from students.training.selection import HOLDOUT_SEED, holdout_rows
 
     store = open_store(task.store)
     held = set(holdout_rows(np.arange(store.num_examples), 0.1, HOLDOUT_SEED).tolist())

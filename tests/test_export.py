@@ -19,11 +19,11 @@ from transformers import (AutoTokenizer, DebertaV2Config, DebertaV2ForSequenceCl
 
 from conftest import SENTENCES, make_teacher
 from hskcache.errors import UserError
-from hskcache.families import FAMILIES
+from hskcache.teacher.families import FAMILIES
 from students import cli as students_cli
-from students.export import export_onnx
-from students.models import build_tinybert, load_student
-from students.rosita import RositaConfig, RositaForSequenceClassification
+from students.deploy.export import export_onnx
+from students.models.student import build_tinybert, load_student
+from students.models.rosita import RositaConfig, RositaForSequenceClassification
 
 TOLERANCE = 1e-4  # the issue's bound on |ONNX fp32 - PyTorch| logits
 LABELS = {"id2label": {0: "rotten", 1: "fresh"}, "label2id": {"rotten": 0, "fresh": 1}}
@@ -31,7 +31,7 @@ SHAPE = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, interme
 
 
 def _family_students(vocab: int) -> dict:
-    """A tiny random classifier of each encoder family a same-family student can have (hskcache/families.py)."""
+    """A tiny random classifier of each encoder family a same-family student can have (hskcache/teacher/families.py)."""
     return {
         "roberta": lambda: RobertaForSequenceClassification(RobertaConfig(vocab_size=vocab, max_position_embeddings=66,
                                                                           pad_token_id=0, **SHAPE)),
@@ -71,7 +71,7 @@ def make_student(kind: str, teacher: Path, folder: Path) -> Path:
 
 
 def test_every_family_is_exported_here():
-    """A family added to hskcache/families.py needs its case above."""
+    """A family added to hskcache/teacher/families.py needs its case above."""
     assert {f.name for f in FAMILIES} - {"bert"} <= set(KINDS)
 
 

@@ -7,8 +7,10 @@ import torch
 import zarr
 
 import hskcache
-from hskcache import layout, selection, store as store_mod
-from hskcache.cli import main
+from hskcache.storage import layout
+from hskcache.selection import hsk as selection
+from hskcache.store import group as store_mod
+from hskcache.cli.main import main
 from helpers import MAX_LEN, arrays, check_against_reference, run_extract
 
 
@@ -175,8 +177,8 @@ def test_budget_plan_equals_real_store_bytes(tmp_path, teacher_dir, single_csv, 
     """`budget --plan` before extraction predicts the bytes `extract` then writes."""
     import json
 
-    from hskcache.layout import CHECKSUM_BYTES
-    from hskcache.store import on_disk_bytes
+    from hskcache.storage.layout import CHECKSUM_BYTES
+    from hskcache.store.group import on_disk_bytes
 
     run_extract(teacher_dir, single_csv, tmp_path / "s", "--student-layers", 2, "--depth", 2, "--tokens", 5,
                 "--width", 0.2, "--width-strategy", width_strategy, "--compress", "none", "--device", device)

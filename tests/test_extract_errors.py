@@ -10,8 +10,8 @@ from transformers import BertConfig, BertForSequenceClassification, BertModel
 import hskcache
 
 from conftest import make_tokenizer, write_csv
-from hskcache import teacher as teacher_mod
-from hskcache.cli import main
+from hskcache.teacher import loading as teacher_mod
+from hskcache.cli.main import main
 
 MAX_LEN = 24
 
@@ -129,7 +129,7 @@ def test_out_is_a_foreign_directory(capsys, teacher_dir, single_csv, tmp_path):
 def test_cli_process_prints_no_traceback(tmp_path, single_csv):
     import subprocess
     import sys
-    proc = subprocess.run([sys.executable, "-m", "hskcache.cli", "extract", "--teacher", str(tmp_path / "x"),
+    proc = subprocess.run([sys.executable, "-m", "hskcache.cli.main", "extract", "--teacher", str(tmp_path / "x"),
                            "--data", str(single_csv), "--store", str(tmp_path / "o"), "--student-layers", "2"],
                           capture_output=True, text=True)
     assert proc.returncode == 2

@@ -3,7 +3,7 @@ the store against a plain forward, ETD students against the teacher, element-wis
 finite differences, and `students build` / `train` end to end.
 
 The module paths below are the test's own (read off the Hugging Face model code), so the
-registry in hskcache/families.py is checked against an independent statement of each layout.
+registry in hskcache/teacher/families.py is checked against an independent statement of each layout.
 """
 from __future__ import annotations
 
@@ -26,13 +26,13 @@ from transformers import (AutoConfig, AutoModelForSequenceClassification, AutoTo
 import hskcache
 from hskcache.kinds.relation import RelationRead
 from conftest import WORDS
-from hskcache.cli import main as hskcache_main
+from hskcache.cli.main import main as hskcache_main
 from hskcache.errors import UserError
-from hskcache.families import family_of
+from hskcache.teacher.families import family_of
 from reference import coarsened_row, expected_selection, ranked_rows, value_relation_row
 from students import cli as students_cli
-from students.etd import build_extracted, taylor_neuron_importance
-from students.models import StudentSpec, load_student
+from students.models.etd import build_extracted, taylor_neuron_importance
+from students.models.student import StudentSpec, load_student
 from helpers import read_csv, run_extract
 
 MAX_LEN = 24  # test_extract.run_extract's
@@ -472,7 +472,7 @@ def test_a_teacher_without_post_softmax_attention_extracts_with_left_only(tmp_pa
     without an eager path): the strategies that rank by [CLS] attention are refused in one line
     naming `left`, and `left` stores the HSK of a plain forward (extracted on `device` in fp32,
     the reference on the CPU)."""
-    from hskcache import teacher as teacher_module
+    from hskcache.teacher import loading as teacher_module
 
     load = teacher_module.load_model
 

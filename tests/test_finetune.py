@@ -14,9 +14,9 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from conftest import movie_csv
-from hskcache.cli import main as hskcache_main
+from hskcache.cli.main import main as hskcache_main
 from students import cli as students_cli
-from students.finetune import META_FILE
+from students.training.finetune import META_FILE
 
 TINY = ["--max-length", "8", "--threads", "1", "--quiet"]
 

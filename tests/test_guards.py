@@ -10,10 +10,10 @@ from transformers import BertConfig, BertForSequenceClassification, BertTokenize
 
 import hskcache
 from conftest import write_csv
-from hskcache.cli import main
+from hskcache.cli.main import main
 from hskcache.errors import UserError
-from hskcache.layout import narrow
-from hskcache.teacher import id_bound, usable_positions
+from hskcache.storage.layout import narrow
+from hskcache.teacher.loading import id_bound, usable_positions
 
 
 def _extract(capsys, teacher, data, store, *extra) -> tuple[int, str]:
@@ -78,7 +78,7 @@ def test_narrowing_casts_are_checked():
 
 def test_min_length_is_one_rule():
     """Every command's --max-length floor is `check_min_length`: [CLS] and [SEP] need two positions."""
-    from hskcache.teacher import check_min_length
+    from hskcache.teacher.loading import check_min_length
 
     for ok in (None, 2, 512):
         check_min_length(ok)

@@ -13,8 +13,8 @@ import shutil
 import pytest
 
 from conftest import movie_csv, write_csv
-from hskcache import extract as extract_mod
-from hskcache.cli import main as hskcache_main
+from hskcache.teacher import extract as extract_mod
+from hskcache.cli.main import main as hskcache_main
 from students import cli as students_cli
 
 MAX_LEN = 24

@@ -14,11 +14,11 @@ import pytest
 import torch
 
 import hskcache
-from hskcache.attention import RelationSpec
+from hskcache.selection.attention import RelationSpec
 from hskcache.kinds import KINDS, Kind, TeacherInfo, register
-from hskcache.layout import ArraySpec
+from hskcache.storage.layout import ArraySpec
 from hskcache.options import setting
-from hskcache.shape import StoreShape
+from hskcache.store.shape import StoreShape
 from reference import teacher_outputs
 from helpers import MAX_LEN, run_extract, store_shape
 
@@ -90,10 +90,10 @@ def toy_kind():
 
 def test_an_opt_in_kind_with_its_own_flag_extracts_reads_and_trains(toy_kind, teacher_dir, single_csv, tmp_path,
                                                                     capsys):
-    from hskcache.cli import main
-    from students.models import build_tinybert
-    from students.objectives import parse_objective
-    from students.trainer import TrainConfig, train
+    from hskcache.cli.main import main
+    from students.models.student import build_tinybert
+    from students.training.objectives import parse_objective
+    from students.training.trainer import TrainConfig, train
 
     common = ("--student-layers", 2, "--tokens", 4, "--width", 0.5, "--device", "cpu", "--dtype", "fp32")
     run_extract(teacher_dir, single_csv, tmp_path / "plain", *common)
@@ -116,7 +116,7 @@ def test_an_opt_in_kind_with_its_own_flag_extracts_reads_and_trains(toy_kind, te
     assert list(batch) == list(before)
     assert all(torch.equal(batch[k], before[k]) for k in before)
     packed = next(iter(store.batches(4, shuffle=False, packed=True, kinds={"cls": None})))
-    assert "cls" in [k.name for k in packed.kinds] and "cls_state" in hskcache.packed.expand(packed)
+    assert "cls" in [k.name for k in packed.kinds] and "cls_state" in hskcache.storage.packed.expand(packed)
     # its bytes: one fp16 vector per row, in its own budget group, in the total
     shape = StoreShape.of_store(store.meta)
     n = store.num_examples
@@ -160,8 +160,8 @@ class ClsScaleSettings(ClsSettings):
 
 
 def test_a_registered_kinds_settings_are_extract_flags(toy_kind, capsys):
-    from hskcache.cli import main
-    from hskcache.config import build_config
+    from hskcache.cli.main import main
+    from hskcache.teacher.config import build_config
 
     class Scaled(LastCLS):
         name, order, settings, record = "cls2", 91, ClsScaleSettings, ClsScaleSettings

@@ -11,7 +11,7 @@ from reference import hsk_mse
 from students.kinds import STUDENT_KINDS, StudentForward
 from students.losses import (HSKProjection, LossSettings, label_loss, prediction_loss, regression_mse,
                             soft_cross_entropy)
-from students.objectives import table
+from students.training.objectives import table
 
 
 def _hsk_case(seed: int = 0, d_student: int = 3, d_teacher: int = 4):

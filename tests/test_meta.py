@@ -11,12 +11,12 @@ import pytest
 import zarr
 
 import hskcache
-from hskcache.cli import main
-from hskcache.config import ExtractConfig
+from hskcache.cli.main import main
+from hskcache.teacher.config import ExtractConfig
 from hskcache.errors import UserError
-from hskcache.meta import Settings, StoreMeta
+from hskcache.store.meta import Settings, StoreMeta
 
-BOOKKEEPING = ("format", "schema_version", "rows_committed", "complete")  # hskcache.store's own keys
+BOOKKEEPING = ("format", "schema_version", "rows_committed", "complete")  # hskcache.store.group's own keys
 
 
 def stored_attrs(path) -> dict:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from hskcache.errors import UserError
-from students.metrics import average_ranks, compute_metrics, primary_metric
+from students.evaluation.metrics import average_ranks, compute_metrics, primary_metric
 
 
 def _logits(predicted, classes=2):

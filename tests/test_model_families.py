@@ -9,7 +9,7 @@ from transformers import (BertTokenizer, ElectraConfig, ElectraForSequenceClassi
 
 from conftest import WORDS
 from students import cli as students_cli
-from students.models import load_student
+from students.models.student import load_student
 from helpers import check_against_reference, run_extract
 
 SHAPE = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, num_labels=2)

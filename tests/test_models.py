@@ -16,10 +16,10 @@ from transformers import (
 )
 
 from hskcache.errors import UserError
-from hskcache.teacher import tokenizer_hash, weights_hash
-from students.models import PRESETS, build_tinybert, count_parameters, load_student, save_student
-from students.pruning import build_rosita, rosita_config
-from students.rosita import RositaConfig, RositaForSequenceClassification
+from hskcache.teacher.loading import tokenizer_hash, weights_hash
+from students.models.student import PRESETS, build_tinybert, count_parameters, load_student, save_student
+from students.models.pruning import build_rosita, rosita_config
+from students.models.rosita import RositaConfig, RositaForSequenceClassification
 
 HEADS, HEAD_DIM, FFN, HIDDEN = 4, 8, 64, 32
 
@@ -286,7 +286,7 @@ def test_rosita_is_a_hugging_face_classifier(teacher_dir, tmp_path, device):
 
 
 def test_regression_follows_problem_type():
-    from hskcache.teacher import is_regression
+    from hskcache.teacher.loading import is_regression
 
     assert is_regression(BertConfig(num_labels=1))
     assert not is_regression(BertConfig(num_labels=2))

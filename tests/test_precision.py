@@ -7,10 +7,10 @@ import torch
 from transformers import AutoModelForSequenceClassification
 
 import hskcache
-from hskcache.cli import main
+from hskcache.cli.main import main
 from hskcache.device import autocast, pick_dtype
 from hskcache.errors import UserError
-from students.evaluate import predict
+from students.evaluation.evaluate import predict
 
 
 def test_default_dtype_follows_the_device():

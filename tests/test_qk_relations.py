@@ -15,7 +15,7 @@ from transformers import AutoModelForSequenceClassification, BertTokenizerFast, 
 
 import hskcache
 from conftest import WORDS
-from hskcache.cli import main as hskcache_main
+from hskcache.cli.main import main as hskcache_main
 from reference import coarsened_row, ranked_rows, teacher_outputs, value_relation_row
 from helpers import MAX_LEN, run_extract
 from hskcache.kinds.relation import RelationRead
@@ -177,7 +177,7 @@ def test_student_with_other_heads_learns_from_the_relations(qk_store, teacher_di
     the store's R relation heads; val averages teacher heads as before."""
     from students import cli
     from students.losses import distribution_loss
-    from students.models import build_tinybert
+    from students.models.student import build_tinybert
 
     relation_heads, path = qk_store
     folder = tmp_path / "student"
@@ -216,7 +216,7 @@ def test_relation_heads_that_do_not_divide_are_one_line(qk_store, teacher_dir, p
     """R must divide the teacher's query width (32) at extraction, before anything is written, and the student's
     (15: 3 heads of 5) at training."""
     from students import cli
-    from students.models import build_tinybert
+    from students.models.student import build_tinybert
 
     for bad in ("3", "0"):
         capsys.readouterr()
@@ -261,7 +261,7 @@ def test_online_baseline_computes_the_stores_rows(qk_store, teacher_dir, pair_cs
     """`students train --teacher ... --knowledge ...,qq,kk --relation-heads R`: the online baseline computes the
     store's qq/kk rows live (its settings carry R), so a 3-head student's losses are the store run's."""
     from students import cli
-    from students.models import build_tinybert
+    from students.models.student import build_tinybert
 
     relation_heads, path = qk_store
     build_tinybert(teacher_dir, layers=2, hidden=24, ffn=32, heads=3, out_dir=tmp_path / "s")

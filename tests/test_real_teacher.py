@@ -10,7 +10,7 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from conftest import write_csv
-from hskcache.cli import main
+from hskcache.cli.main import main
 from hskcache.embedded import minilm_encoder, movie_corpus
 from helpers import check_against_reference
 

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 import hskcache
-from hskcache import layout
-from hskcache import store as store_mod
-from hskcache.cli import main
+from hskcache.storage import layout
+from hskcache.store import group as store_mod
+from hskcache.cli.main import main
 from helpers import assert_same_store
 from tiny_task import CHUNK_BYTES, STORE_FLAGS, extract
 

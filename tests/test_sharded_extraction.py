@@ -11,9 +11,9 @@ import pytest
 import torch
 
 import hskcache
-import hskcache.storage
-from hskcache import store as store_mod
-from hskcache.cli import main
+import hskcache.storage.backends
+from hskcache.store import group as store_mod
+from hskcache.cli.main import main
 from conftest import require_gpus
 from helpers import arrays, assert_same_store
 from tiny_task import CHUNK_BYTES, MAX_LEN, STORE_FLAGS, extract
@@ -79,7 +79,7 @@ def test_sigkilled_rank_resumes_with_another_count_keeping_finished_chunks(task,
     assert done.returncode != 0
     partial = store_mod.describe(str(out))
     assert not partial["complete"] and 0 < partial["rows_committed"] < partial["num_examples"]
-    committed = store_mod.committed_chunks(hskcache.storage.Location.parse(str(out)))
+    committed = store_mod.committed_chunks(hskcache.storage.backends.Location.parse(str(out)))
     assert len(committed) >= 2
     kept = {p: p.stat().st_mtime_ns for p in (out / "values" / "c").iterdir() if int(p.name) in committed}
     with one_thread():

@@ -10,7 +10,7 @@ import zarr
 from zarr.storage import FsspecStore, LocalStore
 
 from hskcache.errors import UserError
-from hskcache.storage import Location
+from hskcache.storage.backends import Location
 
 CHUNK_BYTES = 10 * 8 * 4  # chunks of (10, 8) float32, uncompressed
 

@@ -10,16 +10,16 @@ import zarr
 
 import hskcache
 from conftest import DEVICES, on_device
-from hskcache.cli import main
+from hskcache.cli.main import main
 from hskcache.errors import UserError
-from hskcache.packed import PackedBatch, expand
-from hskcache.store import StoreData
+from hskcache.storage.packed import PackedBatch, expand
+from hskcache.store.group import StoreData
 
 ARGS = ["--student-layers", "2", "--depth", "2", "--tokens", "6", "--width", "0.25", "--max-length", "24",
         "--batch-size", "8", "--quiet"]
 
 
-def extract(teacher_dir, data, out, *extra) -> hskcache.reader.HSKStore:
+def extract(teacher_dir, data, out, *extra) -> hskcache.store.reader.HSKStore:
     assert main(["extract", "--teacher", str(teacher_dir), "--data", str(data), "--store", str(out), *ARGS, *extra]) == 0
     return hskcache.open_store(out)
 
@@ -37,7 +37,7 @@ def stores(request, tmp_path_factory, teacher_dir, single_csv):
     variants = {"bitmask": [], "rank": ["--width-code", "rank"], "indices": ["--width-code", "indices"],
                 "none": ["--compress", "none"], "int8": ["--values", "int8"]}
     with pytest.MonkeyPatch.context() as patch, on_device(request.param) as device:
-        patch.setattr(hskcache.layout, "CHUNK_TARGET_BYTES", 1000)  # small chunks: several per store
+        patch.setattr(hskcache.storage.layout, "CHUNK_TARGET_BYTES", 1000)  # small chunks: several per store
         out = {name: extract(teacher_dir, single_csv, root / name, *flags, "--device", device)
                for name, flags in variants.items()}
     assert all(s.chunk_rows < s.num_examples / 3 for s in out.values())
@@ -63,7 +63,7 @@ def test_reader_chunks_equal_zarrs_own_read(stores, monkeypatch, through_zarr):
     """StoreData.read_chunk (numcodecs, straight into a given buffer) against zarr's read of
     the same rows, for every codec the stores use; with no decoders, it reads through zarr."""
     if through_zarr:
-        monkeypatch.setattr(hskcache.chunks, "DECODERS", {})
+        monkeypatch.setattr(hskcache.storage.chunks, "DECODERS", {})
     for name in ("bitmask", "none", "int8", "rank"):
         data = StoreData(stores[name].path)
         names = [n for n in data.arrays if n != "static_dims"]

@@ -23,12 +23,12 @@ import pytest
 import zarr
 
 import hskcache
-from hskcache import layout, storage
-from hskcache import store as store_mod
-from hskcache.chunks import BadChunk
-from hskcache.cli import main
+from hskcache.storage import layout, backends as storage
+from hskcache.store import group as store_mod
+from hskcache.storage.chunks import BadChunk
+from hskcache.cli.main import main
 from hskcache.errors import UserError
-from hskcache.shape import StoreShape
+from hskcache.store.shape import StoreShape
 from students import cli as students_cli
 from helpers import assert_same_store
 from tiny_task import CHUNK_BYTES, STORE_FLAGS, extract

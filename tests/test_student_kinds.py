@@ -10,7 +10,7 @@ from hskcache.errors import UserError
 from hskcache.kinds import KINDS
 from students.kinds import STUDENT_KINDS, Objective, StudentKind
 from students.losses import HSKProjection
-from students.objectives import choices, parse_objective, table
+from students.training.objectives import choices, parse_objective, table
 from students.stages import HSK, PRED, STAGES
 
 

@@ -10,14 +10,14 @@ import zarr
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, BertTokenizerFast
 
 import hskcache
-from hskcache import layout
-from hskcache.config import build_config
+from hskcache.storage import layout
+from hskcache.teacher.config import build_config
 from students import cli
-from students.models import load_student
-from students.rosita import RositaForSequenceClassification
-from students.online import OnlineSource
+from students.models.student import load_student
+from students.models.rosita import RositaForSequenceClassification
+from students.training.online import OnlineSource
 from tiny_task import CHUNK_BYTES, LABEL_NAMES, STORE_FLAGS, Interrupting, extract
-from students.sources import SourceSettings
+from students.training.sources import SourceSettings
 
 TRAIN = ("--hsk-epochs", "2", "--pred-epochs", "3", "--hsk-lr", "3e-3", "--pred-lr", "3e-3", "--hsk-batch-size", "16",
          "--pred-batch-size", "16", "--threads", "1", "--quiet", "--select-on", "last")  # every row trained on

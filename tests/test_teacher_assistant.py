@@ -9,7 +9,7 @@ from transformers import AutoModelForSequenceClassification
 
 import hskcache
 from hskcache.data import tokenize_batch
-from hskcache.teacher import load_teacher
+from hskcache.teacher.loading import load_teacher
 from students import cli as students_cli
 from tiny_task import MAX_LEN, extract
 

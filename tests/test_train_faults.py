@@ -11,10 +11,11 @@ import pytest
 import torch
 
 import hskcache
-from students import checkpoint, cli, trainer
-from students.checkpoint import read_state
+from students import cli
+from students.training import checkpoint, trainer
+from students.training.checkpoint import read_state
 from tiny_task import Interrupting
-from students.sources import SourceSettings
+from students.training.sources import SourceSettings
 
 QUICK = ("--hsk-epochs", "1", "--pred-epochs", "1", "--hsk-batch-size", "16", "--pred-batch-size", "16",
          "--hsk-lr", "3e-3", "--pred-lr", "3e-3", "--threads", "1", "--quiet", "--select-on", "last",

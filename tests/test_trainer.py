@@ -10,12 +10,12 @@ import torch
 from safetensors.torch import load_file
 
 import hskcache
-from students.defaults import prediction_objective
+from students.training.defaults import prediction_objective
 from reference import hsk_mse
 from students.losses import prediction_loss
-from students.models import build_tinybert, load_student
+from students.models.student import build_tinybert, load_student
 from students.stages import PRED
-from students.trainer import TrainConfig, train
+from students.training.trainer import TrainConfig, train
 from tiny_task import Interrupting
 
 FAST = dict(threads=1, quiet=True, hsk_lr=3e-3, pred_lr=3e-3, hsk_batch_size=16, pred_batch_size=16,
@@ -187,12 +187,12 @@ def test_selection_uses_what_it_says_and_reports_eval_apart(task, student, tmp_p
 
 
 def test_learning_rates_default_to_the_students_init(task, student, tmp_path, device):
-    """No --hsk-lr/--pred-lr: the rates come from students.defaults by the init recorded in the
+    """No --hsk-lr/--pred-lr: the rates come from students.training.defaults by the init recorded in the
     student folder (random here, an ETD init after relabelling); a given rate wins."""
     import shutil
 
-    from students.defaults import LEARNING_RATES
-    from students.models import STUDENT_FILE
+    from students.training.defaults import LEARNING_RATES
+    from students.models.student import STUDENT_FILE
 
     settings = FAST | dict(hsk_lr=None, pred_lr=None, max_steps=1, log_every=1, hsk=(2, 4, 0.25), device=device)
     etd = tmp_path / "etd"
@@ -219,8 +219,8 @@ def test_kept_projection_maps_each_student_dimension_to_its_teacher_dimension(ta
     import shutil
 
     from hskcache.errors import UserError
-    from students.models import STUDENT_FILE
-    from students.trainer import Trainer
+    from students.models.student import STUDENT_FILE
+    from students.training.trainer import Trainer
 
     source = hskcache.open_store(task.store)
     d_student = load_student(student).config.hidden_size

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from hskcache import packed, widthcode
+from hskcache.storage import packed, widthcode
 
 
 def random_subsets(d: int, k: int, n: int, seed: int = 0) -> np.ndarray:

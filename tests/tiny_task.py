@@ -20,8 +20,8 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from conftest import POSITIVE, WORDS, make_teacher, write_csv
-from hskcache import layout
-from hskcache.cli import main as hskcache_main
+from hskcache.storage import layout
+from hskcache.cli.main import main as hskcache_main
 from hskcache.data import tokenize_batch
 
 MARKERS = ("great", "brilliant")

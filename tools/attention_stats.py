@@ -21,12 +21,12 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from hskcache.attention import sep_share
+from hskcache.selection.attention import sep_share
 from hskcache.data import load_texts, tokenize_batch
 from hskcache.device import DEVICES, DTYPES
 from hskcache.errors import UserError
-from hskcache.selection import rank_positions
-from hskcache.teacher import load_teacher
+from hskcache.selection.hsk import rank_positions
+from hskcache.teacher.loading import load_teacher
 
 
 def attention_stats(teacher_dir: str, data: str, limit: int, tokens: int, max_length: int, batch_size: int,

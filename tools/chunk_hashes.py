@@ -17,7 +17,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from conftest import make_teacher, write_csv  # noqa: E402
 
-from hskcache import cli  # noqa: E402
+from hskcache.cli import main as cli
 
 RUNS = {  # store name -> extract flags beyond the shared ones
     "mag": [],

@@ -18,8 +18,8 @@ import torch
 
 from hskcache.options import quiet_libraries
 from hskcache.device import pick_device
-from students.evaluate import evaluate, open_for_eval, predict
-from students.serving import weights_bytes
+from students.evaluation.evaluate import evaluate, open_for_eval, predict
+from students.deploy.serving import weights_bytes
 
 
 def measure(path: str, data: str, max_length: int, batch_size: int, device: torch.device) -> dict:

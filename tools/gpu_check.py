@@ -66,8 +66,8 @@ def cuda_tests(timeout: int) -> tuple[list[Row], bool]:
 def extraction(teacher: Path, data: Path, store: Path, examples: int, device: str, dtype: str,
                hsk: tuple[int, int, float]) -> float:
     """Rows/s of a whole `hskcache extract` (teacher load included) on `device`."""
-    from hskcache.config import build_config
-    from hskcache.extract import extract
+    from hskcache.teacher.config import build_config
+    from hskcache.teacher.extract import extract
 
     depth, tokens, width = hsk
     cfg = build_config(dict(teacher=str(teacher), data=str(data), store=str(store), student_layers=3, depth=depth,
@@ -81,7 +81,7 @@ def extraction(teacher: Path, data: Path, store: Path, examples: int, device: st
 def reader_to_device(store: Path, device: str, pinned: bool, seconds: float = 3.0) -> float:
     """Rows/s of packed batches read and expanded on `device` (whole epochs, at least `seconds`)."""
     import hskcache
-    from hskcache.packed import expand
+    from hskcache.storage.packed import expand
 
     source, on = hskcache.open_store(store), torch.device(device)
     rows, start, epoch = 0, time.perf_counter(), 0

@@ -6,7 +6,7 @@
 #   -> teacher vs student (PyTorch and int8 ONNX) on dev: metrics, size, speed, and the student-teacher gap.
 # Default: a quick version (under 20 minutes on 2 cores). --full: full data, paper-default epochs.
 # The student is extracted from the teacher (ETD-Impt, importance on every store row), trained at the
-# default learning rates for its init (students/defaults.py), with the gold labels' cross-entropy at
+# default learning rates for its init (students/training/defaults.py), with the gold labels' cross-entropy at
 # weight 0.5 next to the teacher's soft labels in the prediction stage: the recipe of docs/results.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -1,6 +1,6 @@
 """Paper arithmetic for scaled-out extraction and training (docs/scale.md).
 
-Bytes and object counts come from the store layout (`hskcache.budget.Setting
+Bytes and object counts come from the store layout (`hskcache.budget.plan.Setting
 .store_shape`, the writer's own arithmetic: the exact uncompressed bytes).
 Times come from per-GPU rates given on the command line: they are inputs,
 not measurements, and the table prints them.
@@ -18,7 +18,8 @@ from __future__ import annotations
 import argparse
 import math
 
-from hskcache.budget import Config, Setting, human
+from hskcache.budget.plan import Config, Setting
+from hskcache.storage.layout import human
 
 MNLI = 392_702
 

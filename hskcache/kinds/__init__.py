@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-from .base import (KINDS, WHOLE, Cut, Kind, Read, TeacherForward, TeacherInfo, chosen, kind_settings,
+from hskcache.kinds.base import (KINDS, WHOLE, Cut, Kind, Read, TeacherForward, TeacherInfo, chosen, kind_settings,
                    knowledge_names, opt_in_settings, parse_knowledge, read_settings, refuse_unstored,
                    refuse_unused, register, resolve_reads, stored_kinds)
 

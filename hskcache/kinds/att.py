@@ -1,9 +1,9 @@
 """MiniLM's attention relation (`att`): the teacher's post-softmax attention at the stored query rows."""
 from __future__ import annotations
 
-from ..attention import attention_rows
-from .base import register
-from .relation import RelationKind
+from hskcache.selection.attention import attention_rows
+from hskcache.kinds.base import register
+from hskcache.kinds.relation import RelationKind
 
 register(RelationKind(
     "att", 30, (),

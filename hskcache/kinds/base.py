@@ -33,14 +33,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..errors import UserError
-from ..options import flag_name
+from hskcache.errors import UserError
+from hskcache.options import flag_name
 
 if TYPE_CHECKING:
-    from ..layout import ArraySpec
-    from ..shape import StoreShape
-    from ..packed import PackedBatch
-    from ..selection import SelectionPlan
+    from hskcache.storage.layout import ArraySpec
+    from hskcache.store.shape import StoreShape
+    from hskcache.storage.packed import PackedBatch
+    from hskcache.selection.hsk import SelectionPlan
 
 Cut = tuple[slice, ...]  # of a row block, example axis first
 WHOLE: Cut = (slice(None),)

@@ -1,5 +1,5 @@
-"""Hidden-state knowledge: the selected layers × tokens × activations (`hskcache.selection`),
-coded by `hskcache.packed` (values fp16 or int8, kept dimensions as a width code).
+"""Hidden-state knowledge: the selected layers × tokens × activations (`hskcache.selection.hsk`),
+coded by `hskcache.storage.packed` (values fp16 or int8, kept dimensions as a width code).
 
 Its settings (`HSKSettings`: N^D, N^L, N^W, the width strategy, seed and code, the value
 format) are `extract` flags like any kind's; what a store records of it (`HSKRecord`) is
@@ -15,17 +15,17 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .. import widthcode
-from ..errors import UserError
-from ..layout import VALUE_FORMATS, ArraySpec
-from ..options import setting
-from ..packed import encode_hsk, expand_hsk
-from ..selection import WIDTH_STRATEGIES, kept_width, select_hsk, static_dims
-from .base import Cut, Kind, Read, TeacherForward, TeacherInfo, register
+from hskcache.storage import widthcode
+from hskcache.errors import UserError
+from hskcache.storage.layout import VALUE_FORMATS, ArraySpec
+from hskcache.options import setting
+from hskcache.storage.packed import encode_hsk, expand_hsk
+from hskcache.selection.hsk import WIDTH_STRATEGIES, kept_width, select_hsk, static_dims
+from hskcache.kinds.base import Cut, Kind, Read, TeacherForward, TeacherInfo, register
 
 if TYPE_CHECKING:
-    from ..shape import StoreShape
-    from ..packed import PackedBatch
+    from hskcache.store.shape import StoreShape
+    from hskcache.storage.packed import PackedBatch
 
 
 DEFAULT_TOKENS = 50  # N^L when --tokens is not given (capped at --max-length)
@@ -114,8 +114,8 @@ class HSKCut:
 
 
 class HSK(Kind):
-    """Hidden-state knowledge: the selected layers × tokens × activations (`hskcache.selection`),
-    coded by `hskcache.packed` (values fp16 or int8, kept dimensions as a width code)."""
+    """Hidden-state knowledge: the selected layers × tokens × activations (`hskcache.selection.hsk`),
+    coded by `hskcache.storage.packed` (values fp16 or int8, kept dimensions as a width code)."""
 
     name = "hsk"
     order = 20

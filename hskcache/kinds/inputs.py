@@ -7,12 +7,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..layout import ArraySpec, narrow
-from .base import Kind, TeacherForward, register
+from hskcache.storage.layout import ArraySpec, narrow
+from hskcache.kinds.base import Kind, TeacherForward, register
 
 if TYPE_CHECKING:
-    from ..shape import StoreShape
-    from ..packed import PackedBatch
+    from hskcache.store.shape import StoreShape
+    from hskcache.storage.packed import PackedBatch
 
 
 class Inputs(Kind):

@@ -6,12 +6,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 from torch import Tensor
 
-from ..layout import ArraySpec
-from .base import Kind, TeacherForward, register
+from hskcache.storage.layout import ArraySpec
+from hskcache.kinds.base import Kind, TeacherForward, register
 
 if TYPE_CHECKING:
-    from ..shape import StoreShape
-    from ..packed import PackedBatch
+    from hskcache.store.shape import StoreShape
+    from hskcache.storage.packed import PackedBatch
 
 
 class Logits(Kind):

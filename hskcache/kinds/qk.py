@@ -9,18 +9,18 @@ keys plus the rest mass, read exactly at fewer rows and keys. The store
 records R as the kind's heads (`RelationSpec.heads`). Because R belongs to
 the knowledge, not to either model, a student with any head count re-splits
 its own queries (keys) into the same R (`students/kinds/qk.py`). The
-projections are the hooks' (`hskcache.hooks`): for a rotary family
+projections are the hooks' (`hskcache.teacher.hooks`): for a rotary family
 (ModernBERT) that is before the rotary embedding is applied.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from ..attention import RelationSpec, select_value_relation
-from ..errors import UserError
-from ..options import setting
-from .base import TeacherInfo, register
-from .relation import RelationKind, RelationSettings
+from hskcache.selection.attention import RelationSpec, select_value_relation
+from hskcache.errors import UserError
+from hskcache.options import setting
+from hskcache.kinds.base import TeacherInfo, register
+from hskcache.kinds.relation import RelationKind, RelationSettings
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Relation knowledge (MiniLM), shared by the relation kinds (`att`, `val`): per head, a
 distribution over keys for each stored query row, kept as its top-k keys plus the rest mass
-(`hskcache.attention`). The kinds share their query rows (`rel_positions`) and one `RelationSpec`.
+(`hskcache.selection.attention`). The kinds share their query rows (`rel_positions`) and one `RelationSpec`.
 
 Relation arrays (first axis: examples), for N_A layers, H heads, R rows, k keys:
 
@@ -20,16 +20,16 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..attention import UINT8_EMPTY, RelationSpec, shrink
-from ..errors import UserError
-from ..layout import ArraySpec, narrow
-from ..options import setting
-from ..selection import rank_layers, rank_positions
-from .base import Cut, Kind, Read, TeacherForward, TeacherInfo
+from hskcache.selection.attention import UINT8_EMPTY, RelationSpec, shrink
+from hskcache.errors import UserError
+from hskcache.storage.layout import ArraySpec, narrow
+from hskcache.options import setting
+from hskcache.selection.hsk import rank_layers, rank_positions
+from hskcache.kinds.base import Cut, Kind, Read, TeacherForward, TeacherInfo
 
 if TYPE_CHECKING:
-    from ..shape import StoreShape
-    from ..packed import PackedBatch
+    from hskcache.store.shape import StoreShape
+    from hskcache.storage.packed import PackedBatch
 
 def parse_read(text: str | tuple) -> tuple[int | None, int | None]:
     """`--att-read R,K` (query rows, keys per row) or `stored`."""
@@ -73,7 +73,7 @@ class RelationRead:
 
 class RelationKind(Kind):
     """Relation knowledge (MiniLM): per head, a distribution over keys for each stored query row,
-    kept as its top-k keys plus the rest mass (`hskcache.attention`). A kind names how its
+    kept as its top-k keys plus the rest mass (`hskcache.selection.attention`). A kind names how its
     rows come out of a teacher forward (`teacher_rows`); its student side is
     `students.kinds.relations`."""
 

@@ -1,9 +1,9 @@
 """MiniLM's value relation (`val`): softmax(V Vᵀ / √d_h) per head at the stored query rows."""
 from __future__ import annotations
 
-from ..attention import select_value_relation
-from .base import register
-from .relation import RelationKind
+from hskcache.selection.attention import select_value_relation
+from hskcache.kinds.base import register
+from hskcache.kinds.relation import RelationKind
 
 register(RelationKind(
     "val", 40, ("value",),

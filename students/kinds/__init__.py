@@ -15,7 +15,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-from .base import STUDENT_KINDS, Objective, StudentForward, StudentKind, register
+from students.kinds.base import STUDENT_KINDS, Objective, StudentForward, StudentKind, register
 
 for _module in pkgutil.iter_modules(__path__):
     importlib.import_module(f"{__name__}.{_module.name}")

@@ -13,9 +13,9 @@ from students.stages import HSK, StageSpec
 if TYPE_CHECKING:
     from transformers import PretrainedConfig
 
-    from hskcache.meta import StoreMeta
+    from hskcache.store.meta import StoreMeta
     from students.losses import LossSettings
-    from students.trainer import TrainConfig
+    from students.training.trainer import TrainConfig
 
 # (what the kind's `student` gave, the batch dictionary, the run's loss settings) -> the loss
 Loss = Callable[[Any, dict[str, Tensor], "LossSettings"], Tensor]

@@ -8,10 +8,10 @@ from torch import Tensor
 
 from students.losses import projected_hsk_loss
 
-from .base import Objective, StudentForward, StudentKind, register
+from students.kinds.base import Objective, StudentForward, StudentKind, register
 
 if TYPE_CHECKING:
-    from students.trainer import TrainConfig
+    from students.training.trainer import TrainConfig
 
 
 def gather_projected(states: Tensor, positions: Tensor, projection: Callable[[Tensor], Tensor]) -> Tensor:

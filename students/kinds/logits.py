@@ -6,7 +6,7 @@ from torch import Tensor
 from students.losses import label_loss, prediction_loss
 from students.stages import PRED
 
-from .base import Objective, StudentForward, StudentKind, register
+from students.kinds.base import Objective, StudentForward, StudentKind, register
 
 
 class Logits(StudentKind):

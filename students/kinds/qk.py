@@ -16,13 +16,13 @@ from torch import Tensor
 
 from hskcache.errors import UserError
 
-from .base import Objective, StudentForward, register
-from .relations import RelationStudent, relation_loss
+from students.kinds.base import Objective, StudentForward, register
+from students.kinds.relations import RelationStudent, relation_loss
 
 if TYPE_CHECKING:
     from transformers import PretrainedConfig
 
-    from hskcache.meta import StoreMeta
+    from hskcache.store.meta import StoreMeta
 
 
 class ProjectionRelationStudent(RelationStudent):

@@ -7,17 +7,17 @@ from typing import TYPE_CHECKING
 
 from torch import Tensor
 
-from hskcache.attention import gather_rows, relation, split_heads
+from hskcache.selection.attention import gather_rows, relation, split_heads
 from hskcache.errors import UserError
 from students.losses import distribution_loss
 
-from .base import Loss, Objective, StudentForward, StudentKind
+from students.kinds.base import Loss, Objective, StudentForward, StudentKind
 
 if TYPE_CHECKING:
     from transformers import PretrainedConfig
 
-    from hskcache.attention import RelationSpec
-    from hskcache.meta import StoreMeta
+    from hskcache.selection.attention import RelationSpec
+    from hskcache.store.meta import StoreMeta
 
 
 def relation_loss(kind: str, name: str) -> Loss:

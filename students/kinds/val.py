@@ -1,8 +1,8 @@
 """The student side of MiniLM's value relation (`val`): softmax(V Vᵀ / √d_h) per student head."""
 from __future__ import annotations
 
-from .base import Objective, register
-from .relations import RelationStudent, relation_loss
+from students.kinds.base import Objective, register
+from students.kinds.relations import RelationStudent, relation_loss
 
 register(RelationStudent(
     "val", {"val": Objective(relation_loss("kl", "val"),

@@ -14,8 +14,8 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from hskcache.options import quiet_libraries
 from hskcache.embedded import minilm_encoder, movie_corpus
-from hskcache.shape import StoreShape
-from hskcache.store import StoreData, StoreWriter
+from hskcache.store.shape import StoreShape
+from hskcache.store.group import StoreData, StoreWriter
 
 
 def movie_csv(path: Path, n: int) -> Path:

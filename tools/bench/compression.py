@@ -16,9 +16,9 @@ import time
 import numpy as np
 from numcodecs import Blosc, Zstd
 
-from hskcache.shape import StoreShape
+from hskcache.store.shape import StoreShape
 from hskcache.options import STORE_HELP
-from hskcache.store import StoreData
+from hskcache.store.group import StoreData
 
 CODECS = {
     "zstd-1": Zstd(level=1), "zstd-3": Zstd(level=3), "zstd-9": Zstd(level=9),

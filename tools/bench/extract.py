@@ -29,10 +29,10 @@ from unittest import mock
 
 import torch
 
-from hskcache.config import ExtractConfig, build_config
+from hskcache.teacher.config import ExtractConfig, build_config
 from hskcache.data import load_texts, tokenize_batch
-from hskcache.extract import extract
-from hskcache.teacher import Teacher, load_teacher
+from hskcache.teacher.extract import extract
+from hskcache.teacher.loading import Teacher, load_teacher
 
 from common import workspace
 

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import psutil
 
-from hskcache.config import build_config
-from hskcache.extract import extract
-from hskcache.store import on_disk_bytes
+from hskcache.teacher.config import build_config
+from hskcache.teacher.extract import extract
+from hskcache.store.group import on_disk_bytes
 
 from common import tiled_store, workspace
 

@@ -37,12 +37,12 @@ from transformers import AutoTokenizer, BertConfig
 
 from hskcache.data import tokenize_batch
 from hskcache.embedded import minilm_encoder, movie_corpus
-from hskcache.extract import BackgroundWriter, batch_rows
-from hskcache.meta import synthetic_meta
+from hskcache.teacher.extract import BackgroundWriter, batch_rows
+from hskcache.store.meta import synthetic_meta
 from hskcache.kinds.hsk import HSKRecord, HSKSettings
-from hskcache.shape import StoreShape
-from hskcache.selection import SelectionPlan, layer_map
-from hskcache.store import StoreWriter
+from hskcache.store.shape import StoreShape
+from hskcache.selection.hsk import SelectionPlan, layer_map
+from hskcache.store.group import StoreWriter
 
 CONFIGS = {"1,9,0.1": (1, 9, 0.1), "4,50,0.2": (4, 50, 0.2)}
 LAYERS, HIDDEN, HEADS, STUDENT_LAYERS = 12, 768, 12, 6

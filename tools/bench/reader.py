@@ -30,8 +30,8 @@ import torch
 from transformers import BertConfig, BertModel
 
 import hskcache
-from hskcache.packed import expand
-from hskcache.reader import default_threads
+from hskcache.storage.packed import expand
+from hskcache.store.reader import default_threads
 from students.kinds.hsk import gather_projected
 from students.losses import HSKProjection, projected_hsk_loss
 
@@ -59,7 +59,7 @@ def checksum_cost(store, batch_size: int, seconds: float, repeats: int) -> tuple
     """One thread's rows/s (medians) with every chunk's crc32c checked, as the reader runs, and
     with the check skipped (the checksum only cut off): runs interleaved, so the machine's drift
     falls on both alike."""
-    from hskcache.chunks import CHECKSUM_BYTES, ChunkDecoder
+    from hskcache.storage.chunks import CHECKSUM_BYTES, ChunkDecoder
 
     checked, rates = ChunkDecoder.__dict__["checked"], {True: [], False: []}  # the staticmethod itself
     for i in range(repeats):
@@ -77,8 +77,8 @@ def checksum_decode_cost(path, repeats: int) -> tuple[float, float]:
     """Seconds to decode the first chunk of every array once, with its crc32c checked and with the
     check skipped: the least over `repeats` alternating rounds (the least is what the work costs
     when no other job interrupts it, so it holds on a shared machine)."""
-    from hskcache.chunks import CHECKSUM_BYTES, ChunkDecoder
-    from hskcache.store import StoreData, chunk_key
+    from hskcache.storage.chunks import CHECKSUM_BYTES, ChunkDecoder
+    from hskcache.store.group import StoreData, chunk_key
 
     data = StoreData(str(path))
     decoders = {name: ChunkDecoder.of(arr) for name, arr in data.arrays.items() if arr.shape[0] == data.num_examples}
@@ -166,7 +166,7 @@ def main() -> None:
           f"{'expand rows/s':>15}{'student rows/s':>16}")
     for name in CONFIGS:
         store = hskcache.open_store(args.stores / name)
-        size = sum(hskcache.store.on_disk_bytes(store.path).values()) / 2**20
+        size = sum(hskcache.store.group.on_disk_bytes(store.path).values()) / 2**20
         one, one_cpu = reader_rate(store, args.batch_size, 1, args.seconds)
         every, every_cpu = reader_rate(store, args.batch_size, cores, args.seconds)
         dense = expand_rate(store, args.batch_size, 20)

@@ -24,9 +24,9 @@ import boto3
 import torch
 
 import hskcache
-from hskcache.config import build_config
-from hskcache.extract import extract
-from hskcache.storage import Location
+from hskcache.teacher.config import build_config
+from hskcache.teacher.extract import extract
+from hskcache.storage.backends import Location
 
 from common import tiled_store, workspace
 

@@ -27,10 +27,10 @@ from transformers import AutoTokenizer
 
 from hskcache.options import quiet_libraries
 from hskcache.data import load_texts
-from students.evaluate import evaluate, open_for_eval, predict
-from students.export import QUANTIZERS
-from students.models import load_student
-from students.serving import exported_location, open_exported, weights_bytes
+from students.evaluation.evaluate import evaluate, open_for_eval, predict
+from students.deploy.export import QUANTIZERS
+from students.models.student import load_student
+from students.deploy.serving import exported_location, open_exported, weights_bytes
 
 CPU = torch.device("cpu")
 

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import torch
 
-from hskcache.config import build_config
+from hskcache.teacher.config import build_config
 from hskcache.data import load_texts, tokenize_batch
-from hskcache.extract import extract
-from hskcache.teacher import load_teacher
+from hskcache.teacher.extract import extract
+from hskcache.teacher.loading import load_teacher
 
 from common import workspace
 

@@ -22,8 +22,8 @@ from pathlib import Path
 from movie_results import BIN, LR, evaluate, mean_std, run, run_parser
 
 from hskcache.errors import UserError
-from hskcache.store import on_disk_bytes
-from hskcache.teacher import check_model_source, is_model_folder
+from hskcache.store.group import on_disk_bytes
+from hskcache.teacher.loading import check_model_source, is_model_folder
 
 HSK = (1, 9, 0.1)
 STUDENT = "tinybert-3s"

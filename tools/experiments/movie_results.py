@@ -24,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-from hskcache.teacher import is_model_folder
+from hskcache.teacher.loading import is_model_folder
 
 BIN = Path(sys.executable).parent
 # name -> (store, --hsk, further `students train` flags); "full" is every layer, every token ([CLS] and [SEP]

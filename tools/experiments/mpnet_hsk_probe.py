@@ -15,8 +15,8 @@ import sys
 import torch
 from transformers import AutoTokenizer
 
-from hskcache.reader import open_store
-from students.trainer import Trainer, TrainConfig, parse_hsk
+from hskcache.store.reader import open_store
+from students.training.trainer import Trainer, TrainConfig, parse_hsk
 
 hsk, w_init, lr, epochs, out = sys.argv[1], sys.argv[2], float(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
 run = "runs/mpnet"

@@ -14,7 +14,7 @@ TRAIN=${TRAIN:-1500}           # training reviews (the default job: 3000; fewer 
 INIT=${INIT:-etd-impt}         # the student's init; random is the fallback where ETD cannot read the teacher
 SEEDS=${SEEDS:-0 1 2}
 IMPORTANCE=${IMPORTANCE:-320}  # examples whose task-loss gradients score ETD-Impt's neurons
-case "$INIT" in random) LR=5e-4 ;; *) LR=2e-4 ;; esac  # students/defaults.py's rates for the init
+case "$INIT" in random) LR=5e-4 ;; *) LR=2e-4 ;; esac  # students/training/defaults.py's rates for the init
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false OMP_NUM_THREADS=1
 PY=.venv/bin/python
 CONFIGS=(pred-only+label:0.5 1,9,0.1+label:0.5 full+label:0.5)

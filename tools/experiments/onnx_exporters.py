@@ -22,8 +22,8 @@ from transformers import (BertConfig, BertForSequenceClassification, DebertaV2Co
                           ModernBertForSequenceClassification, MPNetConfig, MPNetForSequenceClassification,
                           RobertaConfig, RobertaForSequenceClassification)
 
-from students.export import LogitsOnly, quiet
-from students.rosita import RositaConfig, RositaForSequenceClassification
+from students.deploy.export import LogitsOnly, quiet
+from students.models.rosita import RositaConfig, RositaForSequenceClassification
 
 VOCAB = 100
 SHAPE = dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48,

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from movie_results import BIN, evaluate, run, run_parser
 
-from hskcache.teacher import is_model_folder
+from hskcache.teacher.loading import is_model_folder
 
 PRESET, STUDENT_LAYERS = "tinybert-3s", 3  # the preset and its depth, which the store is extracted for
 # student init -> `students build tinybert` flags ({store}, {train} are filled in)

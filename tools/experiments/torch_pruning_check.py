@@ -1,7 +1,7 @@
 """Could torch-pruning replace the family registry's slicing? (docs/design.md, "Model families")
 
 Needs `pip install torch-pruning==1.6.1` (not a dependency of hskcache). On a tiny random
-BERT and ModernBERT it checks what ETD needs, against `hskcache.families` + `students.etd`:
+BERT and ModernBERT it checks what ETD needs, against `hskcache.teacher.families` + `students.models.etd`:
 
 1. the residual (hidden) dimensions pruned as one dependency group give the same parameters
    as the registry's slices;
@@ -18,8 +18,8 @@ import torch
 import torch_pruning as tp
 from transformers import AutoModelForSequenceClassification, BertConfig, ModernBertConfig
 
-from hskcache.families import family_of
-from students.etd import ExtractionPlan, extract_state
+from hskcache.teacher.families import family_of
+from students.models.etd import ExtractionPlan, extract_state
 
 SHAPE = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, num_labels=2,
              vocab_size=50, max_position_embeddings=64)

@@ -1,0 +1,1 @@
+"""Budget floor: storage arithmetic for planned and measured stores."""

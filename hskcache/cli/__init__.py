@@ -1,0 +1,1 @@
+"""CLI floor: the `hskcache` commands (each a settings dataclass and a run function)."""

@@ -1,0 +1,1 @@
+"""Selection floor: pure tensor functions that choose layers, tokens, dimensions and relation rows."""

@@ -1,0 +1,1 @@
+"""Store floor: a store of knowledge kinds (its shape, metadata, Zarr group, reader and verification)."""

@@ -1,0 +1,1 @@
+"""Teacher floor: model families, hooks, loading, extraction settings and loop, augmentation."""

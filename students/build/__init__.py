@@ -1,0 +1,1 @@
+"""Build floor: `students build`'s settings and the rows that score a teacher's neurons."""

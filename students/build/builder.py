@@ -1,0 +1,193 @@
+"""`students build tinybert|rosita`: a student folder from a fine-tuned teacher.
+
+One settings dataclass per init (`TinyBertConfig`, `RositaConfig`), each field a
+flag and a TOML key, validated once; `build_student` resolves the shape
+(--preset, what the init fixes, the explicit shape flags on top) and writes
+the folder.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import MISSING, asdict, dataclass
+from pathlib import Path
+
+from hskcache.device import DEVICES
+from hskcache.errors import UserError
+from hskcache.options import STORE_HELP, columns, setting
+from students.models.etd import EXTRACTING_INITS, LAYER_SELECTIONS
+from students.models.student import PRESETS, StudentSpec
+from students.training.trainer import TrainConfig, set_cpu_threads
+
+PRESET_HELP = f"named shape: {', '.join(PRESETS)}"
+
+
+def _common_checks(cfg) -> None:
+    if cfg.preset is not None and cfg.preset not in PRESETS:
+        raise UserError(f"unknown --preset {cfg.preset!r}; use one of {', '.join(PRESETS)}")
+    if cfg.importance_examples < 1:
+        raise UserError(f"--importance-examples must be at least 1, got {cfg.importance_examples}")
+
+
+@dataclass(frozen=True)
+class TinyBertConfig:
+    """`students build tinybert`: a small BERT on the teacher's vocabulary, extracted (ETD) or random."""
+
+    KIND = "tinybert"
+    SHAPE = ("layers", "hidden", "ffn", "heads")
+
+    teacher: str = setting(MISSING, "fine-tuned teacher folder (vocabulary, labels, weights)")
+    out: str = setting(MISSING, "student folder to write")
+    overwrite: bool = setting(False, "replace the files of an existing --out folder")
+    preset: str | None = setting(None, PRESET_HELP)
+    layers: int | None = setting(None, "encoder layers L'")
+    hidden: int | None = setting(None, "hidden width d_S")
+    ffn: int | None = setting(None, "FFN width")
+    heads: int | None = setting(None, "attention heads (must divide --hidden; extraction: the teacher's)")
+    init: str = setting("etd-impt", "etd-impt (teacher weights, dimensions by Taylor importance on --store or "
+                                    "--data) | etd-rand (dimensions drawn at random) | teacher-layers (no width "
+                                    "change) | random | a general-distilled BERT checkpoint folder of the same shape")
+    layer_selection: str = setting("uniform", "teacher layers the student starts from: uniform (ETD) | bottom | top",
+                                   choices=LAYER_SELECTIONS)
+    store: str | None = setting(None, "etd-impt: HSK store whose rows score the neurons (task loss on its gold "
+                                      "labels, the teacher's expected Fisher score on unlabeled rows)",
+                                metavar="STORE", aliases=("--cache",))
+    data: str | None = setting(None, "etd-impt: labeled training data scoring the task loss (instead of --store)")
+    select_on: str = setting(TrainConfig.select_on, "etd-impt: the `students train --select-on` the student will "
+                                                    "be trained with; its held-out rows are not scored")
+    split: str = setting("train", "split of a glue/<task> --data")
+    text_cols: tuple[str, ...] | None = setting(None, "--data text column(s), a or a,b", parse=columns)
+    label_col: str | None = setting(None, "--data label column")
+    max_length: int | None = setting(None, "--data tokenizer max length",
+                                     show_default="128, or the teacher's positions if fewer")
+    importance_examples: int = setting(10_000, "examples that score the neurons (ETD's)")
+    seed: int = setting(0, "seed of a random init or of etd-rand's draw")
+    device: str = setting("auto", "where the teacher runs", choices=DEVICES)
+    threads: int | None = setting(None, "torch CPU threads", show_default="all available cores")
+
+    def __post_init__(self) -> None:
+        _common_checks(self)
+        from hskcache.teacher.loading import check_min_length
+
+        check_min_length(self.max_length)
+        if self.init == "etd-impt" and (self.store is None) == (self.data is None):
+            raise UserError("--init etd-impt (the default) scores the teacher's neurons on one of --store STORE "
+                            "or --data DATA; pass one, or --init etd-rand")
+        if self.init != "etd-impt" and (self.store is not None or self.data is not None):
+            raise UserError(f"--store/--data score importance for --init etd-impt; --init {self.init} does not use them")
+
+
+@dataclass(frozen=True)
+class RositaConfig:
+    """`students build rosita`: the teacher pruned by Taylor importance, embeddings factorised."""
+
+    KIND = "rosita"
+    SHAPE = ("layers", "heads", "ffn", "emb_rank")
+
+    teacher: str = setting(MISSING, "the fine-tuned teacher that wrote the store")
+    store: str = setting(MISSING, "HSK store whose inputs and logits score the importance (" + STORE_HELP + ")",
+                         metavar="STORE", aliases=("--cache",))
+    out: str = setting(MISSING, "student folder to write")
+    overwrite: bool = setting(False, "replace the files of an existing --out folder")
+    preset: str | None = setting(None, PRESET_HELP)
+    layers: int | None = setting(None, "bottom teacher layers kept (L')")
+    heads: int | None = setting(None, "attention heads kept per layer")
+    ffn: int | None = setting(None, "FFN neurons kept per layer")
+    emb_rank: int | None = setting(None, "rank of the factorised word embeddings")
+    importance_examples: int = setting(2048, "store examples that score heads and neurons")
+    device: str = setting("auto", "where the teacher runs", choices=DEVICES)
+    threads: int | None = setting(None, "torch CPU threads", show_default="all available cores")
+
+    def __post_init__(self) -> None:
+        _common_checks(self)
+
+
+def resolve_spec(cfg: TinyBertConfig | RositaConfig, base: dict | None = None) -> StudentSpec:
+    """--preset, then `base` (what the init fixes), then the explicit shape flags on top."""
+    values: dict = {"kind": cfg.KIND}
+    if cfg.preset is not None:
+        preset = PRESETS[cfg.preset]
+        if preset.kind != cfg.KIND:
+            raise UserError(f"--preset {cfg.preset} is a {preset.kind} preset; "
+                            f"use it with `students build {preset.kind}`")
+        values = asdict(preset)
+    values.update(base or {})
+    values.update({name: getattr(cfg, name) for name in cfg.SHAPE if getattr(cfg, name) is not None})
+    missing = [name for name in cfg.SHAPE if values.get(name) is None]
+    if missing:
+        flags = ", ".join("--" + name.replace("_", "-") for name in missing)
+        raise UserError(f"students build {cfg.KIND} needs {flags}; pass them or a --preset")
+    return StudentSpec(**values)
+
+
+def build_student(cfg: TinyBertConfig | RositaConfig):
+    """Write the student folder at cfg.out; returns (spec, model)."""
+    from hskcache.outputs import check_out_folder
+    from hskcache.teacher.loading import load_config, load_tokenizer
+    from students.models.student import build_tinybert
+
+    check_out_folder(cfg.out, "--out", cfg.overwrite)
+    load_tokenizer(cfg.teacher, load_config(cfg.teacher))  # a vocabulary that fits the teacher, before any work
+    if isinstance(cfg, RositaConfig):
+        spec = resolve_spec(cfg)
+        return spec, _build_rosita(cfg, spec)
+    if cfg.init in EXTRACTING_INITS:
+        spec = resolve_spec(cfg, _teacher_shape(cfg))
+        return spec, _build_extracted(cfg, spec)
+    spec = resolve_spec(cfg)
+    return spec, build_tinybert(cfg.teacher, spec.layers, spec.hidden, spec.ffn, spec.heads, cfg.out,
+                                init_dir=None if cfg.init == "random" else cfg.init, seed=cfg.seed)
+
+
+def _teacher_shape(cfg: TinyBertConfig) -> dict:
+    """What an extracting init takes from the teacher: its heads (a rotary family: the heads of
+    its head size that --hidden holds), and for teacher-layers its width."""
+    from hskcache.teacher.families import family_of
+    from hskcache.teacher.loading import load_config
+    from students.models.etd import student_heads
+
+    config = load_config(cfg.teacher)
+    family = family_of(config)
+    shape = {"heads": config.num_attention_heads}
+    if cfg.init == "teacher-layers":
+        shape |= {"hidden": config.hidden_size, "ffn": getattr(config, family.ffn_size)}
+    hidden = cfg.hidden or shape.get("hidden") or (PRESETS[cfg.preset].hidden if cfg.preset in PRESETS else None)
+    if family.rotary and hidden and hidden % family.head_dim(config) == 0:
+        shape["heads"] = student_heads(config, hidden)
+    return shape
+
+
+def _build_extracted(cfg: TinyBertConfig, spec: StudentSpec):
+    from hskcache.device import pick_device
+    from students.models.etd import build_extracted
+    from students.build.importance import data_sample, importance_store, store_sample
+
+    batches = None
+    if cfg.init == "etd-impt" and cfg.store is not None:
+        batches = store_sample(importance_store(cfg.store, cfg.teacher), cfg.importance_examples, cfg.select_on)
+    elif cfg.init == "etd-impt":
+        batches = data_sample(cfg.teacher, cfg.data, cfg.split, cfg.text_cols, cfg.label_col, cfg.max_length,
+                              cfg.importance_examples, cfg.select_on)
+    device = pick_device(cfg.device)
+    set_cpu_threads(device, cfg.threads)
+    return build_extracted(cfg.teacher, spec, cfg.init, cfg.out, batches, cfg.layer_selection, cfg.seed, device,
+                           {"importance_select_on": cfg.select_on} if cfg.init == "etd-impt" else None)
+
+
+def _build_rosita(cfg: RositaConfig, spec: StudentSpec):
+    from hskcache.device import pick_device
+    from students.build.importance import importance_store, store_sample
+    from students.models.student import STUDENT_FILE
+    from students.models.pruning import build_rosita
+
+    store = importance_store(cfg.store, cfg.teacher)
+    sample = store_sample(store, cfg.importance_examples)
+    device = pick_device(cfg.device)
+    set_cpu_threads(device, cfg.threads)
+    model = build_rosita(cfg.teacher, sample, spec.layers, spec.heads, spec.ffn, spec.emb_rank, cfg.out, device)
+    built = json.loads((Path(cfg.out) / STUDENT_FILE).read_text())
+    if built["teacher_hash"] != store.meta.teacher_hash:
+        print(f"students: warning: {cfg.teacher} has other weights than the teacher that wrote {cfg.store}",
+              file=sys.stderr)
+    return model

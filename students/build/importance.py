@@ -1,0 +1,89 @@
+"""The rows that score the teacher's neurons and heads (ETD's `etd-impt`, ROSITA's pruning).
+
+From a store (its inputs, logits and gold labels: the smallest HSK read) or from
+labeled data tokenized by the teacher; either way without the rows that
+`students train --select-on` will hold out, so the held-out slice stays unseen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+
+from hskcache.errors import UserError
+
+IMPORTANCE_BATCH = 32
+
+
+def importance_store(store_path: str, teacher: str):
+    """The store whose inputs, logits and labels score importance, checked against the teacher."""
+    from hskcache.data import check_labels
+    from hskcache.store.reader import open_store
+    from hskcache.teacher.loading import load_config, load_tokenizer, tokenizer_hash
+
+    store = open_store(store_path)
+    config = load_config(teacher)
+    if tokenizer_hash(load_tokenizer(teacher, config)) != store.meta.tokenizer.vocab_hash:
+        raise UserError(f"teacher {teacher}'s vocabulary differs from --store {store_path}'s tokenizer; "
+                        "pass the teacher that wrote the store")
+    check_labels(store.labels(), config.num_labels, store.regression, f"--store {store_path}", "teacher")
+    return store
+
+
+def store_sample(store, examples: int, select_on: str | None = None) -> Iterator[dict[str, torch.Tensor]]:
+    """Shuffled store batches (only inputs, logits and labels are used), without the rows
+    `students train --select-on select_on` holds out, up to `examples` rows."""
+    from students.training.selection import HOLDOUT_SEED, drop_rows, holdout_rows, parse_select_on
+
+    fraction = None if select_on is None else parse_select_on(select_on)[1]  # checked before the teacher loads
+    held = None if fraction is None else torch.from_numpy(holdout_rows(np.arange(store.num_examples), fraction,
+                                                                        HOLDOUT_SEED))
+
+    def sample():
+        left = examples
+        for batch in store.batches(IMPORTANCE_BATCH, shuffle=True, seed=0, depth=1, tokens=1):
+            batch = {k: v[:left] for k, v in (batch if held is None else drop_rows(batch, held)).items()}
+            if len(batch["input_ids"]):
+                yield batch
+            left -= len(batch["input_ids"])
+            if left <= 0:
+                return
+    return sample()
+
+
+def data_sample(teacher: str, data: str, split: str, text_cols: tuple[str, ...] | None, label_col: str | None,
+                max_length: int | None, examples: int, select_on: str) -> list[dict[str, torch.Tensor]]:
+    """The first `examples` labeled rows of `data` outside `select_on`'s held-out slice, tokenized by
+    the teacher, in batches (built before the teacher's weights load, so bad data fails first)."""
+    from hskcache.data import check_labels, load_texts, tokenize_batch
+    from hskcache.teacher.loading import (check_max_length, is_regression, load_config, load_tokenizer, named_labels,
+                                  usable_positions)
+    from students.evaluation.evaluate import MODEL_INPUTS, trim_padding
+    from students.training.selection import HOLDOUT_SEED, holdout_rows, parse_select_on
+
+    config = load_config(teacher)
+    texts = load_texts(data, split, text_cols, label_col, named_labels(config))
+    if texts.labels is None:
+        raise UserError(f"--data {data} has no labels for the task loss; pass --label-col, "
+                        "or score on the teacher's logits with --store STORE")
+    check_labels(texts.labels, config.num_labels, is_regression(config), f"--data {data}", "teacher",
+                 named=texts.label_names is not None)
+    max_length = max_length or min(128, usable_positions(config))
+    check_max_length(max_length, config, "teacher")
+    rows = np.arange(len(texts))
+    fraction = parse_select_on(select_on)[1]
+    if fraction is not None:  # the rows a store of this data would hold out for model selection
+        rows = np.setdiff1d(rows, holdout_rows(rows, fraction, HOLDOUT_SEED))
+    rows = rows[:examples]
+    enc = tokenize_batch(load_tokenizer(teacher, config), [texts.texts_a[i] for i in rows],
+                         None if texts.texts_b is None else [texts.texts_b[i] for i in rows], max_length)
+    labels = np.asarray(texts.labels)[rows]
+    batches = []
+    for lo in range(0, len(rows), IMPORTANCE_BATCH):
+        part = {k: enc[k][lo:lo + IMPORTANCE_BATCH] for k in MODEL_INPUTS}
+        batch = {k: torch.from_numpy(v) for k, v in trim_padding(part).items()}
+        batch["labels"] = torch.from_numpy(labels[lo:lo + IMPORTANCE_BATCH])
+        batches.append(batch)
+    return batches

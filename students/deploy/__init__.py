@@ -1,0 +1,1 @@
+"""Deploy floor: ONNX export, int8 quantisation and serving of a trained student."""

@@ -1,0 +1,1 @@
+"""Evaluation floor: eval data, predictions and metrics."""

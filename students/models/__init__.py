@@ -1,0 +1,1 @@
+"""Models floor: student architectures and how each is made from a teacher (TinyBERT-style, ETD, ROSITA)."""

@@ -1,0 +1,168 @@
+"""Students: TinyBERT-style (a small HF BERT) and ROSITA-style (the pruned teacher).
+
+Every student folder is a Hugging Face model folder (`config.json`, the weights,
+the teacher's tokenizer) plus `student.json` (kind, spec, provenance);
+`AutoModelForSequenceClassification` opens either kind once `students` is
+imported (students/models/rosita.py registers ROSITA). Both forwards take `input_ids, attention_mask, token_type_ids, output_hidden_states`
+and return `.logits` and `.hidden_states` (L'+1 tensors, embeddings first).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import (
+    AutoTokenizer,
+    BertConfig,
+    BertForSequenceClassification,
+    BertModel,
+    PretrainedConfig,
+)
+
+from hskcache.errors import UserError
+from hskcache.teacher.families import family_of
+from hskcache.teacher.loading import check_model_source, load_config, load_model, tokenizer_hash
+
+STUDENT_FILE = "student.json"
+
+
+@dataclass(frozen=True)
+class StudentSpec:
+    """A student's shape. `hidden` is TinyBERT-only (ROSITA keeps the teacher's
+    width); `emb_rank` is ROSITA-only (TinyBERT's embeddings are full-rank)."""
+
+    kind: str  # "tinybert" | "rosita"
+    layers: int
+    heads: int
+    ffn: int
+    hidden: int | None = None
+    emb_rank: int | None = None
+
+
+PRESETS: dict[str, StudentSpec] = {
+    # For a 12-layer, 768-wide teacher (BERT-base), as in the paper.
+    "tinybert-4": StudentSpec("tinybert", layers=4, heads=12, ffn=1200, hidden=312),
+    "rosita-6": StudentSpec("rosita", layers=6, heads=2, ffn=768, emb_rank=128),
+    # For a 6-layer, 384-wide teacher (MiniLM-L6: 12 heads, FFN 1536). Both have
+    # 3 layers, so one store extracted with --student-layers 3 serves both.
+    "tinybert-3s": StudentSpec("tinybert", layers=3, heads=4, ffn=768, hidden=192),
+    "rosita-3s": StudentSpec("rosita", layers=3, heads=4, ffn=384, emb_rank=64),
+}
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of parameters (shared ones counted once)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+# --------------------------------------------------------------------------- TinyBERT
+
+
+def build_tinybert(
+    teacher_dir: str | Path,
+    layers: int,
+    hidden: int,
+    ffn: int,
+    heads: int,
+    out_dir: str | Path,
+    init_dir: str | Path | None = None,
+    seed: int = 0,
+) -> BertForSequenceClassification:
+    """A BERT classifier of the given shape on the teacher's vocabulary and labels.
+
+    Randomly initialised (seeded), or with the encoder of a general-distilled
+    checkpoint `init_dir` of exactly this shape (the classifier stays random).
+    """
+    if min(layers, hidden, ffn, heads) < 1 or hidden % heads:
+        raise UserError(f"bad TinyBERT shape layers={layers} hidden={hidden} ffn={ffn} heads={heads}; "
+                        "use positive sizes with hidden divisible by heads")
+    teacher = teacher_config(teacher_dir)
+    family_of(teacher)  # its vocabulary and store come from a supported encoder only
+    config = BertConfig(
+        vocab_size=teacher.vocab_size,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=ffn,
+        max_position_embeddings=teacher.max_position_embeddings,
+        type_vocab_size=max(1, getattr(teacher, "type_vocab_size", 1)),  # MPNet has no segment embeddings
+        pad_token_id=teacher.pad_token_id,
+        id2label=teacher.id2label,
+        label2id=teacher.label2id,
+        problem_type=teacher.problem_type,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = BertForSequenceClassification(config)
+    if init_dir is not None:
+        _load_general_encoder(model, Path(init_dir))
+    spec = StudentSpec("tinybert", layers=layers, heads=heads, ffn=ffn, hidden=hidden)
+    save_new(model, teacher_dir, out_dir, spec,
+              {"init": None if init_dir is None else str(init_dir), "seed": seed})
+    return model
+
+
+def _load_general_encoder(model: BertForSequenceClassification, init_dir: Path) -> None:
+    check_model_source(str(init_dir), "--init")
+    init, info = BertModel.from_pretrained(init_dir, output_loading_info=True)
+    missing = [key for key in info["missing_keys"] if not key.startswith("pooler.")]
+    if missing:
+        raise UserError(f"--init {init_dir} lacks BERT encoder weights (e.g. {missing[0]}); pass a BERT checkpoint")
+    source, target = init.state_dict(), model.bert.state_dict()
+    wrong = [f"{key} {tuple(source[key].shape)} != {tuple(value.shape)}"
+             for key, value in target.items() if source[key].shape != value.shape]
+    if init.config.num_attention_heads != model.config.num_attention_heads:
+        wrong.append(f"heads {init.config.num_attention_heads} != {model.config.num_attention_heads}")
+    if wrong:
+        raise UserError(f"--init {init_dir} has another shape than the student ({wrong[0]}); "
+                        "build with the checkpoint's layers/hidden/ffn/heads and the teacher's vocabulary")
+    model.bert.load_state_dict(source)
+
+
+# --------------------------------------------------------------------------- folders
+
+
+def load_student(student_dir: str | Path) -> nn.Module:
+    """Either kind of student (or a trainer checkpoint of one, or a teacher) through the Auto classes."""
+    path = Path(student_dir)
+    config = load_config(str(path), "student")
+    if config.model_type != "rosita" and "RositaForSequenceClassification" in (config.architectures or []):
+        raise UserError(f"{path} is a ROSITA student written by an older version of this tool; "
+                        "rebuild it with `students build rosita` and train it again")
+    return load_model(path, "model")
+
+
+def save_student(model: nn.Module, out_dir: str | Path, student_dir: str | Path, extra: dict | None = None) -> None:
+    """Save `model` (e.g. a checkpoint) as a complete student folder, taking the
+    tokenizer and student.json from the folder it was loaded from; `extra` is
+    added to student.json (e.g. the task it was distilled for)."""
+    out = Path(out_dir)
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(student_dir).save_pretrained(out)
+    info = json.loads((Path(student_dir) / STUDENT_FILE).read_text()) | (extra or {})
+    (out / STUDENT_FILE).write_text(json.dumps(info, indent=1) + "\n")
+
+
+def student_task(student_dir: str | Path) -> str | None:
+    """The task (e.g. a GLUE name) a trained student was distilled for, so that
+    `students eval` picks that task's metrics on a local file."""
+    info = Path(student_dir) / STUDENT_FILE
+    return json.loads(info.read_text()).get("task") if info.is_file() else None
+
+
+def teacher_config(teacher_dir: str | Path) -> PretrainedConfig:
+    return load_config(str(teacher_dir), "teacher")
+
+
+def save_new(model: nn.Module, teacher_dir: str | Path, out_dir: str | Path, spec: StudentSpec, extra: dict) -> None:
+    tokenizer = AutoTokenizer.from_pretrained(teacher_dir)
+    out = Path(out_dir)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    info = {"kind": spec.kind, "spec": asdict(spec), "teacher": str(teacher_dir),
+            "teacher_vocab_size": model.config.vocab_size, "tokenizer_hash": tokenizer_hash(tokenizer), **extra}
+    (out / STUDENT_FILE).write_text(json.dumps(info, indent=1) + "\n")

@@ -1,0 +1,1 @@
+"""Training floor: objectives, knowledge sources, the two-stage trainer and the teacher's fine-tuning."""
