@@ -7,6 +7,8 @@ one that imported another's helpers would load that module (and its imports) to 
 from __future__ import annotations
 
 import csv
+import json
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -16,6 +18,7 @@ import hskcache
 import hskcache.storage.backends
 from hskcache.cli.main import main
 from reference import expected_selection, teacher_outputs
+from students.models.student import build_tinybert
 
 MAX_LEN = 24  # also the reference tokenization length
 
@@ -34,6 +37,17 @@ def run_extract(teacher_dir, data, out, *extra):
     args = ["extract", "--teacher", str(teacher_dir), "--data", str(data), "--store", str(out),
             "--max-length", str(MAX_LEN), "--batch-size", "8", "--quiet", *map(str, extra)]
     assert main(args) == 0
+
+
+def tiny_student(teacher_dir, out_dir, *, hidden: int = 32, heads: int = 2, layers: int = 2, ffn: int = 32) -> Path:
+    """A TinyBERT-style student of the teacher with dropout off, so that a training step is a function of the
+    batch alone and a hand computation (or another process) can repeat it; returns its folder."""
+    build_tinybert(teacher_dir, layers=layers, hidden=hidden, ffn=ffn, heads=heads, out_dir=out_dir)
+    config_path = Path(out_dir) / "config.json"
+    config = json.loads(config_path.read_text())
+    config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    config_path.write_text(json.dumps(config))
+    return Path(out_dir)
 
 
 def check_against_reference(teacher_dir, data, store_path, teacher_layers, depth, tokens, strategy, width, width_strategy,

@@ -11,7 +11,7 @@ import hskcache
 from hskcache.errors import UserError
 from hskcache.kinds.relation import RelationRead
 from reference import coarsened_row, ranked_rows, teacher_outputs, value_relation_row
-from helpers import run_extract
+from helpers import run_extract, tiny_student
 
 MAX_LEN = 20
 ATT_FLAGS = ("--student-layers", 2, "--tokens", 4, "--width", 0.25, "--max-length", MAX_LEN, "--knowledge", "hsk,att,val",
@@ -122,15 +122,11 @@ def test_first_relation_loss_matches_an_hf_forward(att_store, teacher_dir, tmp_p
     import numpy as np
     from reference import hsk_mse
     from students.losses import distribution_loss
-    from students.models.student import build_tinybert
     from students.training.objectives import parse_objective
     from students.training.trainer import TrainConfig, train
 
     folder = tmp_path / "student"
-    build_tinybert(teacher_dir, layers=2, hidden=32, ffn=32, heads=2, out_dir=folder)
-    config = json.loads((folder / "config.json").read_text())
-    config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    (folder / "config.json").write_text(json.dumps(config))
+    tiny_student(teacher_dir, folder)
     cfg = TrainConfig(student=str(folder), out=str(tmp_path / "run"), objective=parse_objective("hsk,att:0.5,val"),
                       reads=reads(4, 3), max_steps=1, log_every=1, threads=1, quiet=True, hsk_batch_size=8, select_on="last",
                       pred_batch_size=8, device=device, dtype="fp32")

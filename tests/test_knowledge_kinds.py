@@ -20,7 +20,7 @@ from hskcache.storage.layout import ArraySpec
 from hskcache.options import setting
 from hskcache.store.shape import StoreShape
 from reference import teacher_outputs
-from helpers import MAX_LEN, run_extract, store_shape
+from helpers import MAX_LEN, run_extract, store_shape, tiny_student
 
 
 @dataclass(frozen=True)
@@ -91,7 +91,6 @@ def toy_kind():
 def test_an_opt_in_kind_with_its_own_flag_extracts_reads_and_trains(toy_kind, teacher_dir, single_csv, tmp_path,
                                                                     capsys):
     from hskcache.cli.main import main
-    from students.models.student import build_tinybert
     from students.training.objectives import parse_objective
     from students.training.trainer import TrainConfig, train
 
@@ -133,10 +132,7 @@ def test_an_opt_in_kind_with_its_own_flag_extracts_reads_and_trains(toy_kind, te
 
     # trained: step 1 of `--objective cls` is the toy loss of the untrained student, by hand from HF forwards
     folder = tmp_path / "student"
-    build_tinybert(teacher_dir, layers=2, hidden=32, ffn=32, heads=2, out_dir=folder)
-    config = json.loads((folder / "config.json").read_text())
-    config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    (folder / "config.json").write_text(json.dumps(config))
+    tiny_student(teacher_dir, folder)
     cfg = TrainConfig(student=str(folder), out=str(tmp_path / "run"), objective=parse_objective("cls"),
                       max_steps=1, log_every=1, threads=1, quiet=True, hsk_batch_size=8, select_on="last",
                       pred_batch_size=8, device="cpu", dtype="fp32")

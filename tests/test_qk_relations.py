@@ -17,7 +17,7 @@ import hskcache
 from conftest import WORDS
 from hskcache.cli.main import main as hskcache_main
 from reference import coarsened_row, ranked_rows, teacher_outputs, value_relation_row
-from helpers import MAX_LEN, run_extract
+from helpers import MAX_LEN, run_extract, tiny_student
 from hskcache.kinds.relation import RelationRead
 
 ROWS, KEYS = 5, 6
@@ -177,14 +177,10 @@ def test_student_with_other_heads_learns_from_the_relations(qk_store, teacher_di
     the store's R relation heads; val averages teacher heads as before."""
     from students import cli
     from students.losses import distribution_loss
-    from students.models.student import build_tinybert
 
     relation_heads, path = qk_store
     folder = tmp_path / "student"
-    build_tinybert(teacher_dir, layers=2, hidden=hidden, ffn=32, heads=heads, out_dir=folder)
-    config = json.loads((folder / "config.json").read_text())
-    config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    (folder / "config.json").write_text(json.dumps(config))
+    tiny_student(teacher_dir, folder, hidden=hidden, heads=heads)
     assert cli.main(["train", "--store", str(path), "--student", str(folder), "--out", str(tmp_path / "run"),
                      "--objective", objective, "--att-read", "4,3", "--max-steps", "1", "--log-every", "1",
                      "--hsk-batch-size", "8", "--pred-batch-size", "8", "--threads", "1", "--select-on", "last",
