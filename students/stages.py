@@ -3,7 +3,9 @@
 Stage 1 (`hsk`) matches the student to the stored knowledge its `--objective`
 names (the HSK, the relations), with the projection W training beside the
 student at a constant rate; stage 2 (`pred`) matches the teacher's logits (and
-the gold labels) under a linear decay, and its epochs compete for RUN/best. A
+the gold labels) under a linear decay, and its epochs compete for RUN/best.
+A stage runs when every kind it needs is read: its own (`StageSpec.kind`) and
+its objectives' (`--hsk none` reads no HSK, so stage 1 is skipped). A
 run's `Stage` is one of these with the run's settings for it (epochs, rate,
 batch size, objectives, what it reads); the trainer asks it, never its name.
 """
@@ -35,6 +37,8 @@ class StageSpec:
     trains_projection: bool  # whether W (student width -> teacher width) trains with the student
     selects: bool  # whether its epochs compete for RUN/best (after stage 1 alone the head is untrained)
     recentres: bool  # whether a regression head is recentred before it (students.training.calibration)
+    kind: str  # the knowledge kind it is built around (the HSK for stage 1: W maps to its width); a run
+    # whose read settings do not read that kind (`--hsk none`, `hskcache.kinds.Kind.reads`) skips the stage
 
     def parameters(self, student: nn.Module, projection: nn.Module) -> list[nn.Parameter]:
         """The parameters it trains, student first (the optimizer's order, which a checkpoint records)."""
@@ -44,10 +48,10 @@ class StageSpec:
 
 HSK = StageSpec("hsk", "--objective", "hsk or hsk,att,val", 0,
                 lambda optimizer, total: get_constant_schedule(optimizer),
-                trains_projection=True, selects=False, recentres=False)
+                trains_projection=True, selects=False, recentres=False, kind="hsk")
 PRED = StageSpec("pred", "--pred-objective", "pred or pred,label:0.5", 1_000_000,
                  lambda optimizer, total: get_linear_schedule_with_warmup(optimizer, 0, total),
-                 trains_projection=False, selects=True, recentres=True)
+                 trains_projection=False, selects=True, recentres=True, kind="logits")
 STAGES: dict[str, StageSpec] = {s.name: s for s in (HSK, PRED)}  # in training order
 
 

@@ -9,9 +9,10 @@ import pytest
 from hskcache.cli import main as hskcache_cli
 from hskcache.teacher.config import ExtractConfig, build_config
 from hskcache.errors import UserError
+from hskcache.kinds.hsk import STORED, HSKRead
 from hskcache.options import Group, columns, flag_name, leaves, settings_from
 from students import cli as students_cli
-from students.training.trainer import STORED, TrainConfig
+from students.training.trainer import TrainConfig
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 PROGRAMS = ((hskcache_cli, "hskcache"), (students_cli, "students"))
@@ -104,12 +105,12 @@ def test_every_train_setting_is_a_flag_and_a_toml_key(tmp_path):
                     'text_cols = ["a", "b"]\nseed = 4\nquiet = true\n')
     source, cfg = _train(["--config", str(toml), "--seed", "7"])
     assert source.store == "S"
-    assert (cfg.student, cfg.out, cfg.hsk, cfg.hsk_epochs, cfg.text_cols, cfg.quiet) == \
-        ("STUDENT", "RUN", (1, 9, 0.1), 3, ("a", "b"), True)
+    assert (cfg.student, cfg.out, cfg.reads["hsk"], cfg.hsk_epochs, cfg.text_cols, cfg.quiet) == \
+        ("STUDENT", "RUN", HSKRead((1, 9, 0.1)), 3, ("a", "b"), True)  # --hsk: the HSK kind's read setting
     assert cfg.seed == 7  # flags win over the file
     assert cfg.pred_epochs == TrainConfig.pred_epochs  # neither: the dataclass default
     _, cfg = _train(["--store", "S", "--student", "X", "--out", "R", "--text-cols", "a,b"])
-    assert cfg.hsk == STORED and cfg.text_cols == ("a", "b")
+    assert cfg.reads["hsk"] == HSKRead(STORED) and cfg.text_cols == ("a", "b")
 
 
 def test_train_config_file_errors(tmp_path):

@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 import hskcache
 from hskcache.distributed import Ranks, backend_for, rank_device
 from hskcache.errors import UserError
+from hskcache.kinds.hsk import HSKRead
 from hskcache.store.reader import epoch_batches
 from students.models.student import build_tinybert
 from students.training.trainer import TrainConfig, train
@@ -23,7 +24,7 @@ from conftest import require_gpus
 from tiny_task import Interrupting
 
 ROOT = Path(__file__).resolve().parents[1]
-SETTINGS = dict(hsk=(2, 6, 0.25), hsk_epochs=1, pred_epochs=1, hsk_lr=3e-3, pred_lr=3e-3, hsk_batch_size=16,
+SETTINGS = dict(reads={"hsk": HSKRead((2, 6, 0.25))}, hsk_epochs=1, pred_epochs=1, hsk_lr=3e-3, pred_lr=3e-3, hsk_batch_size=16,
                 pred_batch_size=16, log_every=1, threads=1, quiet=True, select_on="last")
 FLAGS = ["--hsk", "2,6,0.25", "--hsk-epochs", "1", "--pred-epochs", "1", "--hsk-lr", "3e-3", "--pred-lr", "3e-3",
          "--hsk-batch-size", "16", "--pred-batch-size", "16", "--log-every", "1", "--threads", "1", "--quiet", "--select-on", "last"]

@@ -10,13 +10,16 @@ import torch
 from safetensors.torch import load_file
 
 import hskcache
+from hskcache.kinds.hsk import HSKRead
+from hskcache.options import make
+from hskcache.storage.packed import expand
 from students.training.defaults import prediction_objective
 from reference import hsk_mse
 from students.losses import prediction_loss
 from students.models.student import build_tinybert, load_student
-from students.stages import PRED
+from students.stages import HSK, PRED
 from students.training.trainer import TrainConfig, train
-from tiny_task import Interrupting
+from tiny_task import Interrupting, extract
 
 FAST = dict(threads=1, quiet=True, hsk_lr=3e-3, pred_lr=3e-3, hsk_batch_size=16, pred_batch_size=16,
             select_on="last")  # every row trained on, as the hand computations assume
@@ -43,8 +46,8 @@ def test_first_losses_match_a_hand_computation(task, tmp_path, device):
     config = json.loads((folder / "config.json").read_text())
     config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     (folder / "config.json").write_text(json.dumps(config))
-    cfg = TrainConfig(student=str(folder), out=str(tmp_path / "run"), hsk=(2, 4, 0.25), max_steps=1, log_every=1,
-                      device=device, dtype="fp32", **FAST)
+    cfg = TrainConfig(student=str(folder), out=str(tmp_path / "run"), reads={"hsk": HSKRead((2, 4, 0.25))},
+                      max_steps=1, log_every=1, device=device, dtype="fp32", **FAST)
     rel = 1e-5 if device == "cpu" else 1e-4  # another processor sums in another order
     train(cfg, hskcache.open_store(task.store))
 
@@ -60,7 +63,7 @@ def test_first_losses_match_a_hand_computation(task, tmp_path, device):
     assert hsk["loss"] == pytest.approx(expected, rel=rel)
 
     # Prediction-only with the soft labels alone: the same student on the first batch of the pred stage's order.
-    train(replace(cfg, out=str(tmp_path / "pred"), hsk=None, pred_objective=(("pred", 1.0),)), store)
+    train(replace(cfg, out=str(tmp_path / "pred"), reads={"hsk": HSKRead(None)}, pred_objective=(("pred", 1.0),)), store)
     batch = next(iter(store.batches(16, seed=0, epoch=PRED.seed_base, depth=1, tokens=1)))
     with torch.no_grad():
         expected = prediction_loss(model(**{k: batch[k] for k in inputs}).logits, batch["logits"], 1.0, False)
@@ -69,7 +72,7 @@ def test_first_losses_match_a_hand_computation(task, tmp_path, device):
 
     # With the gold labels too (`--pred-objective pred,label:0.5`, the default when the store has labels):
     # + 0.5 × cross-entropy to the labels.
-    train(replace(cfg, out=str(tmp_path / "label"), hsk=None), store)
+    train(replace(cfg, out=str(tmp_path / "label"), reads={"hsk": HSKRead(None)}), store)
     with torch.no_grad():
         logits = model(**{k: batch[k] for k in inputs}).logits
         gold = torch.nn.functional.cross_entropy(logits, batch["labels"].long())
@@ -93,8 +96,8 @@ def test_interrupted_and_resumed_equals_uninterrupted(task, student, tmp_path, d
     (some of its backward kernels add in a varying order). Dropout on, so the RNG state must survive
     the resume too."""
     # 16 steps per epoch.
-    cfg = TrainConfig(student=str(student), out=str(tmp_path / "full"), hsk=(2, 6, 0.25), hsk_epochs=2,
-                      pred_epochs=2, log_every=3, eval_data=str(task.dev), device=device, **FAST)
+    cfg = TrainConfig(student=str(student), out=str(tmp_path / "full"), reads={"hsk": HSKRead((2, 6, 0.25))},
+                      hsk_epochs=2, pred_epochs=2, log_every=3, eval_data=str(task.dev), device=device, **FAST)
     store = hskcache.open_store(task.store)
     train(cfg, store)
 
@@ -130,8 +133,8 @@ def test_interrupted_and_resumed_equals_uninterrupted(task, student, tmp_path, d
 
 
 def test_prediction_only_baseline_and_metrics_file(task, student, tmp_path, device):
-    cfg = TrainConfig(student=str(student), out=str(tmp_path / "run"), hsk=None, pred_epochs=2, max_steps=3,
-                      log_every=1, eval_data=str(task.dev), device=device, **FAST)
+    cfg = TrainConfig(student=str(student), out=str(tmp_path / "run"), reads={"hsk": HSKRead(None)}, pred_epochs=2,
+                      max_steps=3, log_every=1, eval_data=str(task.dev), device=device, **FAST)
     metrics = train(cfg, hskcache.open_store(task.store))
     log = records(tmp_path / "run")
     assert {r["stage"] for r in log} == {"pred"}
@@ -140,13 +143,64 @@ def test_prediction_only_baseline_and_metrics_file(task, student, tmp_path, devi
     lrs = [r["lr"] for r in log if "lr" in r]
     assert lrs == pytest.approx([3e-3, 2e-3, 1e-3])  # linear decay over the 3 steps, no warm-up
     assert set(metrics["eval"]) == {"accuracy", "f1"}  # binary task outside GLUE
-    assert metrics["best"]["metric"] == "accuracy" and metrics["config"]["hsk"] == "none"
+    assert metrics["best"]["metric"] == "accuracy" and metrics["config"]["reads"]["hsk"] == {"hsk": None}
     assert metrics["student"] == {"kind": "tinybert", "parameters": metrics["student"]["parameters"],
                                   "layers": 2, "hidden": 16}
     assert metrics["stages"]["pred"]["examples"] == 48 and metrics["stages"]["pred"]["examples_per_second"] > 0
     assert json.loads((tmp_path / "run" / "metrics.json").read_text()) == metrics
     assert not (tmp_path / "run" / "student.tmp").exists()
     assert (tmp_path / "run" / "student" / "student.json").is_file()
+
+
+class Recording:
+    """The store, keeping the read arguments and the dense batch of every batch the trainer draws."""
+
+    def __init__(self, store) -> None:
+        self._store, self.drawn = store, []
+
+    def __getattr__(self, name):
+        return getattr(self._store, name)
+
+    def batches(self, *args, **kwargs):
+        for batch in self._store.batches(*args, **kwargs):
+            self.drawn.append((kwargs, expand(batch)))
+            yield batch
+
+
+def test_hsk_is_the_hsk_kinds_read_setting(task, student, tmp_path):
+    """`--hsk` (as a flag or TOML value is parsed) is the HSK kind's read: `none` reads no HSK, so stage 1,
+    whose kind it is, is skipped (also with relation objectives, as before); `1,9,0.1` gives stage-1
+    batches whose HSK is the store's own `get` at (1, 9, 0.1) for the same rows."""
+    store = hskcache.open_store(extract(task.teacher, task.train, tmp_path / "store", "--tokens", 9, "--limit", 48))
+    common = FAST | {"student": str(student), "max_steps": 2, "log_every": 1, "pred_objective": "pred"}
+
+    def config(out: str, **more) -> TrainConfig:
+        return make(TrainConfig, common | {"out": str(tmp_path / out)} | more)
+
+    skipped = config("unused", hsk="none", objective="att,val")
+    assert [s.name for s in skipped.stages()] == ["pred"]
+
+    none = Recording(store)
+    metrics = train(config("none", hsk="none"), none)
+    assert set(metrics["stages"]) == {"pred"} and {r["stage"] for r in records(tmp_path / "none")} == {"pred"}
+    assert none.drawn and all((k["depth"], k["tokens"], k["epoch"]) == (1, 1, PRED.seed_base) for k, _ in none.drawn)
+
+    cut = Recording(store)
+    metrics = train(config("cut", hsk="1,9,0.1"), cut)
+    assert set(metrics["stages"]) == {"hsk", "pred"} and metrics["config"]["reads"]["hsk"] == {"hsk": [1, 9, 0.1]}
+    first = [batch for kwargs, batch in cut.drawn if kwargs["epoch"] == HSK.seed_base]
+    assert first and all((k["depth"], k["tokens"], k["width"]) == (1, 9, 0.1)
+                         for k, _ in cut.drawn if k["epoch"] == HSK.seed_base)
+    everything = store.get(np.arange(store.num_examples), depth=1, tokens=9, width=0.1)
+    row_of = {int(e): i for i, e in enumerate(everything["example_id"])}
+    for batch in first:
+        rows = [row_of[int(e)] for e in batch["example_id"]]
+        assert batch["hsk"].shape == (len(rows), 1, 9, store.hidden)
+        assert torch.equal(batch["positions"], everything["positions"][rows])
+        assert torch.equal(batch["hsk_mask"], everything["hsk_mask"][rows])
+        torch.testing.assert_close(batch["hsk"], everything["hsk"][rows])
+        real = batch["positions"] >= 0
+        assert (batch["hsk_mask"].sum(-1)[real] == 3).all()  # N^W 0.1 of d_T 32: 3 dimensions kept
 
 
 @pytest.mark.parametrize("select_on", ["train-holdout:0.25", "last", "eval"])
@@ -158,8 +212,8 @@ def test_selection_uses_what_it_says_and_reports_eval_apart(task, student, tmp_p
     import numpy as np
 
     store = hskcache.open_store(task.store)
-    cfg = TrainConfig(student=str(student), out=str(tmp_path / "run"), hsk=None, pred_epochs=3, pred_lr=3e-3,
-                      pred_batch_size=16, threads=1, quiet=True, select_on=select_on, eval_data=str(task.dev),
+    cfg = TrainConfig(student=str(student), out=str(tmp_path / "run"), reads={"hsk": HSKRead(None)}, pred_epochs=3,
+                      pred_lr=3e-3, pred_batch_size=16, threads=1, quiet=True, select_on=select_on, eval_data=str(task.dev),
                       device=device, dtype="fp32")  # re-scored by hand in fp32 on the CPU
     metrics = train(cfg, store)
     evals = [r for r in records(tmp_path / "run") if "eval" in r]
@@ -194,7 +248,8 @@ def test_learning_rates_default_to_the_students_init(task, student, tmp_path, de
     from students.training.defaults import LEARNING_RATES
     from students.models.student import STUDENT_FILE
 
-    settings = FAST | dict(hsk_lr=None, pred_lr=None, max_steps=1, log_every=1, hsk=(2, 4, 0.25), device=device)
+    settings = FAST | dict(hsk_lr=None, pred_lr=None, max_steps=1, log_every=1, reads={"hsk": HSKRead((2, 4, 0.25))},
+                           device=device)
     etd = tmp_path / "etd"
     shutil.copytree(student, etd)
     info = json.loads((etd / STUDENT_FILE).read_text())

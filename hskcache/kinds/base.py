@@ -13,7 +13,7 @@ A kind names, in one place:
   entries, on the trainer's device; docs/design.md lists them);
 - its parameters: `settings` (extraction: `extract` flags and TOML keys,
   recorded in the store), `resolve` (the settings against the teacher: its
-  `record` in the store's metadata), `read_settings` and `resolve_read`
+  `record` in the store's metadata), `read_settings`, `reads` and `resolve_read`
   (reads: `students train` flags). An opt-in kind (`opt_in`: stored only
   when `--knowledge` names it) has a `settings` class, if an empty one.
 
@@ -113,6 +113,11 @@ class Kind:
         kind needs them, the store's shape and once-per-store arrays): the read its `cuts`, `pack` and
         `expand` get (`Read.kinds`). Refuses, in one line, what the store cannot serve."""
         return read
+
+    def reads(self, read: Any) -> bool:
+        """Whether its read settings (`read_settings`; None for a kind without) read it at all: the HSK's
+        `--hsk none` does not, so the trainer skips the stages that need it."""
+        return True
 
     def describe(self, record: Any) -> str:
         """What a store records of it in one line (`hskcache inspect`, `hskcache budget`)."""

@@ -3,9 +3,9 @@ coded by `hskcache.storage.packed` (values fp16 or int8, kept dimensions as a wi
 
 Its settings (`HSKSettings`: N^D, N^L, N^W, the width strategy, seed and code, the value
 format) are `extract` flags like any kind's; what a store records of it (`HSKRecord`) is
-them resolved against the teacher (N^D, N^L and K filled in); a read (`HSKRead`: the
-`depth`, `tokens`, `width` of `HSKStore.get`/`batches`, the trainer's `--hsk`) is checked
-against the record here, in one place (`HSK.resolve_read`)."""
+them resolved against the teacher (N^D, N^L and K filled in); a read (`HSKRead`, its read
+settings: `students train --hsk`, and the `depth`, `tokens`, `width` of `HSKStore.get`/`batches`)
+is checked against the record here, in one place (`HSK.resolve_read`)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
@@ -17,6 +17,7 @@ from torch import Tensor
 
 from hskcache.storage import widthcode
 from hskcache.errors import UserError
+from hskcache.hskread import parse_triple
 from hskcache.storage.layout import VALUE_FORMATS, ArraySpec
 from hskcache.options import setting
 from hskcache.storage.packed import encode_hsk, expand_hsk
@@ -93,13 +94,36 @@ class HSKRecord:
         return WIDTH_STRATEGIES[self.width_strategy].static
 
 
+Amount = tuple[int | None, int | None, float | None]  # (N^D, N^L, N^W) of a read; None: as stored
+STORED: Amount = (None, None, None)
+
+
+def parse_amount(text: str) -> Amount | None:
+    """`--hsk`: `none` (the HSK not read: prediction-only KD), `stored`, or `N_D,N_L,N_W` (N_W a fraction)."""
+    if text == "none":
+        return None
+    if text == "stored":
+        return STORED
+    try:
+        return parse_triple(text, "--hsk")
+    except UserError as exc:
+        raise UserError(f"{exc} (or 'stored', or 'none' for prediction-only KD)") from None
+
+
 @dataclass(frozen=True)
 class HSKRead:
-    """A read of the HSK: (N^D, N^L, N^W) at or below the stored, None as stored."""
+    """The HSK's read settings (`Kind.read_settings`: `students train --hsk`; `get`/`batches`' depth,
+    tokens, width): (N^D, N^L, N^W) at or below the stored, None as stored; `hsk` None: not read
+    (`--hsk none`; `HSK.reads`), so the trainer skips the stage that needs it."""
 
-    depth: int | None = None
-    tokens: int | None = None
-    width: float | None = None
+    hsk: Amount | None = setting(STORED, "N_D,N_L,N_W (N_W a fraction), 'stored' or 'none' (prediction-only "
+                                 "KD: stage 1 skipped)", parse=parse_amount, show_default="stored")
+
+    def __str__(self) -> str:
+        """As `--hsk` is spelled."""
+        if self.hsk is None:
+            return "none"
+        return "stored" if self.hsk == STORED else ",".join(map(str, self.hsk))
 
 
 @dataclass(frozen=True)
@@ -122,8 +146,8 @@ class HSK(Kind):
     groups = ("positions", "values", "mask")
     listed = True  # `--knowledge hsk` (always stored: a store is an HSK store)
     settings = HSKSettings
-    record = HSKRecord  # its reads are `HSKRead`s, built from `get`/`batches`' depth, tokens, width keywords
-    # (`students train --hsk`), not `read_settings` flags
+    read_settings = HSKRead  # `students train --hsk`; `get`/`batches` build it from their depth, tokens, width
+    record = HSKRecord
 
     def complete(self, settings: HSKSettings, max_length: int) -> HSKSettings:
         """N^L defaults to DEFAULT_TOKENS (at most --max-length), resolved before anything is recorded;
@@ -147,21 +171,34 @@ class HSK(Kind):
         return (f"(N^D, N^L, N^W) = ({record.depth}, {record.tokens}, {record.width}), {record.kept} dims kept "
                 f"({record.width_strategy}), width code {record.width_encoding or 'none'}, {record.values} values")
 
+    def reads(self, read: HSKRead) -> bool:
+        """`--hsk none` reads no HSK, so the trainer skips the stage that needs it (stage 1)."""
+        return read.hsk is not None
+
     def resolve_read(self, record: HSKRecord, read: HSKRead, where: str, shape: StoreShape | None = None,
                      static: Mapping[str, np.ndarray] | None = None) -> HSKCut:
         """(depth, tokens, kept) of a read, None as stored, and a static strategy's columns: the one check
         of whether a read can be served (every reader and the trainer's `--hsk` use it)."""
-        hidden, static = shape.hidden, (static or {}).get("static_dims")
-        depth = record.depth if read.depth is None else read.depth
-        tokens = record.tokens if read.tokens is None else read.tokens
-        kept = record.kept if read.width is None else kept_width(read.width, hidden)
-        stored = f"the store holds depth {record.depth}, tokens {record.tokens}, width {record.width} ({where})"
+        if read.hsk is None:
+            raise ValueError("--hsk none reads no HSK: nothing to resolve")
+        try:
+            return self._cut(record, read.hsk, where, shape.hidden, (static or {}).get("static_dims"))
+        except UserError as exc:
+            raise UserError(f"--hsk {read}: {exc}") from None
+
+    def _cut(self, record: HSKRecord, amount: Amount, where: str, hidden: int, static: np.ndarray | None) -> HSKCut:
+        depth, tokens, width = amount
+        depth = record.depth if depth is None else depth
+        tokens = record.tokens if tokens is None else tokens
+        kept = record.kept if width is None else kept_width(width, hidden)
+        stored = (f"the store holds depth {record.depth}, tokens {record.tokens}, width {record.width} ({where}); "
+                  "read at or below it, or extract a larger store")
         if not 1 <= depth <= record.depth:
             raise UserError(f"depth {depth} is not available: {stored}")
         if not 1 <= tokens <= record.tokens:
             raise UserError(f"tokens {tokens} is not available: {stored}")
-        if (read.width is not None and not 0 < read.width <= 1) or kept > record.kept:
-            raise UserError(f"width {read.width} is not available: {stored}")
+        if (width is not None and not 0 < width <= 1) or kept > record.kept:
+            raise UserError(f"width {width} is not available: {stored}")
         if not record.static:
             return HSKCut(depth, tokens, kept)
         base = np.sort(static) if static is not None else np.arange(hidden)

@@ -137,7 +137,7 @@ class RowDecoder:
         `get`/`batches`, which build the HSK's read, `kinds.hsk.HSKRead`) and of each opt-in kind in
         `kinds`, checked against what is stored: the one check of whether a read can be served
         (every reader and the trainer's `--hsk` use it; each kind's `resolve_read`)."""
-        asked = {"hsk": HSKRead(depth, tokens, width), **(kinds or {})}
+        asked = {"hsk": HSKRead((depth, tokens, width)), **(kinds or {})}
         return Read(resolve_reads(self.records, asked, self.where, self.shape, self.static))
 
     def slicer(self, read: Read) -> tuple[dict[str, tuple], PackedBatch]:

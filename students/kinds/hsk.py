@@ -30,9 +30,10 @@ class HSK(StudentKind):
     hidden_states = True
 
     def read(self, run: TrainConfig, compared: bool) -> dict[str, Any]:
-        """The HSK at --hsk when an objective compares it, else the least the source decodes (one token of
-        the top stored layer): `batches`' depth, tokens, width keywords."""
-        depth, tokens, width = run.hsk if compared and run.hsk is not None else (1, 1, None)
+        """The HSK at --hsk (its read settings, `hskcache.kinds.hsk.HSKRead`) when an objective compares it
+        (a stage runs only where it is read), else the least the source decodes (one token of the top
+        stored layer): `batches`' depth, tokens, width keywords."""
+        depth, tokens, width = run.reads["hsk"].hsk if compared else (1, 1, None)
         return {"depth": depth, "tokens": tokens, "width": width}
 
     def student(self, forward: StudentForward, batch: dict[str, Tensor]) -> list[Tensor]:

@@ -34,8 +34,7 @@ from hskcache.distributed import Ranks, rank_device
 from hskcache.errors import UserError
 from hskcache.device import DEVICES, DTYPES, autocast, check_dtype, pick_dtype
 from hskcache.teacher import hooks
-from hskcache.hskread import parse_triple
-from hskcache.kinds import Read, read_settings, refuse_unused, resolve_reads
+from hskcache.kinds import KINDS, Read, read_settings, refuse_unused
 from hskcache.store.meta import StoreMeta, to_json
 from hskcache.options import columns, complete_per_name, per_name, setting
 from hskcache.storage.packed import PackedBatch, expand
@@ -53,14 +52,11 @@ from students.training.calibration import REGRESSION_HEADS, recentre
 from students.training.defaults import learning_rates, prediction_objective
 from students.evaluation.metrics import primary_metric
 from students.models.student import STUDENT_FILE, count_parameters, load_student, save_student
-from students.stages import HSK, PRED, Stage
+from students.stages import HSK, PRED, Stage, StageSpec
 
 LOG_FILE = "log.jsonl"
 METRICS_FILE = "metrics.json"
 RECENTRE_ROWS = 4096  # training rows whose mean output difference recentres a regression head
-
-HSKRead = tuple[int | None, int | None, float | None]  # (N_D, N_L, N_W); None: as stored
-STORED: HSKRead = (None, None, None)
 
 
 class BatchSource(Protocol):
@@ -81,34 +77,18 @@ class BatchSource(Protocol):
 
     def labels(self) -> np.ndarray: ...
 
-    def resolve(self, depth: int | None, tokens: int | None, width: float | None) -> Read: ...
+    def resolve(self, depth: int | None = None, tokens: int | None = None, width: float | None = None,
+                kinds: Mapping[str, Any] | None = None) -> Read: ...
 
     def batches(self, batch_size: int, shuffle: bool = True, seed: int = 0, epoch: int = 0,
                 depth: int | None = None, tokens: int | None = None, width: float | None = None,
                 start_batch: int = 0, rank: int = 0, world_size: int = 1, packed: bool = False,
-                pin_memory: bool = False) -> Iterator[dict[str, Tensor] | PackedBatch]: ...
-
-
-def parse_hsk(text: str) -> HSKRead | None:
-    """`--hsk`: `none` (prediction-only KD), `stored`, or `N_D,N_L,N_W` (N_W a fraction)."""
-    if text == "none":
-        return None
-    if text == "stored":
-        return STORED
-    try:
-        return parse_triple(text, "--hsk")
-    except UserError as exc:
-        raise UserError(f"{exc} (or 'stored', or 'none' for prediction-only KD)") from None
+                pin_memory: bool = False, kinds: Mapping[str, Any] | None = None
+                ) -> Iterator[dict[str, Tensor] | PackedBatch]: ...
 
 
 def resolved_run(out: str) -> str:
     return str(Path(out).resolve())
-
-
-def format_hsk(hsk: HSKRead | None) -> str:
-    if hsk is None:
-        return "none"
-    return "stored" if hsk == STORED else ",".join(map(str, hsk))
 
 
 @dataclass(frozen=True)
@@ -118,8 +98,6 @@ class TrainConfig:
 
     student: str = field(metadata={"help": "student folder from `students build`"})
     out: str = field(metadata={"help": "run folder: log.jsonl, checkpoint/, best/, student/, metrics.json"})
-    hsk: HSKRead | None = setting(STORED, "N_D,N_L,N_W (N_W a fraction), 'stored' or 'none'", parse=parse_hsk,
-                                   show_default="stored")
     objective: Weighted = setting((("hsk", 1.0),), "stage-1 objectives, name[:weight] comma list of "
                                   + " | ".join(choices(HSK)) + " (att, val: MiniLM's Att-KL, Val-KL)",
                                   parse=parse_objective, show_default="hsk")
@@ -129,7 +107,8 @@ class TrainConfig:
                                               parse=lambda text: parse_objective(text, PRED),
                                               show_default="pred,label:0.5 when the source has gold labels, "
                                                            "else pred (students/training/defaults.py)")
-    reads: Mapping[str, Any] = per_name(read_settings, "knowledge kinds' reads")  # each kind's `Kind.read_settings`
+    reads: Mapping[str, Any] = per_name(read_settings, "knowledge kinds' reads")  # each kind's `Kind.read_settings`:
+    # --hsk (`hskcache.kinds.hsk.HSKRead`; none: stage 1 skipped), --att-read
     width_loss: str = setting("zero-fill", " | ".join(HSK_MODES) + "; zero-fill is the paper's")
     hsk_projection: str = setting("random", " | ".join(HSK_PROJECTIONS) + ": W's init; random is the paper's, kept "
                                   "maps an extracted (ETD) student's dimensions to the teacher dimensions they came from")
@@ -200,8 +179,9 @@ class TrainConfig:
         if parse_select_on(self.select_on)[0] == "eval" and self.eval_data is None:
             raise UserError("--select-on eval selects on the eval split; pass --eval-data or another --select-on")
         complete_per_name(self)  # every kind's read settings: one run has one identity, however configured
-        used = objective_kinds(self.objective if self.hsk is not None else ()) + objective_kinds(
-            self.pred_objective or ())  # e.g. --att-read without a relation objective: refused, not ignored
+        used = [k for objective in self.running().values() for k in objective_kinds(objective)] + [
+            k for k in self.reads if not self.is_read(k)]  # --att-read without a relation objective (or with
+        # stage 1 skipped): refused, not ignored; a setting that switches its kind off (--hsk none) is used
         refuse_unused(self.reads, used, lambda owners: f"compare it with an --objective of {' or '.join(owners)}")
 
     def with_learning_rates(self, info: dict[str, Any]) -> TrainConfig:
@@ -215,18 +195,27 @@ class TrainConfig:
             return self
         return replace(self, pred_objective=prediction_objective(source.labels(), source.regression))
 
+    def is_read(self, kind: str) -> bool:
+        """Whether the run reads a kind at all (`Kind.reads` of its read settings: not the HSK at --hsk none)."""
+        return KINDS[kind].reads(self.reads.get(kind))
+
+    def running(self) -> dict[StageSpec, Weighted]:
+        """The stages that run, in training order, with their objectives: a stage runs when every kind it
+        needs is read, its own (`StageSpec.kind`) and its objectives' (--hsk none skips stage 1)."""
+        chosen = {HSK: self.objective, PRED: self.pred_objective or ()}
+        return {spec: objective for spec, objective in chosen.items()
+                if all(self.is_read(k) for k in (spec.kind, *objective_kinds(objective)))}
+
     def stages(self) -> list[Stage]:
-        """The run's stages in training order (a checkpoint's position indexes them): stage 1 unless
-        --hsk none, then the prediction stage."""
+        """The run's stages in training order (a checkpoint's position indexes them): those `running` gives,
+        each with its epochs, rate, batch size, objectives and read."""
         if self.hsk_lr is None or self.pred_lr is None or self.pred_objective is None:
             raise ValueError("rates or --pred-objective unresolved: call with_learning_rates and "
                              "with_pred_objective first")
-        pred = Stage(PRED, self.pred_epochs, self.pred_lr, self.pred_batch_size, self.pred_objective,
-                     self.read(self.pred_objective))
-        if self.hsk is None:
-            return [pred]
-        return [Stage(HSK, self.hsk_epochs, self.hsk_lr, self.hsk_batch_size, self.objective,
-                      self.read(self.objective)), pred]
+        settings = {HSK: (self.hsk_epochs, self.hsk_lr, self.hsk_batch_size),
+                    PRED: (self.pred_epochs, self.pred_lr, self.pred_batch_size)}
+        return [Stage(spec, *settings[spec], objective, self.read(objective))
+                for spec, objective in self.running().items()]
 
     def read(self, objective: Weighted) -> dict[str, Any]:
         """What a stage with these objectives reads (`BatchSource.batches`' read arguments): the HSK at
@@ -254,7 +243,7 @@ class TrainConfig:
         return sorted(k for k, v in self.identity().items() if saved.get(k) != v)
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self) | {"hsk": format_hsk(self.hsk), "objective": format_objective(self.objective),
+        return asdict(self) | {"objective": format_objective(self.objective),
                                "pred_objective": format_objective(self.pred_objective),
                                "reads": to_json(self.reads)}
 
@@ -399,14 +388,8 @@ class Trainer:
                                 f"baseline) whose --knowledge includes {','.join(missing)}")
             for kind in kinds:
                 kind.check(source.meta, self.model.config, student)
-        if self.cfg.hsk is not None:  # each opt-in kind's read, checked against what the source records
-            resolve_reads(source.meta.kinds, self.cfg.read(self.cfg.objective).get("kinds", {}), "the source")
-        if self.cfg.hsk is not None:
-            try:
-                source.resolve(*self.cfg.hsk)
-            except UserError as exc:
-                raise UserError(f"--hsk {format_hsk(self.cfg.hsk)}: {exc}; pass an amount at or below the "
-                                "store's, or extract a larger store") from None
+        for stage in self.stages:  # what each stage reads, checked by the source's own check of every read
+            source.resolve(**stage.read)
 
     def _load_eval_set(self) -> EvalSet | None:
         cfg, meta = self.cfg, self.source.meta
