@@ -55,10 +55,12 @@ def setting(default: Any, help: str, **more: Any) -> Any:
     return field(default=default, metadata={"help": help, **more})
 
 
-def nested(group: str | None = None) -> Any:
+def nested(group: str | None = None, default_factory: Callable[[], Any] | None = None) -> Any:
     """A field holding another settings dataclass: its fields are flags too (in an argument
-    group titled `group`), and TOML keys of the same flat file."""
-    return field(metadata={"nested": True, "group": group})
+    group titled `group`), and TOML keys of the same flat file; `default_factory` makes the
+    settings where code builds the outer dataclass without them (a command line always gives them)."""
+    return field(metadata={"nested": True, "group": group},
+                 **({} if default_factory is None else {"default_factory": default_factory}))
 
 
 def per_name(classes: Callable[[], dict[str, type]], group: str | None = None) -> Any:

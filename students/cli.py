@@ -48,7 +48,7 @@ def run_train(run: TrainRun) -> int:
     from students.training.trainer import train
 
     cfg = run.train
-    with process_group(cfg.device) as (ranks, _):
+    with process_group(cfg.runtime.device) as (ranks, _):
         if ranks.world_size > 1 and run.source.teacher is not None:
             raise UserError("the online baseline (--teacher) runs in one process; launch it without torchrun")
         try:

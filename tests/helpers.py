@@ -19,6 +19,7 @@ import hskcache.storage.backends
 from hskcache.cli.main import main
 from reference import expected_selection, teacher_outputs
 from students.models.student import build_tinybert
+from students.training.runtime import Runtime
 
 MAX_LEN = 24  # also the reference tokenization length
 
@@ -48,6 +49,11 @@ def tiny_student(teacher_dir, out_dir, *, hidden: int = 32, heads: int = 2, laye
     config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     config_path.write_text(json.dumps(config))
     return Path(out_dir)
+
+
+def quiet_runtime(device: str = "cpu", dtype: str | None = None) -> Runtime:
+    """The runtime of the tests' training runs: one CPU thread (the suite shares its cores), no progress bars."""
+    return Runtime(device=device, dtype=dtype, threads=1, quiet=True)
 
 
 def check_against_reference(teacher_dir, data, store_path, teacher_layers, depth, tokens, strategy, width, width_strategy,

@@ -11,7 +11,7 @@ import hskcache
 from hskcache.errors import UserError
 from hskcache.kinds.relation import RelationRead
 from reference import coarsened_row, ranked_rows, teacher_outputs, value_relation_row
-from helpers import run_extract, tiny_student
+from helpers import quiet_runtime, run_extract, tiny_student
 
 MAX_LEN = 20
 ATT_FLAGS = ("--student-layers", 2, "--tokens", 4, "--width", 0.25, "--max-length", MAX_LEN, "--knowledge", "hsk,att,val",
@@ -128,8 +128,8 @@ def test_first_relation_loss_matches_an_hf_forward(att_store, teacher_dir, tmp_p
     folder = tmp_path / "student"
     tiny_student(teacher_dir, folder)
     cfg = TrainConfig(student=str(folder), out=str(tmp_path / "run"), objective=parse_objective("hsk,att:0.5,val"),
-                      reads=reads(4, 3), max_steps=1, log_every=1, threads=1, quiet=True, hsk_batch_size=8, select_on="last",
-                      pred_batch_size=8, device=device, dtype="fp32")
+                      reads=reads(4, 3), max_steps=1, log_every=1, hsk_batch_size=8, select_on="last",
+                      pred_batch_size=8, runtime=quiet_runtime(device, "fp32"))
     train(cfg, hskcache.open_store(att_store))
 
     store = hskcache.open_store(att_store)
@@ -193,13 +193,13 @@ def test_relation_objective_needs_relations(att_store, task, teacher_dir, tmp_pa
 
     build_tinybert(task.teacher, layers=2, hidden=16, ffn=32, heads=2, out_dir=tmp_path / "s")
     cfg = TrainConfig(student=str(tmp_path / "s"), out=str(tmp_path / "run"), objective=parse_objective("att"),
-                      threads=1, quiet=True)
+                      runtime=quiet_runtime())
     with pytest.raises(UserError, match="needs att knowledge"):
         train(cfg, hskcache.open_store(task.store))
     build_tinybert(teacher_dir, layers=2, hidden=24, ffn=32, heads=3, out_dir=tmp_path / "s3")
     with pytest.raises(UserError, match="3 attention heads, which do not divide the teacher's 4"):
         train(TrainConfig(student=str(tmp_path / "s3"), out=str(tmp_path / "run3"),
-                          objective=parse_objective("val"), threads=1, quiet=True), hskcache.open_store(att_store))
+                          objective=parse_objective("val"), runtime=quiet_runtime()), hskcache.open_store(att_store))
     with pytest.raises(UserError, match="unknown objective"):
         parse_objective("hsk,attention")
 

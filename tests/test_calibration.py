@@ -10,6 +10,7 @@ from transformers import AutoModelForSequenceClassification, BertConfig, BertFor
 
 import hskcache
 from conftest import make_teacher, write_csv
+from helpers import quiet_runtime
 from hskcache.errors import UserError
 from hskcache.kinds.hsk import HSKRead
 from students.training.calibration import output_layer, recentre
@@ -82,8 +83,8 @@ def test_training_recentres_a_regression_student_on_the_training_rows(tmp_path, 
     assert store.regression
     student = tmp_path / "student"
     build_tinybert(teacher, layers=2, hidden=16, ffn=32, heads=2, out_dir=student)
-    settings = dict(student=str(student), reads={"hsk": HSKRead(None)}, max_steps=1, threads=1, quiet=True, pred_batch_size=16,
-                    select_on="train-holdout:0.25", device=device, dtype="fp32")
+    settings = dict(student=str(student), reads={"hsk": HSKRead(None)}, max_steps=1, pred_batch_size=16,
+                    select_on="train-holdout:0.25", runtime=quiet_runtime(device, "fp32"))
 
     # The independent computation: the untrained student on every store row but the held-out ones.
     model = AutoModelForSequenceClassification.from_pretrained(student).eval()

@@ -105,12 +105,35 @@ def test_every_train_setting_is_a_flag_and_a_toml_key(tmp_path):
                     'text_cols = ["a", "b"]\nseed = 4\nquiet = true\n')
     source, cfg = _train(["--config", str(toml), "--seed", "7"])
     assert source.store == "S"
-    assert (cfg.student, cfg.out, cfg.reads["hsk"], cfg.hsk_epochs, cfg.text_cols, cfg.quiet) == \
+    assert (cfg.student, cfg.out, cfg.reads["hsk"], cfg.hsk_epochs, cfg.text_cols, cfg.runtime.quiet) == \
         ("STUDENT", "RUN", HSKRead((1, 9, 0.1)), 3, ("a", "b"), True)  # --hsk: the HSK kind's read setting
     assert cfg.seed == 7  # flags win over the file
     assert cfg.pred_epochs == TrainConfig.pred_epochs  # neither: the dataclass default
     _, cfg = _train(["--store", "S", "--student", "X", "--out", "R", "--text-cols", "a,b"])
     assert cfg.reads["hsk"] == HSKRead(STORED) and cfg.text_cols == ("a", "b")
+
+
+def test_train_and_finetune_share_their_runtime_settings(tmp_path):
+    """--device, --dtype, --threads, --quiet: one settings class (`Runtime`) nested in both commands, so the
+    same flags with the same help, the same TOML keys, and one check."""
+    runtime_flags = {"--device", "--dtype", "--threads", "--quiet"}
+
+    def helps(module, path):
+        return {o: a.help for a in _subparser(module, path)._actions for o in a.option_strings if o in runtime_flags}
+
+    assert helps(students_cli, ["train"]) == helps(hskcache_cli, ["finetune"]) and len(helps(students_cli, ["train"])) == 4
+    toml = tmp_path / "run.toml"
+    toml.write_text('threads = 2\nquiet = true\ndtype = "fp32"\n')
+    finetune = _parse(hskcache_cli, ["finetune", "--teacher", "T", "--data", "D", "--eval-data", "E", "--out", "O",
+                                     "--config", str(toml)])
+    _, train = _train(["--store", "S", "--student", "X", "--out", "R", "--config", str(toml), "--threads", "3"])
+    assert (finetune.runtime.threads, finetune.runtime.quiet, finetune.runtime.dtype) == (2, True, "fp32")
+    assert (train.runtime.threads, train.runtime.quiet, train.runtime.dtype) == (3, True, "fp32")  # the flag wins
+    for command in (["finetune", "--teacher", "T", "--data", "D", "--eval-data", "E", "--out", "O"],
+                    ["train", "--store", "S", "--student", "X", "--out", "R"]):
+        module = hskcache_cli if command[0] == "finetune" else students_cli
+        with pytest.raises(UserError, match="--threads must be at least 1, got 0"):
+            _parse(module, [*command, "--threads", "0"])
 
 
 def test_train_config_file_errors(tmp_path):

@@ -21,11 +21,12 @@ from students.models.student import build_tinybert
 from students.training.trainer import TrainConfig, train
 
 from conftest import require_gpus
+from helpers import quiet_runtime
 from tiny_task import Interrupting
 
 ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = dict(reads={"hsk": HSKRead((2, 6, 0.25))}, hsk_epochs=1, pred_epochs=1, hsk_lr=3e-3, pred_lr=3e-3, hsk_batch_size=16,
-                pred_batch_size=16, log_every=1, threads=1, quiet=True, select_on="last")
+                pred_batch_size=16, log_every=1, select_on="last")
 FLAGS = ["--hsk", "2,6,0.25", "--hsk-epochs", "1", "--pred-epochs", "1", "--hsk-lr", "3e-3", "--pred-lr", "3e-3",
          "--hsk-batch-size", "16", "--pred-batch-size", "16", "--log-every", "1", "--threads", "1", "--quiet", "--select-on", "last"]
 
@@ -50,8 +51,8 @@ def student(task, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def one_process(task, student, tmp_path_factory):
-    cfg = TrainConfig(student=str(student), out=str(tmp_path_factory.mktemp("runs") / "one"), device="cpu",
-                      **SETTINGS)
+    cfg = TrainConfig(student=str(student), out=str(tmp_path_factory.mktemp("runs") / "one"),
+                      runtime=quiet_runtime(), **SETTINGS)
     train(cfg, hskcache.open_store(task.store))
     return cfg
 

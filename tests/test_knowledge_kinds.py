@@ -20,7 +20,7 @@ from hskcache.storage.layout import ArraySpec
 from hskcache.options import setting
 from hskcache.store.shape import StoreShape
 from reference import teacher_outputs
-from helpers import MAX_LEN, run_extract, store_shape, tiny_student
+from helpers import MAX_LEN, quiet_runtime, run_extract, store_shape, tiny_student
 
 
 @dataclass(frozen=True)
@@ -134,8 +134,8 @@ def test_an_opt_in_kind_with_its_own_flag_extracts_reads_and_trains(toy_kind, te
     folder = tmp_path / "student"
     tiny_student(teacher_dir, folder)
     cfg = TrainConfig(student=str(folder), out=str(tmp_path / "run"), objective=parse_objective("cls"),
-                      max_steps=1, log_every=1, threads=1, quiet=True, hsk_batch_size=8, select_on="last",
-                      pred_batch_size=8, device="cpu", dtype="fp32")
+                      max_steps=1, log_every=1, hsk_batch_size=8, select_on="last", pred_batch_size=8,
+                      runtime=quiet_runtime("cpu", "fp32"))
     train(cfg, store)
     from transformers import AutoModelForSequenceClassification
     model = AutoModelForSequenceClassification.from_pretrained(folder).train()

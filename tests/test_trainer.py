@@ -15,13 +15,14 @@ from hskcache.options import make
 from hskcache.storage.packed import expand
 from students.training.defaults import prediction_objective
 from reference import hsk_mse
+from helpers import quiet_runtime
 from students.losses import prediction_loss
 from students.models.student import build_tinybert, load_student
 from students.stages import HSK, PRED
 from students.training.trainer import TrainConfig, train
 from tiny_task import Interrupting, extract
 
-FAST = dict(threads=1, quiet=True, hsk_lr=3e-3, pred_lr=3e-3, hsk_batch_size=16, pred_batch_size=16,
+FAST = dict(hsk_lr=3e-3, pred_lr=3e-3, hsk_batch_size=16, pred_batch_size=16,
             select_on="last")  # every row trained on, as the hand computations assume
 
 
@@ -47,7 +48,7 @@ def test_first_losses_match_a_hand_computation(task, tmp_path, device):
     config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     (folder / "config.json").write_text(json.dumps(config))
     cfg = TrainConfig(student=str(folder), out=str(tmp_path / "run"), reads={"hsk": HSKRead((2, 4, 0.25))},
-                      max_steps=1, log_every=1, device=device, dtype="fp32", **FAST)
+                      max_steps=1, log_every=1, runtime=quiet_runtime(device, "fp32"), **FAST)
     rel = 1e-5 if device == "cpu" else 1e-4  # another processor sums in another order
     train(cfg, hskcache.open_store(task.store))
 
@@ -97,7 +98,8 @@ def test_interrupted_and_resumed_equals_uninterrupted(task, student, tmp_path, d
     the resume too."""
     # 16 steps per epoch.
     cfg = TrainConfig(student=str(student), out=str(tmp_path / "full"), reads={"hsk": HSKRead((2, 6, 0.25))},
-                      hsk_epochs=2, pred_epochs=2, log_every=3, eval_data=str(task.dev), device=device, **FAST)
+                      hsk_epochs=2, pred_epochs=2, log_every=3, eval_data=str(task.dev), runtime=quiet_runtime(device),
+                      **FAST)
     store = hskcache.open_store(task.store)
     train(cfg, store)
 
@@ -134,7 +136,7 @@ def test_interrupted_and_resumed_equals_uninterrupted(task, student, tmp_path, d
 
 def test_prediction_only_baseline_and_metrics_file(task, student, tmp_path, device):
     cfg = TrainConfig(student=str(student), out=str(tmp_path / "run"), reads={"hsk": HSKRead(None)}, pred_epochs=2,
-                      max_steps=3, log_every=1, eval_data=str(task.dev), device=device, **FAST)
+                      max_steps=3, log_every=1, eval_data=str(task.dev), runtime=quiet_runtime(device), **FAST)
     metrics = train(cfg, hskcache.open_store(task.store))
     log = records(tmp_path / "run")
     assert {r["stage"] for r in log} == {"pred"}
@@ -213,8 +215,8 @@ def test_selection_uses_what_it_says_and_reports_eval_apart(task, student, tmp_p
 
     store = hskcache.open_store(task.store)
     cfg = TrainConfig(student=str(student), out=str(tmp_path / "run"), reads={"hsk": HSKRead(None)}, pred_epochs=3,
-                      pred_lr=3e-3, pred_batch_size=16, threads=1, quiet=True, select_on=select_on, eval_data=str(task.dev),
-                      device=device, dtype="fp32")  # re-scored by hand in fp32 on the CPU
+                      pred_lr=3e-3, pred_batch_size=16, select_on=select_on, eval_data=str(task.dev),
+                      runtime=quiet_runtime(device, "fp32"))  # re-scored by hand in fp32 on the CPU
     metrics = train(cfg, store)
     evals = [r for r in records(tmp_path / "run") if "eval" in r]
     assert [r["epoch"] for r in evals] == [1, 2, 3]
@@ -249,7 +251,7 @@ def test_learning_rates_default_to_the_students_init(task, student, tmp_path, de
     from students.models.student import STUDENT_FILE
 
     settings = FAST | dict(hsk_lr=None, pred_lr=None, max_steps=1, log_every=1, reads={"hsk": HSKRead((2, 4, 0.25))},
-                           device=device)
+                           runtime=quiet_runtime(device))
     etd = tmp_path / "etd"
     shutil.copytree(student, etd)
     info = json.loads((etd / STUDENT_FILE).read_text())
@@ -284,7 +286,7 @@ def test_kept_projection_maps_each_student_dimension_to_its_teacher_dimension(ta
     shutil.copytree(student, etd)
     info = json.loads((etd / STUDENT_FILE).read_text())
     (etd / STUDENT_FILE).write_text(json.dumps(info | {"init": "etd-impt", "extraction": {"hidden": kept}}))
-    cfg = TrainConfig(student=str(etd), out=str(tmp_path / "run"), hsk_projection="kept", **(FAST | dict(device=device)))
+    cfg = TrainConfig(student=str(etd), out=str(tmp_path / "run"), hsk_projection="kept", runtime=quiet_runtime(device), **FAST)
     trainer = Trainer(cfg, source)
     states = torch.randn(3, d_student)
     with torch.no_grad():

@@ -18,7 +18,8 @@ from hskcache.errors import UserError
 from hskcache.options import STORE_HELP, columns, setting
 from students.models.etd import EXTRACTING_INITS, LAYER_SELECTIONS
 from students.models.student import PRESETS, StudentSpec
-from students.training.trainer import TrainConfig, set_cpu_threads
+from students.training.runtime import set_cpu_threads
+from students.training.trainer import TrainConfig
 
 PRESET_HELP = f"named shape: {', '.join(PRESETS)}"
 

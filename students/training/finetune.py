@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,14 +30,15 @@ from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from hskcache.data import TextData, fingerprint, load_texts
-from hskcache.device import DEVICES, DTYPES, autocast, check_dtype, pick_device, pick_dtype
+from hskcache.device import autocast, pick_device, pick_dtype
 from hskcache.errors import UserError
-from hskcache.options import columns, setting
+from hskcache.options import columns, nested, setting
 from hskcache.outputs import check_out_folder
 from hskcache.teacher.loading import (check_max_length, check_min_length, load_config, load_model, load_tokenizer,
                               usable_positions)
 from students.evaluation.evaluate import EvalSet, encode_eval_set, evaluate, trimmed
 from students.evaluation.metrics import primary_metric
+from students.training.runtime import Runtime, set_cpu_threads, settings_json
 from students.training.selection import holdout_split, parse_select_on
 
 META_FILE = "hskcache_teacher.json"
@@ -76,15 +77,11 @@ class FinetuneConfig:
     select_on: str = setting("last", "which epoch is saved: last, or train-holdout:FRACTION (the best on that "
                              "seeded slice of --data, which is then not trained on); --eval-data never selects")
     max_steps: int | None = setting(None, "stop after N optimizer steps (smoke runs)")
-    device: str = setting("auto", " | ".join(DEVICES))
-    dtype: str | None = setting(None, " | ".join(DTYPES) + ": forward precision of training and eval, weights and "
-                                "losses in fp32 (default: bf16 on CUDA, fp32 on CPU)")
-    threads: int | None = setting(None, "torch CPU threads (default: all available cores)")
     overwrite: bool = setting(False, "replace the files of an existing --out folder")
-    quiet: bool = setting(False, "no progress bar")
+    runtime: Runtime = nested(default_factory=Runtime)  # --device, --dtype, --threads, --quiet
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "eval_batch_size", "max_steps", "threads"):
+        for name in ("epochs", "batch_size", "eval_batch_size", "max_steps"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
@@ -96,9 +93,6 @@ class FinetuneConfig:
             raise UserError(f"--warmup-frac must be in [0, 1), got {self.warmup_frac}")
         if self.weight_decay < 0:
             raise UserError(f"--weight-decay must be at least 0, got {self.weight_decay}")
-        if self.device not in DEVICES:
-            raise UserError(f"--device {self.device!r} is unknown; use one of {', '.join(DEVICES)}")
-        check_dtype(self.dtype)
         parse_select_on(self.select_on, SELECT_ON)
 
     @property
@@ -119,11 +113,9 @@ class Splits:
 def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     """Train, keep the epoch `cfg.select_on` picks (never by the eval data) in `cfg.out`;
     returns the saved metadata. Every input is checked before anything is written."""
-    from students.training.trainer import set_cpu_threads  # here: `hskcache --help` need not import the trainer
-
-    device = pick_device(cfg.device)
-    dtype = pick_dtype(cfg.dtype, device)
-    set_cpu_threads(device, cfg.threads)
+    device = pick_device(cfg.runtime.device)
+    dtype = pick_dtype(cfg.runtime.dtype, device)
+    set_cpu_threads(device, cfg.runtime.threads)
     torch.manual_seed(cfg.seed)
     check_out_folder(cfg.out, "--out", cfg.overwrite)
     config = load_config(cfg.teacher, "--teacher")
@@ -162,13 +154,13 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
         "num_labels": num_labels,
         "is_regression": train.is_regression,
         "max_length": max_length,
-        "settings": asdict(cfg),
+        "settings": settings_json(cfg),
         "history": [],
     }
     precision = autocast(device, dtype)
     train_inputs, train_labels = splits.train.inputs, torch.from_numpy(splits.train.labels)
     best, step = -math.inf, 0
-    bar = tqdm(total=total, unit="step", desc="fine-tune", dynamic_ncols=True, disable=cfg.quiet)
+    bar = tqdm(total=total, unit="step", desc="fine-tune", dynamic_ncols=True, disable=cfg.runtime.quiet)
     for epoch in range(1, cfg.epochs + 1):
         model.train()
         losses, started = [], time.perf_counter()

@@ -19,8 +19,9 @@ from hskcache.options import STORE_HELP, flag_name, nested, setting
 
 ONLINE_FIELDS = ("data", "split", "student_layers", "ltop", "teacher_layers", "token_strategy", "knowledge",
                  "limit")  # and every kind's settings (the HSK's --depth/--tokens/--width/...)
-# `ExtractConfig` fields the online baseline takes from the run's own settings (`TrainConfig`).
-FROM_TRAINING = ("text_cols", "label_col", "max_length", "device", "dtype")
+# `ExtractConfig` fields the online baseline takes from the run's own settings (`TrainConfig`, and its `Runtime`).
+FROM_TRAINING = ("text_cols", "label_col", "max_length")
+FROM_RUNTIME = ("device", "dtype")
 
 
 def _online_field(f, cls: type = ExtractConfig) -> tuple[str, Any, Any]:
@@ -68,7 +69,8 @@ class SourceSettings:
         """What `hskcache extract` would store, with no store: the online baseline's settings."""
         from hskcache.options import make
 
-        shared = {name: getattr(training, name) for name in FROM_TRAINING}
+        shared = {name: getattr(training, name) for name in FROM_TRAINING} | {
+            name: getattr(training.runtime, name) for name in FROM_RUNTIME}
         return make(ExtractConfig, {**self.online_given(), **shared, "teacher": self.teacher})
 
     def open(self, training):

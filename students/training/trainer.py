@@ -32,17 +32,18 @@ from transformers import AutoTokenizer
 from hskcache.data import check_labels
 from hskcache.distributed import Ranks, rank_device
 from hskcache.errors import UserError
-from hskcache.device import DEVICES, DTYPES, autocast, check_dtype, pick_dtype
+from hskcache.device import autocast, pick_dtype
 from hskcache.teacher import hooks
 from hskcache.kinds import KINDS, Read, read_settings, refuse_unused
 from hskcache.store.meta import StoreMeta, to_json
-from hskcache.options import columns, complete_per_name, per_name, setting
+from hskcache.options import columns, complete_per_name, nested, per_name, setting
 from hskcache.storage.packed import PackedBatch, expand
 from hskcache.teacher.loading import check_min_length, tokenizer_hash
 from students.training.checkpoint import STATE_FILE, read_state, replaced_dir, rng_state, set_rng_state, write_state
 from students.evaluation.evaluate import MODEL_INPUTS, EvalSet, evaluate, load_eval_set, trim_padding
 from students.training.selection import drop_rows, holdout_eval_set, parse_select_on
-from students.training.data_parallel import Parallel, cores_per_rank, placeholder, rank_seed
+from students.training.data_parallel import Parallel, placeholder, rank_seed
+from students.training.runtime import Runtime, set_cpu_threads, settings_json
 from students.kinds import STUDENT_KINDS, StudentForward
 from students.training.objectives import Weighted, choices, format_objective, parse_objective
 from students.training.objectives import kinds as objective_kinds
@@ -139,22 +140,18 @@ class TrainConfig:
     label_col: str | None = setting(None, "label column (default: the store's)")
     max_length: int | None = setting(None, "eval max length (default: the store's)")
     eval_batch_size: int = setting(128, "eval batch size")
-    device: str = setting("auto", " | ".join(DEVICES))
-    dtype: str | None = setting(None, " | ".join(DTYPES) + ": forward precision of training and eval, losses in "
-                                "fp32 (default: bf16 on CUDA, fp32 on CPU)")
-    threads: int | None = setting(None, "torch CPU threads (default: all available cores)")
+    runtime: Runtime = nested(default_factory=Runtime)  # --device, --dtype, --threads, --quiet
     resume: bool = setting(False, "continue the run in --out from its checkpoint")
-    quiet: bool = setting(False, "no progress bars")
 
     # Settings a resumed run may change: they do not change what is trained.
-    RUNTIME = ("log_every", "save_every", "eval_batch_size", "device", "dtype", "threads", "resume", "quiet")
+    RUNTIME = ("log_every", "save_every", "eval_batch_size", "runtime", "resume")
 
     def __post_init__(self) -> None:
         positive = {"hsk_epochs": self.hsk_epochs, "pred_epochs": self.pred_epochs,
                     "hsk_batch_size": self.hsk_batch_size, "pred_batch_size": self.pred_batch_size,
                     "log_every": self.log_every,
                     "eval_batch_size": self.eval_batch_size, "max_steps": self.max_steps,
-                    "save_every": self.save_every, "threads": self.threads, "max_length": self.max_length}
+                    "save_every": self.save_every, "max_length": self.max_length}
         for name, value in positive.items():
             if value is not None and value < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
@@ -170,9 +167,6 @@ class TrainConfig:
         if self.regression_head not in REGRESSION_HEADS:
             raise UserError(f"--regression-head {self.regression_head!r} is unknown; "
                             f"use one of {', '.join(REGRESSION_HEADS)}")
-        if self.device not in DEVICES:
-            raise UserError(f"--device {self.device!r} is unknown; use one of {', '.join(DEVICES)}")
-        check_dtype(self.dtype)
         check_min_length(self.max_length)
         if Path(self.out).is_file():
             raise UserError(f"--out {self.out} is a file; pass a directory for the run")
@@ -243,7 +237,7 @@ class TrainConfig:
         return sorted(k for k, v in self.identity().items() if saved.get(k) != v)
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self) | {"objective": format_objective(self.objective),
+        return settings_json(self) | {"objective": format_objective(self.objective),
                                "pred_objective": format_objective(self.pred_objective),
                                "reads": to_json(self.reads)}
 
@@ -290,14 +284,6 @@ class HardInterrupt(KeyboardInterrupt):
     """A second Ctrl-C: the state may be mid-update, so nothing is saved."""
 
 
-def set_cpu_threads(device: torch.device, threads: int | None) -> None:
-    """On CPU, torch threads = --threads, else the cores this process may use,
-    shared among the ranks of its node (fewer on shared machines: oversubscribed
-    threads slow small models badly)."""
-    if device.type == "cpu":
-        torch.set_num_threads(threads or cores_per_rank())
-
-
 class Distiller(nn.Module):
     """The trainable parts of a step as one module (the student and the projection W),
     so that DistributedDataParallel sees every parameter a loss uses in its forward."""
@@ -334,9 +320,9 @@ class Trainer:
         self.run_dir = Path(cfg.out)
         self.stages = cfg.stages()
         self.ranks = Ranks.current()
-        self.device = rank_device(cfg.device, self.ranks.local_rank)
+        self.device = rank_device(cfg.runtime.device, self.ranks.local_rank)
         self.parallel = Parallel(self.ranks, self.device)
-        set_cpu_threads(self.device, cfg.threads)
+        set_cpu_threads(self.device, cfg.runtime.threads)
         self.model = load_student(cfg.student)
         self.tokenizer = AutoTokenizer.from_pretrained(cfg.student)
         self._check_compatible()
@@ -351,7 +337,7 @@ class Trainer:
             self.projection.select(kept_dimensions(self.info))
         self.model.to(self.device)
         self.projection.to(self.device)
-        self.dtype = pick_dtype(cfg.dtype, self.device)
+        self.dtype = pick_dtype(cfg.runtime.dtype, self.device)
         self.distiller = Distiller(self.model, self.projection, autocast(self.device, self.dtype), source.meta)
         self.engine: nn.Module = self.distiller  # DDP-wrapped per stage when distributed
         self.pos = Position()
@@ -506,7 +492,7 @@ class Trainer:
                                                                                  self.cfg.max_steps)
         self._begin_stage(stage, total)
         bar = tqdm(total=total, initial=self.pos.step, desc=stage.name, unit="step", dynamic_ncols=True,
-                   disable=self.cfg.quiet or not self.ranks.is_main)
+                   disable=self.cfg.runtime.quiet or not self.ranks.is_main)
         with bar:
             done = False
             while not done:
@@ -627,7 +613,7 @@ class Trainer:
         record = {"eval": metrics} | ({"holdout": held} if held is not None else {})
         if metrics is not None or held is not None:
             self._write_log({"stage": stage.name, "epoch": pos.epoch + 1, "step": pos.step, **record})
-            if not self.cfg.quiet:
+            if not self.cfg.runtime.quiet:
                 bar.write(f"{stage.name} epoch {pos.epoch + 1}: " + "; ".join(
                     f"{name} " + ", ".join(f"{k} {v:.4f}" for k, v in values.items())
                     for name, values in record.items() if values is not None))

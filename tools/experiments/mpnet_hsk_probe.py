@@ -17,13 +17,14 @@ from transformers import AutoTokenizer
 
 from hskcache.store.reader import open_store
 from hskcache.kinds.hsk import HSKRead, parse_amount
+from students.training.runtime import Runtime
 from students.training.trainer import Trainer, TrainConfig
 
 hsk, w_init, lr, epochs, out = sys.argv[1], sys.argv[2], float(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
 run = "runs/mpnet"
 student_dir = f"{run}/results/students/tinybert-4-etd-impt"
 cfg = TrainConfig(student=student_dir, out=out, reads={"hsk": HSKRead(parse_amount(hsk))}, hsk_epochs=epochs,
-                  pred_epochs=1, hsk_lr=lr, pred_lr=lr, seed=0, select_on="train-holdout:0.1", threads=1, quiet=True,
+                  pred_epochs=1, hsk_lr=lr, pred_lr=lr, seed=0, select_on="train-holdout:0.1", runtime=Runtime(threads=1, quiet=True),
                   eval_data=f"{run}/data/dev.csv", pred_objective=(("pred", 1.0), ("label", 0.5)))
 trainer = Trainer(cfg, open_store(f"{run}/results/store-compressed"))
 if w_init == "kept":
