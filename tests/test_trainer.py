@@ -174,7 +174,8 @@ def test_hsk_is_the_hsk_kinds_read_setting(task, student, tmp_path):
     whose kind it is, is skipped (also with relation objectives, as before); `1,9,0.1` gives stage-1
     batches whose HSK is the store's own `get` at (1, 9, 0.1) for the same rows."""
     store = hskcache.open_store(extract(task.teacher, task.train, tmp_path / "store", "--tokens", 9, "--limit", 48))
-    common = FAST | {"student": str(student), "max_steps": 2, "log_every": 1, "pred_objective": "pred"}
+    common = FAST | {"student": str(student), "max_steps": 2, "log_every": 1, "pred_objective": "pred",
+                     "threads": 1, "quiet": True}  # as quiet_runtime, spelled as flags
 
     def config(out: str, **more) -> TrainConfig:
         return make(TrainConfig, common | {"out": str(tmp_path / out)} | more)
