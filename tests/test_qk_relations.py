@@ -80,10 +80,15 @@ def _check_rows(got, enc, out, sep_id, projections, heads, rows, keys, layers, s
 
 
 @pytest.mark.parametrize("rows,keys", [(None, None), (3, 2)], ids=["stored", "smaller"])
-def test_stored_rows_match_loops(qk_store, teacher_dir, pair_csv, rows, keys):
+def test_stored_rows_match_loops(qk_store, teacher_dir, pair_csv, rows, keys, device, tmp_path):
     """qq/kk rows at the stored (rows, keys) and read exactly at fewer, for R = 2 and R = 8 relation heads of a
-    4-head teacher; val keeps the teacher's own heads beside them."""
+    4-head teacher; val keeps the teacher's own heads beside them. The store is extracted on `device` (the cpu
+    case reads the module's; the cuda case extracts in the loops' fp32), the reference is a CPU forward."""
     heads, path = qk_store
+    if device == "cuda":
+        path = tmp_path / "store"
+        run_extract(teacher_dir, pair_csv, path, *FLAGS, "--relation-heads", heads, "--device", device,
+                    "--dtype", "fp32")
     store = hskcache.open_store(path)
     got = store.get(list(range(N)), kinds=reads(rows, keys))
     rows, keys = rows or ROWS, keys or KEYS
@@ -134,10 +139,12 @@ def modernbert_teacher(tmp_path_factory):
     return folder
 
 
-def test_fused_qkv_family_matches_loops(modernbert_teacher, pair_csv, tmp_path):
+def test_fused_qkv_family_matches_loops(modernbert_teacher, pair_csv, tmp_path, device):
     """ModernBERT, R = 8 relation heads of its 4: Q and K are the first and second d columns of Wqkv applied to
-    the normed layer input (before the rotary embedding, which the relation does not use)."""
-    run_extract(modernbert_teacher, pair_csv, tmp_path / "store", *FLAGS, "--relation-heads", 8)
+    the normed layer input (before the rotary embedding, which the relation does not use); extracted on `device`
+    in fp32, against a CPU forward."""
+    run_extract(modernbert_teacher, pair_csv, tmp_path / "store", *FLAGS, "--relation-heads", 8, "--device", device,
+                "--dtype", "fp32")
     got = hskcache.open_store(tmp_path / "store").get(list(range(N)), kinds=reads())
     texts_a, texts_b = _texts(pair_csv)
     tok = BertTokenizerFast.from_pretrained(modernbert_teacher)
@@ -171,10 +178,12 @@ def _relation_rows_by_hand(x, positions, attention_mask, heads):
 
 
 @pytest.mark.parametrize("heads,hidden,objective", [(2, 32, "qq,kk,val"), (3, 24, "qq,kk")], ids=["2heads", "3heads"])
-def test_student_with_other_heads_learns_from_the_relations(qk_store, teacher_dir, tmp_path, heads, hidden, objective):
+def test_student_with_other_heads_learns_from_the_relations(qk_store, teacher_dir, tmp_path, heads, hidden, objective,
+                                                            device):
     """Step 1 of `--objective qq,kk,val` (2 student heads, 4 teacher heads) and `qq,kk` (3 student heads, which do
     not divide the teacher's 4, so no att/val): the student's own queries and keys, from its HF modules, re-split into
-    the store's R relation heads; val averages teacher heads as before."""
+    the store's R relation heads; val averages teacher heads as before. The trainer runs on `device` in fp32, the
+    hand computation on the CPU."""
     from students import cli
     from students.losses import distribution_loss
 
@@ -184,7 +193,7 @@ def test_student_with_other_heads_learns_from_the_relations(qk_store, teacher_di
     assert cli.main(["train", "--store", str(path), "--student", str(folder), "--out", str(tmp_path / "run"),
                      "--objective", objective, "--att-read", "4,3", "--max-steps", "1", "--log-every", "1",
                      "--hsk-batch-size", "8", "--pred-batch-size", "8", "--threads", "1", "--select-on", "last",
-                     "--quiet", "--dtype", "fp32"]) == 0
+                     "--quiet", "--device", device, "--dtype", "fp32"]) == 0
 
     store = hskcache.open_store(path)
     model = AutoModelForSequenceClassification.from_pretrained(folder, attn_implementation="eager").train()
@@ -253,7 +262,7 @@ def test_budget_counts_qq_and_kk(qk_store, capsys):
     assert plan["hskcache_group_bytes"]["relations"] == 9 * 2 + 9 * (16 * 3 + 2) * (2 * 12 + 2 * 8)
 
 
-def test_online_baseline_computes_the_stores_rows(qk_store, teacher_dir, pair_csv, tmp_path):
+def test_online_baseline_computes_the_stores_rows(qk_store, teacher_dir, pair_csv, tmp_path, device):
     """`students train --teacher ... --knowledge ...,qq,kk --relation-heads R`: the online baseline computes the
     store's qq/kk rows live (its settings carry R), so a 3-head student's losses are the store run's."""
     from students import cli
@@ -263,7 +272,7 @@ def test_online_baseline_computes_the_stores_rows(qk_store, teacher_dir, pair_cs
     build_tinybert(teacher_dir, layers=2, hidden=24, ffn=32, heads=3, out_dir=tmp_path / "s")
     common = ["--student", str(tmp_path / "s"), "--objective", "qq,kk", "--att-read", "3,2", "--max-steps", "2",
               "--log-every", "1", "--hsk-batch-size", "8", "--pred-batch-size", "8", "--threads", "1",
-              "--select-on", "last", "--quiet", "--dtype", "fp32"]
+              "--select-on", "last", "--quiet", "--device", device, "--dtype", "fp32"]
     assert cli.main(["train", "--store", str(path), "--out", str(tmp_path / "offline"), *common]) == 0
     assert cli.main(["train", "--teacher", str(teacher_dir), "--data", str(pair_csv), *map(str, FLAGS),
                      "--relation-heads", str(relation_heads), "--max-length", str(MAX_LEN),
