@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 import zarr
 
@@ -54,6 +55,24 @@ def tiny_student(teacher_dir, out_dir, *, hidden: int = 32, heads: int = 2, laye
 def quiet_runtime(device: str = "cpu", dtype: str | None = None) -> Runtime:
     """The runtime of the tests' training runs: one CPU thread (the suite shares its cores), no progress bars."""
     return Runtime(device=device, dtype=dtype, threads=1, quiet=True)
+
+
+def check_online_matches_store(store, teacher_dir, data, extraction, student, objective, out, device) -> None:
+    """`students train` of `student` twice, from the store and from the online teacher run with `extraction` (the
+    store's own `hskcache extract` flags), two steps per stage at `--att-read 3,2`: the same stages, the same losses
+    (the store's values are fp16 of the live floats, hence the tolerance)."""
+    from students import cli
+
+    common = ["--student", str(student), "--objective", objective, "--att-read", "3,2", "--max-steps", "2",
+              "--log-every", "1", "--hsk-batch-size", "8", "--pred-batch-size", "8", "--threads", "1",
+              "--select-on", "last", "--quiet", "--device", device, "--dtype", "fp32"]
+    assert cli.main(["train", "--store", str(store), "--out", str(Path(out) / "offline"), *common]) == 0
+    assert cli.main(["train", "--teacher", str(teacher_dir), "--data", str(data), *map(str, extraction),
+                     "--out", str(Path(out) / "online"), *common]) == 0
+    offline, online = ([json.loads(line) for line in (Path(out) / run / "log.jsonl").read_text().splitlines()]
+                       for run in ("offline", "online"))
+    assert [r["stage"] for r in offline] == ["hsk", "hsk", "pred", "pred"]
+    assert [r["loss"] for r in online] == pytest.approx([r["loss"] for r in offline], rel=1e-3)
 
 
 def check_against_reference(teacher_dir, data, store_path, teacher_layers, depth, tokens, strategy, width, width_strategy,

@@ -11,7 +11,7 @@ import hskcache
 from hskcache.errors import UserError
 from hskcache.kinds.relation import RelationRead
 from reference import coarsened_row, ranked_rows, teacher_outputs, value_relation_row
-from helpers import quiet_runtime, run_extract, tiny_student
+from helpers import check_online_matches_store, quiet_runtime, run_extract, tiny_student
 
 MAX_LEN = 20
 ATT_FLAGS = ("--student-layers", 2, "--tokens", 4, "--width", 0.25, "--max-length", MAX_LEN, "--knowledge", "hsk,att,val",
@@ -155,10 +155,7 @@ def test_first_relation_loss_matches_an_hf_forward(att_store, teacher_dir, tmp_p
 def test_online_baseline_computes_the_stores_relations(att_store, teacher_dir, pair_csv, tmp_path, device):
     """`students train --teacher ... --knowledge hsk,att,val`: the same relation rows, live (on `device`, in the
     store's fp32), so the same losses."""
-    import json
-
     from hskcache.teacher.config import build_config
-    from students import cli
     from students.models.student import build_tinybert
     from students.training.online import OnlineSource
 
@@ -174,16 +171,7 @@ def test_online_baseline_computes_the_stores_relations(att_store, teacher_dir, p
         torch.testing.assert_close(live[name], stored[name], atol=2e-3, rtol=2e-3)  # fp16 of live floats
 
     build_tinybert(teacher_dir, layers=2, hidden=32, ffn=32, heads=2, out_dir=tmp_path / "s")
-    common = ["--student", str(tmp_path / "s"), "--objective", "att,val", "--att-read", "3,2", "--max-steps", "2",
-              "--log-every", "1", "--hsk-batch-size", "8", "--pred-batch-size", "8", "--threads", "1",
-              "--select-on", "last", "--quiet", "--device", device, "--dtype", "fp32"]
-    assert cli.main(["train", "--store", str(att_store), "--out", str(tmp_path / "offline"), *common]) == 0
-    assert cli.main(["train", "--teacher", str(teacher_dir), "--data", str(pair_csv), *map(str, ATT_FLAGS),
-                     "--out", str(tmp_path / "online"), *common]) == 0
-    offline, live_log = ([json.loads(line) for line in (tmp_path / run / "log.jsonl").read_text().splitlines()]
-                         for run in ("offline", "online"))
-    assert [r["stage"] for r in offline] == ["hsk", "hsk", "pred", "pred"]
-    assert [r["loss"] for r in live_log] == pytest.approx([r["loss"] for r in offline], rel=1e-3)
+    check_online_matches_store(att_store, teacher_dir, pair_csv, ATT_FLAGS, tmp_path / "s", "att,val", tmp_path, device)
 
 
 def test_relation_objective_needs_relations(att_store, task, teacher_dir, tmp_path):

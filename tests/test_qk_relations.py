@@ -17,7 +17,7 @@ import hskcache
 from conftest import WORDS
 from hskcache.cli.main import main as hskcache_main
 from reference import coarsened_row, ranked_rows, teacher_outputs, value_relation_row
-from helpers import MAX_LEN, run_extract, tiny_student
+from helpers import MAX_LEN, check_online_matches_store, run_extract, tiny_student
 from hskcache.kinds.relation import RelationRead
 
 ROWS, KEYS = 5, 6
@@ -265,19 +265,10 @@ def test_budget_counts_qq_and_kk(qk_store, capsys):
 def test_online_baseline_computes_the_stores_rows(qk_store, teacher_dir, pair_csv, tmp_path, device):
     """`students train --teacher ... --knowledge ...,qq,kk --relation-heads R`: the online baseline computes the
     store's qq/kk rows live (its settings carry R), so a 3-head student's losses are the store run's."""
-    from students import cli
     from students.models.student import build_tinybert
 
     relation_heads, path = qk_store
     build_tinybert(teacher_dir, layers=2, hidden=24, ffn=32, heads=3, out_dir=tmp_path / "s")
-    common = ["--student", str(tmp_path / "s"), "--objective", "qq,kk", "--att-read", "3,2", "--max-steps", "2",
-              "--log-every", "1", "--hsk-batch-size", "8", "--pred-batch-size", "8", "--threads", "1",
-              "--select-on", "last", "--quiet", "--device", device, "--dtype", "fp32"]
-    assert cli.main(["train", "--store", str(path), "--out", str(tmp_path / "offline"), *common]) == 0
-    assert cli.main(["train", "--teacher", str(teacher_dir), "--data", str(pair_csv), *map(str, FLAGS),
-                     "--relation-heads", str(relation_heads), "--max-length", str(MAX_LEN),
-                     "--out", str(tmp_path / "online"), *common]) == 0
-    offline, online = ([json.loads(line) for line in (tmp_path / run / "log.jsonl").read_text().splitlines()]
-                       for run in ("offline", "online"))
-    assert [r["stage"] for r in offline] == ["hsk", "hsk", "pred", "pred"]
-    assert [r["loss"] for r in online] == pytest.approx([r["loss"] for r in offline], rel=1e-3)
+    check_online_matches_store(path, teacher_dir, pair_csv, [*FLAGS, "--relation-heads", relation_heads,
+                                                             "--max-length", MAX_LEN],
+                               tmp_path / "s", "qq,kk", tmp_path, device)
