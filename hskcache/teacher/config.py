@@ -6,7 +6,7 @@ from typing import Any, Mapping
 
 from hskcache.errors import UserError
 from hskcache.options import columns, complete_per_name, integers, make, merged, per_name, setting
-from hskcache.kinds import KINDS, kind_settings, parse_knowledge, refuse_unstored
+from hskcache.kinds import KINDS, kind_settings, knowledge_names, parse_knowledge, refuse_unstored
 from hskcache.storage.layout import COMPRESSIONS, MAX_LENGTH
 from hskcache.selection.hsk import TOKEN_STRATEGIES, layer_map
 from hskcache.storage.backends import Location
@@ -32,7 +32,8 @@ class ExtractConfig:
         parse=lambda value: integers(value, "--teacher-layers"))
     token_strategy: str = setting("att-nosep-top", " | ".join(TOKEN_STRATEGIES))
     compress: str = setting("zstd", "zstd | none, for every array")
-    knowledge: tuple[str, ...] = setting(("hsk",), "kinds of knowledge to store: hsk,att,val (attention, value relation)",
+    knowledge: tuple[str, ...] = setting(("hsk",), "kinds of knowledge to store, a comma list of "
+                                         + ", ".join(knowledge_names()),
                                          parse=parse_knowledge)
     kinds: Mapping[str, Any] = per_name(kind_settings, "knowledge kinds' settings")  # each kind's `Kind.settings`
     # (the HSK's: N^D, N^L, N^W, width strategy, seed and code, value format; `kinds.hsk.HSKSettings`)
