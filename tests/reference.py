@@ -74,8 +74,9 @@ def coarsened_row(dist, length, k):
     return order, [float(dist[p]) for p in order], rest
 
 
-def value_relation_row(values, q, length, heads):
-    """softmax(v_q · v_j / √d_h) over the real keys j, per head, from value vectors (S, heads × d_h)."""
+def projection_relation_row(values, q, length, heads):
+    """softmax(v_q · v_j / √d_h) over the real keys j, per head, from projection vectors (S, heads × d_h):
+    values (val), queries (qq) or keys (kk)."""
     d = values.shape[-1] // heads
     out = []
     for h in range(heads):

@@ -9,13 +9,13 @@ from transformers import (AutoModelForSequenceClassification, ElectraConfig, Ele
 
 from conftest import PAIRS, SENTENCES
 from hskcache.teacher import hooks
-from hskcache.selection.attention import (AttentionPlan, attention_rows, gather_rows, relation, select_value_relation,
+from hskcache.selection.attention import (AttentionPlan, attention_rows, gather_rows, relation, select_projection_relation,
                                 sep_share, shrink, split_heads)
 from hskcache.data import tokenize_batch
 from hskcache.errors import UserError
 from hskcache.selection.hsk import rank_positions
 from hskcache.teacher.loading import load_teacher
-from reference import coarsened_row, ranked_rows, teacher_outputs, value_relation_row
+from reference import coarsened_row, ranked_rows, teacher_outputs, projection_relation_row
 
 MAX_LEN = 24
 
@@ -31,7 +31,7 @@ def _select(teacher_dir, plan, texts_a, texts_b, device="cpu"):
                                masks["attention_mask"], masks["sep_mask"])  # the query rows, as the relation kinds rank them
     att = {"positions": positions} | attention_rows(plan, out.attentions, positions, masks["attention_mask"])
     values = {l: captured[l]["value"] for l in plan.layers}
-    val = select_value_relation(plan, values, teacher.model.config.num_attention_heads, att["positions"],
+    val = select_projection_relation(plan, values, teacher.model.config.num_attention_heads, att["positions"],
                                 masks["attention_mask"])
     return ({k: v.cpu() for k, v in att.items()}, {k: v.cpu() for k, v in val.items()})
 
@@ -54,7 +54,7 @@ def test_attention_and_value_relation_match_loops(teacher_dir, strategy, device)
             with torch.no_grad():
                 values = value_layer(out.hidden_states[l - 1][b])  # the layer's input, projected
             for n, q in enumerate(rows):
-                relations = value_relation_row(values, q, length, heads)
+                relations = projection_relation_row(values, q, length, heads)
                 for h in range(heads):
                     for got, dist in ((att, out.attentions[l - 1][b, h, q]), (val, relations[h])):
                         keys, probs, rest = coarsened_row(dist, length, plan.keys)

@@ -10,7 +10,7 @@ from transformers import AutoModelForSequenceClassification
 import hskcache
 from hskcache.errors import UserError
 from hskcache.kinds.relation import RelationRead
-from reference import coarsened_row, ranked_rows, teacher_outputs, value_relation_row
+from reference import coarsened_row, ranked_rows, teacher_outputs, projection_relation_row
 from helpers import check_online_matches_store, quiet_runtime, run_extract, tiny_student
 
 MAX_LEN = 20
@@ -68,7 +68,7 @@ def test_store_round_trip_matches_loops(att_store, teacher_dir, pair_csv, rows, 
             with torch.no_grad():
                 values = model.bert.encoder.layer[l - 1].attention.self.value(out.hidden_states[l - 1][b])
             for r, q in enumerate(query):
-                relations = value_relation_row(values, q, length, heads)
+                relations = projection_relation_row(values, q, length, heads)
                 for h in range(heads):
                     for kind, dist in (("att", out.attentions[l - 1][b, h, q]), ("val", relations[h])):
                         want_keys, want_probs, want_rest = coarsened_row(dist, length, keys)

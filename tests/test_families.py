@@ -29,7 +29,7 @@ from conftest import WORDS
 from hskcache.cli.main import main as hskcache_main
 from hskcache.errors import UserError
 from hskcache.teacher.families import family_of
-from reference import coarsened_row, expected_selection, ranked_rows, value_relation_row
+from reference import coarsened_row, expected_selection, ranked_rows, projection_relation_row
 from students import cli as students_cli
 from students.models.etd import build_extracted, taylor_neuron_importance
 from students.models.student import StudentSpec, load_student
@@ -182,7 +182,7 @@ def test_store_matches_a_plain_forward(family_store, pair_csv, device, tmp_path)
             query = ranked_rows(enc, out, tok.sep_token_id, b, l, spec.rows, "att-nosep")
             assert got["rel_positions"][b, j].tolist() == query + [-1] * (spec.rows - len(query))
             for r, q in enumerate(query):
-                relations = value_relation_row(values[l][b], q, length, HEADS)
+                relations = projection_relation_row(values[l][b], q, length, HEADS)
                 for h in range(HEADS):
                     for kind, dist in (("att", out.attentions[l - 1][b, h, q]), ("val", relations[h])):
                         keys, probs, rest = coarsened_row(dist, length, spec.keys)

@@ -16,7 +16,7 @@ from transformers import AutoModelForSequenceClassification, BertTokenizerFast, 
 import hskcache
 from conftest import WORDS
 from hskcache.cli.main import main as hskcache_main
-from reference import coarsened_row, ranked_rows, teacher_outputs, value_relation_row
+from reference import coarsened_row, ranked_rows, teacher_outputs, projection_relation_row
 from helpers import MAX_LEN, check_online_matches_store, run_extract, tiny_student
 from hskcache.kinds.relation import RelationRead
 
@@ -65,7 +65,7 @@ def _check_rows(got, enc, out, sep_id, projections, heads, rows, keys, layers, s
             for kind, name in (("qq", "query"), ("kk", "key")):
                 vectors = projections[l][name][b]
                 for r, q in enumerate(query):
-                    dists = value_relation_row(vectors, q, length, heads)  # the loop over R relation heads
+                    dists = projection_relation_row(vectors, q, length, heads)  # the loop over R relation heads
                     for h in range(heads):
                         want_keys, want_probs, want_rest = coarsened_row(dists[h], length, keys)
                         assert got[f"{kind}_keys"][b, j, h, r].tolist() == want_keys + [-1] * (keys - len(want_keys))

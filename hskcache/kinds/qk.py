@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from hskcache.selection.attention import RelationSpec, select_value_relation
+from hskcache.selection.attention import RelationSpec, select_projection_relation
 from hskcache.errors import UserError
 from hskcache.options import setting
 from hskcache.kinds.base import TeacherInfo, register
@@ -43,7 +43,7 @@ class ProjectionRelation(RelationKind):
 
     def __init__(self, name: str, order: int, projection: str) -> None:
         super().__init__(name, order, (projection,), lambda plan, out, projections, heads, positions, mask:
-                         select_value_relation(plan, projections, heads, positions, mask))
+                         select_projection_relation(plan, projections, heads, positions, mask))
 
     def resolve(self, settings: ProjectionRelationSettings, teacher: TeacherInfo) -> RelationSpec:
         """The shared relation rows, with R relation heads that must divide the teacher's width."""

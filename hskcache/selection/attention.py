@@ -156,10 +156,11 @@ def attention_rows(plan: AttentionPlan, attentions: Sequence[Tensor], positions:
     return {"keys": keys, "probs": probs, "rest": rest}
 
 
-def select_value_relation(plan: AttentionPlan, values: dict[int, Tensor], heads: int, positions: Tensor,
+def select_projection_relation(plan: AttentionPlan, values: dict[int, Tensor], heads: int, positions: Tensor,
                           attention_mask: Tensor) -> dict[str, Tensor]:
-    """MiniLM's value relation at the attention rows `positions` (B, N_A, rows):
-    `values[l]` is layer l's value projection output (B, S, heads × d_h)."""
+    """softmax(P_r P_rᵀ / √d_r) of one projection P split into `heads` relation heads, at the attention
+    rows `positions` (B, N_A, rows): `values[l]` is layer l's projection output (B, S, heads × d_r) —
+    the values for MiniLM's value relation (`val`), the queries or keys for MiniLMv2's `qq`/`kk`."""
     out = []
     for j, l in enumerate(plan.layers):
         v = split_heads(values[l], heads)
