@@ -9,6 +9,7 @@ be identical; only the group's attributes may differ. The teacher is the tests' 
 from __future__ import annotations
 
 import hashlib
+import subprocess
 import sys
 from pathlib import Path
 
@@ -17,7 +18,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from conftest import make_teacher, write_csv  # noqa: E402
 
-from hskcache.cli import main as cli
 
 RUNS = {  # store name -> extract flags beyond the shared ones
     "mag": [],
@@ -34,8 +34,10 @@ def main(work: Path) -> None:
     rows = [{"sentence": f"word{i % 7} good film {'bad ' * (i % 3)}scene{i}", "label": i % 2} for i in range(40)]
     data = write_csv(work / "d.csv", rows)
     for name, extra in RUNS.items():
-        assert cli.main(["extract", "--teacher", str(teacher), "--data", str(data), "--store", str(work / name),
-                         "--student-layers", "2", "--max-length", "16", "--batch-size", "8", *extra]) == 0
+        # `python -m hskcache`: the same entry point before and after the CLI became a package
+        subprocess.run([sys.executable, "-m", "hskcache", "extract", "--teacher", str(teacher), "--data", str(data),
+                        "--store", str(work / name), "--student-layers", "2", "--max-length", "16", "--batch-size", "8",
+                        *extra], check=True)
         for f in sorted((work / name).rglob("*")):
             if f.is_file() and f.relative_to(work / name) != Path("zarr.json"):
                 print(name, f.relative_to(work / name), hashlib.sha256(f.read_bytes()).hexdigest()[:16])

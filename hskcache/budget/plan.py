@@ -7,7 +7,7 @@ what this project writes:
   of the full width for the magnitude mask (none at full width): the layout
   behind Table 3 of the paper. It stores only existing tokens, so examples
   shorter than N^L cost less when real lengths are known.
-- ``hskcache``: the store's own arrays, from ``shape.StoreShape`` (the
+- ``hskcache``: the store's own arrays, from ``hskcache.store.shape.StoreShape`` (the
   writer's arithmetic): fp16 (or int8) values, a width code, int16 positions,
   inputs and logits, with N^L slots per layer whatever the example's length.
   Its uncompressed bytes are exact; its bytes on disk are estimated from
@@ -367,15 +367,14 @@ def to_csv(rows: Sequence[Row]) -> str:
     kinds' groups are a column each (`hskcache_<group>_bytes`)."""
     groups = list(rows[0].hskcache_group_bytes) if rows else []
     flat = ("disk_bytes", "hskcache_group_bytes")
-    names = ([f.name for f in fields(Row) if f.name not in flat] + [f"hskcache_{g}_bytes" for g in groups]
-             + ["disk_total_bytes"])
+    names = [f.name for f in fields(Row) if f.name not in flat] + [f"hskcache_{g}_bytes" for g in groups]
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=names, lineterminator="\n")
     writer.writeheader()
     for r in rows:
         record = {k: v for k, v in asdict(r).items() if k not in flat}
         record |= {f"hskcache_{g}_bytes": n for g, n in r.hskcache_group_bytes.items()}
-        writer.writerow(record | {"disk_total_bytes": "" if r.disk_bytes is None else sum(r.disk_bytes.values())})
+        writer.writerow(record)
     return out.getvalue()
 
 

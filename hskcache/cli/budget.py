@@ -1,6 +1,6 @@
 """`hskcache budget`: storage-budget reports, before (--plan) and after extraction (--store).
 
-The reports themselves are in ``budget`` and what is measured (a teacher's
+The reports themselves are in ``hskcache.budget.plan`` and what is measured (a teacher's
 numbers, data's token lengths, a store's setting) in ``hskcache.budget.inputs``; this
 module holds the command's settings, turns them into a setting and prints.
 """

@@ -3,9 +3,10 @@
 `base` holds the interface (`Kind`) and the registry; every other module of
 this package is imported here and registers its kind(s) (`base.register`), so
 adding a kind is adding one module. `inputs` (the examples themselves),
-`logits` and `hsk` are always stored; `att` and `val` (MiniLM's attention and
-value relation, `relation.RelationKind`) are stored with `--knowledge
-hsk,att,val` and share their query rows (`rel_positions`, `RelationSpec`).
+`logits` and `hsk` are always stored; the relation kinds (`relation.RelationKind`:
+`att` and `val`, MiniLM's attention and value relation; `qq` and `kk`,
+MiniLMv2's query and key relations) are stored when `--knowledge` names them
+and share their query rows (`rel_positions`, `RelationSpec`).
 """
 from __future__ import annotations
 

@@ -237,7 +237,7 @@ class HSK(Kind):
 
     def static_arrays(self, shape: StoreShape) -> list[ArraySpec]:
         """A static width strategy keeps the same dimensions in every vector: stored once
-        (`selection.WIDTH_STRATEGIES`)."""
+        (`selection.hsk.WIDTH_STRATEGIES`)."""
         hsk: HSKRecord = shape.kinds["hsk"]
         if hsk.static and hsk.kept < shape.hidden:
             return [ArraySpec("static_dims", (hsk.kept,), np.dtype(np.int32), "mask", codec="none")]

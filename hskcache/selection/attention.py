@@ -2,7 +2,7 @@
 
 A dense attention map is heads × |x| × |x| values per layer. We keep, per
 head, only the query rows of the N^L most important tokens (ranked exactly as
-for the HSK, `selection.rank_positions`) and, per row, the top-k keys by
+for the HSK, `selection.hsk.rank_positions`) and, per row, the top-k keys by
 probability plus the probability mass of all other keys (the "rest"). The
 k + 1 numbers are then an exact distribution over a coarsening of the keys
 (k singletons and one bin for the rest), so a KL divergence against it is

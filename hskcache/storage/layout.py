@@ -1,9 +1,9 @@
-"""The store's arrays and their bytes, computed once for the writer and the budget.
+"""The rules of a store's arrays and their bytes (`ArraySpec`), shared by the writer and the budget.
 
 Every array is chunked along examples only, with one row count per chunk
 shared by all arrays, so the *uncompressed* bytes are exactly chunks × chunk
 bytes and `hskcache budget --plan` predicts them before anything is
-extracted (`hskcache.store.shape.StoreShape` lists a store's arrays; this module is a leaf). Each array names its codec (a key of `store.CODECS`); by default
+extracted (`hskcache.store.shape.StoreShape` lists a store's arrays; this module is a leaf). Each array names its codec (a key of `store.group.CODECS`); by default
 every array is zstd-compressed (`--compress none` turns that off, and then
 the bytes on disk are the plan, plus a 4-byte checksum per chunk). The arrays are the knowledge kinds'
 (`hskcache.kinds.KINDS`, each listing its `ArraySpec`s).
@@ -49,7 +49,7 @@ class ArraySpec:
     row_shape: tuple[int, ...]
     dtype: np.dtype
     group: str  # budget group (a kind's `groups`: "inputs", "logits", "positions", "values", "mask", ...)
-    codec: str = "zstd"  # key of store.CODECS
+    codec: str = "zstd"  # key of store.group.CODECS
     fill: int = 0
     disk_ratio: float = 1.0  # raw / on-disk bytes with its codec, measured on real stores by
     # `python tools/bench/compression.py --store STORE` (docs/benchmarks.md, "Compression"): what

@@ -8,7 +8,7 @@ jobs) each commit their own chunks without waiting on one another. The store
 is complete when every chunk is committed; then one writer sets
 `attrs["complete"]`.
 
-The store lives wherever `storage.Location` can reach: a local folder or an
+The store lives wherever `storage.backends.Location` can reach: a local folder or an
 fsspec URL (s3://, gs://, memory://, file://).
 
 Each array's codec is named by its `layout.ArraySpec` and built from
@@ -194,7 +194,7 @@ class StoreWriter:
         self._pending: dict[int, tuple[int, dict[str, list[np.ndarray]]]] = {}  # chunk -> (rows held, parts)
 
     def _chunk_len(self, chunk: int) -> int:
-        return min(self.chunk_rows, self.num_examples - chunk * self.chunk_rows)
+        return rows_in((chunk,), self.chunk_rows, self.num_examples)
 
     def todo_rows(self) -> list[tuple[int, int]]:
         """The row ranges [lo, hi) still to write, one per run of consecutive chunks."""
@@ -348,8 +348,7 @@ class StoreData:
 
     @functools.cached_property
     def chunk_rows(self) -> int:
-        """Rows per chunk, shared by every per-row array: the first one the store's shape lists."""
-        return int(self.arrays[StoreShape.of_store(self.meta).arrays()[0].name].chunks[0])
+        return chunk_rows(self.arrays, self.meta)
 
     def _array(self, name: str) -> zarr.Array:
         return self.commits if name == COMMITS else self.arrays[name]
@@ -435,6 +434,20 @@ def chunk_key(arr: zarr.Array, name: str, chunk: int) -> str:
     return f"{name}/{arr.metadata.encode_chunk_key((chunk,) + (0,) * (arr.ndim - 1))}"
 
 
+def chunk_rows(arrays: Mapping[str, zarr.Array] | zarr.Group, meta: StoreMeta) -> int:
+    """Rows per chunk, shared by every per-row array: read from the first one present, since a damaged
+    store (`hskcache verify`) may have lost any of them."""
+    for spec in StoreShape.of_store(meta).arrays():
+        if spec.name in arrays:
+            return int(arrays[spec.name].chunks[0])
+    raise UserError("no per-row array is left in the store; extract it again")
+
+
+def rows_in(chunks: Iterable[int], chunk_rows: int, num_examples: int) -> int:
+    """Rows held by these chunks (the last one may be short)."""
+    return sum(min(chunk_rows, num_examples - c * chunk_rows) for c in chunks)
+
+
 def _rows_committed(location: Location, attrs: dict[str, Any], meta: StoreMeta) -> int:
     """Rows in committed chunks (all rows once complete)."""
     n = meta.num_examples
@@ -442,8 +455,7 @@ def _rows_committed(location: Location, attrs: dict[str, Any], meta: StoreMeta) 
     complete, recorded = _progress(attrs)
     if complete or COMMITS not in group:
         return recorded
-    rows = int(group[StoreShape.of_store(meta).arrays()[0].name].chunks[0])  # shared by every per-row array
-    return sum(min(rows, n - c * rows) for c in committed_chunks(location))
+    return rows_in(committed_chunks(location), chunk_rows(group, meta), n)
 
 
 def describe(url: str) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from tqdm.auto import tqdm
 
 from hskcache.store.shape import StoreShape
-from hskcache.store.group import COMMITS, StoreData, chunk_key, committed_chunks, num_chunks, open_arrays
+from hskcache.store.group import COMMITS, StoreData, chunk_key, committed_chunks, num_chunks, open_arrays, rows_in
 
 
 @dataclass(frozen=True)
@@ -89,6 +89,6 @@ def repair(report: Report) -> list[int]:
     data.location.delete([chunk_key(data.arrays[d.array], d.array, d.chunk) for d in report.damage
                           if d.array in statics and d.array in data.arrays])
     left = committed_chunks(data.location)
-    rows = sum(min(data.chunk_rows, data.num_examples - c * data.chunk_rows) for c in left)
+    rows = rows_in(left, data.chunk_rows, data.num_examples)
     group.attrs.update({"rows_committed": rows})
     return markers

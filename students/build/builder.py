@@ -27,6 +27,8 @@ PRESET_HELP = f"named shape: {', '.join(PRESETS)}"
 def _common_checks(cfg) -> None:
     if cfg.preset is not None and cfg.preset not in PRESETS:
         raise UserError(f"unknown --preset {cfg.preset!r}; use one of {', '.join(PRESETS)}")
+    if cfg.threads is not None and cfg.threads < 1:
+        raise UserError(f"--threads must be at least 1, got {cfg.threads}")
     if cfg.importance_examples < 1:
         raise UserError(f"--importance-examples must be at least 1, got {cfg.importance_examples}")
 

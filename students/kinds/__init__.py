@@ -8,7 +8,7 @@ compared with it (`student`, from a `StudentForward`; `captures`,
 stage). `base` holds the interface and the registry; every other module of
 this package is imported here and registers its kind (`base.register`), so
 adding a kind's student side is adding one module. `relations` is what the
-relation kinds (`att`, `val`) share.
+relation kinds (`att`, `val`, `qq`, `kk`) share.
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""What the relation kinds' student sides share (MiniLM's att and val): the student's rows at the
+"""What the relation kinds' student sides share (MiniLM's att and val, MiniLMv2's qq and kk): the student's rows at the
 stored query rows, compared with the teacher's top-k-plus-rest rows (`students.losses.distribution_loss`)."""
 from __future__ import annotations
 

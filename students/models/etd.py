@@ -34,7 +34,7 @@ from hskcache.teacher.loading import is_regression, load_model, weights_hash
 from students.models.student import StudentSpec, save_new, teacher_config
 
 LAYER_SELECTIONS = ("uniform", "bottom", "top")
-# --init values that extract from the teacher; "random" and a checkpoint folder are models.build_tinybert's.
+# --init values that extract from the teacher; "random" and a checkpoint folder are models.student.build_tinybert's.
 EXTRACTING_INITS = ("etd-impt", "etd-rand", "teacher-layers")
 
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from hskcache.data import known_labels
 from students.models.etd import EXTRACTING_INITS
-from students.training.objectives import Weighted
+from students.stages import Weighted
 
 # init -> (HSK-stage rate, prediction-stage rate)
 LEARNING_RATES: dict[str, tuple[float, float]] = {

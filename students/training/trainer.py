@@ -100,7 +100,7 @@ class TrainConfig:
     student: str = field(metadata={"help": "student folder from `students build`"})
     out: str = field(metadata={"help": "run folder: log.jsonl, checkpoint/, best/, student/, metrics.json"})
     objective: Weighted = setting((("hsk", 1.0),), "stage-1 objectives, name[:weight] comma list of "
-                                  + " | ".join(choices(HSK)) + " (att, val: MiniLM's Att-KL, Val-KL)",
+                                  + " | ".join(choices(HSK)) + " (att, val: MiniLM's Att-KL, Val-KL; qq, kk: MiniLMv2's Q-Q, K-K)",
                                   parse=parse_objective, show_default="hsk")
     pred_objective: Weighted | None = setting(None, "stage-2 objectives, name[:weight] comma list of "
                                               + " | ".join(choices(PRED)) + " (pred: soft CE to the teacher's logits; "
@@ -319,6 +319,7 @@ class Trainer:
         cfg = self.cfg
         self.run_dir = Path(cfg.out)
         self.stages = cfg.stages()
+        self._bound: dict[Weighted, tuple] = {}  # each objective's kinds and bound losses (`_loss`)
         self.ranks = Ranks.current()
         self.device = rank_device(cfg.runtime.device, self.ranks.local_rank)
         self.parallel = Parallel(self.ranks, self.device)
@@ -577,12 +578,14 @@ class Trainer:
               denominator) -> Tensor:
         """Σ weight × objective (students.training.objectives): each objective's bound loss compares its knowledge
         kind's batch entries with what the student's forward gave for that kind."""
-        student = self.engine(inputs, batch, objective_kinds(objective))
+        if objective not in self._bound:  # once per objective, not per step: the table is built from the registry
+            entries = objective_table()
+            self._bound[objective] = (objective_kinds(objective), [(weight, entries[name]) for name, weight in objective])
+        kinds, terms = self._bound[objective]
+        student = self.engine(inputs, batch, kinds)
         settings = LossSettings(self.cfg.width_loss, self.cfg.temperature, self.source.regression, denominator)
-        entries = objective_table()
         total = torch.zeros((), device=self.device)
-        for name, weight in objective:
-            entry = entries[name]
+        for weight, entry in terms:
             total = total + weight * entry.loss(student[entry.kind], batch, settings)
         return total
 
