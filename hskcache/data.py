@@ -1,9 +1,10 @@
 """Datasets for the teacher side and the trainer's eval.
 
 A dataset is either a GLUE task (``glue/sst2``, fetched through ``datasets``)
-or a local ``.csv``/``.tsv``/``.json``/``.jsonl``/``.parquet`` file. Both end
-up as a :class:`TextData`: plain Python texts plus a numpy label array, so the
-extractor and the trainer never touch ``datasets`` objects.
+or a local ``.csv``/``.tsv``/``.json``/``.jsonl``/``.parquet`` file, or a plain
+``.txt`` corpus (one passage per line, column ``text``, blank lines skipped).
+All end up as a :class:`TextData`: plain Python texts plus a numpy label array,
+so the extractor and the trainer never touch ``datasets`` objects.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ _LOCAL_FORMATS: dict[str, tuple[str, dict]] = {
     ".json": ("json", {}),
     ".jsonl": ("json", {}),
     ".parquet": ("parquet", {}),
+    ".txt": ("text", {}),  # one passage per line, column "text" (blank lines are skipped: `_passages`)
 }
 
 
@@ -97,13 +99,15 @@ def load_texts(
     label_col: str | None = None,
     label_names: Sequence[str] | None = None,
     unknown_labels: bool = False,
+    unlabeled: bool = False,
 ) -> TextData:
     """Load ``glue/<task>`` (split as given) or a local file (split ignored).
 
     ``label_names`` fixes the class order of string labels, so that a dev or
     test file is numbered like the training data even when it lacks a class.
     ``unknown_labels`` accepts empty label cells (e.g. augmented rows) as
-    unknown: class -1, or NaN for regression.
+    unknown: class -1, or NaN for regression. ``unlabeled`` reads no labels at
+    all (a task-agnostic corpus; the caller refuses a ``label_col``).
     """
     if data.lower().startswith("glue/"):
         task = data[len("glue/"):].lower()
@@ -139,7 +143,7 @@ def load_texts(
         cols = GLUE_TEXT_COLS[task] if task else _default_text_cols(ds.column_names, data)
     if task is None:
         ds = _text_as_read(ds, data, cols)
-    label_col = label_col if label_col is not None else default_label
+    label_col = None if unlabeled else label_col if label_col is not None else default_label
     return _to_text_data(ds, data, split, task, cols, label_col, regression, label_names, unknown_labels)
 
 
@@ -194,7 +198,8 @@ def _load_local(data: str, **more) -> datasets.Dataset:
     builder, kwargs = _LOCAL_FORMATS[suffix]
     try:
         with _datasets_quiet():
-            return datasets.load_dataset(builder, data_files=str(path), split="train", **kwargs, **more)
+            ds = datasets.load_dataset(builder, data_files=str(path), split="train", **kwargs, **more)
+        return _passages(ds, data) if builder == "text" else ds
     except (ValueError, StopIteration, DatasetGenerationError) as e:
         cause = e.__cause__ or e
         if isinstance(cause, UnicodeDecodeError):
@@ -206,6 +211,16 @@ def _load_local(data: str, **more) -> datasets.Dataset:
             f"could not read {data} as {suffix[1:]} ({type(cause).__name__}: "
             f"{str(cause).strip() or 'no rows'}); check the file's format and that it has rows"
         ) from e
+
+
+def _passages(ds: datasets.Dataset, data: str) -> datasets.Dataset:
+    """A text corpus's passages: its non-blank lines, in order."""
+    lines = ds.with_format("arrow")["text"].to_pylist()
+    kept = [i for i, line in enumerate(lines) if line.strip()]
+    if not kept:
+        raise UserError(f"data file {data} has no passages (every line is blank); "
+                        "pass a text file with one passage per line")
+    return ds if len(kept) == len(lines) else ds.select(kept)
 
 
 def _default_text_cols(columns: list[str], data: str) -> tuple[str, ...]:

@@ -63,18 +63,21 @@ def test_corpus_is_deterministic_and_its_manifest_counts_it(built, tmp_path, cap
     tokens = sum(len(tokenizer.tokenize(line)) for line in lines)
     assert record["token_total"] == tokens == sum(d["tokens"] for d in record["domains"].values())
     assert f"{tokens:,}" in printed
-    # the plot domain is every distinct plot synopsis of the movie corpus, read here independently
+    # passages hold at most --passage-words words; every plot synopsis of the movie corpus (read here
+    # independently) is a passage, or its first passage-words words are when it is longer
+    limit = record["passage_words"]
+    assert limit == corpus.PASSAGE_WORDS and max(len(line.split()) for line in lines) == limit
     frame = pd.read_csv(movie_corpus())
-    plots = {" ".join(t.split()) for t in frame.loc[frame["category"] == "plot", "text"].dropna()}
-    assert record["domains"]["movie_plots"]["passages"] == len({spaced(p) for p in plots})
-    assert plots <= set(lines)
+    plots = [t.split() for t in frame.loc[frame["category"] == "plot", "text"].dropna()]
+    assert any(len(p) > limit for p in plots) and {" ".join(p[:limit]) for p in plots} <= set(lines)
 
 
 def test_a_quoted_task_row_is_refused_and_nothing_written(tmp_path, monkeypatch, capsys):
     review = pd.read_csv(movie_corpus()).query("category == 'fresh'")["text"].iloc[0]
     speech = convention.load_passages()["sentence"].iloc[0]
     quoted = f"A critic wrote: \u201c{review.upper().replace(',', ' ;')}\u201d and the film opened."
-    monkeypatch.setitem(corpus.DOMAINS, "planted", corpus.Domain("test", lambda: [quoted, speech, "an honest line here"]))
+    documents = [[quoted], [speech], ["an honest line here"]]
+    monkeypatch.setitem(corpus.DOMAINS, "planted", corpus.Domain("test", lambda: documents))
     out = tmp_path / "corpus.txt"
     assert corpus.main(["--out", str(out), "--domains", "hamlet,planted"]) == 2
     err = capsys.readouterr().err.strip()
@@ -86,6 +89,7 @@ def test_a_quoted_task_row_is_refused_and_nothing_written(tmp_path, monkeypatch,
     (["--domains", "hamlet,wikipedia"], "unknown wikipedia; choose from movie_plots,"),
     (["--out", "{tmp}"], "must be the corpus text file"),
     (["--out", "{tmp}/corpus.json"], "must be the corpus text file"),
+    (["--out", "{tmp}/corpus.txt", "--passage-words", "3"], "--passage-words 3: give at least 4"),
 ])
 def test_corpus_bad_arguments_are_one_line(argv, says, tmp_path, capsys):
     assert corpus.main([a.format(tmp=tmp_path) for a in argv]) == 2

@@ -50,6 +50,17 @@ def test_text_column_fallback_unlabeled(tmp_path):
     assert load_texts(other, text_cols=["body"]).texts_a == ["x"]
 
 
+def test_text_corpus_one_passage_per_line(tmp_path):
+    """A .txt file: column `text`, one row per non-blank line, in order, as written; `unlabeled` reads no labels."""
+    path = tmp_path / "corpus.txt"
+    path.write_text("the first passage\n\n  \n\tsecond,  as written \nthird\n")
+    d = load_texts(str(path))
+    assert d.texts_a == ["the first passage", "\tsecond,  as written ", "third"]
+    assert d.text_cols == ("text",) and d.labels is None and d.texts_b is None
+    labelled = _write(tmp_path / "l.csv", pd.DataFrame({"sentence": ["x", "y"], "label": [0, 1]}))
+    assert load_texts(labelled, unlabeled=True).labels is None and load_texts(labelled).labels.tolist() == [0, 1]
+
+
 def test_pairs_and_explicit_columns(tmp_path):
     frame = pd.DataFrame({"sentence1": ["a", "b"], "sentence2": ["c", "d"], "y": [0, 2]})
     path = _write(tmp_path / "p.jsonl", frame)
@@ -84,7 +95,8 @@ def test_regression_and_integral_floats(tmp_path):
     "make, kwargs, match",
     [
         (lambda p: str(p / "missing.csv"), {}, "does not exist"),
-        (lambda p: _touch(p / "d.txt", "x"), {}, "unsupported data"),
+        (lambda p: _touch(p / "d.xml", "x"), {}, "unsupported data"),
+        (lambda p: _touch(p / "blank.txt", "\n \n"), {}, "no passages"),
         (lambda p: _touch(p / "e.csv", ""), {}, "is empty"),
         (lambda p: _touch(p / "h.csv", "sentence,label\n"), {}, "could not read"),
         (lambda p: _write(p / "d.csv", pd.DataFrame(ROWS)), {"text_cols": ["review"]}, "no column 'review'; available: sentence, label"),

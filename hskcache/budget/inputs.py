@@ -14,26 +14,31 @@ TOKENIZE_BATCH = 4096
 
 
 def teacher_numbers(teacher: str) -> tuple[int, int, int, bool]:
-    """(hidden, vocabulary, labels, regression) from the model config and tokenizer, no weights."""
-    from hskcache.teacher.loading import id_bound, is_regression, load_config, load_tokenizer
+    """(hidden, vocabulary, labels, regression) from the model config and tokenizer, no weights
+    (a bare encoder: 0 labels, a task-agnostic store)."""
+    from hskcache.teacher.loading import head_outputs, id_bound, load_config, load_tokenizer
 
     config = load_config(teacher)
     tokenizer = load_tokenizer(teacher, config)
-    regression = is_regression(config)
-    return config.hidden_size, id_bound(tokenizer), config.num_labels, regression
+    return (config.hidden_size, id_bound(tokenizer), *head_outputs(config))
 
 
 def length_counts(teacher: str, data: str, split: str, text_cols: str | None, seq_len: int,
                   token_strategy: str) -> list[int]:
-    """Examples per eligible token count (0..seq_len) after tokenization like the extractor's."""
+    """Examples per eligible token count (0..seq_len) after tokenization like the extractor's
+    (a bare encoder's corpus cut into sequences first, as `extract` cuts it)."""
+    from hskcache.corpus import split_corpus
     from hskcache.data import load_texts, tokenize_batch
     from hskcache.selection.hsk import TOKEN_STRATEGIES
-    from hskcache.teacher.loading import load_config, load_tokenizer
+    from hskcache.teacher.loading import is_task_teacher, load_config, load_tokenizer
 
     if token_strategy not in TOKEN_STRATEGIES:
         raise UserError(f"--token-strategy {token_strategy!r} is unknown; use one of {', '.join(TOKEN_STRATEGIES)}")
-    texts = load_texts(data, split=split, text_cols=columns(text_cols))
-    tokenizer = load_tokenizer(teacher, load_config(teacher))
+    config = load_config(teacher)
+    texts = load_texts(data, split=split, text_cols=columns(text_cols), unlabeled=not is_task_teacher(config))
+    tokenizer = load_tokenizer(teacher, config)
+    if not is_task_teacher(config):
+        texts = split_corpus(texts, tokenizer, seq_len)
     counts = np.zeros(seq_len + 1, dtype=np.int64)
     for start in range(0, len(texts), TOKENIZE_BATCH):
         end = start + TOKENIZE_BATCH

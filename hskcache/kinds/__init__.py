@@ -13,13 +13,13 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-from hskcache.kinds.base import (KINDS, WHOLE, Cut, Kind, Read, TeacherForward, TeacherInfo, chosen, kind_settings,
-                   knowledge_names, opt_in_settings, parse_knowledge, read_settings, refuse_unstored,
+from hskcache.kinds.base import (KINDS, WHOLE, Cut, Kind, Read, Student, TeacherForward, TeacherInfo, chosen,
+                   kind_settings, knowledge_names, opt_in_settings, parse_knowledge, read_settings, refuse_unstored,
                    refuse_unused, register, resolve_reads, stored_kinds)
 
 for _module in pkgutil.iter_modules(__path__):
     importlib.import_module(f"{__name__}.{_module.name}")
 
-__all__ = ["KINDS", "WHOLE", "Cut", "Kind", "Read", "TeacherForward", "TeacherInfo", "chosen", "kind_settings",
+__all__ = ["KINDS", "WHOLE", "Cut", "Kind", "Read", "Student", "TeacherForward", "TeacherInfo", "chosen", "kind_settings",
            "knowledge_names", "opt_in_settings", "parse_knowledge", "read_settings", "refuse_unstored",
            "refuse_unused", "register", "resolve_reads", "stored_kinds"]

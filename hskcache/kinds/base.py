@@ -35,12 +35,14 @@ from torch import Tensor
 
 from hskcache.errors import UserError
 from hskcache.options import flag_name
+from hskcache.selection.layers import StoreLayers
 
 if TYPE_CHECKING:
     from hskcache.storage.layout import ArraySpec
     from hskcache.store.shape import StoreShape
     from hskcache.storage.packed import PackedBatch
     from hskcache.selection.hsk import SelectionPlan
+    from hskcache.store.meta import StoreMeta
 
 Cut = tuple[slice, ...]  # of a row block, example axis first
 WHOLE: Cut = (slice(None),)
@@ -52,6 +54,27 @@ class Read:
     (`Kind.resolve_read`; the HSK's always, an opt-in kind's when asked). Resolved against the store."""
 
     kinds: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Student:
+    """The student a read serves: its depth L'' and what of the store its layers are read by (the store's
+    layers, `selection.layers.StoreLayers`; each stored kind's extraction settings: a relation kind's
+    --att-layers). A read that names no depth serves the store's own L'."""
+
+    depth: int
+    layers: StoreLayers
+    settings: Mapping[str, Any]
+
+    @classmethod
+    def of(cls, meta: StoreMeta, depth: int | None = None) -> "Student":
+        """A student of `depth` layers (None: the store's own L') reading the store `meta` describes."""
+        layers = StoreLayers(tuple(meta.teacher_layers), tuple(meta.stored_layers))
+        return cls(layers.own_depth if depth is None else depth, layers, meta.config.kinds)
+
+    def __post_init__(self) -> None:
+        if self.depth < 1:
+            raise UserError(f"a student has at least 1 layer, got {self.depth}")
 
 
 @dataclass(frozen=True)
@@ -108,10 +131,11 @@ class Kind:
         return settings
 
     def resolve_read(self, record: Any, read: Any, where: str, shape: StoreShape | None = None,
-                     static: Mapping[str, np.ndarray] | None = None) -> Any:
+                     static: Mapping[str, np.ndarray] | None = None, student: Student | None = None) -> Any:
         """A read's settings (`read_settings`) checked against what the store records (and, where a
-        kind needs them, the store's shape and once-per-store arrays): the read its `cuts`, `pack` and
-        `expand` get (`Read.kinds`). Refuses, in one line, what the store cannot serve."""
+        kind needs them, the store's shape and once-per-store arrays, and the student it serves: None,
+        the store's own depth): the read its `cuts`, `pack` and `expand` get (`Read.kinds`). Refuses,
+        in one line, what the store cannot serve."""
         return read
 
     def reads(self, read: Any) -> bool:
@@ -231,14 +255,15 @@ def read_settings() -> dict[str, type]:
 
 
 def resolve_reads(records: Mapping[str, Any], asked: Mapping[str, Any], where: str,
-                  shape: StoreShape | None = None, static: Mapping[str, np.ndarray] | None = None) -> dict[str, Any]:
+                  shape: StoreShape | None = None, static: Mapping[str, np.ndarray] | None = None,
+                  student: Student | None = None) -> dict[str, Any]:
     """Each asked kind's read (`asked`: kind name -> its read settings) checked against what a
-    store records (`records`, `StoreMeta.kinds`): the `Read.kinds` of a read."""
+    store records (`records`, `StoreMeta.kinds`) for `student`: the `Read.kinds` of a read."""
     out = {}
     for name, read in asked.items():
         if name not in records:
             raise UserError(f"the store holds no {name} knowledge ({where}); extract with --knowledge hsk,{name}")
-        out[name] = KINDS[name].resolve_read(records[name], read, where, shape, static)
+        out[name] = KINDS[name].resolve_read(records[name], read, where, shape, static, student)
     return out
 
 

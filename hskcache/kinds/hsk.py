@@ -5,7 +5,9 @@ Its settings (`HSKSettings`: N^D, N^L, N^W, the width strategy, seed and code, t
 format) are `extract` flags like any kind's; what a store records of it (`HSKRecord`) is
 them resolved against the teacher (N^D, N^L and K filled in); a read (`HSKRead`, its read
 settings: `students train --hsk`, and the `depth`, `tokens`, `width` of `HSKStore.get`/`batches`)
-is checked against the record here, in one place (`HSK.resolve_read`)."""
+is checked against the record here, in one place (`HSK.resolve_read`), for the student it serves:
+N^D counts pairs of that student's layer map (`selection.layers`), so one store serves students of
+several depths."""
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
@@ -22,7 +24,8 @@ from hskcache.storage.layout import VALUE_FORMATS, ArraySpec
 from hskcache.options import setting
 from hskcache.storage.packed import encode_hsk, expand_hsk
 from hskcache.selection.hsk import WIDTH_STRATEGIES, kept_width, select_hsk, static_dims
-from hskcache.kinds.base import Cut, Kind, Read, TeacherForward, TeacherInfo, register
+from hskcache.selection.layers import as_cut
+from hskcache.kinds.base import Cut, Kind, Read, Student, TeacherForward, TeacherInfo, register
 
 if TYPE_CHECKING:
     from hskcache.store.shape import StoreShape
@@ -130,9 +133,10 @@ class HSKRead:
 class HSKCut:
     """An HSK read resolved against a store (`HSK.resolve_read`): what its `cuts` and `expand` use."""
 
-    depth: int
+    depth: int  # N^D of the read: the top pairs of the student's map
     tokens: int
     kept: int  # K' of the read
+    pairs: slice | tuple[int, ...]  # the stored pairs it reads, in student-layer order (an axis cut)
     columns: Tensor | None = None  # rand/uniform: stored value columns the read keeps
     dims: Tensor | None = None  # rand/uniform: their dimensions, ascending
 
@@ -176,13 +180,15 @@ class HSK(Kind):
         return read.hsk is not None
 
     def resolve_read(self, record: HSKRecord, read: HSKRead, where: str, shape: StoreShape | None = None,
-                     static: Mapping[str, np.ndarray] | None = None) -> HSKCut:
-        """(depth, tokens, kept) of a read, None as stored, and a static strategy's columns: the one check
-        of whether a read can be served (every reader and the trainer's `--hsk` use it)."""
+                     static: Mapping[str, np.ndarray] | None = None, student: Student | None = None) -> HSKCut:
+        """(depth, tokens, kept) of a read, None as stored, the stored pairs of the student's map and a static
+        strategy's columns: the one check of whether a read can be served (every reader and the trainer's
+        `--hsk` use it). `student` None: the store's own depth."""
         if read.hsk is None:
             raise ValueError("--hsk none reads no HSK: nothing to resolve")
         try:
-            return self._cut(record, read.hsk, where, shape.hidden, (static or {}).get("static_dims"))
+            cut = self._cut(record, read.hsk, where, shape.hidden, (static or {}).get("static_dims"))
+            return cut if student is None else self._pairs(cut, read.hsk[0], student, where)
         except UserError as exc:
             raise UserError(f"--hsk {read}: {exc}") from None
 
@@ -199,12 +205,30 @@ class HSK(Kind):
             raise UserError(f"tokens {tokens} is not available: {stored}")
         if (width is not None and not 0 < width <= 1) or kept > record.kept:
             raise UserError(f"width {width} is not available: {stored}")
+        pairs = slice(record.depth - depth, None)  # the top `depth` stored pairs (the store's own depth)
         if not record.static:
-            return HSKCut(depth, tokens, kept)
+            return HSKCut(depth, tokens, kept, pairs)
         base = np.sort(static) if static is not None else np.arange(hidden)
         cols = self._width_columns(record, kept, hidden, base)
-        return HSKCut(depth, tokens, kept, torch.from_numpy(cols.astype(np.int64)),
+        return HSKCut(depth, tokens, kept, pairs, torch.from_numpy(cols.astype(np.int64)),
                       torch.from_numpy(base[cols].astype(np.int64)))
+
+    @staticmethod
+    def _pairs(cut: HSKCut, asked: int | None, student: Student, where: str) -> HSKCut:
+        """The stored pairs a student of `student.depth` layers reads: the top N^D of its own map (N^D: as
+        asked, else the store's at most L''+1); a map the store does not hold is refused in one line."""
+        layers, depth = student.layers, student.depth
+        if depth == layers.own_depth:  # the top N^D stored pairs, as extracted (`_cut`)
+            return cut
+        pairs = layers.default_pairs(depth) if asked is None else asked
+        wanted = layers.student_map(depth)
+        if pairs > layers.most_pairs(depth):
+            held = ",".join(map(str, layers.stored))
+            raise UserError(f"a {depth}-layer student reads the top {pairs} pairs of its map g(l, {layers.top}) = "
+                            f"{','.join(map(str, wanted))}, and the store holds teacher layers {held} ({where}); it "
+                            f"{layers.describe()} at N^D {len(layers.stored)}; read at most "
+                            f"{layers.most_pairs(depth)} pairs (--hsk N_D,N_L,N_W), or {layers.fix(depth)}")
+        return replace(cut, depth=pairs, pairs=as_cut(layers.pair_rows(depth, pairs)))
 
     @staticmethod
     def _width_columns(record: HSKRecord, kept: int, hidden: int, stored: np.ndarray) -> np.ndarray:
@@ -259,9 +283,11 @@ class HSK(Kind):
         return rows
 
     def cuts(self, shape: StoreShape, read: Read) -> dict[str, Cut]:
-        """The top `depth` stored layers and the first `tokens` positions (rows are importance-ordered)."""
+        """The stored pairs of the read (the top `depth` of the student's map, each pair with its own
+        positions) and the first `tokens` positions (rows are importance-ordered)."""
         own: HSKCut = read.kinds["hsk"]
-        cut = (slice(None), slice(shape.kinds["hsk"].depth - own.depth, None), slice(None, own.tokens))
+        pairs = own.pairs if isinstance(own.pairs, slice) else list(own.pairs)
+        cut = (slice(None), pairs, slice(None, own.tokens))
         return {a.name: cut for a in self.arrays(shape)}
 
     def pack(self, shape: StoreShape, rows: dict[str, np.ndarray], names: Sequence[str],

@@ -15,13 +15,15 @@ if TYPE_CHECKING:
 
 
 class Logits(Kind):
-    """The teacher's logits: the prediction stage's soft targets."""
+    """The teacher's logits: the prediction stage's soft targets (none in a task-agnostic store)."""
 
     name = "logits"
     order = 10
     groups = ("logits",)
 
     def arrays(self, shape: StoreShape) -> list[ArraySpec]:
+        if shape.general:  # a bare encoder has no head
+            return []
         return [ArraySpec("logits", (shape.num_logits,), np.dtype(np.float32), "logits",
                           disk_ratio=1.08)]  # measured on movie-review stores, as the HSK's (kinds.hsk)
 

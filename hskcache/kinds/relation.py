@@ -25,7 +25,8 @@ from hskcache.errors import UserError
 from hskcache.storage.layout import ArraySpec, narrow
 from hskcache.options import setting
 from hskcache.selection.hsk import rank_layers, rank_positions
-from hskcache.kinds.base import Cut, Kind, Read, TeacherForward, TeacherInfo
+from hskcache.selection.layers import as_cut
+from hskcache.kinds.base import Cut, Kind, Read, Student, TeacherForward, TeacherInfo
 
 if TYPE_CHECKING:
     from hskcache.store.shape import StoreShape
@@ -71,6 +72,16 @@ class RelationRead:
                                                       show_default="stored")
 
 
+@dataclass(frozen=True)
+class RelationCut:
+    """A relation read resolved against a store for a student (`RelationKind.resolve_read`)."""
+
+    rows: int  # query rows per layer
+    keys: int  # keys per row
+    layers: slice | tuple[int, ...]  # the stored relation layers it reads (an axis cut)
+    student_layers: tuple[int, ...]  # the student attention layer matched to each
+
+
 class RelationKind(Kind):
     """Relation knowledge (MiniLM): per head, a distribution over keys for each stored query row,
     kept as its top-k keys plus the rest mass (`hskcache.selection.attention`). A kind names how its
@@ -112,15 +123,45 @@ class RelationKind(Kind):
                             teacher.seq_len, teacher.token_strategy)
 
     def resolve_read(self, spec: RelationSpec, read: RelationRead, where: str, shape: StoreShape | None = None,
-                     static: Mapping[str, np.ndarray] | None = None) -> tuple[int, int]:
-        """(rows, keys) of a read, None as stored; more than the store holds is refused."""
+                     static: Mapping[str, np.ndarray] | None = None, student: Student | None = None) -> RelationCut:
+        """(rows, keys) of a read, None as stored, and the stored layers that serve the student (None: the
+        store's own depth, `student_pairs`); more than the store holds is refused."""
         rows, keys = read.att_read
         rows = spec.rows if rows is None else rows
         keys = spec.keys if keys is None else keys
         if not 1 <= rows <= spec.rows or not 1 <= keys <= spec.keys:
             raise UserError(f"--att-read {rows},{keys} is more than the store holds ({spec.rows} rows, "
                             f"{spec.keys} keys; {where}); read at or below it")
-        return rows, keys
+        layers, students = (range(len(spec.layers)), spec.student_layers) if student is None else \
+            self.student_pairs(spec, student, where)
+        return RelationCut(rows, keys, as_cut(layers), tuple(students))
+
+    def student_pairs(self, spec: RelationSpec, student: Student, where: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """(stored relation layers, the student layer matched to each) for a student of `student.depth` layers:
+        at the store's own depth as extracted; else `--att-layers pairs` reads the layers of the student's map
+        g(l, L_top), l = 1..L'' (all of them stored), and `last` or explicit layers match the stored layers to
+        the student's top layers in order (MiniLM: the last to the last), so they serve any depth at least
+        their count. What the stored layers cannot serve is refused in one line."""
+        layers, depth = student.layers, student.depth
+        if depth == layers.own_depth:
+            return tuple(range(len(spec.layers))), spec.student_layers
+        mode = student.settings[self.name].att_layers
+        if mode == "pairs":
+            index = {layer: j for j, layer in enumerate(spec.layers)}
+            wanted = layers.student_map(depth)[1:]
+            if all(layer in index for layer in wanted):
+                return tuple(index[layer] for layer in wanted), tuple(range(1, depth + 1))
+            served = [d for d in range(1, max(layers.top, layers.own_depth) + 1)
+                      if all(l in index for l in layers.student_map(d)[1:])]
+            raise UserError(f"a {depth}-layer student matches its layers 1..{depth} to teacher layers "
+                            f"{','.join(map(str, wanted))} (--att-layers pairs: its map g(l, {layers.top})), and the "
+                            f"store's {self.name} holds teacher layers {','.join(map(str, spec.layers))} ({where}); "
+                            f"it serves student depths {', '.join(map(str, served))}; {layers.fix(depth)}")
+        if len(spec.layers) > depth:
+            raise UserError(f"the store's {self.name} holds {len(spec.layers)} relation layers (--att-layers {mode}), "
+                            f"matched to a student's top layers, more than a {depth}-layer student has ({where}); "
+                            f"train a student of at least {len(spec.layers)} layers, or extract with --att-layers last")
+        return tuple(range(len(spec.layers))), tuple(range(depth - len(spec.layers) + 1, depth + 1))
 
     def describe(self, spec: RelationSpec) -> str:
         return (f"teacher layers {','.join(map(str, spec.layers))} (student {','.join(map(str, spec.student_layers))})"
@@ -153,16 +194,19 @@ class RelationKind(Kind):
                 f"{self.name}_rest": sel["rest"].to(torch.float16).cpu().numpy()}
 
     def cuts(self, shape: StoreShape, read: Read) -> dict[str, Cut]:
-        """The first `rows` query rows (keys are cut when decoded)."""
-        cut = (slice(None), slice(None), slice(None), slice(None, read.kinds[self.name][0]))
-        return {a.name: cut[:1] + cut[2:] if a.name == "rel_positions" else cut for a in self.arrays(shape)}
+        """The stored layers that serve the student and their first `rows` query rows (keys are cut when decoded)."""
+        own: RelationCut = read.kinds[self.name]
+        layers = own.layers if isinstance(own.layers, slice) else list(own.layers)
+        rows = slice(None, own.rows)
+        return {a.name: (slice(None), layers, rows) if a.name == "rel_positions"
+                else (slice(None), layers, slice(None), rows) for a in self.arrays(shape)}
 
     def pack(self, shape: StoreShape, rows: dict[str, np.ndarray], names: Sequence[str],
              read: Read) -> dict[str, Tensor]:
         """Decoded at the read's keys (exactly: the rest gains the dropped probabilities): keys
         int64 with -1 empty, float32 probabilities and rest."""
         return self.decode(shape.kinds[self.name], super().pack(shape, rows, names, read), None,
-                           read.kinds[self.name][1])
+                           read.kinds[self.name].keys)
 
     def decode(self, spec: RelationSpec, tensors: dict[str, Tensor], rows: int | None,
                keys: int) -> dict[str, Tensor]:

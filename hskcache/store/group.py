@@ -29,7 +29,7 @@ from zarr.errors import ContainsArrayAndGroupError, ContainsArrayError, Contains
 
 from hskcache.storage.chunks import BadChunk, ChunkDecoder, ChunkProblem
 from hskcache.errors import UserError
-from hskcache.kinds import KINDS
+from hskcache.kinds import KINDS, Student
 from hskcache.store.shape import StoreShape, estimated_disk
 from hskcache.store.meta import StoreMeta
 from hskcache.storage.backends import Location, faults
@@ -473,6 +473,7 @@ def describe(url: str) -> dict[str, Any]:
         "num_examples": meta.num_examples,
         "teacher": meta.teacher,
         "teacher_layers": list(meta.teacher_layers),
+        "students": Student.of(meta).layers.describe(),  # the student depths its layers serve
         "schema_version": SCHEMA_VERSION,
         "config": meta.to_attrs()["config"],
         "kinds": {name: KINDS[name].describe(record) for name, record in meta.kinds.items()},
@@ -486,6 +487,7 @@ def description_lines(info: dict[str, Any]) -> list[str]:
     lines = [f"store       {info['path']}",
              f"complete    {info['complete']} ({info['rows_committed']}/{info['num_examples']} rows committed)",
              f"teacher     {info['teacher']}  layers {info['teacher_layers']}",
+             f"students    {info['students']}",
              f"schema      {info['schema_version']}",
              "config      " + ", ".join(f"{k}={v}" for k, v in (info["config"] or {}).items())]
     lines += [f"{name:<12}{text}" for name, text in info["kinds"].items()]  # each kind's record

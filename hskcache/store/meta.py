@@ -7,8 +7,9 @@ missing or malformed field is refused there with one line, and the rest of
 the code reads typed fields instead of dictionary keys. Each knowledge kind's
 settings (`Settings.kinds`) and record (`StoreMeta.kinds`) are parsed with
 that kind's own types (`Kind.settings`, `Kind.record`). The on-disk layout is
-store schema 5's; the store's own bookkeeping (`format`, `schema_version`,
-`rows_committed`, `complete`) stays with `hskcache.store.group`.
+store schema 6's (5 plus `general` and `corpus`: `hskcache.store.group` reads a
+schema-5 store as a task store); the store's own bookkeeping (`format`,
+`schema_version`, `rows_committed`, `complete`) stays with `hskcache.store.group`.
 """
 from __future__ import annotations
 
@@ -70,6 +71,15 @@ class DataInfo:
 
 
 @dataclass(frozen=True)
+class CorpusInfo:
+    """How a task-agnostic store's corpus was cut into sequences (`hskcache.corpus`'s rule)."""
+
+    passages: int  # the corpus's passages (rows of its file; a .txt's non-blank lines), --limit applied
+    sequences: int  # the store's rows: each passage's pieces
+    sequence_tokens: int  # tokens of text per sequence: --max-length less the special tokens
+
+
+@dataclass(frozen=True)
 class StoreMeta:
     """Everything a student needs to know about a store, with no teacher at hand."""
 
@@ -92,6 +102,8 @@ class StoreMeta:
     versions: dict[str, str]
     kinds: dict[str, Any] = field(metadata={"per_kind": "record"})  # each stored kind's `Kind.record` (the
     # HSK's resolved N^D, N^L, K and width code, `kinds.hsk.HSKRecord`; the relations' `RelationSpec`)
+    general: bool = False  # task-agnostic: from a bare encoder, no logits or labels (num_labels 0)
+    corpus: CorpusInfo | None = None  # a general store's: how its corpus was cut into sequences
 
     @property
     def identity(self) -> dict[str, Any]:
@@ -116,7 +128,10 @@ class StoreMeta:
         """Parse and check a store's attributes (the one check: a missing or malformed field
         is a one-line error naming it). `where` names the store in the message."""
         try:
-            return _parse(cls, attrs, "")
+            meta = _parse(cls, attrs, "")
+            if meta.general != (meta.num_labels == 0) or meta.corpus is not None and not meta.general:
+                raise _Bad("general (a task-agnostic store, and only it, has 0 labels and may record its corpus)")
+            return meta
         except _Bad as bad:
             raise UserError(f"store {where} has a missing or malformed attribute {bad}; re-extract it: "
                             "rerun its `hskcache extract` command with --overwrite") from None
@@ -209,7 +224,7 @@ def synthetic_meta(shape: StoreShape, num_examples: int, teacher_layers: Sequenc
         hidden_size=shape.hidden, num_labels=shape.num_logits, regression=shape.regression,
         id2label={str(i): f"LABEL_{i}" for i in range(shape.num_logits)}, task=None, label_names=None,
         tokenizer=TokenizerInfo(name, name, shape.vocab_size, name, None, None, None),
-        data=DataInfo(name, "train", name), versions={}, kinds=dict(shape.kinds))
+        data=DataInfo(name, "train", name), versions={}, kinds=dict(shape.kinds), general=shape.general)
 
 
 def _settings_of(kind: str, record: Any) -> Any:

@@ -1,7 +1,9 @@
 """Reading a store back as torch tensors: random access and a streaming iterator.
 
 One extraction serves every (N^D, N^L, N^W) at or below it, with one
-exception: depth keeps the top stored pairs, tokens a prefix of the
+exception, to a student of any depth whose layer map its stored layers cover
+(`selection.layers`; `student_layers`, None: the store's own L'): depth keeps
+the top pairs of the student's map, tokens a prefix of the
 importance-ordered positions, and width re-ranks the kept activations by
 magnitude (`mag`, equal to a direct extraction up to fp16 ties) or takes a
 prefix of the static `rand` order. A `uniform` width serves only smaller
@@ -27,7 +29,7 @@ import numpy as np
 import torch
 
 from hskcache.errors import UserError
-from hskcache.kinds import Read, resolve_reads, stored_kinds
+from hskcache.kinds import Read, Student, resolve_reads, stored_kinds
 from hskcache.kinds.hsk import HSKRead
 from hskcache.store.shape import StoreShape
 from hskcache.storage.packed import PackedBatch, expand
@@ -120,6 +122,7 @@ class RowDecoder:
 
     def __init__(self, meta: StoreMeta, static: np.ndarray | None, where: str):
         self.hidden: int = meta.hidden_size
+        self.meta = meta
         self.records: dict[str, Any] = meta.kinds  # what the store records of each kind with settings it holds
         self.shape = StoreShape.of_store(meta)
         self.kinds = stored_kinds(self.shape)  # hskcache.kinds: each decodes its own arrays
@@ -132,13 +135,15 @@ class RowDecoder:
         return list(dict.fromkeys(name for kind in self.kinds if kind.read(read) for name in self._arrays[kind.name]))
 
     def resolve(self, depth: int | None = None, tokens: int | None = None, width: float | None = None,
-                kinds: KindReads | None = None) -> Read:
+                kinds: KindReads | None = None, student_layers: int | None = None) -> Read:
         """The read of the HSK at (depth, tokens, width) (None: as stored; the documented keywords of
         `get`/`batches`, which build the HSK's read, `kinds.hsk.HSKRead`) and of each opt-in kind in
-        `kinds`, checked against what is stored: the one check of whether a read can be served
-        (every reader and the trainer's `--hsk` use it; each kind's `resolve_read`)."""
+        `kinds`, for a student of `student_layers` layers (None: the store's own L'), checked against
+        what is stored: the one check of whether a read can be served (every reader and the trainer's
+        `--hsk` use it; each kind's `resolve_read`)."""
         asked = {"hsk": HSKRead((depth, tokens, width)), **(kinds or {})}
-        return Read(resolve_reads(self.records, asked, self.where, self.shape, self.static))
+        student = Student.of(self.meta, student_layers)
+        return Read(resolve_reads(self.records, asked, self.where, self.shape, self.static, student))
 
     def slicer(self, read: Read) -> tuple[dict[str, tuple], PackedBatch]:
         """(per-array slice of a row block, PackedBatch template) of a read: the slices (each kind's
@@ -231,9 +236,9 @@ class HSKStore:
                 out[n][:len(part)] = part
 
     def resolve(self, depth: int | None = None, tokens: int | None = None, width: float | None = None,
-                kinds: KindReads | None = None) -> Read:
+                kinds: KindReads | None = None, student_layers: int | None = None) -> Read:
         """The read (`kinds.Read`: each kind's resolved read), or a UserError if this store cannot serve it."""
-        return self._decoder.resolve(depth, tokens, width, kinds)
+        return self._decoder.resolve(depth, tokens, width, kinds, student_layers)
 
     @property
     def kinds(self) -> dict[str, Any]:
@@ -241,11 +246,12 @@ class HSKStore:
         return self._decoder.records
 
     def get(self, indices, depth: int | None = None, tokens: int | None = None, width: float | None = None,
-            kinds: KindReads | None = None) -> dict[str, torch.Tensor]:
+            kinds: KindReads | None = None, student_layers: int | None = None) -> dict[str, torch.Tensor]:
         """Rows `indices` at (depth, tokens, width) at or below what was stored (the dense batch):
         keywords that build the HSK's read (`kinds.hsk.HSKRead`); `kinds` adds opt-in kinds, each with
-        its read settings (e.g. {"att": RelationRead((rows, keys))})."""
-        read = self._decoder.resolve(depth, tokens, width, kinds)
+        its read settings (e.g. {"att": RelationRead((rows, keys))}); `student_layers`: the depth of the
+        student it serves (None: the store's own), whose layer map the pairs are read from."""
+        read = self._decoder.resolve(depth, tokens, width, kinds, student_layers)
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
         if len(idx) and (idx.min() < 0 or idx.max() >= self.num_examples):
             raise UserError(f"row index out of range: the store has {self.num_examples} rows")
@@ -264,20 +270,20 @@ class HSKStore:
                 start_batch: int = 0, drop_last: bool = False, window_chunks: int | None = None,
                 prefetch: int = 4, rank: int = 0, world_size: int = 1, packed: bool = False,
                 threads: int | None = None, pin_memory: bool = False,
-                shard: tuple[int, int] = (0, 1),
-                kinds: KindReads | None = None) -> Iterator[dict[str, torch.Tensor] | PackedBatch]:
+                shard: tuple[int, int] = (0, 1), kinds: KindReads | None = None,
+                student_layers: int | None = None) -> Iterator[dict[str, torch.Tensor] | PackedBatch]:
         """Stream batches: whole chunks in seeded random order, rows shuffled across
         a window of chunks. Chunks are decompressed and batches gathered on a pool
         of `threads` (default: every core this process may use), `prefetch` batches
         and one window of chunks ahead of the consumer; the order is the same for
         any thread count. `depth`, `tokens`, `width`: the HSK's read (`kinds.hsk.HSKRead`), None
-        as stored; `kinds`: each opt-in kind's. `packed`: yield `PackedBatch`es for `packed.expand` on the
-        trainer's device, else dense batches. `shard=(i, n)`: only batches i, i+n, ...
+        as stored; `kinds`: each opt-in kind's; `student_layers`: as `get`. `packed`: yield `PackedBatch`es
+        for `packed.expand` on the trainer's device, else dense batches. `shard=(i, n)`: only batches i, i+n, ...
         (a DataLoader worker's share, see `dataset`).
 
         `rank` of `world_size` (data-parallel training) yields its share of every
         batch and reads only its own chunks (`epoch_batches`)."""
-        read = self._decoder.resolve(depth, tokens, width, kinds)
+        read = self._decoder.resolve(depth, tokens, width, kinds, student_layers)
         if window_chunks is None:
             window_chunks = default_window_chunks(batch_size, self.chunk_rows)
         cuts, template = self._decoder.slicer(read)

@@ -25,7 +25,7 @@ class StoreShape:
 
     seq_len: int
     vocab_size: int
-    num_logits: int
+    num_logits: int  # 0: a task-agnostic store (a bare encoder's: no logits, no labels)
     regression: bool
     hidden: int  # d_T
     compress: str = "zstd"
@@ -37,6 +37,11 @@ class StoreShape:
         """The shape a store's metadata records."""
         return cls(meta.config.max_length, meta.tokenizer.vocab_size, meta.num_labels, meta.regression,
                    meta.hidden_size, meta.config.compress, meta.kinds)
+
+    @property
+    def general(self) -> bool:
+        """A task-agnostic store (`StoreMeta.general`): a bare encoder's, with no logits and no labels."""
+        return self.num_logits == 0
 
     def arrays(self) -> list[ArraySpec]:
         """Per-row arrays (first axis: examples) in writing order: every stored kind's

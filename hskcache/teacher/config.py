@@ -17,14 +17,16 @@ from hskcache.device import DEVICES, DTYPES, check_dtype
 class ExtractConfig:
     """Every setting of one extraction: each field is an `extract` flag and a TOML key."""
 
-    teacher: str = field(metadata={"help": "fine-tuned sequence classifier: local folder or hub id"})
-    data: str = field(metadata={"help": "glue/<task> or a .csv/.tsv/.json/.jsonl/.parquet file"})
+    teacher: str = field(metadata={"help": "fine-tuned sequence classifier (a task store), or a bare encoder of a "
+                                           "supported family (a task-agnostic store): local folder or hub id"})
+    data: str = field(metadata={"help": "glue/<task>, a .csv/.tsv/.json/.jsonl/.parquet file, or a .txt corpus "
+                                        "(one passage per line)"})
     store: str | None = field(default=None, metadata={
         "help": "store to write: a directory or an fsspec URL (s3://bucket/store, gs://...)",  # None: the online baseline
         "metavar": "STORE", "aliases": ("--out",)})
     split: str = setting("train", "dataset split")
     text_cols: tuple[str, ...] | None = setting(None, "text column(s), a or a,b", parse=columns)
-    label_col: str | None = setting(None, "label column")
+    label_col: str | None = setting(None, "label column (a task teacher's only)")
     student_layers: int | None = setting(None, "student depth L'")
     ltop: int | None = setting(None, "top teacher layer of the layer map (default: teacher depth)")
     teacher_layers: tuple[int, ...] | None = setting(
@@ -39,7 +41,7 @@ class ExtractConfig:
     # (the HSK's: N^D, N^L, N^W, width strategy, seed and code, value format; `kinds.hsk.HSKSettings`)
     max_length: int = setting(128, "tokenizer max length, at most the teacher's positions")
     batch_size: int = setting(64, "teacher batch size")
-    limit: int | None = setting(None, "only the first N examples")
+    limit: int | None = setting(None, "only the first N examples (a bare encoder's corpus: passages)")
     device: str = setting("auto", " | ".join(DEVICES))
     dtype: str | None = setting(None, " | ".join(DTYPES) + ": the teacher's forward precision, recorded in the store "
                                 "(default: bf16 on CUDA, fp32 on CPU)")

@@ -1,5 +1,10 @@
 """The extraction loop: data → teacher → selection → store, resumable and shardable.
 
+A fine-tuned sequence classifier writes a task store (logits and labels); a bare
+encoder writes a task-agnostic one (`StoreMeta.general`: no logits or labels), its
+corpus's passages cut into full-length sequences first (`hskcache.corpus`), one
+row per sequence.
+
 Batches always start at multiples of the batch size, so a resumed run, and
 every writer of a sharded one, feeds the teacher exactly the batches one
 uninterrupted process would, and the finished store is identical. Writers
@@ -21,12 +26,13 @@ from tqdm.auto import tqdm
 from hskcache.teacher import hooks
 from hskcache.teacher.config import ExtractConfig
 from hskcache.distributed import Ranks, broadcast, rank_device
+from hskcache.corpus import sequence_tokens, split_corpus
 from hskcache.data import TextData, check_labels, fingerprint, load_texts, no_labels, tokenize_batch
 from hskcache.errors import UserError
 from hskcache.teacher.families import takes_token_types
 from hskcache.kinds import KINDS, TeacherForward, TeacherInfo, chosen, stored_kinds
 from hskcache.store.shape import StoreShape
-from hskcache.store.meta import DataInfo, Settings, StoreMeta, TokenizerInfo
+from hskcache.store.meta import CorpusInfo, DataInfo, Settings, StoreMeta, TokenizerInfo
 from hskcache.selection.hsk import SelectionPlan
 from hskcache.store.group import StoreWriter, chunk_span
 from hskcache.teacher.loading import Teacher, check_max_length, id_bound, load_teacher, named_labels, tokenizer_hash
@@ -44,8 +50,9 @@ def library_versions() -> dict[str, str]:
 
 
 def store_meta(cfg: ExtractConfig, data: TextData, teacher: Teacher, plan: SelectionPlan,
-               shape: StoreShape, teacher_layers: tuple[int, ...]) -> StoreMeta:
-    """Everything a student needs to know about the store, with no teacher at hand."""
+               shape: StoreShape, teacher_layers: tuple[int, ...], corpus: CorpusInfo | None = None) -> StoreMeta:
+    """Everything a student needs to know about the store, with no teacher at hand (`corpus`: how a
+    bare encoder's corpus was cut into sequences)."""
     stored = {k: v for k, v in cfg.stored_settings().items() if k != "store"}
     settings = Settings(**stored | {
         "kinds": {name: cfg.kinds[name] for name in shape.kinds if name in cfg.kinds},  # the stored kinds' settings
@@ -58,7 +65,8 @@ def store_meta(cfg: ExtractConfig, data: TextData, teacher: Teacher, plan: Selec
     })
     tok = teacher.tokenizer
     data_fp = fingerprint(data)
-    names = data.label_names or named_labels(teacher.model.config)  # the data's, else the teacher's head
+    # class names: the data's, else the teacher's head's (a task-agnostic store has none)
+    names = None if shape.general else data.label_names or named_labels(teacher.model.config)
     return StoreMeta(
         config=settings,
         num_examples=len(data),
@@ -71,8 +79,8 @@ def store_meta(cfg: ExtractConfig, data: TextData, teacher: Teacher, plan: Selec
         hidden_size=teacher.hidden,
         num_labels=teacher.num_labels,
         regression=teacher.regression,
-        id2label={str(k): v for k, v in teacher.model.config.id2label.items()},
-        task=data.task,
+        id2label={} if shape.general else {str(k): v for k, v in teacher.model.config.id2label.items()},
+        task=None if shape.general else data.task,
         label_names=tuple(names) if names else None,
         tokenizer=TokenizerInfo(name=teacher.name, class_name=type(tok).__name__, vocab_size=id_bound(tok),
                                 vocab_hash=tokenizer_hash(tok), cls_token_id=tok.cls_token_id,
@@ -80,6 +88,8 @@ def store_meta(cfg: ExtractConfig, data: TextData, teacher: Teacher, plan: Selec
         data=DataInfo(source=data.source, split=data.split, fingerprint=data_fp),
         versions=library_versions(),
         kinds=dict(shape.kinds),
+        general=shape.general,
+        corpus=corpus,
     )
 
 
@@ -140,15 +150,21 @@ class BackgroundWriter:
         self._check()
 
 
-def prepare(cfg: ExtractConfig, device: torch.device | None = None
-            ) -> tuple[TextData, Teacher, SelectionPlan, StoreShape, tuple[int, ...]]:
-    """Load and check everything before the store is touched (the teacher on `device`, else `cfg.device`)."""
-    teacher = load_teacher(cfg.teacher, device or cfg.device, cfg.dtype)
+def prepare(cfg: ExtractConfig, device: torch.device | None = None, progress: bool = False
+            ) -> tuple[TextData, Teacher, SelectionPlan, StoreShape, tuple[int, ...], CorpusInfo | None]:
+    """Load and check everything before the store is touched (the teacher on `device`, else `cfg.device`);
+    a bare encoder's corpus is cut into sequences (its `CorpusInfo`; None for a task teacher)."""
+    teacher = load_teacher(cfg.teacher, device or cfg.device, cfg.dtype, bare=True)
     check_max_length(cfg.max_length, teacher.model.config, "teacher")
+    if not teacher.task and cfg.label_col is not None:
+        raise UserError(f"--label-col {cfg.label_col}: teacher {cfg.teacher} is a bare encoder, whose store is "
+                        "task-agnostic (no labels); drop --label-col, or pass a fine-tuned sequence classifier")
     # String labels are numbered like the teacher's head, even if a class is missing here.
-    data = load_texts(cfg.data, cfg.split, cfg.text_cols, cfg.label_col, named_labels(teacher.model.config),
-                      unknown_labels=True)  # e.g. augmented rows: the store keeps the teacher's logits
-    if cfg.limit is not None and cfg.limit < len(data):
+    data = load_texts(cfg.data, cfg.split, cfg.text_cols, cfg.label_col,
+                      named_labels(teacher.model.config) if teacher.task else None,
+                      unknown_labels=True,  # e.g. augmented rows: the store keeps the teacher's logits
+                      unlabeled=not teacher.task)
+    if cfg.limit is not None and cfg.limit < len(data):  # a corpus's first passages
         n = cfg.limit
         data = replace(data, texts_a=data.texts_a[:n], texts_b=data.texts_b[:n] if data.texts_b else None,
                        labels=None if data.labels is None else data.labels[:n])
@@ -172,9 +188,14 @@ def prepare(cfg: ExtractConfig, device: torch.device | None = None
                                hsk.width, hsk.width_strategy, teacher.hidden, hsk.width_seed)
     if any(kind.teacher_captures for kind in opted):
         hooks.attention_modules(teacher.model)  # a family without known projections fails here, before writing
+    corpus = None
+    if not teacher.task:
+        passages = len(data)
+        data = split_corpus(data, teacher.tokenizer, cfg.max_length, progress)
+        corpus = CorpusInfo(passages, len(data), sequence_tokens(teacher.tokenizer, cfg.max_length))
     shape = StoreShape(cfg.max_length, id_bound(teacher.tokenizer), teacher.num_labels, teacher.regression,
                        teacher.hidden, cfg.compress, records)
-    return data, teacher, plan, shape, teacher_layers
+    return data, teacher, plan, shape, teacher_layers, corpus
 
 
 def extract(cfg: ExtractConfig, progress: bool = True) -> str | None:
@@ -188,8 +209,9 @@ def extract(cfg: ExtractConfig, progress: bool = True) -> str | None:
     if cfg.shard is not None and together:
         raise UserError("--shard is for schedulers without torchrun; under torchrun each rank takes its share itself")
     part, parts = cfg.shard or (ranks.rank, ranks.world_size)
-    data, teacher, plan, shape, teacher_layers = prepare(cfg, rank_device(cfg.device, ranks.local_rank))
-    meta = store_meta(cfg, data, teacher, plan, shape, teacher_layers)
+    data, teacher, plan, shape, teacher_layers, corpus = prepare(cfg, rank_device(cfg.device, ranks.local_rank),
+                                                                 progress and ranks.is_main)
+    meta = store_meta(cfg, data, teacher, plan, shape, teacher_layers, corpus)
     n = len(data)
     create = (cfg.store, shape, n, meta, plan.static_arrays(), cfg.overwrite)
     if together:  # rank 0 creates the group; every rank learns whether it was refused

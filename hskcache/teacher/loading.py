@@ -1,4 +1,8 @@
-"""Loading a fine-tuned teacher and running it with hidden states and attentions."""
+"""Loading a teacher and running it with hidden states and attentions.
+
+A teacher is a fine-tuned sequence classifier (a task teacher: its store holds logits and labels),
+or, where the caller allows it (`hskcache extract`), a bare encoder of a registered family, loaded
+with `AutoModel` (a head it may have is not used): its store is task-agnostic (`StoreMeta.general`)."""
 from __future__ import annotations
 
 import hashlib
@@ -12,7 +16,7 @@ from huggingface_hub import try_to_load_from_cache
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 from safetensors import SafetensorError
-from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PretrainedConfig
+from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, AutoTokenizer, PretrainedConfig
 
 from hskcache.device import autocast, pick_device, pick_dtype
 from hskcache.errors import UserError
@@ -79,6 +83,27 @@ def is_regression(config) -> bool:
     return config.num_labels == 1
 
 
+def is_task_teacher(config) -> bool:
+    """Whether a model folder is a fine-tuned sequence classifier (its head gives a task's logits);
+    any other encoder of a registered family is a bare encoder."""
+    return any(a.endswith("ForSequenceClassification") for a in config.architectures or [])
+
+
+def require_task_teacher(config, name: str) -> None:
+    """Refuse, in one line, a model that is not a fine-tuned sequence classifier where a task head is needed."""
+    if not is_task_teacher(config):
+        archs = config.architectures or []
+        raise UserError(
+            f"teacher {name} is not a fine-tuned sequence classifier (architectures: {', '.join(archs) or 'none'}); "
+            "fine-tune it first: hskcache finetune --teacher ENCODER --data DATA --eval-data DEV --out TEACHER"
+        )
+
+
+def head_outputs(config) -> tuple[int, bool]:
+    """(logits, regression) of a teacher's head; a bare encoder has none: (0, False), a task-agnostic store."""
+    return (config.num_labels, is_regression(config)) if is_task_teacher(config) else (0, False)
+
+
 def named_labels(config) -> list[str] | None:
     """The head's class names when they are real names (not LABEL_i), so string
     labels in eval data are numbered like the training data's."""
@@ -105,15 +130,20 @@ class Teacher:
         return self.model.config.hidden_size
 
     @property
+    def task(self) -> bool:
+        """A sequence classifier (logits); else a bare encoder, whose store is task-agnostic."""
+        return is_task_teacher(self.model.config)
+
+    @property
     def num_labels(self) -> int:
-        return self.model.config.num_labels
+        return head_outputs(self.model.config)[0]
 
     @property
     def regression(self) -> bool:
-        return is_regression(self.model.config)
+        return head_outputs(self.model.config)[1]
 
     def forward(self, batch: dict[str, torch.Tensor]):
-        """Logits, hidden states and attention probabilities (eager attention)."""
+        """Hidden states and attention probabilities (eager attention), and a task teacher's logits."""
         inputs = {k: batch[k].to(self.device) for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
         if not takes_token_types(self.model.config):  # RoBERTa: 1 type; MPNet, ModernBERT: none
             inputs.pop("token_type_ids", None)
@@ -204,19 +234,18 @@ def load_tokenizer(name: str, config: PretrainedConfig, role: str = "teacher"):
     return tokenizer
 
 
-def load_teacher(name: str, device: str | torch.device = "auto", dtype: str | None = None) -> Teacher:
-    """A fine-tuned sequence classifier, checked to be one and to return attentions;
-    it runs in `dtype` (`hskcache.device.pick_dtype`: bf16 on CUDA, fp32 on CPU by default)."""
+def load_teacher(name: str, device: str | torch.device = "auto", dtype: str | None = None,
+                 bare: bool = False) -> Teacher:
+    """A fine-tuned sequence classifier, or with `bare` also a bare encoder of a registered family
+    (`AutoModel`), checked to return hidden states and attentions; it runs in `dtype`
+    (`hskcache.device.pick_dtype`: bf16 on CUDA, fp32 on CPU by default)."""
     config = load_config(name)
-    archs = config.architectures or []
-    if not any(a.endswith("ForSequenceClassification") for a in archs):
-        raise UserError(
-            f"teacher {name} is not a fine-tuned sequence classifier (architectures: {', '.join(archs) or 'none'}); "
-            "fine-tune it first: hskcache finetune --teacher ENCODER --data DATA --eval-data DEV --out TEACHER"
-        )
+    if not bare:
+        require_task_teacher(config, name)
     family_of(config)  # a causal or unregistered model type is refused before its weights load
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    model = load_model(name, attn_implementation="eager")
+    model = load_model(name, cls=AutoModelForSequenceClassification if is_task_teacher(config) else AutoModel,
+                       attn_implementation="eager")
     tokenizer = load_tokenizer(name, config)
     dev = device if isinstance(device, torch.device) else pick_device(device)
     model.to(dev).eval()

@@ -31,6 +31,7 @@ class StudentForward:
     attention_mask: Tensor
     projection: Callable[[Tensor], Tensor]  # W: student width -> teacher width
     meta: StoreMeta  # what the source records (e.g. the student layer matched to each stored relation layer)
+    depth: int  # the student's layers L'': which stored layers it reads (`hskcache.kinds.Student`)
 
 
 @dataclass(frozen=True)
@@ -51,8 +52,8 @@ class StudentKind:
     captures: tuple[str, ...] = ()  # attention projections the student forward must record
     hidden_states: bool = False  # whether the student forward must return its hidden states
 
-    def capture_layers(self, meta: StoreMeta) -> tuple[int, ...]:
-        """The student attention layers whose `captures` its `student` reads."""
+    def capture_layers(self, meta: StoreMeta, depth: int) -> tuple[int, ...]:
+        """The student attention layers whose `captures` its `student` reads, for a student of `depth` layers."""
         return ()
 
     def held(self, meta: StoreMeta) -> bool:

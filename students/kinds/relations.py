@@ -9,6 +9,7 @@ from torch import Tensor
 
 from hskcache.selection.attention import gather_rows, relation, split_heads
 from hskcache.errors import UserError
+from hskcache.kinds import KINDS, Student
 from students.losses import distribution_loss
 
 from students.kinds.base import Loss, Objective, StudentForward, StudentKind
@@ -42,8 +43,10 @@ class RelationStudent(StudentKind):
         """What the source records of this relation kind (None: it does not hold it)."""
         return meta.kinds.get(self.name)
 
-    def capture_layers(self, meta: StoreMeta) -> tuple[int, ...]:
-        return self.spec(meta).student_layers
+    def capture_layers(self, meta: StoreMeta, depth: int) -> tuple[int, ...]:
+        """The student layer matched to each stored relation layer, for a student of `depth` layers (the
+        store's rule, `hskcache.kinds.relation.RelationKind.student_pairs`: the read takes the same layers)."""
+        return KINDS[self.name].student_pairs(self.spec(meta), Student.of(meta, depth), "the student's layers")[1]
 
     def check(self, meta: StoreMeta, config: PretrainedConfig, student: str) -> None:
         """Fewer student heads average groups of teacher heads: their count must divide the teacher's."""
@@ -57,7 +60,7 @@ class RelationStudent(StudentKind):
         left, right = self.pair
         rows = batch["rel_positions"]
         out = []
-        for j, layer in enumerate(self.capture_layers(forward.meta)):
+        for j, layer in enumerate(self.capture_layers(forward.meta, forward.depth)):
             captured = forward.captured[layer]
             a, b = split_heads(captured[left], forward.heads), split_heads(captured[right], forward.heads)
             out.append(relation(gather_rows(a, rows[:, j]), b, forward.attention_mask))

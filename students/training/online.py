@@ -42,8 +42,8 @@ class OnlineSource:
         self._max_length = cfg.max_length
 
     def resolve(self, depth: int | None = None, tokens: int | None = None, width: float | None = None,
-                kinds: KindReads | None = None) -> Read:
-        return self._decoder.resolve(depth, tokens, width, kinds)
+                kinds: KindReads | None = None, student_layers: int | None = None) -> Read:
+        return self._decoder.resolve(depth, tokens, width, kinds, student_layers)
 
     def labels(self) -> np.ndarray:
         """Every row's gold label, as `HSKStore.labels`."""
@@ -61,9 +61,10 @@ class OnlineSource:
                 depth: int | None = None, tokens: int | None = None, width: float | None = None,
                 start_batch: int = 0, drop_last: bool = False, rank: int = 0,
                 world_size: int = 1, packed: bool = False, pin_memory: bool = False,
-                kinds: KindReads | None = None) -> Iterator[dict[str, torch.Tensor] | PackedBatch]:
+                kinds: KindReads | None = None, student_layers: int | None = None
+                ) -> Iterator[dict[str, torch.Tensor] | PackedBatch]:
         """The batches `HSKStore.batches` would yield with the same arguments."""
-        read = self._decoder.resolve(depth, tokens, width, kinds)
+        read = self._decoder.resolve(depth, tokens, width, kinds, student_layers)
         window = default_window_chunks(batch_size, self.chunk_rows)
         plan = epoch_batches(self.num_examples, self.chunk_rows, window, batch_size, shuffle, seed, epoch, start_batch,
                              drop_last, rank, world_size)
@@ -74,10 +75,12 @@ class OnlineSource:
                 yield batch if packed else expand(batch)
 
     def get(self, indices, depth: int | None = None, tokens: int | None = None,
-            width: float | None = None, kinds: KindReads | None = None) -> dict[str, torch.Tensor]:
+            width: float | None = None, kinds: KindReads | None = None,
+            student_layers: int | None = None) -> dict[str, torch.Tensor]:
         """The rows `HSKStore.get` would return (the teacher runs on them now)."""
         rows = np.asarray(indices, dtype=np.int64).reshape(-1)
-        return self._decoder.to_torch(self._raw(rows), self._decoder.resolve(depth, tokens, width, kinds))
+        read = self._decoder.resolve(depth, tokens, width, kinds, student_layers)
+        return self._decoder.to_torch(self._raw(rows), read)
 
     def _raw(self, rows: np.ndarray) -> dict[str, np.ndarray]:
         """The teacher's stored rows for data rows `rows`, computed now."""

@@ -79,13 +79,13 @@ class BatchSource(Protocol):
     def labels(self) -> np.ndarray: ...
 
     def resolve(self, depth: int | None = None, tokens: int | None = None, width: float | None = None,
-                kinds: Mapping[str, Any] | None = None) -> Read: ...
+                kinds: Mapping[str, Any] | None = None, student_layers: int | None = None) -> Read: ...
 
     def batches(self, batch_size: int, shuffle: bool = True, seed: int = 0, epoch: int = 0,
                 depth: int | None = None, tokens: int | None = None, width: float | None = None,
                 start_batch: int = 0, rank: int = 0, world_size: int = 1, packed: bool = False,
-                pin_memory: bool = False, kinds: Mapping[str, Any] | None = None
-                ) -> Iterator[dict[str, Tensor] | PackedBatch]: ...
+                pin_memory: bool = False, kinds: Mapping[str, Any] | None = None,
+                student_layers: int | None = None) -> Iterator[dict[str, Tensor] | PackedBatch]: ...
 
 
 def resolved_run(out: str) -> str:
@@ -298,12 +298,13 @@ class Distiller(nn.Module):
         student's attention rows at the stored query rows), recording what the kinds ask for."""
         student_kinds = [STUDENT_KINDS[k] for k in kinds]
         captures = tuple(sorted({c for k in student_kinds for c in k.captures}))
-        layers = tuple(sorted({l for k in student_kinds if k.captures for l in k.capture_layers(self.meta)}))
+        depth = self.student.config.num_hidden_layers
+        layers = tuple(sorted({l for k in student_kinds if k.captures for l in k.capture_layers(self.meta, depth)}))
         hidden = any(k.hidden_states for k in student_kinds)
         with self.precision, hooks.capture(self.student, layers, captures) as captured:
             out = self.student(**inputs, output_hidden_states=hidden)
         forward = StudentForward(out, captured, self.student.config.num_attention_heads, inputs["attention_mask"],
-                                 self.projection, self.meta)
+                                 self.projection, self.meta, depth)
         return {k.name: k.student(forward, batch) for k in student_kinds}
 
 
@@ -325,6 +326,9 @@ class Trainer:
         self.parallel = Parallel(self.ranks, self.device)
         set_cpu_threads(self.device, cfg.runtime.threads)
         self.model = load_student(cfg.student)
+        # each stage reads the stored layers of the student's own layer map (`hskcache.selection.layers`)
+        self.stages = [replace(s, read={**s.read, "student_layers": self.model.config.num_hidden_layers})
+                       for s in self.stages]
         self.tokenizer = AutoTokenizer.from_pretrained(cfg.student)
         self._check_compatible()
         self.eval_set = self._load_eval_set()
@@ -351,12 +355,7 @@ class Trainer:
     # ------------------------------------------------------------------ setup
 
     def _check_compatible(self) -> None:
-        source, student = self.source, self.cfg.student
-        layers = self.model.config.num_hidden_layers
-        if layers != source.student_layers:
-            raise UserError(f"student {student} has {layers} layers but the store was extracted for "
-                            f"{source.student_layers}; build a {source.student_layers}-layer student or extract "
-                            f"with --student-layers {layers}")
+        source, student = self.source, self.cfg.student  # its depth: checked by each stage's read (below)
         if tokenizer_hash(self.tokenizer) != source.meta.tokenizer.vocab_hash:
             raise UserError(f"student {student}'s vocabulary differs from the store's tokenizer; "
                             "build the student from the teacher that wrote the store")
