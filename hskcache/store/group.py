@@ -35,9 +35,12 @@ from hskcache.store.meta import StoreMeta
 from hskcache.storage.backends import Location, faults
 from hskcache.storage.layout import human
 
-SCHEMA_VERSION = 5  # 2: settings `store` and `width_seed`; 3: codecs, width_code/values/compress settings;
+SCHEMA_VERSION = 6  # 2: settings `store` and `width_seed`; 3: codecs, width_code/values/compress settings;
 # 4: a crc32c checksum on every chunk (hskcache.storage.chunks); 5: each knowledge kind's settings and record under
-# its name (`config.kinds`, `kinds`; were the flat att_* settings and `relations`)
+# its name (`config.kinds`, `kinds`; were the flat att_* settings and `relations`); 6: task-agnostic stores
+# (`general`, `corpus`; no logits or labels arrays, which a schema-5 reader would take for damage)
+# Older schemas this one reads, each with what its attributes lack (a schema-5 store is a task store).
+UPGRADES: dict[int, dict[str, Any]] = {5: {"general": False, "corpus": None}}
 FORMAT = "hskcache"
 COMMITS = "commits"  # per-chunk commit markers (uint8, one chunk per store chunk)
 # docs/design.md ("Codecs"): level 1 keeps 93-100% of level 3's ratio and writes about twice as fast;
@@ -62,8 +65,10 @@ def compressors(codec: str) -> list:
 
 
 def schema_error(path: str, version: Any) -> UserError:
-    return UserError(f"store {path} was written with store schema {version}, this hskcache reads schema {SCHEMA_VERSION} "
-                     "(a checksum on every chunk); re-extract it: rerun its `hskcache extract` command with --overwrite")
+    readable = ", ".join(map(str, [*UPGRADES, SCHEMA_VERSION]))
+    return UserError(f"store {path} was written with store schema {version}, this hskcache reads schemas {readable} "
+                     "(a checksum on every chunk; each kind's settings under its name); re-extract it: rerun its "
+                     "`hskcache extract` command with --overwrite")
 
 
 def corrupt_metadata(url: str, name: str, fix: str) -> UserError:
@@ -112,10 +117,12 @@ def existing_store(url: str) -> Location:
 
 
 def read_meta(attrs: dict[str, Any], url: str) -> StoreMeta:
-    """A store's metadata, checked: its schema first, then every field (`StoreMeta.from_attrs`)."""
-    if attrs.get("schema_version") != SCHEMA_VERSION:
-        raise schema_error(url, attrs.get("schema_version"))
-    return StoreMeta.from_attrs(attrs, url)
+    """A store's metadata, checked: its schema first (an older one it reads gets what it lacks,
+    `UPGRADES`), then every field (`StoreMeta.from_attrs`)."""
+    version = attrs.get("schema_version")
+    if not (version == SCHEMA_VERSION or isinstance(version, int) and version in UPGRADES):
+        raise schema_error(url, version)
+    return StoreMeta.from_attrs(UPGRADES.get(version, {}) | attrs, url)
 
 
 def _progress(attrs: dict[str, Any]) -> tuple[bool, int]:
@@ -474,7 +481,9 @@ def describe(url: str) -> dict[str, Any]:
         "teacher": meta.teacher,
         "teacher_layers": list(meta.teacher_layers),
         "students": Student.of(meta).layers.describe(),  # the student depths its layers serve
-        "schema_version": SCHEMA_VERSION,
+        "general": meta.general,
+        "teaches": _what_it_teaches(meta),
+        "schema_version": attrs.get("schema_version"),
         "config": meta.to_attrs()["config"],
         "kinds": {name: KINDS[name].describe(record) for name, record in meta.kinds.items()},
         "bytes": _array_bytes(sizes),
@@ -482,11 +491,22 @@ def describe(url: str) -> dict[str, Any]:
     }
 
 
+def _what_it_teaches(meta: StoreMeta) -> str:
+    """Task or task-agnostic, in one line (`hskcache inspect`)."""
+    if not meta.general:
+        head = "regression" if meta.regression else f"{meta.num_labels} classes"
+        return f"task ({head}: logits and labels stored)"
+    cut = (f"; {meta.corpus.passages:,} passages cut into {meta.corpus.sequences:,} sequences of up to "
+           f"{meta.corpus.sequence_tokens} text tokens") if meta.corpus else ""
+    return f"task-agnostic (general): from a bare encoder, no logits or labels{cut}"
+
+
 def description_lines(info: dict[str, Any]) -> list[str]:
     """`describe`'s dictionary as the lines `hskcache inspect` prints."""
     lines = [f"store       {info['path']}",
              f"complete    {info['complete']} ({info['rows_committed']}/{info['num_examples']} rows committed)",
              f"teacher     {info['teacher']}  layers {info['teacher_layers']}",
+             f"teaches     {info['teaches']}",
              f"students    {info['students']}",
              f"schema      {info['schema_version']}",
              "config      " + ", ".join(f"{k}={v}" for k, v in (info["config"] or {}).items())]

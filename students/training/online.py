@@ -27,8 +27,8 @@ class OnlineSource:
     """The `BatchSource` interface of `students.training.trainer`, with the teacher loaded."""
 
     def __init__(self, cfg: ExtractConfig) -> None:
-        data, self.teacher, self.plan, self.shape, teacher_layers = prepare(cfg)
-        self.meta = store_meta(cfg, data, self.teacher, self.plan, self.shape, teacher_layers)
+        data, self.teacher, self.plan, self.shape, teacher_layers, corpus = prepare(cfg)
+        self.meta = store_meta(cfg, data, self.teacher, self.plan, self.shape, teacher_layers, corpus)
         self.student_layers = self.meta.student_layers
         self.hidden = self.teacher.hidden
         self.regression = self.teacher.regression
