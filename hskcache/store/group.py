@@ -506,8 +506,8 @@ def description_lines(info: dict[str, Any]) -> list[str]:
     lines = [f"store       {info['path']}",
              f"complete    {info['complete']} ({info['rows_committed']}/{info['num_examples']} rows committed)",
              f"teacher     {info['teacher']}  layers {info['teacher_layers']}",
-             f"teaches     {info['teaches']}",
              f"students    {info['students']}",
+             f"teaches     {info['teaches']}",
              f"schema      {info['schema_version']}",
              "config      " + ", ".join(f"{k}={v}" for k, v in (info["config"] or {}).items())]
     lines += [f"{name:<12}{text}" for name, text in info["kinds"].items()]  # each kind's record
