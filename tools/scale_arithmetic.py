@@ -1,42 +1,46 @@
 """Paper arithmetic for scaled-out extraction and training (docs/scale.md).
 
-Bytes and object counts come from the store layout (`hskcache.budget.plan.Setting
-.store_shape`, the writer's own arithmetic: the exact uncompressed bytes).
-Times come from per-GPU rates given on the command line: they are inputs,
-not measurements, and the table prints them.
+Bytes and object counts come from the store layout (`hskcache.store.shape.StoreShape`
+and `hskcache.budget.plan.Setting.store_shape`: the writer's own arithmetic, the exact
+uncompressed bytes). Times come from per-GPU rates given on the command line:
+they are inputs, not measurements, and the tables print them.
 
-    python tools/scale_arithmetic.py --extract-rate 2000 --train-rate 4000
+    python tools/scale_arithmetic.py mnli --extract-rate 2000 --train-rate 4000
+    python tools/scale_arithmetic.py general --tflops V100=40 A100=120 H100=350
 
-Requests, for a store on S3 or GCS:
+`mnli`: MNLI-sized task transfer sets. Requests, for a store on S3 or GCS:
 - extraction writes one object per chunk per array, one commit marker per
   chunk and a few metadata objects (PUT);
 - an epoch of training reads every chunk of every array once, whatever the
   number of ranks, since each rank reads a disjoint share of the chunks (GET).
+
+`general`: a Wikipedia-and-books-sized general corpus (about 3.3B tokens, 6.4M
+sequences of 512) cached once from a BERT-base teacher: store bytes per
+configuration (STORE_CHOICES), extraction FLOPs (one teacher forward per
+sequence, 2 × parameters × tokens) and GPU-hours at the given sustained
+rates, against TinyBERT's reported online general distillation (ONLINE).
 """
 from __future__ import annotations
 
 import argparse
 import math
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 from hskcache.budget.plan import Config, Setting
+from hskcache.errors import UserError
+from hskcache.kinds import KINDS, TeacherInfo
+from hskcache.kinds.hsk import HSKRecord, HSKSettings
+from hskcache.options import OneLineParser, run_guarded
+from hskcache.selection.hsk import layer_map
+from hskcache.store.shape import StoreShape, estimated_disk
 from hskcache.storage.layout import human
 
 MNLI = 392_702
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--examples", type=int, nargs="+", default=[MNLI, 10 * MNLI],
-                   help="transfer-set sizes (default MNLI and MNLI augmented 10x)")
-    p.add_argument("--configs", nargs="+", default=["1,9,0.1", "4,50,0.2"], help="N^D,N^L,N^W")
-    p.add_argument("--ranks", type=int, nargs="+", default=[1, 8, 64])
-    p.add_argument("--seq-len", type=int, default=128)
-    p.add_argument("--student-layers", type=int, default=4)
-    p.add_argument("--teacher-width", type=int, default=768)
-    p.add_argument("--extract-rate", type=float, required=True, help="rows/s one GPU extracts (an input)")
-    p.add_argument("--train-rate", type=float, required=True, help="rows/s one GPU trains a student on (an input)")
-    args = p.parse_args()
-
+def run_mnli(args: argparse.Namespace) -> int:
     print(f"teacher width {args.teacher_width}, student layers {args.student_layers}, length {args.seq_len}; "
           f"assumed rates per GPU: extraction {args.extract_rate:,.0f} rows/s, training {args.train_rate:,.0f} rows/s")
     print(f"{'examples':>10} {'config':>9} {'store':>10} {'rows/chunk':>10} {'objects':>8} {'PUT':>8} "
@@ -62,7 +66,214 @@ def main() -> None:
                 cells.append(f"{extract_min:>14.2f} {epoch_min:>8.2f} {total / n / 1e9:>8.2f}")
             print(f"{examples:>10,} {spec:>9} {human(total):>10} {rows:>10,} {objects:>8,} {puts:>8,} "
                   f"{objects:>9,} " + " ".join(cells))
+    return 0
+
+
+# --- general: a Wikipedia-and-books-sized corpus ----------------------------
+
+
+@dataclass(frozen=True)
+class Encoder:
+    """A BERT-style encoder's sizes: enough to count its parameters."""
+
+    layers: int
+    width: int
+    heads: int
+    ffn: int
+    vocab: int = 30522
+    positions: int = 512
+    token_types: int = 2
+
+    def parameters(self) -> int:
+        """Embeddings (word, position, type, LayerNorm), per layer attention (Q, K, V, output), FFN and two
+        LayerNorms, and the pooler: what `BertModel` holds."""
+        d, f = self.width, self.ffn
+        embeddings = (self.vocab + self.positions + self.token_types) * d + 2 * d
+        layer = 4 * (d * d + d) + (d * f + f) + (f * d + d) + 2 * 2 * d
+        return embeddings + self.layers * layer + d * d + d
+
+    def describe(self) -> str:
+        return f"{self.layers}×{self.width}, {self.heads} heads, FFN {self.ffn}"
+
+
+@dataclass(frozen=True)
+class StoreChoice:
+    """One store configuration of the general corpus: what it holds, and whose choice it is."""
+
+    name: str
+    student_layers: int  # L': the HSK's layer pairs are g(l, L_top), l = 0..L'
+    hsk: tuple[int, int, float]  # (N^D, N^L, N^W): every store holds an HSK (it carries the inputs)
+    relations: tuple[str, ...] = ()
+    att_layers: str = "last"
+    rows: int | None = None  # relation query rows (None: every token)
+    keys: int | None = None  # keys kept per row (None: every key)
+    relation_heads: int | None = None  # qq/kk (None: the teacher's heads)
+
+
+# N^L, rows and keys of 0 mean "every token of the sequence" (filled in from --seq-len). The relation
+# choices carry the smallest HSK of the table, since every store holds one.
+SMALL = (1, 9, 0.1)
+STORE_CHOICES: tuple[StoreChoice, ...] = (
+    StoreChoice("HSK (1,9,0.1), L'=4", 4, SMALL),
+    StoreChoice("HSK (4,50,0.2), L'=4", 4, (4, 50, 0.2)),
+    StoreChoice("HSK (13,50,0.2): every teacher layer, any student depth", 12, (13, 50, 0.2)),
+    StoreChoice("TinyBERT: full HSK (5,all,1.0) + att at every pair, L'=4", 4, (5, 0, 1.0), ("att",), "pairs", 0, 0),
+    StoreChoice("MiniLM: att+val, last layer, all rows × all keys", 4, SMALL, ("att", "val"), "last", 0, 0),
+    StoreChoice("MiniLM cut: att+val, last layer, 64 rows × 32 keys", 4, SMALL, ("att", "val"), "last", 64, 32),
+    StoreChoice("MiniLMv2: qq+kk+val, last layer, all rows × all keys", 4, SMALL, ("qq", "kk", "val"), "last", 0, 0),
+    StoreChoice("MiniLMv2 cut: qq+kk+val, last layer, 64 rows × 32 keys", 4, SMALL, ("qq", "kk", "val"), "last", 64, 32),
+)
+
+
+def store_shape(choice: StoreChoice, teacher: Encoder, seq_len: int) -> StoreShape:
+    """The shape `hskcache extract` writes for `choice` from a bare encoder (no logits, no labels)."""
+    def every(n: int | None) -> int:
+        return n or seq_len
+
+    n_d, n_l, n_w = choice.hsk
+    tokens = every(n_l)
+    kinds = {"hsk": HSKRecord.of(HSKSettings(n_d, tokens, n_w), n_d, tokens, teacher.width)}
+    info = TeacherInfo(tuple(layer_map(choice.student_layers, teacher.layers)), teacher.layers, teacher.heads,
+                       teacher.width, seq_len, tokens, "att-nosep-top")
+    for name in choice.relations:
+        kind = KINDS[name]
+        extra = {"relation_heads": choice.relation_heads} if name in ("qq", "kk") else {}
+        settings = kind.settings(att_layers=choice.att_layers, att_rows=every(choice.rows),
+                                 att_keys=every(choice.keys), **extra)
+        kinds[name] = kind.resolve(settings, info)
+    return StoreShape(seq_len=seq_len, vocab_size=teacher.vocab, num_logits=0, regression=False,
+                      hidden=teacher.width, kinds=kinds)
+
+
+@dataclass(frozen=True)
+class Online:
+    """A reported cost of online general distillation, with where it comes from."""
+
+    gpu_hours: tuple[float, float]
+    gpu: str
+    source: str
+
+
+ONLINE: tuple[Online, ...] = (
+    Online((2200, 2900), "V100", "TinyBERT-4 general distillation, as issue 20 states it (no source given there; "
+           "not found in the four seed papers)"),
+    Online((576, 576), "V100", "TinyBERT-4 general distillation, 128-token sequences: How to Distill your BERT, "
+           "Table 7 (16 GB V100)"),
+    Online((640, 640), "V100", "ETD's 6×384 student, 5 epochs: Extract-Then-Distill, footnote 3 (80 h × 8 V100)"),
+)
+
+
+# Student shapes of the papers (the general stage trains each from the same store).
+STUDENTS: dict[str, Encoder] = {
+    "TinyBERT-4 (4×312)": Encoder(4, 312, 12, 1200),
+    "MiniLM-6 (6×384)": Encoder(6, 384, 12, 1536),
+}
+
+
+def parse_rates(items: Sequence[str]) -> dict[str, float]:
+    rates = {}
+    for item in items:
+        name, _, value = item.partition("=")
+        try:
+            rate = float(value)
+        except ValueError:
+            rate = -1.0
+        if not name or rate <= 0:
+            raise UserError(f"--tflops {item!r}: write GPU=TFLOPS with a rate above 0, e.g. V100=40")
+        rates[name] = rate
+    return rates
+
+
+def tb(nbytes: float) -> str:
+    return f"{nbytes / 1e12:,.2f} TB" if nbytes >= 1e11 else f"{nbytes / 1e9:,.1f} GB"
+
+
+def run_general(args: argparse.Namespace) -> int:
+    rates = parse_rates(args.tflops)
+    if args.tokens <= 0 or args.seq_len < 2 or args.epochs <= 0 or min(args.students_per_store) < 1:
+        raise UserError(f"--tokens {args.tokens:g}, --epochs {args.epochs:g} and --students-per-store must be "
+                        f"positive and --seq-len {args.seq_len} at least 2")
+    teacher = Encoder(args.teacher_layers, args.teacher_width, args.teacher_heads, args.teacher_ffn,
+                      positions=max(512, args.seq_len))
+    if teacher.width % teacher.heads:
+        raise UserError(f"--teacher-heads {teacher.heads} must divide --teacher-width {teacher.width}")
+    sequences = math.ceil(args.tokens / args.seq_len)
+    params = teacher.parameters()
+    flops = 2 * params * sequences * args.seq_len
+    print(f"corpus (input): {args.tokens:,.0f} tokens = {sequences:,} sequences of {args.seq_len}")
+    print(f"teacher: BERT-style {teacher.describe()}, vocabulary {teacher.vocab:,}: {params:,} parameters (counted)")
+    print(f"extraction: one teacher forward per sequence, 2 × parameters × tokens = {flops:.3g} FLOPs")
+    print("\nstore per configuration (bare encoder: no logits, no labels; exact uncompressed bytes from the "
+          "store layout, on disk estimated from the codecs' measured ratios)")
+    width = max(len(c.name) for c in STORE_CHOICES)
+    print(f"{'configuration':<{width}}  {'per sequence':>12}  {'store':>12}  {'on disk (est.)':>14}")
+    for choice in STORE_CHOICES:
+        shape = store_shape(choice, teacher, args.seq_len)
+        raw = shape.bytes_by_array(sequences)
+        per_row = sum(a.row_bytes for a in shape.arrays())
+        print(f"{choice.name:<{width}}  {human(per_row):>12}  {tb(sum(raw.values())):>12}  "
+              f"{tb(sum(estimated_disk(shape, raw).values())):>14}")
+    print("\nGPU-hours of extraction at assumed sustained rates (inputs, not measurements)")
+    print(f"{'GPU':<6} {'TFLOP/s':>8} {'GPU-hours':>10}")
+    hours = {}
+    for gpu, rate in rates.items():
+        hours[gpu] = flops / (rate * 1e12) / 3600
+        print(f"{gpu:<6} {rate:>8g} {hours[gpu]:>10,.1f}")
+    print("\nagainst reported online general distillation (teacher and student on every step)")
+    for online in ONLINE:
+        low, high = online.gpu_hours
+        reported = f"{low:,.0f}" if low == high else f"{low:,.0f}–{high:,.0f}"
+        ratio = ("" if online.gpu not in hours else
+                 f"  = {low / hours[online.gpu]:,.0f}" + ("" if low == high else f"–{high / hours[online.gpu]:,.0f}")
+                 + f"× the {online.gpu} extraction")
+        print(f"{reported} {online.gpu}-hours{ratio}: {online.source}")
+    compare_flops(args, teacher, args.tokens)
+    return 0
+
+
+def compare_flops(args: argparse.Namespace, teacher: Encoder, tokens: float) -> None:
+    """Online against cached at equal hardware efficiency: online runs the teacher forward (2·P_t per token)
+    with every student step (forward + backward, 6·P_s per token), every epoch; cached runs it once."""
+    e, t = args.epochs, 2 * teacher.parameters() * tokens
+    print(f"\nthe whole general stage in FLOPs, {e:g} epochs per student (an input): online = k × E × (2·P_t + 6·P_s) × T, "
+          "cached = 2·P_t × T + k × E × 6·P_s × T (store reads not counted)")
+    print(f"{'student':<20} {'parameters':>11} " + " ".join(f"{f'k={k} online':>13} {'cached':>9} {'ratio':>6}"
+                                                           for k in args.students_per_store))
+    for name, student in STUDENTS.items():
+        s = 6 * student.parameters() * tokens
+        cells = [f"{k * e * (t + s):>13.3g} {t + k * e * s:>9.3g} {k * e * (t + s) / (t + k * e * s):>5.2f}×"
+                 for k in args.students_per_store]
+        print(f"{name:<20} {student.parameters():>11,} " + " ".join(cells))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = OneLineParser(prog="scale_arithmetic.py", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="table", required=True)
+    mnli = commands.add_parser("mnli", help="MNLI-sized task transfer sets")
+    mnli.add_argument("--examples", type=int, nargs="+", default=[MNLI, 10 * MNLI],
+                      help="transfer-set sizes (default MNLI and MNLI augmented 10x)")
+    mnli.add_argument("--configs", nargs="+", default=["1,9,0.1", "4,50,0.2"], help="N^D,N^L,N^W")
+    mnli.add_argument("--ranks", type=int, nargs="+", default=[1, 8, 64])
+    mnli.add_argument("--seq-len", type=int, default=128)
+    mnli.add_argument("--student-layers", type=int, default=4)
+    mnli.add_argument("--teacher-width", type=int, default=768)
+    mnli.add_argument("--extract-rate", type=float, required=True, help="rows/s one GPU extracts (an input)")
+    mnli.add_argument("--train-rate", type=float, required=True, help="rows/s one GPU trains a student on (an input)")
+    general = commands.add_parser("general", help="a Wikipedia-and-books-sized general corpus")
+    general.add_argument("--tokens", type=float, default=3.3e9, help="corpus tokens (default 3.3e9)")
+    general.add_argument("--seq-len", type=int, default=512)
+    general.add_argument("--teacher-layers", type=int, default=12)
+    general.add_argument("--teacher-width", type=int, default=768)
+    general.add_argument("--teacher-heads", type=int, default=12)
+    general.add_argument("--teacher-ffn", type=int, default=3072)
+    general.add_argument("--tflops", nargs="+", required=True, metavar="GPU=TFLOPS",
+                         help="sustained teacher-forward TFLOP/s per GPU (inputs, e.g. V100=40 A100=120)")
+    general.add_argument("--epochs", type=float, default=3, help="general-stage epochs per student (default 3)")
+    general.add_argument("--students-per-store", type=int, nargs="+", default=[1, 4], metavar="K",
+                         help="students distilled from one store (default 1 4)")
+    args = parser.parse_args(argv)
+    return run_guarded(lambda: (run_mnli if args.table == "mnli" else run_general)(args), parser.prog)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
