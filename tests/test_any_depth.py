@@ -169,7 +169,8 @@ def test_last_layer_relations_serve_any_depth(stores):
 
 def test_training_an_uncovered_depth_is_refused_in_one_line(stores, tmp_path, capsys):
     """`students train` with a 4-layer student on the store of a 2-layer one: exit 2 and one line naming the depths
-    the store serves and the extract flag; `hskcache inspect` says which depths a store serves."""
+    the store serves and the extract flag; `hskcache inspect` and `hskcache budget --store` say which depths a
+    store serves."""
     teacher, paths = stores
     folder = tiny_student(teacher, tmp_path / "student", layers=4)
     code = cli.main(["train", "--store", str(paths["two"]), "--student", str(folder), "--out", str(tmp_path / "run"),
@@ -180,5 +181,6 @@ def test_training_an_uncovered_depth_is_refused_in_one_line(stores, tmp_path, ca
     assert not (tmp_path / "run" / "log.jsonl").exists()
 
     for name, served in (("two", "1-2"), ("every", "1-6")):
-        assert hskcache_main(["inspect", str(paths[name])]) == 0
-        assert f"serves student depths {served} (L_top 6)" in capsys.readouterr().out
+        for command in ("inspect", "budget"):  # budget: with the bytes of the store's own configuration
+            assert hskcache_main([command, *(["--store"] if command == "budget" else []), str(paths[name])]) == 0
+            assert f"serves student depths {served} (L_top 6)" in capsys.readouterr().out, command

@@ -19,6 +19,7 @@ from hskcache.kinds import TeacherInfo, chosen, opt_in_settings, parse_knowledge
 from hskcache.options import STORE_ARGUMENT, complete_per_name, field_names, per_name, setting
 from hskcache.storage.layout import COMPRESSIONS, VALUE_FORMATS
 from hskcache.selection.hsk import WIDTH_STRATEGIES
+from hskcache.store.group import describe
 
 # Flags that describe a planned extraction; a store already records all of them.
 PLAN_FLAGS = ("examples", "seq_len", "student_layers", "teacher_width", "vocab_size", "num_labels",
@@ -113,6 +114,8 @@ def run_budget(args: BudgetConfig) -> int:
     else:
         if args.store:
             planned = setting.store_shape(own).bytes_by_array(setting.examples)
+            print(f"store {args.store}: {describe(args.store)['students']}; N^D counts pairs of a student's "
+                  "layer map (`hskcache/selection/layers.py`)")
             print(f"store {args.store}: bytes on disk per array (planned = the writer's arithmetic, uncompressed)")
             print(budget.format_disk(disk, planned))
             print(f"\nfirst row: the store itself ({own.name}); the others as if each had been extracted alone")
