@@ -131,16 +131,18 @@ def run_export(cfg: ExportConfig) -> int:
 
 _PRESETS = ", ".join(PRESETS)
 COMMANDS = (
-    Group("build", "make a student folder from a fine-tuned teacher", (
+    Group("build", "make a student folder from a fine-tuned teacher (or a bare encoder: a general student)", (
         Command("tinybert", "a small BERT on the teacher's vocabulary, extracted from the teacher (ETD) or random",
                 TinyBertConfig, run_build,
                 f"Shape flags override --preset ({_PRESETS}). Extracting inits keep the teacher's number of heads "
-                "(head size shrinks with --hidden); teacher-layers also keeps its width."),
+                "(head size shrinks with --hidden); teacher-layers also keeps its width. A bare encoder as "
+                "--teacher gives a bare student; --init FOLDER (a general student) keeps its shape, adds a fresh head."),
         Command("rosita", "the teacher pruned by Taylor importance, embeddings factorised", RositaConfig, run_build,
                 f"Shape flags override --preset ({_PRESETS}). Loads the teacher once."),
     )),
     Command("train", "two-stage distillation from an HSK store (no teacher needed)", TrainRun, run_train,
-            "Stage 1 (hsk) matches stored hidden states, stage 2 (pred) stored logits. Defaults are the paper's; "
+            "Stage 1 (hsk) matches stored hidden states, stage 2 (pred) stored logits; --general (a task-agnostic "
+            "store) runs stage 1 alone, selected by its held-out loss. Defaults are the paper's; "
             "see docs/training.md. Flags left out fall back to --config, then to the defaults shown."),
     Command("eval", "a student's metrics on labeled data", EvalConfig, run_eval),
     Command("export", "a trained student as an ONNX Runtime folder (optionally int8)", ExportConfig, run_export,

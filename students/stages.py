@@ -3,7 +3,8 @@
 Stage 1 (`hsk`) matches the student to the stored knowledge its `--objective`
 names (the HSK, the relations), with the projection W training beside the
 student at a constant rate; stage 2 (`pred`) matches the teacher's logits (and
-the gold labels) under a linear decay, and its epochs compete for RUN/best.
+the gold labels) under a linear decay, and its epochs compete for RUN/best. The general
+stage (`GENERAL`, `students train --general`) is stage 1 alone, selecting by its own loss.
 A stage runs when every kind it needs is read: its own (`StageSpec.kind`) and
 its objectives' (`--hsk none` reads no HSK, so stage 1 is skipped). A
 run's `Stage` is one of these with the run's settings for it (epochs, rate,
@@ -12,7 +13,7 @@ batch size, objectives, what it reads); the trainer asks it, never its name.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from torch import nn
@@ -53,6 +54,9 @@ PRED = StageSpec("pred", "--pred-objective", "pred or pred,label:0.5", 1_000_000
                  lambda optimizer, total: get_linear_schedule_with_warmup(optimizer, 0, total),
                  trains_projection=False, selects=True, recentres=True, kind="logits")
 STAGES: dict[str, StageSpec] = {s.name: s for s in (HSK, PRED)}  # in training order
+# `students train --general` (the task-agnostic stage): stage 1 alone, its epochs competing for RUN/best by
+# the distillation loss itself on the held-out rows (there is no head, no prediction stage, no label)
+GENERAL = replace(HSK, selects=True)
 
 
 @dataclass(frozen=True)

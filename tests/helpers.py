@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +53,16 @@ def tiny_student(teacher_dir, out_dir, *, hidden: int = 32, heads: int = 2, laye
     config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     config_path.write_text(json.dumps(config))
     return Path(out_dir)
+
+
+def torchrun(nproc: int, *args: str) -> subprocess.CompletedProcess:
+    """`python -m torch.distributed.run --standalone --nproc_per_node nproc -m ARGS` (one CPU thread a rank),
+    with this checkout importable."""
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]),
+           "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+                           str(nproc), "-m", *args], env=env, capture_output=True, text=True, timeout=300)
 
 
 def quiet_runtime(device: str = "cpu", dtype: str | None = None) -> Runtime:

@@ -2,9 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -21,21 +18,13 @@ from students.models.student import build_tinybert
 from students.training.trainer import TrainConfig, train
 
 from conftest import require_gpus
-from helpers import quiet_runtime
+from helpers import quiet_runtime, torchrun
 from tiny_task import Interrupting
 
-ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = dict(reads={"hsk": HSKRead((2, 6, 0.25))}, hsk_epochs=1, pred_epochs=1, hsk_lr=3e-3, pred_lr=3e-3, hsk_batch_size=16,
                 pred_batch_size=16, log_every=1, select_on="last")
 FLAGS = ["--hsk", "2,6,0.25", "--hsk-epochs", "1", "--pred-epochs", "1", "--hsk-lr", "3e-3", "--pred-lr", "3e-3",
          "--hsk-batch-size", "16", "--pred-batch-size", "16", "--log-every", "1", "--threads", "1", "--quiet", "--select-on", "last"]
-
-
-def torchrun(nproc: int, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-           "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
-                           str(nproc), "-m", *args], env=env, capture_output=True, text=True, timeout=300)
 
 
 @pytest.fixture(scope="module")

@@ -220,3 +220,156 @@ def test_store_sample_leaves_out_the_held_out_rows(task):
     assert len(ids) == 100 and len(set(ids)) == 100 and not held & set(ids)
     everything = [i for batch in store_sample(store, 10_000, "last") for i in batch["example_id"].tolist()]
     assert sorted(everything) == list(range(store.num_examples))
+
+
+# --------------------------------------------------------------------------- a bare encoder (the general stage)
+
+
+@pytest.fixture(scope="module")
+def bare4(teacher4, tmp_path_factory):
+    """teacher4's encoder without its head: what a general store is extracted from."""
+    from transformers import AutoTokenizer
+
+    out = tmp_path_factory.mktemp("bare4")
+    _teacher(teacher4).bert.save_pretrained(out)
+    AutoTokenizer.from_pretrained(teacher4).save_pretrained(out)
+    return out
+
+
+def _bare(folder):
+    from transformers import AutoModel
+
+    return AutoModel.from_pretrained(folder, attn_implementation="eager").eval().double()
+
+
+def _rows(seed=6, batch=3, length=10):
+    """`batch` rows of different lengths, each its own batch (trimmed), keyed by example id."""
+    inputs = _inputs(seed, batch, length)
+    inputs["attention_mask"][1, 8:] = 0
+    rows = []
+    for i in range(batch):
+        real = int(inputs["attention_mask"][i].sum())
+        rows.append({**{k: v[i:i + 1, :real] for k, v in inputs.items()}, "example_id": torch.tensor([10 + i])})
+    return inputs, rows
+
+
+def _neuron_patches(model, layer_index, ffn_neuron, head_row):
+    """Weight edits scaling one FFN neuron, and the three that scale one head neuron (query, key, context)."""
+    layer = model.encoder.layer[layer_index]
+
+    def column(linear, j):
+        def patch(eps):
+            old = linear.weight.data[:, j].clone()
+            linear.weight.data[:, j] *= 1 + eps
+            return lambda: linear.weight.data[:, j].copy_(old)
+        return patch
+
+    def row(linear, j):
+        def patch(eps):
+            old_w, old_b = linear.weight.data[j].clone(), linear.bias.data[j].clone()
+            linear.weight.data[j] *= 1 + eps
+            linear.bias.data[j] *= 1 + eps
+
+            def restore():
+                linear.weight.data[j], linear.bias.data[j] = old_w, old_b
+            return restore
+        return patch
+
+    return ([column(layer.output.dense, ffn_neuron)],
+            [row(layer.attention.self.query, head_row), row(layer.attention.self.key, head_row),
+             column(layer.attention.output.dense, head_row)])
+
+
+def _state_derivative(model, row, patch, delta=1e-5):
+    """d h_L / dα of scaling the neuron by (1 + α), at α = 0, by central differences: (tokens, width)."""
+    def last(eps):
+        restore = patch(eps)
+        try:
+            with torch.no_grad():
+                return model(**{k: row[k] for k in ("input_ids", "attention_mask", "token_type_ids")}).last_hidden_state[0]
+        finally:
+            restore()
+    return (last(delta) - last(-delta)) / (2 * delta)
+
+
+def test_bare_encoder_importance_is_the_sampled_gaussian_score(bare4):
+    """With the same draws ε, each neuron scores Σ_rows mean_k (d(ε_k · h_L)/dα)², the derivative of
+    scaling it by (1 + α) taken by central differences (a head neuron: its query, key and context terms summed)."""
+    from students.models.etd import gaussian_draws
+
+    model = _bare(bare4)
+    _, rows = _rows()
+    draws, seed = 3, 5
+    importance = taylor_neuron_importance(model, rows, draws=draws, seed=seed)
+    ffn_neuron, head, unit = 7, 2, 3
+    ffn_patches, head_patches = _neuron_patches(model, 1, ffn_neuron, head * (HIDDEN // HEADS) + unit)
+
+    def score(patches):
+        total = 0.0
+        for row in rows:
+            eps = gaussian_draws(seed, int(row["example_id"]), draws, row["input_ids"].shape[1], HIDDEN)
+            for patch in patches:  # a head neuron's query, key and context units score apart, then add
+                slope = _state_derivative(model, row, patch)
+                total += sum(float((e * slope).sum()) ** 2 for e in eps) / draws
+        return total
+
+    assert importance.ffn[1, ffn_neuron].item() == pytest.approx(score(ffn_patches), rel=1e-4)
+    assert importance.heads[1, head, unit].item() == pytest.approx(score(head_patches), rel=1e-4)
+
+
+def test_bare_encoder_importance_estimates_the_expected_score(bare4):
+    """Over many draws the score tends to its expectation under N(h_L, I): E (ε · dh_L/dα)² = ‖dh_L/dα‖²,
+    by central differences; and it ranks neurons (positive, finite, not all alike)."""
+    model = _bare(bare4)
+    _, rows = _rows()
+    importance = taylor_neuron_importance(model, rows, draws=400, seed=1)
+    for neuron in (3, 7, 40):
+        patches, _ = _neuron_patches(model, 2, neuron, 0)
+        expected = sum(float((_state_derivative(model, row, patches[0]) ** 2).sum()) for row in rows)
+        assert importance.ffn[2, neuron].item() == pytest.approx(expected, rel=0.25)
+    for scores in (importance.hidden, importance.heads.flatten(), importance.ffn.flatten()):
+        assert torch.isfinite(scores).all() and (scores > 0).all()
+        assert scores.std() > 0.1 * scores.mean()
+
+
+def test_bare_encoder_importance_agrees_across_batch_shapes(bare4):
+    """One padded batch of the rows, or each row alone, scores the same (each row's draws are its own)."""
+    model = _bare(bare4).float()
+    inputs, rows = _rows()
+    together = taylor_neuron_importance(model, [{**inputs, "example_id": torch.tensor([10, 11, 12])}], draws=2)
+    alone = taylor_neuron_importance(model, rows, draws=2)
+    for a, b in ((together.hidden, alone.hidden), (together.heads, alone.heads), (together.ffn, alone.ffn)):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6 * float(b.abs().max()))
+
+
+def test_cli_builds_a_bare_student_of_a_bare_encoder(bare4, teacher4, tmp_path):
+    """etd-impt on unlabeled --data writes a bare student (no head) whose weights are the encoder's sliced;
+    --init random writes a bare TinyBERT."""
+    from transformers import AutoModel, BertModel
+
+    from conftest import SENTENCES, write_csv
+
+    data = write_csv(tmp_path / "text.csv", [{"sentence": s} for s in SENTENCES])
+    out = tmp_path / "s"
+    assert cli.main(["build", "tinybert", "--teacher", str(bare4), "--layers", "2", "--hidden", "16", "--ffn", "24",
+                     "--data", str(data), "--out", str(out), "--threads", "1"]) == 0
+    student = AutoModel.from_pretrained(out)
+    assert isinstance(student, BertModel) and not hasattr(student, "classifier")
+    plan = json.loads((out / "student.json").read_text())["extraction"]
+    teacher = _bare(bare4).float().state_dict()
+    words = teacher["embeddings.word_embeddings.weight"][:, plan["hidden"]]
+    assert torch.equal(student.state_dict()["embeddings.word_embeddings.weight"], words)
+    t, s = plan["teacher_layers"][1] - 1, 1
+    want = teacher[f"encoder.layer.{t}.output.dense.weight"][plan["hidden"]][:, plan["ffn_rows"][s]]
+    assert torch.equal(student.state_dict()[f"encoder.layer.{s}.output.dense.weight"], want)
+    assert cli.main(["build", "tinybert", "--teacher", str(bare4), "--layers", "2", "--hidden", "16", "--ffn", "24",
+                     "--heads", "2", "--init", "random", "--out", str(tmp_path / "r")]) == 0
+    assert isinstance(AutoModel.from_pretrained(tmp_path / "r"), BertModel)
+    assert "classifier.weight" not in _safetensors_keys(tmp_path / "r")
+
+
+def _safetensors_keys(folder):
+    from safetensors import safe_open
+
+    with safe_open(str(folder / "model.safetensors"), "pt") as f:
+        return set(f.keys())

@@ -105,17 +105,61 @@ def test_tinybert_build_and_load(teacher_dir, tmp_path, device):
     assert not torch.equal(other.state_dict()[word], model.state_dict()[word])
 
 
-def test_tinybert_init_from_general_checkpoint(teacher_dir, tmp_path):
-    general = BertModel(BertConfig(vocab_size=_vocab_size(teacher_dir), hidden_size=16, num_hidden_layers=2,
-                                   num_attention_heads=2, intermediate_size=24, max_position_embeddings=64))
-    general.save_pretrained(tmp_path / "general")
-    model = build_tinybert(teacher_dir, 2, 16, 24, 2, tmp_path / "s", init_dir=tmp_path / "general")
-    for key, value in general.state_dict().items():
-        assert torch.equal(model.bert.state_dict()[key], value), key
-    with pytest.raises(UserError):
-        build_tinybert(teacher_dir, 2, 16, 32, 2, tmp_path / "bad", init_dir=tmp_path / "general")
-    with pytest.raises(UserError):
-        build_tinybert(teacher_dir, 2, 16, 24, 4, tmp_path / "bad", init_dir=tmp_path / "general")
+def _bare_encoder(teacher_dir, out):
+    """The teacher's encoder without its head (a general teacher) and its tokenizer."""
+    _teacher(teacher_dir).bert.save_pretrained(out)
+    AutoTokenizer.from_pretrained(teacher_dir).save_pretrained(out)
+    return out
+
+
+def test_general_student_is_a_task_init_with_a_fresh_seeded_head(teacher_dir, tmp_path, capsys):
+    """--init GENERAL: the general student's encoder, computing exactly what a plain HF load of it computes,
+    under a head for the task teacher's labels that is fresh and seeded by --seed; its shape is the folder's."""
+    from transformers import AutoModel
+
+    from students import cli
+
+    bare = _bare_encoder(teacher_dir, tmp_path / "bare")
+    general = build_tinybert(bare, 2, 16, 24, 2, tmp_path / "general", seed=1)
+    assert isinstance(general, BertModel)  # a bare teacher gives a bare (general) student
+    assert not isinstance(AutoModel.from_pretrained(tmp_path / "general"), BertForSequenceClassification)
+
+    def build(out, *flags):
+        return cli.main(["build", "tinybert", "--teacher", str(teacher_dir), "--init", str(tmp_path / "general"),
+                         "--out", str(tmp_path / out), *flags])
+
+    assert build("s", "--seed", "3") == 0
+    student = AutoModelForSequenceClassification.from_pretrained(tmp_path / "s").eval()
+    plain = AutoModel.from_pretrained(tmp_path / "general").eval()
+    teacher = _teacher(teacher_dir)
+    assert student.config.num_labels == 3 and student.config.id2label == teacher.config.id2label
+    batch = {k: v for k, v in _batch(teacher_dir).items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+    with torch.no_grad():
+        got = student(**batch, output_hidden_states=True).hidden_states
+        want = plain(**batch, output_hidden_states=True).hidden_states
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w)
+    assert _vocab(tmp_path / "s") == _vocab(teacher_dir)
+    assert build("again", "--seed", "3") == 0 and build("other", "--seed", "4") == 0
+    head = {name: AutoModelForSequenceClassification.from_pretrained(tmp_path / name).classifier.weight
+            for name in ("again", "other")}
+    assert torch.equal(head["again"], student.classifier.weight)
+    assert not torch.equal(head["other"], student.classifier.weight)
+    capsys.readouterr()
+    assert build("bad", "--hidden", "32") == 2
+    assert "fixes the student's shape" in capsys.readouterr().err
+    assert cli.main(["build", "tinybert", "--teacher", str(bare), "--init", str(tmp_path / "general"),
+                     "--out", str(tmp_path / "bad")]) == 2
+    assert "is a bare encoder; pass the fine-tuned task teacher" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
+
+
+def test_other_vocabulary_is_refused_as_init(teacher_dir, tiny_encoder, tmp_path, capsys):
+    from students import cli
+
+    assert cli.main(["build", "tinybert", "--teacher", str(teacher_dir), "--init", str(tiny_encoder),
+                     "--out", str(tmp_path / "s")]) == 2
+    assert "has another vocabulary than teacher" in capsys.readouterr().err
 
 
 def test_tinybert_rejects_bad_shape(teacher_dir, tmp_path):

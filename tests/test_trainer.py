@@ -302,3 +302,98 @@ def test_kept_projection_maps_each_student_dimension_to_its_teacher_dimension(ta
     old = {k: v for k, v in replace(cfg, hsk_projection="random").identity().items() if k != "hsk_projection"}
     assert replace(cfg, hsk_projection="random").changed_since(old) == []
     assert cfg.changed_since(old) == ["hsk_projection"]
+
+
+# --------------------------------------------------------------------------- the general stage
+
+
+def _general_student(task, out, hidden=32, seed=1):
+    """A bare TinyBERT (a general student) of the task teacher's encoder, dropout off."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    bare = out.parent / f"{out.name}-teacher"
+    AutoModelForSequenceClassification.from_pretrained(task.teacher).bert.save_pretrained(bare)
+    AutoTokenizer.from_pretrained(task.teacher).save_pretrained(bare)
+    build_tinybert(bare, layers=2, hidden=hidden, ffn=32, heads=2, out_dir=out, seed=seed)
+    config = json.loads((out / "config.json").read_text())
+    config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    (out / "config.json").write_text(json.dumps(config))
+    return out
+
+
+def test_general_stage_selects_by_the_held_out_distillation_loss(task, tmp_path):
+    """--general: stage 1 alone, its epochs compared by the HSK loss of the held-out rows (lower wins), which
+    is recomputed here by hand for RUN/student (d_S = d_T: W is the identity); the student written is bare."""
+    import math
+
+    from transformers import AutoModel
+
+    from reference import hsk_mse
+    from students.training.selection import HOLDOUT_SEED, holdout_rows
+
+    general = _general_student(task, tmp_path / "general")
+    store = hskcache.open_store(task.store)
+    cfg = TrainConfig(student=str(general), out=str(tmp_path / "run"), general=True, hsk_epochs=3, hsk_lr=3e-3,
+                      hsk_batch_size=16, select_on="train-holdout:0.25", runtime=quiet_runtime("cpu", "fp32"))
+    metrics = train(cfg, store)
+    held = [r["holdout"]["loss"] for r in records(tmp_path / "run") if "holdout" in r]
+    assert len(held) == 3 and [r["stage"] for r in records(tmp_path / "run")] == ["hsk"] * len(records(tmp_path / "run"))
+    assert metrics["best"]["epoch"] == 1 + held.index(min(held)) and metrics["best"]["metric"] == "loss"
+    assert metrics["eval"] is None and list(metrics["stages"]) == ["hsk"]
+    n = store.num_examples
+    assert metrics["stages"]["hsk"]["examples"] == 3 * (n - math.ceil(0.25 * n))
+
+    student = AutoModel.from_pretrained(tmp_path / "run" / "student").eval()
+    assert type(student).__name__ == "BertModel"
+    assert json.loads((tmp_path / "run" / "student" / "student.json").read_text())["stage"] == "general"
+    rows = holdout_rows(np.arange(n), 0.25, HOLDOUT_SEED)
+    batch = store.get(rows)
+    with torch.no_grad():
+        states = student(**{k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")},
+                         output_hidden_states=True).hidden_states
+    assert store.meta.stored_layers == (0, 2, 4)  # stored pair j is the student's layer j (0: the embeddings)
+    by_hand = hsk_mse([s.numpy() for s in states], batch["positions"].numpy(), batch["hsk_mask"].numpy(),
+                      batch["hsk"].numpy(), np.eye(32), "zero-fill")
+    assert min(held) == pytest.approx(by_hand, rel=1e-4)
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    ({"eval_data": "dev.csv"}, "--eval-data belongs to the task stage"),
+    ({"pred_epochs": 2}, "--pred-epochs belongs to the task stage"),
+    ({"pred_objective": (("pred", 1.0),)}, "--pred-objective belongs to the task stage"),
+    ({"select_on": "eval"}, "--general has no eval split"),
+])
+def test_general_refuses_task_stage_settings(tmp_path, flags, message):
+    from hskcache.errors import UserError
+
+    with pytest.raises(UserError, match=message):
+        TrainConfig(student="s", out=str(tmp_path / "run"), general=True, **flags)
+
+
+def test_general_student_passed_straight_to_a_task_run(task, tmp_path, capsys):
+    """A bare general student as --student on a task store: its encoder as a plain HF load has it, a fresh
+    head for the store's labels seeded by --seed, said in one line; the run writes a task student."""
+    from transformers import AutoModel, AutoModelForSequenceClassification
+
+    from students.training.trainer import Trainer
+
+    general = _general_student(task, tmp_path / "general", hidden=16)
+    store = hskcache.open_store(task.store)
+
+    def trainer(out, seed):
+        return Trainer(TrainConfig(student=str(general), out=str(tmp_path / out), seed=seed, max_steps=1,
+                                   runtime=quiet_runtime(), **FAST), store)
+
+    model = trainer("a", 0).model
+    assert "is a bare encoder (a general student): its head for the store's 2 outputs is fresh, seeded by --seed 0" \
+        in capsys.readouterr().err
+    plain = AutoModel.from_pretrained(general)
+    for key, value in plain.state_dict().items():
+        assert torch.equal(model.bert.state_dict()[key], value), key
+    assert model.config.num_labels == 2 and model.config.id2label == {0: "rotten", 1: "fresh"}
+    assert torch.equal(trainer("b", 0).model.classifier.weight, model.classifier.weight)
+    assert not torch.equal(trainer("c", 1).model.classifier.weight, model.classifier.weight)
+    train(TrainConfig(student=str(general), out=str(tmp_path / "run"), max_steps=1, runtime=quiet_runtime(), **FAST),
+          store)
+    written = AutoModelForSequenceClassification.from_pretrained(tmp_path / "run" / "student")
+    assert written.config.num_labels == 2

@@ -16,6 +16,7 @@ from pathlib import Path
 from hskcache.device import DEVICES
 from hskcache.errors import UserError
 from hskcache.options import STORE_HELP, columns, setting
+from hskcache.teacher.loading import check_model_source
 from students.models.etd import EXTRACTING_INITS, LAYER_SELECTIONS
 from students.models.student import PRESETS, StudentSpec
 from students.training.runtime import set_cpu_threads
@@ -50,13 +51,16 @@ class TinyBertConfig:
     heads: int | None = setting(None, "attention heads (must divide --hidden; extraction: the teacher's)")
     init: str = setting("etd-impt", "etd-impt (teacher weights, dimensions by Taylor importance on --store or "
                                     "--data) | etd-rand (dimensions drawn at random) | teacher-layers (no width "
-                                    "change) | random | a general-distilled BERT checkpoint folder of the same shape")
+                                    "change) | random | a general student folder of the teacher's family "
+                                    "(`students train --general`; its shape, a fresh seeded head)")
     layer_selection: str = setting("uniform", "teacher layers the student starts from: uniform (ETD) | bottom | top",
                                    choices=LAYER_SELECTIONS)
     store: str | None = setting(None, "etd-impt: HSK store whose rows score the neurons (task loss on its gold "
-                                      "labels, the teacher's expected Fisher score on unlabeled rows)",
+                                      "labels, the teacher's expected Fisher score on unlabeled rows; a bare "
+                                      "encoder's: the Gaussian expected score on its last states)",
                                 metavar="STORE", aliases=("--cache",))
-    data: str | None = setting(None, "etd-impt: labeled training data scoring the task loss (instead of --store)")
+    data: str | None = setting(None, "etd-impt: labeled training data scoring the task loss (instead of --store; "
+                                     "a bare encoder: any text, labels unused)")
     select_on: str = setting(TrainConfig.select_on, "etd-impt: the `students train --select-on` the student will "
                                                     "be trained with; its held-out rows are not scored")
     split: str = setting("train", "split of a glue/<task> --data")
@@ -65,7 +69,8 @@ class TinyBertConfig:
     max_length: int | None = setting(None, "--data tokenizer max length",
                                      show_default="128, or the teacher's positions if fewer")
     importance_examples: int = setting(10_000, "examples that score the neurons (ETD's)")
-    seed: int = setting(0, "seed of a random init or of etd-rand's draw")
+    seed: int = setting(0, "seed of a random init, of etd-rand's draw, of a bare encoder's importance draws "
+                           "or of the fresh head on a general student")
     device: str = setting("auto", "where the teacher runs", choices=DEVICES)
     threads: int | None = setting(None, "torch CPU threads", show_default="all available cores")
 
@@ -138,9 +143,25 @@ def build_student(cfg: TinyBertConfig | RositaConfig):
     if cfg.init in EXTRACTING_INITS:
         spec = resolve_spec(cfg, _teacher_shape(cfg))
         return spec, _build_extracted(cfg, spec)
-    spec = resolve_spec(cfg)
-    return spec, build_tinybert(cfg.teacher, spec.layers, spec.hidden, spec.ffn, spec.heads, cfg.out,
-                                init_dir=None if cfg.init == "random" else cfg.init, seed=cfg.seed)
+    if cfg.init == "random":
+        spec = resolve_spec(cfg)
+        return spec, build_tinybert(cfg.teacher, spec.layers, spec.hidden, spec.ffn, spec.heads, cfg.out, cfg.seed)
+    return _build_from_general(cfg)
+
+
+def _build_from_general(cfg: TinyBertConfig):
+    """--init FOLDER: the general student's own shape; shape flags may only repeat it."""
+    from students.models.student import build_from_general, encoder_shape
+
+    check_model_source(cfg.init, "--init")
+    shape = encoder_shape(cfg.init)
+    wrong = [f"--{name} {getattr(cfg, name)}" for name in cfg.SHAPE
+             if getattr(cfg, name) is not None and getattr(cfg, name) != shape[name]]
+    if wrong or cfg.preset is not None:
+        given = ", ".join(wrong) or f"--preset {cfg.preset}"
+        raise UserError(f"--init {cfg.init} fixes the student's shape ({', '.join(f'{k} {v}' for k, v in shape.items())}); "
+                        f"drop {given}")
+    return build_from_general(cfg.teacher, cfg.init, cfg.out, cfg.seed)
 
 
 def _teacher_shape(cfg: TinyBertConfig) -> dict:

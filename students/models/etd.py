@@ -21,21 +21,23 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from transformers import AutoModelForSequenceClassification, PretrainedConfig
+from transformers import AutoModel, AutoModelForSequenceClassification, PretrainedConfig
 
 from hskcache.data import known_labels
 from hskcache.errors import UserError
 from hskcache.teacher.families import BLOCKS, FFN, GLU, HEADS, HIDDEN, QKV, Family, family_of, parameter_axes, \
     select_axes, takes_token_types
-from hskcache.teacher.loading import is_regression, load_model, weights_hash
+from hskcache.teacher.loading import is_regression, is_task_teacher, load_model, weights_hash
 from students.models.student import StudentSpec, save_new, teacher_config
 
 LAYER_SELECTIONS = ("uniform", "bottom", "top")
 # --init values that extract from the teacher; "random" and a checkpoint folder are models.student.build_tinybert's.
 EXTRACTING_INITS = ("etd-impt", "etd-rand", "teacher-layers")
+GAUSSIAN_DRAWS = 8  # draws ε per row of a bare encoder's expected score (`taylor_neuron_importance`)
 
 
 def layer_selection(teacher_layers: int, student_layers: int, strategy: str = "uniform") -> list[int]:
@@ -137,13 +139,18 @@ def model_inputs(config: PretrainedConfig, batch: dict[str, Tensor], device: tor
     return {k: batch[k].to(device) for k in names if k in batch}
 
 
-def taylor_neuron_importance(model: nn.Module, batches: Iterable[dict[str, Tensor]]) -> Importance:
+def taylor_neuron_importance(model: nn.Module, batches: Iterable[dict[str, Tensor]],
+                             draws: int = GAUSSIAN_DRAWS, seed: int = 0) -> Importance:
     """ETD Eqs. 5–8 on `batches`, from a loss that has a gradient at the teacher (SPEC).
 
     A row with a gold label (`labels`; -1 or NaN when unknown) scores |Σ_tokens ∂L/∂x · x| of
     its task loss L (cross-entropy, or squared error for regression); a row without one
     scores the expected Fisher term Σ_y p_T(y) (Σ_tokens ∂ log p_T(y)/∂x · x)² under the
-    teacher's own prediction (regression: (∂ŷ/∂x · x)², a unit-variance Gaussian). Scores
+    teacher's own prediction (regression: (∂ŷ/∂x · x)², a unit-variance Gaussian). A bare
+    encoder (no head, no logits: the general stage) has neither labels nor p_T: its output
+    is read as a unit-variance Gaussian p(y|x) = N(h_L(x), I) over the last layer's states at
+    the real tokens, and a row scores E_y (Σ_tokens ∂ log p(y)/∂x · x)² = E_ε (∂(ε·h_L)/∂x · x)²,
+    estimated with `draws` seeded draws ε ~ N(0, I) per row (`gaussian_draws`). Scores
     are summed over rows, so they do not depend on how rows are batched. Hidden neurons
     are every hidden state (Eq. 8); head neurons the query, key and context units; FFN
     neurons the input of the FFN's output matrix. Padding carries no gradient.
@@ -180,6 +187,13 @@ def taylor_neuron_importance(model: nn.Module, batches: Iterable[dict[str, Tenso
             out = model(**inputs, output_hidden_states=True)
             names = [*acts, *(f"hidden{j}" for j in range(len(out.hidden_states)))]
             tensors = [*acts.values(), *out.hidden_states]
+            if getattr(out, "logits", None) is None:  # a bare encoder: the Gaussian rule on its last states
+                scores = _gaussian_scores(out.hidden_states[-1], tensors, mask, _row_keys(batch, rows), draws, seed)
+                for name, score in zip(names, scores):
+                    totals[name] = totals[name] + score if name in totals else score
+                rows += len(mask)
+                acts.clear()
+                continue
             logits = out.logits if out.logits.dtype == torch.float64 else out.logits.float()
             known = torch.zeros(len(logits), dtype=torch.bool, device=device)
             if "labels" in batch:
@@ -213,6 +227,36 @@ def taylor_neuron_importance(model: nn.Module, batches: Iterable[dict[str, Tenso
     if not rows:
         raise UserError("no examples to score the teacher's neurons on; pass a non-empty --store or --data")
     return _collect(family, totals, layers, n, heads, head_dim)
+
+
+def gaussian_draws(seed: int, key: int, draws: int, tokens: int, width: int) -> Tensor:
+    """Row `key`'s draws ε ~ N(0, I), (draws, tokens, width) over its real tokens: seeded by (seed, key)
+    alone, so a row scores the same whatever batch, padding or device it is read in."""
+    state = int(np.random.SeedSequence([seed, key]).generate_state(1, np.uint64)[0] >> 1)
+    return torch.randn(draws, tokens, width, generator=torch.Generator().manual_seed(state), dtype=torch.float64)
+
+
+def _row_keys(batch: dict[str, Tensor], seen: int) -> list[int]:
+    """Each row's draw key: its store example id, else its place in the stream of scored rows."""
+    if "example_id" in batch:
+        return [int(k) for k in batch["example_id"]]
+    return list(range(seen, seen + len(batch["input_ids"])))
+
+
+def _gaussian_scores(last: Tensor, tensors: list[Tensor], mask: Tensor, keys: list[int], draws: int,
+                     seed: int) -> list[Tensor]:
+    """Σ_rows mean over `draws` of (Σ_tokens ∂(ε·h_L)/∂x · x)² per neuron of each activation (the
+    expected score of N(h_L, I): ∂ log p(y)/∂h_L = y − h_L = ε); padding has no draw."""
+    eps = torch.zeros(draws, *last.shape, dtype=torch.float64)
+    for row, key in enumerate(keys):
+        real = mask[row].cpu()
+        eps[:, row, real] = gaussian_draws(seed, key, draws, int(real.sum()), last.shape[-1])
+    eps = eps.to(device=last.device, dtype=last.dtype)
+    scores = [torch.zeros(t.shape[-1], dtype=torch.float64, device=last.device) for t in tensors]
+    for k in range(draws):
+        for score, term in zip(scores, _first_order((eps[k] * last).sum(), tensors, mask)):
+            score += (term.double() ** 2).sum(0) / draws
+    return scores
 
 
 def _first_order(target: Tensor, tensors: list[Tensor], mask: Tensor) -> list[Tensor]:
@@ -306,13 +350,15 @@ def build_extracted(teacher_dir: str | Path, spec: StudentSpec, init: str, out_d
     check_shape(config, init, spec)
     layers = [i - 1 for i in layer_selection(config.num_hidden_layers, spec.layers, selection)]
     student_config = family.smaller_config(config, layers, spec.hidden, spec.ffn, spec.heads)  # refusals first
-    teacher = load_model(str(teacher_dir), attn_implementation="eager")
+    bare = not is_task_teacher(config)  # a bare encoder gives a bare student: AutoModel, no head
+    auto = AutoModel if bare else AutoModelForSequenceClassification
+    teacher = load_model(str(teacher_dir), cls=auto, attn_implementation="eager")
     teacher_hash = weights_hash(teacher)
     teacher.float()
     if init == "etd-impt":
         if batches is None:
             raise UserError("--init etd-impt scores the teacher's neurons: pass --store STORE or --data DATA")
-        importance = taylor_neuron_importance(teacher.to(device), batches)
+        importance = taylor_neuron_importance(teacher.to(device), batches, seed=seed)
         teacher.cpu()
     elif init == "etd-rand":
         importance = random_importance(config, seed)
@@ -321,20 +367,23 @@ def build_extracted(teacher_dir: str | Path, spec: StudentSpec, init: str, out_d
     else:
         raise UserError(f"--init {init} is not an extraction; use one of {', '.join(EXTRACTING_INITS)}")
     plan = plan_from_scores(importance, layers, spec.hidden, spec.ffn, family.rotary)
-    model = AutoModelForSequenceClassification.from_config(student_config)
-    state = extract_state(family, config, dict(teacher.named_parameters()), plan)
-    _load_all(model, state, family)
+    model = auto.from_config(student_config)
+    named = {(f"{family.base}.{k}" if bare else k): v for k, v in teacher.named_parameters()}  # the classifier's
+    # names, which the family's axis tables are written in
+    _load_all(model, extract_state(family, config, named, plan), family, bare)
     save_new(model, teacher_dir, out_dir, spec, {"init": init, "family": family.name, "layer_selection": selection,
                                                   "seed": seed, "teacher_hash": teacher_hash,
                                                   "extraction": plan.to_json(), **(provenance or {})})
     return model
 
 
-def _load_all(model: nn.Module, state: dict[str, Tensor], family: Family) -> None:
-    """Load the sliced parameters; every student parameter must come from the teacher
-    (nothing left at random init); teacher parameters the student's layout lacks must be
-    ones the family names (ModernBERT's first layer has no attention norm)."""
-    state = {k: v for k, v in state.items() if not any(re.match(p, k) for p in family.student_drops)}
+def _load_all(model: nn.Module, state: dict[str, Tensor], family: Family, bare: bool = False) -> None:
+    """Load the sliced parameters (named as in the classifier; a `bare` model without the encoder's
+    prefix); every student parameter must come from the teacher (nothing left at random init);
+    teacher parameters the student's layout lacks must be ones the family names (ModernBERT's
+    first layer has no attention norm)."""
+    state = {(k.removeprefix(f"{family.base}.") if bare else k): v for k, v in state.items()
+             if not any(re.match(p, k) for p in family.student_drops)}
     missing, unexpected = model.load_state_dict(state, strict=False)
     parameters = dict(model.named_parameters())
     missing = [k for k in missing if k in parameters]

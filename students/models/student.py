@@ -9,6 +9,7 @@ and return `.logits` and `.hidden_states` (L'+1 tensors, embeddings first).
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,11 +22,12 @@ from transformers import (
     BertForSequenceClassification,
     BertModel,
     PretrainedConfig,
+    PreTrainedModel,
 )
 
 from hskcache.errors import UserError
 from hskcache.teacher.families import family_of
-from hskcache.teacher.loading import check_model_source, load_config, load_model, tokenizer_hash
+from hskcache.teacher.loading import check_model_source, is_task_teacher, load_config, load_model, tokenizer_hash
 
 STUDENT_FILE = "student.json"
 
@@ -69,14 +71,10 @@ def build_tinybert(
     ffn: int,
     heads: int,
     out_dir: str | Path,
-    init_dir: str | Path | None = None,
     seed: int = 0,
-) -> BertForSequenceClassification:
-    """A BERT classifier of the given shape on the teacher's vocabulary and labels.
-
-    Randomly initialised (seeded), or with the encoder of a general-distilled
-    checkpoint `init_dir` of exactly this shape (the classifier stays random).
-    """
+) -> PreTrainedModel:
+    """A randomly initialised (seeded) BERT of the given shape on the teacher's vocabulary: a classifier
+    for its labels, or a bare encoder (no head) when the teacher is one (the general stage)."""
     if min(layers, hidden, ffn, heads) < 1 or hidden % heads:
         raise UserError(f"bad TinyBERT shape layers={layers} hidden={hidden} ffn={ffn} heads={heads}; "
                         "use positive sizes with hidden divisible by heads")
@@ -91,36 +89,77 @@ def build_tinybert(
         max_position_embeddings=teacher.max_position_embeddings,
         type_vocab_size=max(1, getattr(teacher, "type_vocab_size", 1)),  # MPNet has no segment embeddings
         pad_token_id=teacher.pad_token_id,
-        id2label=teacher.id2label,
-        label2id=teacher.label2id,
-        problem_type=teacher.problem_type,
+        **(_labels(teacher) if is_task_teacher(teacher) else {}),
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = BertForSequenceClassification(config)
-    if init_dir is not None:
-        _load_general_encoder(model, Path(init_dir))
+        model = BertForSequenceClassification(config) if is_task_teacher(teacher) else BertModel(config)
     spec = StudentSpec("tinybert", layers=layers, heads=heads, ffn=ffn, hidden=hidden)
-    save_new(model, teacher_dir, out_dir, spec,
-              {"init": None if init_dir is None else str(init_dir), "seed": seed})
+    save_new(model, teacher_dir, out_dir, spec, {"init": None, "seed": seed})
     return model
 
 
-def _load_general_encoder(model: BertForSequenceClassification, init_dir: Path) -> None:
-    check_model_source(str(init_dir), "--init")
-    init, info = BertModel.from_pretrained(init_dir, output_loading_info=True)
-    missing = [key for key in info["missing_keys"] if not key.startswith("pooler.")]
+def _labels(config: PretrainedConfig) -> dict:
+    """What a classifier head takes from a task teacher's config: its labels and problem type."""
+    return {"id2label": config.id2label, "label2id": config.label2id, "problem_type": config.problem_type}
+
+
+def encoder_shape(init_dir: str | Path) -> dict[str, int]:
+    """The shape (`StudentSpec` fields) of a general student folder, which --init FOLDER keeps."""
+    config = load_config(str(init_dir), "--init")
+    return {"layers": config.num_hidden_layers, "hidden": config.hidden_size, "heads": config.num_attention_heads,
+            "ffn": getattr(config, family_of(config).ffn_size)}
+
+
+def with_fresh_head(encoder_dir: str | Path, labels: dict, seed: int, role: str) -> PreTrainedModel:
+    """A sequence classifier of `encoder_dir`'s family and shape holding its encoder (a bare general
+    student's, or a classifier's), with a fresh head seeded by `seed` for `labels` (`num_labels`,
+    `id2label`, `label2id`, `problem_type` of the task): the task stage after the general stage."""
+    from transformers import AutoModel, AutoModelForSequenceClassification
+
+    encoder, info = load_model(str(encoder_dir), role, cls=AutoModel, output_loading_info=True)
+    missing = [key for key in info["missing_keys"] if "pooler" not in key]  # a head-less layout may lack it
     if missing:
-        raise UserError(f"--init {init_dir} lacks BERT encoder weights (e.g. {missing[0]}); pass a BERT checkpoint")
-    source, target = init.state_dict(), model.bert.state_dict()
-    wrong = [f"{key} {tuple(source[key].shape)} != {tuple(value.shape)}"
-             for key, value in target.items() if source[key].shape != value.shape]
-    if init.config.num_attention_heads != model.config.num_attention_heads:
-        wrong.append(f"heads {init.config.num_attention_heads} != {model.config.num_attention_heads}")
-    if wrong:
-        raise UserError(f"--init {init_dir} has another shape than the student ({wrong[0]}); "
-                        "build with the checkpoint's layers/hidden/ffn/heads and the teacher's vocabulary")
-    model.bert.load_state_dict(source)
+        raise UserError(f"{role} {encoder_dir} lacks encoder weights (e.g. {missing[0]}); "
+                        "pass a student folder written by `students build` or `students train --general`")
+    config = copy.deepcopy(encoder.config)
+    config.architectures = None
+    for name, value in labels.items():
+        setattr(config, name, value)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = AutoModelForSequenceClassification.from_config(config)
+    model.base_model.load_state_dict(encoder.state_dict(), strict=False)
+    loaded = set(encoder.state_dict())
+    left = [k for k in model.base_model.state_dict() if k not in loaded and "pooler" not in k]
+    if left:
+        raise UserError(f"{role} {encoder_dir} is not an encoder of this layout ({left[0]} missing)")
+    return model
+
+
+def build_from_general(teacher_dir: str | Path, init_dir: str | Path, out_dir: str | Path,
+                       seed: int = 0) -> tuple[StudentSpec, PreTrainedModel]:
+    """A task student started from a general student folder (`--init FOLDER`): its encoder, the task
+    teacher's vocabulary, family and labels, and a fresh head seeded by `seed`."""
+    from hskcache.teacher.loading import load_tokenizer
+
+    check_model_source(str(init_dir), "--init")
+    teacher, init = teacher_config(teacher_dir), load_config(str(init_dir), "--init")
+    if not is_task_teacher(teacher):
+        raise UserError(f"--init {init_dir} gives a task student a fresh head for the teacher's labels, but "
+                        f"--teacher {teacher_dir} is a bare encoder; pass the fine-tuned task teacher")
+    if family_of(init).name != family_of(teacher).name:
+        raise UserError(f"--init {init_dir} is a {family_of(init).name} model but the teacher is "
+                        f"{family_of(teacher).name}; pass a general student of the teacher's family")
+    vocab = tokenizer_hash(load_tokenizer(str(teacher_dir), teacher))
+    if tokenizer_hash(load_tokenizer(str(init_dir), init, "--init")) != vocab or init.vocab_size != teacher.vocab_size:
+        raise UserError(f"--init {init_dir} has another vocabulary than teacher {teacher_dir}; pass a general "
+                        "student distilled from the encoder the teacher was fine-tuned from")
+    model = with_fresh_head(init_dir, {"num_labels": teacher.num_labels, **_labels(teacher)}, seed, "--init")
+    spec = StudentSpec("tinybert", **encoder_shape(init_dir))
+    save_new(model, teacher_dir, out_dir, spec, {"init": str(init_dir), "family": family_of(teacher).name,
+                                                 "seed": seed})
+    return spec, model
 
 
 # --------------------------------------------------------------------------- folders

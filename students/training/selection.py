@@ -2,7 +2,9 @@
 
 `--select-on` names where: `train-holdout:FRACTION` (a seeded slice of the
 training rows, not trained on), `eval` (the reported eval split itself: the
-old optimistic behaviour, kept for comparison) or `last` (no selection).
+old optimistic behaviour, kept for comparison) or `last` (no selection). The general
+stage (`students train --general`) has no labels: it selects on the held-out rows'
+distillation loss (`HOLDOUT_LOSS`, lower is better).
 """
 
 from __future__ import annotations
@@ -70,12 +72,16 @@ def holdout_split(data: TextData, fraction: float | None, seed: int) -> tuple[Te
 HOLDOUT_SEED = 0  # every run of a store holds out the same rows, so runs compare on one slice
 
 
+HOLDOUT_LOSS = "loss"  # the general stage's selection metric: the held-out rows' distillation loss
+
+
 @dataclass(frozen=True, eq=False)
 class Holdout:
-    """Store rows kept out of training, and their gold-labeled part as an eval set."""
+    """Store rows kept out of training, and their gold-labeled part as an eval set (None for the
+    general stage, which scores them by the distillation loss)."""
 
     rows: torch.Tensor  # example ids (store rows), sorted
-    eval_set: EvalSet
+    eval_set: EvalSet | None
 
 
 def holdout_eval_set(source, fraction: float, config) -> Holdout:
@@ -92,6 +98,11 @@ def holdout_eval_set(source, fraction: float, config) -> Holdout:
     eval_set = EvalSet(inputs, labels[known].astype(np.float32 if source.regression else np.int64),
                        source.meta.task, is_regression(config), f"{int(known.sum())} held-out training rows")
     return Holdout(torch.from_numpy(rows), eval_set)
+
+
+def holdout_rows_only(source, fraction: float) -> Holdout:
+    """The general stage's held-out slice: the same seeded rows, scored by their distillation loss."""
+    return Holdout(torch.from_numpy(holdout_rows(np.arange(source.num_examples), fraction, HOLDOUT_SEED)), None)
 
 
 def drop_rows(batch: dict[str, torch.Tensor] | PackedBatch, rows: torch.Tensor) -> dict[str, torch.Tensor] | PackedBatch:

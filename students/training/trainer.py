@@ -16,6 +16,7 @@ import math
 import os
 import shutil
 import signal
+import sys
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -27,7 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
-from transformers import AutoTokenizer
+from transformers import AutoModel, AutoTokenizer
 
 from hskcache.data import check_labels
 from hskcache.distributed import Ranks, rank_device
@@ -38,22 +39,22 @@ from hskcache.kinds import KINDS, Read, read_settings, refuse_unused
 from hskcache.store.meta import StoreMeta, to_json
 from hskcache.options import columns, complete_per_name, nested, per_name, setting
 from hskcache.storage.packed import PackedBatch, expand
-from hskcache.teacher.loading import check_min_length, tokenizer_hash
+from hskcache.teacher.loading import check_min_length, is_task_teacher, load_config, load_model, tokenizer_hash
 from students.training.checkpoint import STATE_FILE, read_state, replaced_dir, rng_state, set_rng_state, write_state
 from students.evaluation.evaluate import MODEL_INPUTS, EvalSet, evaluate, load_eval_set, trim_padding
-from students.training.selection import drop_rows, holdout_eval_set, parse_select_on
+from students.training.selection import HOLDOUT_LOSS, drop_rows, holdout_eval_set, holdout_rows_only, parse_select_on
 from students.training.data_parallel import Parallel, placeholder, rank_seed
 from students.training.runtime import Runtime, set_cpu_threads, settings_json
 from students.kinds import STUDENT_KINDS, StudentForward
 from students.training.objectives import Weighted, choices, format_objective, parse_objective
 from students.training.objectives import kinds as objective_kinds
 from students.training.objectives import table as objective_table
-from students.losses import HSK_MODES, HSK_PROJECTIONS, HSKProjection, LossSettings
+from students.losses import HSK_MODES, HSK_PROJECTIONS, HSKProjection, LossSettings, batch_count
 from students.training.calibration import REGRESSION_HEADS, recentre
 from students.training.defaults import learning_rates, prediction_objective
 from students.evaluation.metrics import primary_metric
-from students.models.student import STUDENT_FILE, count_parameters, load_student, save_student
-from students.stages import HSK, PRED, Stage, StageSpec
+from students.models.student import STUDENT_FILE, count_parameters, load_student, save_student, with_fresh_head
+from students.stages import GENERAL, HSK, PRED, Stage, StageSpec
 
 LOG_FILE = "log.jsonl"
 METRICS_FILE = "metrics.json"
@@ -140,6 +141,10 @@ class TrainConfig:
     label_col: str | None = setting(None, "label column (default: the store's)")
     max_length: int | None = setting(None, "eval max length (default: the store's)")
     eval_batch_size: int = setting(128, "eval batch size")
+    general: bool = setting(False, "the general stage on a task-agnostic store: stage 1 alone (no --pred-*, no "
+                            "--eval-data), its epochs selected by the distillation loss on the held-out rows; "
+                            "writes a bare student, the --init of `students build tinybert` or the --student of "
+                            "a task-stage run")
     runtime: Runtime = nested(default_factory=Runtime)  # --device, --dtype, --threads, --quiet
     resume: bool = setting(False, "continue the run in --out from its checkpoint")
 
@@ -170,22 +175,36 @@ class TrainConfig:
         check_min_length(self.max_length)
         if Path(self.out).is_file():
             raise UserError(f"--out {self.out} is a file; pass a directory for the run")
+        if self.general:
+            self._check_general()
         if parse_select_on(self.select_on)[0] == "eval" and self.eval_data is None:
             raise UserError("--select-on eval selects on the eval split; pass --eval-data or another --select-on")
         complete_per_name(self)  # every kind's read settings: one run has one identity, however configured
+        if self.general and not self.running():
+            raise UserError("--general trains stage 1 alone, which --hsk none skips; drop --hsk none")
         used = [k for objective in self.running().values() for k in objective_kinds(objective)] + [
             k for k in self.reads if not self.is_read(k)]  # --att-read without a relation objective (or with
         # stage 1 skipped): refused, not ignored; a setting that switches its kind off (--hsk none) is used
         refuse_unused(self.reads, used, lambda owners: f"compare it with an --objective of {' or '.join(owners)}")
 
+    def _check_general(self) -> None:
+        """--general has no prediction stage and no eval split: their flags are refused, not ignored."""
+        pred = [f.name for f in fields(self) if f.name.startswith("pred_") and getattr(self, f.name) != f.default]
+        given = pred + (["eval_data"] if self.eval_data is not None else [])
+        if given:
+            raise UserError(f"--{given[0].replace('_', '-')} belongs to the task stage; --general trains stage 1 "
+                            "alone and selects on the held-out rows' distillation loss: drop it")
+        if parse_select_on(self.select_on)[0] == "eval":
+            raise UserError("--general has no eval split; use --select-on train-holdout:FRACTION or last")
+
     def with_learning_rates(self, info: dict[str, Any]) -> TrainConfig:
         """Unset rates filled in from the student's init (students.training.defaults), before anything uses them."""
         hsk_lr, pred_lr = learning_rates(info)
-        return replace(self, hsk_lr=self.hsk_lr or hsk_lr, pred_lr=self.pred_lr or pred_lr)
+        return replace(self, hsk_lr=self.hsk_lr or hsk_lr, pred_lr=self.pred_lr or (None if self.general else pred_lr))
 
     def with_pred_objective(self, source: BatchSource) -> TrainConfig:
         """An unset --pred-objective filled in from whether the source has gold labels (students.training.defaults)."""
-        if self.pred_objective is not None:
+        if self.pred_objective is not None or self.general:
             return self
         return replace(self, pred_objective=prediction_objective(source.labels(), source.regression))
 
@@ -196,17 +215,18 @@ class TrainConfig:
     def running(self) -> dict[StageSpec, Weighted]:
         """The stages that run, in training order, with their objectives: a stage runs when every kind it
         needs is read, its own (`StageSpec.kind`) and its objectives' (--hsk none skips stage 1)."""
-        chosen = {HSK: self.objective, PRED: self.pred_objective or ()}
+        chosen = {GENERAL: self.objective} if self.general else {HSK: self.objective, PRED: self.pred_objective or ()}
         return {spec: objective for spec, objective in chosen.items()
                 if all(self.is_read(k) for k in (spec.kind, *objective_kinds(objective)))}
 
     def stages(self) -> list[Stage]:
         """The run's stages in training order (a checkpoint's position indexes them): those `running` gives,
         each with its epochs, rate, batch size, objectives and read."""
-        if self.hsk_lr is None or self.pred_lr is None or self.pred_objective is None:
+        if self.hsk_lr is None or not self.general and (self.pred_lr is None or self.pred_objective is None):
             raise ValueError("rates or --pred-objective unresolved: call with_learning_rates and "
                              "with_pred_objective first")
         settings = {HSK: (self.hsk_epochs, self.hsk_lr, self.hsk_batch_size),
+                    GENERAL: (self.hsk_epochs, self.hsk_lr, self.hsk_batch_size),
                     PRED: (self.pred_epochs, self.pred_lr, self.pred_batch_size)}
         return [Stage(spec, *settings[spec], objective, self.read(objective))
                 for spec, objective in self.running().items()]
@@ -238,7 +258,7 @@ class TrainConfig:
 
     def to_json(self) -> dict[str, Any]:
         return settings_json(self) | {"objective": format_objective(self.objective),
-                               "pred_objective": format_objective(self.pred_objective),
+                               "pred_objective": format_objective(self.pred_objective or ()),
                                "reads": to_json(self.reads)}
 
 
@@ -315,6 +335,9 @@ class Trainer:
         if not (Path(cfg.student) / STUDENT_FILE).is_file():
             raise UserError(f"--student {cfg.student} is not a student folder (no {STUDENT_FILE}); "
                             "make one with `students build`")
+        if source.meta.general and not cfg.general:
+            raise UserError("the store is task-agnostic (a bare encoder's: no logits, no labels); pass --general "
+                            "to distil a general student from it, then distil that student from a task store")
         self.info = json.loads((Path(cfg.student) / STUDENT_FILE).read_text())
         self.cfg, self.source = cfg.with_learning_rates(self.info).with_pred_objective(source), source
         cfg = self.cfg
@@ -325,7 +348,7 @@ class Trainer:
         self.device = rank_device(cfg.runtime.device, self.ranks.local_rank)
         self.parallel = Parallel(self.ranks, self.device)
         set_cpu_threads(self.device, cfg.runtime.threads)
-        self.model = load_student(cfg.student)
+        self.model = self._load_model()
         # each stage reads the stored layers of the student's own layer map (`hskcache.selection.layers`)
         self.stages = [replace(s, read={**s.read, "student_layers": self.model.config.num_hidden_layers})
                        for s in self.stages]
@@ -333,9 +356,10 @@ class Trainer:
         self._check_compatible()
         self.eval_set = self._load_eval_set()
         self.select_on, fraction = parse_select_on(cfg.select_on)
-        self.holdout = None if fraction is None else holdout_eval_set(source, fraction, self.model.config)
-        self.primary = primary_metric(self.eval_set.task if self.eval_set else source.meta.task,
-                                      source.regression)
+        self.holdout = None if fraction is None else (
+            holdout_rows_only(source, fraction) if cfg.general else holdout_eval_set(source, fraction, self.model.config))
+        self.primary = HOLDOUT_LOSS if cfg.general else primary_metric(
+            self.eval_set.task if self.eval_set else source.meta.task, source.regression)
         torch.manual_seed(cfg.seed)
         self.projection = HSKProjection(self.model.config.hidden_size, source.hidden)
         if cfg.hsk_projection == "kept":
@@ -354,17 +378,35 @@ class Trainer:
 
     # ------------------------------------------------------------------ setup
 
+    def _load_model(self) -> nn.Module:
+        """The student: its encoder alone for --general (a bare model); a bare (general) student on a task
+        store gets a fresh head for the store's labels, seeded by --seed (said in one line)."""
+        cfg, meta = self.cfg, self.source.meta
+        if cfg.general:
+            return load_model(cfg.student, "model", cls=AutoModel)  # a classifier's head is dropped
+        if is_task_teacher(load_config(cfg.student, "student")):
+            return load_student(cfg.student)
+        labels = {"num_labels": meta.num_labels, "problem_type": "regression" if meta.regression
+                  else "single_label_classification"} | ({"id2label": dict(enumerate(meta.label_names)),
+                                                          "label2id": {n: i for i, n in enumerate(meta.label_names)}}
+                                                         if meta.label_names else {})
+        if self.ranks.is_main:
+            print(f"students: --student {cfg.student} is a bare encoder (a general student): its head for the "
+                  f"store's {meta.num_labels} outputs is fresh, seeded by --seed {cfg.seed}", file=sys.stderr)
+        return with_fresh_head(cfg.student, labels, cfg.seed, "--student")
+
     def _check_compatible(self) -> None:
         source, student = self.source, self.cfg.student  # its depth: checked by each stage's read (below)
         if tokenizer_hash(self.tokenizer) != source.meta.tokenizer.vocab_hash:
             raise UserError(f"student {student}'s vocabulary differs from the store's tokenizer; "
                             "build the student from the teacher that wrote the store")
-        if self.model.config.num_labels != source.num_labels:
-            raise UserError(f"student {student} has {self.model.config.num_labels} outputs but the teacher has "
-                            f"{source.num_labels}; build the student from the teacher that wrote the store")
-        # the label loss and held-out selection read them: a class the head lacks fails mid-run or scores wrong
-        check_labels(source.labels(), source.num_labels, source.regression,
-                     f"the source's data {source.meta.data.source}", "teacher")
+        if not self.cfg.general:  # the general stage has no head and reads no labels
+            if self.model.config.num_labels != source.num_labels:
+                raise UserError(f"student {student} has {self.model.config.num_labels} outputs but the teacher has "
+                                f"{source.num_labels}; build the student from the teacher that wrote the store")
+            # the label loss and held-out selection read them: a class the head lacks fails mid-run or scores wrong
+            check_labels(source.labels(), source.num_labels, source.regression,
+                         f"the source's data {source.meta.data.source}", "teacher")
         for stage in self.stages:
             kinds = [STUDENT_KINDS[k] for k in objective_kinds(stage.objective)]
             missing = [k.name for k in kinds if not k.held(source.meta)]
@@ -574,14 +616,14 @@ class Trainer:
                          f"({kept_checkpoint(self.run_dir)}; no student was written)")
 
     def _loss(self, objective: Weighted, batch: dict[str, Tensor], inputs: dict[str, Tensor],
-              denominator) -> Tensor:
+              denominator, engine: nn.Module | None = None) -> Tensor:
         """Σ weight × objective (students.training.objectives): each objective's bound loss compares its knowledge
         kind's batch entries with what the student's forward gave for that kind."""
         if objective not in self._bound:  # once per objective, not per step: the table is built from the registry
             entries = objective_table()
             self._bound[objective] = (objective_kinds(objective), [(weight, entries[name]) for name, weight in objective])
         kinds, terms = self._bound[objective]
-        student = self.engine(inputs, batch, kinds)
+        student = (engine or self.engine)(inputs, batch, kinds)  # the DDP-wrapped distiller unless told
         settings = LossSettings(self.cfg.width_loss, self.cfg.temperature, self.source.regression, denominator)
         total = torch.zeros((), device=self.device)
         for weight, entry in terms:
@@ -610,8 +652,8 @@ class Trainer:
         pos = self.pos
         metrics = None if self.eval_set is None else evaluate(self.model, self.eval_set, self.cfg.eval_batch_size,
                                                               self.device, self.dtype)
-        held = None if self.holdout is None else evaluate(self.model, self.holdout.eval_set,
-                                                          self.cfg.eval_batch_size, self.device, self.dtype)
+        held = None if self.holdout is None else {HOLDOUT_LOSS: self._holdout_loss(stage)} if self.cfg.general \
+            else evaluate(self.model, self.holdout.eval_set, self.cfg.eval_batch_size, self.device, self.dtype)
         record = {"eval": metrics} | ({"holdout": held} if held is not None else {})
         if metrics is not None or held is not None:
             self._write_log({"stage": stage.name, "epoch": pos.epoch + 1, "step": pos.step, **record})
@@ -623,12 +665,32 @@ class Trainer:
             return
         score = {"train-holdout": held, "eval": metrics, "last": None}[self.select_on]
         score = None if score is None else score[self.primary]
-        if self.select_on == "last" or pos.best is None or score > pos.best:
+        if self.select_on == "last" or pos.best is None or (
+                score < pos.best if self.primary == HOLDOUT_LOSS else score > pos.best):
             pos.best, pos.best_eval = score, metrics
             pos.best_at = {"stage": stage.name, "epoch": pos.epoch + 1, "step": pos.step,
                            "selected_on": self.select_on} | ({"holdout": held} if held is not None else {})
             with replaced_dir(self.run_dir / "best") as tmp:
-                save_student(self.model, tmp, self.cfg.student, {"task": self.source.meta.task})
+                save_student(self.model, tmp, self.cfg.student, self._trained_for())
+
+    def _trained_for(self) -> dict[str, Any]:
+        """What student.json records of the run: the task (and the stage: a general student has none)."""
+        return {"task": None if self.cfg.general else self.source.meta.task,
+                "stage": "general" if self.cfg.general else "task"}
+
+    def _holdout_loss(self, stage: Stage) -> float:
+        """The general stage's selection score: the stage's distillation loss on the held-out rows, its batch
+        losses (--eval-batch-size, the same batches every epoch) weighted by their rows; on rank 0 alone,
+        through the unwrapped distiller (no collective)."""
+        rows, total = self.holdout.rows.numpy(), 0.0
+        self.model.eval()
+        with torch.no_grad():
+            for lo in range(0, len(rows), self.cfg.eval_batch_size):
+                part = rows[lo:lo + self.cfg.eval_batch_size]
+                batch = {k: v.to(self.device) for k, v in self.source.get(part, **stage.read).items()}
+                inputs = trim_padding({k: batch[k] for k in MODEL_INPUTS})
+                total += float(self._loss(stage.objective, batch, inputs, batch_count, self.distiller)) * len(part)
+        return total / len(rows)
 
     def _save_checkpoint(self) -> None:
         """Rank 0 writes the (identical) weights and optimizer, with every rank's random state."""
@@ -657,7 +719,7 @@ class Trainer:
             if self.pos.best_at is not None:
                 shutil.copytree(best, tmp, dirs_exist_ok=True)
             else:
-                save_student(self.model, tmp, self.cfg.student, {"task": self.source.meta.task})
+                save_student(self.model, tmp, self.cfg.student, self._trained_for())
         stages = {name: {**s, "examples_per_second": s["examples"] / s["seconds"] if s["seconds"] else None}
                   for name, s in self.pos.stats.items()}
         metrics = {

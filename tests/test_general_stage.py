@@ -1,0 +1,132 @@
+"""The general stage end to end (issue 20, items 2 and 3): a bare tiny encoder extracts a general store from
+plain text, two student shapes (an ETD-Impt extraction, a random TinyBERT with fewer heads than the teacher)
+distil from it with `students train --general`, and a general student then distils from a task store; the
+same general run under torchrun (2 gloo ranks) and from an `s3://` copy of the store."""
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
+
+import hskcache
+from conftest import WORDS
+from hskcache.cli.main import main as hskcache_main
+from helpers import torchrun
+from students import cli
+
+MAX_LEN = 16
+RELATION_HEADS = 2
+TRAIN = ["--general", "--objective", "hsk,qq,kk", "--hsk-epochs", "2", "--hsk-lr", "3e-3", "--hsk-batch-size", "16",
+         "--select-on", "train-holdout:0.25", "--log-every", "1", "--threads", "1", "--quiet"]
+
+
+def records(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+
+
+def no_dropout(folder: Path) -> Path:
+    """Dropout off, so runs in other processes (or ranks) compute the same steps."""
+    config = json.loads((folder / "config.json").read_text())
+    config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def world(task, tmp_path_factory):
+    """The task teacher's encoder without its head (a general teacher), a plain-text corpus (passages longer
+    than a sequence among them) and the general store it extracts: hsk and MiniLMv2's qq/kk relations."""
+    root = tmp_path_factory.mktemp("general")
+    encoder = root / "encoder"
+    AutoModelForSequenceClassification.from_pretrained(task.teacher).bert.save_pretrained(encoder)
+    AutoTokenizer.from_pretrained(task.teacher).save_pretrained(encoder)
+    rng = random.Random(0)
+    corpus = root / "corpus.txt"
+    corpus.write_text("\n".join(" ".join(rng.choices(WORDS, k=rng.randint(4, 30))) for _ in range(60)) + "\n")
+    store = root / "store"
+    assert hskcache_main(["extract", "--teacher", str(encoder), "--data", str(corpus), "--store", str(store),
+                          "--max-length", str(MAX_LEN), "--student-layers", "2", "--tokens", "8",
+                          "--knowledge", "hsk,qq,kk", "--relation-heads", str(RELATION_HEADS),
+                          "--batch-size", "16", "--quiet"]) == 0
+    return encoder, corpus, store
+
+
+def test_two_general_students_then_the_task_stage(task, world, tmp_path, capsys):
+    encoder, corpus, store = world
+    assert hskcache.open_store(store).meta.general
+
+    # Two shapes from the one store: ETD-Impt of the bare encoder (the teacher's 4 heads, the Gaussian
+    # importance on the store's rows) and a random TinyBERT of 3 heads (the relations make the count free).
+    assert cli.main(["build", "tinybert", "--teacher", str(encoder), "--store", str(store), "--layers", "2",
+                     "--hidden", "16", "--ffn", "32", "--out", str(tmp_path / "etd"), "--threads", "1"]) == 0
+    assert cli.main(["build", "tinybert", "--teacher", str(encoder), "--init", "random", "--layers", "2",
+                     "--hidden", "24", "--ffn", "32", "--heads", "3", "--out", str(tmp_path / "random")]) == 0
+    for name, heads in (("etd", 4), ("random", 3)):
+        run = tmp_path / f"{name}-run"
+        assert cli.main(["train", "--store", str(store), "--student", str(tmp_path / name), "--out", str(run),
+                         *TRAIN]) == 0
+        student = AutoModel.from_pretrained(run / "student")
+        assert not hasattr(student, "classifier") and student.config.num_attention_heads == heads
+        held = [r["holdout"]["loss"] for r in records(run) if "holdout" in r]
+        metrics = json.loads((run / "metrics.json").read_text())
+        assert len(held) == 2 and metrics["best"]["value"] == min(held) and metrics["best"]["metric"] == "loss"
+
+    # A task-stage run on the general store is refused in one line, before the run folder is made.
+    capsys.readouterr()
+    assert cli.main(["train", "--store", str(store), "--student", str(tmp_path / "etd"), "--out",
+                     str(tmp_path / "refused"), "--threads", "1", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "pass --general" in err and "task store" in err
+    assert not (tmp_path / "refused").exists()
+
+    # The general student then distils from the task store, passed straight to `students train` (fresh head
+    # for the task's 2 labels, said in one line) or built into a task student with --init.
+    general = tmp_path / "etd-run" / "student"
+    run = tmp_path / "task-run"
+    assert cli.main(["train", "--store", str(task.store), "--student", str(general), "--out", str(run),
+                     "--hsk-epochs", "1", "--pred-epochs", "1", "--eval-data", str(task.dev), "--threads", "1",
+                     "--quiet"]) == 0
+    assert "is a bare encoder (a general student)" in capsys.readouterr().err
+    task_student = AutoModelForSequenceClassification.from_pretrained(run / "student")
+    assert task_student.config.num_labels == 2
+    assert 0.0 <= json.loads((run / "metrics.json").read_text())["eval"]["accuracy"] <= 1.0
+    assert cli.main(["build", "tinybert", "--teacher", str(task.teacher), "--init", str(general),
+                     "--out", str(tmp_path / "task-student")]) == 0
+    built = AutoModelForSequenceClassification.from_pretrained(tmp_path / "task-student")
+    for key, value in AutoModel.from_pretrained(general).state_dict().items():
+        assert torch.equal(built.bert.state_dict()[key], value), key
+
+
+def test_general_stage_under_torchrun_and_from_s3(world, tmp_path, s3_bucket):
+    """The general run of 2 gloo ranks, and of one process reading an S3 copy of the store, is the
+    one-process run on the local store: the same steps and losses, the same student."""
+    encoder, _, store = world
+    student = tmp_path / "s"
+    assert cli.main(["build", "tinybert", "--teacher", str(encoder), "--init", "random", "--layers", "2",
+                     "--hidden", "16", "--ffn", "32", "--heads", "2", "--out", str(student)]) == 0
+    no_dropout(student)
+    flags = [*TRAIN, "--select-on", "last"]
+    assert cli.main(["train", "--store", str(store), "--student", str(student), "--out", str(tmp_path / "one"),
+                     *flags]) == 0
+    done = torchrun(2, "students.cli", "train", "--store", str(store), "--student", str(student),
+                    "--out", str(tmp_path / "two"), *flags)
+    assert done.returncode == 0, done.stderr[-3000:]
+    url = f"{s3_bucket}/general"
+    import fsspec
+
+    fs = fsspec.filesystem("s3")
+    fs.put(str(store), url[len("s3://"):], recursive=True)
+    assert cli.main(["train", "--store", url, "--student", str(student), "--out", str(tmp_path / "s3"), *flags]) == 0
+    want = records(tmp_path / "one")
+    for run in ("two", "s3"):
+        got = records(tmp_path / run)
+        assert [(r["stage"], r["step"]) for r in got] == [(r["stage"], r["step"]) for r in want]
+        assert [r["loss"] for r in got] == pytest.approx([r["loss"] for r in want], rel=1e-4, abs=1e-6)
+        a, b = (load_file(tmp_path / r / "student" / "model.safetensors") for r in (run, "one"))
+        for key in b:
+            torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5, msg=key)
