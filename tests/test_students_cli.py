@@ -117,7 +117,7 @@ def deeper_student(task, tmp_path):
     ("hsk above stored", "--hsk 3,9,0.5: tokens 9 is not available"),
     ("bad hsk", "is malformed: write N^D,N^L,N^W"),
     ("foreign vocabulary", "vocabulary differs from the store's tokenizer"),
-    ("student depth", "has 3 layers but the store was extracted for 2"),
+    ("student depth", "a 3-layer student reads the top 3 pairs of its map g(l, 4) = 0,1,3,4"),  # stored: 0,2,4
     ("missing eval file", "does not exist"),
     ("eval without labels", "has no column 'label'"),  # the store's label column
     ("no source", "exactly one knowledge source"),
