@@ -397,3 +397,26 @@ def test_general_student_passed_straight_to_a_task_run(task, tmp_path, capsys):
           store)
     written = AutoModelForSequenceClassification.from_pretrained(tmp_path / "run" / "student")
     assert written.config.num_labels == 2
+
+
+def test_general_stage_interrupted_and_resumed_equals_uninterrupted(task, tmp_path):
+    """Like the task stage: Ctrl-C mid-epoch 2 checkpoints, --resume finishes the same run (bit for bit on the
+    CPU, dropout on): the same log, the same held-out losses and selected epoch, the same student."""
+    general = _general_student(task, tmp_path / "general", hidden=16)
+    config = json.loads((general / "config.json").read_text())  # dropout on: the RNG state must survive too
+    config.update(hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1)
+    (general / "config.json").write_text(json.dumps(config))
+    store = hskcache.open_store(task.store)
+    cfg = TrainConfig(student=str(general), out=str(tmp_path / "full"), general=True, hsk_epochs=2, hsk_lr=3e-3,
+                      hsk_batch_size=16, log_every=3, select_on="train-holdout:0.25", runtime=quiet_runtime())
+    train(cfg, store)
+    cut = replace(cfg, out=str(tmp_path / "cut"))
+    with pytest.raises(KeyboardInterrupt):
+        train(cut, Interrupting(store, 17))
+    saved = torch.load(tmp_path / "cut" / "checkpoint" / "state.pt", weights_only=False)["position"]
+    assert (saved["stage"], saved["epoch"]) == (0, 1) and saved["best"] is not None  # epoch 1 already selected
+    train(replace(cut, resume=True), store)
+    assert records(tmp_path / "cut") == records(tmp_path / "full")
+    full, resumed = (load_file(tmp_path / run / "student" / "model.safetensors") for run in ("full", "cut"))
+    for key in full:
+        assert torch.equal(full[key], resumed[key]), key
