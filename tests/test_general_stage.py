@@ -130,3 +130,16 @@ def test_general_stage_under_torchrun_and_from_s3(world, tmp_path, s3_bucket):
         a, b = (load_file(tmp_path / r / "student" / "model.safetensors") for r in (run, "one"))
         for key in b:
             torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5, msg=key)
+
+
+def test_rosita_refuses_a_bare_encoder_and_a_general_store(task, world, tmp_path, capsys):
+    """ROSITA prunes by the KD loss to the stored logits: neither a head-less teacher nor a store without
+    logits serves; one line each, nothing written."""
+    encoder, _, store = world
+    for teacher, message in ((encoder, "is not a fine-tuned sequence classifier"), (task.teacher, "task-agnostic")):
+        capsys.readouterr()
+        assert cli.main(["build", "rosita", "--teacher", str(teacher), "--store", str(store), "--layers", "2",
+                         "--heads", "2", "--ffn", "32", "--emb-rank", "8", "--out", str(tmp_path / "r")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and message in err
+        assert not (tmp_path / "r").exists()

@@ -204,8 +204,13 @@ def _build_rosita(cfg: RositaConfig, spec: StudentSpec):
     from students.build.importance import importance_store, store_sample
     from students.models.student import STUDENT_FILE
     from students.models.pruning import build_rosita
+    from hskcache.teacher.loading import load_config, require_task_teacher
 
+    require_task_teacher(load_config(cfg.teacher), cfg.teacher)  # the KD loss needs the teacher's head
     store = importance_store(cfg.store, cfg.teacher)
+    if store.meta.general:  # ROSITA's importance is the KD loss to the stored logits
+        raise UserError(f"--store {cfg.store} is task-agnostic (no logits) and ROSITA prunes by the KD loss to the "
+                        "stored logits; pass a task store, or use `students build tinybert` for a general student")
     sample = store_sample(store, cfg.importance_examples)
     device = pick_device(cfg.device)
     set_cpu_threads(device, cfg.threads)
