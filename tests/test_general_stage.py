@@ -21,6 +21,8 @@ from students import cli
 
 MAX_LEN = 16
 RELATION_HEADS = 2
+EXTRACTION = ["--max-length", str(MAX_LEN), "--student-layers", "2", "--tokens", "8", "--knowledge", "hsk,qq,kk",
+              "--relation-heads", str(RELATION_HEADS)]
 TRAIN = ["--general", "--objective", "hsk,qq,kk", "--hsk-epochs", "2", "--hsk-lr", "3e-3", "--hsk-batch-size", "16",
          "--select-on", "train-holdout:0.25", "--log-every", "1", "--threads", "1", "--quiet"]
 
@@ -50,9 +52,7 @@ def world(task, tmp_path_factory):
     corpus.write_text("\n".join(" ".join(rng.choices(WORDS, k=rng.randint(4, 30))) for _ in range(60)) + "\n")
     store = root / "store"
     assert hskcache_main(["extract", "--teacher", str(encoder), "--data", str(corpus), "--store", str(store),
-                          "--max-length", str(MAX_LEN), "--student-layers", "2", "--tokens", "8",
-                          "--knowledge", "hsk,qq,kk", "--relation-heads", str(RELATION_HEADS),
-                          "--batch-size", "16", "--quiet"]) == 0
+                          *EXTRACTION, "--batch-size", "16", "--quiet"]) == 0
     return encoder, corpus, store
 
 
@@ -143,3 +143,20 @@ def test_rosita_refuses_a_bare_encoder_and_a_general_store(task, world, tmp_path
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and message in err
         assert not (tmp_path / "r").exists()
+
+
+def test_general_online_baseline_computes_the_stores_losses(world, tmp_path):
+    """`students train --teacher ENCODER --data CORPUS --general`: the bare encoder runs live with the store's
+    extraction flags, and the steps' losses are the store run's (the store holds fp16 of the live floats)."""
+    encoder, corpus, store = world
+    student = tmp_path / "s"
+    assert cli.main(["build", "tinybert", "--teacher", str(encoder), "--init", "random", "--layers", "2",
+                     "--hidden", "16", "--ffn", "32", "--heads", "2", "--out", str(student)]) == 0
+    no_dropout(student)
+    flags = ["--student", str(student), *TRAIN, "--select-on", "last", "--max-steps", "3"]
+    assert cli.main(["train", "--store", str(store), "--out", str(tmp_path / "offline"), *flags]) == 0
+    assert cli.main(["train", "--teacher", str(encoder), "--data", str(corpus), *EXTRACTION,
+                     "--out", str(tmp_path / "online"), *flags]) == 0
+    offline, online = (records(tmp_path / run) for run in ("offline", "online"))
+    assert [r["stage"] for r in offline if "loss" in r] == ["hsk"] * 3
+    assert [r.get("loss") for r in online] == pytest.approx([r.get("loss") for r in offline], rel=1e-3)

@@ -336,8 +336,9 @@ class Trainer:
             raise UserError(f"--student {cfg.student} is not a student folder (no {STUDENT_FILE}); "
                             "make one with `students build`")
         if source.meta.general and not cfg.general:
-            raise UserError("the store is task-agnostic (a bare encoder's: no logits, no labels); pass --general "
-                            "to distil a general student from it, then distil that student from a task store")
+            raise UserError("the knowledge source is task-agnostic (a bare encoder's store or teacher: no logits, no "
+                            "labels); pass --general to distil a general student from it, then distil that student "
+                            "from a task store")
         self.info = json.loads((Path(cfg.student) / STUDENT_FILE).read_text())
         self.cfg, self.source = cfg.with_learning_rates(self.info).with_pred_objective(source), source
         cfg = self.cfg
