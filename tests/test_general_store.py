@@ -196,6 +196,7 @@ def test_txt_corpus_errors_are_one_line(tmp_path, capsys):
     cases = [(tmp_path / "blank.txt", (), "has no passages (every line is blank)"),
              (tmp_path / "empty.txt", (), "is empty"),
              (tmp_path / "labelled.csv", ("--label-col", "label"), "is a bare encoder")]
+    capsys.readouterr()  # save_pretrained's progress bar
     for data, extra, message in cases:
         store = tmp_path / "store"
         args = ["extract", "--teacher", str(encoder), "--data", str(data), "--store", str(store),
@@ -207,6 +208,13 @@ def test_txt_corpus_errors_are_one_line(tmp_path, capsys):
     # without --label-col, the labelled file is a corpus like any other: its labels are not read
     run_extract(encoder, tmp_path / "labelled.csv", tmp_path / "store", "--student-layers", 2)
     assert hskcache.open_store(tmp_path / "store").meta.general
+    # --limit takes the first passages, each then cut into sequences
+    texts = passages(4, 5, 60)
+    (tmp_path / "corpus.txt").write_text("\n".join(texts) + "\n")
+    run_extract(encoder, tmp_path / "corpus.txt", tmp_path / "limited", "--student-layers", 2, "--limit", 2)
+    corpus = hskcache.open_store(tmp_path / "limited").meta.corpus
+    want = sum(map(len, split_passages(texts[:2], tok, MAX_LEN)))
+    assert (corpus.passages, corpus.sequences, corpus.sequence_tokens) == (2, want, MAX_LEN - 2) and want > 2
 
 
 def test_which_teachers_are_taken(tmp_path):
