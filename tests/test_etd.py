@@ -292,13 +292,15 @@ def _state_derivative(model, row, patch, delta=1e-5):
     return (last(delta) - last(-delta)) / (2 * delta)
 
 
-def test_bare_encoder_importance_is_the_sampled_gaussian_score(bare4):
+def test_bare_encoder_importance_is_the_sampled_gaussian_score(bare4, device):
     """With the same draws ε, each neuron scores Σ_rows mean_k (d(ε_k · h_L)/dα)², the derivative of
-    scaling it by (1 + α) taken by central differences (a head neuron: its query, key and context terms summed)."""
+    scaling it by (1 + α) taken by central differences (a head neuron: its query, key and context terms summed),
+    on `device` (the draws are the CPU's on any device)."""
     from students.models.etd import gaussian_draws
 
-    model = _bare(bare4)
+    model = _bare(bare4).to(device)
     _, rows = _rows()
+    rows = [{k: v.to(device) for k, v in row.items()} for row in rows]
     draws, seed = 3, 5
     importance = taylor_neuron_importance(model, rows, draws=draws, seed=seed)
     ffn_neuron, head, unit = 7, 2, 3
@@ -307,7 +309,7 @@ def test_bare_encoder_importance_is_the_sampled_gaussian_score(bare4):
     def score(patches):
         total = 0.0
         for row in rows:
-            eps = gaussian_draws(seed, int(row["example_id"]), draws, row["input_ids"].shape[1], HIDDEN)
+            eps = gaussian_draws(seed, int(row["example_id"]), draws, row["input_ids"].shape[1], HIDDEN).to(device)
             for patch in patches:  # a head neuron's query, key and context units score apart, then add
                 slope = _state_derivative(model, row, patch)
                 total += sum(float((e * slope).sum()) ** 2 for e in eps) / draws

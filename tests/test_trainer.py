@@ -321,9 +321,10 @@ def _general_student(task, out, hidden=32, seed=1):
     return out
 
 
-def test_general_stage_selects_by_the_held_out_distillation_loss(task, tmp_path):
+def test_general_stage_selects_by_the_held_out_distillation_loss(task, tmp_path, device):
     """--general: stage 1 alone, its epochs compared by the HSK loss of the held-out rows (lower wins), which
-    is recomputed here by hand for RUN/student (d_S = d_T: W is the identity); the student written is bare."""
+    is recomputed here by hand for RUN/student on the CPU (d_S = d_T: W is the identity); the run in fp32 on
+    `device`; the student written is bare."""
     import math
 
     from transformers import AutoModel
@@ -334,7 +335,7 @@ def test_general_stage_selects_by_the_held_out_distillation_loss(task, tmp_path)
     general = _general_student(task, tmp_path / "general")
     store = hskcache.open_store(task.store)
     cfg = TrainConfig(student=str(general), out=str(tmp_path / "run"), general=True, hsk_epochs=3, hsk_lr=3e-3,
-                      hsk_batch_size=16, select_on="train-holdout:0.25", runtime=quiet_runtime("cpu", "fp32"))
+                      hsk_batch_size=16, select_on="train-holdout:0.25", runtime=quiet_runtime(device, "fp32"))
     metrics = train(cfg, store)
     held = [r["holdout"]["loss"] for r in records(tmp_path / "run") if "holdout" in r]
     assert len(held) == 3 and [r["stage"] for r in records(tmp_path / "run")] == ["hsk"] * len(records(tmp_path / "run"))
@@ -354,7 +355,7 @@ def test_general_stage_selects_by_the_held_out_distillation_loss(task, tmp_path)
     assert store.meta.stored_layers == (0, 2, 4)  # stored pair j is the student's layer j (0: the embeddings)
     by_hand = hsk_mse([s.numpy() for s in states], batch["positions"].numpy(), batch["hsk_mask"].numpy(),
                       batch["hsk"].numpy(), np.eye(32), "zero-fill")
-    assert min(held) == pytest.approx(by_hand, rel=1e-4)
+    assert min(held) == pytest.approx(by_hand, rel=1e-4 if device == "cpu" else 1e-3)
 
 
 @pytest.mark.parametrize(("flags", "message"), [
