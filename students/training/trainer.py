@@ -69,7 +69,6 @@ class BatchSource(Protocol):
     records (or would record): the extraction settings, the tokenizer, the task.
     """
 
-    student_layers: int
     hidden: int
     regression: bool
     num_labels: int
