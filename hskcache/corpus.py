@@ -23,7 +23,7 @@ of one passage only. Task stores keep truncation (`data.tokenize_batch`).
 from __future__ import annotations
 
 import bisect
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 from tqdm.auto import tqdm
@@ -46,7 +46,8 @@ def _starts_word(text: str, offsets: Sequence[tuple[int, int]], i: int) -> bool:
     return i == 0 or any(ch.isspace() for ch in text[offsets[i - 1][1]:start]) or text[start:end][:1].isspace()
 
 
-def cut_passage(text: str, offsets: Sequence[tuple[int, int]], budget: int, count) -> list[str]:
+def cut_passage(text: str, offsets: Sequence[tuple[int, int]], budget: int,
+                count: Callable[[str], int]) -> list[str]:
     """The pieces of one passage (see the module's rule). `offsets`: the character span of each of its
     tokens (no special tokens); `budget`: tokens of text per sequence; `count(piece)`: a piece's tokens
     when tokenized on its own."""
