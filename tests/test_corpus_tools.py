@@ -72,9 +72,17 @@ def test_corpus_is_deterministic_and_its_manifest_counts_it(built, tmp_path, cap
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(minilm_encoder()))
-    tokens = sum(len(tokenizer.tokenize(line)) for line in lines)
+    per_line = [len(tokenizer.tokenize(line)) for line in lines]
+    tokens = sum(per_line)
     assert record["token_total"] == tokens == sum(d["tokens"] for d in record["domains"].values())
     assert f"{tokens:,}" in printed
+    # store rows at --max-length n: at least ceil(tokens / (n - 2)) per passage ([CLS], [SEP]), and a cut
+    # passage at most one more (every piece but the last is within one word of full)
+    for n in corpus.SEQUENCE_LENGTHS:
+        fewest = sum(-(-t // (n - 2)) for t in per_line)
+        rows = record["sequences"][str(n)]
+        assert fewest <= rows <= fewest + sum(t > n - 2 for t in per_line)
+        assert rows == sum(d["sequences"][str(n)] for d in record["domains"].values())
     # passages hold at most --passage-words words; every plot synopsis of the movie corpus (read here
     # independently) is a passage, or its first passage-words words are when it is longer
     limit = record["passage_words"]

