@@ -211,13 +211,22 @@ def test_bad_configs_give_one_line(spec, words):
     (["budget"], "--plan"),
     (["budget", "--plan", "--examples", "5", "--teacher-width", "8"], "--seq-len, --student-layers"),
     (["budget", "--plan", "--examples", "5", "--seq-len", "8", "--student-layers", "2"], "--teacher-width"),
-    (PLAN + ["--num-labels", "0"], "--num-labels"),
+    (PLAN + ["--num-labels", "-1"], "--num-labels"),
     (["budget", "--plan", "--seq-len", "8", "--student-layers", "2", "--teacher-width", "8"], "--examples"),
     (PLAN + ["--data", "x.csv"], "--teacher"),
     (PLAN + ["--token-strategy", "att"], "only apply with --data"),
 ])
 def test_bad_arguments_give_one_line(argv, words):
     assert words in fails(argv)
+
+
+def test_zero_labels_plan_a_task_agnostic_store(capsys):
+    """--num-labels 0 (a bare encoder's store) drops the logits (float32 each) and the label (int64) of every row."""
+    other = {n: json.loads(run(["budget", "--plan", "--examples", "10", "--seq-len", "16", "--student-layers", "2",
+                                "--teacher-width", "32", "--num-labels", str(n), "--json"], capsys))[0]
+             for n in (3, 0)}
+    assert other[3]["hskcache_other_bytes"] - other[0]["hskcache_other_bytes"] == 10 * (3 * 4 + 8)
+    assert other[3]["hskcache_values_bytes"] == other[0]["hskcache_values_bytes"]
 
 
 # --- output formats ----------------------------------------------------------

@@ -43,7 +43,8 @@ class BudgetConfig:
     student_layers: int | None = setting(None, "L': student depth (N^D goes up to L'+1)")
     teacher_width: int | None = setting(None, "d_T: teacher hidden size")
     vocab_size: int | None = setting(None, "tokenizer vocabulary size", show_default=budget.Setting.vocab_size)
-    num_labels: int | None = setting(None, "teacher outputs; 1 means regression",
+    num_labels: int | None = setting(None, "teacher outputs; 1 means regression, 0 a bare encoder's task-agnostic "
+                                           "store (no logits or labels)",
                                     show_default=budget.Setting.num_logits)
     teacher: str | None = setting(None, "model folder or hub id: widths and labels from its config instead of numbers")
     data: str | None = setting(None, "glue/<task> or a local file: example count and real token lengths (needs --teacher)")
@@ -81,9 +82,9 @@ class BudgetConfig:
             raise UserError(f"--plan needs {_flags(missing)}")
         for name in ("examples", "seq_len", "student_layers", "teacher_width", "vocab_size", "num_labels",
                      "att_heads"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise UserError(f"{_flags([name])} must be at least 1, got {value}")
+            value, least = getattr(self, name), 0 if name == "num_labels" else 1  # 0 labels: task-agnostic
+            if value is not None and value < least:
+                raise UserError(f"{_flags([name])} must be at least {least}, got {value}")
 
     def given(self) -> list[str]:
         """The planned-extraction flags that were given."""
@@ -138,7 +139,8 @@ def plan_setting(args: BudgetConfig, given: list[str]) -> budget.Setting:
         raise UserError("--plan needs the teacher: --teacher-width D (or --teacher PATH)")
     else:
         hidden = args.teacher_width
-        vocab, num_labels = args.vocab_size or budget.Setting.vocab_size, args.num_labels or budget.Setting.num_logits
+        vocab = args.vocab_size or budget.Setting.vocab_size
+        num_labels = budget.Setting.num_logits if args.num_labels is None else args.num_labels
         regression = num_labels == 1
     if hidden > widthcode.MAX_WIDTH:
         raise UserError(f"--teacher-width {hidden} is above {widthcode.MAX_WIDTH}, the widest the width codes support")
