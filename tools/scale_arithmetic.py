@@ -74,7 +74,7 @@ def run_mnli(args: argparse.Namespace) -> int:
 
 @dataclass(frozen=True)
 class Encoder:
-    """A BERT-style encoder's sizes: enough to count its parameters."""
+    """A BERT-style encoder's sizes."""
 
     layers: int
     width: int
@@ -85,12 +85,16 @@ class Encoder:
     token_types: int = 2
 
     def parameters(self) -> int:
-        """Embeddings (word, position, type, LayerNorm), per layer attention (Q, K, V, output), FFN and two
-        LayerNorms, and the pooler: what `BertModel` holds."""
-        d, f = self.width, self.ffn
-        embeddings = (self.vocab + self.positions + self.token_types) * d + 2 * d
-        layer = 4 * (d * d + d) + (d * f + f) + (f * d + d) + 2 * 2 * d
-        return embeddings + self.layers * layer + d * d + d
+        """What transformers' `BertModel` of this shape holds (pooler included), built on the meta device:
+        no memory, no weights."""
+        import torch
+        from transformers import BertConfig, BertModel
+
+        config = BertConfig(vocab_size=self.vocab, hidden_size=self.width, num_hidden_layers=self.layers,
+                            num_attention_heads=self.heads, intermediate_size=self.ffn,
+                            max_position_embeddings=self.positions, type_vocab_size=self.token_types)
+        with torch.device("meta"):
+            return sum(p.numel() for p in BertModel(config).parameters())
 
     def describe(self) -> str:
         return f"{self.layers}×{self.width}, {self.heads} heads, FFN {self.ffn}"
@@ -201,7 +205,8 @@ def run_general(args: argparse.Namespace) -> int:
     params = teacher.parameters()
     flops = 2 * params * sequences * args.seq_len
     print(f"corpus (input): {args.tokens:,.0f} tokens = {sequences:,} sequences of {args.seq_len}")
-    print(f"teacher: BERT-style {teacher.describe()}, vocabulary {teacher.vocab:,}: {params:,} parameters (counted)")
+    print(f"teacher: BERT-style {teacher.describe()}, vocabulary {teacher.vocab:,}: {params:,} parameters "
+          "(counted on transformers' BertModel)")
     print(f"extraction: one teacher forward per sequence, 2 × parameters × tokens = {flops:.3g} FLOPs")
     print("\nstore per configuration (bare encoder: no logits, no labels; exact uncompressed bytes from the "
           "store layout, on disk estimated from the codecs' measured ratios)")
@@ -227,23 +232,24 @@ def run_general(args: argparse.Namespace) -> int:
                  f"  = {low / hours[online.gpu]:,.0f}" + ("" if low == high else f"–{high / hours[online.gpu]:,.0f}")
                  + f"× the {online.gpu} extraction")
         print(f"{reported} {online.gpu}-hours{ratio}: {online.source}")
-    compare_flops(args, teacher, args.tokens)
+    compare_flops(args, params, sequences * args.seq_len)
     return 0
 
 
-def compare_flops(args: argparse.Namespace, teacher: Encoder, tokens: float) -> None:
+def compare_flops(args: argparse.Namespace, params: int, tokens: float) -> None:
     """Online against cached at equal hardware efficiency: online runs the teacher forward (2·P_t per token)
     with every student step (forward + backward, 6·P_s per token), every epoch; cached runs it once."""
-    e, t = args.epochs, 2 * teacher.parameters() * tokens
+    e, t = args.epochs, 2 * params * tokens
     print(f"\nthe whole general stage in FLOPs, {e:g} epochs per student (an input): online = k × E × (2·P_t + 6·P_s) × T, "
           "cached = 2·P_t × T + k × E × 6·P_s × T (store reads not counted)")
     print(f"{'student':<20} {'parameters':>11} " + " ".join(f"{f'k={k} online':>13} {'cached':>9} {'ratio':>6}"
                                                            for k in args.students_per_store))
     for name, student in STUDENTS.items():
-        s = 6 * student.parameters() * tokens
+        p = student.parameters()
+        s = 6 * p * tokens
         cells = [f"{k * e * (t + s):>13.3g} {t + k * e * s:>9.3g} {k * e * (t + s) / (t + k * e * s):>5.2f}×"
                  for k in args.students_per_store]
-        print(f"{name:<20} {student.parameters():>11,} " + " ".join(cells))
+        print(f"{name:<20} {p:>11,} " + " ".join(cells))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
