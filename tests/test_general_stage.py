@@ -84,6 +84,11 @@ def test_two_general_students_then_the_task_stage(task, world, tmp_path, capsys)
     assert len(err.splitlines()) == 1 and "pass --general" in err and "task store" in err
     assert not (tmp_path / "refused").exists()
 
+    # A general student has no head: eval (and export) refuse it in one line rather than invent one.
+    assert cli.main(["eval", "--model", str(tmp_path / "etd-run" / "student"), "--data", str(task.dev)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "is a bare encoder (a general student)" in err
+
     # The general student then distils from the task store, passed straight to `students train` (fresh head
     # for the task's 2 labels, said in one line) or built into a task student with --init.
     general = tmp_path / "etd-run" / "student"

@@ -172,6 +172,9 @@ def load_student(student_dir: str | Path) -> nn.Module:
     if config.model_type != "rosita" and "RositaForSequenceClassification" in (config.architectures or []):
         raise UserError(f"{path} is a ROSITA student written by an older version of this tool; "
                         "rebuild it with `students build rosita` and train it again")
+    if not is_task_teacher(config):  # a classifier class would give it a random head, silently
+        raise UserError(f"{path} is a bare encoder (a general student): it has no head to predict with; distil it "
+                        f"from a task store first (students train --store TASK_STORE --student {path})")
     return load_model(path, "model")
 
 
