@@ -114,6 +114,8 @@ def hamlet() -> list[Document]:
 
 @dataclass(frozen=True)
 class Domain:
+    """One source of the corpus: where its text comes from (printed and recorded), and its documents."""
+
     source: str
     documents: Callable[[], list[Document]]
 
@@ -151,6 +153,8 @@ def words(text: str) -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class Overlap:
+    """A passage that equals or contains a task row: what the refusal names."""
+
     task: str
     row: str
     domain: str
@@ -188,7 +192,8 @@ def collect(names: Iterable[str], passage_words: int) -> list[tuple[str, str]]:
     seen: set[tuple[str, ...]] = set()
     pairs = []
     for name in names:
-        packed = {p for document in DOMAINS[name].documents() for p in build_convention_data.pack(document, passage_words)}
+        documents = DOMAINS[name].documents()
+        packed = {p for document in documents for p in build_convention_data.pack(document, passage_words)}
         for text in sorted(packed):
             if len(text.split()) >= MIN_PASSAGE_WORDS and words(text) not in seen:
                 seen.add(words(text))
