@@ -170,6 +170,7 @@ def test_pack_keeps_every_word_in_order_within_the_limit():
     (["--dev-frac", "0.6", "--test-frac", "0.5"], "sum to less than 1"),
     (["--test-frac", "0"], "must be above 0"),
     (["--max-train", "0"], "--max-train 0: give at least 1"),
+    (["--dev-frac", "0.45", "--test-frac", "0.54"], "leave no speaker for train"),
 ])
 def test_convention_bad_arguments_are_one_line(argv, says, tmp_path, capsys):
     assert convention.main(["--out", str(tmp_path / "out"), *argv]) == 2

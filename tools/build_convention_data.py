@@ -72,7 +72,7 @@ def load_passages(path: Path | None = None) -> pd.DataFrame:
     more than once and passages under MIN_WORDS words dropped."""
     speeches = pd.read_csv(path or speeches_file(), usecols=["party", "speaker", "text"])
     # three speeches name no speaker: each is a group of its own
-    speakers = speeches["speaker"].fillna(pd.Series(speeches.index, index=speeches.index).map("speech {}".format))
+    speakers = speeches["speaker"].fillna(pd.Series(speeches.index.map("speech {}".format), index=speeches.index))
     rows = [
         (passage, LABELS[party], " ".join(speaker.split()))
         for party, speaker, text in zip(speeches["party"], speakers, speeches["text"])
@@ -121,6 +121,10 @@ def build(args: argparse.Namespace) -> int:
     print(f"{len(passages)} passages of at most {PASSAGE_WORDS} words from {passages['speaker'].nunique()} "
           f"speakers of the 2012 conventions")
     parts = split(passages, args.dev_frac, args.test_frac, args.max_train)
+    empty = [name for name, part in parts.items() if part.empty]
+    if empty:
+        raise UserError(f"--dev-frac {args.dev_frac} and --test-frac {args.test_frac} leave no speaker for "
+                        f"{' and '.join(empty)}; lower them")
     args.out.mkdir(parents=True, exist_ok=True)
     for name, part in parts.items():
         part.to_csv(args.out / f"{name}.csv", index=False)
