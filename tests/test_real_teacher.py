@@ -5,14 +5,17 @@ import bz2
 import csv
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
+from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
 
+import hskcache
 from conftest import write_csv
 from hskcache.cli.main import main
 from hskcache.embedded import minilm_encoder, movie_corpus
 from helpers import check_against_reference
+from reference import expected_selection
 
 
 @pytest.fixture(scope="module")
@@ -35,13 +38,28 @@ def minilm_classifier(tmp_path_factory) -> Path:
     return out
 
 
-def test_packaged_encoder_is_refused_as_teacher(tmp_path, real_reviews, capsys):
+def test_packaged_encoder_writes_a_task_agnostic_store(tmp_path, real_reviews):
+    """The bare MiniLM encoder (`BertModel`) extracts a general store: its reviews cut into 24-token sequences
+    (the labels are not read), and the HSK equals a plain `AutoModel` forward of the stored tokens."""
     encoder = minilm_encoder()
-    code = main(["extract", "--teacher", str(encoder), "--data", str(real_reviews), "--store", str(tmp_path / "s"),
-                 "--student-layers", "3", "--quiet"])
-    err = capsys.readouterr().err.strip()
-    assert code == 2 and "not a fine-tuned sequence classifier" in err and "hskcache finetune" in err
-    assert not (tmp_path / "s").exists()
+    out = tmp_path / "s"
+    assert main(["extract", "--teacher", str(encoder), "--data", str(real_reviews), "--store", str(out),
+                 "--student-layers", "3", "--tokens", "10", "--width", "0.1", "--max-length", "24",
+                 "--batch-size", "4", "--quiet", "--dtype", "fp32"]) == 0
+    store = hskcache.open_store(out)
+    assert store.meta.general and store.num_labels == 0 and store.meta.corpus.passages == 8
+    assert store.num_examples > 8  # reviews longer than a sequence became several
+    got = store.get(np.arange(store.num_examples))
+    assert "logits" not in got and "labels" not in got
+    model = AutoModel.from_pretrained(encoder, attn_implementation="eager").eval()
+    with torch.no_grad():
+        hf = model(input_ids=got["input_ids"], attention_mask=got["attention_mask"],
+                   token_type_ids=got["token_type_ids"], output_hidden_states=True, output_attentions=True)
+    tok = AutoTokenizer.from_pretrained(encoder)
+    positions, hsk = expected_selection(got, hf, tok.sep_token_id, [0, 2, 4, 6], 6, 4, 10, "att-nosep-top", 0.1,
+                                        "mag")
+    np.testing.assert_array_equal(got["positions"].numpy(), positions)
+    np.testing.assert_allclose(got["hsk"].numpy(), hsk, atol=2e-3, rtol=2e-3)
 
 
 def test_real_teacher_selection_matches_reference(tmp_path, minilm_classifier, real_reviews, device):
