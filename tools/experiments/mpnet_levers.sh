@@ -11,6 +11,7 @@
 # Needs the teacher and data of tools/experiments/mpnet_results.sh. Long CPU work; rerunning resumes.
 #   bash tools/experiments/mpnet_levers.sh [RUN_DIR]                       (default runs/mpnet)
 #   LEVERS="baseline pred4" SEEDS="0 1 2" UNLABELED=8700 JOBS=2 bash tools/experiments/mpnet_levers.sh
+#   RUNS="transfer:0 transfer:1 pred4:0" bash tools/experiments/mpnet_levers.sh   (these runs, in this order)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 RUN=${1:-runs/mpnet}
@@ -67,7 +68,11 @@ train() {  # lever seed: one run and its test evaluation, skipped when done
 }
 export -f train
 export OUT STUDENT RUN
-for lever in $LEVERS; do for seed in $SEEDS; do mkdir -p "$OUT/$lever"; echo "$lever $seed"; done; done \
+queue() {  # "lever seed" lines: RUNS when given (lever:seed words), else every lever x seed
+  if [ -n "${RUNS:-}" ]; then for run in $RUNS; do echo "${run%%:*} ${run##*:}"; done
+  else for lever in $LEVERS; do for seed in $SEEDS; do echo "$lever $seed"; done; done; fi
+}
+queue | while read -r lever seed; do mkdir -p "$OUT/$lever"; echo "$lever $seed"; done \
   | xargs -P "$JOBS" -L 1 bash -c 'train "$0" "$1"'
 
 step "5 summary (test mean ± std over the seeds; % of the teacher's test accuracy, 86.82)"
