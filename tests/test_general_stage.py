@@ -21,8 +21,8 @@ from students import cli
 
 MAX_LEN = 16
 RELATION_HEADS = 2
-EXTRACTION = ["--max-length", str(MAX_LEN), "--student-layers", "2", "--tokens", "8", "--knowledge", "hsk,qq,kk",
-              "--relation-heads", str(RELATION_HEADS)]
+EXTRACTION = ["--max-length", str(MAX_LEN), "--teacher-layers", "0,1,2,3,4", "--tokens", "8",
+              "--knowledge", "hsk,qq,kk", "--relation-heads", str(RELATION_HEADS)]  # every layer: any student depth
 TRAIN = ["--general", "--objective", "hsk,qq,kk", "--hsk-epochs", "2", "--hsk-lr", "3e-3", "--hsk-batch-size", "16",
          "--select-on", "train-holdout:0.25", "--log-every", "1", "--threads", "1", "--quiet"]
 
@@ -60,18 +60,20 @@ def test_two_general_students_then_the_task_stage(task, world, tmp_path, capsys)
     encoder, corpus, store = world
     assert hskcache.open_store(store).meta.general
 
-    # Two shapes from the one store: ETD-Impt of the bare encoder (the teacher's 4 heads, the Gaussian
-    # importance on the store's rows) and a random TinyBERT of 3 heads (the relations make the count free).
+    # Two shapes from the one store: ETD-Impt of the bare encoder (2 layers, the teacher's 4 heads, the Gaussian
+    # importance on the store's rows) and a random TinyBERT of 3 layers and 3 heads (each reads its own layer
+    # map; the relations make the head count free).
     assert cli.main(["build", "tinybert", "--teacher", str(encoder), "--store", str(store), "--layers", "2",
                      "--hidden", "16", "--ffn", "32", "--out", str(tmp_path / "etd"), "--threads", "1"]) == 0
-    assert cli.main(["build", "tinybert", "--teacher", str(encoder), "--init", "random", "--layers", "2",
+    assert cli.main(["build", "tinybert", "--teacher", str(encoder), "--init", "random", "--layers", "3",
                      "--hidden", "24", "--ffn", "32", "--heads", "3", "--out", str(tmp_path / "random")]) == 0
-    for name, heads in (("etd", 4), ("random", 3)):
+    for name, layers, heads in (("etd", 2, 4), ("random", 3, 3)):
         run = tmp_path / f"{name}-run"
         assert cli.main(["train", "--store", str(store), "--student", str(tmp_path / name), "--out", str(run),
                          *TRAIN]) == 0
         student = AutoModel.from_pretrained(run / "student")
-        assert not hasattr(student, "classifier") and student.config.num_attention_heads == heads
+        assert not hasattr(student, "classifier")
+        assert (student.config.num_hidden_layers, student.config.num_attention_heads) == (layers, heads)
         held = [r["holdout"]["loss"] for r in records(run) if "holdout" in r]
         metrics = json.loads((run / "metrics.json").read_text())
         assert len(held) == 2 and metrics["best"]["value"] == min(held) and metrics["best"]["metric"] == "loss"
