@@ -159,6 +159,20 @@ def test_convention_splits_are_seeded_disjoint_by_speaker_and_labelled(tmp_path,
     assert not (seen["dev"] & seen["test"] or seen["dev"] & seen["train"] or seen["test"] & seen["train"])
 
 
+@pytest.mark.parametrize("frac", [0.005, 0.01, 0.02, 0.05])
+def test_small_splits_hold_both_parties_or_are_refused(frac, tmp_path, capsys):
+    """Whatever the fractions, a written split holds passages of both parties (read back from the files);
+    otherwise nothing is written."""
+    out = tmp_path / "out"
+    code = convention.main(["--out", str(out), "--dev-frac", str(frac), "--test-frac", str(frac)])
+    if code == 2:
+        assert not out.exists() and "every split needs both parties" in capsys.readouterr().err
+    else:
+        assert code == 0
+        for name in ("train", "dev", "test"):
+            assert set(pd.read_csv(out / f"{name}.csv")["label"]) == {0, 1}, name
+
+
 def test_pack_keeps_every_word_in_order_within_the_limit():
     paragraphs = ["a b c", "d e", "f g h i j k l", "", "m"]
     passages = list(convention.pack(paragraphs, limit=4))
@@ -170,7 +184,10 @@ def test_pack_keeps_every_word_in_order_within_the_limit():
     (["--dev-frac", "0.6", "--test-frac", "0.5"], "sum to less than 1"),
     (["--test-frac", "0"], "must be above 0"),
     (["--max-train", "0"], "--max-train 0: give at least 1"),
-    (["--dev-frac", "0.45", "--test-frac", "0.54"], "leave no speaker for train"),
+    (["--dev-frac", "0.45", "--test-frac", "0.54"], "leave train without democrat or republican passages"),
+    # the first shuffled speakers are democrats: dev (19 rows) and test (12 rows) would hold one party
+    (["--dev-frac", "0.005", "--test-frac", "0.005"],
+     "leave dev without republican passages and test without republican passages"),
 ])
 def test_convention_bad_arguments_are_one_line(argv, says, tmp_path, capsys):
     assert convention.main(["--out", str(tmp_path / "out"), *argv]) == 2

@@ -19,7 +19,8 @@ Splits are by speaker: all passages of a speaker are in one split, so a
 student cannot score by recognising a speaker it trained on. Speakers are
 sorted, shuffled with a fixed seed, and dev then test take speakers until they
 hold --dev-frac and --test-frac of the passages; train is the rest (capped by
---max-train, a seeded sample). Reruns give identical files.
+--max-train, a seeded sample). Fractions that leave a split without passages of
+both parties are refused before anything is written. Reruns give identical files.
 
     python tools/build_convention_data.py --out data/convention [--max-train 2000]
 
@@ -121,10 +122,14 @@ def build(args: argparse.Namespace) -> int:
     print(f"{len(passages)} passages of at most {PASSAGE_WORDS} words from {passages['speaker'].nunique()} "
           f"speakers of the 2012 conventions")
     parts = split(passages, args.dev_frac, args.test_frac, args.max_train)
-    empty = [name for name, part in parts.items() if part.empty]
-    if empty:
-        raise UserError(f"--dev-frac {args.dev_frac} and --test-frac {args.test_frac} leave no speaker for "
-                        f"{' and '.join(empty)}; lower them")
+    lacking = {name: [party for party, label in LABELS.items() if not (part["label"] == label).any()]
+               for name, part in parts.items()}
+    lacking = {name: parties for name, parties in lacking.items() if parties}
+    if lacking:
+        fix = "lower them" if "train" in lacking else "raise them"
+        where = " and ".join(f"{name} without {' or '.join(parties)} passages" for name, parties in lacking.items())
+        raise UserError(f"--dev-frac {args.dev_frac} and --test-frac {args.test_frac} leave {where} "
+                        f"(every split needs both parties); {fix}")
     args.out.mkdir(parents=True, exist_ok=True)
     for name, part in parts.items():
         part.to_csv(args.out / f"{name}.csv", index=False)
