@@ -91,7 +91,45 @@ def test_students_of_two_shapes_read_the_same_rows(stores):
     two, four = (store.get(range(6), student_layers=d) for d in (2, 4))
     for a, b in ((0, 0), (1, 2), (2, 4)):  # g(l, 6) of the 2-layer student: 0,3,6; of the 4-layer: 0,2,3,5,6
         assert torch.equal(two["hsk"][:, a], four["hsk"][:, b])
-    assert Student.of(store.meta).layers.served_depths() == tuple(range(1, TEACHER_LAYERS + 1))
+    assert Student.of(store.meta).served() == f"serves student depths 1-{TEACHER_LAYERS} and deeper (L_top 6)"
+
+
+@pytest.mark.parametrize("depth", [1, 3, 6, 7, 8])
+def test_streamed_batches_read_the_same_pairs_as_get(stores, depth):
+    """`batches` (what the trainer reads) gives each student the pairs of its own map, as `get` does, at every
+    depth, deeper than L_top too (7 layers: g(l, 6) = 0,1,2,3,3,4,5,6, whose top 7 pairs (the store's N^D) repeat
+    teacher layer 3, so the read has as many pairs as the store and only the pairs tell it apart): both against
+    the full read indexed by hand."""
+    _, paths = stores
+    store = hskcache.open_store(paths["every"])
+    rows = np.arange(store.num_examples)
+    full = store.get(rows, kinds=relations("att"))
+    student_map = list(layer_map(depth, TEACHER_LAYERS))
+    wanted = student_map[-(TEACHER_LAYERS + 1):]  # the top N^D = 7 pairs of its map, at most L'' + 1
+    streamed = next(store.batches(len(rows), shuffle=False, kinds=relations("att"), student_layers=depth, threads=1))
+    direct = store.get(rows, kinds=relations("att"), student_layers=depth)
+    for name in ("positions", "hsk", "hsk_mask"):
+        assert torch.equal(streamed[name], full[name][:, wanted]), name
+        assert torch.equal(direct[name], full[name][:, wanted]), name
+    for name in ("att_keys", "att_probs", "att_rest"):
+        expected = full[name][:, [layer - 1 for layer in student_map[1:]]]  # relations: its layers 1..L
+        assert torch.equal(streamed[name], expected) and torch.equal(direct[name], expected), name
+
+
+def test_served_depths_count_the_relations_too(tmp_path, single_csv, capsys):
+    """A 1-layer student's store whose relations are the HSK's pairs (teacher layer 6 only): its HSK (N^D 1, the
+    top pair) serves any depth, its relations only depth 1. `hskcache inspect` says depth 1, the depth a read with
+    the relations gets, and the refusal of a 2-layer student's relation read names the same depths."""
+    teacher = make_teacher(tmp_path / "teacher", layers=TEACHER_LAYERS)
+    path = tmp_path / "store"
+    run_extract(teacher, single_csv, path, "--student-layers", 1, "--depth", 1, "--knowledge", "hsk,att",
+                "--att-layers", "pairs", "--tokens", TOKENS)
+    store = hskcache.open_store(path)
+    assert hskcache_main(["inspect", str(path)]) == 0
+    assert "serves student depths 1 (L_top 6)" in capsys.readouterr().out
+    assert store.get(range(2), student_layers=2)["hsk"].shape[1] == 1  # the HSK alone serves it: its top pair
+    with pytest.raises(UserError, match=r"it serves student depths 1 \(L_top 6\);"):
+        store.get(range(2), kinds=relations("att"), student_layers=2)
 
 
 @pytest.mark.parametrize("depth,hidden,heads", [(2, 32, 2), (4, 16, 4)])
@@ -143,7 +181,7 @@ def test_a_store_for_one_depth_serves_the_depths_its_layers_cover(stores, single
     top = store.get(range(8), depth=1, student_layers=4)  # the top pair of every map is L_top
     assert torch.equal(top["hsk"], own["hsk"][:, [2]])
 
-    assert Student.of(store.meta).layers.describe() == "serves student depths 1-2 (L_top 6)"
+    assert Student.of(store.meta).served() == "serves student depths 1-2 (L_top 6)"
     with pytest.raises(UserError, match=r"^--hsk stored: a 4-layer student reads the top 3 pairs of its map "
                                         r"g\(l, 6\) = 0,2,3,5,6, .*serves student depths 1-2 .*--teacher-layers "
                                         + EVERY) as refused:
@@ -180,7 +218,7 @@ def test_training_an_uncovered_depth_is_refused_in_one_line(stores, tmp_path, ca
     assert "serves student depths 1-2" in err and f"--teacher-layers {EVERY}" in err
     assert not (tmp_path / "run" / "log.jsonl").exists()
 
-    for name, served in (("two", "1-2"), ("every", "1-6")):
+    for name, served in (("two", "1-2"), ("every", "1-6 and deeper")):
         for command in ("inspect", "budget"):  # budget: with the bytes of the store's own configuration
             assert hskcache_main([command, *(["--store"] if command == "budget" else []), str(paths[name])]) == 0
             assert f"serves student depths {served} (L_top 6)" in capsys.readouterr().out, command

@@ -113,6 +113,19 @@ def test_bad_settings(capsys, existing_store, teacher_dir, single_csv, flags, ne
     assert needle in run_bad(capsys, existing_store, *base(teacher_dir, single_csv), *flags)
 
 
+@pytest.mark.parametrize("strategy", ["att-nosep", "att-nosep-top"])
+def test_a_single_teacher_layer_is_refused(capsys, teacher_dir, single_csv, tmp_path, strategy):
+    """`--teacher-layers 2` is a student of 0 layers above its embeddings: refused before anything is written (it
+    wrote a store no read could open, or crashed in the layer map), naming the flags that give 2 or more."""
+    out = tmp_path / "store"
+    code = main(["extract", *map(str, base(teacher_dir, single_csv)), "--store", str(out), "--teacher-layers", "2",
+                 "--token-strategy", strategy, "--max-length", str(MAX_LEN), "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert "--teacher-layers 2 names 1 layer" in err[0] and "--teacher-layers 0,1,2" in err[0], err[0]
+    assert not out.exists()
+
+
 def test_output_path_is_a_file(capsys, existing_store, teacher_dir, single_csv, tmp_path):
     target = tmp_path / "afile"
     target.write_text("keep me")

@@ -26,7 +26,7 @@ so adding a kind is adding one module.
 """
 from __future__ import annotations
 
-from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
+from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass, replace
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -59,22 +59,34 @@ class Read:
 @dataclass(frozen=True)
 class Student:
     """The student a read serves: its depth L'' and what of the store its layers are read by (the store's
-    layers, `selection.layers.StoreLayers`; each stored kind's extraction settings: a relation kind's
-    --att-layers). A read that names no depth serves the store's own L'."""
+    layers, `selection.layers.StoreLayers`; each stored kind's extraction settings, e.g. a relation kind's
+    --att-layers, and its record). A read that names no depth serves the store's own L'."""
 
     depth: int
     layers: StoreLayers
     settings: Mapping[str, Any]
+    records: Mapping[str, Any]  # what the store records of each kind (`StoreMeta.kinds`)
 
     @classmethod
     def of(cls, meta: StoreMeta, depth: int | None = None) -> "Student":
         """A student of `depth` layers (None: the store's own L') reading the store `meta` describes."""
         layers = StoreLayers(tuple(meta.teacher_layers), tuple(meta.stored_layers))
-        return cls(layers.own_depth if depth is None else depth, layers, meta.config.kinds)
+        return cls(layers.own_depth if depth is None else depth, layers, meta.config.kinds, meta.kinds)
 
     def __post_init__(self) -> None:
         if self.depth < 1:
-            raise UserError(f"a student has at least 1 layer, got {self.depth}")
+            raise UserError(f"a student has at least 1 layer, got {self.depth}; read the store for a student "
+                            "of 1 or more layers (student_layers, its config's num_hidden_layers)")
+
+    def covered(self, depth: int) -> bool:
+        """Whether every kind the store holds serves a student of `depth` layers at its default read
+        (`Kind.covers`)."""
+        return all(KINDS[name].covers(record, replace(self, depth=depth)) for name, record in self.records.items())
+
+    def served(self) -> str:
+        """The student depths the store serves, in one phrase: the one answer of `hskcache inspect` and
+        every refusal of a depth."""
+        return self.layers.describe(self.covered)
 
 
 @dataclass(frozen=True)
@@ -130,13 +142,18 @@ class Kind:
         """Its settings resolved against the teacher: what a store holding it records (a `record`)."""
         return settings
 
-    def resolve_read(self, record: Any, read: Any, where: str, shape: StoreShape | None = None,
-                     static: Mapping[str, np.ndarray] | None = None, student: Student | None = None) -> Any:
+    def resolve_read(self, record: Any, read: Any, where: str, shape: StoreShape,
+                     static: Mapping[str, np.ndarray], student: Student) -> Any:
         """A read's settings (`read_settings`) checked against what the store records (and, where a
-        kind needs them, the store's shape and once-per-store arrays, and the student it serves: None,
-        the store's own depth): the read its `cuts`, `pack` and `expand` get (`Read.kinds`). Refuses,
-        in one line, what the store cannot serve."""
+        kind needs them, the store's shape and once-per-store arrays, and the student it serves): the
+        read its `cuts`, `pack` and `expand` get (`Read.kinds`). Refuses, in one line, what the store
+        cannot serve."""
         return read
+
+    def covers(self, record: Any, student: Student) -> bool:
+        """Whether the kind, as the store records it, serves a student of `student.depth` layers at its default
+        read (`Student.served`: what `hskcache inspect` and the refusals say)."""
+        return True
 
     def reads(self, read: Any) -> bool:
         """Whether its read settings (`read_settings`; None for a kind without) read it at all: the HSK's
@@ -254,9 +271,8 @@ def read_settings() -> dict[str, type]:
     return {name: kind.read_settings for name, kind in KINDS.items() if kind.read_settings is not None}
 
 
-def resolve_reads(records: Mapping[str, Any], asked: Mapping[str, Any], where: str,
-                  shape: StoreShape | None = None, static: Mapping[str, np.ndarray] | None = None,
-                  student: Student | None = None) -> dict[str, Any]:
+def resolve_reads(records: Mapping[str, Any], asked: Mapping[str, Any], where: str, shape: StoreShape,
+                  static: Mapping[str, np.ndarray], student: Student) -> dict[str, Any]:
     """Each asked kind's read (`asked`: kind name -> its read settings) checked against what a
     store records (`records`, `StoreMeta.kinds`) for `student`: the `Read.kinds` of a read."""
     out = {}

@@ -179,22 +179,26 @@ class HSK(Kind):
         """`--hsk none` reads no HSK, so the trainer skips the stage that needs it (stage 1)."""
         return read.hsk is not None
 
-    def resolve_read(self, record: HSKRecord, read: HSKRead, where: str, shape: StoreShape | None = None,
-                     static: Mapping[str, np.ndarray] | None = None, student: Student | None = None) -> HSKCut:
+    def resolve_read(self, record: HSKRecord, read: HSKRead, where: str, shape: StoreShape,
+                     static: Mapping[str, np.ndarray], student: Student) -> HSKCut:
         """(depth, tokens, kept) of a read, None as stored, the stored pairs of the student's map and a static
         strategy's columns: the one check of whether a read can be served (every reader and the trainer's
-        `--hsk` use it). `student` None: the store's own depth."""
+        `--hsk` use it)."""
         if read.hsk is None:
             raise ValueError("--hsk none reads no HSK: nothing to resolve")
         try:
-            cut = self._cut(record, read.hsk, where, shape.hidden, (static or {}).get("static_dims"))
-            return cut if student is None else self._pairs(cut, read.hsk[0], student, where)
+            return self._cut(record, read.hsk, where, shape.hidden, static.get("static_dims"), student)
         except UserError as exc:
             raise UserError(f"--hsk {read}: {exc}") from None
 
-    def _cut(self, record: HSKRecord, amount: Amount, where: str, hidden: int, static: np.ndarray | None) -> HSKCut:
+    def covers(self, record: HSKRecord, student: Student) -> bool:
+        """The top N^D pairs of the student's map (at most L''+1) are stored."""
+        return student.layers.serves(student.depth)
+
+    def _cut(self, record: HSKRecord, amount: Amount, where: str, hidden: int, static: np.ndarray | None,
+             student: Student) -> HSKCut:
         depth, tokens, width = amount
-        depth = record.depth if depth is None else depth
+        depth = student.layers.default_pairs(student.depth) if depth is None else depth
         tokens = record.tokens if tokens is None else tokens
         kept = record.kept if width is None else kept_width(width, hidden)
         stored = (f"the store holds depth {record.depth}, tokens {record.tokens}, width {record.width} ({where}); "
@@ -205,7 +209,7 @@ class HSK(Kind):
             raise UserError(f"tokens {tokens} is not available: {stored}")
         if (width is not None and not 0 < width <= 1) or kept > record.kept:
             raise UserError(f"width {width} is not available: {stored}")
-        pairs = slice(record.depth - depth, None)  # the top `depth` stored pairs (the store's own depth)
+        pairs = self._pairs(depth, student, where)
         if not record.static:
             return HSKCut(depth, tokens, kept, pairs)
         base = np.sort(static) if static is not None else np.arange(hidden)
@@ -214,21 +218,18 @@ class HSK(Kind):
                       torch.from_numpy(base[cols].astype(np.int64)))
 
     @staticmethod
-    def _pairs(cut: HSKCut, asked: int | None, student: Student, where: str) -> HSKCut:
-        """The stored pairs a student of `student.depth` layers reads: the top N^D of its own map (N^D: as
-        asked, else the store's at most L''+1); a map the store does not hold is refused in one line."""
+    def _pairs(pairs: int, student: Student, where: str) -> slice | tuple[int, ...]:
+        """The stored pairs a student of `student.depth` layers reads, as an axis cut: the top `pairs` of its own
+        map (at its own depth, the store's top pairs as extracted); a map the store does not hold is refused in
+        one line."""
         layers, depth = student.layers, student.depth
-        if depth == layers.own_depth:  # the top N^D stored pairs, as extracted (`_cut`)
-            return cut
-        pairs = layers.default_pairs(depth) if asked is None else asked
-        wanted = layers.student_map(depth)
         if pairs > layers.most_pairs(depth):
             held = ",".join(map(str, layers.stored))
             raise UserError(f"a {depth}-layer student reads the top {pairs} pairs of its map g(l, {layers.top}) = "
-                            f"{','.join(map(str, wanted))}, and the store holds teacher layers {held} ({where}); it "
-                            f"{layers.describe()} at N^D {len(layers.stored)}; read at most "
+                            f"{','.join(map(str, layers.student_map(depth)))}, and the store holds teacher layers "
+                            f"{held} ({where}); it {student.served()} at N^D {len(layers.stored)}; read at most "
                             f"{layers.most_pairs(depth)} pairs (--hsk N_D,N_L,N_W), or {layers.fix(depth)}")
-        return replace(cut, depth=pairs, pairs=as_cut(layers.pair_rows(depth, pairs)))
+        return as_cut(layers.pair_rows(depth, pairs))
 
     @staticmethod
     def _width_columns(record: HSKRecord, kept: int, hidden: int, stored: np.ndarray) -> np.ndarray:

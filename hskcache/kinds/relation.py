@@ -79,7 +79,6 @@ class RelationCut:
     rows: int  # query rows per layer
     keys: int  # keys per row
     layers: slice | tuple[int, ...]  # the stored relation layers it reads (an axis cut)
-    student_layers: tuple[int, ...]  # the student attention layer matched to each
 
 
 class RelationKind(Kind):
@@ -122,19 +121,21 @@ class RelationKind(Kind):
         return RelationSpec(layers, student_layers, rank, teacher.heads, min(rows, teacher.seq_len), keys,
                             teacher.seq_len, teacher.token_strategy)
 
-    def resolve_read(self, spec: RelationSpec, read: RelationRead, where: str, shape: StoreShape | None = None,
-                     static: Mapping[str, np.ndarray] | None = None, student: Student | None = None) -> RelationCut:
-        """(rows, keys) of a read, None as stored, and the stored layers that serve the student (None: the
-        store's own depth, `student_pairs`); more than the store holds is refused."""
+    def resolve_read(self, spec: RelationSpec, read: RelationRead, where: str, shape: StoreShape,
+                     static: Mapping[str, np.ndarray], student: Student) -> RelationCut:
+        """(rows, keys) of a read, None as stored, and the stored layers that serve the student
+        (`student_pairs`); more than the store holds is refused."""
         rows, keys = read.att_read
         rows = spec.rows if rows is None else rows
         keys = spec.keys if keys is None else keys
         if not 1 <= rows <= spec.rows or not 1 <= keys <= spec.keys:
             raise UserError(f"--att-read {rows},{keys} is more than the store holds ({spec.rows} rows, "
                             f"{spec.keys} keys; {where}); read at or below it")
-        layers, students = (range(len(spec.layers)), spec.student_layers) if student is None else \
-            self.student_pairs(spec, student, where)
-        return RelationCut(rows, keys, as_cut(layers), tuple(students))
+        return RelationCut(rows, keys, as_cut(self.student_pairs(spec, student, where)[0]))
+
+    def covers(self, spec: RelationSpec, student: Student) -> bool:
+        """The stored relation layers serve the student (`student_pairs`)."""
+        return self._match(spec, student) is not None
 
     def student_pairs(self, spec: RelationSpec, student: Student, where: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
         """(stored relation layers, the student layer matched to each) for a student of `student.depth` layers:
@@ -142,25 +143,33 @@ class RelationKind(Kind):
         g(l, L_top), l = 1..L'' (all of them stored), and `last` or explicit layers match the stored layers to
         the student's top layers in order (MiniLM: the last to the last), so they serve any depth at least
         their count. What the stored layers cannot serve is refused in one line."""
+        matched = self._match(spec, student)
+        if matched is not None:
+            return matched
+        layers, depth = student.layers, student.depth
+        mode = student.settings[self.name].att_layers
+        if mode == "pairs":
+            raise UserError(f"a {depth}-layer student matches its layers 1..{depth} to teacher layers "
+                            f"{','.join(map(str, layers.student_map(depth)[1:]))} (--att-layers pairs: its map "
+                            f"g(l, {layers.top})), and the store's {self.name} holds teacher layers "
+                            f"{','.join(map(str, spec.layers))} ({where}); it {student.served()}; {layers.fix(depth)}")
+        raise UserError(f"the store's {self.name} holds {len(spec.layers)} relation layers (--att-layers {mode}), "
+                        f"matched to a student's top layers, more than a {depth}-layer student has ({where}); "
+                        f"train a student of at least {len(spec.layers)} layers, or extract with --att-layers last")
+
+    def _match(self, spec: RelationSpec, student: Student) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
+        """`student_pairs`, None where the stored layers do not serve the student."""
         layers, depth = student.layers, student.depth
         if depth == layers.own_depth:
             return tuple(range(len(spec.layers))), spec.student_layers
-        mode = student.settings[self.name].att_layers
-        if mode == "pairs":
+        if student.settings[self.name].att_layers == "pairs":
             index = {layer: j for j, layer in enumerate(spec.layers)}
             wanted = layers.student_map(depth)[1:]
-            if all(layer in index for layer in wanted):
-                return tuple(index[layer] for layer in wanted), tuple(range(1, depth + 1))
-            served = [d for d in range(1, max(layers.top, layers.own_depth) + 1)
-                      if all(l in index for l in layers.student_map(d)[1:])]
-            raise UserError(f"a {depth}-layer student matches its layers 1..{depth} to teacher layers "
-                            f"{','.join(map(str, wanted))} (--att-layers pairs: its map g(l, {layers.top})), and the "
-                            f"store's {self.name} holds teacher layers {','.join(map(str, spec.layers))} ({where}); "
-                            f"it serves student depths {', '.join(map(str, served))}; {layers.fix(depth)}")
+            if not all(layer in index for layer in wanted):
+                return None
+            return tuple(index[layer] for layer in wanted), tuple(range(1, depth + 1))
         if len(spec.layers) > depth:
-            raise UserError(f"the store's {self.name} holds {len(spec.layers)} relation layers (--att-layers {mode}), "
-                            f"matched to a student's top layers, more than a {depth}-layer student has ({where}); "
-                            f"train a student of at least {len(spec.layers)} layers, or extract with --att-layers last")
+            return None
         return tuple(range(len(spec.layers))), tuple(range(depth - len(spec.layers) + 1, depth + 1))
 
     def describe(self, spec: RelationSpec) -> str:

@@ -8,12 +8,13 @@ extracted; a student of another depth L'' reads its own map g(l, L_top), l = 0..
 (`selection.hsk.layer_map`). Either way a read of n pairs is the top n pairs of the student's
 map (its layers L'' - n + 1 .. L''), each of which the store must hold; by default n =
 min(N^D, L'' + 1): the store's N^D counts pairs of any student's map. Each stored pair keeps its
-own token positions (ranked when it was extracted), so a subset of pairs is a subset of rows.
+own token positions (ranked when it was extracted), so a subset of pairs is a subset of rows. A
+student deeper than L_top maps several of its layers to one teacher layer: its read repeats that pair.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 from hskcache.selection.hsk import layer_map
 
@@ -46,8 +47,6 @@ class StoreLayers:
 
     def most_pairs(self, depth: int) -> int:
         """The most pairs a student of `depth` layers reads: how many top pairs of its map are stored."""
-        if depth == self.own_depth:
-            return len(self.stored)
         wanted, held, n = self.student_map(depth), set(self.stored), 0
         while n < len(wanted) and wanted[-1 - n] in held:
             n += 1
@@ -55,26 +54,28 @@ class StoreLayers:
 
     def pair_rows(self, depth: int, pairs: int) -> tuple[int, ...]:
         """Indices into `stored` of the top `pairs` pairs of the map of a student of `depth` layers, in
-        student-layer order (at most `most_pairs`)."""
+        student-layer order (at most `most_pairs`; above L_top a map repeats teacher layers, so may the rows)."""
         if not 1 <= pairs <= self.most_pairs(depth):
             raise ValueError(f"{pairs} pairs of a {depth}-layer student's map are not stored")
-        if depth == self.own_depth:
-            return tuple(range(len(self.stored) - pairs, len(self.stored)))
         index = {layer: i for i, layer in enumerate(self.stored)}
         return tuple(index[layer] for layer in self.student_map(depth)[-pairs:])
 
     def serves(self, depth: int) -> bool:
-        """Whether a student of `depth` layers reads the store at its N^D (`default_pairs`)."""
+        """Whether the HSK serves a student of `depth` layers at its N^D (`default_pairs`)."""
         return depth >= 1 and self.most_pairs(depth) >= self.default_pairs(depth)
 
-    def served_depths(self) -> tuple[int, ...]:
-        """Student depths the store serves at its N^D, up to L_top (a deeper student maps several of its layers
-        to one teacher layer) or its own depth."""
-        return tuple(d for d in range(1, max(self.top, self.own_depth) + 1) if self.serves(d))
+    def served_depths(self, covers: Callable[[int], bool]) -> tuple[int, ...]:
+        """The student depths 1..L_top + 1 that `covers` admits (every stored kind's coverage: whether it serves
+        a student of that depth at its default read, `kinds.Student.served`). A deeper student is served as
+        L_top + 1 is: from L_top up, the map's top N^D pairs only close in on L_top (g(l, L_top) steps by at
+        most 1), and a relation's `last` layers fit any deeper student."""
+        return tuple(d for d in range(1, self.top + 2) if covers(d))
 
-    def describe(self) -> str:
-        """The student depths served, in one phrase (`hskcache inspect`, the refusals)."""
-        return f"serves student depths {spans(self.served_depths())} (L_top {self.top})"
+    def describe(self, covers: Callable[[int], bool]) -> str:
+        """The student depths served (`served_depths`), in one phrase (`hskcache inspect`, the refusals)."""
+        depths = self.served_depths(covers)
+        deeper = " and deeper" if self.top + 1 in depths else ""
+        return f"serves student depths {spans([d for d in depths if d <= self.top])}{deeper} (L_top {self.top})"
 
     def fix(self, depth: int) -> str:
         """The extract flag that serves a student of `depth` layers."""

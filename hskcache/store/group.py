@@ -480,7 +480,7 @@ def describe(url: str) -> dict[str, Any]:
         "num_examples": meta.num_examples,
         "teacher": meta.teacher,
         "teacher_layers": list(meta.teacher_layers),
-        "students": Student.of(meta).layers.describe(),  # the student depths its layers serve
+        "students": Student.of(meta).served(),  # the student depths its layers and relations serve
         "general": meta.general,
         "teaches": _what_it_teaches(meta),
         "schema_version": attrs.get("schema_version"),

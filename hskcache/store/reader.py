@@ -1,8 +1,9 @@
 """Reading a store back as torch tensors: random access and a streaming iterator.
 
-One extraction serves every (N^D, N^L, N^W) at or below it, with one
-exception, to a student of any depth whose layer map its stored layers cover
-(`selection.layers`; `student_layers`, None: the store's own L'): depth keeps
+One extraction serves every (N^D, N^L, N^W) at or below it (one exception: a
+`uniform` width, below) to a student of any depth whose layer map its stored
+layers cover (`selection.layers`; `student_layers`, None: the store's own L';
+`hskcache inspect` lists the depths a store serves): depth keeps
 the top pairs of the student's map, tokens a prefix of the
 importance-ordered positions, and width re-ranks the kept activations by
 magnitude (`mag`, equal to a direct extraction up to fp16 ties) or takes a
@@ -104,6 +105,13 @@ def epoch_batches(num_rows: int, chunk_rows: int, window_chunks: int, batch_size
 def batches_per_epoch(num_rows: int, batch_size: int, drop_last: bool = False) -> int:
     """Batches in one epoch of `epoch_batches`: a short last one counts unless dropped."""
     return num_rows // batch_size if drop_last else -(-num_rows // batch_size)
+
+
+def is_identity(cut: tuple, row_shape: tuple[int, ...]) -> bool:
+    """Whether a cut of a row block (example axis first) keeps every element in place: each axis a slice
+    that normalises to the whole axis. Shapes alone do not say it: a deeper student's pairs (1, 2, 2) of
+    a 3-pair store keep the shape and not the pairs."""
+    return all(isinstance(c, slice) and c.indices(n) == (0, n, 1) for c, n in zip(cut[1:], row_shape))
 
 
 def default_window_chunks(batch_size: int, chunk_rows: int) -> int:
@@ -296,7 +304,7 @@ class HSKStore:
         layout = {}  # array -> (row shape of the read, dtype)
         for n, (shape, dtype) in {n: self._data.row_layout(n) for n in cuts}.items():
             layout[n] = (np.empty((0, *shape), dtype)[cuts[n]].shape[1:], dtype)
-            if layout[n][0] == shape:  # the cut keeps everything: decode in place
+            if is_identity(cuts[n], shape):  # the cut keeps everything, in order: decode in place
                 cuts[n] = (slice(None),)
 
         def make(pieces: list[tuple[dict[str, np.ndarray], list[Future], np.ndarray | None, np.ndarray]], n_rows: int):

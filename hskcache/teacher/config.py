@@ -100,6 +100,11 @@ class ExtractConfig:
                 raise UserError(f"--teacher-layers {layers} out of range: the teacher has layers 0..{num_teacher_layers}")
             if list(layers) != sorted(set(layers)):
                 raise UserError(f"--teacher-layers must be strictly increasing, got {','.join(map(str, layers))}")
+            if len(layers) < 2:  # the embeddings' layer and at least one student layer above it
+                every = ",".join(map(str, range(num_teacher_layers + 1)))
+                raise UserError(f"--teacher-layers {','.join(map(str, layers))} names {len(layers)} layer: a student "
+                                f"has layer 0 and at least 1 layer above it; pass --teacher-layers {every} (or any "
+                                f"2 or more), or --student-layers L'")
         else:
             ltop = self.ltop if self.ltop is not None else num_teacher_layers
             if not 1 <= ltop <= num_teacher_layers:
