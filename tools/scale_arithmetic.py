@@ -16,9 +16,9 @@ they are inputs, not measurements, and the tables print them.
 
 `general`: a Wikipedia-and-books-sized general corpus (about 3.3B tokens, 6.4M
 sequences of 512) cached once from a BERT-base teacher: store bytes per
-configuration (STORE_CHOICES), extraction FLOPs (one teacher forward per
-sequence, 2 × parameters × tokens) and GPU-hours at the given sustained
-rates, against TinyBERT's reported online general distillation (ONLINE).
+configuration (`store_choices`), extraction FLOPs (one teacher forward per
+sequence, `Encoder.forward_flops` per token) and GPU-hours at the given
+sustained rates, against TinyBERT's reported online general distillation (ONLINE).
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from hskcache.budget.plan import Config, Setting
+from hskcache.budget.plan import CONFIG_HELP, Setting, parse_configs
 from hskcache.errors import UserError
 from hskcache.kinds import KINDS, TeacherInfo
 from hskcache.kinds.hsk import HSKRecord, HSKSettings
@@ -40,7 +40,25 @@ from hskcache.storage.layout import human
 MNLI = 392_702
 
 
+def check_sizes(sizes: dict[str, float | Sequence[float]], at_least: float = 1) -> None:
+    """One line naming every size below `at_least` (or not finite), so nothing divides by zero or
+    builds a model of negative width further on."""
+    def values(v: float | Sequence[float]) -> Sequence[float]:
+        return v if isinstance(v, (list, tuple)) else [v]
+
+    bad = [f"{flag} {v:g}" for flag, given in sizes.items() for v in values(given)
+           if not (math.isfinite(v) and v >= at_least)]
+    if bad:
+        raise UserError(f"{', '.join(bad)}: give {'sizes' if len(bad) > 1 else 'a size'} of at least {at_least:g}")
+
+
 def run_mnli(args: argparse.Namespace) -> int:
+    check_sizes({"--examples": args.examples, "--ranks": args.ranks, "--student-layers": args.student_layers,
+                 "--teacher-width": args.teacher_width})
+    check_sizes({"--seq-len": args.seq_len}, at_least=2)
+    if not (args.extract_rate > 0 and args.train_rate > 0 and math.isfinite(args.extract_rate + args.train_rate)):
+        raise UserError(f"--extract-rate {args.extract_rate:g} and --train-rate {args.train_rate:g}: give rates above 0")
+    configs = parse_configs(args.configs, args.student_layers, args.seq_len)
     print(f"teacher width {args.teacher_width}, student layers {args.student_layers}, length {args.seq_len}; "
           f"assumed rates per GPU: extraction {args.extract_rate:,.0f} rows/s, training {args.train_rate:,.0f} rows/s")
     print(f"{'examples':>10} {'config':>9} {'store':>10} {'rows/chunk':>10} {'objects':>8} {'PUT':>8} "
@@ -50,9 +68,8 @@ def run_mnli(args: argparse.Namespace) -> int:
     for examples in args.examples:
         setting = Setting(examples=examples, seq_len=args.seq_len, student_layers=args.student_layers,
                           hidden=args.teacher_width)
-        for spec in args.configs:
-            d, l, w = spec.split(",")
-            shape = setting.store_shape(Config.of(int(d), int(l), float(w)))
+        for config in configs:
+            shape = setting.store_shape(config)
             rows = shape.rows_per_chunk(examples)
             chunks = math.ceil(examples / rows)
             arrays = len(shape.arrays())
@@ -64,7 +81,7 @@ def run_mnli(args: argparse.Namespace) -> int:
                 extract_min = examples / (n * args.extract_rate) / 60
                 epoch_min = examples / (n * args.train_rate) / 60
                 cells.append(f"{extract_min:>14.2f} {epoch_min:>8.2f} {total / n / 1e9:>8.2f}")
-            print(f"{examples:>10,} {spec:>9} {human(total):>10} {rows:>10,} {objects:>8,} {puts:>8,} "
+            print(f"{examples:>10,} {config.name:>9} {human(total):>10} {rows:>10,} {objects:>8,} {puts:>8,} "
                   f"{objects:>9,} " + " ".join(cells))
     return 0
 
@@ -96,6 +113,18 @@ class Encoder:
         with torch.device("meta"):
             return sum(p.numel() for p in BertModel(config).parameters())
 
+    def layer_weights(self) -> int:
+        """The layers' matrix weights (Q, K, V, output, the FFN's two): Kaplan et al.'s non-embedding
+        parameters, without the biases and LayerNorms that multiply nothing."""
+        return self.layers * (4 * self.width ** 2 + 2 * self.width * self.ffn)
+
+    def forward_flops(self, seq_len: int) -> int:
+        """FLOPs of one forward per token at `seq_len`: 2 per layer weight, plus the attention scores and
+        the weighted values, 2 × seq_len × width each per layer (every token attends to all seq_len; a
+        causal model averages half, hence Kaplan's 2·n_layer·n_ctx·d_attn). Embedding lookups, softmax,
+        GELU and LayerNorm multiply no matrices and are left out; a backward costs twice the forward."""
+        return 2 * self.layer_weights() + 4 * self.layers * seq_len * self.width
+
     def describe(self) -> str:
         return f"{self.layers}×{self.width}, {self.heads} heads, FFN {self.ffn}"
 
@@ -109,41 +138,48 @@ class StoreChoice:
     hsk: tuple[int, int, float]  # (N^D, N^L, N^W): every store holds an HSK (it carries the inputs)
     relations: tuple[str, ...] = ()
     att_layers: str = "last"
-    rows: int | None = None  # relation query rows (None: every token)
-    keys: int | None = None  # keys kept per row (None: every key)
+    rows: int = 0  # relation query rows (0: every token)
+    keys: int = 0  # keys kept per row (0: every key)
     relation_heads: int | None = None  # qq/kk (None: the teacher's heads)
 
 
-# N^L, rows and keys of 0 mean "every token of the sequence" (filled in from --seq-len). The relation
-# choices carry the smallest HSK of the table, since every store holds one.
-SMALL = (1, 9, 0.1)
-STORE_CHOICES: tuple[StoreChoice, ...] = (
-    StoreChoice("HSK (1,9,0.1), L'=4", 4, SMALL),
-    StoreChoice("HSK (4,50,0.2), L'=4", 4, (4, 50, 0.2)),
-    StoreChoice("HSK (13,50,0.2): every teacher layer, any student depth", 12, (13, 50, 0.2)),
-    StoreChoice("TinyBERT: full HSK (5,all,1.0) + att at every pair, L'=4", 4, (5, 0, 1.0), ("att",), "pairs", 0, 0),
-    StoreChoice("MiniLM: att+val, last layer, all rows × all keys", 4, SMALL, ("att", "val"), "last", 0, 0),
-    StoreChoice("MiniLM cut: att+val, last layer, 64 rows × 32 keys", 4, SMALL, ("att", "val"), "last", 64, 32),
-    StoreChoice("MiniLMv2: qq+kk+val, last layer, all rows × all keys", 4, SMALL, ("qq", "kk", "val"), "last", 0, 0),
-    StoreChoice("MiniLMv2 cut: qq+kk+val, last layer, 64 rows × 32 keys", 4, SMALL, ("qq", "kk", "val"), "last", 64, 32),
-)
+def store_choices(student_layers: int, teacher_layers: int, seq_len: int) -> tuple[StoreChoice, ...]:
+    """The configurations the table compares, for a student of L' = `student_layers` (N^D at most L'+1;
+    N^L, rows and keys at most `seq_len`), plus every teacher layer at (L_t+1, 50, 0.2), which serves a
+    student of any depth up to L_t. The relation choices carry the smallest HSK, since every store holds one."""
+    lp, lt = student_layers, teacher_layers
+    small = (1, min(9, seq_len), 0.1)
+    mid = (min(4, lp + 1), min(50, seq_len), 0.2)
+    rows, keys = min(64, seq_len), min(32, seq_len)
+    def hsk(h: tuple[int, int, float]) -> str:
+        return f"({h[0]},{h[1]},{h[2]:g})"
+    return (
+        StoreChoice(f"HSK {hsk(small)}, L'={lp}", lp, small),
+        StoreChoice(f"HSK {hsk(mid)}, L'={lp}", lp, mid),
+        StoreChoice(f"HSK {hsk((lt + 1, mid[1], 0.2))}: every teacher layer, any student depth", lt,
+                    (lt + 1, mid[1], 0.2)),
+        StoreChoice(f"TinyBERT: full HSK ({lp + 1},all,1.0) + att at every pair, L'={lp}", lp, (lp + 1, seq_len, 1.0),
+                    ("att",), "pairs"),
+        StoreChoice(f"MiniLM: att+val, last layer, all rows × all keys", lp, small, ("att", "val")),
+        StoreChoice(f"MiniLM cut: att+val, last layer, {rows} rows × {keys} keys", lp, small, ("att", "val"),
+                    rows=rows, keys=keys),
+        StoreChoice(f"MiniLMv2: qq+kk+val, last layer, all rows × all keys", lp, small, ("qq", "kk", "val")),
+        StoreChoice(f"MiniLMv2 cut: qq+kk+val, last layer, {rows} rows × {keys} keys", lp, small,
+                    ("qq", "kk", "val"), rows=rows, keys=keys),
+    )
 
 
 def store_shape(choice: StoreChoice, teacher: Encoder, seq_len: int) -> StoreShape:
     """The shape `hskcache extract` writes for `choice` from a bare encoder (no logits, no labels)."""
-    def every(n: int | None) -> int:
-        return n or seq_len
-
-    n_d, n_l, n_w = choice.hsk
-    tokens = every(n_l)
+    n_d, tokens, n_w = choice.hsk
     kinds = {"hsk": HSKRecord.of(HSKSettings(n_d, tokens, n_w), n_d, tokens, teacher.width)}
     info = TeacherInfo(tuple(layer_map(choice.student_layers, teacher.layers)), teacher.layers, teacher.heads,
                        teacher.width, seq_len, tokens, "att-nosep-top")
     for name in choice.relations:
         kind = KINDS[name]
         extra = {"relation_heads": choice.relation_heads} if name in ("qq", "kk") else {}
-        settings = kind.settings(att_layers=choice.att_layers, att_rows=every(choice.rows),
-                                 att_keys=every(choice.keys), **extra)
+        settings = kind.settings(att_layers=choice.att_layers, att_rows=choice.rows or seq_len,
+                                 att_keys=choice.keys or seq_len, **extra)
         kinds[name] = kind.resolve(settings, info)
     return StoreShape(seq_len=seq_len, vocab_size=teacher.vocab, num_logits=0, regression=False,
                       hidden=teacher.width, kinds=kinds)
@@ -194,25 +230,35 @@ def tb(nbytes: float) -> str:
 
 def run_general(args: argparse.Namespace) -> int:
     rates = parse_rates(args.tflops)
-    if args.tokens <= 0 or args.seq_len < 2 or args.epochs <= 0 or min(args.students_per_store) < 1:
-        raise UserError(f"--tokens {args.tokens:g}, --epochs {args.epochs:g} and --students-per-store must be "
-                        f"positive and --seq-len {args.seq_len} at least 2")
+    check_sizes({"--tokens": args.tokens, "--teacher-layers": args.teacher_layers,
+                 "--teacher-width": args.teacher_width, "--teacher-heads": args.teacher_heads,
+                 "--teacher-ffn": args.teacher_ffn, "--student-layers": args.student_layers,
+                 "--students-per-store": args.students_per_store})
+    check_sizes({"--seq-len": args.seq_len}, at_least=2)
+    if not (args.epochs > 0 and math.isfinite(args.epochs)):
+        raise UserError(f"--epochs {args.epochs:g}: give a number of epochs above 0")
     teacher = Encoder(args.teacher_layers, args.teacher_width, args.teacher_heads, args.teacher_ffn,
                       positions=max(512, args.seq_len))
     if teacher.width % teacher.heads:
         raise UserError(f"--teacher-heads {teacher.heads} must divide --teacher-width {teacher.width}")
+    if args.student_layers > teacher.layers:
+        raise UserError(f"--student-layers {args.student_layers} is deeper than the teacher's "
+                        f"--teacher-layers {teacher.layers}; give at most {teacher.layers}")
     sequences = math.ceil(args.tokens / args.seq_len)
-    params = teacher.parameters()
-    flops = 2 * params * sequences * args.seq_len
+    tokens = sequences * args.seq_len
+    per_token = teacher.forward_flops(args.seq_len)
+    flops = per_token * tokens
     print(f"corpus (input): {args.tokens:,.0f} tokens = {sequences:,} sequences of {args.seq_len}")
-    print(f"teacher: BERT-style {teacher.describe()}, vocabulary {teacher.vocab:,}: {params:,} parameters "
-          "(counted on transformers' BertModel)")
-    print(f"extraction: one teacher forward per sequence, 2 × parameters × tokens = {flops:.3g} FLOPs")
+    print(f"teacher: BERT-style {teacher.describe()}, vocabulary {teacher.vocab:,}: {teacher.parameters():,} "
+          f"parameters (counted on transformers' BertModel), {teacher.layer_weights():,} of them layer weights")
+    print(f"extraction: one teacher forward per sequence, (2 × layer weights + 4 × layers × {args.seq_len} × width) "
+          f"= {per_token / 1e6:,.1f}M FLOPs per token, {flops:.3g} FLOPs")
     print("\nstore per configuration (bare encoder: no logits, no labels; exact uncompressed bytes from the "
           "store layout, on disk estimated from the codecs' measured ratios)")
-    width = max(len(c.name) for c in STORE_CHOICES)
+    choices = store_choices(args.student_layers, teacher.layers, args.seq_len)
+    width = max(len(c.name) for c in choices)
     print(f"{'configuration':<{width}}  {'per sequence':>12}  {'store':>12}  {'on disk (est.)':>14}")
-    for choice in STORE_CHOICES:
+    for choice in choices:
         shape = store_shape(choice, teacher, args.seq_len)
         raw = shape.bytes_by_array(sequences)
         per_row = sum(a.row_bytes for a in shape.arrays())
@@ -232,24 +278,31 @@ def run_general(args: argparse.Namespace) -> int:
                  f"  = {low / hours[online.gpu]:,.0f}" + ("" if low == high else f"–{high / hours[online.gpu]:,.0f}")
                  + f"× the {online.gpu} extraction")
         print(f"{reported} {online.gpu}-hours{ratio}: {online.source}")
-    compare_flops(args, params, sequences * args.seq_len)
+    compare_flops(args, per_token, tokens, rates)
     return 0
 
 
-def compare_flops(args: argparse.Namespace, params: int, tokens: float) -> None:
-    """Online against cached at equal hardware efficiency: online runs the teacher forward (2·P_t per token)
-    with every student step (forward + backward, 6·P_s per token), every epoch; cached runs it once."""
-    e, t = args.epochs, 2 * params * tokens
-    print(f"\nthe whole general stage in FLOPs, {e:g} epochs per student (an input): online = k × E × (2·P_t + 6·P_s) × T, "
-          "cached = 2·P_t × T + k × E × 6·P_s × T (store reads not counted)")
-    print(f"{'student':<20} {'parameters':>11} " + " ".join(f"{f'k={k} online':>13} {'cached':>9} {'ratio':>6}"
-                                                           for k in args.students_per_store))
+def compare_flops(args: argparse.Namespace, teacher_per_token: int, tokens: int, rates: dict[str, float]) -> None:
+    """Online against cached at equal hardware efficiency: online runs the teacher forward (F_t per token)
+    with every student step (forward + backward, 3·F_s per token), every epoch; cached runs it once."""
+    e, t = args.epochs, teacher_per_token * tokens
+    print(f"\nthe whole general stage in FLOPs, {e:g} epochs per student (an input), F = forward FLOPs per token as for the teacher: "
+          "online = k × E × (F_t + 3·F_s) × T, cached = F_t × T + k × E × 3·F_s × T (store reads and the loss's "
+          "projections not counted); k→∞: (F_t + 3·F_s) / 3·F_s")
+    print(f"{'student':<20} {'parameters':>11} {'F_s (M)':>8} " +
+          " ".join(f"{f'k={k} online':>13} {'cached':>9} {'ratio':>6}" for k in args.students_per_store) +
+          f" {'k→∞':>6}")
     for name, student in STUDENTS.items():
-        p = student.parameters()
-        s = 6 * p * tokens
+        f_s = student.forward_flops(args.seq_len)
+        s = 3 * f_s * tokens
         cells = [f"{k * e * (t + s):>13.3g} {t + k * e * s:>9.3g} {k * e * (t + s) / (t + k * e * s):>5.2f}×"
                  for k in args.students_per_store]
-        print(f"{name:<20} {p:>11,} " + " ".join(cells))
+        print(f"{name:<20} {student.parameters():>11,} {f_s / 1e6:>8.1f} " + " ".join(cells) +
+              f" {(t + s) / s:>5.2f}×")
+    for name, student in STUDENTS.items():
+        online = e * (t + 3 * student.forward_flops(args.seq_len) * tokens)
+        print(f"{name}, online (k=1) at the assumed rates: " +
+              ", ".join(f"{gpu} {online / (rate * 1e12) / 3600:,.0f} h" for gpu, rate in rates.items()))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -258,7 +311,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     mnli = commands.add_parser("mnli", help="MNLI-sized task transfer sets")
     mnli.add_argument("--examples", type=int, nargs="+", default=[MNLI, 10 * MNLI],
                       help="transfer-set sizes (default MNLI and MNLI augmented 10x)")
-    mnli.add_argument("--configs", nargs="+", default=["1,9,0.1", "4,50,0.2"], help="N^D,N^L,N^W")
+    mnli.add_argument("--configs", nargs="+", default=["1,9,0.1", "4,50,0.2"], help=CONFIG_HELP)
     mnli.add_argument("--ranks", type=int, nargs="+", default=[1, 8, 64])
     mnli.add_argument("--seq-len", type=int, default=128)
     mnli.add_argument("--student-layers", type=int, default=4)
@@ -272,6 +325,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     general.add_argument("--teacher-width", type=int, default=768)
     general.add_argument("--teacher-heads", type=int, default=12)
     general.add_argument("--teacher-ffn", type=int, default=3072)
+    general.add_argument("--student-layers", type=int, default=4,
+                         help="L' of the stores' layer maps (default 4, TinyBERT-4's; at most --teacher-layers)")
     general.add_argument("--tflops", nargs="+", required=True, metavar="GPU=TFLOPS",
                          help="sustained teacher-forward TFLOP/s per GPU (inputs, e.g. V100=40 A100=120)")
     general.add_argument("--epochs", type=float, default=3, help="general-stage epochs per student (default 3)")
