@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from transformers import (AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, BertConfig,
+from transformers import (AutoConfig, AutoModel, AutoModelForSequenceClassification, AutoTokenizer, BertConfig,
                           BertTokenizerFast, DebertaV2Config, DistilBertConfig, ElectraConfig, ModernBertConfig,
                           MPNetConfig, MPNetTokenizer, RobertaConfig, XLMRobertaConfig)
 
@@ -29,6 +29,7 @@ from conftest import WORDS
 from hskcache.cli.main import main as hskcache_main
 from hskcache.errors import UserError
 from hskcache.teacher.families import family_of
+from hskcache.teacher.loading import load_model
 from reference import coarsened_row, expected_selection, ranked_rows, projection_relation_row
 from students import cli as students_cli
 from students.models.etd import build_extracted, taylor_neuron_importance
@@ -215,6 +216,27 @@ def test_keeping_every_dimension_reproduces_the_teacher(family_store, tmp_path, 
     with torch.no_grad():
         expected = teacher_model(teacher)(**inputs).logits
         got = student(**inputs).logits
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("init", ["teacher-layers", "etd-rand", "etd-impt"])
+def test_a_bare_encoder_keeping_every_dimension_reproduces_it(family_store, tmp_path, init, device):
+    """The teacher's encoder saved alone (a general teacher; RoBERTa's and MPNet's hold no pooler, as their
+    classifiers drop it) gives a bare student by ETD in every family: at the teacher's own size its last hidden
+    state is a plain `AutoModel` forward's of the encoder."""
+    family, teacher, _ = family_store
+    encoder = tmp_path / "encoder"
+    teacher_model(teacher).base_model.save_pretrained(encoder)
+    AutoTokenizer.from_pretrained(teacher).save_pretrained(encoder)
+    batches = [{**_inputs(encoder, 1), "example_id": torch.arange(3)}]  # a bare encoder's rows: no labels
+    spec = StudentSpec("tinybert", layers=LAYERS, heads=HEADS, ffn=FFN, hidden=HIDDEN)
+    build_extracted(encoder, spec, init, tmp_path / "s", batches, device=device)
+    student = load_model(str(tmp_path / "s"), "student", cls=AutoModel).eval()
+    assert not any("pooler" in name for name in student.state_dict())  # a bare encoder carries none
+    inputs = _inputs(encoder, 2)
+    with torch.no_grad():
+        expected = AutoModel.from_pretrained(encoder, attn_implementation="eager").eval()(**inputs).last_hidden_state
+        got = student(**inputs).last_hidden_state
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
 
 

@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 import torch
 import zarr
-from transformers import (AutoModel, AutoTokenizer, BertConfig, BertModel, GPT2Config, MPNetConfig, MPNetModel,
-                          MPNetTokenizer, PreTrainedTokenizerFast)
+from transformers import (AutoModel, AutoTokenizer, BertConfig, BertForMaskedLM, BertModel, GPT2Config, MPNetConfig,
+                          MPNetForMaskedLM, MPNetModel, MPNetTokenizer, PreTrainedTokenizerFast, RobertaConfig,
+                          RobertaForMaskedLM)
 
 import hskcache
 from conftest import WORDS, make_teacher, make_tokenizer
@@ -21,7 +22,7 @@ from hskcache.cli.main import main
 from hskcache.corpus import sequence_tokens, split_passages
 from hskcache.errors import UserError
 from hskcache.kinds.relation import RelationRead
-from hskcache.teacher.loading import load_teacher
+from hskcache.teacher.loading import load_teacher, weights_hash
 from helpers import arrays, run_extract
 from reference import coarsened_row, expected_selection, projection_relation_row, ranked_rows
 
@@ -69,6 +70,46 @@ def general(request, tmp_path_factory):
     (root / "corpus.txt").write_text("\n".join(lines) + "\n")
     run_extract(root / "encoder", root / "corpus.txt", root / "store", *FLAGS, "--device", "cpu")
     return request.param, root / "encoder", texts, root / "store"
+
+
+def masked_lm(family: str, folder):
+    """A tiny *ForMaskedLM of `family` and its tokenizer: its save holds the encoder and the MLM head, no pooler."""
+    if family == "mpnet":
+        tok = mpnet_encoder(folder)[1]
+        return MPNetForMaskedLM(MPNetConfig(vocab_size=len(tok), max_position_embeddings=66, **SHAPE)), tok
+    tok = make_tokenizer(folder)
+    if family == "roberta":
+        config = RobertaConfig(vocab_size=len(tok), max_position_embeddings=66, type_vocab_size=1, pad_token_id=0,
+                               **SHAPE)
+        return RobertaForMaskedLM(config), tok
+    return BertForMaskedLM(BertConfig(vocab_size=len(tok), max_position_embeddings=64, **SHAPE)), tok
+
+
+@pytest.mark.parametrize("family", ["bert", "roberta", "mpnet"])
+def test_an_encoder_saved_without_a_pooler_extracts_the_same_every_time(family, tmp_path):
+    """AutoModel adds a pooler at random where a checkpoint has none (any *ForMaskedLM save, roberta-base), so the
+    teacher's hash changed on every load and a second shard (or a resume) was refused. A bare encoder is loaded
+    without it: the store's teacher hash is the hash of the MLM's own encoder weights, two runs write the same
+    store, and shards 0/2 and 1/2 fill a third with the same rows."""
+    torch.manual_seed(0)
+    model, tok = masked_lm(family, tmp_path / "mlm")
+    model.eval().save_pretrained(tmp_path / "mlm")
+    tok.save_pretrained(tmp_path / "mlm")
+    (tmp_path / "corpus.txt").write_text("\n".join(passages(2, 12, 30)) + "\n")
+    flags = ("--student-layers", 2, "--tokens", 4, "--device", "cpu")
+    for name in ("a", "b"):
+        run_extract(tmp_path / "mlm", tmp_path / "corpus.txt", tmp_path / name, *flags)
+    for shard in ("0/2", "1/2"):
+        run_extract(tmp_path / "mlm", tmp_path / "corpus.txt", tmp_path / "shards", *flags, "--shard", shard)
+    hashes = {name: hskcache.open_store(tmp_path / name).meta.teacher_hash for name in ("a", "b", "shards")}
+    assert set(hashes.values()) == {weights_hash(model.base_model)}, hashes  # the encoder, without a pooler
+    first = arrays(str(tmp_path / "a"))
+    for name in ("b", "shards"):
+        other = arrays(str(tmp_path / name))
+        assert set(other) == set(first)
+        for key, value in first.items():
+            np.testing.assert_allclose(other[key].astype(np.float64), value.astype(np.float64), atol=2e-3,
+                                       err_msg=f"{name}: {key}")
 
 
 def forward(folder, input_ids, attention_mask):

@@ -72,6 +72,14 @@ class Family:
     extra_config: Callable[[PretrainedConfig, PretrainedConfig, list[int]], None] = lambda t, s, layers: None
     student_drops: tuple[str, ...] = ()  # student parameter keys (regex) a teacher layer has and the student lacks
     rosita: bool = False  # ROSITA students (students/models/rosita.py) share this layout
+    pooler: bool = False  # its bare model (`AutoModel`) adds a pooler unless told not to (`add_pooling_layer`)
+
+    @property
+    def bare_kwargs(self) -> dict[str, bool]:
+        """How a bare encoder of the family is built and loaded: without the pooler. It is no part of what a
+        general store or a general student holds, and AutoModel gives one at random where the checkpoint has
+        none (a *ForMaskedLM save, roberta-base): the weights' hash would change on every load."""
+        return {"add_pooling_layer": False} if self.pooler else {}
 
     def encoder(self, model: nn.Module) -> nn.Module:
         """The encoder inside a sequence classifier (a bare encoder is its own)."""
@@ -237,12 +245,12 @@ _MPNET_MODEL = {
 }
 
 FAMILIES: tuple[Family, ...] = (
-    _bert_like("bert", ("bert",), "bert", _pooler("bert") | _CLASSIFIER, rosita=True),
-    _bert_like("roberta", ("roberta", "xlm-roberta"), "roberta", _HEAD),
+    _bert_like("bert", ("bert",), "bert", _pooler("bert") | _CLASSIFIER, rosita=True, pooler=True),
+    _bert_like("roberta", ("roberta", "xlm-roberta"), "roberta", _HEAD, pooler=True),
     _bert_like("electra", ("electra",), "electra", _HEAD, extra_config=_same_embedding_size),
     Family("mpnet", ("mpnet",), "mpnet", "encoder.layer", Projection("attention.attn.q"),
            Projection("attention.attn.k"), Projection("attention.attn.v"), "attention.attn.o", "output.dense",
-           lambda c: _MPNET_LAYER, lambda c: _MPNET_MODEL, token_types=lambda c: False),
+           lambda c: _MPNET_LAYER, lambda c: _MPNET_MODEL, token_types=lambda c: False, pooler=True),
     Family("deberta-v2", ("deberta-v2",), "deberta", "encoder.layer", Projection("attention.self.query_proj"),
            Projection("attention.self.key_proj"), Projection("attention.self.value_proj"),
            "attention.output.dense", "output.dense",

@@ -2,7 +2,8 @@
 
 A teacher is a fine-tuned sequence classifier (a task teacher: its store holds logits and labels),
 or, where the caller allows it (`hskcache extract`), a bare encoder of a registered family, loaded
-with `AutoModel` (a head it may have is not used): its store is task-agnostic (`StoreMeta.general`)."""
+with `AutoModel` without a pooler (a head or pooler it may have is not used, `Family.bare_kwargs`): its store
+is task-agnostic (`StoreMeta.general`)."""
 from __future__ import annotations
 
 import hashlib
@@ -204,7 +205,10 @@ def load_config(name: str, role: str = "teacher") -> PretrainedConfig:
 
 
 def load_model(name: str, role: str = "teacher", cls=AutoModelForSequenceClassification, **kwargs) -> torch.nn.Module:
-    """`cls.from_pretrained(name, **kwargs)`; missing or truncated weights are one line."""
+    """`cls.from_pretrained(name, **kwargs)`; missing or truncated weights are one line. A bare encoder
+    (`AutoModel`) is loaded without a pooler (`Family.bare_kwargs`), so every load of it holds the same weights."""
+    if cls is AutoModel:
+        kwargs = {**family_of(load_config(name, role), role).bare_kwargs, **kwargs}
     try:
         return cls.from_pretrained(name, **kwargs)
     except LOAD_ERRORS as exc:
