@@ -41,6 +41,10 @@ class TrainRun:
     train: TrainConfig = nested()
     source: SourceSettings = nested("knowledge source (one of)")
 
+    def __post_init__(self) -> None:
+        if self.train.general and self.source.store is not None:  # online, they are the extraction's
+            self.train.refuse_for_general(list(TrainConfig.EVAL_READING))
+
 
 def run_train(run: TrainRun) -> int:
     """One process, or one rank of `torchrun --nproc_per_node N students train ...` (DDP)."""

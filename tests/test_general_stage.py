@@ -8,6 +8,7 @@ import json
 import random
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -77,6 +78,7 @@ def test_two_general_students_then_the_task_stage(task, world, tmp_path, capsys)
         held = [r["holdout"]["loss"] for r in records(run) if "holdout" in r]
         metrics = json.loads((run / "metrics.json").read_text())
         assert len(held) == 2 and metrics["best"]["value"] == min(held) and metrics["best"]["metric"] == "loss"
+        assert metrics["best"]["epoch"] == 1 + held.index(min(held))
 
     # A task-stage run on the general store is refused in one line, before the run folder is made.
     capsys.readouterr()
@@ -93,31 +95,44 @@ def test_two_general_students_then_the_task_stage(task, world, tmp_path, capsys)
 
     # The general student then distils from the task store, passed straight to `students train` (fresh head
     # for the task's 2 labels, said in one line) or built into a task student with --init.
+    # Both routes are one: the same encoder, the same head (seed 0), the same default rates (a general-distilled
+    # encoder's, LEARNING_RATES["checkpoint"]), so the same run step for step.
     general = tmp_path / "etd-run" / "student"
-    run = tmp_path / "task-run"
-    assert cli.main(["train", "--store", str(task.store), "--student", str(general), "--out", str(run),
-                     "--hsk-epochs", "1", "--pred-epochs", "1", "--eval-data", str(task.dev), "--threads", "1",
-                     "--quiet"]) == 0
-    assert "is a bare encoder (a general student)" in capsys.readouterr().err
-    task_student = AutoModelForSequenceClassification.from_pretrained(run / "student")
-    assert task_student.config.num_labels == 2
-    assert 0.0 <= json.loads((run / "metrics.json").read_text())["eval"]["accuracy"] <= 1.0
     assert cli.main(["build", "tinybert", "--teacher", str(task.teacher), "--init", str(general),
                      "--out", str(tmp_path / "task-student")]) == 0
     built = AutoModelForSequenceClassification.from_pretrained(tmp_path / "task-student")
     for key, value in AutoModel.from_pretrained(general).state_dict().items():
-        assert torch.equal(built.bert.state_dict()[key], value), key
+        assert "pooler" in key or torch.equal(built.bert.state_dict()[key], value), key  # a bare student has none
+    stage = ["--hsk-epochs", "1", "--pred-epochs", "1", "--log-every", "1", "--eval-data", str(task.dev),
+             "--threads", "1", "--quiet"]
+    capsys.readouterr()
+    for student, run in ((general, "task-run"), (tmp_path / "task-student", "built-run")):
+        assert cli.main(["train", "--store", str(task.store), "--student", str(student),
+                         "--out", str(tmp_path / run), *stage]) == 0
+    assert "is a bare encoder (a general student)" in capsys.readouterr().err
+    task_student = AutoModelForSequenceClassification.from_pretrained(tmp_path / "task-run" / "student")
+    assert task_student.config.num_labels == 2
+    passed, built_run = (json.loads((tmp_path / run / "metrics.json").read_text()) for run in ("task-run", "built-run"))
+    from students.training.defaults import LEARNING_RATES
+    for metrics in (passed, built_run):
+        assert (metrics["config"]["hsk_lr"], metrics["config"]["pred_lr"]) == LEARNING_RATES["checkpoint"]
+    want, got = records(tmp_path / "built-run"), records(tmp_path / "task-run")
+    assert [(r["stage"], r["step"]) for r in got] == [(r["stage"], r["step"]) for r in want]
+    assert [r["loss"] for r in got if "loss" in r] == pytest.approx([r["loss"] for r in want if "loss" in r],
+                                                                    rel=1e-4, abs=1e-6)
+    assert passed["eval"] == pytest.approx(built_run["eval"], abs=1e-6)
 
 
 def test_general_stage_under_torchrun_and_from_s3(world, tmp_path, s3_bucket):
     """The general run of 2 gloo ranks, and of one process reading an S3 copy of the store, is the
-    one-process run on the local store: the same steps and losses, the same student."""
+    one-process run on the local store: the same steps and losses, the same held-out losses (rank 0 alone
+    computes them: a collective inside would hang the other rank) and selected epoch, the same student."""
     encoder, _, store = world
     student = tmp_path / "s"
     assert cli.main(["build", "tinybert", "--teacher", str(encoder), "--init", "random", "--layers", "2",
                      "--hidden", "16", "--ffn", "32", "--heads", "2", "--out", str(student)]) == 0
     no_dropout(student)
-    flags = [*TRAIN, "--select-on", "last"]
+    flags = [*TRAIN, "--hsk-epochs", "3"]  # train-holdout:0.25, so rank 0 scores the held-out rows
     assert cli.main(["train", "--store", str(store), "--student", str(student), "--out", str(tmp_path / "one"),
                      *flags]) == 0
     done = torchrun(2, "students.cli", "train", "--store", str(store), "--student", str(student),
@@ -130,10 +145,15 @@ def test_general_stage_under_torchrun_and_from_s3(world, tmp_path, s3_bucket):
     fs.put(str(store), url[len("s3://"):], recursive=True)
     assert cli.main(["train", "--store", url, "--student", str(student), "--out", str(tmp_path / "s3"), *flags]) == 0
     want = records(tmp_path / "one")
+    best = json.loads((tmp_path / "one" / "metrics.json").read_text())["best"]
+    assert len([r for r in want if "holdout" in r]) == 3
     for run in ("two", "s3"):
         got = records(tmp_path / run)
         assert [(r["stage"], r["step"]) for r in got] == [(r["stage"], r["step"]) for r in want]
-        assert [r["loss"] for r in got] == pytest.approx([r["loss"] for r in want], rel=1e-4, abs=1e-6)
+        for losses in (lambda rs: [r["loss"] for r in rs if "loss" in r],  # the steps', then the held-out rows'
+                       lambda rs: [r["holdout"]["loss"] for r in rs if "holdout" in r]):
+            assert losses(got) == pytest.approx(losses(want), rel=1e-4, abs=1e-6)
+        assert json.loads((tmp_path / run / "metrics.json").read_text())["best"]["epoch"] == best["epoch"]
         a, b = (load_file(tmp_path / r / "student" / "model.safetensors") for r in (run, "one"))
         for key in b:
             torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5, msg=key)
@@ -167,3 +187,26 @@ def test_general_online_baseline_computes_the_stores_losses(world, tmp_path):
     offline, online = (records(tmp_path / run) for run in ("offline", "online"))
     assert [r["stage"] for r in offline if "loss" in r] == ["hsk"] * 3
     assert [r.get("loss") for r in online] == pytest.approx([r.get("loss") for r in offline], rel=1e-3)
+
+
+def test_bare_encoder_data_scores_the_general_stores_rows(world):
+    """`students build --data CORPUS` of a bare encoder scores the rows of the general store extracted from that
+    corpus at that --max-length: its sequences (passages cut as extraction cuts them), the store's tokens, and
+    never a row `--select-on` holds out."""
+    from students.build.importance import data_sample
+    from students.training.selection import HOLDOUT_SEED, holdout_rows
+
+    encoder, corpus, store_path = world
+    store = hskcache.open_store(store_path)
+    held = holdout_rows(np.arange(store.num_examples), 0.25, HOLDOUT_SEED)
+    batches = data_sample(str(encoder), str(corpus), "train", None, None, MAX_LEN, 10_000, "train-holdout:0.25")
+    ids = np.concatenate([b["example_id"].numpy() for b in batches])
+    assert store.num_examples > 60  # passages longer than a sequence were cut
+    assert sorted(ids) == sorted(set(range(store.num_examples)) - set(held.tolist()))
+    for batch in batches:
+        stored = store.get(batch["example_id"].numpy())
+        width = batch["input_ids"].shape[1]
+        assert torch.equal(batch["attention_mask"], stored["attention_mask"][:, :width].to(batch["attention_mask"].dtype))
+        assert not stored["attention_mask"][:, width:].any()
+        mask = batch["attention_mask"].bool()
+        assert torch.equal(batch["input_ids"][mask].long(), stored["input_ids"][:, :width][mask].long())

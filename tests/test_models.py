@@ -348,3 +348,33 @@ def test_import_students_is_enough_for_the_auto_classes(teacher_dir, tmp_path):
             "print(type(A.from_pretrained(sys.argv[1])).__name__)")
     out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "r")], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "RositaForSequenceClassification"
+
+
+def test_random_general_student_of_another_family_is_an_init(tmp_path):
+    """A random general student of a non-BERT encoder (an MPNet here) is a BERT on the teacher's vocabulary, as
+    `--init random` builds for any teacher: `--init FOLDER` takes it (the vocabulary is what must match), as a
+    bare `--student` on a task store does, with its encoder as it is and its family recorded."""
+    from transformers import AutoModel, MPNetConfig, MPNetForSequenceClassification
+
+    from conftest import make_tokenizer
+    from students import cli
+
+    teacher, encoder = tmp_path / "mpnet", tmp_path / "mpnet-encoder"
+    tokenizer = make_tokenizer(teacher)
+    torch.manual_seed(0)
+    model = MPNetForSequenceClassification(MPNetConfig(
+        vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48,
+        max_position_embeddings=66, pad_token_id=0, num_labels=2))
+    model.save_pretrained(teacher)
+    tokenizer.save_pretrained(teacher)
+    model.mpnet.save_pretrained(encoder)
+    tokenizer.save_pretrained(encoder)
+    assert cli.main(["build", "tinybert", "--teacher", str(encoder), "--init", "random", "--layers", "2",
+                     "--hidden", "16", "--ffn", "24", "--heads", "2", "--out", str(tmp_path / "general")]) == 0
+    assert cli.main(["build", "tinybert", "--teacher", str(teacher), "--init", str(tmp_path / "general"),
+                     "--out", str(tmp_path / "s")]) == 0
+    built = AutoModelForSequenceClassification.from_pretrained(tmp_path / "s")
+    assert isinstance(built, BertForSequenceClassification) and built.config.num_labels == 2
+    for key, value in AutoModel.from_pretrained(tmp_path / "general").state_dict().items():
+        assert "pooler" in key or torch.equal(built.bert.state_dict()[key], value), key  # the pooler: no encoder's
+    assert json.loads((tmp_path / "s" / "student.json").read_text())["family"] == "bert"

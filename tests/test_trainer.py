@@ -334,8 +334,11 @@ def test_general_stage_selects_by_the_held_out_distillation_loss(task, tmp_path,
 
     general = _general_student(task, tmp_path / "general")
     store = hskcache.open_store(task.store)
+    # --eval-batch-size 3: the held-out rows count different numbers of stored tokens, so a mean of batch means
+    # would not be the held-out rows' loss computed by hand below in one piece
     cfg = TrainConfig(student=str(general), out=str(tmp_path / "run"), general=True, hsk_epochs=3, hsk_lr=3e-3,
-                      hsk_batch_size=16, select_on="train-holdout:0.25", runtime=quiet_runtime(device, "fp32"))
+                      hsk_batch_size=16, select_on="train-holdout:0.25", eval_batch_size=3,
+                      runtime=quiet_runtime(device, "fp32"))
     metrics = train(cfg, store)
     held = [r["holdout"]["loss"] for r in records(tmp_path / "run") if "holdout" in r]
     assert len(held) == 3 and [r["stage"] for r in records(tmp_path / "run")] == ["hsk"] * len(records(tmp_path / "run"))
@@ -358,11 +361,53 @@ def test_general_stage_selects_by_the_held_out_distillation_loss(task, tmp_path,
     assert min(held) == pytest.approx(by_hand, rel=1e-4 if device == "cpu" else 1e-3)
 
 
+def test_general_stage_keeps_the_lowest_held_out_loss(task, tmp_path, monkeypatch):
+    """Held-out losses 3, 1, 2 (scripted): epoch 2 is selected, not the last, and RUN/student holds the
+    weights the student had when epoch 2 was scored."""
+    from safetensors.torch import load_file
+
+    from students.training.trainer import Trainer
+
+    general = _general_student(task, tmp_path / "general", hidden=16)
+    scripted, seen = iter([3.0, 1.0, 2.0]), []
+
+    def holdout_loss(self, stage):
+        seen.append({k: v.detach().clone() for k, v in self.model.state_dict().items()})
+        return next(scripted)
+    monkeypatch.setattr(Trainer, "_holdout_loss", holdout_loss)
+    cfg = TrainConfig(student=str(general), out=str(tmp_path / "run"), general=True, hsk_epochs=3, hsk_lr=3e-3,
+                      hsk_batch_size=16, select_on="train-holdout:0.25", runtime=quiet_runtime())
+    metrics = train(cfg, hskcache.open_store(task.store))
+    assert (metrics["best"]["epoch"], metrics["best"]["value"]) == (2, 1.0) and len(seen) == 3
+    written = load_file(tmp_path / "run" / "student" / "model.safetensors")
+    assert not all(torch.equal(seen[1][k], seen[2][k]) for k in seen[2])  # epoch 3 changed the weights
+    for key, value in written.items():
+        assert torch.equal(value, seen[1][key]), key
+
+
+def test_general_held_out_loss_does_not_depend_on_the_eval_batch_size(task, tmp_path):
+    """The held-out loss is each term's sum over the held-out rows over its count there: read in batches of
+    1, 3 or all of them, the same number (a mean of batch means would weigh rows by their batch)."""
+    general = _general_student(task, tmp_path / "general", hidden=16)
+    store = hskcache.open_store(task.store)
+    held = []
+    for size in (1, 3, 128):
+        cfg = TrainConfig(student=str(general), out=str(tmp_path / f"run{size}"), general=True, hsk_epochs=1,
+                          hsk_lr=3e-3, hsk_batch_size=16, max_steps=2, select_on="train-holdout:0.25",
+                          eval_batch_size=size, runtime=quiet_runtime())
+        train(cfg, store)
+        held.append([r["holdout"]["loss"] for r in records(tmp_path / f"run{size}") if "holdout" in r])
+    assert held[0] == pytest.approx(held[2], rel=1e-5) and held[1] == pytest.approx(held[2], rel=1e-5)
+
+
 @pytest.mark.parametrize(("flags", "message"), [
     ({"eval_data": "dev.csv"}, "--eval-data belongs to the task stage"),
     ({"pred_epochs": 2}, "--pred-epochs belongs to the task stage"),
     ({"pred_objective": (("pred", 1.0),)}, "--pred-objective belongs to the task stage"),
     ({"select_on": "eval"}, "--general has no eval split"),
+    ({"temperature": 2.0}, "--temperature belongs to the task stage"),
+    ({"regression_head": "as-is"}, "--regression-head belongs to the task stage"),
+    ({"eval_split": "test"}, "--eval-split belongs to the task stage"),
 ])
 def test_general_refuses_task_stage_settings(tmp_path, flags, message):
     from hskcache.errors import UserError
@@ -389,8 +434,8 @@ def test_general_student_passed_straight_to_a_task_run(task, tmp_path, capsys):
     assert "is a bare encoder (a general student): its head for the store's 2 outputs is fresh, seeded by --seed 0" \
         in capsys.readouterr().err
     plain = AutoModel.from_pretrained(general)
-    for key, value in plain.state_dict().items():
-        assert torch.equal(model.bert.state_dict()[key], value), key
+    for key, value in plain.state_dict().items():  # the pooler is no part of a bare student
+        assert "pooler" in key or torch.equal(model.bert.state_dict()[key], value), key
     assert model.config.num_labels == 2 and model.config.id2label == {0: "rotten", 1: "fresh"}
     assert torch.equal(trainer("b", 0).model.classifier.weight, model.classifier.weight)
     assert not torch.equal(trainer("c", 1).model.classifier.weight, model.classifier.weight)
@@ -421,3 +466,32 @@ def test_general_stage_interrupted_and_resumed_equals_uninterrupted(task, tmp_pa
     full, resumed = (load_file(tmp_path / run / "student" / "model.safetensors") for run in ("full", "cut"))
     for key in full:
         assert torch.equal(full[key], resumed[key]), key
+
+
+def test_general_refuses_a_rosita_student_in_one_line(task, tmp_path, capsys):
+    """ROSITA is the teacher pruned under its task head: no bare encoder for --general, said as such (not as a
+    folder that cannot be loaded)."""
+    from students import cli
+
+    assert cli.main(["build", "rosita", "--teacher", str(task.teacher), "--store", str(task.store), "--layers", "1",
+                     "--heads", "2", "--ffn", "16", "--emb-rank", "8", "--out", str(tmp_path / "r")]) == 0
+    capsys.readouterr()
+    assert cli.main(["train", "--store", str(task.store), "--student", str(tmp_path / "r"), "--general",
+                     "--out", str(tmp_path / "run"), "--threads", "1", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "is a ROSITA student" in err and "no bare encoder for --general" in err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("flag", [["--max-length", "16"], ["--text-cols", "sentence"], ["--label-col", "label"],
+                                  ["--temperature", "2"]])
+def test_general_on_a_store_refuses_eval_reading_flags(task, tmp_path, capsys, flag):
+    """--general on a store reads no eval data: the flags that say how to read it are refused in one line
+    (the online baseline's --max-length/--text-cols are its extraction's, and kept)."""
+    from students import cli
+
+    capsys.readouterr()
+    assert cli.main(["train", "--store", str(task.store), "--student", str(tmp_path / "s"), "--general",
+                     "--out", str(tmp_path / "run"), *flag]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"{flag[0]} belongs to the task stage" in err

@@ -2,8 +2,9 @@
 
 From a store (its inputs, logits and gold labels: the smallest HSK read) or from
 labeled data tokenized by the teacher (a bare encoder: any text, its labels
-unused); either way without the rows that `students train --select-on` will
-hold out, so the held-out slice stays unseen.
+unused, cut into sequences as `hskcache extract` cuts a general store's, so its
+rows are that store's); either way without the rows that `students train
+--select-on` will hold out, so the held-out slice stays unseen.
 """
 
 from __future__ import annotations
@@ -57,9 +58,12 @@ def store_sample(store, examples: int, select_on: str | None = None) -> Iterator
 
 def data_sample(teacher: str, data: str, split: str, text_cols: tuple[str, ...] | None, label_col: str | None,
                 max_length: int | None, examples: int, select_on: str) -> list[dict[str, torch.Tensor]]:
-    """The first `examples` labeled rows of `data` (a bare encoder's: any rows, no labels) outside
-    `select_on`'s held-out slice, tokenized by the teacher, in batches with their row numbers as
-    `example_id` (built before the teacher's weights load, so bad data fails first)."""
+    """The first `examples` labeled rows of `data` outside `select_on`'s held-out slice, tokenized by the
+    teacher, in batches with their row numbers as `example_id` (built before the teacher's weights load, so
+    bad data fails first). A bare encoder's rows are the sequences `hskcache extract` cuts the passages into
+    at `max_length` (`hskcache.corpus.split_corpus`; no labels), numbered and held out as the general store
+    extracted at that --max-length numbers and holds out its rows."""
+    from hskcache.corpus import split_corpus
     from hskcache.data import check_labels, load_texts, tokenize_batch
     from hskcache.teacher.loading import (check_max_length, is_regression, is_task_teacher, load_config, load_tokenizer,
                                           named_labels, usable_positions)
@@ -77,12 +81,15 @@ def data_sample(teacher: str, data: str, split: str, text_cols: tuple[str, ...] 
                      named=texts.label_names is not None)
     max_length = max_length or min(128, usable_positions(config))
     check_max_length(max_length, config, "teacher")
+    tokenizer = load_tokenizer(teacher, config)
+    if bare:  # the general store's rows: every passage cut into sequences, as extraction cuts them
+        texts = split_corpus(texts, tokenizer, max_length)
     rows = np.arange(len(texts))
     fraction = parse_select_on(select_on)[1]
     if fraction is not None:  # the rows a store of this data would hold out for model selection
         rows = np.setdiff1d(rows, holdout_rows(rows, fraction, HOLDOUT_SEED))
     rows = rows[:examples]
-    enc = tokenize_batch(load_tokenizer(teacher, config), [texts.texts_a[i] for i in rows],
+    enc = tokenize_batch(tokenizer, [texts.texts_a[i] for i in rows],
                          None if texts.texts_b is None else [texts.texts_b[i] for i in rows], max_length)
     batches = []
     for lo in range(0, len(rows), IMPORTANCE_BATCH):

@@ -150,7 +150,8 @@ def taylor_neuron_importance(model: nn.Module, batches: Iterable[dict[str, Tenso
     encoder (no head, no logits: the general stage) has neither labels nor p_T: its output
     is read as a unit-variance Gaussian p(y|x) = N(h_L(x), I) over the last layer's states at
     the real tokens, and a row scores E_y (Σ_tokens ∂ log p(y)/∂x · x)² = E_ε (∂(ε·h_L)/∂x · x)²,
-    estimated with `draws` seeded draws ε ~ N(0, I) per row (`gaussian_draws`). Scores
+    estimated with `draws` seeded draws ε ~ N(0, I) per row (`gaussian_draws`), keyed by the
+    row's `example_id`, which a bare encoder's batches must carry. Scores
     are summed over rows, so they do not depend on how rows are batched. Hidden neurons
     are every hidden state (Eq. 8); head neurons the query, key and context units; FFN
     neurons the input of the FFN's output matrix. Padding carries no gradient.
@@ -188,7 +189,8 @@ def taylor_neuron_importance(model: nn.Module, batches: Iterable[dict[str, Tenso
             names = [*acts, *(f"hidden{j}" for j in range(len(out.hidden_states)))]
             tensors = [*acts.values(), *out.hidden_states]
             if getattr(out, "logits", None) is None:  # a bare encoder: the Gaussian rule on its last states
-                scores = _gaussian_scores(out.hidden_states[-1], tensors, mask, _row_keys(batch, rows), draws, seed)
+                scores = _gaussian_scores(out.hidden_states[-1], tensors, mask, batch["example_id"].tolist(), draws,
+                                          seed)
                 for name, score in zip(names, scores):
                     totals[name] = totals[name] + score if name in totals else score
                 rows += len(mask)
@@ -234,13 +236,6 @@ def gaussian_draws(seed: int, key: int, draws: int, tokens: int, width: int) -> 
     alone, so a row scores the same whatever batch, padding or device it is read in."""
     state = int(np.random.SeedSequence([seed, key]).generate_state(1, np.uint64)[0] >> 1)
     return torch.randn(draws, tokens, width, generator=torch.Generator().manual_seed(state), dtype=torch.float64)
-
-
-def _row_keys(batch: dict[str, Tensor], seen: int) -> list[int]:
-    """Each row's draw key: its store example id, else its place in the stream of scored rows."""
-    if "example_id" in batch:
-        return [int(k) for k in batch["example_id"]]
-    return list(range(seen, seen + len(batch["input_ids"])))
 
 
 def _gaussian_scores(last: Tensor, tensors: list[Tensor], mask: Tensor, keys: list[int], draws: int,
@@ -367,7 +362,7 @@ def build_extracted(teacher_dir: str | Path, spec: StudentSpec, init: str, out_d
     else:
         raise UserError(f"--init {init} is not an extraction; use one of {', '.join(EXTRACTING_INITS)}")
     plan = plan_from_scores(importance, layers, spec.hidden, spec.ffn, family.rotary)
-    model = auto.from_config(student_config, **(family.bare_kwargs if bare else {}))  # as the teacher: no pooler
+    model = auto.from_config(student_config)
     named = {(f"{family.base}.{k}" if bare else k): v for k, v in teacher.named_parameters()}  # the classifier's
     # names, which the family's axis tables are written in
     _load_all(model, extract_state(family, config, named, plan), family, bare)

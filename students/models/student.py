@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -27,7 +28,8 @@ from transformers import (
 
 from hskcache.errors import UserError
 from hskcache.teacher.families import family_of
-from hskcache.teacher.loading import check_model_source, is_task_teacher, load_config, load_model, tokenizer_hash
+from hskcache.teacher.loading import (check_model_source, is_regression, is_task_teacher, load_config, load_model,
+                                      named_labels, tokenizer_hash)
 
 STUDENT_FILE = "student.json"
 
@@ -93,8 +95,7 @@ def build_tinybert(
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = (BertForSequenceClassification(config) if is_task_teacher(teacher)
-                 else BertModel(config, **family_of(config).bare_kwargs))  # a bare encoder: no pooler
+        model = BertForSequenceClassification(config) if is_task_teacher(teacher) else BertModel(config)
     spec = StudentSpec("tinybert", layers=layers, heads=heads, ffn=ffn, hidden=hidden)
     save_new(model, teacher_dir, out_dir, spec, {"init": None, "seed": seed})
     return model
@@ -103,6 +104,15 @@ def build_tinybert(
 def _labels(config: PretrainedConfig) -> dict:
     """What a classifier head takes from a task teacher's config: its labels and problem type."""
     return {"id2label": config.id2label, "label2id": config.label2id, "problem_type": config.problem_type}
+
+
+def head_labels(num_labels: int, regression: bool, names: Sequence[str] | None) -> dict:
+    """The config of a fresh head for a task (`with_fresh_head`'s `labels`): its outputs, its problem type
+    (always set, so the loss never guesses it from the output count) and its class names when it has real ones.
+    The one rule for both routes from a general student (`--init FOLDER` and a bare `--student`)."""
+    return {"num_labels": num_labels,
+            "problem_type": "regression" if regression else "single_label_classification"} | (
+        {"id2label": dict(enumerate(names)), "label2id": {n: i for i, n in enumerate(names)}} if names else {})
 
 
 def encoder_shape(init_dir: str | Path) -> dict[str, int]:
@@ -119,7 +129,7 @@ def with_fresh_head(encoder_dir: str | Path, labels: dict, seed: int, role: str)
     from transformers import AutoModel, AutoModelForSequenceClassification
 
     encoder, info = load_model(str(encoder_dir), role, cls=AutoModel, output_loading_info=True)
-    missing = info["missing_keys"]  # a bare encoder is loaded without a pooler (`Family.bare_kwargs`)
+    missing = [key for key in info["missing_keys"] if "pooler" not in key]  # a head-less layout may lack it
     if missing:
         raise UserError(f"{role} {encoder_dir} lacks encoder weights (e.g. {missing[0]}); "
                         "pass a student folder written by `students build` or `students train --general`")
@@ -140,8 +150,9 @@ def with_fresh_head(encoder_dir: str | Path, labels: dict, seed: int, role: str)
 
 def build_from_general(teacher_dir: str | Path, init_dir: str | Path, out_dir: str | Path,
                        seed: int = 0) -> tuple[StudentSpec, PreTrainedModel]:
-    """A task student started from a general student folder (`--init FOLDER`): its encoder, the task
-    teacher's vocabulary, family and labels, and a fresh head seeded by `seed`."""
+    """A task student started from a general student folder (`--init FOLDER`): its encoder and family (the
+    teacher's for an extracted student, BERT for a random one), the task teacher's vocabulary (checked) and
+    labels, and a fresh head seeded by `seed`."""
     from hskcache.teacher.loading import load_tokenizer
 
     check_model_source(str(init_dir), "--init")
@@ -149,16 +160,16 @@ def build_from_general(teacher_dir: str | Path, init_dir: str | Path, out_dir: s
     if not is_task_teacher(teacher):
         raise UserError(f"--init {init_dir} gives a task student a fresh head for the teacher's labels, but "
                         f"--teacher {teacher_dir} is a bare encoder; pass the fine-tuned task teacher")
-    if family_of(init).name != family_of(teacher).name:
-        raise UserError(f"--init {init_dir} is a {family_of(init).name} model but the teacher is "
-                        f"{family_of(teacher).name}; pass a general student of the teacher's family")
+    family_of(init)  # a registered encoder: an extracted student of the teacher's family, or a random BERT on
+    # its vocabulary (as `--init random` builds for any teacher); the vocabulary is what must match
     vocab = tokenizer_hash(load_tokenizer(str(teacher_dir), teacher))
     if tokenizer_hash(load_tokenizer(str(init_dir), init, "--init")) != vocab or init.vocab_size != teacher.vocab_size:
         raise UserError(f"--init {init_dir} has another vocabulary than teacher {teacher_dir}; pass a general "
                         "student distilled from the encoder the teacher was fine-tuned from")
-    model = with_fresh_head(init_dir, {"num_labels": teacher.num_labels, **_labels(teacher)}, seed, "--init")
+    labels = head_labels(teacher.num_labels, is_regression(teacher), named_labels(teacher))
+    model = with_fresh_head(init_dir, labels, seed, "--init")
     spec = StudentSpec("tinybert", **encoder_shape(init_dir))
-    save_new(model, teacher_dir, out_dir, spec, {"init": str(init_dir), "family": family_of(teacher).name,
+    save_new(model, teacher_dir, out_dir, spec, {"init": str(init_dir), "family": family_of(init).name,
                                                  "seed": seed})
     return spec, model
 

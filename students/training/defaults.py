@@ -31,9 +31,14 @@ LEARNING_RATES: dict[str, tuple[float, float]] = {
 
 
 def student_init(info: dict[str, Any]) -> str:
-    """The LEARNING_RATES key of a student folder's metadata (students/models/student.py writes it)."""
+    """The LEARNING_RATES key of a student folder's metadata (students/models/student.py writes it). A general
+    student (`students train --general` wrote it: `stage: general`) is a general-distilled encoder, whatever it
+    was built from: "checkpoint", as the `students build --init FOLDER` student made from it, so both routes to
+    the task stage train at the same rates."""
     if info.get("kind") == "rosita":
         return "rosita"
+    if info.get("stage") == "general":
+        return "checkpoint"
     init = info.get("init")
     if init is None or init == "random":
         return "random"

@@ -53,7 +53,8 @@ from students.losses import HSK_MODES, HSK_PROJECTIONS, HSKProjection, LossSetti
 from students.training.calibration import REGRESSION_HEADS, recentre
 from students.training.defaults import learning_rates, prediction_objective
 from students.evaluation.metrics import primary_metric
-from students.models.student import STUDENT_FILE, count_parameters, load_student, save_student, with_fresh_head
+from students.models.student import (STUDENT_FILE, count_parameters, head_labels, load_student, save_student,
+                                     with_fresh_head)
 from students.stages import GENERAL, HSK, PRED, Stage, StageSpec
 
 LOG_FILE = "log.jsonl"
@@ -130,9 +131,11 @@ class TrainConfig:
     max_steps: int | None = setting(None, "stop each stage after N optimizer steps (smoke runs)")
     log_every: int = setting(50, "log a step record every N steps")
     save_every: int | None = setting(None, "also checkpoint every N steps (default: each epoch end and on Ctrl-C)")
-    select_on: str = setting("train-holdout:0.1", "which stage-2 epoch becomes RUN/student: train-holdout:FRACTION "
-                             "(best on that seeded slice of the store's rows, not trained on), eval (best on "
-                             "--eval-data itself: optimistic) or last; --eval-data is reported either way")
+    select_on: str = setting("train-holdout:0.1", "which epoch becomes RUN/student (the prediction stage's; with "
+                             "--general, stage 1's): train-holdout:FRACTION (best on that seeded slice of the "
+                             "store's rows, not trained on; --general: the lowest distillation loss), eval (best on "
+                             "--eval-data itself: optimistic; not with --general) or last; --eval-data is reported "
+                             "either way")
     eval_data: str | None = setting(None, "labeled dev data: glue/<task> or a .csv/.tsv/.json/.jsonl/.parquet file")
     eval_split: str = setting("validation", "split of a glue/<task> --eval-data")
     text_cols: tuple[str, ...] | None = setting(None, "text column(s), a or a,b (default: the store's)",
@@ -140,15 +143,20 @@ class TrainConfig:
     label_col: str | None = setting(None, "label column (default: the store's)")
     max_length: int | None = setting(None, "eval max length (default: the store's)")
     eval_batch_size: int = setting(128, "eval batch size")
-    general: bool = setting(False, "the general stage on a task-agnostic store: stage 1 alone (no --pred-*, no "
-                            "--eval-data), its epochs selected by the distillation loss on the held-out rows; "
-                            "writes a bare student, the --init of `students build tinybert` or the --student of "
-                            "a task-stage run")
+    general: bool = setting(False, "the general stage: stage 1 alone on a task-agnostic store (or on a task "
+                            "store's rows, its logits and labels unused; no prediction-stage or eval flags), its "
+                            "epochs selected by the distillation loss on the held-out rows; writes a bare student, "
+                            "the --init of `students build tinybert` or the --student of a task-stage run")
     runtime: Runtime = nested(default_factory=Runtime)  # --device, --dtype, --threads, --quiet
     resume: bool = setting(False, "continue the run in --out from its checkpoint")
 
     # Settings a resumed run may change: they do not change what is trained.
     RUNTIME = ("log_every", "save_every", "eval_batch_size", "runtime", "resume")
+    # Settings of the prediction stage and the eval split alone (with the pred_* fields): --general refuses them.
+    TASK_ONLY = ("eval_data", "eval_split", "temperature", "regression_head")
+    # How --eval-data is read, and the online baseline's extraction (`sources.FROM_TRAINING`): --general on a
+    # store refuses them (`students.cli.TrainRun`).
+    EVAL_READING = ("text_cols", "label_col", "max_length")
 
     def __post_init__(self) -> None:
         positive = {"hsk_epochs": self.hsk_epochs, "pred_epochs": self.pred_epochs,
@@ -187,14 +195,19 @@ class TrainConfig:
         refuse_unused(self.reads, used, lambda owners: f"compare it with an --objective of {' or '.join(owners)}")
 
     def _check_general(self) -> None:
-        """--general has no prediction stage and no eval split: their flags are refused, not ignored."""
-        pred = [f.name for f in fields(self) if f.name.startswith("pred_") and getattr(self, f.name) != f.default]
-        given = pred + (["eval_data"] if self.eval_data is not None else [])
+        """--general has no prediction stage and no eval split: their flags (given, not at their defaults) are
+        refused, not ignored."""
+        self.refuse_for_general([f.name for f in fields(self) if f.name.startswith("pred_")] + list(self.TASK_ONLY))
+        if parse_select_on(self.select_on)[0] == "eval":
+            raise UserError("--general has no eval split; use --select-on train-holdout:FRACTION or last")
+
+    def refuse_for_general(self, names: list[str]) -> None:
+        """The first of these settings given (not at its default) is refused in one line: --general ignores it."""
+        defaults = {f.name: f.default for f in fields(self)}
+        given = [name for name in names if getattr(self, name) != defaults[name]]
         if given:
             raise UserError(f"--{given[0].replace('_', '-')} belongs to the task stage; --general trains stage 1 "
                             "alone and selects on the held-out rows' distillation loss: drop it")
-        if parse_select_on(self.select_on)[0] == "eval":
-            raise UserError("--general has no eval split; use --select-on train-holdout:FRACTION or last")
 
     def with_learning_rates(self, info: dict[str, Any]) -> TrainConfig:
         """Unset rates filled in from the student's init (students.training.defaults), before anything uses them."""
@@ -344,6 +357,7 @@ class Trainer:
         self.run_dir = Path(cfg.out)
         self.stages = cfg.stages()
         self._bound: dict[Weighted, tuple] = {}  # each objective's kinds and bound losses (`_loss`)
+        self._holdout_counts: dict[str, list[Tensor]] = {}  # per stage: each loss call's held-out count (`_holdout_loss`)
         self.ranks = Ranks.current()
         self.device = rank_device(cfg.runtime.device, self.ranks.local_rank)
         self.parallel = Parallel(self.ranks, self.device)
@@ -383,13 +397,14 @@ class Trainer:
         store gets a fresh head for the store's labels, seeded by --seed (said in one line)."""
         cfg, meta = self.cfg, self.source.meta
         if cfg.general:
+            if self.info.get("kind") == "rosita":
+                raise UserError(f"--student {cfg.student} is a ROSITA student (the teacher pruned under its task "
+                                "head): it has no bare encoder for --general; build a TinyBERT student "
+                                "(students build tinybert --teacher ENCODER)")
             return load_model(cfg.student, "model", cls=AutoModel)  # a classifier's head is dropped
         if is_task_teacher(load_config(cfg.student, "student")):
             return load_student(cfg.student)
-        labels = {"num_labels": meta.num_labels, "problem_type": "regression" if meta.regression
-                  else "single_label_classification"} | ({"id2label": dict(enumerate(meta.label_names)),
-                                                          "label2id": {n: i for i, n in enumerate(meta.label_names)}}
-                                                         if meta.label_names else {})
+        labels = head_labels(meta.num_labels, meta.regression, meta.label_names)
         if self.ranks.is_main:
             print(f"students: --student {cfg.student} is a bare encoder (a general student): its head for the "
                   f"store's {meta.num_labels} outputs is fresh, seeded by --seed {cfg.seed}", file=sys.stderr)
@@ -679,18 +694,45 @@ class Trainer:
                 "stage": "general" if self.cfg.general else "task"}
 
     def _holdout_loss(self, stage: Stage) -> float:
-        """The general stage's selection score: the stage's distillation loss on the held-out rows, its batch
-        losses (--eval-batch-size, the same batches every epoch) weighted by their rows; on rank 0 alone,
-        through the unwrapped distiller (no collective)."""
-        rows, total = self.holdout.rows.numpy(), 0.0
+        """The general stage's selection score: the stage's distillation loss on the held-out rows as one
+        batch, each loss term's sum over them divided by its count over them, read in --eval-batch-size
+        batches (which a resumed run may change without moving the score). Every loss divides by a
+        `Denominator` of its batch's count: a first pass records each call's counts (they depend on the
+        rows alone, so once per stage), the scoring pass divides by their totals, as DDP divides by the
+        global batch's. On rank 0 alone, through the unwrapped distiller (no collective)."""
+        totals = self._holdout_counts.get(stage.name)
+        if totals is None:
+            totals = []
+
+            def counting(count: Tensor, calls: list[int]) -> Tensor:
+                k = calls[0] = calls[0] + 1
+                if k > len(totals):
+                    totals.append(torch.zeros_like(count))
+                totals[k - 1] = totals[k - 1] + count
+                return batch_count(count)
+            self._holdout_pass(stage, counting)
+            self._holdout_counts[stage.name] = totals
+
+        def whole(count: Tensor, calls: list[int]) -> Tensor:
+            k = calls[0] = calls[0] + 1
+            if k > len(totals) or totals[k - 1].shape != count.shape:
+                raise RuntimeError("a held-out batch's losses counted other terms than the first pass's")
+            return totals[k - 1].clamp(min=1)
+        return self._holdout_pass(stage, whole)
+
+    def _holdout_pass(self, stage: Stage, denominator) -> float:
+        """Σ over the held-out batches of the stage's loss, each loss's count passed to
+        `denominator(count, calls)` (`calls[0]`: the calls made so far in this batch)."""
+        rows, size, total = self.holdout.rows.numpy(), self.cfg.eval_batch_size, 0.0
         self.model.eval()
         with torch.no_grad():
-            for lo in range(0, len(rows), self.cfg.eval_batch_size):
-                part = rows[lo:lo + self.cfg.eval_batch_size]
-                batch = {k: v.to(self.device) for k, v in self.source.get(part, **stage.read).items()}
+            for lo in range(0, len(rows), size):
+                batch = {k: v.to(self.device) for k, v in self.source.get(rows[lo:lo + size], **stage.read).items()}
                 inputs = trim_padding({k: batch[k] for k in MODEL_INPUTS})
-                total += float(self._loss(stage.objective, batch, inputs, batch_count, self.distiller)) * len(part)
-        return total / len(rows)
+                calls = [0]
+                total += float(self._loss(stage.objective, batch, inputs,
+                                          lambda count, calls=calls: denominator(count, calls), self.distiller))
+        return total
 
     def _save_checkpoint(self) -> None:
         """Rank 0 writes the (identical) weights and optimizer, with every rank's random state."""
