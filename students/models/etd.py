@@ -362,7 +362,7 @@ def build_extracted(teacher_dir: str | Path, spec: StudentSpec, init: str, out_d
     else:
         raise UserError(f"--init {init} is not an extraction; use one of {', '.join(EXTRACTING_INITS)}")
     plan = plan_from_scores(importance, layers, spec.hidden, spec.ffn, family.rotary)
-    model = auto.from_config(student_config)
+    model = auto.from_config(student_config, **(family.bare_kwargs if bare else {}))  # as the teacher: no pooler
     named = {(f"{family.base}.{k}" if bare else k): v for k, v in teacher.named_parameters()}  # the classifier's
     # names, which the family's axis tables are written in
     _load_all(model, extract_state(family, config, named, plan), family, bare)

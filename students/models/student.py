@@ -95,7 +95,8 @@ def build_tinybert(
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = BertForSequenceClassification(config) if is_task_teacher(teacher) else BertModel(config)
+        model = (BertForSequenceClassification(config) if is_task_teacher(teacher)
+                 else BertModel(config, **family_of(config).bare_kwargs))  # a bare encoder: no pooler
     spec = StudentSpec("tinybert", layers=layers, heads=heads, ffn=ffn, hidden=hidden)
     save_new(model, teacher_dir, out_dir, spec, {"init": None, "seed": seed})
     return model
@@ -129,7 +130,7 @@ def with_fresh_head(encoder_dir: str | Path, labels: dict, seed: int, role: str)
     from transformers import AutoModel, AutoModelForSequenceClassification
 
     encoder, info = load_model(str(encoder_dir), role, cls=AutoModel, output_loading_info=True)
-    missing = [key for key in info["missing_keys"] if "pooler" not in key]  # a head-less layout may lack it
+    missing = info["missing_keys"]  # a bare encoder is loaded without a pooler (`Family.bare_kwargs`)
     if missing:
         raise UserError(f"{role} {encoder_dir} lacks encoder weights (e.g. {missing[0]}); "
                         "pass a student folder written by `students build` or `students train --general`")
