@@ -60,13 +60,14 @@ class TinyBertConfig:
                                       "encoder's: the Gaussian expected score on its last states)",
                                 metavar="STORE", aliases=("--cache",))
     data: str | None = setting(None, "etd-impt: labeled training data scoring the task loss (instead of --store; "
-                                     "a bare encoder: any text, labels unused)")
+                                     "a bare encoder: any text, labels unused, cut into the sequences of the "
+                                     "general store extracted from it at the same --max-length)")
     select_on: str = setting(TrainConfig.select_on, "etd-impt: the `students train --select-on` the student will "
                                                     "be trained with; its held-out rows are not scored")
     split: str = setting("train", "split of a glue/<task> --data")
     text_cols: tuple[str, ...] | None = setting(None, "--data text column(s), a or a,b", parse=columns)
     label_col: str | None = setting(None, "--data label column")
-    max_length: int | None = setting(None, "--data tokenizer max length",
+    max_length: int | None = setting(None, "--data tokenizer max length (a bare encoder: the general store's)",
                                      show_default="128, or the teacher's positions if fewer")
     importance_examples: int = setting(10_000, "examples that score the neurons (ETD's)")
     seed: int = setting(0, "seed of a random init, of etd-rand's draw, of a bare encoder's importance draws "
