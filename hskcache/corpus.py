@@ -14,11 +14,14 @@ one or more sequences of `--max-length` tokens:
   its own: where that takes more tokens (a byte-level BPE word that lost its
   leading space), the piece gives back words until it fits;
 - a single word longer than a whole sequence is the one exception: it is cut at
-  the token limit.
+  the token limit (so is a run of text without whitespace, e.g. Chinese or Japanese).
 
-Pieces are exact substrings of the passage; joined with spaces they give back
-its words in order. Passages are never packed together: a sequence holds text
-of one passage only. Task stores keep truncation (`data.tokenize_batch`).
+A passage is a text of the corpus that is not blank, in any format (`is_passage`).
+Pieces are exact substrings of the passage, in order, each starting where the
+last ended, up to the whitespace between them: joined with that whitespace they
+give back the passage (joined with single spaces, its words, except where a word
+was cut). Passages are never packed together: a sequence holds text of one
+passage only. Task stores keep truncation (`data.tokenize_batch`).
 """
 from __future__ import annotations
 
@@ -75,7 +78,8 @@ def cut_passage(text: str, offsets: Sequence[tuple[int, int]], budget: int,
 
 
 def split_passages(texts: Sequence[str], tokenizer, max_length: int, progress: bool = False) -> list[list[str]]:
-    """Each passage's pieces, in order (see the module's rule); needs a fast tokenizer (offset mapping)."""
+    """Each text's pieces, in order (see the module's rule; a blank text, no passage, has none); needs a fast
+    tokenizer (offset mapping)."""
     if not getattr(tokenizer, "is_fast", False):
         raise UserError(f"splitting a corpus into sequences needs a fast tokenizer (offsets), and "
                         f"{type(tokenizer).__name__} is not one; save the model's fast tokenizer (tokenizer.json)")
@@ -92,15 +96,31 @@ def split_passages(texts: Sequence[str], tokenizer, max_length: int, progress: b
         for start in range(0, len(texts), BATCH):
             batch = list(texts[start:start + BATCH])
             enc = tokenizer(batch, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
-            out += [cut_passage(text, offsets, budget, count) for text, offsets in zip(batch, enc["offset_mapping"])]
+            out += [cut_passage(text, offsets, budget, count) if is_passage(text) else []
+                    for text, offsets in zip(batch, enc["offset_mapping"])]
             bar.update(len(batch))
     return out
 
 
-def split_corpus(data: TextData, tokenizer, max_length: int, progress: bool = False) -> TextData:
-    """The corpus with every passage replaced by its pieces, in order: one row per sequence."""
+def is_passage(text: str) -> bool:
+    """Whether a text of a corpus is a passage: not blank (empty or whitespace only: no text to distil on),
+    in any format."""
+    return bool(text.strip())
+
+
+def passages(data: TextData) -> TextData:
+    """A corpus's passages (`is_passage`), in order: one text column; a corpus of blank texts only is refused."""
     if data.texts_b is not None:
         raise UserError(f"a task-agnostic corpus is one text column, and {data.source} gives two "
                         f"({', '.join(data.text_cols)}); pass --text-cols with one column")
+    kept = [text for text in data.texts_a if is_passage(text)]
+    if not kept:
+        raise UserError(f"{data.source} has no passages (every text is blank); pass a corpus with text")
+    return data if len(kept) == len(data.texts_a) else replace(data, texts_a=kept, labels=None)
+
+
+def split_corpus(data: TextData, tokenizer, max_length: int, progress: bool = False) -> TextData:
+    """The corpus's passages (`passages`) replaced by their pieces, in order: one row per sequence."""
+    data = passages(data)
     pieces = [piece for passage in split_passages(data.texts_a, tokenizer, max_length, progress) for piece in passage]
     return replace(data, texts_a=pieces, labels=None)

@@ -19,9 +19,10 @@ from transformers import (AutoModel, AutoTokenizer, BertConfig, BertForMaskedLM,
 import hskcache
 from conftest import WORDS, make_teacher, make_tokenizer
 from hskcache.cli.main import main
-from hskcache.corpus import sequence_tokens, split_passages
+from hskcache.corpus import cut_passage, sequence_tokens, split_passages
 from hskcache.errors import UserError
 from hskcache.kinds.relation import RelationRead
+from hskcache.teacher import loading as teacher_loading
 from hskcache.teacher.loading import load_teacher, weights_hash
 from helpers import arrays, run_extract
 from reference import coarsened_row, expected_selection, projection_relation_row, ranked_rows
@@ -188,13 +189,26 @@ def test_hsk_and_relations_match_an_hf_forward(general):
 
 
 def bpe_tokenizer():
-    """A tiny byte-level BPE (RoBERTa's scheme: a word's leading space is part of its token), so a piece
-    tokenized on its own can take more tokens than inside its passage."""
+    """A tiny byte-level BPE as RoBERTa's (a word's leading space is part of its token, offsets trimmed to the
+    word), trained on text where every word follows a space: a word that starts a piece has lost its space, so
+    the piece tokenized on its own can take more tokens than inside its passage."""
     from tokenizers import ByteLevelBPETokenizer
 
-    bpe = ByteLevelBPETokenizer()
-    bpe.train_from_iterator(passages(2, 50, 20), vocab_size=300, min_frequency=2, show_progress=False)
+    bpe = ByteLevelBPETokenizer(trim_offsets=True)
+    bpe.train_from_iterator([" " + text for text in passages(2, 50, 20)], vocab_size=300, min_frequency=2,
+                            show_progress=False)
     return PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer)
+
+
+def assert_tiles(text: str, pieces: list[str]) -> None:
+    """The pieces are the passage's text in order, each starting where the last ended up to whitespace (none
+    inside a word cut at the token limit): with that whitespace they give back the passage."""
+    at = 0
+    for piece in pieces:
+        start = text.find(piece, at)
+        assert piece and start >= 0 and not text[at:start].strip(), (text, pieces)
+        at = start + len(piece)
+    assert not text[at:].strip()
 
 
 @pytest.mark.parametrize("tokenizer", ["wordpiece", "bpe"])
@@ -212,18 +226,134 @@ def test_split_rule_against_retokenization(tokenizer, max_length, tmp_path):
     cut = 0
     for text, pieces in zip(texts, split):
         assert " ".join(pieces).split() == text.split()
+        assert_tiles(text, pieces)
         assert all(count(piece) <= budget for piece in pieces)
         if count(text) <= budget:
             assert pieces == [text]
+        offsets = tok(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
         at = 0
         for piece, following in zip(pieces, pieces[1:]):
             start = text.index(piece, at)  # the pieces are the passage's text, in order
             at = text.index(following, start + len(piece))
             word = following.split()[0]
-            with_next_word = text[start:text.index(word, at) + len(word)]  # as written (a tab stays a tab)
-            assert count(with_next_word) > budget
+            end = text.index(word, at) + len(word)
+            with_next_word = text[start:end]  # as written (a tab stays a tab)
+            inside = sum(start <= a and b <= end for a, b in offsets)  # its tokens inside the passage
+            assert count(with_next_word) > budget or inside > budget  # the cut is made on the passage's tokens
             cut += 1
     assert cut > 10
+
+
+def test_a_piece_that_takes_more_tokens_alone_gives_words_back(tmp_path):
+    """With RoBERTa's BPE a piece that starts mid-passage loses its first word's space and may take more tokens
+    on its own than inside the passage: the piece gives back words until it fits (counted here: it happens)."""
+    tok, max_length = bpe_tokenizer(), 8
+    budget = sequence_tokens(tok, max_length)
+    count = lambda text: len(tok(text, add_special_tokens=False)["input_ids"])  # noqa: E731
+    over = []
+
+    def counted(piece: str) -> int:
+        over.append(count(piece) > budget)
+        return count(piece)
+
+    texts = passages(3, 40, 60)
+    split = split_passages(texts, tok, max_length)
+    for text, pieces in zip(texts, split):
+        offsets = tok(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+        assert cut_passage(text, offsets, budget, counted) == pieces
+        assert all(count(piece) <= budget for piece in pieces)
+        assert_tiles(text, pieces)
+    assert any(over)  # a cut that fitted inside its passage was too long alone, and gave a word back
+
+
+@pytest.mark.parametrize("tokenizer", ["wordpiece", "bpe"])
+def test_a_word_longer_than_a_sequence_is_cut_at_the_token_limit(tokenizer, tmp_path):
+    """The one exception to whole words: a word (or a run of Chinese, which has no spaces) longer than a sequence
+    is cut at the token limit; its pieces joined without spaces give it back, and the words around it stay whole."""
+    tok = make_tokenizer(tmp_path) if tokenizer == "wordpiece" else bpe_tokenizer()
+    max_length = 8
+    budget = sequence_tokens(tok, max_length)
+    count = lambda text: len(tok(text, add_special_tokens=False)["input_ids"])  # noqa: E731
+    long = "我喜欢这部电影" * 4 if tokenizer == "wordpiece" else "x" * 50  # every character a token
+    text = f"the movie {long} was good"
+    [pieces] = split_passages([text], tok, max_length)
+    assert count(long) > budget
+    assert all(count(piece) <= budget for piece in pieces)
+    assert_tiles(text, pieces)
+    first, starts, at = text.index(long), [], 0
+    for piece in pieces:
+        starts.append(text.index(piece, at))
+        at = starts[-1] + len(piece)
+    inside = [s for s in starts if first < s < first + len(long)]
+    assert len(inside) >= 1 and all(text[s - 1] != " " for s in inside)  # the word is cut, with no space between
+    assert all(s == 0 or text[s - 1] == " " for s in starts if s not in inside)  # other words stay whole
+
+
+def test_corpus_refusals_are_one_line(tmp_path, capsys, monkeypatch):
+    """A tokenizer without offsets, a --max-length with no room for text and a corpus of two text columns are
+    each refused in one line (exit 2) before a store is written."""
+    encoder = tmp_path / "encoder"
+    model, tok = bert_encoder(encoder)
+    model.save_pretrained(encoder)
+    tok.save_pretrained(encoder)
+    (tmp_path / "corpus.txt").write_text("\n".join(passages(5, 4, 30)) + "\n")
+    (tmp_path / "pairs.csv").write_text("sentence1,sentence2\nthe movie,a film\nthe plot,the end\n")
+    real = teacher_loading.load_tokenizer
+
+    def slow(*args, **kwargs):  # a tokenizer that gives no offset mapping (a Python one)
+        tokenizer = real(*args, **kwargs)
+        tokenizer.__class__ = type("SlowTokenizer", (type(tokenizer),), {"is_fast": property(lambda self: False)})
+        return tokenizer
+
+    cases = [("corpus.txt", ("--max-length", 2, "--tokens", 1), False,
+              "--max-length 2 leaves no token for text beside the 2 special tokens; pass a larger --max-length"),
+             ("pairs.csv", (), False, "is one text column, and"),
+             ("corpus.txt", (), True, "needs a fast tokenizer (offsets), and SlowTokenizer is not one")]
+    capsys.readouterr()
+    for data, extra, patched, message in cases:
+        if patched:
+            monkeypatch.setattr(teacher_loading, "load_tokenizer", slow)
+        store = tmp_path / "store"
+        args = ["extract", "--teacher", str(encoder), "--data", str(tmp_path / data), "--store", str(store),
+                "--student-layers", "2", "--max-length", str(MAX_LEN), "--quiet", *map(str, extra)]
+        assert main(args) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1, err
+        assert not store.exists()
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".parquet"])
+def test_blank_texts_are_not_passages_in_any_format(suffix, tmp_path, capsys):
+    """"" and "   " in a .jsonl or .parquet corpus are skipped like a .txt's blank lines (they were sequences of
+    special tokens only): the store holds the other passages' sequences, and a corpus of blank texts is refused."""
+    import pandas as pd
+
+    encoder = tmp_path / "encoder"
+    model, tok = bert_encoder(encoder)
+    model.save_pretrained(encoder)
+    tok.save_pretrained(encoder)
+    texts = passages(6, 5, 30)
+    rows = texts[:2] + ["", "   "] + texts[2:]
+
+    def write(name, column):
+        frame = pd.DataFrame({"text": column})
+        path = tmp_path / f"{name}{suffix}"
+        frame.to_json(path, orient="records", lines=True) if suffix == ".jsonl" else frame.to_parquet(path)
+        return path
+
+    run_extract(encoder, write("corpus", rows), tmp_path / "store", "--student-layers", 2, "--limit", 4)
+    store = hskcache.open_store(tmp_path / "store")
+    want = split_passages(texts[:4], AutoTokenizer.from_pretrained(encoder), MAX_LEN)  # --limit counts passages
+    assert (store.meta.corpus.passages, store.num_examples) == (4, sum(map(len, want)))
+    ids = store.get(range(store.num_examples))["input_ids"]
+    assert ((ids != tok.pad_token_id).sum(1) > 2).all()  # every sequence holds text beside [CLS] and [SEP]
+    capsys.readouterr()
+    args = ["extract", "--teacher", str(encoder), "--data", str(write("blank", ["", "  "])), "--store",
+            str(tmp_path / "none"), "--student-layers", "2", "--max-length", str(MAX_LEN), "--quiet"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert "has no passages (every text is blank)" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "none").exists()
 
 
 def test_txt_corpus_errors_are_one_line(tmp_path, capsys):

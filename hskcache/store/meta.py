@@ -74,7 +74,7 @@ class DataInfo:
 class CorpusInfo:
     """How a task-agnostic store's corpus was cut into sequences (`hskcache.corpus`'s rule)."""
 
-    passages: int  # the corpus's passages (rows of its file; a .txt's non-blank lines), --limit applied
+    passages: int  # the corpus's passages (its non-blank texts, `corpus.passages`), --limit applied
     sequences: int  # the store's rows: each passage's pieces
     sequence_tokens: int  # tokens of text per sequence: --max-length less the special tokens
 

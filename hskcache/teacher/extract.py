@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from hskcache.teacher import hooks
 from hskcache.teacher.config import ExtractConfig
 from hskcache.distributed import Ranks, broadcast, rank_device
-from hskcache.corpus import sequence_tokens, split_corpus
+from hskcache.corpus import passages as corpus_passages, sequence_tokens, split_corpus
 from hskcache.data import TextData, check_labels, fingerprint, load_texts, no_labels, tokenize_batch
 from hskcache.errors import UserError
 from hskcache.teacher.families import takes_token_types
@@ -164,6 +164,8 @@ def prepare(cfg: ExtractConfig, device: torch.device | None = None, progress: bo
                       named_labels(teacher.model.config) if teacher.task else None,
                       unknown_labels=True,  # e.g. augmented rows: the store keeps the teacher's logits
                       unlabeled=not teacher.task)
+    if not teacher.task:
+        data = corpus_passages(data)  # blank texts are not passages, so --limit counts passages
     if cfg.limit is not None and cfg.limit < len(data):  # a corpus's first passages
         n = cfg.limit
         data = replace(data, texts_a=data.texts_a[:n], texts_b=data.texts_b[:n] if data.texts_b else None,
