@@ -8,7 +8,8 @@ one or more sequences of `--max-length` tokens:
 - a passage whose tokens fit one sequence (`--max-length` less the tokenizer's
   special tokens, e.g. [CLS] and [SEP]) is one sequence, as written;
 - a longer passage is cut greedily from its start: each piece takes as many
-  whole words (whitespace-separated) as fit, so no word is split and every
+  whole words (whitespace-separated) as fit (counted on the passage's own
+  tokens), so no word is split and every
   piece but a passage's last is within one word of full length. The cut is made
   on the fast tokenizer's offset mapping, and each piece is tokenized again on
   its own: where that takes more tokens (a byte-level BPE word that lost its

@@ -222,3 +222,11 @@ def test_training_an_uncovered_depth_is_refused_in_one_line(stores, tmp_path, ca
         for command in ("inspect", "budget"):  # budget: with the bytes of the store's own configuration
             assert hskcache_main([command, *(["--store"] if command == "budget" else []), str(paths[name])]) == 0
             assert f"serves student depths {served} (L_top 6)" in capsys.readouterr().out, command
+
+
+def test_a_student_of_no_layers_is_refused_naming_the_fix(stores):
+    _, paths = stores
+    with pytest.raises(UserError, match=r"^a student has at least 1 layer, got 0; read the store for a student of 1 "
+                                        r"or more layers") as refused:
+        hskcache.open_store(paths["every"]).get(range(2), student_layers=0)
+    assert "\n" not in str(refused.value)
