@@ -91,7 +91,10 @@ def test_students_of_two_shapes_read_the_same_rows(stores):
     two, four = (store.get(range(6), student_layers=d) for d in (2, 4))
     for a, b in ((0, 0), (1, 2), (2, 4)):  # g(l, 6) of the 2-layer student: 0,3,6; of the 4-layer: 0,2,3,5,6
         assert torch.equal(two["hsk"][:, a], four["hsk"][:, b])
-    assert Student.of(store.meta).served() == f"serves student depths 1-{TEACHER_LAYERS} and deeper (L_top 6)"
+    # the HSK serves any depth; its `pairs` relations up to 2 L_top (deeper, layer 1 maps to teacher layer 0)
+    assert Student.of(store.meta).served() == "serves student depths 1-12 (L_top 6)"
+    hsk_alone = replace(Student.of(store.meta), records={"hsk": store.meta.kinds["hsk"]})
+    assert hsk_alone.served() == "serves student depths 1-6 and deeper (L_top 6)"
 
 
 @pytest.mark.parametrize("depth", [1, 3, 6, 7, 8])
@@ -114,6 +117,27 @@ def test_streamed_batches_read_the_same_pairs_as_get(stores, depth):
     for name in ("att_keys", "att_probs", "att_rest"):
         expected = full[name][:, [layer - 1 for layer in student_map[1:]]]  # relations: its layers 1..L
         assert torch.equal(streamed[name], expected) and torch.equal(direct[name], expected), name
+
+
+@pytest.mark.parametrize("name,kinds", [("two", ("att",)), ("two", ()), ("every", ("att", "qq"))])
+def test_the_depths_a_store_says_it_serves_are_those_it_reads(stores, name, kinds):
+    """Every depth up to well past `deepest` (the HSK alone of the 0,3,6 store serves 1-2 and again from 24 on,
+    where the top 3 pairs of the map are 5,6,6 and then 6,6,6; its pairs relations only 1-2): a read at the
+    store's N^D succeeds exactly where `served_depths` (and, beyond `deepest`, `deepest`) says."""
+    _, paths = stores
+    store = hskcache.open_store(paths[name])
+    records = {k: v for k, v in store.meta.kinds.items() if k not in {"att", "qq"} - set(kinds)}
+    student = replace(Student.of(store.meta), records=records)
+    layers = student.layers
+    served = set(layers.served_depths(student.covered))
+    for depth in range(1, layers.deepest + 8):
+        try:
+            store.get(range(2), kinds=relations(*kinds), student_layers=depth)
+            read = True
+        except UserError:
+            read = False
+        assert read == (depth in served if depth <= layers.deepest else layers.deepest in served), depth
+    assert (24 in served and 23 not in served) == ((name, kinds) == ("two", ()))
 
 
 def test_served_depths_count_the_relations_too(tmp_path, single_csv, capsys):
@@ -218,7 +242,7 @@ def test_training_an_uncovered_depth_is_refused_in_one_line(stores, tmp_path, ca
     assert "serves student depths 1-2" in err and f"--teacher-layers {EVERY}" in err
     assert not (tmp_path / "run" / "log.jsonl").exists()
 
-    for name, served in (("two", "1-2"), ("every", "1-6 and deeper")):
+    for name, served in (("two", "1-2"), ("every", "1-12")):
         for command in ("inspect", "budget"):  # budget: with the bytes of the store's own configuration
             assert hskcache_main([command, *(["--store"] if command == "budget" else []), str(paths[name])]) == 0
             assert f"serves student depths {served} (L_top 6)" in capsys.readouterr().out, command

@@ -64,18 +64,29 @@ class StoreLayers:
         """Whether the HSK serves a student of `depth` layers at its N^D (`default_pairs`)."""
         return depth >= 1 and self.most_pairs(depth) >= self.default_pairs(depth)
 
+    @property
+    def deepest(self) -> int:
+        """A depth from which every deeper student is served as it is: above L_top, g(l, L_top) steps by at most 1,
+        so the top N^D pairs of a map only close in on L_top (and are all L_top once L'' > 2 (N^D - 1) L_top); a
+        relation's coverage is settled above 2 L_top (`pairs`: student layer 1 then maps to teacher layer 0,
+        which has no attention; `last` fits any deeper student)."""
+        return 2 * self.top * len(self.stored) + 1
+
     def served_depths(self, covers: Callable[[int], bool]) -> tuple[int, ...]:
-        """The student depths 1..L_top + 1 that `covers` admits (every stored kind's coverage: whether it serves
-        a student of that depth at its default read, `kinds.Student.served`). A deeper student is served as
-        L_top + 1 is: from L_top up, the map's top N^D pairs only close in on L_top (g(l, L_top) steps by at
-        most 1), and a relation's `last` layers fit any deeper student."""
-        return tuple(d for d in range(1, self.top + 2) if covers(d))
+        """The student depths 1..`deepest` that `covers` admits (every stored kind's coverage: whether it serves
+        a student of that depth at its default read, `kinds.Student.served`)."""
+        return tuple(d for d in range(1, self.deepest + 1) if covers(d))
 
     def describe(self, covers: Callable[[int], bool]) -> str:
-        """The student depths served (`served_depths`), in one phrase (`hskcache inspect`, the refusals)."""
+        """The student depths served (`served_depths`), in one phrase (`hskcache inspect`, the refusals): those
+        up to the run of served depths that reaches `deepest`, and 'and deeper'."""
         depths = self.served_depths(covers)
-        deeper = " and deeper" if self.top + 1 in depths else ""
-        return f"serves student depths {spans([d for d in depths if d <= self.top])}{deeper} (L_top {self.top})"
+        if self.deepest not in depths:
+            return f"serves student depths {spans(depths)} (L_top {self.top})"
+        start = self.deepest
+        while start - 1 in depths and start - 1 >= self.top:
+            start -= 1
+        return f"serves student depths {spans([d for d in depths if d <= start])} and deeper (L_top {self.top})"
 
     def fix(self, depth: int) -> str:
         """The extract flag that serves a student of `depth` layers."""
