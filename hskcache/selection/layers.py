@@ -46,7 +46,10 @@ class StoreLayers:
         return min(len(self.stored), depth + 1)
 
     def most_pairs(self, depth: int) -> int:
-        """The most pairs a student of `depth` layers reads: how many top pairs of its map are stored."""
+        """The most pairs a student of `depth` layers reads: how many top pairs of its map are stored (at the
+        store's own depth, its pairs as extracted)."""
+        if depth == self.own_depth:
+            return len(self.stored)
         wanted, held, n = self.student_map(depth), set(self.stored), 0
         while n < len(wanted) and wanted[-1 - n] in held:
             n += 1
@@ -57,6 +60,8 @@ class StoreLayers:
         student-layer order (at most `most_pairs`; above L_top a map repeats teacher layers, so may the rows)."""
         if not 1 <= pairs <= self.most_pairs(depth):
             raise ValueError(f"{pairs} pairs of a {depth}-layer student's map are not stored")
+        if depth == self.own_depth:  # as extracted, by place: its map may repeat a teacher layer (L_top < L',
+            return tuple(range(len(self.stored) - pairs, len(self.stored)))  # each pair ranked by its own layer)
         index = {layer: i for i, layer in enumerate(self.stored)}
         return tuple(index[layer] for layer in self.student_map(depth)[-pairs:])
 
