@@ -107,6 +107,28 @@ def _scaled_loss(model, examples, patch, eps):
         saved()
 
 
+def scale_column(linear, j):
+    """A weight edit scaling by (1 + eps) a neuron read only through column j of `linear`; the edit returns its undo."""
+    def patch(eps):
+        old = linear.weight.data[:, j].clone()
+        linear.weight.data[:, j] *= 1 + eps
+        return lambda: linear.weight.data[:, j].copy_(old)
+    return patch
+
+
+def scale_row(linear, j):
+    """A weight edit scaling by (1 + eps) a neuron made only by row j (and bias j) of `linear`; returns its undo."""
+    def patch(eps):
+        old_w, old_b = linear.weight.data[j].clone(), linear.bias.data[j].clone()
+        linear.weight.data[j] *= 1 + eps
+        linear.bias.data[j] *= 1 + eps
+
+        def restore():
+            linear.weight.data[j], linear.bias.data[j] = old_w, old_b
+        return restore
+    return patch
+
+
 def test_importance_is_the_first_order_taylor_term(teacher4, device):
     """|∂L/∂x · x| summed over tokens equals the derivative of the loss with respect to scaling x
     by (1 + ε) at ε = 0; checked by central differences, one example at a time (abs per example), on `device`."""
@@ -118,27 +140,6 @@ def test_importance_is_the_first_order_taylor_term(teacher4, device):
                          "labels": torch.tensor([i % 2], device=device)})
     importance = taylor_neuron_importance(model, examples)
     layer = model.bert.encoder.layer[1]
-
-    def scale_column(linear, j):  # a neuron read only through column j of `linear`
-        def patch(eps):
-            old = linear.weight.data[:, j].clone()
-            linear.weight.data[:, j] *= 1 + eps
-
-            def restore():
-                linear.weight.data[:, j] = old
-            return restore
-        return patch
-
-    def scale_row(linear, j):  # a neuron made only by row j (and bias j) of `linear`
-        def patch(eps):
-            old_w, old_b = linear.weight.data[j].clone(), linear.bias.data[j].clone()
-            linear.weight.data[j] *= 1 + eps
-            linear.bias.data[j] *= 1 + eps
-
-            def restore():
-                linear.weight.data[j], linear.bias.data[j] = old_w, old_b
-            return restore
-        return patch
 
     def derivative(patch, example, eps=1e-5):
         with torch.no_grad():
@@ -257,27 +258,9 @@ def _neuron_patches(model, layer_index, ffn_neuron, head_row):
     """Weight edits scaling one FFN neuron, and the three that scale one head neuron (query, key, context)."""
     layer = model.encoder.layer[layer_index]
 
-    def column(linear, j):
-        def patch(eps):
-            old = linear.weight.data[:, j].clone()
-            linear.weight.data[:, j] *= 1 + eps
-            return lambda: linear.weight.data[:, j].copy_(old)
-        return patch
-
-    def row(linear, j):
-        def patch(eps):
-            old_w, old_b = linear.weight.data[j].clone(), linear.bias.data[j].clone()
-            linear.weight.data[j] *= 1 + eps
-            linear.bias.data[j] *= 1 + eps
-
-            def restore():
-                linear.weight.data[j], linear.bias.data[j] = old_w, old_b
-            return restore
-        return patch
-
-    return ([column(layer.output.dense, ffn_neuron)],
-            [row(layer.attention.self.query, head_row), row(layer.attention.self.key, head_row),
-             column(layer.attention.output.dense, head_row)])
+    return ([scale_column(layer.output.dense, ffn_neuron)],
+            [scale_row(layer.attention.self.query, head_row), scale_row(layer.attention.self.key, head_row),
+             scale_column(layer.attention.output.dense, head_row)])
 
 
 def _state_derivative(model, row, patch, delta=1e-5):
