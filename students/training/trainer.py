@@ -355,7 +355,6 @@ class Trainer:
         self.cfg, self.source = cfg.with_learning_rates(self.info).with_pred_objective(source), source
         cfg = self.cfg
         self.run_dir = Path(cfg.out)
-        self.stages = cfg.stages()
         self._bound: dict[Weighted, tuple] = {}  # each objective's kinds and bound losses (`_loss`)
         self._holdout_counts: dict[str, list[Tensor]] = {}  # per stage: each loss call's held-out count (`_holdout_loss`)
         self.ranks = Ranks.current()
@@ -365,7 +364,7 @@ class Trainer:
         self.model = self._load_model()
         # each stage reads the stored layers of the student's own layer map (`hskcache.selection.layers`)
         self.stages = [replace(s, read={**s.read, "student_layers": self.model.config.num_hidden_layers})
-                       for s in self.stages]
+                       for s in cfg.stages()]
         self.tokenizer = AutoTokenizer.from_pretrained(cfg.student)
         self._check_compatible()
         self.eval_set = self._load_eval_set()
