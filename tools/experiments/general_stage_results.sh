@@ -11,7 +11,7 @@
 # extracted students' measured rate; the general students' own defaults were never measured), test reported.
 # Long CPU work; rerunning resumes.
 #   bash tools/experiments/general_stage_results.sh [OUT]                     (default runs/general)
-#   TASKS="movies convention" SEEDS="0 1 2" GENERAL_EPOCHS=3 IMPORTANCE=512 JOBS=2 MOVIES_RUN=runs/default \
+#   TASKS="movies convention" SEEDS="0 1 2" GENERAL_EPOCHS=3 IMPORTANCE=256 JOBS=2 MOVIES_RUN=runs/default \
 #     bash tools/experiments/general_stage_results.sh
 # PASSAGES / MAX_TRAIN: only the first N corpus passages / training rows per task (a smoke of the script; every
 # figure in docs/results.md was made without them).
@@ -23,7 +23,7 @@ OUT=${1:-runs/general}
 TASKS=${TASKS:-movies convention}
 SEEDS=${SEEDS:-0 1 2}
 GENERAL_EPOCHS=${GENERAL_EPOCHS:-3}
-IMPORTANCE=${IMPORTANCE:-512}   # corpus rows scoring the encoder's ETD-Impt (8 backward passes each)
+IMPORTANCE=${IMPORTANCE:-256}   # corpus rows scoring the encoder's ETD-Impt (8 backward passes each: ~3 s a row)
 JOBS=${JOBS:-2}
 LIMIT=(${PASSAGES:+--limit "$PASSAGES"})
 CAP=${MAX_TRAIN:+--max-train $MAX_TRAIN}
@@ -42,9 +42,10 @@ complete "$OUT/general-store" || OMP_NUM_THREADS=2 timed extract-general $BIN/hs
   --data "$OUT/corpus.txt" --store "$OUT/general-store" --student-layers 3 --knowledge hsk,qq,kk,val --max-length 128 "${LIMIT[@]}" --quiet
 $BIN/hskcache budget --store "$OUT/general-store" > "$OUT/general-store-budget.txt"
 
+general_students() {  # step 2: independent of step 3, so the two run side by side, a core each
 step "2 the general students: ETD-Impt of the encoder and random, one --general run each"
 [ -f "$OUT/general/etd-init/config.json" ] || timed build-general-etd $BIN/students build tinybert --teacher "$ENCODER" \
-  --store "$OUT/general-store" --preset tinybert-3s --importance-examples "$IMPORTANCE" --out "$OUT/general/etd-init" --threads 2
+  --store "$OUT/general-store" --preset tinybert-3s --importance-examples "$IMPORTANCE" --out "$OUT/general/etd-init" --threads 1
 [ -f "$OUT/general/random-init/config.json" ] || $BIN/students build tinybert --teacher "$ENCODER" --init random \
   --preset tinybert-3s --seed 0 --out "$OUT/general/random-init"
 general() {  # init: one --general run (selection on 10% of the corpus's rows by the distillation loss)
@@ -53,6 +54,7 @@ general() {  # init: one --general run (selection on 10% of the corpus's rows by
     --select-on train-holdout:0.1 --seed 0 --threads 1 --quiet --out "$OUT/general/$1" > "$OUT/general/$1.log" 2>&1
 }
 general etd & general random & wait
+}
 
 task_data() {  # task: its data, fine-tuned teacher, task store and ETD-Impt init under $OUT/$task
   local task=$1 dir=$OUT/$1 len
@@ -64,15 +66,20 @@ task_data() {  # task: its data, fine-tuned teacher, task store and ETD-Impt ini
     movies) len=64; $PY tools/build_movie_data.py --out "$dir/data" ${CAP:---max-train 3000}; NAMES=rotten,fresh; EPOCHS=1 ;;
     convention) len=128; $PY tools/build_convention_data.py --out "$dir/data" $CAP; NAMES=democrat,republican; EPOCHS=2 ;;
   esac
-  [ -f "$dir/teacher/config.json" ] || timed "finetune-$task" $BIN/hskcache finetune --teacher "$ENCODER" \
-    --data "$dir/data/train.csv" --eval-data "$dir/data/dev.csv" --out "$dir/teacher" --epochs "$EPOCHS" \
-    --max-length "$len" --batch-size 32 --lr 5e-5 --label-names "$NAMES"
+  # fine-tuned into a side folder, named teacher only when every epoch has run (a cut run starts again)
+  [ -f "$dir/teacher/config.json" ] || { timed "finetune-$task" $BIN/hskcache finetune --teacher "$ENCODER" \
+    --data "$dir/data/train.csv" --eval-data "$dir/data/dev.csv" --out "$dir/teacher.tmp" --epochs "$EPOCHS" \
+    --max-length "$len" --batch-size 32 --lr 5e-5 --label-names "$NAMES" --overwrite && mv "$dir/teacher.tmp" "$dir/teacher"; }
   complete "$dir/store" || $BIN/hskcache extract --teacher "$dir/teacher" --data "$dir/data/train.csv" --store "$dir/store" \
       --student-layers 3 --depth 4 --tokens 16 --width 0.2 --max-length "$len" --quiet
   [ -f "$dir/tinybert-init/config.json" ] || $BIN/students build tinybert --init etd-impt --store "$dir/store" \
     --teacher "$dir/teacher" --preset tinybert-3s --out "$dir/tinybert-init"
 }
+general_students > "$OUT/general.log" 2>&1 &
+GENERAL_PID=$!
 for task in $TASKS; do step "3 $task: data, teacher, task store, ETD init"; task_data "$task"; done
+wait "$GENERAL_PID" || { echo "step 2 failed: see $OUT/general.log" >&2; exit 1; }
+cat "$OUT/general.log"
 for task in $TASKS; do
   [ -f "$OUT/$task/teacher-test.json" ] || $BIN/students eval --model "$OUT/$task/teacher" --data "$OUT/$task/data/test.csv" \
     --json > "$OUT/$task/teacher-test.json.tmp" && mv "$OUT/$task/teacher-test.json.tmp" "$OUT/$task/teacher-test.json"
