@@ -11,6 +11,8 @@ GLUE_TASKS = frozenset({
     "qnli", "rte", "wnli", "ax",
 })
 F1_TASKS = frozenset({"mrpc", "qqp"})
+HOLDOUT_LOSS = "loss"  # the general stage's selection metric: the held-out rows' distillation loss
+LOWER_IS_BETTER = frozenset({HOLDOUT_LOSS})
 
 
 def compute_metrics(task: str | None, preds: np.ndarray, labels: np.ndarray, is_regression: bool) -> dict[str, float]:
@@ -50,6 +52,11 @@ def primary_metric(task: str | None, is_regression: bool) -> str:
     if is_regression:
         return "spearman"
     return "mcc" if task == "cola" else "accuracy"
+
+
+def improves(metric: str, score: float, best: float | None) -> bool:
+    """Whether `score` is a better checkpoint than `best` (None: none yet) by `metric`'s direction."""
+    return best is None or (score < best if metric in LOWER_IS_BETTER else score > best)
 
 
 def f1_binary(predicted: np.ndarray, labels: np.ndarray) -> float:

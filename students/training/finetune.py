@@ -37,7 +37,7 @@ from hskcache.outputs import check_out_folder
 from hskcache.teacher.loading import (check_max_length, check_min_length, load_config, load_model, load_tokenizer,
                               usable_positions)
 from students.evaluation.evaluate import EvalSet, encode_eval_set, evaluate, trimmed
-from students.evaluation.metrics import primary_metric
+from students.evaluation.metrics import improves, primary_metric
 from students.training.runtime import Runtime, set_cpu_threads, settings_json
 from students.training.selection import holdout_split, parse_select_on
 
@@ -159,7 +159,8 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     }
     precision = autocast(device, dtype)
     train_inputs, train_labels = splits.train.inputs, torch.from_numpy(splits.train.labels)
-    best, step = -math.inf, 0
+    best: float | None = None
+    step = 0
     bar = tqdm(total=total, unit="step", desc="fine-tune", dynamic_ncols=True, disable=cfg.runtime.quiet)
     for epoch in range(1, cfg.epochs + 1):
         model.train()
@@ -184,7 +185,8 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
         keep = True  # --select-on last: every epoch replaces the previous one
         if splits.holdout is not None:
             record["holdout"] = evaluate(model, splits.holdout, cfg.eval_batch_size, device, dtype)
-            keep, best = record["holdout"][selector] > best, max(best, record["holdout"][selector])
+            keep = improves(selector, record["holdout"][selector], best)
+            best = record["holdout"][selector] if keep else best
         meta["history"].append(record)
         tqdm.write(f"epoch {epoch}: train loss {record['train_loss']:.4f}, dev " +
                    ", ".join(f"{k} {v:.4f}" for k, v in record["dev"].items()))

@@ -4,7 +4,7 @@
 training rows, not trained on), `eval` (the reported eval split itself: the
 old optimistic behaviour, kept for comparison) or `last` (no selection). The general
 stage (`students train --general`) has no labels: it selects on the held-out rows'
-distillation loss (`HOLDOUT_LOSS`, lower is better).
+distillation loss (`metrics.HOLDOUT_LOSS`, lower is better).
 """
 
 from __future__ import annotations
@@ -70,9 +70,6 @@ def holdout_split(data: TextData, fraction: float | None, seed: int) -> tuple[Te
 
 
 HOLDOUT_SEED = 0  # every run of a store holds out the same rows, so runs compare on one slice
-
-
-HOLDOUT_LOSS = "loss"  # the general stage's selection metric: the held-out rows' distillation loss
 
 
 @dataclass(frozen=True, eq=False)

@@ -42,7 +42,7 @@ from hskcache.storage.packed import PackedBatch, expand
 from hskcache.teacher.loading import check_min_length, is_task_teacher, load_config, load_model, tokenizer_hash
 from students.training.checkpoint import STATE_FILE, read_state, replaced_dir, rng_state, set_rng_state, write_state
 from students.evaluation.evaluate import MODEL_INPUTS, EvalSet, evaluate, load_eval_set, trim_padding
-from students.training.selection import HOLDOUT_LOSS, drop_rows, holdout_eval_set, holdout_rows_only, parse_select_on
+from students.training.selection import drop_rows, holdout_eval_set, holdout_rows_only, parse_select_on
 from students.training.data_parallel import Parallel, placeholder, rank_seed
 from students.training.runtime import Runtime, set_cpu_threads, settings_json
 from students.kinds import STUDENT_KINDS, StudentForward
@@ -52,7 +52,7 @@ from students.training.objectives import table as objective_table
 from students.losses import HSK_MODES, HSK_PROJECTIONS, HSKProjection, LossSettings, batch_count
 from students.training.calibration import REGRESSION_HEADS, recentre
 from students.training.defaults import learning_rates, prediction_objective
-from students.evaluation.metrics import primary_metric
+from students.evaluation.metrics import HOLDOUT_LOSS, improves, primary_metric
 from students.models.student import (STUDENT_FILE, count_parameters, head_labels, load_student, save_student,
                                      with_fresh_head)
 from students.stages import GENERAL, HSK, PRED, Stage, StageSpec
@@ -679,8 +679,7 @@ class Trainer:
             return
         score = {"train-holdout": held, "eval": metrics, "last": None}[self.select_on]
         score = None if score is None else score[self.primary]
-        if self.select_on == "last" or pos.best is None or (
-                score < pos.best if self.primary == HOLDOUT_LOSS else score > pos.best):
+        if self.select_on == "last" or improves(self.primary, score, pos.best):
             pos.best, pos.best_eval = score, metrics
             pos.best_at = {"stage": stage.name, "epoch": pos.epoch + 1, "step": pos.step,
                            "selected_on": self.select_on} | ({"holdout": held} if held is not None else {})
