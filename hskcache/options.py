@@ -4,7 +4,9 @@ A settings dataclass is the one description of a command's settings: each
 field becomes one flag (`--field-name`, help from `field(metadata={"help": ...})`),
 a field whose type is another settings dataclass (`nested`) brings its flags as
 a group, and `--config FILE.toml` holds the same keys. Values are merged
-dataclass defaults < TOML < flags, then validated once by the dataclass.
+dataclass defaults < TOML < flags, then validated once by the dataclass: the
+rules a field declares (`at_least`) by `Settings`, its base, whenever one is
+made (flags, TOML or code), the rest by its own `__post_init__`.
 A program is a table of `Command`s (name, help, settings dataclass, run
 function); `program` builds its parser and `main` dispatches, turning bad input
 into one line (`run_guarded`). The spellings every command shares live here
@@ -14,6 +16,7 @@ spellings, each of which warns in one format (`deprecated`).
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 import tomllib
@@ -51,8 +54,41 @@ def integers(value: str | Sequence[int], flag: str) -> tuple[int, ...]:
 
 def setting(default: Any, help: str, **more: Any) -> Any:
     """A settings-dataclass field with its flag's help (and `parse`, `aliases`, `show_default`,
-    `metavar`, `nargs`, `positional`: a deprecated positional spelling such as STORE)."""
+    `metavar`, `nargs`, `positional`: a deprecated positional spelling such as STORE; `at_least`:
+    the least value, which `Settings` holds the field to)."""
     return field(default=default, metadata={"help": help, **more})
+
+
+def check_fields(settings: Any) -> None:
+    """The rules a settings dataclass's fields declare in their metadata (`at_least`), each one line naming
+    the flag; a value left out (None) has nothing to check."""
+    for f in fields(settings):
+        value, least = getattr(settings, f.name), f.metadata.get("at_least")
+        if least is not None and value is not None and value < least:
+            raise UserError(f"{flag_name(f.name)} must be at least {least}, got {value}")
+
+
+class Settings:
+    """Base of the settings dataclasses whose fields declare rules (`setting(..., at_least=1)`): the rules
+    hold however one is made (flags, TOML, code), checked once, before the class's own `__post_init__`
+    (which is wrapped when the class is defined, so no subclass can forget to ask)."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        own = cls.__dict__.get("__post_init__")
+        if own is None or getattr(own, "checks_fields", False):
+            return
+
+        @functools.wraps(own)
+        def __post_init__(self: Any) -> None:
+            check_fields(self)
+            own(self)
+
+        __post_init__.checks_fields = True  # type: ignore[attr-defined]
+        cls.__post_init__ = __post_init__  # type: ignore[method-assign]
+
+    def __post_init__(self) -> None:
+        check_fields(self)
 
 
 def nested(group: str | None = None, default_factory: Callable[[], Any] | None = None) -> Any:
@@ -168,6 +204,8 @@ def add_fields(p: argparse._ActionsContainer, cls: type) -> None:
         if f in added:  # a field two settings classes share (one inherits it): one flag
             continue
         added.add(f)
+        if "at_least" in f.metadata and not issubclass(cls, Settings):
+            raise TypeError(f"{cls.__name__}.{f.name} declares at_least; make {cls.__name__} a Settings so it is checked")
         kind = _field_type(hints[f.name])
         help_text = f.metadata["help"].replace("%", "%%") + _default_text(f)
         if kind is bool:

@@ -15,7 +15,7 @@ from pathlib import Path
 from hskcache import options
 from hskcache.device import DEVICES, DTYPES
 from hskcache.errors import UserError
-from hskcache.options import Command, Group, columns, nested, setting
+from hskcache.options import Command, Group, Settings, columns, nested, setting
 from students.build.builder import RositaConfig, TinyBertConfig
 from students.deploy.export import FORMATS, QUANTIZERS
 from students.models.student import PRESETS
@@ -69,7 +69,7 @@ def run_train(run: TrainRun) -> int:
 
 
 @dataclass(frozen=True)
-class EvalConfig:
+class EvalConfig(Settings):
     """`students eval`: a student's metrics on labeled data."""
 
     model: str = setting(MISSING, "student folder (e.g. RUN/student), or an exported one")
@@ -77,15 +77,13 @@ class EvalConfig:
     split: str = setting("validation", "split of a glue/<task> dataset")
     text_cols: tuple[str, ...] | None = setting(None, "text column(s), a or a,b", parse=columns)
     label_col: str | None = setting(None, "label column")
-    batch_size: int = setting(128, "eval batch size")
+    batch_size: int = setting(128, "eval batch size", at_least=1)
     max_length: int | None = setting(None, "tokenizer max length", show_default="128, or the student's positions if fewer")
     device: str = setting("auto", "where the student runs", choices=DEVICES)
     dtype: str | None = setting(None, "forward precision", choices=DTYPES, show_default="bf16 on CUDA, fp32 on CPU")
     json: bool = setting(False, "print the metrics as JSON")
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1:
-            raise UserError(f"--batch-size must be at least 1, got {self.batch_size}")
         from hskcache.teacher.loading import check_min_length
 
         check_min_length(self.max_length)

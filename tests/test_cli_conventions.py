@@ -1,7 +1,9 @@
 """One command-line convention across `hskcache` and `students` (hskcache.options)."""
 from __future__ import annotations
 
-from dataclasses import fields
+import argparse
+import re
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import pytest
@@ -10,8 +12,11 @@ from hskcache.cli import main as hskcache_cli
 from hskcache.teacher.config import ExtractConfig, build_config
 from hskcache.errors import UserError
 from hskcache.kinds.hsk import STORED, HSKRead
-from hskcache.options import Group, columns, flag_name, leaves, settings_from
+from hskcache.kinds.qk import ProjectionRelationSettings
+from hskcache.options import Group, add_fields, columns, flag_name, leaves, setting, settings_from
+from hskcache.teacher.augment import AugmentConfig
 from students import cli as students_cli
+from students.training.runtime import Runtime
 from students.training.trainer import TrainConfig
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -305,3 +310,42 @@ def test_a_usage_error_is_one_line(capsys, main, argv, needle):
         main(argv)
     err = capsys.readouterr().err.strip().splitlines()
     assert exit_.value.code == 2 and len(err) == 1 and needle in err[0], err
+
+
+@pytest.mark.parametrize(("build", "main", "argv", "line"), [
+    (lambda: Runtime(threads=0), students_cli.main,
+     ["train", "--store", "S", "--student", "X", "--out", "R", "--threads", "0"],
+     "students: error: --threads must be at least 1, got 0"),
+    (lambda: TrainConfig(student="X", out="R", weight_decay=-0.5), students_cli.main,
+     ["train", "--store", "S", "--student", "X", "--out", "R", "--weight-decay", "-0.5"],
+     "students: error: --weight-decay must be at least 0, got -0.5"),
+    (lambda: AugmentConfig(teacher="T", data="D", out="a.csv", per_example=0), hskcache_cli.main,
+     ["augment", "--teacher", "T", "--data", "D", "--out", "a.csv", "--per-example", "0"],
+     "hskcache: error: --per-example must be at least 1, got 0"),
+    (lambda: ProjectionRelationSettings(relation_heads=0), hskcache_cli.main,
+     ["extract", "--teacher", "T", "--data", "D", "--student-layers", "2", "--knowledge", "hsk,qq",
+      "--relation-heads", "0"],
+     "hskcache: error: --relation-heads must be at least 1, got 0"),
+])
+def test_a_declared_lower_bound_holds_however_the_settings_are_made(capsys, build, main, argv, line):
+    """`setting(..., at_least=N)` is checked by `Settings` when the dataclass is made: in code, and from a
+    command line (one line, exit 2), before the class's own rules (the teacher "T" is never looked for)."""
+    with pytest.raises(UserError, match=f"^{re.escape(line.split('error: ')[1])}$"):
+        build()
+    assert main(argv) == 2
+    assert capsys.readouterr().err.splitlines() == [line]
+
+
+def test_a_bound_is_inclusive_and_an_absent_value_is_not_checked():
+    assert (Runtime(threads=1).threads, Runtime().threads) == (1, None)
+    assert TrainConfig(student="X", out="R", weight_decay=0.0).weight_decay == 0.0
+
+
+def test_a_bound_on_a_class_that_would_not_check_it_is_refused():
+    """A settings dataclass that declares `at_least` must be a `Settings`, or the bound would be help text only."""
+    @dataclass(frozen=True)
+    class Plain:
+        n: int = setting(1, "n", at_least=1)
+
+    with pytest.raises(TypeError, match="make Plain a Settings"):
+        add_fields(argparse.ArgumentParser(), Plain)

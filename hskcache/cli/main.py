@@ -14,8 +14,7 @@ from hskcache import options
 from hskcache.teacher.augment import AugmentConfig
 from hskcache.cli.budget import BudgetConfig, run_budget
 from hskcache.teacher.config import ExtractConfig
-from hskcache.errors import UserError
-from hskcache.options import STORE_ARGUMENT, Command, nested, setting
+from hskcache.options import STORE_ARGUMENT, Command, Settings, nested, setting
 from students.training.finetune import FinetuneConfig  # the CLI floor sits above both packages (docs/design.md)
 
 
@@ -56,15 +55,11 @@ def run_inspect(cfg: InspectConfig) -> int:
 
 
 @dataclass(frozen=True)
-class VerifyConfig:
+class VerifyConfig(Settings):
     store: str = setting(MISSING, "the store to check: a directory or an fsspec URL", **STORE_ARGUMENT)
     repair: bool = setting(False, "clear the commit markers of the bad chunks")
-    threads: int | None = setting(None, "chunks checked at once", show_default="every core")
+    threads: int | None = setting(None, "chunks checked at once", show_default="every core", at_least=1)
     quiet: bool = setting(False, "no progress bar")
-
-    def __post_init__(self) -> None:
-        if self.threads is not None and self.threads < 1:
-            raise UserError(f"--threads {self.threads}: give at least 1")
 
 
 def run_verify(cfg: VerifyConfig) -> int:

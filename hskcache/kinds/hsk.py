@@ -21,7 +21,7 @@ from hskcache.storage import widthcode
 from hskcache.errors import UserError
 from hskcache.hskread import parse_triple
 from hskcache.storage.layout import VALUE_FORMATS, ArraySpec
-from hskcache.options import setting
+from hskcache.options import Settings, setting
 from hskcache.storage.packed import encode_hsk, expand_hsk
 from hskcache.selection.hsk import WIDTH_STRATEGIES, kept_width, select_hsk, static_dims
 from hskcache.selection.layers import as_cut
@@ -43,12 +43,12 @@ WIDTH_CODE_RATIOS = {"bitmask": 2.05, "rank": 1.16}
 
 
 @dataclass(frozen=True)
-class HSKSettings:
+class HSKSettings(Settings):
     """The HSK's extraction parameters (each an `extract` flag and TOML key, recorded in the store)."""
 
     depth: int | None = setting(None, "N^D: the top N^D pairs (default all L'+1)")
     tokens: int | None = setting(None, "N^L: most tokens per layer, at most --max-length",
-                                 show_default=f"{DEFAULT_TOKENS}, or --max-length if smaller")
+                                 show_default=f"{DEFAULT_TOKENS}, or --max-length if smaller", at_least=1)
     width: float = setting(1.0, "N^W: fraction of activations kept, (0, 1]")
     width_strategy: str = setting("mag", " | ".join(WIDTH_STRATEGIES))
     width_seed: int = setting(0, "seed of the rand width mask", aliases=("--seed",))
@@ -59,8 +59,6 @@ class HSKSettings:
     def __post_init__(self) -> None:
         if not 0 < self.width <= 1:
             raise UserError(f"--width must be in (0, 1], got {self.width}: it is the fraction of activations kept")
-        if self.tokens is not None and self.tokens < 1:
-            raise UserError(f"--tokens must be at least 1, got {self.tokens}")
         if self.width_strategy not in WIDTH_STRATEGIES:
             raise UserError(f"--width-strategy {self.width_strategy!r} is unknown; use one of {', '.join(WIDTH_STRATEGIES)}")
         if self.width_code not in widthcode.WIDTH_CODES:

@@ -28,12 +28,8 @@ class ProjectionRelationSettings(RelationSettings):
     """The relation kinds' shared settings plus the relation heads of qq and kk."""
 
     relation_heads: int | None = setting(None, "qq/kk relation heads R: the teacher's concatenated queries (keys) are "
-                                         "re-split into R heads of width / R (default: the teacher's head count)")
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.relation_heads is not None and self.relation_heads < 1:
-            raise UserError(f"--relation-heads must be at least 1, got {self.relation_heads}")
+                                         "re-split into R heads of width / R (default: the teacher's head count)",
+                                         at_least=1)
 
 
 class ProjectionRelation(RelationKind):

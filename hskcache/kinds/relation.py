@@ -23,7 +23,7 @@ from torch import Tensor
 from hskcache.selection.attention import UINT8_EMPTY, RelationSpec, shrink
 from hskcache.errors import UserError
 from hskcache.storage.layout import ArraySpec, narrow
-from hskcache.options import setting
+from hskcache.options import Settings, setting
 from hskcache.selection.hsk import rank_layers, rank_positions
 from hskcache.selection.layers import as_cut
 from hskcache.kinds.base import Cut, Kind, Read, Student, TeacherForward, TeacherInfo
@@ -48,19 +48,15 @@ def parse_read(text: str | tuple) -> tuple[int | None, int | None]:
 
 
 @dataclass(frozen=True)
-class RelationSettings:
+class RelationSettings(Settings):
     """The extraction parameters every relation kind shares (one flag each, for all of them)."""
 
     att_layers: str = setting("last", "relation layers (every relation kind): last (MiniLM) | pairs (the HSK's "
                               "layer pairs) | i,j (teacher layers)")
     att_rows: int | None = setting(None, "query rows per relation layer, ranked like the HSK's tokens "
-                                   "(default: --tokens)")
-    att_keys: int | None = setting(None, "top keys kept per relation row, plus the rest mass (default: every key)")
-
-    def __post_init__(self) -> None:
-        for name in ("att_rows", "att_keys"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+                                   "(default: --tokens)", at_least=1)
+    att_keys: int | None = setting(None, "top keys kept per relation row, plus the rest mass (default: every key)",
+                                   at_least=1)
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ from transformers import AutoModelForMaskedLM
 
 from hskcache.data import load_texts
 from hskcache.errors import UserError
-from hskcache.options import columns, setting
+from hskcache.options import Settings, columns, setting
 from hskcache.outputs import check_out_file
 from hskcache.teacher.loading import LOAD_ERRORS, check_model_source, load_config, load_model, load_tokenizer
 
@@ -41,28 +41,24 @@ _WORD = re.compile(r"[a-z]+")
 
 
 @dataclass(frozen=True)
-class AugmentConfig:
+class AugmentConfig(Settings):
     """Every setting of `hskcache augment`: each field is a flag and a TOML key."""
 
     teacher: str = setting(MISSING, "the fine-tuned teacher (its embeddings or MLM head give candidates)")
     data: str = setting(MISSING, "glue/<task> or a .csv/.tsv/.json/.jsonl/.parquet file")
     out: str = setting(MISSING, "data file to write: .csv, .jsonl or .parquet")
-    per_example: int = setting(10, "augmented rows per example")
+    per_example: int = setting(10, "augmented rows per example", at_least=1)
     seed: int = setting(0, "seed of the replacements")
     replace_prob: float = setting(0.4, "chance a word is replaced (TinyBERT's p_t)")
-    candidates: int = setting(15, "K most similar words to draw from (TinyBERT's K)")
+    candidates: int = setting(15, "K most similar words to draw from (TinyBERT's K)", at_least=1)
     split: str = setting("train", "split of a glue/<task> --data")
     text_cols: tuple[str, ...] | None = setting(None, "text column(s), a or a,b", parse=columns)
     label_col: str | None = setting(None, "label column")
     overwrite: bool = setting(False, "replace an existing --out file (never one in a store)")
 
     def __post_init__(self) -> None:
-        if self.per_example < 1:
-            raise UserError(f"--per-example must be at least 1, got {self.per_example}")
         if not 0 < self.replace_prob <= 1:
             raise UserError(f"--replace-prob must be in (0, 1], got {self.replace_prob}")
-        if self.candidates < 1:
-            raise UserError(f"--candidates must be at least 1, got {self.candidates}")
         if Path(self.out).suffix.lower() not in WRITERS:
             raise UserError(f"--out {self.out} must end in {', '.join(WRITERS)} (a file `hskcache extract` reads)")
         check_out_file(self.out, "--out", self.overwrite)

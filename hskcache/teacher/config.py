@@ -5,7 +5,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping
 
 from hskcache.errors import UserError
-from hskcache.options import columns, complete_per_name, integers, make, merged, per_name, setting
+from hskcache.options import Settings, columns, complete_per_name, integers, make, merged, per_name, setting
 from hskcache.kinds import KINDS, kind_settings, knowledge_names, parse_knowledge, refuse_unstored
 from hskcache.storage.layout import COMPRESSIONS, MAX_LENGTH
 from hskcache.selection.hsk import TOKEN_STRATEGIES, layer_map
@@ -14,7 +14,7 @@ from hskcache.device import DEVICES, DTYPES, check_dtype
 
 
 @dataclass(frozen=True)
-class ExtractConfig:
+class ExtractConfig(Settings):
     """Every setting of one extraction: each field is an `extract` flag and a TOML key."""
 
     teacher: str = field(metadata={"help": "fine-tuned sequence classifier (a task store), or a bare encoder of a "
@@ -27,7 +27,7 @@ class ExtractConfig:
     split: str = setting("train", "dataset split")
     text_cols: tuple[str, ...] | None = setting(None, "text column(s), a or a,b", parse=columns)
     label_col: str | None = setting(None, "label column (a task teacher's only)")
-    student_layers: int | None = setting(None, "student depth L'")
+    student_layers: int | None = setting(None, "student depth L'", at_least=1)
     ltop: int | None = setting(None, "top teacher layer of the layer map (default: teacher depth)")
     teacher_layers: tuple[int, ...] | None = setting(
         None, "explicit teacher layers for student layers 0..L', e.g. 0,3,5,8,10",
@@ -40,8 +40,8 @@ class ExtractConfig:
     kinds: Mapping[str, Any] = per_name(kind_settings, "knowledge kinds' settings")  # each kind's `Kind.settings`
     # (the HSK's: N^D, N^L, N^W, width strategy, seed and code, value format; `kinds.hsk.HSKSettings`)
     max_length: int = setting(128, "tokenizer max length, at most the teacher's positions")
-    batch_size: int = setting(64, "teacher batch size")
-    limit: int | None = setting(None, "only the first N examples (a bare encoder's corpus: passages)")
+    batch_size: int = setting(64, "teacher batch size", at_least=1)
+    limit: int | None = setting(None, "only the first N examples (a bare encoder's corpus: passages)", at_least=1)
     device: str = setting("auto", " | ".join(DEVICES))
     dtype: str | None = setting(None, " | ".join(DTYPES) + ": the teacher's forward precision, recorded in the store "
                                 "(default: bf16 on CUDA, fp32 on CPU)")
@@ -72,16 +72,10 @@ class ExtractConfig:
         # each kind's settings completed against the rest (the HSK's N^L: at most --max-length)
         object.__setattr__(self, "kinds", {name: KINDS[name].complete(value, self.max_length)
                                            for name, value in self.kinds.items()})
-        if self.batch_size < 1:
-            raise UserError(f"--batch-size must be at least 1, got {self.batch_size}")
-        if self.limit is not None and self.limit < 1:
-            raise UserError(f"--limit must be at least 1, got {self.limit}")
         if self.student_layers is None and self.teacher_layers is None:
             raise UserError("say which teacher layers to store: pass --student-layers L' (with --ltop) or --teacher-layers i,j,...")
         if self.student_layers is not None and self.teacher_layers is not None:
             raise UserError("pass either --student-layers or --teacher-layers, not both")
-        if self.student_layers is not None and self.student_layers < 1:
-            raise UserError(f"--student-layers must be at least 1, got {self.student_layers}")
         if self.store and Location.parse(self.store).is_file():
             raise UserError(f"--store {self.store} is a file; pass a directory path or URL for the store")
         if self.shard is not None:

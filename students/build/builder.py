@@ -15,7 +15,7 @@ from pathlib import Path
 
 from hskcache.device import DEVICES
 from hskcache.errors import UserError
-from hskcache.options import STORE_HELP, columns, setting
+from hskcache.options import STORE_HELP, Settings, columns, setting
 from hskcache.teacher.loading import check_model_source
 from students.models.etd import EXTRACTING_INITS, LAYER_SELECTIONS
 from students.models.student import PRESETS, StudentSpec
@@ -28,14 +28,10 @@ PRESET_HELP = f"named shape: {', '.join(PRESETS)}"
 def _common_checks(cfg) -> None:
     if cfg.preset is not None and cfg.preset not in PRESETS:
         raise UserError(f"unknown --preset {cfg.preset!r}; use one of {', '.join(PRESETS)}")
-    if cfg.threads is not None and cfg.threads < 1:
-        raise UserError(f"--threads must be at least 1, got {cfg.threads}")
-    if cfg.importance_examples < 1:
-        raise UserError(f"--importance-examples must be at least 1, got {cfg.importance_examples}")
 
 
 @dataclass(frozen=True)
-class TinyBertConfig:
+class TinyBertConfig(Settings):
     """`students build tinybert`: a small BERT on the teacher's vocabulary, extracted (ETD) or random."""
 
     KIND = "tinybert"
@@ -69,7 +65,7 @@ class TinyBertConfig:
     label_col: str | None = setting(None, "--data label column")
     max_length: int | None = setting(None, "--data tokenizer max length (a bare encoder: the general store's)",
                                      show_default="128, or the teacher's positions if fewer")
-    importance_examples: int = setting(10_000, "examples that score the neurons (ETD's)")
+    importance_examples: int = setting(10_000, "examples that score the neurons (ETD's)", at_least=1)
     seed: int = setting(0, "seed of a random init, of etd-rand's draw, of a bare encoder's importance draws "
                            "or of the fresh head on a general student")
     device: str = setting("auto", "where the teacher runs", choices=DEVICES)
@@ -88,7 +84,7 @@ class TinyBertConfig:
 
 
 @dataclass(frozen=True)
-class RositaConfig:
+class RositaConfig(Settings):
     """`students build rosita`: the teacher pruned by Taylor importance, embeddings factorised."""
 
     KIND = "rosita"
@@ -104,7 +100,7 @@ class RositaConfig:
     heads: int | None = setting(None, "attention heads kept per layer")
     ffn: int | None = setting(None, "FFN neurons kept per layer")
     emb_rank: int | None = setting(None, "rank of the factorised word embeddings")
-    importance_examples: int = setting(2048, "store examples that score heads and neurons")
+    importance_examples: int = setting(2048, "store examples that score heads and neurons", at_least=1)
     device: str = setting("auto", "where the teacher runs", choices=DEVICES)
     threads: int | None = setting(None, "torch CPU threads", show_default="all available cores")
 

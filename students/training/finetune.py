@@ -32,7 +32,7 @@ from transformers import get_linear_schedule_with_warmup
 from hskcache.data import TextData, fingerprint, load_texts
 from hskcache.device import autocast, pick_device, pick_dtype
 from hskcache.errors import UserError
-from hskcache.options import columns, nested, setting
+from hskcache.options import Settings, columns, nested, setting
 from hskcache.outputs import check_out_folder
 from hskcache.teacher.loading import (check_max_length, check_min_length, load_config, load_model, load_tokenizer,
                               usable_positions)
@@ -47,7 +47,7 @@ SELECT_ON = ("last", "train-holdout")  # no `eval`: the eval data is never used 
 
 
 @dataclass(frozen=True)
-class FinetuneConfig:
+class FinetuneConfig(Settings):
     """Every setting of one fine-tuning run: each field is a `hskcache finetune` flag and a TOML key."""
 
     teacher: str = field(metadata={"help": "local Hugging Face encoder folder to fine-tune into the teacher (an "
@@ -64,35 +64,29 @@ class FinetuneConfig:
     label_names: tuple[str, ...] | None = setting(
         None, "class names for classes 0..C-1, e.g. rotten,fresh: written to the model's id2label, so the teacher, "
         "its store and its students say them (default: the data's own, else LABEL_i)", parse=columns)
-    epochs: int = setting(3, "training epochs")
+    epochs: int = setting(3, "training epochs", at_least=1)
     lr: float = setting(5e-5, "peak learning rate (linear warmup, then linear decay to 0)")
     warmup_frac: float = setting(0.1, "fraction of the steps that warm the learning rate up, in [0, 1)")
-    weight_decay: float = setting(0.01, "AdamW weight decay")
+    weight_decay: float = setting(0.01, "AdamW weight decay", at_least=0)
     max_grad_norm: float = setting(1.0, "gradient clipping")
-    batch_size: int = setting(32, "training batch size")
-    eval_batch_size: int = setting(128, "eval batch size")
+    batch_size: int = setting(32, "training batch size", at_least=1)
+    eval_batch_size: int = setting(128, "eval batch size", at_least=1)
     max_length: int | None = setting(None, "tokenizer max length",
                                      show_default=f"{DEFAULT_MAX_LENGTH}, or the model's positions if fewer")
     seed: int = setting(0, "seeds the new head, dropout, the data order and the held-out slice")
     select_on: str = setting("last", "which epoch is saved: last, or train-holdout:FRACTION (the best on that "
                              "seeded slice of --data, which is then not trained on); --eval-data never selects")
-    max_steps: int | None = setting(None, "stop after N optimizer steps (smoke runs)")
+    max_steps: int | None = setting(None, "stop after N optimizer steps (smoke runs)", at_least=1)
     overwrite: bool = setting(False, "replace the files of an existing --out folder")
     runtime: Runtime = nested(default_factory=Runtime)  # --device, --dtype, --threads, --quiet
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "eval_batch_size", "max_steps"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
         check_min_length(self.max_length)
         for name in ("lr", "max_grad_norm"):
             if not getattr(self, name) > 0:
                 raise UserError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
         if not 0 <= self.warmup_frac < 1:
             raise UserError(f"--warmup-frac must be in [0, 1), got {self.warmup_frac}")
-        if self.weight_decay < 0:
-            raise UserError(f"--weight-decay must be at least 0, got {self.weight_decay}")
         parse_select_on(self.select_on, SELECT_ON)
 
     @property

@@ -14,26 +14,24 @@ import torch
 
 from hskcache.device import DEVICES, DTYPES, check_dtype
 from hskcache.errors import UserError
-from hskcache.options import setting
+from hskcache.options import Settings, setting
 from students.training.data_parallel import cores_per_rank
 
 
 @dataclass(frozen=True)
-class Runtime:
+class Runtime(Settings):
     """Where a run computes, in which precision, on how many CPU threads, and whether it shows progress."""
 
     device: str = setting("auto", " | ".join(DEVICES))
     dtype: str | None = setting(None, " | ".join(DTYPES) + ": forward precision of training and eval, weights and "
                                 "losses in fp32 (default: bf16 on CUDA, fp32 on CPU)")
-    threads: int | None = setting(None, "torch CPU threads (default: all available cores)")
+    threads: int | None = setting(None, "torch CPU threads (default: all available cores)", at_least=1)
     quiet: bool = setting(False, "no progress bars")
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES:
             raise UserError(f"--device {self.device!r} is unknown; use one of {', '.join(DEVICES)}")
         check_dtype(self.dtype)
-        if self.threads is not None and self.threads < 1:
-            raise UserError(f"--threads must be at least 1, got {self.threads}")
 
 
 def set_cpu_threads(device: torch.device, threads: int | None) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 from hskcache.teacher.config import ExtractConfig
 from hskcache.errors import UserError
 from hskcache.kinds import kind_settings
-from hskcache.options import STORE_HELP, flag_name, nested, setting
+from hskcache.options import STORE_HELP, Settings, flag_name, nested, setting
 
 ONLINE_FIELDS = ("data", "split", "student_layers", "ltop", "teacher_layers", "token_strategy", "knowledge",
                  "limit")  # and every kind's settings (the HSK's --depth/--tokens/--width/...)
@@ -37,7 +37,7 @@ def _online_field(f, cls: type = ExtractConfig) -> tuple[str, Any, Any]:
 KIND_FIELDS = {f.name: (f, cls) for cls in reversed(list(dict.fromkeys(kind_settings().values()))) for f in fields(cls)}
 OnlineSettings = make_dataclass(
     "OnlineSettings", [_online_field(f) for f in fields(ExtractConfig) if f.name in ONLINE_FIELDS]
-    + [_online_field(f, cls) for f, cls in KIND_FIELDS.values()], frozen=True,
+    + [_online_field(f, cls) for f, cls in KIND_FIELDS.values()], bases=(Settings,), frozen=True,
     namespace={"__doc__": "The online baseline's `hskcache extract` settings (None: not given)."})
 OnlineSettings.__module__ = __name__
 

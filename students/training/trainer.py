@@ -37,7 +37,7 @@ from hskcache.device import autocast, pick_dtype
 from hskcache.teacher import hooks
 from hskcache.kinds import KINDS, Read, read_settings, refuse_unused
 from hskcache.store.meta import StoreMeta, to_json
-from hskcache.options import columns, complete_per_name, nested, per_name, setting
+from hskcache.options import Settings, columns, complete_per_name, nested, per_name, setting
 from hskcache.storage.packed import PackedBatch, expand
 from hskcache.teacher.loading import check_min_length, is_task_teacher, load_config, load_model, tokenizer_hash
 from students.training.checkpoint import STATE_FILE, read_state, replaced_dir, rng_state, set_rng_state, write_state
@@ -94,7 +94,7 @@ def resolved_run(out: str) -> str:
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(Settings):
     """Every setting of one run: each field is a `students train` flag and a TOML key;
     validated once here. Defaults are the paper's (SPEC Table 4)."""
 
@@ -118,19 +118,19 @@ class TrainConfig:
                                    "bias, shifted before the prediction stage so its mean output on the training "
                                    "rows is the teacher's (students/training/calibration.py), or left as it is")
     temperature: float = setting(1.0, "soft CE temperature")
-    hsk_epochs: int = setting(10, "stage 1 epochs")
+    hsk_epochs: int = setting(10, "stage 1 epochs", at_least=1)
     hsk_lr: float | None = setting(None, "stage 1 learning rate (default: by the student's init, "
                                    "students/training/defaults.py)")
-    hsk_batch_size: int = setting(32, "stage 1 batch size")
-    pred_epochs: int = setting(5, "stage 2 epochs")
+    hsk_batch_size: int = setting(32, "stage 1 batch size", at_least=1)
+    pred_epochs: int = setting(5, "stage 2 epochs", at_least=1)
     pred_lr: float | None = setting(None, "stage 2 learning rate (default: by the student's init)")
-    pred_batch_size: int = setting(32, "stage 2 batch size")
-    weight_decay: float = setting(0.01, "AdamW weight decay")
+    pred_batch_size: int = setting(32, "stage 2 batch size", at_least=1)
+    weight_decay: float = setting(0.01, "AdamW weight decay", at_least=0)
     max_grad_norm: float = setting(1.0, "gradient clipping")
     seed: int = setting(0, "seeds dropout, the projection and the data order")
-    max_steps: int | None = setting(None, "stop each stage after N optimizer steps (smoke runs)")
-    log_every: int = setting(50, "log a step record every N steps")
-    save_every: int | None = setting(None, "also checkpoint every N steps (default: each epoch end and on Ctrl-C)")
+    max_steps: int | None = setting(None, "stop each stage after N optimizer steps (smoke runs)", at_least=1)
+    log_every: int = setting(50, "log a step record every N steps", at_least=1)
+    save_every: int | None = setting(None, "also checkpoint every N steps (default: each epoch end and on Ctrl-C)", at_least=1)
     select_on: str = setting("train-holdout:0.1", "which epoch becomes RUN/student (the prediction stage's; with "
                              "--general, stage 1's): train-holdout:FRACTION (best on that seeded slice of the "
                              "store's rows, not trained on; --general: the lowest distillation loss), eval (best on "
@@ -142,7 +142,7 @@ class TrainConfig:
                                                  parse=columns)
     label_col: str | None = setting(None, "label column (default: the store's)")
     max_length: int | None = setting(None, "eval max length (default: the store's)")
-    eval_batch_size: int = setting(128, "eval batch size")
+    eval_batch_size: int = setting(128, "eval batch size", at_least=1)
     general: bool = setting(False, "the general stage: stage 1 alone on a task-agnostic store (or on a task "
                             "store's rows, its logits and labels unused; no prediction-stage or eval flags), its "
                             "epochs selected by the distillation loss on the held-out rows; writes a bare student, "
@@ -159,19 +159,9 @@ class TrainConfig:
     EVAL_READING = ("text_cols", "label_col", "max_length")
 
     def __post_init__(self) -> None:
-        positive = {"hsk_epochs": self.hsk_epochs, "pred_epochs": self.pred_epochs,
-                    "hsk_batch_size": self.hsk_batch_size, "pred_batch_size": self.pred_batch_size,
-                    "log_every": self.log_every,
-                    "eval_batch_size": self.eval_batch_size, "max_steps": self.max_steps,
-                    "save_every": self.save_every, "max_length": self.max_length}
-        for name, value in positive.items():
-            if value is not None and value < 1:
-                raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
         for name in ("hsk_lr", "pred_lr", "temperature", "max_grad_norm"):
             if getattr(self, name) is not None and not getattr(self, name) > 0:
                 raise UserError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
-        if self.weight_decay < 0:
-            raise UserError(f"--weight-decay must be at least 0, got {self.weight_decay}")
         if self.width_loss not in HSK_MODES:
             raise UserError(f"--width-loss {self.width_loss!r} is unknown; use one of {', '.join(HSK_MODES)}")
         if self.hsk_projection not in HSK_PROJECTIONS:
