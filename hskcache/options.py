@@ -5,7 +5,7 @@ field becomes one flag (`--field-name`, help from `field(metadata={"help": ...})
 a field whose type is another settings dataclass (`nested`) brings its flags as
 a group, and `--config FILE.toml` holds the same keys. Values are merged
 dataclass defaults < TOML < flags, then validated once by the dataclass: the
-rules a field declares (`at_least`) by `Settings`, its base, whenever one is
+rules a field declares (`at_least`, `choices`) by `Settings`, its base, whenever one is
 made (flags, TOML or code), the rest by its own `__post_init__`.
 A program is a table of `Command`s (name, help, settings dataclass, run
 function); `program` builds its parser and `main` dispatches, turning bad input
@@ -54,22 +54,29 @@ def integers(value: str | Sequence[int], flag: str) -> tuple[int, ...]:
 
 def setting(default: Any, help: str, **more: Any) -> Any:
     """A settings-dataclass field with its flag's help (and `parse`, `aliases`, `show_default`,
-    `metavar`, `nargs`, `positional`: a deprecated positional spelling such as STORE; `at_least`:
-    the least value, which `Settings` holds the field to)."""
+    `metavar`, `nargs`, `positional`: a deprecated positional spelling such as STORE; and the rules
+    `Settings` holds the field to: `at_least`, the least value, and `choices`, the values it takes)."""
     return field(default=default, metadata={"help": help, **more})
 
 
+RULES = ("at_least", "choices")  # what a field's metadata may declare for `Settings` to check
+
+
 def check_fields(settings: Any) -> None:
-    """The rules a settings dataclass's fields declare in their metadata (`at_least`), each one line naming
-    the flag; a value left out (None) has nothing to check."""
+    """The rules a settings dataclass's fields declare in their metadata (`RULES`), each one line naming
+    the flag; a value left out (None) has nothing to check. (argparse checks a flag's choices first.)"""
     for f in fields(settings):
-        value, least = getattr(settings, f.name), f.metadata.get("at_least")
-        if least is not None and value is not None and value < least:
+        value, least, choices = getattr(settings, f.name), f.metadata.get("at_least"), f.metadata.get("choices")
+        if value is None:
+            continue
+        if least is not None and value < least:
             raise UserError(f"{flag_name(f.name)} must be at least {least}, got {value}")
+        if choices is not None and value not in choices:
+            raise UserError(f"{flag_name(f.name)} {value!r} is unknown; use one of {', '.join(map(str, choices))}")
 
 
 class Settings:
-    """Base of the settings dataclasses whose fields declare rules (`setting(..., at_least=1)`): the rules
+    """Base of the settings dataclasses whose fields declare rules (`setting(..., at_least=1)`, `choices=`): the rules
     hold however one is made (flags, TOML, code), checked once, before the class's own `__post_init__`
     (which is wrapped when the class is defined, so no subclass can forget to ask)."""
 
@@ -204,8 +211,9 @@ def add_fields(p: argparse._ActionsContainer, cls: type) -> None:
         if f in added:  # a field two settings classes share (one inherits it): one flag
             continue
         added.add(f)
-        if "at_least" in f.metadata and not issubclass(cls, Settings):
-            raise TypeError(f"{cls.__name__}.{f.name} declares at_least; make {cls.__name__} a Settings so it is checked")
+        declared = [rule for rule in RULES if rule in f.metadata]
+        if declared and not issubclass(cls, Settings):
+            raise TypeError(f"{cls.__name__}.{f.name} declares {declared[0]}; make {cls.__name__} a Settings so it is checked")
         kind = _field_type(hints[f.name])
         help_text = f.metadata["help"].replace("%", "%%") + _default_text(f)
         if kind is bool:
@@ -291,13 +299,6 @@ def _typed(name: str, value: Any, kind: Any) -> Any:
     raise UserError(f"setting {name!r} ({flag_name(name)}) must be {_KIND_NAMES[kind]}, got {value!r}")
 
 
-def _check_choice(f: Field, value: Any) -> None:
-    """A TOML value outside the field's `choices` (argparse checks the flag's)."""
-    choices = f.metadata.get("choices")
-    if choices is not None and value is not None and value not in choices:
-        raise UserError(f"{flag_name(f.name)} {value!r} is unknown; use one of {', '.join(map(str, choices))}")
-
-
 def make(cls: type[T], values: dict[str, Any]) -> T:
     """`cls(**values)` with strings (and TOML lists) parsed by each field's `parse`, plain
     values checked against the field's type, nested settings made from their own keys;
@@ -322,7 +323,6 @@ def make(cls: type[T], values: dict[str, Any]) -> T:
         parse: Callable | None = f.metadata.get("parse")
         if parse is None:
             out[name] = _typed(name, value, _field_type(hints[name]))
-            _check_choice(f, out[name])
             continue
         if isinstance(value, list):  # from TOML: the flag's own spelling
             value = ",".join(map(str, value))

@@ -112,7 +112,7 @@ def run_eval(cfg: EvalConfig) -> int:
 
 
 @dataclass(frozen=True)
-class ExportConfig:
+class ExportConfig(Settings):
     """`students export`: a trained student as an ONNX Runtime folder."""
 
     model: str = setting(MISSING, "student folder (e.g. RUN/student)")

@@ -16,6 +16,7 @@ from hskcache.kinds.qk import ProjectionRelationSettings
 from hskcache.options import Group, add_fields, columns, flag_name, leaves, setting, settings_from
 from hskcache.teacher.augment import AugmentConfig
 from students import cli as students_cli
+from students.cli import EvalConfig
 from students.training.runtime import Runtime
 from students.training.trainer import TrainConfig
 
@@ -349,3 +350,24 @@ def test_a_bound_on_a_class_that_would_not_check_it_is_refused():
 
     with pytest.raises(TypeError, match="make Plain a Settings"):
         add_fields(argparse.ArgumentParser(), Plain)
+
+
+def test_every_device_setting_takes_the_one_list_of_devices():
+    """--device (and --dtype) of every command is a field whose `choices` are `hskcache.device`'s lists, so
+    one rule checks them all (and `pick_device`, for code that gives a device name of its own)."""
+    from hskcache.device import DEVICES, DTYPES
+
+    found = {(name, f.name): f.metadata.get("choices") for module, path, command in EVERY_COMMAND
+             for name in [" ".join(path)] for f in leaves(command.settings) if f.name in ("device", "dtype")}
+    assert {key[0] for key in found} >= {"extract", "finetune", "train", "eval", "build tinybert", "build rosita"}
+    assert all(choices is (DEVICES if key[1] == "device" else DTYPES) for key, choices in found.items()), found
+
+
+@pytest.mark.parametrize("build", [
+    lambda: Runtime(device="tpu"),
+    lambda: build_config({"teacher": "T", "data": "D", "student_layers": 2, "device": "tpu"}),
+    lambda: EvalConfig(model="M", data="D", device="tpu"),
+])
+def test_a_device_outside_the_list_is_one_line_however_the_settings_are_made(build):
+    with pytest.raises(UserError, match="^--device 'tpu' is unknown; use one of auto, cpu, cuda$"):
+        build()

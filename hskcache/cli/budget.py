@@ -16,7 +16,7 @@ from hskcache.storage import widthcode
 from hskcache.budget.inputs import length_counts, store_setting, teacher_numbers
 from hskcache.errors import UserError
 from hskcache.kinds import TeacherInfo, chosen, opt_in_settings, parse_knowledge
-from hskcache.options import STORE_ARGUMENT, complete_per_name, field_names, per_name, setting
+from hskcache.options import STORE_ARGUMENT, Settings, complete_per_name, field_names, per_name, setting
 from hskcache.storage.layout import COMPRESSIONS, VALUE_FORMATS
 from hskcache.selection.hsk import WIDTH_STRATEGIES
 from hskcache.store.group import describe
@@ -30,7 +30,7 @@ STORE_FLAGS = ("width_strategy", "width_code", "values", "compress")  # the plan
 
 
 @dataclass(frozen=True)
-class BudgetConfig:
+class BudgetConfig(Settings):
     """Every setting of `hskcache budget`: each field is a flag and a TOML key."""
 
     store: str | None = setting(None, "an hskcache store to measure (omit with --plan)", **STORE_ARGUMENT)

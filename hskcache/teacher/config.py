@@ -10,7 +10,7 @@ from hskcache.kinds import KINDS, kind_settings, knowledge_names, parse_knowledg
 from hskcache.storage.layout import COMPRESSIONS, MAX_LENGTH
 from hskcache.selection.hsk import TOKEN_STRATEGIES, layer_map
 from hskcache.storage.backends import Location
-from hskcache.device import DEVICES, DTYPES, check_dtype
+from hskcache.device import DEVICES, DTYPES
 
 
 @dataclass(frozen=True)
@@ -42,9 +42,9 @@ class ExtractConfig(Settings):
     max_length: int = setting(128, "tokenizer max length, at most the teacher's positions")
     batch_size: int = setting(64, "teacher batch size", at_least=1)
     limit: int | None = setting(None, "only the first N examples (a bare encoder's corpus: passages)", at_least=1)
-    device: str = setting("auto", " | ".join(DEVICES))
-    dtype: str | None = setting(None, " | ".join(DTYPES) + ": the teacher's forward precision, recorded in the store "
-                                "(default: bf16 on CUDA, fp32 on CPU)")
+    device: str = setting("auto", "where the teacher runs (auto: CUDA when present)", choices=DEVICES)
+    dtype: str | None = setting(None, "the teacher's forward precision, recorded in the store "
+                                "(default: bf16 on CUDA, fp32 on CPU)", choices=DTYPES)
     overwrite: bool = setting(False, "replace a store written with other settings")
     shard: tuple[int, int] | None = setting(
         None, "i/N: write only the i-th of N chunk ranges (0-based), for schedulers without torchrun; "
@@ -60,9 +60,6 @@ class ExtractConfig(Settings):
             raise UserError(f"--token-strategy {self.token_strategy!r} is unknown; use one of {', '.join(TOKEN_STRATEGIES)}")
         if self.compress not in COMPRESSIONS:
             raise UserError(f"--compress {self.compress!r} is unknown; use one of {', '.join(COMPRESSIONS)}")
-        if self.device not in DEVICES:
-            raise UserError(f"--device {self.device!r} is unknown; use one of {', '.join(DEVICES)}")
-        check_dtype(self.dtype)
         from hskcache.teacher.loading import check_min_length  # transformers loads only when a config is checked
 
         check_min_length(self.max_length)

@@ -12,8 +12,7 @@ from typing import Any
 
 import torch
 
-from hskcache.device import DEVICES, DTYPES, check_dtype
-from hskcache.errors import UserError
+from hskcache.device import DEVICES, DTYPES
 from hskcache.options import Settings, setting
 from students.training.data_parallel import cores_per_rank
 
@@ -22,16 +21,11 @@ from students.training.data_parallel import cores_per_rank
 class Runtime(Settings):
     """Where a run computes, in which precision, on how many CPU threads, and whether it shows progress."""
 
-    device: str = setting("auto", " | ".join(DEVICES))
-    dtype: str | None = setting(None, " | ".join(DTYPES) + ": forward precision of training and eval, weights and "
-                                "losses in fp32 (default: bf16 on CUDA, fp32 on CPU)")
+    device: str = setting("auto", "where the run computes (auto: CUDA when present)", choices=DEVICES)
+    dtype: str | None = setting(None, "forward precision of training and eval, weights and losses in fp32 "
+                                "(default: bf16 on CUDA, fp32 on CPU)", choices=DTYPES)
     threads: int | None = setting(None, "torch CPU threads (default: all available cores)", at_least=1)
     quiet: bool = setting(False, "no progress bars")
-
-    def __post_init__(self) -> None:
-        if self.device not in DEVICES:
-            raise UserError(f"--device {self.device!r} is unknown; use one of {', '.join(DEVICES)}")
-        check_dtype(self.dtype)
 
 
 def set_cpu_threads(device: torch.device, threads: int | None) -> None:
