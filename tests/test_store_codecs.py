@@ -12,8 +12,12 @@ import hskcache
 from conftest import DEVICES, on_device
 from hskcache.cli.main import main
 from hskcache.errors import UserError
+from hskcache.kinds import KINDS
+from hskcache.kinds.hsk import HSKRead
+from hskcache.storage.backends import Location
 from hskcache.storage.packed import PackedBatch, expand
 from hskcache.store.group import StoreData
+from hskcache.store.shape import StoreShape
 
 ARGS = ["--student-layers", "2", "--depth", "2", "--tokens", "6", "--width", "0.25", "--max-length", "24",
         "--batch-size", "8", "--quiet"]
@@ -153,3 +157,36 @@ def test_packed_batch_expands_like_a_dense_scatter(stores):
         filled = batch.tensors["positions"][b, j, t] >= 0
         assert torch.equal(dense["hsk"][b, j, t], expected)
         assert dense["hsk_mask"][b, j, t].nonzero().flatten().tolist() == (dims.tolist() if filled else [])
+
+
+def test_a_read_without_the_hsk_fetches_none_of_its_arrays(stores, monkeypatch):
+    """A read whose HSK settings are none (a prediction stage's, `HSKRead(None)`) fetches no chunk of an
+    HSK array (so decodes none), by `get` and by `batches`; what it returns is the full read's other entries."""
+    store = stores["int8"]  # every HSK array: positions, int8 values, their scales, width codes
+    hsk = {a.name for a in KINDS["hsk"].arrays(StoreShape.of_store(store.meta))}
+    assert hsk >= {"positions", "values", "value_scale", "width_code"}
+    fetched: list[str] = []
+    cat = Location.cat
+    monkeypatch.setattr(Location, "cat", lambda self, keys: fetched.extend(k.split("/")[0] for k in keys) or cat(self, keys))
+    rows = np.arange(store.num_examples)
+    full = store.get(rows)
+    assert hsk <= set(fetched)  # the spy sees the full read's HSK chunks
+    dense = {"positions", "hsk", "hsk_mask"}  # the HSK's entries of a batch
+    assert dense <= full.keys()
+
+    none = {"kinds": {"hsk": HSKRead(None)}}
+    fetched.clear()
+    got = store.get(rows, **none)
+    assert fetched and not hsk & set(fetched)
+    assert got.keys() == full.keys() - dense
+    assert_same(got, {k: full[k] for k in got})
+
+    fetched.clear()
+    batches = _collect(store.batches(5, seed=3, threads=2, **none))
+    assert fetched and not hsk & set(fetched)
+    assert sum(len(b["example_id"]) for b in batches) == store.num_examples
+    for batch in batches:
+        assert_same(batch, {k: full[k][batch["example_id"]] for k in batch})
+
+    with pytest.raises(UserError, match="once"):  # the HSK's read given twice
+        store.get(rows, depth=1, **none)

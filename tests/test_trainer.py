@@ -38,6 +38,19 @@ def records(run, stage=None):
     return [r for r in lines if stage is None or r["stage"] == stage]
 
 
+def test_a_stage_reads_the_hsk_only_when_it_compares_it(task, tmp_path):
+    """Stage 1 reads the HSK at --hsk; the prediction stage's read leaves it out (`HSKRead(None)`),
+    so its batches hold the logits and labels and no HSK entry."""
+    cfg = TrainConfig(student=str(tmp_path / "s"), out=str(tmp_path / "run"), reads={"hsk": HSKRead((2, 4, 0.25))},
+                      **FAST)
+    assert cfg.read((("hsk", 1.0),)) == {"kinds": {"hsk": HSKRead((2, 4, 0.25))}}
+    pred = cfg.read((("pred", 1.0), ("label", 0.5)))
+    assert pred == {"kinds": {"hsk": HSKRead(None)}}
+    store = hskcache.open_store(task.store)
+    batch, full = store.get([0, 3], **pred), store.get([0, 3])
+    assert batch.keys() == full.keys() - {"positions", "hsk", "hsk_mask"} and {"logits", "labels"} <= batch.keys()
+
+
 def test_first_losses_match_a_hand_computation(task, tmp_path, device):
     """Step 1 of each stage: the loss of the untrained student on the store's first
     batch, with stored pair j matched to student layer L' - n + 1 + j (the hand computation
@@ -186,14 +199,14 @@ def test_hsk_is_the_hsk_kinds_read_setting(task, student, tmp_path):
     none = Recording(store)
     metrics = train(config("none", hsk="none"), none)
     assert set(metrics["stages"]) == {"pred"} and {r["stage"] for r in records(tmp_path / "none")} == {"pred"}
-    assert none.drawn and all((k["depth"], k["tokens"], k["epoch"]) == (1, 1, PRED.seed_base) for k, _ in none.drawn)
+    assert none.drawn and all((k["kinds"], k["epoch"]) == ({"hsk": HSKRead(None)}, PRED.seed_base) and "hsk" not in b
+                              for k, b in none.drawn)  # the prediction stage decodes no HSK
 
     cut = Recording(store)
     metrics = train(config("cut", hsk="1,9,0.1"), cut)
     assert set(metrics["stages"]) == {"hsk", "pred"} and metrics["config"]["reads"]["hsk"] == {"hsk": [1, 9, 0.1]}
     first = [batch for kwargs, batch in cut.drawn if kwargs["epoch"] == HSK.seed_base]
-    assert first and all((k["depth"], k["tokens"], k["width"]) == (1, 9, 0.1)
-                         for k, _ in cut.drawn if k["epoch"] == HSK.seed_base)
+    assert first and all(k["kinds"] == {"hsk": HSKRead((1, 9, 0.1))} for k, _ in cut.drawn if k["epoch"] == HSK.seed_base)
     everything = store.get(np.arange(store.num_examples), depth=1, tokens=9, width=0.1)
     row_of = {int(e): i for i, e in enumerate(everything["example_id"])}
     for batch in first:

@@ -177,6 +177,11 @@ class HSK(Kind):
         """`--hsk none` reads no HSK, so the trainer skips the stage that needs it (stage 1)."""
         return read.hsk is not None
 
+    def read(self, read: Read) -> bool:
+        """In a read that asks for it: `get`/`batches` do by default; a read whose HSK settings are
+        `HSKRead(None)` (a stage that compares no HSK) leaves its arrays unfetched and undecoded."""
+        return self.name in read.kinds
+
     def resolve_read(self, record: HSKRecord, read: HSKRead, where: str, shape: StoreShape,
                      static: Mapping[str, np.ndarray], student: Student) -> HSKCut:
         """(depth, tokens, kept) of a read, None as stored, the stored pairs of the student's map and a static

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from hskcache.errors import UserError
-from hskcache.kinds import Read, Student, resolve_reads, stored_kinds
+from hskcache.kinds import KINDS, Read, Student, resolve_reads, stored_kinds
 from hskcache.kinds.hsk import HSKRead
 from hskcache.store.shape import StoreShape
 from hskcache.storage.packed import PackedBatch, expand
@@ -148,8 +148,14 @@ class RowDecoder:
         `get`/`batches`, which build the HSK's read, `kinds.hsk.HSKRead`) and of each opt-in kind in
         `kinds`, for a student of `student_layers` layers (None: the store's own L'), checked against
         what is stored: the one check of whether a read can be served (every reader and the trainer's
-        `--hsk` use it; each kind's `resolve_read`)."""
-        asked = {"hsk": HSKRead((depth, tokens, width)), **(kinds or {})}
+        `--hsk` use it; each kind's `resolve_read`). `kinds["hsk"]`, the HSK's read settings given
+        whole, replaces the three keywords; `HSKRead(None)` leaves the HSK out of the read (its arrays
+        are neither fetched nor decoded: a prediction stage's or a relation-only stage's read)."""
+        kinds = dict(kinds or {})
+        if "hsk" in kinds and (depth, tokens, width) != (None, None, None):
+            raise UserError("give the HSK's read once: as depth, tokens, width or as kinds['hsk'], not both")
+        asked = {"hsk": kinds.pop("hsk", HSKRead((depth, tokens, width))), **kinds}
+        asked = {name: read for name, read in asked.items() if name not in KINDS or KINDS[name].reads(read)}
         student = Student.of(self.meta, student_layers)
         return Read(resolve_reads(self.records, asked, self.where, self.shape, self.static, student))
 
@@ -257,8 +263,9 @@ class HSKStore:
             kinds: KindReads | None = None, student_layers: int | None = None) -> dict[str, torch.Tensor]:
         """Rows `indices` at (depth, tokens, width) at or below what was stored (the dense batch):
         keywords that build the HSK's read (`kinds.hsk.HSKRead`); `kinds` adds opt-in kinds, each with
-        its read settings (e.g. {"att": RelationRead((rows, keys))}); `student_layers`: the depth of the
-        student it serves (None: the store's own), whose layer map the pairs are read from."""
+        its read settings (e.g. {"att": RelationRead((rows, keys))}; {"hsk": HSKRead(None)}: no HSK, its
+        arrays not decoded, `resolve`); `student_layers`: the depth of the student it serves (None: the
+        store's own), whose layer map the pairs are read from."""
         read = self._decoder.resolve(depth, tokens, width, kinds, student_layers)
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
         if len(idx) and (idx.min() < 0 or idx.max() >= self.num_examples):
@@ -285,9 +292,9 @@ class HSKStore:
         of `threads` (default: every core this process may use), `prefetch` batches
         and one window of chunks ahead of the consumer; the order is the same for
         any thread count. `depth`, `tokens`, `width`: the HSK's read (`kinds.hsk.HSKRead`), None
-        as stored; `kinds`: each opt-in kind's; `student_layers`: as `get`. `packed`: yield `PackedBatch`es
-        for `packed.expand` on the trainer's device, else dense batches. `shard=(i, n)`: only batches i, i+n, ...
-        (a DataLoader worker's share, see `dataset`).
+        as stored; `kinds`: each opt-in kind's (and the HSK's, as `get`); `student_layers`: as `get`.
+        `packed`: yield `PackedBatch`es for `packed.expand` on the trainer's device, else dense batches.
+        `shard=(i, n)`: only batches i, i+n, ... (a DataLoader worker's share, see `dataset`).
 
         `rank` of `world_size` (data-parallel training) yields its share of every
         batch and reads only its own chunks (`epoch_batches`)."""

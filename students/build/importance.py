@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from hskcache.errors import UserError
+from hskcache.kinds.hsk import HSKRead
 
 IMPORTANCE_BATCH = 32
 
@@ -46,7 +47,7 @@ def store_sample(store, examples: int, select_on: str | None = None) -> Iterator
 
     def sample():
         left = examples
-        for batch in store.batches(IMPORTANCE_BATCH, shuffle=True, seed=0, depth=1, tokens=1):
+        for batch in store.batches(IMPORTANCE_BATCH, shuffle=True, seed=0, kinds={"hsk": HSKRead(None)}):
             batch = {k: v[:left] for k, v in (batch if held is None else drop_rows(batch, held)).items()}
             if len(batch["input_ids"]):
                 yield batch

@@ -6,6 +6,8 @@ from typing import TYPE_CHECKING, Any
 
 from torch import Tensor
 
+from hskcache.kinds.hsk import HSKRead
+
 from students.losses import projected_hsk_loss
 
 from students.kinds.base import Objective, StudentForward, StudentKind, register
@@ -31,10 +33,9 @@ class HSK(StudentKind):
 
     def read(self, run: TrainConfig, compared: bool) -> dict[str, Any]:
         """The HSK at --hsk (its read settings, `hskcache.kinds.hsk.HSKRead`) when an objective compares it
-        (a stage runs only where it is read), else the least the source decodes (one token of the top
-        stored layer): `batches`' depth, tokens, width keywords."""
-        depth, tokens, width = run.reads["hsk"].hsk if compared else (1, 1, None)
-        return {"depth": depth, "tokens": tokens, "width": width}
+        (a stage runs only where it is read), else none (`HSKRead(None)`): a stage that compares no HSK
+        (the prediction stage, a relation-only stage 1) has the source fetch and decode none of its arrays."""
+        return {"kinds": {self.name: run.reads[self.name] if compared else HSKRead(None)}}
 
     def student(self, forward: StudentForward, batch: dict[str, Tensor]) -> list[Tensor]:
         """The projected student vectors at the stored positions, one (B, N_L, d_T) per stored

@@ -17,6 +17,7 @@ import torch
 
 from hskcache.data import TextData, known_labels
 from hskcache.errors import UserError
+from hskcache.kinds.hsk import HSKRead
 from hskcache.storage.packed import PackedBatch
 from hskcache.teacher.loading import is_regression
 from students.evaluation.evaluate import MODEL_INPUTS, EvalSet
@@ -85,7 +86,7 @@ def holdout_eval_set(source, fraction: float, config) -> Holdout:
     """Hold out a seeded `fraction` of the store's rows; select on those with a gold label
     (augmented or unlabeled rows have none: they are held out but not scored)."""
     rows = holdout_rows(np.arange(source.num_examples), fraction, HOLDOUT_SEED)
-    batch = source.get(rows, depth=1, tokens=1)
+    batch = source.get(rows, kinds={"hsk": HSKRead(None)})  # inputs and labels: no HSK decoded
     labels = batch["labels"].numpy()
     known = known_labels(labels, source.regression)
     if not known.any():

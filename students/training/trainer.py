@@ -235,7 +235,7 @@ class TrainConfig(Settings):
 
     def read(self, objective: Weighted) -> dict[str, Any]:
         """What a stage with these objectives reads (`BatchSource.batches`' read arguments): the HSK at
-        --hsk when an objective compares it, else the least the source decodes; each opt-in kind an
+        --hsk when an objective compares it, else none (its arrays not decoded); each opt-in kind an
         objective compares at its read settings (e.g. the relations at --att-read)."""
         compared, out = objective_kinds(objective), {}
         for kind in STUDENT_KINDS.values():  # each kind's part (`StudentKind.read`)
