@@ -17,7 +17,7 @@ PY=.venv/bin/python
 if [ "${DIAGNOSE:-1}" = 1 ]; then
   $PY tools/experiments/mpnet_hsk_diagnosis.py "$RUN" 64
   for w in random kept; do
-    $PY tools/experiments/mpnet_hsk_probe.py stored "$w" 2e-4 1 "$(mktemp -d)/probe" 2>/dev/null | grep -E "^(before|after)"
+    $PY tools/experiments/mpnet_hsk_probe.py stored "$w" 2e-4 1 "$(mktemp -d)/probe" --run "$RUN" 2>/dev/null | grep -E "^(before|after)"
   done
 fi
 S=(--store "$RUN/results/store-compressed" --student "$RUN/results/students/tinybert-4-etd-impt" --hsk-epochs 2

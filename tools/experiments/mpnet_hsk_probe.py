@@ -4,13 +4,16 @@ Runs only stage 1 of `students train` (the trainer itself, the run's flags) for 
 measures on the first 300 dev reviews: the share predicted as the commoner class, the spread of the
 final-layer [CLS] state across reviews (what the classifier reads) and of the logits. W is the
 trainer's random init, or the selection matrix of the residual dimensions ETD kept (`kept`).
-    .venv/bin/python tools/experiments/mpnet_hsk_probe.py HSK W LR EPOCHS OUT  (e.g. stored random 2e-4 1 /tmp/p)
+`--run` is the MPNet job's run folder (tools/experiments/mpnet_results.sh; default runs/mpnet),
+whose store, ETD student and dev split it reads.
+    .venv/bin/python tools/experiments/mpnet_hsk_probe.py HSK W LR EPOCHS OUT [--run RUN]
+    (e.g. stored random 2e-4 1 /tmp/p)
 """
 
 from __future__ import annotations
 
+import argparse
 import csv
-import sys
 
 import torch
 from transformers import AutoTokenizer
@@ -20,8 +23,15 @@ from hskcache.kinds.hsk import HSKRead, parse_amount
 from students.training.runtime import Runtime
 from students.training.trainer import Trainer, TrainConfig
 
-hsk, w_init, lr, epochs, out = sys.argv[1], sys.argv[2], float(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
-run = "runs/mpnet"
+parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+parser.add_argument("hsk", help="--hsk of stage 1: N_D,N_L,N_W or stored")
+parser.add_argument("w_init", choices=["random", "kept"], help="W's init")
+parser.add_argument("lr", type=float, help="stage 1 learning rate")
+parser.add_argument("epochs", type=int, help="stage 1 epochs")
+parser.add_argument("out", help="run folder of the probe's training")
+parser.add_argument("--run", default="runs/mpnet", help="the MPNet job's run folder (store, ETD student, dev split)")
+args = parser.parse_args()
+hsk, w_init, lr, epochs, out, run = args.hsk, args.w_init, args.lr, args.epochs, args.out, args.run
 student_dir = f"{run}/results/students/tinybert-4-etd-impt"
 cfg = TrainConfig(student=student_dir, out=out, reads={"hsk": HSKRead(parse_amount(hsk))}, hsk_epochs=epochs,
                   pred_epochs=1, hsk_lr=lr, pred_lr=lr, seed=0, select_on="train-holdout:0.1", runtime=Runtime(threads=1, quiet=True),
