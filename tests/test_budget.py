@@ -220,6 +220,24 @@ def test_bad_arguments_give_one_line(argv, words):
     assert words in fails(argv)
 
 
+def test_an_unknown_token_strategy_is_the_flags_one_rule(tmp_path, capsys):
+    """--token-strategy takes `extract`'s list (the field's `choices`): a flag outside it is argparse's one line,
+    a --config value the settings' one line, both before any data is read (the teacher "T" is never loaded)."""
+    from hskcache.cli.main import main
+    from hskcache.selection.hsk import TOKEN_STRATEGIES
+
+    argv = PLAN + ["--teacher", "T", "--data", "x.csv"]
+    with pytest.raises(SystemExit) as exit_:
+        main(argv + ["--token-strategy", "nosep"])
+    err = capsys.readouterr().err.splitlines()
+    assert exit_.value.code == 2 and len(err) == 1 and "--token-strategy: invalid choice: 'nosep'" in err[0], err
+    toml = tmp_path / "b.toml"
+    toml.write_text('token_strategy = "nosep"\n')
+    assert main(argv + ["--config", str(toml)]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"hskcache: error: --token-strategy 'nosep' is unknown; use one of {', '.join(TOKEN_STRATEGIES)}"]
+
+
 def test_zero_labels_plan_a_task_agnostic_store(capsys):
     """--num-labels 0 (a bare encoder's store) drops the logits (float32 each) and the label (int64) of every row."""
     other = {n: json.loads(run(["budget", "--plan", "--examples", "10", "--seq-len", "16", "--student-layers", "2",

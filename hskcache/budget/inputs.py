@@ -7,7 +7,6 @@ import numpy as np
 
 from hskcache.budget import plan as budget
 from hskcache.kinds import KINDS
-from hskcache.errors import UserError
 from hskcache.options import columns
 
 TOKENIZE_BATCH = 4096
@@ -26,14 +25,12 @@ def teacher_numbers(teacher: str) -> tuple[int, int, int, bool]:
 def length_counts(teacher: str, data: str, split: str, text_cols: str | None, seq_len: int,
                   token_strategy: str) -> list[int]:
     """Examples per eligible token count (0..seq_len) after tokenization like the extractor's
-    (a bare encoder's corpus cut into sequences first, as `extract` cuts it)."""
+    (a bare encoder's corpus cut into sequences first, as `extract` cuts it); `token_strategy` is one of
+    `TOKEN_STRATEGIES`, as `BudgetConfig` checks it."""
     from hskcache.corpus import split_corpus
     from hskcache.data import load_texts, tokenize_batch
-    from hskcache.selection.hsk import TOKEN_STRATEGIES
     from hskcache.teacher.loading import is_task_teacher, load_config, load_tokenizer
 
-    if token_strategy not in TOKEN_STRATEGIES:
-        raise UserError(f"--token-strategy {token_strategy!r} is unknown; use one of {', '.join(TOKEN_STRATEGIES)}")
     config = load_config(teacher)
     texts = load_texts(data, split=split, text_cols=columns(text_cols), unlabeled=not is_task_teacher(config))
     tokenizer = load_tokenizer(teacher, config)

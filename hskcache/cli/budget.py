@@ -18,7 +18,7 @@ from hskcache.errors import UserError
 from hskcache.kinds import TeacherInfo, chosen, opt_in_settings, parse_knowledge
 from hskcache.options import STORE_ARGUMENT, Settings, complete_per_name, field_names, per_name, setting
 from hskcache.storage.layout import COMPRESSIONS, VALUE_FORMATS
-from hskcache.selection.hsk import WIDTH_STRATEGIES
+from hskcache.selection.hsk import TOKEN_STRATEGIES, WIDTH_STRATEGIES
 from hskcache.store.group import describe
 
 # Flags that describe a planned extraction; a store already records all of them.
@@ -51,7 +51,7 @@ class BudgetConfig(Settings):
     split: str | None = setting(None, "dataset split with --data", show_default="train")
     text_cols: str | None = setting(None, "text column(s) with --data, a or a,b")
     token_strategy: str | None = setting(None, "with --data: att-nosep* never keep [SEP], so fewer tokens are "
-                                               "eligible", show_default="left")
+                                               "eligible", choices=TOKEN_STRATEGIES, show_default="left")
     width_strategy: str | None = setting(None, "width strategy of the store", choices=list(WIDTH_STRATEGIES),
                                          show_default=budget.Setting.width_strategy)
     width_code: str | None = setting(None, "width code of the store", choices=list(widthcode.WIDTH_CODES),

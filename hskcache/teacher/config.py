@@ -32,7 +32,7 @@ class ExtractConfig(Settings):
     teacher_layers: tuple[int, ...] | None = setting(
         None, "explicit teacher layers for student layers 0..L', e.g. 0,3,5,8,10",
         parse=lambda value: integers(value, "--teacher-layers"))
-    token_strategy: str = setting("att-nosep-top", " | ".join(TOKEN_STRATEGIES))
+    token_strategy: str = setting("att-nosep-top", "which N^L tokens per layer the HSK keeps", choices=TOKEN_STRATEGIES)
     compress: str = setting("zstd", "zstd | none, for every array")
     knowledge: tuple[str, ...] = setting(("hsk",), "kinds of knowledge to store, a comma list of "
                                          + ", ".join(knowledge_names()),
@@ -56,8 +56,6 @@ class ExtractConfig(Settings):
     def __post_init__(self) -> None:
         complete_per_name(self)  # every kind's settings (defaults where not given): one store, one identity
         refuse_unstored(self.kinds, self.knowledge)  # e.g. --att-rows without --knowledge ...att: not ignored
-        if self.token_strategy not in TOKEN_STRATEGIES:
-            raise UserError(f"--token-strategy {self.token_strategy!r} is unknown; use one of {', '.join(TOKEN_STRATEGIES)}")
         if self.compress not in COMPRESSIONS:
             raise UserError(f"--compress {self.compress!r} is unknown; use one of {', '.join(COMPRESSIONS)}")
         from hskcache.teacher.loading import check_min_length  # transformers loads only when a config is checked
