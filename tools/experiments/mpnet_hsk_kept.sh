@@ -27,8 +27,8 @@ for recipe in $RECIPES; do
   for seed in $SEEDS; do
     out="$RUN/hsk-kept/$([ "$recipe" = stored ] && echo full || echo "$recipe")+label:0.5/seed$seed"
     [ -f "$out/metrics.json" ] || .venv/bin/students train "${S[@]}" --hsk "$recipe" --seed "$seed" --out "$out"
-    [ -f "$out/test.json" ] || .venv/bin/students eval --model "$out/student" --data "$RUN/data/test.csv" \
-        --max-length 64 --json > "$out/test.json"
+    [ -f "$out/test.json" ] || { .venv/bin/students eval --model "$out/student" --data "$RUN/data/test.csv" \
+        --max-length 64 --json > "$out/test.json.tmp" && mv "$out/test.json.tmp" "$out/test.json"; }
   done
 done
 $PY - "$RUN" <<'PY'

@@ -42,9 +42,11 @@ fi
 STUDENT=$RUN/results/students/tinybert-4-etd-impt
 if wants importance; then
   step "3 ETD-Impt scored on all 1,350 scorable reviews (the 150 held out for selection are never scored)"
-  [ -f "$OUT/student-importance1350/config.json" ] || OMP_NUM_THREADS=2 .venv/bin/students build tinybert \
-      --teacher "$RUN/teacher" --preset tinybert-4 --init etd-impt --store "$OUT/store" --select-on train-holdout:0.1 \
-      --importance-examples 1350 --threads 2 --out "$OUT/student-importance1350"
+  [ -f "$OUT/student-importance1350/config.json" ] || {  # built aside, moved when done: a cut build is no student
+    OMP_NUM_THREADS=2 .venv/bin/students build tinybert --teacher "$RUN/teacher" --preset tinybert-4 --init etd-impt \
+        --store "$OUT/store" --select-on train-holdout:0.1 --importance-examples 1350 --threads 2 \
+        --out "$OUT/student-importance1350.tmp" --overwrite &&
+      rm -rf "$OUT/student-importance1350" && mv "$OUT/student-importance1350.tmp" "$OUT/student-importance1350"; }
 fi
 
 step "4 the student runs: levers [$LEVERS] x seeds [$SEEDS], $JOBS at a time"

@@ -29,9 +29,11 @@ step "2/5 movie-review data ($TRAIN training reviews)"
 $PY tools/build_movie_data.py --out "$RUN/data" --max-train "$TRAIN"
 
 step "3/5 fine-tune the MPNet teacher (1 epoch, batch 32, length 64, one thread)"
-if [ ! -f "$RUN/teacher/config.json" ]; then
+if [ ! -f "$RUN/teacher/config.json" ]; then  # into a side folder, moved when done: a cut run is not a teacher
   .venv/bin/hskcache finetune --teacher "$ENCODER" --data "$RUN/data/train.csv" --eval-data "$RUN/data/dev.csv" \
-      --out "$RUN/teacher" --epochs 1 --max-length 64 --batch-size 32 --lr 5e-5 --label-names rotten,fresh --threads 1
+      --out "$RUN/teacher.tmp" --overwrite --epochs 1 --max-length 64 --batch-size 32 --lr 5e-5 \
+      --label-names rotten,fresh --threads 1
+  rm -rf "$RUN/teacher" && mv "$RUN/teacher.tmp" "$RUN/teacher"
 fi
 
 step "4/5 one store (4 student layers, 64 tokens), the $INIT student, three recipes x seeds $SEEDS"
@@ -48,7 +50,8 @@ else
   head -n 321 "$RUN/data/test.csv" > "$RUN/data/test-320.csv"
   $PY tools/compare.py --model "teacher=$RUN/teacher" --model "pred-only=$RUNS/${CONFIGS[0]}/seed0/student" \
       --model "hsk-1,9,0.1=$RUNS/${CONFIGS[1]}/seed0/student" --model "full-hsk=$RUNS/${CONFIGS[2]}/seed0/student" \
-      --data "$RUN/data/test-320.csv" --max-length 64 --json "$RUN/compare.json" | tee "$RUN/compare.txt"
+      --data "$RUN/data/test-320.csv" --max-length 64 --json "$RUN/compare.json.tmp" | tee "$RUN/compare.txt"
+  mv "$RUN/compare.json.tmp" "$RUN/compare.json"  # only once complete: rerunning takes it for measured
 fi
 
 # Two more levers on seed 0, from the same store and student (LEVERS=1): four prediction epochs instead of two,
@@ -63,7 +66,7 @@ if [ "${LEVERS:-0}" = 1 ]; then
     out="$RUN/levers/$name"
     # shellcheck disable=SC2086
     [ -f "$out/metrics.json" ] || .venv/bin/students train "${S[@]}" $flags --out "$out"
-    [ -f "$out/test.json" ] || .venv/bin/students eval --model "$out/student" --data "$RUN/data/test.csv" \
-        --max-length 64 --json > "$out/test.json"
+    [ -f "$out/test.json" ] || { .venv/bin/students eval --model "$out/student" --data "$RUN/data/test.csv" \
+        --max-length 64 --json > "$out/test.json.tmp" && mv "$out/test.json.tmp" "$out/test.json"; }
   done
 fi
