@@ -19,6 +19,7 @@ from hskcache.options import Command, Group, Settings, columns, nested, setting
 from students.build.builder import RositaConfig, TinyBertConfig
 from students.deploy.export import FORMATS, QUANTIZERS
 from students.models.student import PRESETS
+from students.training.runtime import set_cpu_threads, threads_setting
 from students.training.sources import SourceSettings
 from students.training.trainer import TrainConfig
 
@@ -81,6 +82,7 @@ class EvalConfig(Settings):
     max_length: int | None = setting(None, "tokenizer max length", show_default="128, or the student's positions if fewer")
     device: str = setting("auto", "where the student runs", choices=DEVICES)
     dtype: str | None = setting(None, "forward precision", choices=DTYPES, show_default="bf16 on CUDA, fp32 on CPU")
+    threads: int | None = threads_setting()  # also onnxruntime's for an exported model (`deploy.serving`)
     json: bool = setting(False, "print the metrics as JSON")
 
     def __post_init__(self) -> None:
@@ -100,6 +102,7 @@ def run_eval(cfg: EvalConfig) -> int:
             raise UserError(f"--model {cfg.model} is an exported model: onnxruntime runs it on the CPU at its "
                             "own precision; drop --device cuda and --dtype bf16")
         device = pick_device("cpu")
+    set_cpu_threads(device, cfg.threads)
     model, eval_set = open_for_eval(cfg.model, cfg.data, cfg.max_length, device, cfg.split, cfg.text_cols,
                                     cfg.label_col)
     metrics = evaluate(model, eval_set, cfg.batch_size, device, cfg.dtype)

@@ -212,3 +212,22 @@ def test_build_refuses_a_length_beyond_the_teachers_positions(task, tmp_path, ca
                      "--hidden", "16", "--ffn", "32", "--max-length", "100", "--out", str(tmp_path / "s")]) == 2
     assert "--max-length 100 is above the teacher's 64 positions" in capsys.readouterr().err
     assert not (tmp_path / "s").exists()
+
+
+def test_eval_runs_on_the_threads_it_is_given(task, student, capsys):
+    """`students eval --threads N` is `students train`'s field (`threads_setting`): torch runs on N CPU threads
+    (an exported model's onnxruntime session takes as many), with the same metrics; 0 is refused in one line."""
+    argv = ["eval", "--model", str(student), "--data", str(task.dev), "--json", "--device", "cpu"]
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert cli.main([*argv, "--threads", "1"]) == 0
+        assert torch.get_num_threads() == 1
+        one = json.loads(capsys.readouterr().out)
+        assert cli.main([*argv, "--threads", "2"]) == 0
+        assert torch.get_num_threads() == 2
+        assert json.loads(capsys.readouterr().out) == pytest.approx(one)
+    finally:
+        torch.set_num_threads(before)
+    assert cli.main([*argv, "--threads", "0"]) == 2
+    assert capsys.readouterr().err.splitlines() == ["students: error: --threads must be at least 1, got 0"]

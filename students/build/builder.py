@@ -19,7 +19,7 @@ from hskcache.options import STORE_HELP, Settings, columns, setting
 from hskcache.teacher.loading import check_model_source
 from students.models.etd import EXTRACTING_INITS, LAYER_SELECTIONS
 from students.models.student import PRESETS, StudentSpec
-from students.training.runtime import set_cpu_threads
+from students.training.runtime import set_cpu_threads, threads_setting
 from students.training.trainer import TrainConfig
 
 PRESET_HELP = f"named shape: {', '.join(PRESETS)}"
@@ -69,7 +69,7 @@ class TinyBertConfig(Settings):
     seed: int = setting(0, "seed of a random init, of etd-rand's draw, of a bare encoder's importance draws "
                            "or of the fresh head on a general student")
     device: str = setting("auto", "where the teacher runs", choices=DEVICES)
-    threads: int | None = setting(None, "torch CPU threads", show_default="all available cores")
+    threads: int | None = threads_setting()
 
     def __post_init__(self) -> None:
         _common_checks(self)
@@ -102,7 +102,7 @@ class RositaConfig(Settings):
     emb_rank: int | None = setting(None, "rank of the factorised word embeddings")
     importance_examples: int = setting(2048, "store examples that score heads and neurons", at_least=1)
     device: str = setting("auto", "where the teacher runs", choices=DEVICES)
-    threads: int | None = setting(None, "torch CPU threads", show_default="all available cores")
+    threads: int | None = threads_setting()
 
     def __post_init__(self) -> None:
         _common_checks(self)

@@ -3,7 +3,8 @@
 One settings dataclass, `Runtime`, nested in both commands' settings (`hskcache.options.nested`), so
 `--device`, `--dtype`, `--threads` and `--quiet` have one spelling, help, default and check. None of
 them changes what is trained: a run resumes under other values. A run's records hold them at their
-top level, as its TOML file does (`settings_json`).
+top level, as its TOML file does (`settings_json`). `--threads` is also the field of `students build`
+and `students eval` (`threads_setting`), applied alike (`set_cpu_threads`).
 """
 from __future__ import annotations
 
@@ -17,6 +18,11 @@ from hskcache.options import Settings, setting
 from students.training.data_parallel import cores_per_rank
 
 
+def threads_setting() -> Any:
+    """`--threads`: one spelling, help and bound for every command that runs torch on the CPU."""
+    return setting(None, "torch CPU threads", show_default="all available cores", at_least=1)
+
+
 @dataclass(frozen=True)
 class Runtime(Settings):
     """Where a run computes, in which precision, on how many CPU threads, and whether it shows progress."""
@@ -24,7 +30,7 @@ class Runtime(Settings):
     device: str = setting("auto", "where the run computes (auto: CUDA when present)", choices=DEVICES)
     dtype: str | None = setting(None, "forward precision of training and eval, weights and losses in fp32 "
                                 "(default: bf16 on CUDA, fp32 on CPU)", choices=DTYPES)
-    threads: int | None = setting(None, "torch CPU threads (default: all available cores)", at_least=1)
+    threads: int | None = threads_setting()
     quiet: bool = setting(False, "no progress bars")
 
 
