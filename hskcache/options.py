@@ -213,7 +213,8 @@ def add_fields(p: argparse._ActionsContainer, cls: type) -> None:
         added.add(f)
         declared = [rule for rule in RULES if rule in f.metadata]
         if declared and not issubclass(cls, Settings):
-            raise TypeError(f"{cls.__name__}.{f.name} declares {declared[0]}; make {cls.__name__} a Settings so it is checked")
+            raise TypeError(f"{cls.__name__}.{f.name} declares {declared[0]}; make {cls.__name__} a Settings "
+                            "so it is checked")
         kind = _field_type(hints[f.name])
         help_text = f.metadata["help"].replace("%", "%%") + _default_text(f)
         if kind is bool:

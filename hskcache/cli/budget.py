@@ -38,14 +38,15 @@ class BudgetConfig(Settings):
     configs: tuple[str, ...] | None = setting(
         None, "configurations: " + budget.CONFIG_HELP, nargs="+", metavar="CONFIG",
         show_default="full with --plan, only the store's own with --store")
-    examples: int | None = setting(None, "number of training examples")
-    seq_len: int | None = setting(None, "|x|: tokenizer max length")
-    student_layers: int | None = setting(None, "L': student depth (N^D goes up to L'+1)")
-    teacher_width: int | None = setting(None, "d_T: teacher hidden size")
-    vocab_size: int | None = setting(None, "tokenizer vocabulary size", show_default=budget.Setting.vocab_size)
+    examples: int | None = setting(None, "number of training examples", at_least=1)
+    seq_len: int | None = setting(None, "|x|: tokenizer max length", at_least=1)
+    student_layers: int | None = setting(None, "L': student depth (N^D goes up to L'+1)", at_least=1)
+    teacher_width: int | None = setting(None, "d_T: teacher hidden size", at_least=1)
+    vocab_size: int | None = setting(None, "tokenizer vocabulary size", show_default=budget.Setting.vocab_size,
+                                     at_least=1)
     num_labels: int | None = setting(None, "teacher outputs; 1 means regression, 0 a bare encoder's task-agnostic "
                                            "store (no logits or labels)",
-                                    show_default=budget.Setting.num_logits)
+                                    show_default=budget.Setting.num_logits, at_least=0)
     teacher: str | None = setting(None, "model folder or hub id: widths and labels from its config instead of numbers")
     data: str | None = setting(None, "glue/<task> or a local file: example count and real token lengths (needs --teacher)")
     split: str | None = setting(None, "dataset split with --data", show_default="train")
@@ -63,7 +64,8 @@ class BudgetConfig(Settings):
     knowledge: str | None = setting(None, "hsk,att,val: also count the opt-in kinds, e.g. attention / value "
                                     "relations (hskcache.kinds), with their settings below (rows default to --seq-len)")
     kinds: Mapping[str, Any] = per_name(opt_in_settings, "knowledge kinds' settings (with --knowledge)")
-    att_heads: int | None = setting(None, "with --knowledge: teacher attention heads", show_default="from --teacher")
+    att_heads: int | None = setting(None, "with --knowledge: teacher attention heads", show_default="from --teacher",
+                                    at_least=1)
     json: bool = setting(False, "print a JSON list, one object per configuration")
     csv: bool = setting(False, "print CSV, one line per configuration")
     plot: str | None = setting(None, "draw bytes (log) against A^HSK for both layouts", metavar="FILE.png")
@@ -80,11 +82,6 @@ class BudgetConfig(Settings):
         missing = [n for n in ("seq_len", "student_layers") if self.plan and n not in given]
         if missing:
             raise UserError(f"--plan needs {_flags(missing)}")
-        for name in ("examples", "seq_len", "student_layers", "teacher_width", "vocab_size", "num_labels",
-                     "att_heads"):
-            value, least = getattr(self, name), 0 if name == "num_labels" else 1  # 0 labels: task-agnostic
-            if value is not None and value < least:
-                raise UserError(f"{_flags([name])} must be at least {least}, got {value}")
 
     def given(self) -> list[str]:
         """The planned-extraction flags that were given."""

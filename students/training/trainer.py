@@ -130,7 +130,8 @@ class TrainConfig(Settings):
     seed: int = setting(0, "seeds dropout, the projection and the data order")
     max_steps: int | None = setting(None, "stop each stage after N optimizer steps (smoke runs)", at_least=1)
     log_every: int = setting(50, "log a step record every N steps", at_least=1)
-    save_every: int | None = setting(None, "also checkpoint every N steps (default: each epoch end and on Ctrl-C)", at_least=1)
+    save_every: int | None = setting(None, "also checkpoint every N steps (default: each epoch end and on Ctrl-C)",
+                                     at_least=1)
     select_on: str = setting("train-holdout:0.1", "which epoch becomes RUN/student (the prediction stage's; with "
                              "--general, stage 1's): train-holdout:FRACTION (best on that seeded slice of the "
                              "store's rows, not trained on; --general: the lowest distillation loss), eval (best on "
