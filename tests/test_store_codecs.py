@@ -86,6 +86,21 @@ def test_reader_chunks_equal_zarrs_own_read(stores, monkeypatch, through_zarr):
                 np.testing.assert_array_equal(buffer[:hi - lo], data.arrays[n][lo:hi])
 
 
+def test_store_data_makes_its_shape_once(stores, monkeypatch):
+    """StoreData's shape is the metadata's, made when it opens: reading rows, chunks and the chunk size
+    makes no other."""
+    data = StoreData(stores["rank"].path)
+    assert data.shape == StoreShape.of_store(data.meta)
+    made = []
+    of_store = StoreShape.of_store
+    monkeypatch.setattr(StoreShape, "of_store", classmethod(lambda cls, meta: made.append(meta) or of_store(meta)))
+    names = [a.name for a in data.shape.arrays()]
+    assert data.chunk_rows == data.arrays[names[0]].chunks[0]
+    data.read(names, np.arange(data.num_examples))
+    data.read_chunk(names, 0)
+    assert not made
+
+
 def test_int8_values_are_fp16_values_within_half_a_step(stores):
     rows = np.arange(stores["int8"].num_examples)
     exact, lossy = stores["bitmask"].get(rows), stores["int8"].get(rows)

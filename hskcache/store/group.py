@@ -336,7 +336,8 @@ class StoreData:
                 f"store {url} is incomplete ({_rows_committed(location, attrs, self.meta)}/{self.meta.num_examples} "
                 "rows); rerun the same `hskcache extract` command to finish it"
             )
-        shape = StoreShape.of_store(self.meta)  # a reader needs every array; `hskcache verify` reports them
+        self.shape = shape = StoreShape.of_store(self.meta)  # once: the readers and `verify` use it
+        # a reader needs every array; `hskcache verify` reports them
         gone = [n for n in [COMMITS, *([a.name for a in shape.arrays() + shape.static_arrays()] if complete else [])]
                 if n not in arrays]
         if gone:
@@ -355,7 +356,7 @@ class StoreData:
 
     @functools.cached_property
     def chunk_rows(self) -> int:
-        return chunk_rows(self.arrays, self.meta)
+        return chunk_rows(self.arrays, self.shape)
 
     def _array(self, name: str) -> zarr.Array:
         return self.commits if name == COMMITS else self.arrays[name]
@@ -441,10 +442,10 @@ def chunk_key(arr: zarr.Array, name: str, chunk: int) -> str:
     return f"{name}/{arr.metadata.encode_chunk_key((chunk,) + (0,) * (arr.ndim - 1))}"
 
 
-def chunk_rows(arrays: Mapping[str, zarr.Array] | zarr.Group, meta: StoreMeta) -> int:
+def chunk_rows(arrays: Mapping[str, zarr.Array] | zarr.Group, shape: StoreShape) -> int:
     """Rows per chunk, shared by every per-row array: read from the first one present, since a damaged
     store (`hskcache verify`) may have lost any of them."""
-    for spec in StoreShape.of_store(meta).arrays():
+    for spec in shape.arrays():
         if spec.name in arrays:
             return int(arrays[spec.name].chunks[0])
     raise UserError("no per-row array is left in the store; extract it again")
@@ -462,7 +463,7 @@ def _rows_committed(location: Location, attrs: dict[str, Any], meta: StoreMeta) 
     complete, recorded = _progress(attrs)
     if complete or COMMITS not in group:
         return recorded
-    return rows_in(committed_chunks(location), chunk_rows(group, meta), n)
+    return rows_in(committed_chunks(location), chunk_rows(group, StoreShape.of_store(meta)), n)
 
 
 def describe(url: str) -> dict[str, Any]:

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 
 from tqdm.auto import tqdm
 
-from hskcache.store.shape import StoreShape
 from hskcache.store.group import COMMITS, StoreData, chunk_key, committed_chunks, num_chunks, open_arrays, rows_in
 
 
@@ -45,7 +44,7 @@ class Report:
 def verify(url: str, threads: int = 1, progress: bool = True) -> Report:
     """Check every committed chunk of the store at `url` (a partial store too)."""
     data = StoreData(url, complete=False)
-    shape = StoreShape.of_store(data.meta)
+    shape = data.shape
     statics = [a.name for a in shape.static_arrays()]
     rows = [a.name for a in shape.arrays()]
     present = [name for name in rows if name in data.arrays]
@@ -81,7 +80,7 @@ def repair(report: Report) -> list[int]:
     """Mark the store incomplete, then delete the commit markers of its damaged chunks of
     rows (and the damaged chunks of once-per-store arrays); returns those chunks of rows."""
     data = StoreData(report.url, complete=False)
-    statics = {a.name for a in StoreShape.of_store(data.meta).static_arrays()}
+    statics = {a.name for a in data.shape.static_arrays()}
     markers = sorted({d.chunk for d in report.damage if d.array not in statics})
     group = open_arrays(data.location, read_only=False)[0]
     group.attrs.update({"complete": False})  # first: no reader trusts the store from here on

@@ -14,7 +14,6 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from hskcache.options import quiet_libraries
 from hskcache.embedded import minilm_encoder, movie_corpus
-from hskcache.store.shape import StoreShape
 from hskcache.store.group import StoreData, StoreWriter
 
 
@@ -44,7 +43,7 @@ def tiled_store(source: Path, dest: Path, rows: int) -> Path:
     extraction of that size; only the content repeats.
     """
     src = StoreData(source)
-    shape = StoreShape.of_store(src.meta)
+    shape = src.shape
     names = [a.name for a in shape.arrays()]
     block = src.read(names, slice(0, src.num_examples))
     static = {a.name: src.arrays[a.name][:] for a in shape.static_arrays()}

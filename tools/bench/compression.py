@@ -16,7 +16,6 @@ import time
 import numpy as np
 from numcodecs import Blosc, Zstd
 
-from hskcache.store.shape import StoreShape
 from hskcache.options import STORE_HELP
 from hskcache.store.group import StoreData
 
@@ -49,7 +48,7 @@ def main() -> None:
     print(f"{'':<14}{'':>8}  " + "  ".join(f"{'ratio  write   read':>23}" for _ in CODECS))
     totals = {c: [0, 0.0, 0.0] for c in CODECS}  # compressed bytes, write s, read s
     raw_total = 0
-    static = {a.name for a in StoreShape.of_store(data.meta).static_arrays()}  # a few bytes, stored raw
+    static = {a.name for a in data.shape.static_arrays()}  # a few bytes, stored raw
     for name in (n for n in data.arrays if n not in static):
         block = np.ascontiguousarray(data.read([name], rows)[name])
         raw = block.nbytes
