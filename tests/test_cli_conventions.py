@@ -371,3 +371,17 @@ def test_every_device_setting_takes_the_one_list_of_devices():
 def test_a_device_outside_the_list_is_one_line_however_the_settings_are_made(build):
     with pytest.raises(UserError, match="^--device 'tpu' is unknown; use one of auto, cpu, cuda$"):
         build()
+
+
+def test_budget_and_extract_take_one_list_per_store_setting():
+    """A planned store's --width-strategy/--width-code/--values/--compress/--token-strategy are `hskcache extract`'s:
+    the same `choices` object (the registry or tuple itself), so adding a width code or strategy reaches both."""
+    from hskcache.cli.budget import BudgetConfig
+    from hskcache.kinds.hsk import HSKSettings
+
+    extract = {f.name: f for f in leaves(ExtractConfig)} | {f.name: f for f in fields(HSKSettings)}
+    for f in fields(BudgetConfig):
+        if f.name in ("width_strategy", "width_code", "values", "compress", "token_strategy"):
+            assert f.metadata["choices"] is extract[f.name].metadata["choices"], f.name
+    with pytest.raises(UserError, match="^--width-code 'gzip' is unknown; use one of bitmask, "):
+        HSKSettings(width_code="gzip")

@@ -53,9 +53,9 @@ class BudgetConfig(Settings):
     text_cols: str | None = setting(None, "text column(s) with --data, a or a,b")
     token_strategy: str | None = setting(None, "with --data: att-nosep* never keep [SEP], so fewer tokens are "
                                                "eligible", choices=TOKEN_STRATEGIES, show_default="left")
-    width_strategy: str | None = setting(None, "width strategy of the store", choices=list(WIDTH_STRATEGIES),
+    width_strategy: str | None = setting(None, "width strategy of the store", choices=WIDTH_STRATEGIES,
                                          show_default=budget.Setting.width_strategy)
-    width_code: str | None = setting(None, "width code of the store", choices=list(widthcode.WIDTH_CODES),
+    width_code: str | None = setting(None, "width code of the store", choices=widthcode.WIDTH_CODES,
                                      show_default=budget.Setting.width_code)
     values: str | None = setting(None, "value format of the store", choices=VALUE_FORMATS,
                                  show_default=budget.Setting.values)

@@ -50,21 +50,15 @@ class HSKSettings(Settings):
     tokens: int | None = setting(None, "N^L: most tokens per layer, at most --max-length",
                                  show_default=f"{DEFAULT_TOKENS}, or --max-length if smaller", at_least=1)
     width: float = setting(1.0, "N^W: fraction of activations kept, (0, 1]")
-    width_strategy: str = setting("mag", " | ".join(WIDTH_STRATEGIES))
+    width_strategy: str = setting("mag", " | ".join(WIDTH_STRATEGIES), choices=WIDTH_STRATEGIES)
     width_seed: int = setting(0, "seed of the rand width mask", aliases=("--seed",))
     width_code: str = setting(widthcode.DEFAULT, "how mag's kept dimensions are stored: "
-                              + " | ".join(widthcode.WIDTH_CODES))
-    values: str = setting("fp16", "fp16 | int8 (lossy: int8 with a per-vector absmax scale)")
+                              + " | ".join(widthcode.WIDTH_CODES), choices=widthcode.WIDTH_CODES)
+    values: str = setting("fp16", "fp16 | int8 (lossy: int8 with a per-vector absmax scale)", choices=VALUE_FORMATS)
 
     def __post_init__(self) -> None:
         if not 0 < self.width <= 1:
             raise UserError(f"--width must be in (0, 1], got {self.width}: it is the fraction of activations kept")
-        if self.width_strategy not in WIDTH_STRATEGIES:
-            raise UserError(f"--width-strategy {self.width_strategy!r} is unknown; use one of {', '.join(WIDTH_STRATEGIES)}")
-        if self.width_code not in widthcode.WIDTH_CODES:
-            raise UserError(f"--width-code {self.width_code!r} is unknown; use one of {', '.join(widthcode.WIDTH_CODES)}")
-        if self.values not in VALUE_FORMATS:
-            raise UserError(f"--values {self.values!r} is unknown; use one of {', '.join(VALUE_FORMATS)}")
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ class ExtractConfig(Settings):
         None, "explicit teacher layers for student layers 0..L', e.g. 0,3,5,8,10",
         parse=lambda value: integers(value, "--teacher-layers"))
     token_strategy: str = setting("att-nosep-top", "which N^L tokens per layer the HSK keeps", choices=TOKEN_STRATEGIES)
-    compress: str = setting("zstd", "zstd | none, for every array")
+    compress: str = setting("zstd", "zstd | none, for every array", choices=COMPRESSIONS)
     knowledge: tuple[str, ...] = setting(("hsk",), "kinds of knowledge to store, a comma list of "
                                          + ", ".join(knowledge_names()),
                                          parse=parse_knowledge)
@@ -56,8 +56,6 @@ class ExtractConfig(Settings):
     def __post_init__(self) -> None:
         complete_per_name(self)  # every kind's settings (defaults where not given): one store, one identity
         refuse_unstored(self.kinds, self.knowledge)  # e.g. --att-rows without --knowledge ...att: not ignored
-        if self.compress not in COMPRESSIONS:
-            raise UserError(f"--compress {self.compress!r} is unknown; use one of {', '.join(COMPRESSIONS)}")
         from hskcache.teacher.loading import check_min_length  # transformers loads only when a config is checked
 
         check_min_length(self.max_length)

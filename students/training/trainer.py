@@ -111,12 +111,14 @@ class TrainConfig(Settings):
                                                            "else pred (students/training/defaults.py)")
     reads: Mapping[str, Any] = per_name(read_settings, "knowledge kinds' reads")  # each kind's `Kind.read_settings`:
     # --hsk (`hskcache.kinds.hsk.HSKRead`; none: stage 1 skipped), --att-read
-    width_loss: str = setting("zero-fill", " | ".join(HSK_MODES) + "; zero-fill is the paper's")
+    width_loss: str = setting("zero-fill", " | ".join(HSK_MODES) + "; zero-fill is the paper's", choices=HSK_MODES)
     hsk_projection: str = setting("random", " | ".join(HSK_PROJECTIONS) + ": W's init; random is the paper's, kept "
-                                  "maps an extracted (ETD) student's dimensions to the teacher dimensions they came from")
+                                  "maps an extracted (ETD) student's dimensions to the teacher dimensions they came from",
+                                  choices=HSK_PROJECTIONS)
     regression_head: str = setting("recentre", " | ".join(REGRESSION_HEADS) + ": a regression student's output "
                                    "bias, shifted before the prediction stage so its mean output on the training "
-                                   "rows is the teacher's (students/training/calibration.py), or left as it is")
+                                   "rows is the teacher's (students/training/calibration.py), or left as it is",
+                                   choices=REGRESSION_HEADS)
     temperature: float = setting(1.0, "soft CE temperature")
     hsk_epochs: int = setting(10, "stage 1 epochs", at_least=1)
     hsk_lr: float | None = setting(None, "stage 1 learning rate (default: by the student's init, "
@@ -163,13 +165,6 @@ class TrainConfig(Settings):
         for name in ("hsk_lr", "pred_lr", "temperature", "max_grad_norm"):
             if getattr(self, name) is not None and not getattr(self, name) > 0:
                 raise UserError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
-        if self.width_loss not in HSK_MODES:
-            raise UserError(f"--width-loss {self.width_loss!r} is unknown; use one of {', '.join(HSK_MODES)}")
-        if self.hsk_projection not in HSK_PROJECTIONS:
-            raise UserError(f"--hsk-projection {self.hsk_projection!r} is unknown; use one of {', '.join(HSK_PROJECTIONS)}")
-        if self.regression_head not in REGRESSION_HEADS:
-            raise UserError(f"--regression-head {self.regression_head!r} is unknown; "
-                            f"use one of {', '.join(REGRESSION_HEADS)}")
         check_min_length(self.max_length)
         if Path(self.out).is_file():
             raise UserError(f"--out {self.out} is a file; pass a directory for the run")
