@@ -280,3 +280,20 @@ def test_plan_from_teacher_and_data(teacher_dir, pair_csv, capsys):
     assert nosep["paper_values_bytes"] < left["paper_values_bytes"] < padded["paper_values_bytes"]
     assert left["hskcache_total_bytes"] == padded["hskcache_total_bytes"]  # fixed-shape store, 36 examples
     assert "--teacher-width" in fails(base + ["--examples", "36", "--teacher-width", "32"])
+
+
+def test_a_teacher_plan_loads_its_config_and_tokenizer_once(teacher_dir, pair_csv, capsys, monkeypatch):
+    """--teacher with --data and an opt-in kind reads the config three ways (widths and labels, the data's
+    token lengths, the attention heads and layers): it is loaded once, as is the tokenizer."""
+    from hskcache.teacher import loading
+
+    loaded = []
+    for name in ("load_config", "load_tokenizer"):
+        real = getattr(loading, name)
+        monkeypatch.setattr(loading, name, lambda *a, _real=real, _name=name, **k: loaded.append(_name) or _real(*a, **k))
+    row = json.loads(run(["budget", "--plan", "--teacher", str(teacher_dir), "--data", str(pair_csv), "--seq-len", "16",
+                          "--student-layers", "2", "--knowledge", "hsk,att", "--json", "--configs", "3,16,1.0"],
+                         capsys))[0]
+    assert sorted(loaded) == ["load_config", "load_tokenizer"]
+    assert row["kept_width"] == 32  # the tiny teacher's width
+    assert row["hskcache_group_bytes"] and all(n > 0 for n in row["hskcache_group_bytes"].values())  # its relations

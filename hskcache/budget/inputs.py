@@ -3,37 +3,47 @@ widths and labels, the token lengths its tokenizer gives the data, and an existi
 setting and bytes on disk (``budget.plan`` computes the reports; ``cli.budget`` is the command)."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from hskcache.budget import plan as budget
 from hskcache.kinds import KINDS
 from hskcache.options import columns
 
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig, PreTrainedTokenizerBase
+
 TOKENIZE_BATCH = 4096
 
 
-def teacher_numbers(teacher: str) -> tuple[int, int, int, bool]:
-    """(hidden, vocabulary, labels, regression) from the model config and tokenizer, no weights
-    (a bare encoder: 0 labels, a task-agnostic store)."""
-    from hskcache.teacher.loading import head_outputs, id_bound, load_config, load_tokenizer
+def teacher_files(teacher: str) -> tuple[PretrainedConfig, PreTrainedTokenizerBase]:
+    """(config, tokenizer) of a teacher folder, no weights: loaded once per budget and passed to
+    everything measured from them (`teacher_numbers`, `length_counts`, the opt-in kinds' heads)."""
+    from hskcache.teacher.loading import load_config, load_tokenizer
 
     config = load_config(teacher)
-    tokenizer = load_tokenizer(teacher, config)
+    return config, load_tokenizer(teacher, config)
+
+
+def teacher_numbers(config: PretrainedConfig, tokenizer: PreTrainedTokenizerBase) -> tuple[int, int, int, bool]:
+    """(hidden, vocabulary, labels, regression) from the model config and tokenizer
+    (a bare encoder: 0 labels, a task-agnostic store)."""
+    from hskcache.teacher.loading import head_outputs, id_bound
+
     return (config.hidden_size, id_bound(tokenizer), *head_outputs(config))
 
 
-def length_counts(teacher: str, data: str, split: str, text_cols: str | None, seq_len: int,
-                  token_strategy: str) -> list[int]:
-    """Examples per eligible token count (0..seq_len) after tokenization like the extractor's
-    (a bare encoder's corpus cut into sequences first, as `extract` cuts it); `token_strategy` is one of
-    `TOKEN_STRATEGIES`, as `BudgetConfig` checks it."""
+def length_counts(config: PretrainedConfig, tokenizer: PreTrainedTokenizerBase, data: str, split: str,
+                  text_cols: str | None, seq_len: int, token_strategy: str) -> list[int]:
+    """Examples per eligible token count (0..seq_len) after tokenization like the extractor's, by the
+    teacher's tokenizer (a bare encoder's corpus cut into sequences first, as `extract` cuts it);
+    `token_strategy` is one of `TOKEN_STRATEGIES`, as `BudgetConfig` checks it."""
     from hskcache.corpus import split_corpus
     from hskcache.data import load_texts, tokenize_batch
-    from hskcache.teacher.loading import is_task_teacher, load_config, load_tokenizer
+    from hskcache.teacher.loading import is_task_teacher
 
-    config = load_config(teacher)
     texts = load_texts(data, split=split, text_cols=columns(text_cols), unlabeled=not is_task_teacher(config))
-    tokenizer = load_tokenizer(teacher, config)
     if not is_task_teacher(config):
         texts = split_corpus(texts, tokenizer, seq_len)
     counts = np.zeros(seq_len + 1, dtype=np.int64)

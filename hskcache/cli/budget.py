@@ -8,18 +8,21 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, fields
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from hskcache.budget import plan as budget
 
 from hskcache.storage import widthcode
-from hskcache.budget.inputs import length_counts, store_setting, teacher_numbers
+from hskcache.budget.inputs import length_counts, store_setting, teacher_files, teacher_numbers
 from hskcache.errors import UserError
 from hskcache.kinds import TeacherInfo, chosen, opt_in_settings, parse_knowledge
 from hskcache.options import STORE_ARGUMENT, Settings, complete_per_name, field_names, per_name, setting
 from hskcache.storage.layout import COMPRESSIONS, VALUE_FORMATS
 from hskcache.selection.hsk import TOKEN_STRATEGIES, WIDTH_STRATEGIES
 from hskcache.store.group import describe
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
 
 # Flags that describe a planned extraction; a store already records all of them.
 PLAN_FLAGS = ("examples", "seq_len", "student_layers", "teacher_width", "vocab_size", "num_labels",
@@ -127,11 +130,13 @@ def _flags(names: list[str]) -> str:
 
 def plan_setting(args: BudgetConfig, given: list[str]) -> budget.Setting:
     """The setting of a planned extraction: from numbers, or from a teacher (and its data)."""
+    config = tokenizer = None  # the --teacher's, loaded once and passed to all that reads them
     if args.teacher:
         clash = [n for n in ("teacher_width", "vocab_size", "num_labels") if n in given]
         if clash:
             raise UserError(f"{_flags(clash)} come from --teacher {args.teacher}; drop them")
-        hidden, vocab, num_labels, regression = teacher_numbers(args.teacher)
+        config, tokenizer = teacher_files(args.teacher)
+        hidden, vocab, num_labels, regression = teacher_numbers(config, tokenizer)
     elif args.teacher_width is None:
         raise UserError("--plan needs the teacher: --teacher-width D (or --teacher PATH)")
     else:
@@ -146,7 +151,7 @@ def plan_setting(args: BudgetConfig, given: list[str]) -> budget.Setting:
             raise UserError("--data needs --teacher PATH: its tokenizer gives the real token lengths")
         if args.examples is not None:
             raise UserError("--examples comes from --data; drop one of them")
-        counts = length_counts(args.teacher, args.data, args.split or "train", args.text_cols,
+        counts = length_counts(config, tokenizer, args.data, args.split or "train", args.text_cols,
                                args.seq_len, args.token_strategy or "left")
         examples, counts = int(sum(counts)), tuple(counts)
     else:
@@ -159,15 +164,15 @@ def plan_setting(args: BudgetConfig, given: list[str]) -> budget.Setting:
     return budget.Setting(
         examples=examples, seq_len=args.seq_len, student_layers=args.student_layers, hidden=hidden,
         vocab_size=vocab, num_logits=num_labels, regression=regression,
-        length_counts=counts, kinds=plan_kinds(args, hidden),
+        length_counts=counts, kinds=plan_kinds(args, hidden, config),
         **{name: getattr(args, name) for name in STORE_FLAGS if getattr(args, name) is not None},  # else Setting's
     )
 
 
-def plan_kinds(args: BudgetConfig, hidden: int) -> dict[str, Any]:
+def plan_kinds(args: BudgetConfig, hidden: int, config: PretrainedConfig | None = None) -> dict[str, Any]:
     """What a planned extraction records of each opt-in kind it stores (`Kind.resolve` against the
-    plan's numbers: the student's layer pairs stand in for the teacher's layers, --seq-len for N^L);
-    only counts matter for bytes."""
+    plan's numbers: the student's layer pairs stand in for the teacher's layers, --seq-len for N^L;
+    `config`: the --teacher's, whose heads and layers it reads); only counts matter for bytes."""
     opted = chosen(parse_knowledge(args.knowledge or "hsk"))
     own = {name for kind in opted if kind.settings for name in field_names(kind.settings)}
     stray = [n for n in args.kind_flags() if n not in own] + (["att_heads"] if args.att_heads and not opted else [])
@@ -176,10 +181,7 @@ def plan_kinds(args: BudgetConfig, hidden: int) -> dict[str, Any]:
     if not opted:
         return {}
     heads, layers = args.att_heads, args.student_layers
-    if args.teacher:
-        from hskcache.teacher.loading import load_config
-
-        config = load_config(args.teacher)
+    if config is not None:  # the --teacher's
         heads, layers = heads or config.num_attention_heads, config.num_hidden_layers
     if heads is None:
         raise UserError(f"--knowledge {','.join(k.name for k in opted)} needs the teacher's attention heads: "
