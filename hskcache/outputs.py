@@ -3,9 +3,16 @@
 One rule for every `--out` that is not a store: an existing file or non-empty folder is
 replaced only with `--overwrite`, and nothing is ever written into an HSK store (or any
 zarr hierarchy), even with `--overwrite`. Checked before any work starts.
+
+And one rule for writing one: whole or not at all (`replaced_dir`, `write_text_whole`), so that a
+cut run never leaves a part that a rerun, or a script's "is it there?" check, takes for a finished one.
 """
 from __future__ import annotations
 
+import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from hskcache.errors import UserError
@@ -45,3 +52,37 @@ def check_out_file(out: str | Path, flag: str = "--out", overwrite: bool = False
         raise UserError(f"{flag} {path} is a folder; pass a file path")
     if path.exists() and not overwrite:
         raise UserError(f"{flag} {path} exists; pass --overwrite to replace it or choose a new file")
+
+
+@contextmanager
+def replaced_dir(final: Path) -> Iterator[Path]:
+    """Yield an empty sibling folder to write into; on success it replaces `final`.
+
+    The old folder is renamed aside before the new one takes its name, so a crash
+    at any point leaves either the old or the new folder complete (`read_state`
+    falls back to the aside copy). A write that fails (a full disk) leaves `final`
+    as it was and removes the partial sibling.
+    """
+    tmp, old = final.with_name(final.name + ".tmp"), final.with_name(final.name + ".old")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        final.rename(old)
+    tmp.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def write_text_whole(path: Path, text: str) -> None:
+    """Write a file whole or not at all: into a sibling, then renamed over `path` (atomic on one file system)."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

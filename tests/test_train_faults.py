@@ -180,3 +180,38 @@ def test_a_full_disk_is_one_line_and_the_run_resumes(task, student, tmp_path, mo
     steps = [(r["stage"], r["step"]) for r in strict_json_lines(run / "log.jsonl") if "loss" in r]
     assert steps == [(stage, step) for stage in ("hsk", "pred") for step in (1, 2, 3, 4)]
     assert (run / "student").is_dir()
+
+
+def test_a_cut_build_or_metrics_write_leaves_nothing_that_looks_finished(task, tmp_path, monkeypatch):
+    """A build cut after the config is written (before the weights) leaves no student folder, so a script's
+    `[ -f OUT/config.json ]` does not take it for a built one; a cut metrics.json write keeps the old file whole."""
+    from transformers import PreTrainedModel
+
+    from hskcache.outputs import write_text_whole
+    from students.models.student import build_tinybert
+
+    def config_then_cut(self, out, *args, **kwargs):
+        self.config.save_pretrained(out)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    out = tmp_path / "student"
+    with monkeypatch.context() as patch:
+        patch.setattr(PreTrainedModel, "save_pretrained", config_then_cut)
+        with pytest.raises(OSError):
+            build_tinybert(task.teacher, 2, 16, 32, 2, out)
+    assert not out.exists() and not list(tmp_path.iterdir())
+    build_tinybert(task.teacher, 2, 16, 32, 2, out)
+    assert {p.name for p in out.iterdir()} >= {"config.json", "model.safetensors", "student.json"}
+
+    metrics = tmp_path / "metrics.json"
+    write_text_whole(metrics, '{"old": 1}\n')
+    real_write = type(metrics).write_text
+
+    def half_then_cut(self, text, *args, **kwargs):
+        real_write(self, text[: len(text) // 2])
+        raise OSError(errno.ENOSPC, "No space left on device")
+    with monkeypatch.context() as patch:
+        patch.setattr(type(metrics), "write_text", half_then_cut)
+        with pytest.raises(OSError):
+            write_text_whole(metrics, '{"new": 2}\n')
+    assert json.loads(metrics.read_text()) == {"old": 1} and [p.name for p in tmp_path.glob("metrics*")] == [metrics.name]

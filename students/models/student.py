@@ -27,6 +27,7 @@ from transformers import (
 )
 
 from hskcache.errors import UserError
+from hskcache.outputs import replaced_dir
 from hskcache.teacher.families import family_of
 from hskcache.teacher.loading import (check_model_source, is_regression, is_task_teacher, load_config, load_model,
                                       named_labels, tokenizer_hash)
@@ -214,10 +215,11 @@ def teacher_config(teacher_dir: str | Path) -> PretrainedConfig:
 
 
 def save_new(model: nn.Module, teacher_dir: str | Path, out_dir: str | Path, spec: StudentSpec, extra: dict) -> None:
+    """Write a built student folder whole (`replaced_dir`): a cut build leaves no folder that looks built."""
     tokenizer = AutoTokenizer.from_pretrained(teacher_dir)
-    out = Path(out_dir)
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
     info = {"kind": spec.kind, "spec": asdict(spec), "teacher": str(teacher_dir),
             "teacher_vocab_size": model.config.vocab_size, "tokenizer_hash": tokenizer_hash(tokenizer), **extra}
-    (out / STUDENT_FILE).write_text(json.dumps(info, indent=1) + "\n")
+    with replaced_dir(Path(out_dir)) as out:
+        model.save_pretrained(out)
+        tokenizer.save_pretrained(out)
+        (out / STUDENT_FILE).write_text(json.dumps(info, indent=1) + "\n")

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import pickle
 import random
-import shutil
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -14,32 +11,9 @@ import numpy as np
 import torch
 
 from hskcache.errors import UserError
+from hskcache.outputs import replaced_dir
 
 STATE_FILE = "state.pt"
-
-
-@contextmanager
-def replaced_dir(final: Path) -> Iterator[Path]:
-    """Yield an empty sibling folder to write into; on success it replaces `final`.
-
-    The old folder is renamed aside before the new one takes its name, so a crash
-    at any point leaves either the old or the new folder complete (`read_state`
-    falls back to the aside copy). A write that fails (a full disk) leaves `final`
-    as it was and removes the partial sibling.
-    """
-    tmp, old = final.with_name(final.name + ".tmp"), final.with_name(final.name + ".old")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
-    if final.exists():
-        final.rename(old)
-    tmp.rename(final)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def write_state(folder: Path, state: dict[str, Any]) -> None:

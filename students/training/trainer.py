@@ -38,6 +38,7 @@ from hskcache.teacher import hooks
 from hskcache.kinds import KINDS, Read, read_settings, refuse_unused
 from hskcache.store.meta import StoreMeta, to_json
 from hskcache.options import Settings, columns, complete_per_name, nested, per_name, setting
+from hskcache.outputs import write_text_whole
 from hskcache.storage.packed import PackedBatch, expand
 from hskcache.teacher.loading import check_min_length, is_task_teacher, load_config, load_model, tokenizer_hash
 from students.training.checkpoint import STATE_FILE, read_state, replaced_dir, rng_state, set_rng_state, write_state
@@ -758,7 +759,7 @@ class Trainer:
             "source": {"teacher_hash": self.source.meta.teacher_hash, "task": self.source.meta.task,
                        "extraction": to_json(self.source.meta.config)},
         }
-        (self.run_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2, allow_nan=False) + "\n")
+        write_text_whole(self.run_dir / METRICS_FILE, json.dumps(metrics, indent=2, allow_nan=False) + "\n")
         return metrics
 
 
