@@ -81,8 +81,9 @@ for task in $TASKS; do step "3 $task: data, teacher, task store, ETD init"; task
 wait "$GENERAL_PID" || { echo "step 2 failed: see $OUT/general.log" >&2; exit 1; }
 cat "$OUT/general.log"
 for task in $TASKS; do
-  [ -f "$OUT/$task/teacher-test.json" ] || $BIN/students eval --model "$OUT/$task/teacher" --data "$OUT/$task/data/test.csv" \
-    --json > "$OUT/$task/teacher-test.json.tmp" && mv "$OUT/$task/teacher-test.json.tmp" "$OUT/$task/teacher-test.json"
+  [ -f "$OUT/$task/teacher-test.json" ] || { $BIN/students eval --model "$OUT/$task/teacher" \
+    --data "$OUT/$task/data/test.csv" --json > "$OUT/$task/teacher-test.json.tmp" &&
+    mv "$OUT/$task/teacher-test.json.tmp" "$OUT/$task/teacher-test.json"; }
 done
 
 step "4 the task stage: tasks [$TASKS] x starts [etd general-etd general-random] x seeds [$SEEDS], $JOBS at a time"
@@ -111,6 +112,19 @@ from pathlib import Path
 out, tasks = Path(sys.argv[1]), sys.argv[2:]
 sd = lambda xs: statistics.stdev(xs) if len(xs) > 1 else float("nan")
 summary = {"seconds": dict(line.split() for line in (out / "seconds.txt").read_text().splitlines()), "tasks": {}}
+
+from hskcache.kinds import stored_kinds
+from hskcache.store.group import StoreData, describe
+from hskcache.store.shape import StoreShape
+store = str(out / "general-store")
+meta, disk = StoreData(store).meta, describe(store)["bytes"]
+per_kind = {kind.name: sum(disk[a.name] for a in kind.arrays(StoreShape.of_store(meta))) for kind in
+            stored_kinds(StoreShape.of_store(meta))}  # an array two kinds share counts in each
+summary["general_store"] = {"passages": meta.corpus.passages, "sequences": meta.num_examples, "bytes": sum(disk.values()),
+                            "bytes_per_kind": per_kind}
+print(f"general store: {meta.corpus.passages:,} passages, {meta.num_examples:,} sequences, {sum(disk.values()):,} B on disk")
+for name, n in per_kind.items():
+    print(f"  {name:8s} {n:>14,} B  {n / meta.corpus.passages:>10,.0f} B/passage  {n / meta.num_examples:>10,.0f} B/sequence")
 for name in ("etd", "random"):
     m = json.loads((out / "general" / name / "metrics.json").read_text())
     summary[f"general-{name}"] = m.get("best")
