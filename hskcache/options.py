@@ -5,7 +5,7 @@ field becomes one flag (`--field-name`, help from `field(metadata={"help": ...})
 a field whose type is another settings dataclass (`nested`) brings its flags as
 a group, and `--config FILE.toml` holds the same keys. Values are merged
 dataclass defaults < TOML < flags, then validated once by the dataclass: the
-rules a field declares (`at_least`, `choices`) by `Settings`, its base, whenever one is
+rules a field declares (`at_least`, `above`, `choices`) by `Settings`, its base, whenever one is
 made (flags, TOML or code), the rest by its own `__post_init__`.
 A program is a table of `Command`s (name, help, settings dataclass, run
 function); `program` builds its parser and `main` dispatches, turning bad input
@@ -55,30 +55,35 @@ def integers(value: str | Sequence[int], flag: str) -> tuple[int, ...]:
 def setting(default: Any, help: str, **more: Any) -> Any:
     """A settings-dataclass field with its flag's help (and `parse`, `aliases`, `show_default`,
     `metavar`, `nargs`, `positional`: a deprecated positional spelling such as STORE; and the rules
-    `Settings` holds the field to: `at_least`, the least value, and `choices`, the values it takes)."""
+    `Settings` holds the field to: `at_least`, the least value, `above`, a bound the value must exceed
+    (a learning rate: above 0), and `choices`, the values it takes)."""
     return field(default=default, metadata={"help": help, **more})
 
 
-RULES = ("at_least", "choices")  # what a field's metadata may declare for `Settings` to check
+RULES = ("at_least", "above", "choices")  # what a field's metadata may declare for `Settings` to check
 
 
 def check_fields(settings: Any) -> None:
     """The rules a settings dataclass's fields declare in their metadata (`RULES`), each one line naming
-    the flag; a value left out (None) has nothing to check. (argparse checks a flag's choices first.)"""
+    the flag; a value left out (None) has nothing to check. A bound is asked as `not value >= bound`, so
+    nan, which compares with nothing, is refused too. (argparse checks a flag's choices first.)"""
     for f in fields(settings):
-        value, least, choices = getattr(settings, f.name), f.metadata.get("at_least"), f.metadata.get("choices")
+        value, meta = getattr(settings, f.name), f.metadata
         if value is None:
             continue
-        if least is not None and value < least:
-            raise UserError(f"{flag_name(f.name)} must be at least {least}, got {value}")
+        if "at_least" in meta and not value >= meta["at_least"]:
+            raise UserError(f"{flag_name(f.name)} must be at least {meta['at_least']}, got {value}")
+        if "above" in meta and not value > meta["above"]:
+            raise UserError(f"{flag_name(f.name)} must be above {meta['above']}, got {value}")
+        choices = meta.get("choices")
         if choices is not None and value not in choices:
             raise UserError(f"{flag_name(f.name)} {value!r} is unknown; use one of {', '.join(map(str, choices))}")
 
 
 class Settings:
-    """Base of the settings dataclasses whose fields declare rules (`setting(..., at_least=1)`, `choices=`): the rules
-    hold however one is made (flags, TOML, code), checked once, before the class's own `__post_init__`
-    (which is wrapped when the class is defined, so no subclass can forget to ask)."""
+    """Base of the settings dataclasses whose fields declare rules (`setting(..., at_least=1)`, `above=0`,
+    `choices=`): the rules hold however one is made (flags, TOML, code), checked once, before the class's own
+    `__post_init__` (which is wrapped when the class is defined, so no subclass can forget to ask)."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

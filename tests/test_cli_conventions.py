@@ -17,6 +17,7 @@ from hskcache.options import Group, add_fields, columns, flag_name, leaves, sett
 from hskcache.teacher.augment import AugmentConfig
 from students import cli as students_cli
 from students.cli import EvalConfig
+from students.training.finetune import FinetuneConfig
 from students.training.runtime import Runtime
 from students.training.trainer import TrainConfig
 
@@ -327,10 +328,26 @@ def test_a_usage_error_is_one_line(capsys, main, argv, needle):
      ["extract", "--teacher", "T", "--data", "D", "--student-layers", "2", "--knowledge", "hsk,qq",
       "--relation-heads", "0"],
      "hskcache: error: --relation-heads must be at least 1, got 0"),
+    (lambda: TrainConfig(student="X", out="R", weight_decay=float("nan")), students_cli.main,
+     ["train", "--store", "S", "--student", "X", "--out", "R", "--weight-decay", "nan"],
+     "students: error: --weight-decay must be at least 0, got nan"),
+    (lambda: TrainConfig(student="X", out="R", hsk_lr=0.0), students_cli.main,
+     ["train", "--store", "S", "--student", "X", "--out", "R", "--hsk-lr", "0"],
+     "students: error: --hsk-lr must be above 0, got 0.0"),
+    (lambda: TrainConfig(student="X", out="R", temperature=-1.0), students_cli.main,
+     ["train", "--store", "S", "--student", "X", "--out", "R", "--temperature=-1"],
+     "students: error: --temperature must be above 0, got -1.0"),
+    (lambda: FinetuneConfig(teacher="T", data="D", eval_data="E", out="O", lr=float("nan")), hskcache_cli.main,
+     ["finetune", "--teacher", "T", "--data", "D", "--eval-data", "E", "--out", "O", "--lr", "nan"],
+     "hskcache: error: --lr must be above 0, got nan"),
+    (lambda: FinetuneConfig(teacher="T", data="D", eval_data="E", out="O", max_grad_norm=0.0), hskcache_cli.main,
+     ["finetune", "--teacher", "T", "--data", "D", "--eval-data", "E", "--out", "O", "--max-grad-norm", "0"],
+     "hskcache: error: --max-grad-norm must be above 0, got 0.0"),
 ])
 def test_a_declared_lower_bound_holds_however_the_settings_are_made(capsys, build, main, argv, line):
-    """`setting(..., at_least=N)` is checked by `Settings` when the dataclass is made: in code, and from a
-    command line (one line, exit 2), before the class's own rules (the teacher "T" is never looked for)."""
+    """`setting(..., at_least=N)` and `setting(..., above=N)` are checked by `Settings` when the dataclass is
+    made: in code, and from a command line (one line, exit 2), before the class's own rules (the teacher "T" is
+    never looked for); nan, which compares with nothing, is refused by either bound."""
     with pytest.raises(UserError, match=f"^{re.escape(line.split('error: ')[1])}$"):
         build()
     assert main(argv) == 2
@@ -340,6 +357,14 @@ def test_a_declared_lower_bound_holds_however_the_settings_are_made(capsys, buil
 def test_a_bound_is_inclusive_and_an_absent_value_is_not_checked():
     assert (Runtime(threads=1).threads, Runtime().threads) == (1, None)
     assert TrainConfig(student="X", out="R", weight_decay=0.0).weight_decay == 0.0
+    assert TrainConfig(student="X", out="R").hsk_lr is None  # `above` too: left out, filled in later
+
+
+def test_above_is_strict():
+    """`above=0` takes any value over the bound, however small, and refuses the bound itself."""
+    assert TrainConfig(student="X", out="R", pred_lr=1e-12).pred_lr == 1e-12
+    with pytest.raises(UserError, match=r"^--pred-lr must be above 0, got 0\.0$"):
+        TrainConfig(student="X", out="R", pred_lr=0.0)
 
 
 def test_a_bound_on_a_class_that_would_not_check_it_is_refused():
@@ -348,8 +373,13 @@ def test_a_bound_on_a_class_that_would_not_check_it_is_refused():
     class Plain:
         n: int = setting(1, "n", at_least=1)
 
-    with pytest.raises(TypeError, match="make Plain a Settings"):
-        add_fields(argparse.ArgumentParser(), Plain)
+    @dataclass(frozen=True)
+    class Rate:
+        lr: float = setting(1.0, "lr", above=0)
+
+    for plain in (Plain, Rate):
+        with pytest.raises(TypeError, match=f"make {plain.__name__} a Settings"):
+            add_fields(argparse.ArgumentParser(), plain)
 
 
 def test_every_device_setting_takes_the_one_list_of_devices():

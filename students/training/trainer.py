@@ -120,16 +120,16 @@ class TrainConfig(Settings):
                                    "bias, shifted before the prediction stage so its mean output on the training "
                                    "rows is the teacher's (students/training/calibration.py), or left as it is",
                                    choices=REGRESSION_HEADS)
-    temperature: float = setting(1.0, "soft CE temperature")
+    temperature: float = setting(1.0, "soft CE temperature", above=0)
     hsk_epochs: int = setting(10, "stage 1 epochs", at_least=1)
     hsk_lr: float | None = setting(None, "stage 1 learning rate (default: by the student's init, "
-                                   "students/training/defaults.py)")
+                                   "students/training/defaults.py)", above=0)
     hsk_batch_size: int = setting(32, "stage 1 batch size", at_least=1)
     pred_epochs: int = setting(5, "stage 2 epochs", at_least=1)
-    pred_lr: float | None = setting(None, "stage 2 learning rate (default: by the student's init)")
+    pred_lr: float | None = setting(None, "stage 2 learning rate (default: by the student's init)", above=0)
     pred_batch_size: int = setting(32, "stage 2 batch size", at_least=1)
     weight_decay: float = setting(0.01, "AdamW weight decay", at_least=0)
-    max_grad_norm: float = setting(1.0, "gradient clipping")
+    max_grad_norm: float = setting(1.0, "gradient clipping", above=0)
     seed: int = setting(0, "seeds dropout, the projection and the data order")
     max_steps: int | None = setting(None, "stop each stage after N optimizer steps (smoke runs)", at_least=1)
     log_every: int = setting(50, "log a step record every N steps", at_least=1)
@@ -163,9 +163,6 @@ class TrainConfig(Settings):
     EVAL_READING = ("text_cols", "label_col", "max_length")
 
     def __post_init__(self) -> None:
-        for name in ("hsk_lr", "pred_lr", "temperature", "max_grad_norm"):
-            if getattr(self, name) is not None and not getattr(self, name) > 0:
-                raise UserError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
         check_min_length(self.max_length)
         if Path(self.out).is_file():
             raise UserError(f"--out {self.out} is a file; pass a directory for the run")
