@@ -11,6 +11,7 @@ from transformers import AutoModelForSequenceClassification
 from conftest import make_teacher
 from hskcache.errors import UserError
 from students import cli
+from students.build.builder import TinyBertConfig
 from students.models.etd import build_extracted, layer_selection, taylor_neuron_importance
 from students.models.student import StudentSpec, load_student
 
@@ -43,6 +44,12 @@ def test_layer_selection_follows_etd():
     assert layer_selection(6, 3, "top") == [4, 5, 6]
     with pytest.raises(UserError, match="7-layer student"):
         layer_selection(6, 7)
+
+
+def test_an_unknown_layer_selection_is_refused_by_the_build_settings_however_made():
+    """The field's `choices` are the one check (etd's registry has none of its own): in code as on the CLI."""
+    with pytest.raises(UserError, match="^--layer-selection 'middle' is unknown; use one of uniform, bottom, top$"):
+        TinyBertConfig(teacher="T", out="O", init="etd-rand", layer_selection="middle")
 
 
 @pytest.mark.parametrize("init", ["teacher-layers", "etd-rand", "etd-impt"])

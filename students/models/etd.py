@@ -17,7 +17,7 @@ the teacher through the family's modules, and slicing follows the axis labels.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,27 +34,25 @@ from hskcache.teacher.families import BLOCKS, FFN, GLU, HEADS, HIDDEN, QKV, Fami
 from hskcache.teacher.loading import is_regression, is_task_teacher, load_model, weights_hash
 from students.models.student import StudentSpec, save_new, teacher_config
 
-LAYER_SELECTIONS = ("uniform", "bottom", "top")
+# ETD §3.2: the teacher layers (1-based; 0 is the embeddings) an M-layer student's layers 1..M start from, of an
+# N-layer teacher: uniform S = {0, ⌊N/M⌋, ⌊2N/M⌋, …, N}; bottom {0, 1, …, M}; top {0, N−M+1, …, N}.
+# (--layer-selection's choices: the build's settings refuse any other name.)
+LAYER_SELECTIONS: dict[str, Callable[[int, int], list[int]]] = {
+    "uniform": lambda n, m: [k * n // m for k in range(1, m + 1)],
+    "bottom": lambda n, m: list(range(1, m + 1)),
+    "top": lambda n, m: list(range(n - m + 1, n + 1)),
+}
 # --init values that extract from the teacher; "random" and a checkpoint folder are models.student.build_tinybert's.
 EXTRACTING_INITS = ("etd-impt", "etd-rand", "teacher-layers")
 GAUSSIAN_DRAWS = 8  # draws ε per row of a bare encoder's expected score (`taylor_neuron_importance`)
 
 
 def layer_selection(teacher_layers: int, student_layers: int, strategy: str = "uniform") -> list[int]:
-    """ETD §3.2: the teacher layers (1-based; 0 is the embeddings) student layers 1..M start from.
-
-    uniform S = {0, ⌊N/M⌋, ⌊2N/M⌋, …, N}; bottom {0, 1, …, M}; top {0, N−M+1, …, N}.
-    """
+    """The teacher layers (1-based) student layers 1..M start from, by `strategy` (`LAYER_SELECTIONS`)."""
     n, m = teacher_layers, student_layers
     if not 1 <= m <= n:
         raise UserError(f"a {m}-layer student cannot be extracted from a {n}-layer teacher; use 1..{n} layers")
-    if strategy == "uniform":
-        return [k * n // m for k in range(1, m + 1)]
-    if strategy == "bottom":
-        return list(range(1, m + 1))
-    if strategy == "top":
-        return list(range(n - m + 1, n + 1))
-    raise UserError(f"--layer-selection {strategy!r} is unknown; use one of {', '.join(LAYER_SELECTIONS)}")
+    return LAYER_SELECTIONS[strategy](n, m)
 
 
 @dataclass(frozen=True)
