@@ -164,3 +164,37 @@ def test_label_names_for_integer_labels(tmp_path, tiny_encoder, device):
     config = AutoModelForSequenceClassification.from_pretrained(out).config
     assert config.id2label == {0: "rotten", 1: "fresh"} and config.label2id == {"rotten": 0, "fresh": 1}
     assert meta_of(out)["label_names"] == ["rotten", "fresh"]
+
+
+def test_a_run_cut_in_its_last_epoch_leaves_no_teacher_and_keeps_an_old_one(tmp_path, tiny_encoder, monkeypatch):
+    """The kept epoch waits in a sibling folder that takes --out's name only when the run ends: a run cut in
+    epoch 2 of 2 (epoch 1 already kept) leaves no OUT/config.json for a script to take for a finished teacher,
+    and with --overwrite the old teacher, byte for byte; no sibling is left behind either way."""
+    from students.training import finetune as module
+
+    data = movie_csv(tmp_path / "t.csv", 16)
+    runs = tmp_path / "runs"  # the folder --out is made in: after a cut, the teacher or nothing
+    out = runs / "teacher"
+    common = ["--teacher", str(tiny_encoder), "--data", data, "--eval-data", data, "--out", str(out),
+              "--batch-size", "8", *TINY]
+    real, calls = module.evaluate, []
+
+    def cut_in_epoch_2(*args, **kwargs):  # the dev eval of epoch 2, after epoch 1 was kept
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, "evaluate", cut_in_epoch_2)
+    assert finetune(*common, "--epochs", "2") == 130 and len(calls) == 2
+    assert not out.exists() and list(runs.iterdir()) == []
+
+    monkeypatch.setattr(module, "evaluate", real)
+    assert finetune(*common, "--epochs", "1") == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert {"config.json", META_FILE} <= set(before)
+    calls.clear()
+    monkeypatch.setattr(module, "evaluate", cut_in_epoch_2)
+    assert finetune(*common, "--epochs", "2", "--overwrite", "--seed", "1") == 130 and len(calls) == 2
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert list(runs.iterdir()) == [out]

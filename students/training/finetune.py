@@ -9,7 +9,9 @@ data by the task's primary metric (`students.evaluation.metrics.primary_metric`,
 train` selects). The eval data is only reported, every epoch, with the metrics
 `students eval` reports (`students.evaluation.evaluate`). Saved with `save_pretrained`, the
 tokenizer, and `hskcache_teacher.json` (eval metrics of the saved epoch, label
-names, text columns, settings, per-epoch history).
+names, text columns, settings, per-epoch history), into a sibling of `--out` that
+takes its place when the run ends (`hskcache.outputs.replaced_dir`): a cut run leaves
+no `--out`, or the old one untouched.
 
 It lives in `students` (it is a training loop and evaluates with `students.evaluation.evaluate`);
 the `hskcache` CLI, which sits above both packages, registers the command.
@@ -33,7 +35,7 @@ from hskcache.data import TextData, fingerprint, load_texts
 from hskcache.device import autocast, pick_device, pick_dtype
 from hskcache.errors import UserError
 from hskcache.options import Settings, columns, nested, setting
-from hskcache.outputs import check_out_folder
+from hskcache.outputs import check_out_folder, replaced_dir
 from hskcache.teacher.loading import (check_max_length, check_min_length, load_config, load_model, load_tokenizer,
                               usable_positions)
 from students.evaluation.evaluate import EvalSet, encode_eval_set, evaluate, trimmed
@@ -153,41 +155,44 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     best: float | None = None
     step = 0
     bar = tqdm(total=total, unit="step", desc="fine-tune", dynamic_ncols=True, disable=cfg.runtime.quiet)
-    for epoch in range(1, cfg.epochs + 1):
-        model.train()
-        losses, started = [], time.perf_counter()
-        for rows in torch.randperm(len(splits.train), generator=generator).split(cfg.batch_size):
-            with precision:
-                loss = model(**trimmed(train_inputs, rows, device), labels=train_labels[rows].to(device)).loss
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-            optimizer.step()
-            schedule.step()
-            optimizer.zero_grad()
-            losses.append(loss.item())
-            step += 1
-            bar.update()
-            bar.set_postfix(epoch=epoch, loss=f"{np.mean(losses[-50:]):.4f}", refresh=False)
+    # The kept epoch waits in a sibling folder; --out appears (or replaces the old one) whole, at the end,
+    # so a cut run leaves no folder that a rerun or a script's [ -f OUT/config.json ] takes for a teacher.
+    with replaced_dir(Path(cfg.out)) as staging:
+        for epoch in range(1, cfg.epochs + 1):
+            model.train()
+            losses, started = [], time.perf_counter()
+            for rows in torch.randperm(len(splits.train), generator=generator).split(cfg.batch_size):
+                with precision:
+                    loss = model(**trimmed(train_inputs, rows, device), labels=train_labels[rows].to(device)).loss
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                optimizer.step()
+                schedule.step()
+                optimizer.zero_grad()
+                losses.append(loss.item())
+                step += 1
+                bar.update()
+                bar.set_postfix(epoch=epoch, loss=f"{np.mean(losses[-50:]):.4f}", refresh=False)
+                if step == total:
+                    break
+            record: dict[str, Any] = {"epoch": epoch, "step": step, "train_loss": float(np.mean(losses)),
+                                      "train_seconds_per_step": (time.perf_counter() - started) / len(losses)}
+            record["dev"] = evaluate(model, splits.eval, cfg.eval_batch_size, device, dtype)
+            keep = True  # --select-on last: every epoch replaces the previous one
+            if splits.holdout is not None:
+                record["holdout"] = evaluate(model, splits.holdout, cfg.eval_batch_size, device, dtype)
+                keep = improves(selector, record["holdout"][selector], best)
+                best = record["holdout"][selector] if keep else best
+            meta["history"].append(record)
+            tqdm.write(f"epoch {epoch}: train loss {record['train_loss']:.4f}, dev " +
+                       ", ".join(f"{k} {v:.4f}" for k, v in record["dev"].items()))
+            if keep:
+                meta.update(best_epoch=epoch, dev_metrics=record["dev"])
+                model.save_pretrained(staging)
+                tokenizer.save_pretrained(staging)
             if step == total:
                 break
-        record: dict[str, Any] = {"epoch": epoch, "step": step, "train_loss": float(np.mean(losses)),
-                                  "train_seconds_per_step": (time.perf_counter() - started) / len(losses)}
-        record["dev"] = evaluate(model, splits.eval, cfg.eval_batch_size, device, dtype)
-        keep = True  # --select-on last: every epoch replaces the previous one
-        if splits.holdout is not None:
-            record["holdout"] = evaluate(model, splits.holdout, cfg.eval_batch_size, device, dtype)
-            keep = improves(selector, record["holdout"][selector], best)
-            best = record["holdout"][selector] if keep else best
-        meta["history"].append(record)
-        tqdm.write(f"epoch {epoch}: train loss {record['train_loss']:.4f}, dev " +
-                   ", ".join(f"{k} {v:.4f}" for k, v in record["dev"].items()))
-        if keep:
-            meta.update(best_epoch=epoch, dev_metrics=record["dev"])
-            model.save_pretrained(cfg.out)
-            tokenizer.save_pretrained(cfg.out)
-        _write_meta(Path(cfg.out), meta)
-        if step == total:
-            break
+        (staging / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
     bar.close()
     return meta
 
@@ -215,8 +220,3 @@ def _encode(cfg: FinetuneConfig, train: TextData, names: tuple[str, ...] | None,
 
 def _describe(data: TextData) -> dict[str, Any]:
     return {"source": data.source, "split": data.split, "rows": len(data), "fingerprint": fingerprint(data)}
-
-
-def _write_meta(out: Path, meta: dict[str, Any]) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
