@@ -379,8 +379,12 @@ def quiet_libraries() -> None:
     datasets.logging.set_verbosity_error()
 
 
-def run_guarded(fn: Callable[[], int], prog: str) -> int:
-    """Bad input and interrupts become one line on stderr and a non-zero exit."""
+START_AGAIN = "rerun the same command to start again"  # a command that does not resume (it writes whole or not at all)
+
+
+def run_guarded(fn: Callable[[], int], prog: str, on_interrupt: str = START_AGAIN) -> int:
+    """Bad input and interrupts become one line on stderr and a non-zero exit; `on_interrupt` says what a
+    rerun does (the command's own: only some resume)."""
     from hskcache.distributed import Ranks
 
     quiet_libraries()
@@ -391,7 +395,8 @@ def run_guarded(fn: Callable[[], int], prog: str) -> int:
             print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"{prog}: interrupted; rerun the same command to resume", file=sys.stderr)
+        if Ranks.from_env().is_main:
+            print(f"{prog}: interrupted; {on_interrupt}", file=sys.stderr)
         return 130
     except BrokenPipeError:  # `... --json | head`: the reader left, nothing to report
         sys.stdout = open(os.devnull, "w")
@@ -408,6 +413,7 @@ class Command:
     settings: type
     run: Callable[[Any], int]
     description: str = "Flags left out fall back to --config, then to the defaults shown."
+    on_interrupt: str = START_AGAIN  # what rerunning an interrupted run does: a resumable command says how to resume
 
 
 SUBCOMMAND = "subcommand_"
@@ -447,4 +453,5 @@ def main(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> 
     args = parser.parse_args(argv)
     command: Command = args.command_
     prog = " ".join(filter(None, (parser.prog, args.command, getattr(args, SUBCOMMAND, None))))
-    return run_guarded(lambda: command.run(settings_from(command.settings, args, prog)), parser.prog)
+    return run_guarded(lambda: command.run(settings_from(command.settings, args, prog)), parser.prog,
+                       command.on_interrupt)

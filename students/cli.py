@@ -56,12 +56,7 @@ def run_train(run: TrainRun) -> int:
     with process_group(cfg.runtime.device) as (ranks, _):
         if ranks.world_size > 1 and run.source.teacher is not None:
             raise UserError("the online baseline (--teacher) runs in one process; launch it without torchrun")
-        try:
-            metrics = train(cfg, run.source.open(cfg))
-        except KeyboardInterrupt:
-            if ranks.is_main:
-                print(f"{PROG}: interrupted; rerun with --resume", file=sys.stderr)
-            return 130
+        metrics = train(cfg, run.source.open(cfg))
     if metrics is None:  # ranks other than 0 write and print nothing
         return 0
     scores = ", ".join(f"{k} {v:.4f}" for k, v in (metrics["eval"] or {}).items())
@@ -148,7 +143,8 @@ COMMANDS = (
     Command("train", "two-stage distillation from an HSK store (no teacher needed)", TrainRun, run_train,
             "Stage 1 (hsk) matches stored hidden states, stage 2 (pred) stored logits; --general (a task-agnostic "
             "store, or a task store's rows) runs stage 1 alone, selected by its held-out loss. Defaults are the paper's; "
-            "see docs/training.md. Flags left out fall back to --config, then to the defaults shown."),
+            "see docs/training.md. Flags left out fall back to --config, then to the defaults shown.",
+            on_interrupt="rerun with --resume"),
     Command("eval", "a student's metrics on labeled data", EvalConfig, run_eval),
     Command("export", "a trained student as an ONNX Runtime folder (optionally int8)", ExportConfig, run_export,
             "Writes model.onnx (dynamic batch and sequence axes), config.json with the labels and the tokenizer; "

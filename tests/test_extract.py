@@ -104,7 +104,7 @@ def test_batches_cover_every_row_once_and_are_seeded(tmp_path, teacher_dir, sing
         assert torch.equal(first[key], direct[key]), key
 
 
-def test_resume_after_crash_equals_uninterrupted(tmp_path, teacher_dir, pair_csv, monkeypatch, device):
+def test_resume_after_crash_equals_uninterrupted(tmp_path, teacher_dir, pair_csv, monkeypatch, device, capsys):
     monkeypatch.setattr(layout, "CHUNK_TARGET_BYTES", 700)
     common = ("--student-layers", 2, "--tokens", 5, "--width", 0.2, "--batch-size", 8, "--device", device)
     run_extract(teacher_dir, pair_csv, tmp_path / "full", *common)
@@ -124,6 +124,8 @@ def test_resume_after_crash_equals_uninterrupted(tmp_path, teacher_dir, pair_csv
     monkeypatch.setattr(store_mod.StoreWriter, "_commit", dying_commit)
     assert main(["extract", "--teacher", str(teacher_dir), "--data", str(pair_csv), "--store", str(tmp_path / "cut"),
                  "--max-length", str(MAX_LEN), "--quiet", *map(str, common)]) == 130
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "hskcache: interrupted; rerun the same command to resume (committed chunks are kept)")
     partial = store_mod.describe(str(tmp_path / "cut"))
     assert 0 < partial["rows_committed"] < partial["num_examples"] and not partial["complete"]
     with pytest.raises(hskcache.errors.UserError, match="incomplete"):

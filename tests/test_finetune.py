@@ -166,7 +166,8 @@ def test_label_names_for_integer_labels(tmp_path, tiny_encoder, device):
     assert meta_of(out)["label_names"] == ["rotten", "fresh"]
 
 
-def test_a_run_cut_in_its_last_epoch_leaves_no_teacher_and_keeps_an_old_one(tmp_path, tiny_encoder, monkeypatch):
+def test_a_run_cut_in_its_last_epoch_leaves_no_teacher_and_keeps_an_old_one(tmp_path, tiny_encoder, monkeypatch,
+                                                                            capsys):
     """The kept epoch waits in a sibling folder that takes --out's name only when the run ends: a run cut in
     epoch 2 of 2 (epoch 1 already kept) leaves no OUT/config.json for a script to take for a finished teacher,
     and with --overwrite the old teacher, byte for byte; no sibling is left behind either way."""
@@ -188,6 +189,8 @@ def test_a_run_cut_in_its_last_epoch_leaves_no_teacher_and_keeps_an_old_one(tmp_
     monkeypatch.setattr(module, "evaluate", cut_in_epoch_2)
     assert finetune(*common, "--epochs", "2") == 130 and len(calls) == 2
     assert not out.exists() and list(runs.iterdir()) == []
+    # it does not resume, so the line does not say it would (extract's and train's say how they resume)
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "hskcache: interrupted; rerun the same command to start again"
 
     monkeypatch.setattr(module, "evaluate", real)
     assert finetune(*common, "--epochs", "1") == 0
