@@ -4,7 +4,7 @@ One rule for every `--out` that is not a store: an existing file or non-empty fo
 replaced only with `--overwrite`, and nothing is ever written into an HSK store (or any
 zarr hierarchy), even with `--overwrite`. Checked before any work starts.
 
-And one rule for writing one: whole or not at all (`replaced_dir`, `write_text_whole`), so that a
+And one rule for writing one: whole or not at all (`replaced_dir`, `replaced_file`), so that a
 cut run never leaves a part that a rerun, or a script's "is it there?" check, takes for a finished one.
 """
 from __future__ import annotations
@@ -78,11 +78,18 @@ def replaced_dir(final: Path) -> Iterator[Path]:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def write_text_whole(path: Path, text: str) -> None:
-    """Write a file whole or not at all: into a sibling, then renamed over `path` (atomic on one file system)."""
-    tmp = path.with_name(path.name + ".tmp")
+@contextmanager
+def replaced_file(final: Path) -> Iterator[Path]:
+    """Yield a sibling path to write a file into; on success it is renamed over `final` (atomic on one file
+    system), so `final` is the old file or the whole new one, never a part; a failed write leaves no sibling."""
+    tmp = final.with_name(final.name + ".tmp")
     try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
+        yield tmp
+        os.replace(tmp, final)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def write_text_whole(path: Path, text: str) -> None:
+    with replaced_file(path) as tmp:
+        tmp.write_text(text)

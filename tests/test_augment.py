@@ -118,3 +118,29 @@ def test_bad_flags(teacher_dir, single_csv, tmp_path, capsys, flags, message):
     assert hskcache_main(argv + flags) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "a.csv").exists()
+
+
+def test_a_write_cut_half_way_leaves_the_old_file_or_none(teacher_dir, single_csv, tmp_path, monkeypatch, capsys):
+    """The transfer set is written whole or not at all: a writer cut half-way (a full disk) leaves no --out and
+    no sibling, and under --overwrite the old file as it was."""
+    from hskcache.teacher import augment
+
+    def half_then_full(frame, path):
+        frame.iloc[: len(frame) // 2].to_csv(path, index=False)
+        raise OSError(28, "No space left on device")
+
+    out = tmp_path / "aug.csv"
+    args = ["augment", "--teacher", str(teacher_dir), "--data", str(single_csv), "--out", str(out),
+            "--per-example", "1", "--quiet"]
+    with monkeypatch.context() as patch:
+        patch.setitem(augment.WRITERS, ".csv", half_then_full)
+        with pytest.raises(OSError):
+            hskcache_main(args)
+    assert list(tmp_path.iterdir()) == []
+    assert hskcache_main(args) == 0
+    before = out.read_bytes()
+    with monkeypatch.context() as patch:
+        patch.setitem(augment.WRITERS, ".csv", half_then_full)
+        with pytest.raises(OSError):
+            hskcache_main([*args, "--overwrite", "--seed", "1"])
+    assert out.read_bytes() == before and list(tmp_path.iterdir()) == [out]

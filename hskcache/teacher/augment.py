@@ -30,7 +30,7 @@ from transformers import AutoModelForMaskedLM
 from hskcache.data import load_texts
 from hskcache.errors import UserError
 from hskcache.options import Settings, columns, setting
-from hskcache.outputs import check_out_file
+from hskcache.outputs import check_out_file, replaced_file
 from hskcache.teacher.loading import LOAD_ERRORS, check_model_source, load_config, load_model, load_tokenizer
 
 AUGMENTED_COL = "augmented"
@@ -179,5 +179,6 @@ def augment(cfg: AugmentConfig, progress: bool = True) -> pd.DataFrame:
         frame = frame.drop(columns=[label_col])
     out = Path(cfg.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    WRITERS[out.suffix.lower()](frame, out)
+    with replaced_file(out) as tmp:  # whole or not at all: a cut write leaves no part of a transfer set
+        WRITERS[out.suffix.lower()](frame, tmp)
     return frame
