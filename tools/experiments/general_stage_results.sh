@@ -4,8 +4,10 @@
 # students (tinybert-3s: ETD-Impt of the encoder by the Gaussian expected score, and random), each distilled once
 # with --general; then, on each task, three task-stage starts with the same recipe and seeds:
 #   etd             ETD-Impt of the fine-tuned task teacher (today's default; the teacher's head sliced)
-#   general-etd     the general stage on top of ETD (the general student, a fresh seeded head)
-#   general-random  the general stage from random init (likewise)
+#   general-etd-eN     the general stage (N = GENERAL_EPOCHS epochs) on top of ETD (the general student, a fresh
+#                      seeded head)
+#   general-random-eN  the general stage from random init (likewise)
+# A rerun with another GENERAL_EPOCHS adds that general stage's students and their task runs beside the others.
 # Task stage (all three): the default job's step 5 (HSK (1,9,0.1) 2 epochs, then soft + gold labels 2 epochs,
 # the prediction epoch chosen on 10% of the training rows held out), both stages at 2e-4 for every start (the
 # extracted students' measured rate; the general students' own defaults were never measured), test reported.
@@ -23,6 +25,7 @@ OUT=${1:-runs/general}
 TASKS=${TASKS:-movies convention}
 SEEDS=${SEEDS:-0 1 2}
 GENERAL_EPOCHS=${GENERAL_EPOCHS:-3}
+G=e$GENERAL_EPOCHS  # the general runs' and their task starts' tag
 IMPORTANCE=${IMPORTANCE:-256}   # corpus rows scoring the encoder's ETD-Impt (8 backward passes each: ~3 s a row)
 JOBS=${JOBS:-2}
 LIMIT=(${PASSAGES:+--limit "$PASSAGES"})
@@ -49,9 +52,9 @@ step "2 the general students: ETD-Impt of the encoder and random, one --general 
 [ -f "$OUT/general/random-init/config.json" ] || $BIN/students build tinybert --teacher "$ENCODER" --init random \
   --preset tinybert-3s --seed 0 --out "$OUT/general/random-init"
 general() {  # init: one --general run (selection on 10% of the corpus's rows by the distillation loss)
-  [ -f "$OUT/general/$1/metrics.json" ] || timed "general-$1" $BIN/students train --store "$OUT/general-store" \
+  [ -f "$OUT/general/$1-$G/metrics.json" ] || timed "general-$1-$G" $BIN/students train --store "$OUT/general-store" \
     --student "$OUT/general/$1-init" --general --objective hsk,qq,kk,val --hsk-epochs "$GENERAL_EPOCHS" \
-    --select-on train-holdout:0.1 --seed 0 --threads 1 --quiet --out "$OUT/general/$1" > "$OUT/general/$1.log" 2>&1
+    --select-on train-holdout:0.1 --seed 0 --threads 1 --quiet --out "$OUT/general/$1-$G" > "$OUT/general/$1-$G.log" 2>&1
 }
 general etd & general random & wait
 }
@@ -86,11 +89,10 @@ for task in $TASKS; do
     mv "$OUT/$task/teacher-test.json.tmp" "$OUT/$task/teacher-test.json"; }
 done
 
-step "4 the task stage: tasks [$TASKS] x starts [etd general-etd general-random] x seeds [$SEEDS], $JOBS at a time"
+step "4 the task stage: tasks [$TASKS] x starts [etd general-etd-$G general-random-$G] x seeds [$SEEDS], $JOBS at a time"
 task_run() {  # task start seed
   local task=$1 start=$2 seed=$3 dir=$OUT/$1 student out=$OUT/$1/runs/$2/seed$3
-  case "$start" in etd) student=$dir/tinybert-init ;; general-etd) student=$OUT/general/etd/student ;;
-                   general-random) student=$OUT/general/random/student ;; esac
+  case "$start" in etd) student=$dir/tinybert-init ;; general-*) student=$OUT/general/${start#general-}/student ;; esac
   mkdir -p "$(dirname "$out")"
   [ -f "$out/metrics.json" ] || $BIN/students train --store "$dir/store" --student "$student" --hsk 1,9,0.1 \
     --hsk-epochs 2 --pred-epochs 2 --pred-objective pred,label:0.5 --hsk-lr 2e-4 --pred-lr 2e-4 \
@@ -102,7 +104,7 @@ task_run() {  # task start seed
 }
 export -f task_run
 export OUT BIN
-for task in $TASKS; do for start in etd general-etd general-random; do for seed in $SEEDS; do
+for task in $TASKS; do for start in etd general-etd-$G general-random-$G; do for seed in $SEEDS; do
   echo "$task $start $seed"; done; done; done | xargs -P "$JOBS" -L 1 bash -c 'task_run "$0" "$1" "$2"'
 
 step "5 summary (test mean ± std over the seeds run; docs/results.md)"
@@ -125,21 +127,21 @@ summary["general_store"] = {"passages": meta.corpus.passages, "sequences": meta.
 print(f"general store: {meta.corpus.passages:,} passages, {meta.num_examples:,} sequences, {sum(disk.values()):,} B on disk")
 for name, n in per_kind.items():
     print(f"  {name:8s} {n:>14,} B  {n / meta.corpus.passages:>10,.0f} B/passage  {n / meta.num_examples:>10,.0f} B/sequence")
-for name in ("etd", "random"):
-    m = json.loads((out / "general" / name / "metrics.json").read_text())
-    summary[f"general-{name}"] = m.get("best")
+generals = sorted(p.name for p in (out / "general").iterdir() if (p / "metrics.json").is_file())
+for name in generals:  # etd-e3, random-e3, ...: each general run's selected epoch and held-out loss
+    summary[f"general-{name}"] = json.loads((out / "general" / name / "metrics.json").read_text())["best"]
 for task in tasks:
     teacher = json.loads((out / task / "teacher-test.json").read_text())["accuracy"]
     summary["tasks"][task] = {"teacher_test": teacher}
     print(f"{task}: teacher test {100 * teacher:.2f}")
-    for start in ("etd", "general-etd", "general-random"):
+    for start in ["etd", *(f"general-{name}" for name in generals)]:
         runs = sorted(p for p in (out / task / "runs" / start).glob("seed*") if (p / "test.json").is_file())
         if not runs:
             continue
         dev = [json.loads((p / "metrics.json").read_text())["eval"]["accuracy"] for p in runs]
         test = [json.loads((p / "test.json").read_text())["accuracy"] for p in runs]
         summary["tasks"][task][start] = {p.name: {"dev": d, "test": t} for p, d, t in zip(runs, dev, test)}
-        print(f"  {start:15s} seeds {len(runs)}: dev {100 * statistics.mean(dev):.2f} ± {100 * sd(dev):.2f}  test "
+        print(f"  {start:18s} seeds {len(runs)}: dev {100 * statistics.mean(dev):.2f} ± {100 * sd(dev):.2f}  test "
               f"{100 * statistics.mean(test):.2f} ± {100 * sd(test):.2f}  per seed {[round(100 * t, 2) for t in test]}")
 (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
 PY
