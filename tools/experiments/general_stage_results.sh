@@ -144,4 +144,26 @@ for task in tasks:
         print(f"  {start:18s} seeds {len(runs)}: dev {100 * statistics.mean(dev):.2f} ± {100 * sd(dev):.2f}  test "
               f"{100 * statistics.mean(test):.2f} ± {100 * sd(test):.2f}  per seed {[round(100 * t, 2) for t in test]}")
 (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+
+import matplotlib
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+fig, axes = plt.subplots(1, len(tasks) + 1, figsize=(4.2 * (len(tasks) + 1), 3.8))
+for ax, task in zip(axes, tasks):  # each seed's test accuracy per start, the teacher's as a line
+    starts = [k for k in summary["tasks"][task] if k != "teacher_test"]
+    for i, start in enumerate(starts):
+        accs = [100 * r["test"] for r in summary["tasks"][task][start].values()]
+        ax.plot([i] * len(accs), accs, "o", alpha=0.7)
+        ax.errorbar(i + 0.15, statistics.mean(accs), yerr=sd(accs) if len(accs) > 1 else 0, fmt="k_", capsize=4)
+    ax.axhline(100 * summary["tasks"][task]["teacher_test"], color="grey", ls="--", label="teacher")
+    ax.set_xticks(range(len(starts)), [s.replace("general-", "general\n") for s in starts], fontsize=8)
+    ax.set_title(f"{task}: test accuracy by task-stage start"); ax.set_ylabel("%"); ax.legend(fontsize=8)
+for name in generals:  # the general runs' selection score by epoch
+    held = [r["holdout"]["loss"] for r in map(json.loads, (out / "general" / name / "log.jsonl").read_text().splitlines())
+            if "holdout" in r]
+    axes[-1].plot(range(1, len(held) + 1), held, "o-", label=name)
+axes[-1].set_title("general stage: held-out distillation loss"); axes[-1].set_xlabel("epoch"); axes[-1].legend(fontsize=8)
+fig.tight_layout()
+fig.savefig(out / "general_stage.png", dpi=110)
+print(f"wrote {out / 'summary.json'} and {out / 'general_stage.png'}")
 PY
