@@ -5,7 +5,7 @@ field becomes one flag (`--field-name`, help from `field(metadata={"help": ...})
 a field whose type is another settings dataclass (`nested`) brings its flags as
 a group, and `--config FILE.toml` holds the same keys. Values are merged
 dataclass defaults < TOML < flags, then validated once by the dataclass: the
-rules a field declares (`at_least`, `above`, `choices`) by `Settings`, its base, whenever one is
+rules a field declares (`at_least`, `above`, `at_most`, `below`, `choices`) by `Settings`, its base, whenever one is
 made (flags, TOML or code), the rest by its own `__post_init__`.
 A program is a table of `Command`s (name, help, settings dataclass, run
 function); `program` builds its parser and `main` dispatches, turning bad input
@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import argparse
 import functools
+import operator
 import os
 import sys
 import tomllib
 import types
 import typing
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import MISSING, Field, dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
@@ -56,25 +57,43 @@ def setting(default: Any, help: str, **more: Any) -> Any:
     """A settings-dataclass field with its flag's help (and `parse`, `aliases`, `show_default`,
     `metavar`, `nargs`, `positional`: a deprecated positional spelling such as STORE; and the rules
     `Settings` holds the field to: `at_least`, the least value, `above`, a bound the value must exceed
-    (a learning rate: above 0), and `choices`, the values it takes)."""
+    (a learning rate: above 0), `at_most` and `below` likewise from above (a fraction: above 0, at most 1),
+    and `choices`, the values it takes)."""
+    if {"at_least", "above"} <= more.keys() or {"at_most", "below"} <= more.keys():
+        raise TypeError("a setting has one lower bound (at_least or above) and one upper (at_most or below)")
     return field(default=default, metadata={"help": help, **more})
 
 
-RULES = ("at_least", "above", "choices")  # what a field's metadata may declare for `Settings` to check
+RULES = ("at_least", "above", "at_most", "below", "choices")  # what a field's metadata may declare for `Settings`
+BOUNDS = {"at_least": ("[", "at least", operator.ge), "above": ("(", "above", operator.gt),
+          "at_most": ("]", "at most", operator.le), "below": (")", "below", operator.lt)}  # bracket, words, test
+
+
+def bound_error(meta: Mapping[str, Any], value: Any) -> str | None:
+    """What is wrong with `value` against the bounds a field declares, or None: one bound in words ("must be at
+    least 1"), a lower and an upper one as an interval ("must be in (0, 1]"). Each is asked as `not test(value,
+    bound)`, so nan, which compares with nothing, is refused too."""
+    declared = [(rule, meta[rule]) for rule in BOUNDS if rule in meta]
+    if all(BOUNDS[rule][2](value, bound) for rule, bound in declared):
+        return None
+    if len(declared) == 2:
+        (low, lo), (high, hi) = declared
+        return f"must be in {BOUNDS[low][0]}{lo}, {hi}{BOUNDS[high][0]}, got {value}"
+    rule, bound = next((rule, bound) for rule, bound in declared if not BOUNDS[rule][2](value, bound))
+    return f"must be {BOUNDS[rule][1]} {bound}, got {value}"
 
 
 def check_fields(settings: Any) -> None:
     """The rules a settings dataclass's fields declare in their metadata (`RULES`), each one line naming
-    the flag; a value left out (None) has nothing to check. A bound is asked as `not value >= bound`, so
-    nan, which compares with nothing, is refused too. (argparse checks a flag's choices first.)"""
+    the flag (bounds: `bound_error`); a value left out (None) has nothing to check. (argparse checks a flag's
+    choices first.)"""
     for f in fields(settings):
         value, meta = getattr(settings, f.name), f.metadata
         if value is None:
             continue
-        if "at_least" in meta and not value >= meta["at_least"]:
-            raise UserError(f"{flag_name(f.name)} must be at least {meta['at_least']}, got {value}")
-        if "above" in meta and not value > meta["above"]:
-            raise UserError(f"{flag_name(f.name)} must be above {meta['above']}, got {value}")
+        wrong = bound_error(meta, value)
+        if wrong:
+            raise UserError(f"{flag_name(f.name)} {wrong}")
         choices = meta.get("choices")
         if choices is not None and value not in choices:
             raise UserError(f"{flag_name(f.name)} {value!r} is unknown; use one of {', '.join(map(str, choices))}")

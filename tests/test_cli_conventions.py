@@ -11,7 +11,7 @@ import pytest
 from hskcache.cli import main as hskcache_cli
 from hskcache.teacher.config import ExtractConfig, build_config
 from hskcache.errors import UserError
-from hskcache.kinds.hsk import STORED, HSKRead
+from hskcache.kinds.hsk import STORED, HSKRead, HSKSettings
 from hskcache.kinds.qk import ProjectionRelationSettings
 from hskcache.options import Group, add_fields, columns, flag_name, leaves, setting, settings_from
 from hskcache.teacher.augment import AugmentConfig
@@ -343,11 +343,22 @@ def test_a_usage_error_is_one_line(capsys, main, argv, needle):
     (lambda: FinetuneConfig(teacher="T", data="D", eval_data="E", out="O", max_grad_norm=0.0), hskcache_cli.main,
      ["finetune", "--teacher", "T", "--data", "D", "--eval-data", "E", "--out", "O", "--max-grad-norm", "0"],
      "hskcache: error: --max-grad-norm must be above 0, got 0.0"),
+    (lambda: HSKSettings(width=0.0), hskcache_cli.main,
+     ["extract", "--teacher", "T", "--data", "D", "--student-layers", "2", "--width", "0"],
+     "hskcache: error: --width must be in (0, 1], got 0.0"),
+    (lambda: AugmentConfig(teacher="T", data="D", out="a.csv", replace_prob=1.5), hskcache_cli.main,
+     ["augment", "--teacher", "T", "--data", "D", "--out", "a.csv", "--replace-prob", "1.5"],
+     "hskcache: error: --replace-prob must be in (0, 1], got 1.5"),
+    (lambda: FinetuneConfig(teacher="T", data="D", eval_data="E", out="O", warmup_frac=float("nan")),
+     hskcache_cli.main,
+     ["finetune", "--teacher", "T", "--data", "D", "--eval-data", "E", "--out", "O", "--warmup-frac", "nan"],
+     "hskcache: error: --warmup-frac must be in [0, 1), got nan"),
 ])
-def test_a_declared_lower_bound_holds_however_the_settings_are_made(capsys, build, main, argv, line):
-    """`setting(..., at_least=N)` and `setting(..., above=N)` are checked by `Settings` when the dataclass is
-    made: in code, and from a command line (one line, exit 2), before the class's own rules (the teacher "T" is
-    never looked for); nan, which compares with nothing, is refused by either bound."""
+def test_a_declared_bound_holds_however_the_settings_are_made(capsys, build, main, argv, line):
+    """`setting(..., at_least=N)`, `above=N`, and with them `at_most`/`below` (an interval), are checked by
+    `Settings` when the dataclass is made: in code, and from a command line (one line, exit 2), before the
+    class's own rules (the teacher "T" is never looked for); nan, which compares with nothing, is refused by
+    any bound."""
     with pytest.raises(UserError, match=f"^{re.escape(line.split('error: ')[1])}$"):
         build()
     assert main(argv) == 2
@@ -358,6 +369,17 @@ def test_a_bound_is_inclusive_and_an_absent_value_is_not_checked():
     assert (Runtime(threads=1).threads, Runtime().threads) == (1, None)
     assert TrainConfig(student="X", out="R", weight_decay=0.0).weight_decay == 0.0
     assert TrainConfig(student="X", out="R").hsk_lr is None  # `above` too: left out, filled in later
+
+
+def test_an_interval_takes_its_ends_as_declared_and_one_bound_per_side():
+    """(0, 1] takes 1 and refuses 0; [0, 1) takes 0 and refuses 1; two lower bounds on one field are refused
+    where it is declared (their message would be one interval's)."""
+    assert HSKSettings(width=1.0).width == 1.0
+    assert FinetuneConfig(teacher="T", data="D", eval_data="E", out="O", warmup_frac=0.0).warmup_frac == 0.0
+    with pytest.raises(UserError, match=r"^--warmup-frac must be in \[0, 1\), got 1\.0$"):
+        FinetuneConfig(teacher="T", data="D", eval_data="E", out="O", warmup_frac=1.0)
+    with pytest.raises(TypeError, match="one lower bound"):
+        setting(1.0, "x", at_least=0, above=0)
 
 
 def test_above_is_strict():

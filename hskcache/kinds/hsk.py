@@ -49,16 +49,12 @@ class HSKSettings(Settings):
     depth: int | None = setting(None, "N^D: the top N^D pairs (default all L'+1)")
     tokens: int | None = setting(None, "N^L: most tokens per layer, at most --max-length",
                                  show_default=f"{DEFAULT_TOKENS}, or --max-length if smaller", at_least=1)
-    width: float = setting(1.0, "N^W: fraction of activations kept, (0, 1]")
+    width: float = setting(1.0, "N^W: fraction of activations kept, (0, 1]", above=0, at_most=1)
     width_strategy: str = setting("mag", " | ".join(WIDTH_STRATEGIES), choices=WIDTH_STRATEGIES)
     width_seed: int = setting(0, "seed of the rand width mask", aliases=("--seed",))
     width_code: str = setting(widthcode.DEFAULT, "how mag's kept dimensions are stored: "
                               + " | ".join(widthcode.WIDTH_CODES), choices=widthcode.WIDTH_CODES)
     values: str = setting("fp16", "fp16 | int8 (lossy: int8 with a per-vector absmax scale)", choices=VALUE_FORMATS)
-
-    def __post_init__(self) -> None:
-        if not 0 < self.width <= 1:
-            raise UserError(f"--width must be in (0, 1], got {self.width}: it is the fraction of activations kept")
 
 
 @dataclass(frozen=True)

@@ -49,7 +49,7 @@ class AugmentConfig(Settings):
     out: str = setting(MISSING, "data file to write: .csv, .jsonl or .parquet")
     per_example: int = setting(10, "augmented rows per example", at_least=1)
     seed: int = setting(0, "seed of the replacements")
-    replace_prob: float = setting(0.4, "chance a word is replaced (TinyBERT's p_t)")
+    replace_prob: float = setting(0.4, "chance a word is replaced (TinyBERT's p_t)", above=0, at_most=1)
     candidates: int = setting(15, "K most similar words to draw from (TinyBERT's K)", at_least=1)
     split: str = setting("train", "split of a glue/<task> --data")
     text_cols: tuple[str, ...] | None = setting(None, "text column(s), a or a,b", parse=columns)
@@ -57,8 +57,6 @@ class AugmentConfig(Settings):
     overwrite: bool = setting(False, "replace an existing --out file (never one in a store)")
 
     def __post_init__(self) -> None:
-        if not 0 < self.replace_prob <= 1:
-            raise UserError(f"--replace-prob must be in (0, 1], got {self.replace_prob}")
         if Path(self.out).suffix.lower() not in WRITERS:
             raise UserError(f"--out {self.out} must end in {', '.join(WRITERS)} (a file `hskcache extract` reads)")
         check_out_file(self.out, "--out", self.overwrite)

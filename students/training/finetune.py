@@ -68,7 +68,8 @@ class FinetuneConfig(Settings):
         "its store and its students say them (default: the data's own, else LABEL_i)", parse=columns)
     epochs: int = setting(3, "training epochs", at_least=1)
     lr: float = setting(5e-5, "peak learning rate (linear warmup, then linear decay to 0)", above=0)
-    warmup_frac: float = setting(0.1, "fraction of the steps that warm the learning rate up, in [0, 1)")
+    warmup_frac: float = setting(0.1, "fraction of the steps that warm the learning rate up, in [0, 1)",
+                                 at_least=0, below=1)
     weight_decay: float = setting(0.01, "AdamW weight decay", at_least=0)
     max_grad_norm: float = setting(1.0, "gradient clipping", above=0)
     batch_size: int = setting(32, "training batch size", at_least=1)
@@ -84,8 +85,6 @@ class FinetuneConfig(Settings):
 
     def __post_init__(self) -> None:
         check_min_length(self.max_length)
-        if not 0 <= self.warmup_frac < 1:
-            raise UserError(f"--warmup-frac must be in [0, 1), got {self.warmup_frac}")
         parse_select_on(self.select_on, SELECT_ON)
 
     @property
