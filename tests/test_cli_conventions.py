@@ -425,6 +425,21 @@ def test_a_device_outside_the_list_is_one_line_however_the_settings_are_made(bui
         build()
 
 
+@pytest.mark.parametrize("config", ["TinyBertConfig", "RositaConfig"])
+def test_an_unknown_preset_is_one_line_however_the_settings_are_made(config, capsys):
+    """Both builds' --preset take the one registry of shapes (`students.models.student.PRESETS`)."""
+    from students.build import builder
+    from students.models.student import PRESETS
+
+    with pytest.raises(UserError, match=f"^--preset 'huge' is unknown; use one of {', '.join(PRESETS)}$"):
+        getattr(builder, config)(teacher="T", out="O", store="S", preset="huge")
+    kind = {"TinyBertConfig": "tinybert", "RositaConfig": "rosita"}[config]
+    with pytest.raises(SystemExit) as exit_:
+        students_cli.main(["build", kind, "--teacher", "T", "--store", "S", "--out", "O", "--preset", "huge"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_.value.code == 2 and len(err) == 1 and "--preset: invalid choice: 'huge'" in err[0], err
+
+
 def test_budget_and_extract_take_one_list_per_store_setting():
     """A planned store's --width-strategy/--width-code/--values/--compress/--token-strategy are `hskcache extract`'s:
     the same `choices` object (the registry or tuple itself), so adding a width code or strategy reaches both."""

@@ -25,11 +25,6 @@ from students.training.trainer import TrainConfig
 PRESET_HELP = f"named shape: {', '.join(PRESETS)}"
 
 
-def _common_checks(cfg) -> None:
-    if cfg.preset is not None and cfg.preset not in PRESETS:
-        raise UserError(f"unknown --preset {cfg.preset!r}; use one of {', '.join(PRESETS)}")
-
-
 @dataclass(frozen=True)
 class TinyBertConfig(Settings):
     """`students build tinybert`: a small BERT on the teacher's vocabulary, extracted (ETD) or random."""
@@ -40,7 +35,7 @@ class TinyBertConfig(Settings):
     teacher: str = setting(MISSING, "fine-tuned teacher folder (vocabulary, labels, weights)")
     out: str = setting(MISSING, "student folder to write")
     overwrite: bool = setting(False, "replace the files of an existing --out folder")
-    preset: str | None = setting(None, PRESET_HELP)
+    preset: str | None = setting(None, PRESET_HELP, choices=tuple(PRESETS))
     layers: int | None = setting(None, "encoder layers L'")
     hidden: int | None = setting(None, "hidden width d_S")
     ffn: int | None = setting(None, "FFN width")
@@ -72,7 +67,6 @@ class TinyBertConfig(Settings):
     threads: int | None = threads_setting()
 
     def __post_init__(self) -> None:
-        _common_checks(self)
         from hskcache.teacher.loading import check_min_length
 
         check_min_length(self.max_length)
@@ -95,7 +89,7 @@ class RositaConfig(Settings):
                          metavar="STORE", aliases=("--cache",))
     out: str = setting(MISSING, "student folder to write")
     overwrite: bool = setting(False, "replace the files of an existing --out folder")
-    preset: str | None = setting(None, PRESET_HELP)
+    preset: str | None = setting(None, PRESET_HELP, choices=tuple(PRESETS))
     layers: int | None = setting(None, "bottom teacher layers kept (L')")
     heads: int | None = setting(None, "attention heads kept per layer")
     ffn: int | None = setting(None, "FFN neurons kept per layer")
@@ -103,9 +97,6 @@ class RositaConfig(Settings):
     importance_examples: int = setting(2048, "store examples that score heads and neurons", at_least=1)
     device: str = setting("auto", "where the teacher runs", choices=DEVICES)
     threads: int | None = threads_setting()
-
-    def __post_init__(self) -> None:
-        _common_checks(self)
 
 
 def resolve_spec(cfg: TinyBertConfig | RositaConfig, base: dict | None = None) -> StudentSpec:
