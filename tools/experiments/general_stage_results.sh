@@ -153,7 +153,7 @@ for ax, task in zip(axes, tasks):  # each seed's test accuracy per start, the te
     starts = [k for k in summary["tasks"][task] if k != "teacher_test"]
     for i, start in enumerate(starts):
         accs = [100 * r["test"] for r in summary["tasks"][task][start].values()]
-        ax.plot([i] * len(accs), accs, "o", alpha=0.7)
+        ax.plot([i] * len(accs), accs, "o", alpha=0.7, color=f"C{i}")
         ax.errorbar(i + 0.15, statistics.mean(accs), yerr=sd(accs) if len(accs) > 1 else 0, fmt="k_", capsize=4)
     ax.axhline(100 * summary["tasks"][task]["teacher_test"], color="grey", ls="--", label="teacher")
     ax.set_xticks(range(len(starts)), [s.replace("general-", "general\n") for s in starts], fontsize=8)
@@ -161,7 +161,7 @@ for ax, task in zip(axes, tasks):  # each seed's test accuracy per start, the te
 for name in generals:  # the general runs' selection score by epoch
     held = [r["holdout"]["loss"] for r in map(json.loads, (out / "general" / name / "log.jsonl").read_text().splitlines())
             if "holdout" in r]
-    axes[-1].plot(range(1, len(held) + 1), held, "o-", label=name)
+    axes[-1].plot(range(1, len(held) + 1), held, "o-", label=name, color=f"C{1 + generals.index(name)}")  # its start's
 axes[-1].set_title("general stage: held-out distillation loss"); axes[-1].set_xlabel("epoch"); axes[-1].legend(fontsize=8)
 fig.tight_layout()
 fig.savefig(out / "general_stage.png", dpi=110)
