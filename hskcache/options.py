@@ -16,6 +16,7 @@ spellings, each of which warns in one format (`deprecated`).
 from __future__ import annotations
 
 import argparse
+import errno
 import functools
 import operator
 import os
@@ -401,9 +402,10 @@ def quiet_libraries() -> None:
 START_AGAIN = "rerun the same command to start again"  # a command that does not resume (it writes whole or not at all)
 
 
-def run_guarded(fn: Callable[[], int], prog: str, on_interrupt: str = START_AGAIN) -> int:
-    """Bad input and interrupts become one line on stderr and a non-zero exit; `on_interrupt` says what a
-    rerun does (the command's own: only some resume)."""
+def run_guarded(fn: Callable[[], int], prog: str, rerun: str = START_AGAIN) -> int:
+    """Bad input, a full disk and interrupts become one line on stderr and a non-zero exit; `rerun` says what
+    rerunning a cut run does (the command's own: only some resume). A command that can say more of a full
+    disk (extract: the store; train: the checkpoint) raises its own UserError first."""
     from hskcache.distributed import Ranks
 
     quiet_libraries()
@@ -413,9 +415,15 @@ def run_guarded(fn: Callable[[], int], prog: str, on_interrupt: str = START_AGAI
         if Ranks.from_env().is_main:  # under torchrun every rank refuses alike; one says so
             print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        print(f"{prog}: error: no space left on the device writing {exc.filename or 'the output'}; free space, "
+              f"then {rerun}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         if Ranks.from_env().is_main:
-            print(f"{prog}: interrupted; {on_interrupt}", file=sys.stderr)
+            print(f"{prog}: interrupted; {rerun}", file=sys.stderr)
         return 130
     except BrokenPipeError:  # `... --json | head`: the reader left, nothing to report
         sys.stdout = open(os.devnull, "w")
@@ -432,7 +440,7 @@ class Command:
     settings: type
     run: Callable[[Any], int]
     description: str = "Flags left out fall back to --config, then to the defaults shown."
-    on_interrupt: str = START_AGAIN  # what rerunning an interrupted run does: a resumable command says how to resume
+    rerun: str = START_AGAIN  # what rerunning a cut run (Ctrl-C, a full disk) does: a resumable command says how
 
 
 SUBCOMMAND = "subcommand_"
@@ -473,4 +481,4 @@ def main(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> 
     command: Command = args.command_
     prog = " ".join(filter(None, (parser.prog, args.command, getattr(args, SUBCOMMAND, None))))
     return run_guarded(lambda: command.run(settings_from(command.settings, args, prog)), parser.prog,
-                       command.on_interrupt)
+                       command.rerun)

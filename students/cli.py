@@ -144,7 +144,7 @@ COMMANDS = (
             "Stage 1 (hsk) matches stored hidden states, stage 2 (pred) stored logits; --general (a task-agnostic "
             "store, or a task store's rows) runs stage 1 alone, selected by its held-out loss. Defaults are the paper's; "
             "see docs/training.md. Flags left out fall back to --config, then to the defaults shown.",
-            on_interrupt="rerun with --resume"),
+            rerun="rerun with --resume"),
     Command("eval", "a student's metrics on labeled data", EvalConfig, run_eval),
     Command("export", "a trained student as an ONNX Runtime folder (optionally int8)", ExportConfig, run_export,
             "Writes model.onnx (dynamic batch and sequence axes), config.json with the labels and the tokenizer; "

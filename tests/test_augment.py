@@ -1,6 +1,8 @@
 """`hskcache augment`: candidates against a brute-force cosine search, the file's layout, and
 augmented or unlabeled rows extracted with the teacher's logits and unknown labels."""
 
+import errno
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -120,27 +122,28 @@ def test_bad_flags(teacher_dir, single_csv, tmp_path, capsys, flags, message):
     assert not (tmp_path / "a.csv").exists()
 
 
-def test_a_write_cut_half_way_leaves_the_old_file_or_none(teacher_dir, single_csv, tmp_path, monkeypatch, capsys):
-    """The transfer set is written whole or not at all: a writer cut half-way (a full disk) leaves no --out and
-    no sibling, and under --overwrite the old file as it was."""
+def test_a_full_disk_half_way_is_one_line_and_leaves_the_old_file_or_none(teacher_dir, single_csv, tmp_path,
+                                                                          monkeypatch, capsys):
+    """The transfer set is written whole or not at all: a writer that meets a full disk half-way leaves no --out
+    and no sibling (under --overwrite, the old file as it was), and says so in one line, exit 2."""
     from hskcache.teacher import augment
 
     def half_then_full(frame, path):
         frame.iloc[: len(frame) // 2].to_csv(path, index=False)
-        raise OSError(28, "No space left on device")
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
     out = tmp_path / "aug.csv"
     args = ["augment", "--teacher", str(teacher_dir), "--data", str(single_csv), "--out", str(out),
             "--per-example", "1", "--quiet"]
+    line = (f"hskcache: error: no space left on the device writing {out}.tmp; free space, then rerun the same "
+            "command to start again")
     with monkeypatch.context() as patch:
         patch.setitem(augment.WRITERS, ".csv", half_then_full)
-        with pytest.raises(OSError):
-            hskcache_main(args)
-    assert list(tmp_path.iterdir()) == []
+        assert hskcache_main(args) == 2
+    assert capsys.readouterr().err.splitlines() == [line] and list(tmp_path.iterdir()) == []
     assert hskcache_main(args) == 0
     before = out.read_bytes()
     with monkeypatch.context() as patch:
         patch.setitem(augment.WRITERS, ".csv", half_then_full)
-        with pytest.raises(OSError):
-            hskcache_main([*args, "--overwrite", "--seed", "1"])
+        assert hskcache_main([*args, "--overwrite", "--seed", "1"]) == 2
     assert out.read_bytes() == before and list(tmp_path.iterdir()) == [out]

@@ -109,7 +109,7 @@ def run_finetune(cfg: FinetuneConfig) -> int:
 
 COMMANDS = (
     Command("extract", "run the teacher once and write an HSK store", ExtractRun, run_extract,
-            on_interrupt="rerun the same command to resume (committed chunks are kept)"),
+            rerun="rerun the same command to resume (committed chunks are kept)"),
     Command("inspect", "print a store's config, rows, completeness and bytes per array", InspectConfig, run_inspect),
     Command("verify", "read and check every chunk of a store (checksums, missing or truncated chunks)",
             VerifyConfig, run_verify,
