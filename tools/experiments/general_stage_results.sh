@@ -141,8 +141,13 @@ for task in tasks:
         dev = [json.loads((p / "metrics.json").read_text())["eval"]["accuracy"] for p in runs]
         test = [json.loads((p / "test.json").read_text())["accuracy"] for p in runs]
         summary["tasks"][task][start] = {p.name: {"dev": d, "test": t} for p, d, t in zip(runs, dev, test)}
+        etd = [r["test"] for r in summary["tasks"][task].get("etd", {}).values()]
+        welch = "" if start == "etd" or min(len(etd), len(test)) < 2 else (  # test against ETD alone's seeds
+            f"  vs etd {100 * (statistics.mean(test) - statistics.mean(etd)):+.2f}, Welch t "
+            f"{(statistics.mean(test) - statistics.mean(etd)) / (statistics.variance(test) / len(test) + statistics.variance(etd) / len(etd)) ** 0.5:.1f}")
         print(f"  {start:18s} seeds {len(runs)}: dev {100 * statistics.mean(dev):.2f} ± {100 * sd(dev):.2f}  test "
-              f"{100 * statistics.mean(test):.2f} ± {100 * sd(test):.2f}  per seed {[round(100 * t, 2) for t in test]}")
+              f"{100 * statistics.mean(test):.2f} ± {100 * sd(test):.2f}  per seed {[round(100 * t, 2) for t in test]}"
+              + welch)
 (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
 
 import matplotlib
